@@ -1,0 +1,36 @@
+# Two commands a newcomer needs: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench fixtures clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/voxroute replay order_status billing_dispute hindi_order_status --profile reference
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.overhead
+	$(BIN)/python -m bench.concurrency
+
+# Regenerates fixtures/audio (needs espeak-ng and sox from Debian; the output is committed).
+fixtures: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[fixtures]'
+	$(BIN)/python fixtures/audio/make_fixtures.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,175 @@
+"""Runtime configuration: pydantic models loaded from one YAML file.
+
+A bad file fails at start with the dotted path of the bad field (``ConfigError``).
+Real API keys never live in the file: each provider names the environment variable that
+holds its key, and a provider without a key falls back to the emulated stack (and says so).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "examples" / "default.yaml"
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the file and the field."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LLMProviderConfig(_Model):
+    """An OpenAI-compatible endpoint (OpenRouter, Sarvam, CallMissed)."""
+
+    flavor: Literal["openrouter", "sarvam", "callmissed", "openai"]
+    base_url: str
+    api_key_env: str
+
+
+class ModelPath(_Model):
+    """A model on a provider, with its price and expected time to first token."""
+
+    provider: str
+    model: str
+    tier: Literal["fast", "reasoning"] = "fast"
+    price_in_per_mtok: float = Field(default=0.0, ge=0)
+    price_out_per_mtok: float = Field(default=0.0, ge=0)
+    expected_ttft_ms: int = Field(default=400, gt=0)
+
+
+class SarvamConfig(_Model):
+    ws_base_url: str = "wss://api.sarvam.ai"
+    rest_base_url: str = "https://api.sarvam.ai"
+    api_key_env: str = "SARVAM_API_KEY"
+    stt_variant: Literal["realtime", "legacy"] = "realtime"
+    stt_model: str | None = None
+    stt_silence_ms: int = Field(default=200, ge=50, le=2000)
+    tts_model: str = "bulbul:v3"
+    speakers: dict[str, str] = Field(default_factory=lambda: {"en-IN": "shubh", "hi-IN": "ritu"})
+
+
+class BudgetConfig(_Model):
+    voice_ms: int = Field(default=1000, gt=0)
+    chat_ms: int = Field(default=3000, gt=0)
+    bridge_lead_ms: int = Field(default=150, ge=0)
+    hard_cap_ms: int = Field(default=8000, gt=0)
+    refill_ms: int = Field(default=2500, gt=0)  # silence after a bridge before another filler plays
+
+    @model_validator(mode="after")
+    def _lead_inside_budget(self) -> BudgetConfig:
+        if self.bridge_lead_ms >= self.voice_ms:
+            raise ValueError("bridge_lead_ms must be smaller than voice_ms")
+        if self.hard_cap_ms <= self.voice_ms:
+            raise ValueError("hard_cap_ms must be larger than voice_ms")
+        return self
+
+
+class EndpointConfig(_Model):
+    silence_ms: int = Field(default=300, ge=60, le=3000)
+    min_speech_ms: int = Field(default=120, ge=20, le=2000)
+    vad_mode: int = Field(default=2, ge=0, le=3)
+    incomplete_hold_ms: int = Field(default=800, ge=0, le=5000)  # more silence allowed after "... booking to"
+    barge_in_guard_ms: int = Field(default=200, ge=20, le=2000)  # caller speech needed to interrupt the agent
+    stt_final_wait_ms: int = Field(default=400, ge=0, le=5000)  # wait for the STT final after our endpoint
+    dtmf_timeout_ms: int = Field(default=1000, ge=100, le=10000)
+
+
+class LadderConfig(_Model):
+    """Issue 2's fallback ladder: retry on another path, hedge a slow first token, then apologise."""
+
+    paths: list[str] = Field(min_length=1)  # names from `models`, tried in order
+    hedge_after_ms: int = Field(default=700, ge=0)
+    max_attempts: int = Field(default=4, ge=1, le=10)
+    stall_timeout_ms: int = Field(default=1500, gt=0)
+    tts_first_audio_timeout_ms: int = Field(default=1000, gt=0)
+    tts_gap_timeout_ms: int = Field(default=1500, gt=0)
+
+
+class AgentConfig(_Model):
+    system_prompt: str = (
+        "You are a helpful, concise phone agent for a business. Reply in one to three short spoken "
+        "sentences, in the caller's language. Never use lists or markdown."
+    )
+    greeting: str | None = None
+    bridge_phrases: dict[str, str] = Field(
+        default_factory=lambda: {"en-IN": "One moment, please.", "hi-IN": "एक क्षण, कृपया।"}
+    )
+    apology_phrases: dict[str, str] = Field(
+        default_factory=lambda: {
+            "en-IN": "Sorry, I am having trouble right now. Could you say that again?",
+            "hi-IN": "क्षमा करें, अभी कुछ दिक्कत है। क्या आप दोबारा कह सकते हैं?",
+        }
+    )
+    not_heard_phrases: dict[str, str] = Field(
+        default_factory=lambda: {
+            "en-IN": "Sorry, I didn't catch that. Could you repeat it?",
+            "hi-IN": "माफ़ कीजिए, मैं सुन नहीं पाया। क्या आप दोहरा सकते हैं?",
+        }
+    )
+    max_tokens: int = Field(default=160, gt=0)
+    temperature: float = Field(default=0.3, ge=0, le=2)
+
+
+class TelephonyConfig(_Model):
+    public_base_url: str = "http://127.0.0.1:8080"
+    twilio_auth_token_env: str = "TWILIO_AUTH_TOKEN"
+    default_tenant: str = "default"
+    max_message_bytes: int = Field(default=64 * 1024, gt=1024)
+
+
+class Config(_Model):
+    language: str = "en-IN"  # a call's language when the call set-up does not say
+    providers: dict[str, LLMProviderConfig]
+    models: dict[str, ModelPath]
+    ladder: LadderConfig
+    sarvam: SarvamConfig = SarvamConfig()
+    budget: BudgetConfig = BudgetConfig()
+    endpoint: EndpointConfig = EndpointConfig()
+    agent: AgentConfig = AgentConfig()
+    telephony: TelephonyConfig = TelephonyConfig()
+
+    @model_validator(mode="after")
+    def _references(self) -> Config:
+        for name, path in self.models.items():
+            if path.provider not in self.providers:
+                raise ValueError(f"models.{name}.provider: unknown provider {path.provider!r}")
+        for i, name in enumerate(self.ladder.paths):
+            if name not in self.models:
+                raise ValueError(f"ladder.paths.{i}: unknown model path {name!r}")
+        return self
+
+    def phrase(self, table: dict[str, str], language: str) -> str:
+        return table.get(language) or table.get(self.language) or next(iter(table.values()))
+
+
+def _format_errors(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"  {loc}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def parse_config(data: object, source: str = "<config>") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: invalid configuration\n{_format_errors(exc)}") from None
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    p = Path(path) if path else Path(os.environ.get("VOXROUTE_CONFIG", DEFAULT_CONFIG_PATH))
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    return parse_config(data, str(p))

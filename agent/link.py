@@ -1,0 +1,67 @@
+"""What a carrier transport hands the core: the one seam between ``telephony`` and ``agent``.
+
+A transport (Twilio websocket today; Exotel, Plivo, SIP later) turns its carrier's protocol into
+these events and implements :class:`CarrierLink`. ``CallSession`` never knows which carrier it is.
+Audio is 20 ms PCM16 at 8 kHz (320 bytes) in both directions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class CallStart:
+    call_sid: str
+    stream_sid: str
+    tenant: str = "default"
+    from_number: str | None = None
+    to_number: str | None = None
+    language: str | None = None  # the caller's expected language, when the call set-up says
+    parameters: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class InboundAudio:
+    pcm: bytes  # 20 ms PCM16 8 kHz
+    timestamp_ms: int | None = None  # carrier media timestamp, when it gives one
+
+
+@dataclass(frozen=True, slots=True)
+class InboundDtmf:
+    digit: str
+
+
+@dataclass(frozen=True, slots=True)
+class MarkEcho:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallEnded:
+    reason: str = "stop"  # "stop" (carrier said so), "closed" (socket closed), "error"
+
+
+CarrierEvent = InboundAudio | InboundDtmf | MarkEcho | CallEnded
+
+
+class CarrierLink(Protocol):
+    """One live call on a carrier. ``events()`` yields CallEnded last and then stops."""
+
+    start: CallStart
+
+    def events(self) -> AsyncIterator[CarrierEvent]: ...
+
+    async def send_audio(self, pcm: bytes) -> None:
+        """Queue PCM16 8 kHz audio for the caller (any multiple of 2 bytes)."""
+
+    async def send_mark(self, name: str) -> None:
+        """Ask the carrier to echo ``name`` once everything queued before it has played."""
+
+    async def clear(self) -> None:
+        """Drop everything queued but not yet played (barge-in); pending marks echo at once."""
+
+    async def hangup(self) -> None:
+        """End the call from our side."""

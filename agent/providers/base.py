@@ -1,0 +1,182 @@
+"""The three provider interfaces of the core loop: STT, LLM, TTS.
+
+Each is small and async-streaming. Implementations speak real wire protocols
+(``sarvam.py``, ``openai_compat.py``); the session only ever sees these types.
+
+Audio on every interface is 8 kHz signed 16-bit little-endian mono PCM ("PCM16"),
+the format of the session's 20 ms frames (320 bytes). Providers convert at their edge.
+
+Errors: every provider failure is raised as :class:`ProviderError` with a ``kind`` from
+:data:`FAULT_KINDS`, so the fallback ladder and the turn log can name what went wrong
+without knowing the provider.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+FRAME_MS = 20
+SAMPLE_RATE = 8000
+FRAME_BYTES = SAMPLE_RATE * FRAME_MS // 1000 * 2  # 320 bytes of PCM16
+
+# What went wrong, in words shared by clients, emulators (their fault log) and the turn log.
+FaultKind = Literal[
+    "http_500",  # 5xx before the first token / byte
+    "http_429",  # rate limited before the first token / byte
+    "http_error",  # any other non-2xx status (4xx: auth, bad request)
+    "stream_error",  # an error chunk / error message after data had started
+    "timeout",  # no first token / byte within the attempt's deadline (a hang)
+    "stall",  # the connection stays open but only keep-alives arrive
+    "malformed",  # a chunk / message that is not valid protocol
+    "disconnected",  # the socket or connection dropped
+]
+FAULT_KINDS: tuple[str, ...] = FaultKind.__args__  # type: ignore[attr-defined]
+
+
+class ProviderError(Exception):
+    """A provider attempt failed. ``after_first`` is True when some output had already arrived."""
+
+    def __init__(
+        self,
+        provider: str,
+        kind: str,
+        message: str,
+        *,
+        status: int | None = None,
+        after_first: bool = False,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(f"{provider}: {kind}: {message}")
+        self.provider = provider
+        self.kind = kind
+        self.message = message
+        self.status = status
+        self.after_first = after_first
+        self.retry_after_s = retry_after_s
+
+
+# ---------------------------------------------------------------- STT
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStarted:
+    """The STT heard speech begin (server VAD)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechEnded:
+    """The STT decided the caller stopped speaking (server VAD end of speech)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    text: str
+    final: bool
+    language: str | None = None  # normalised "xx-IN" code when the STT reports one
+
+
+STTEvent = SpeechStarted | SpeechEnded | Transcript
+
+
+class STTStream(Protocol):
+    """One streaming recognition session (one websocket for the whole call)."""
+
+    async def send_audio(self, pcm: bytes) -> None:
+        """Send one or more 20 ms PCM16 8 kHz frames."""
+
+    async def flush(self) -> None:
+        """Ask the STT to finalise whatever it has buffered now (our endpointer decided)."""
+
+    def events(self) -> AsyncIterator[STTEvent]:
+        """Events in arrival order. Raises ProviderError if the session fails."""
+
+    async def aclose(self) -> None: ...
+
+
+class STTProvider(Protocol):
+    name: str
+
+    async def connect(self, language: str) -> STTStream:
+        """Open a session for a call whose expected language is ``language`` ("en-IN", "hi-IN", ...)."""
+
+
+# ---------------------------------------------------------------- LLM
+
+
+@dataclass(slots=True)
+class LLMRequest:
+    model: str
+    messages: list[dict[str, Any]]
+    max_tokens: int = 200
+    temperature: float = 0.3
+    tools: list[dict[str, Any]] | None = None
+    # Opaque tag sent as the X-Voxroute-Tag header so emulators can attribute faults to a turn.
+    tag: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LLMToken:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class LLMUsage:
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float | None = None  # as reported by the provider (OpenRouter); None otherwise
+
+
+LLMEvent = LLMToken | LLMUsage
+
+
+class LLMProvider(Protocol):
+    name: str
+
+    def stream(self, request: LLMRequest) -> AsyncIterator[LLMEvent]:
+        """Stream the reply. Raises ProviderError (after_first tells whether tokens flowed)."""
+
+    async def aclose(self) -> None: ...
+
+
+# ---------------------------------------------------------------- TTS
+
+
+class TTSStream(Protocol):
+    """One utterance being synthesised: text goes in as it is produced, PCM comes out."""
+
+    async def send_text(self, text: str) -> None: ...
+
+    async def flush(self) -> None:
+        """No more text for this utterance; the stream ends after the last audio."""
+
+    def audio(self) -> AsyncIterator[bytes]:
+        """PCM16 8 kHz chunks (any size) until the utterance is complete. Raises ProviderError."""
+
+    async def cancel(self) -> None:
+        """Barge-in: stop now, drop what is pending (closes the socket where the protocol has no cancel)."""
+
+
+class TTSProvider(Protocol):
+    name: str
+
+    async def open(self, language: str, voice: str | None = None) -> TTSStream:
+        """Start an utterance (a pre-warmed connection is used when one is ready)."""
+
+    async def synthesize(self, text: str, language: str, voice: str | None = None) -> bytes:
+        """Whole-utterance synthesis (REST) to PCM16 8 kHz, used for cached bridge phrases and fallback."""
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(slots=True)
+class AttemptRecord:
+    """One provider attempt as the turn log keeps it, successful or not."""
+
+    provider: str
+    model: str | None
+    kind: str | None = None  # a FaultKind when it failed
+    message: str | None = None
+    action: str | None = None  # what the runtime did next: retry, hedge, downgrade, apologise
+    extra: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,101 @@
+"""The turn record: DESIGN.md's timeline names, the route, and what went wrong.
+
+Times are monotonic milliseconds relative to the call's start (the carrier's ``start``).
+The same names appear in the log line, the replay JSON and (later) the call log.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+TIMELINE_NAMES = (
+    "speech_end",
+    "endpoint",
+    "stt_final",
+    "route",
+    "llm_request",
+    "llm_first_token",
+    "first_chunk",
+    "tts_request",
+    "tts_first_audio",
+    "first_audio_out",
+    "first_audio_heard",
+    "bridge_out",
+    "done",
+)
+
+
+class Clock:
+    """Monotonic ms since the call started."""
+
+    def __init__(self) -> None:
+        self._t0 = time.monotonic()
+
+    def now(self) -> float:
+        return (time.monotonic() - self._t0) * 1000.0
+
+    def at(self, monotonic_s: float) -> float:
+        return (monotonic_s - self._t0) * 1000.0
+
+
+@dataclass
+class TurnRecord:
+    index: int
+    kind: str = "speech"  # "speech" or "dtmf"
+    transcript: str = ""
+    language: str = "en-IN"
+    budget_ms: int = 1000
+    route: dict[str, Any] | None = None
+    timeline: dict[str, float] = field(default_factory=dict)
+    bridge: bool = False
+    fallbacks: list[dict[str, Any]] = field(default_factory=list)
+    reply: str = ""  # everything the agent said (or started to say) in this turn
+    heard: str = ""  # the part whose audio the caller heard (mark echoes)
+    interrupted: bool = False
+    outcome: str = "answered"  # answered, apology, not_heard, interrupted
+    usage: dict[str, Any] = field(default_factory=dict)
+    chunks: list[str] = field(default_factory=list)
+
+    def mark(self, name: str, t: float, *, overwrite: bool = False) -> None:
+        if name not in TIMELINE_NAMES:
+            raise KeyError(name)
+        if overwrite or name not in self.timeline:
+            self.timeline[name] = round(t, 1)
+
+    @property
+    def first_audio_ms(self) -> float | None:
+        if "first_audio_out" in self.timeline and "speech_end" in self.timeline:
+            return round(self.timeline["first_audio_out"] - self.timeline["speech_end"], 1)
+        return None
+
+    @property
+    def within_budget(self) -> bool:
+        fa = self.first_audio_ms
+        return fa is not None and fa <= self.budget_ms
+
+    def add_fallback(self, provider: str, kind: str, message: str, action: str, **extra: Any) -> None:
+        item = {"provider": provider, "kind": kind, "error": message[:300], "action": action}
+        item.update(extra)
+        self.fallbacks.append(item)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "kind": self.kind,
+            "transcript": self.transcript,
+            "language": self.language,
+            "route": self.route,
+            "timeline": {k: self.timeline[k] for k in TIMELINE_NAMES if k in self.timeline},
+            "first_audio_ms": self.first_audio_ms,
+            "budget_ms": self.budget_ms,
+            "within_budget": self.within_budget,
+            "bridge": self.bridge,
+            "fallbacks": self.fallbacks,
+            "reply": self.reply,
+            "heard": self.heard,
+            "interrupted": self.interrupted,
+            "outcome": self.outcome,
+            "usage": self.usage,
+        }
