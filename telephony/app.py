@@ -1,0 +1,352 @@
+"""The FastAPI edge for Twilio: voice webhook -> TwiML, media-stream websocket -> ``on_call(link)``.
+
+``POST /twilio/voice`` answers with ``<Connect><Stream>`` and per-call ``<Parameter>``s;
+``WS /twilio/stream`` turns the media stream into a :class:`TwilioLink` (the ``CarrierLink`` of
+``agent.link``) and runs ``on_call(link)`` until the call ends; ``GET /healthz``.
+
+Each websocket handler owns its call and starts no tasks: ``on_call`` runs inside it, and the
+link reads the socket only when ``on_call`` iterates ``link.events()``. A protocol error ends
+that call only (close 1008, ``CallEnded("error")``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from urllib.parse import parse_qsl, urlsplit
+
+from fastapi import FastAPI, Request, WebSocket
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.datastructures import MultiDict
+from starlette.websockets import WebSocketDisconnect
+
+from agent.link import CallEnded, CallStart, CarrierEvent, CarrierLink, InboundAudio, InboundDtmf, MarkEcho
+from telephony.twilio import (
+    MAX_MESSAGE_BYTES,
+    Dtmf,
+    Mark,
+    Media,
+    Start,
+    Stop,
+    TwilioProtocolError,
+    TwilioStream,
+)
+from telephony.twiml import (
+    SIGNATURE_HEADER,
+    SIGNATURE_SETTINGS_HEADER,
+    call_token,
+    check_call_token,
+    connect_stream_twiml,
+    public_url,
+    public_ws_url,
+    validate_signature,
+)
+
+log = logging.getLogger(__name__)
+
+VOICE_PATH = "/twilio/voice"
+STREAM_PATH = "/twilio/stream"
+MAX_WEBHOOK_BYTES = 64 * 1024
+INBOUND_TRACKS = frozenset({"inbound", "inbound_track"})
+
+OnCall = Callable[[CarrierLink], Awaitable[None]]
+TenantLookup = Callable[[str], str | None]
+
+
+class TelephonySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    public_base_url: str  # what Twilio calls, e.g. https://agent.example.com (signatures are over it)
+    twilio_auth_token: str | None = Field(default=None, repr=False)  # None: no signature checks
+    default_tenant: str = "default"
+    max_message_bytes: int = Field(default=MAX_MESSAGE_BYTES, gt=0)
+    start_timeout_s: float = Field(default=10.0, gt=0)  # connected+start must arrive within this
+    verify_call_token: bool = True  # with an auth token: start must carry our per-call HMAC parameter
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _http_base(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+            raise ValueError("must be http(s)://host[:port][/prefix] without query or fragment")
+        return value.rstrip("/")
+
+
+class _Closed(Exception):
+    """The caller's side of the socket went away."""
+
+
+class TwilioLink:
+    """One Twilio media stream as an ``agent.link.CarrierLink``.
+
+    Audio in is PCM16 8 kHz decoded from mu-law; ``send_audio`` takes any even number of bytes of
+    PCM16 8 kHz and sends it as one ``media`` message. Sends after the socket closed are dropped
+    quietly: the call's end shows up in ``events()`` as ``CallEnded``.
+    """
+
+    start: CallStart
+
+    def __init__(self, websocket: WebSocket, stream: TwilioStream, *, default_tenant: str = "default"):
+        self._ws = websocket
+        self._stream = stream
+        self._default_tenant = default_tenant
+        self._send_lock = asyncio.Lock()
+        self._closed = False
+        self._ended = False
+        self._who = f"stream from {websocket.client.host if websocket.client else '?'}"
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def _receive(self) -> str | bytes:
+        if self._closed:
+            raise _Closed
+        try:
+            message = await self._ws.receive()
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            message = {"type": "websocket.disconnect"}
+        if message["type"] == "websocket.disconnect":
+            self._closed = True
+            raise _Closed
+        text = message.get("text")
+        return text if text is not None else (message.get("bytes") or b"")
+
+    async def wait_start(self) -> CallStart:
+        """Read until Twilio's ``start`` (after ``connected``); the caller bounds this with a timeout."""
+        while True:
+            for event in self._stream.feed(await self._receive()):
+                if isinstance(event, Start):
+                    params = dict(event.custom_parameters)
+                    self.start = CallStart(
+                        call_sid=event.call_sid,
+                        stream_sid=event.stream_sid,
+                        tenant=params.get("tenant") or self._default_tenant,
+                        from_number=params.get("from") or None,
+                        to_number=params.get("to") or None,
+                        language=params.get("language") or None,
+                        parameters=params,
+                    )
+                    self._who = f"call {event.call_sid}"
+                    return self.start
+
+    def events(self) -> _LinkEvents:
+        return _LinkEvents(self)
+
+    def _end(self, reason: str) -> CallEnded:
+        self._ended = True
+        return CallEnded(reason)
+
+    async def _next_event(self) -> CarrierEvent:
+        if self._ended:
+            raise StopAsyncIteration
+        while True:
+            try:
+                raw = await self._receive()
+            except _Closed:
+                return self._end("closed")
+            try:
+                parsed = self._stream.feed(raw)
+            except TwilioProtocolError as exc:
+                log.warning("%s: Twilio protocol error, closing the stream (1008): %s", self._who, exc)
+                await self.close(1008)
+                return self._end("error")
+            for event in parsed:
+                if isinstance(event, Media):
+                    if event.track is None or event.track in INBOUND_TRACKS:
+                        return InboundAudio(event.pcm, event.timestamp)
+                elif isinstance(event, Dtmf):
+                    return InboundDtmf(event.digit)
+                elif isinstance(event, Mark):
+                    return MarkEcho(event.name)
+                elif isinstance(event, Stop):
+                    return self._end("stop")
+
+    async def _send(self, text: str) -> None:
+        async with self._send_lock:
+            if self._closed:
+                return
+            try:
+                await self._ws.send_text(text)
+            except (WebSocketDisconnect, RuntimeError, OSError) as exc:
+                self._closed = True
+                log.info("%s: send failed, socket closed: %r", self._who, exc)
+
+    async def send_audio(self, pcm: bytes) -> None:
+        if pcm and not self._closed:
+            await self._send(self._stream.media(pcm))
+
+    async def send_mark(self, name: str) -> None:
+        await self._send(self._stream.mark(name))
+
+    async def clear(self) -> None:
+        await self._send(self._stream.clear())
+
+    async def hangup(self) -> None:
+        await self.close(1000)
+
+    async def close(self, code: int = 1000) -> None:
+        async with self._send_lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                await self._ws.close(code=code)
+            except (WebSocketDisconnect, RuntimeError, OSError):
+                pass
+
+
+class _LinkEvents:
+    """``link.events()``: a plain async iterator (not a generator: nothing to finalise if dropped)."""
+
+    def __init__(self, link: TwilioLink):
+        self._link = link
+
+    def __aiter__(self) -> _LinkEvents:
+        return self
+
+    async def __anext__(self) -> CarrierEvent:
+        return await self._link._next_event()
+
+
+def create_app(
+    settings: TelephonySettings,
+    on_call: OnCall,
+    *,
+    tenant_for_number: TenantLookup | None = None,
+) -> FastAPI:
+    """The Twilio edge. ``on_call(link)`` runs one call to its end (the lead's CallSession)."""
+    app = FastAPI(title="voxroute telephony", docs_url=None, redoc_url=None, openapi_url=None)
+    token = settings.twilio_auth_token
+    stream_url = public_ws_url(settings.public_base_url, STREAM_PATH)
+    active = {"calls": 0}
+    if not token:
+        log.warning("no Twilio auth token configured: webhook and media stream signatures are NOT checked")
+    app.state.telephony_settings = settings
+
+    def tenant_for(to: str) -> str:
+        if tenant_for_number is not None and to:
+            try:
+                tenant = tenant_for_number(to)
+            except Exception:
+                log.exception("tenant lookup for %s failed; using %s", to, settings.default_tenant)
+                tenant = None
+            if tenant:
+                return tenant
+        return settings.default_tenant
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok", "active_calls": active["calls"]}
+
+    @app.post(VOICE_PATH)
+    async def voice(request: Request) -> Response:
+        body = bytearray()
+        async for piece in request.stream():
+            body += piece
+            if len(body) > MAX_WEBHOOK_BYTES:
+                log.warning("voice webhook from %s: body over %d bytes", _client(request), MAX_WEBHOOK_BYTES)
+                return _error(413, "request body too large")
+        try:
+            form = MultiDict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=200))
+        except (UnicodeDecodeError, ValueError) as exc:
+            log.warning("voice webhook from %s: unreadable form: %s", _client(request), exc)
+            return _error(400, "body must be application/x-www-form-urlencoded")
+        if token:
+            url = public_url(settings.public_base_url, request.url.path, request.url.query)
+            signature = request.headers.get(SIGNATURE_HEADER)
+            settings_header = request.headers.get(SIGNATURE_SETTINGS_HEADER)
+            if not validate_signature(token, url, form, signature, signature_settings=settings_header):
+                log.warning(
+                    "voice webhook from %s rejected (403): %s X-Twilio-Signature for %s (CallSid %r)",
+                    _client(request),
+                    "bad" if signature else "missing",
+                    url,
+                    form.get("CallSid"),
+                )
+                return _error(403, "invalid Twilio signature")
+        call_sid = form.get("CallSid")
+        if not call_sid:
+            log.warning("voice webhook from %s: no CallSid", _client(request))
+            return _error(400, "CallSid is required")
+        from_number, to_number = form.get("From", ""), form.get("To", "")
+        parameters = {
+            "call_sid": call_sid,
+            "from": from_number,
+            "to": to_number,
+            "tenant": tenant_for(to_number),
+        }
+        if token and settings.verify_call_token:
+            parameters["call_token"] = call_token(token, call_sid)
+        log.info("call %s from %s to %s: connecting media stream", call_sid, from_number, to_number)
+        return Response(connect_stream_twiml(stream_url, parameters), media_type="application/xml")
+
+    @app.websocket(STREAM_PATH)
+    async def media_stream(websocket: WebSocket) -> None:
+        peer = _client(websocket)
+        if token:
+            url = public_ws_url(settings.public_base_url, websocket.url.path, websocket.url.query)
+            signature = websocket.headers.get(SIGNATURE_HEADER)
+            if not validate_signature(token, url, None, signature):
+                log.warning(
+                    "media stream upgrade from %s rejected (403): %s X-Twilio-Signature for %s",
+                    peer,
+                    "bad" if signature else "missing",
+                    url,
+                )
+                await websocket.close(code=1008)  # before accept: the handshake fails with HTTP 403
+                return
+        await websocket.accept()
+        link = TwilioLink(
+            websocket,
+            TwilioStream(max_message_bytes=settings.max_message_bytes),
+            default_tenant=settings.default_tenant,
+        )
+        try:
+            async with asyncio.timeout(settings.start_timeout_s):
+                start = await link.wait_start()
+        except TimeoutError:
+            log.warning(
+                "media stream from %s: no start within %.1f s, closing (1008)", peer, settings.start_timeout_s
+            )
+            await link.close(1008)
+            return
+        except TwilioProtocolError as exc:
+            log.warning(
+                "media stream from %s: Twilio protocol error before start, closing (1008): %s", peer, exc
+            )
+            await link.close(1008)
+            return
+        except _Closed:
+            log.info("media stream from %s closed before start", peer)
+            return
+        if token and settings.verify_call_token:
+            if not check_call_token(token, start.call_sid, start.parameters.get("call_token")):
+                log.warning(
+                    "call %s: start without a valid call_token parameter, closing (1008)", start.call_sid
+                )
+                await link.close(1008)
+                return
+        log.info("call %s: stream %s started (tenant %s)", start.call_sid, start.stream_sid, start.tenant)
+        active["calls"] += 1
+        try:
+            await on_call(link)
+        except Exception:
+            log.exception("call %s: on_call failed, closing the stream (1011)", start.call_sid)
+            await link.close(1011)
+        finally:
+            active["calls"] -= 1
+            await link.close(1000)  # no-op when already closed
+            log.info("call %s: stream ended", start.call_sid)
+
+    return app
+
+
+def _client(conn: Request | WebSocket) -> str:
+    return f"{conn.client.host}:{conn.client.port}" if conn.client else "?"
+
+
+def _error(status: int, detail: str) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status)

@@ -1,0 +1,173 @@
+"""G.711 (mu-law, A-law) and a steady streaming resampler, numpy only.
+
+G.711 uses lookup tables (65,536 entries to encode, 256 to decode) that are bit-exact with
+CPython's ``audioop`` (removed in 3.13), so a 20 ms frame costs one fancy-index.
+
+:class:`StreamResampler` is a rational polyphase FIR with carried state. Unlike soxr's
+streaming modes it never holds audio back: every input chunk yields exactly
+``len * rate_out / rate_in`` samples (one 20 ms frame in, one 20 ms frame out), and
+chunked output is identical to one-shot output.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from functools import lru_cache
+
+import numpy as np
+
+SAMPLE_RATE = 8000
+FRAME_MS = 20
+FRAME_SAMPLES = SAMPLE_RATE * FRAME_MS // 1000  # 160
+FRAME_BYTES = FRAME_SAMPLES * 2  # 320 bytes of PCM16 per 20 ms at 8 kHz
+ULAW_SILENCE = 0xFF
+ALAW_SILENCE = 0xD5
+SUPPORTED_RATES = (8000, 16000, 22050, 24000)
+
+
+def _int16_domain() -> np.ndarray:
+    """Every int16 value, indexed by its bit pattern read as uint16."""
+    s = np.arange(65536, dtype=np.int32)
+    return np.where(s >= 32768, s - 65536, s)
+
+
+def _segment(mag: np.ndarray, bounds: tuple[int, ...]) -> np.ndarray:
+    return sum((mag > b).astype(np.int32) for b in bounds)
+
+
+def _ulaw_tables() -> tuple[np.ndarray, np.ndarray]:
+    s = _int16_domain() >> 2  # 14 bits
+    neg = s < 0
+    mag = np.minimum(np.where(neg, -s, s), 8159) + 33
+    seg = _segment(mag, (0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF, 0x1FFF))
+    code = np.where(seg >= 8, 0x7F, (seg << 4) | ((mag >> (seg + 1)) & 0x0F))
+    enc = np.where(neg, code ^ 0x7F, code ^ 0xFF).astype(np.uint8)
+    u = np.arange(256, dtype=np.int32) ^ 0xFF
+    m = ((((u & 0x0F) << 3) | 0x84) << ((u >> 4) & 7)) - 0x84
+    dec = np.where(u & 0x80, -m, m).astype("<i2")
+    return enc, dec
+
+
+def _alaw_tables() -> tuple[np.ndarray, np.ndarray]:
+    s = _int16_domain() >> 3  # 13 bits
+    neg = s < 0
+    mag = np.where(neg, -s - 1, s)  # a 13-bit magnitude never overflows segment 7
+    seg = _segment(mag, (0x1F, 0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF))
+    code = np.where(seg < 2, (seg << 4) | ((mag >> 1) & 0x0F), (seg << 4) | ((mag >> seg) & 0x0F))
+    enc = np.where(neg, code ^ 0x55, code ^ 0xD5).astype(np.uint8)
+    a = np.arange(256, dtype=np.int32) ^ 0x55
+    mant = (a & 0x0F) << 4
+    exp = (a >> 4) & 7
+    m = np.where(exp == 0, mant + 8, (mant + 0x108) << np.maximum(exp - 1, 0))
+    dec = np.where(a & 0x80, m, -m).astype("<i2")
+    return enc, dec
+
+
+ULAW_ENC, ULAW_DEC = _ulaw_tables()
+ALAW_ENC, ALAW_DEC = _alaw_tables()
+
+
+def _check_pcm(pcm: bytes) -> None:
+    if len(pcm) % 2:
+        raise ValueError(f"PCM16 needs an even number of bytes, got {len(pcm)}")
+
+
+def pcm16_to_ulaw(pcm: bytes) -> bytes:
+    """PCM16 little-endian -> G.711 mu-law, one byte per sample."""
+    _check_pcm(pcm)
+    return ULAW_ENC[np.frombuffer(pcm, "<u2")].tobytes()
+
+
+def ulaw_to_pcm16(ulaw: bytes) -> bytes:
+    return ULAW_DEC[np.frombuffer(ulaw, np.uint8)].tobytes()
+
+
+def pcm16_to_alaw(pcm: bytes) -> bytes:
+    """PCM16 little-endian -> G.711 A-law, one byte per sample."""
+    _check_pcm(pcm)
+    return ALAW_ENC[np.frombuffer(pcm, "<u2")].tobytes()
+
+
+def alaw_to_pcm16(alaw: bytes) -> bytes:
+    return ALAW_DEC[np.frombuffer(alaw, np.uint8)].tobytes()
+
+
+def silence_pcm(ms: int, rate: int = SAMPLE_RATE) -> bytes:
+    """``ms`` milliseconds of PCM16 silence at ``rate``."""
+    return bytes(2 * (rate * ms // 1000))
+
+
+def frames(pcm: bytes, frame_bytes: int = FRAME_BYTES, *, pad: bool = True) -> Iterator[bytes]:
+    """Cut ``pcm`` into ``frame_bytes`` pieces; the last one is padded with silence (or dropped)."""
+    if frame_bytes <= 0:
+        raise ValueError("frame_bytes must be positive")
+    for i in range(0, len(pcm), frame_bytes):
+        chunk = pcm[i : i + frame_bytes]
+        if len(chunk) < frame_bytes:
+            if not pad:
+                return
+            chunk += bytes(frame_bytes - len(chunk))
+        yield chunk
+
+
+def _kaiser_lowpass(numtaps: int, cutoff: float, beta: float) -> np.ndarray:
+    """Windowed-sinc low-pass, ``cutoff`` relative to Nyquist, unity DC gain.
+
+    The same taps as ``scipy.signal.firwin(numtaps, cutoff, window=("kaiser", beta))``.
+    """
+    m = np.arange(numtaps) - (numtaps - 1) / 2.0
+    h = cutoff * np.sinc(cutoff * m) * np.kaiser(numtaps, beta)
+    return h / h.sum()
+
+
+@lru_cache(maxsize=32)
+def _polyphase_bank(up: int, down: int, taps_per_phase: int, beta: float) -> np.ndarray:
+    n = taps_per_phase * max(up, down)
+    n += (-n) % up
+    h = _kaiser_lowpass(n, 0.9 / max(up, down), beta) * up
+    poly = h.reshape(n // up, up).T.copy()  # poly[p, k] = h[p + k * up]
+    poly.setflags(write=False)  # shared by every resampler with this ratio
+    return poly
+
+
+class StreamResampler:
+    """Stateful rational resampler for PCM16 mono: ``process(chunk) -> chunk``.
+
+    Output sample ``j`` sits at ``j * down`` on the upsampled grid; it is emitted as soon as its
+    newest input sample exists, so ``n`` samples in always gives ``ceil`` of the exact
+    proportion in total, and 20 ms in gives 20 ms out. Group delay is about 1.5 ms.
+    Make one per direction per call; make a new one after a gap (stale history would leak in).
+    """
+
+    def __init__(self, rate_in: int, rate_out: int, *, taps_per_phase: int = 24, beta: float = 8.0):
+        for rate in (rate_in, rate_out):
+            if rate not in SUPPORTED_RATES:
+                raise ValueError(f"unsupported sample rate {rate}; supported: {SUPPORTED_RATES}")
+        self.rate_in = rate_in
+        self.rate_out = rate_out
+        g = math.gcd(rate_in, rate_out)
+        self._up = rate_out // g
+        self._down = rate_in // g
+        self._passthrough = rate_in == rate_out
+        self._poly = _polyphase_bank(self._up, self._down, taps_per_phase, beta)
+        self._k = self._poly.shape[1]
+        self._taps = np.arange(self._k)
+        self._hist = np.zeros(self._k - 1)
+        self._n_in = 0
+        self._n_out = 0
+
+    def process(self, pcm: bytes) -> bytes:
+        _check_pcm(pcm)
+        if self._passthrough:
+            return bytes(pcm)
+        x = np.frombuffer(pcm, "<i2").astype(np.float64)
+        buf = np.concatenate([self._hist, x])
+        total = self._n_in + len(x)
+        end = -(-total * self._up // self._down)  # outputs whose newest input sample exists
+        pos = np.arange(self._n_out, end) * self._down
+        idx = (pos // self._up - (self._n_in - self._k + 1))[:, None] - self._taps
+        y = np.einsum("nk,nk->n", self._poly[pos % self._up], buf[idx])
+        self._n_in, self._n_out = total, end
+        self._hist = buf[len(buf) - (self._k - 1) :]
+        return np.clip(np.rint(y), -32768, 32767).astype("<i2").tobytes()

@@ -1,0 +1,488 @@
+"""Twilio Media Streams (bidirectional ``<Connect><Stream>``), sans-I/O.
+
+:class:`TwilioStream` is our side of one stream: ``feed(text)`` parses what Twilio sends into
+frozen dataclasses, ``media(pcm)``, ``mark(name)`` and ``clear()`` build what we send. No awaits,
+no sockets: the websocket layer (``telephony.app``) is a thin loop around it.
+
+:class:`TwilioPeer` is the other end (what Twilio sends, and parsing what we send), for the fake
+carrier and for tests.
+
+Wire facts (reference/telephony.md §1.2-1.3): ``sequenceNumber``, ``chunk`` and ``timestamp``
+arrive as strings, ``mediaFormat.sampleRate``/``channels`` as numbers, so integers are parsed
+leniently from either form. ``streamSid`` format is not validated (old streams used UUIDs).
+Unknown event types are ignored for forward compatibility; a known event that is malformed is
+a :class:`TwilioProtocolError`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from telephony.audio import pcm16_to_ulaw, ulaw_to_pcm16
+
+MAX_MESSAGE_BYTES = 64 * 1024
+INBOUND_FRAME_BYTES = 160  # 20 ms of mu-law at 8 kHz = 216 base64 characters
+DTMF_DIGITS = frozenset("0123456789*#ABCD")
+MULAW = "audio/x-mulaw"
+_MAX_INT_CHARS = 18  # sequence numbers and timestamps; keeps int() away from huge digit strings
+
+
+class TwilioProtocolError(ValueError):
+    """A message from (or to) Twilio that breaks the Media Streams protocol."""
+
+
+# ---------------------------------------------------------------- events Twilio sends us
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    protocol: str | None = None
+    version: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MediaFormat:
+    encoding: str
+    sample_rate: int
+    channels: int
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    stream_sid: str
+    call_sid: str
+    account_sid: str
+    media_format: MediaFormat
+    tracks: tuple[str, ...] = ("inbound",)
+    custom_parameters: Mapping[str, str] = field(default_factory=dict, hash=False)
+    sequence_number: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Media:
+    payload: bytes  # raw mu-law as received
+    pcm: bytes  # the same audio as PCM16 8 kHz
+    track: str | None = None
+    chunk: int | None = None
+    timestamp: int | None = None  # ms since the stream started
+    sequence_number: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Dtmf:
+    digit: str
+    track: str | None = None
+    sequence_number: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    name: str
+    sequence_number: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    call_sid: str | None = None
+    account_sid: str | None = None
+    sequence_number: int | None = None
+
+
+TwilioEvent = Connected | Start | Media | Dtmf | Mark | Stop
+
+
+# ---------------------------------------------------------------- events we send Twilio
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundMedia:
+    payload: bytes  # raw mu-law
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundMark:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundClear:
+    pass
+
+
+OutboundEvent = OutboundMedia | OutboundMark | OutboundClear
+
+
+# ---------------------------------------------------------------- field helpers
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _load(text: str | bytes, limit: int) -> dict:
+    if isinstance(text, bytes | bytearray | memoryview):
+        if len(text) > limit:
+            raise TwilioProtocolError(f"message of {len(text)} bytes exceeds the {limit}-byte limit")
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise TwilioProtocolError(f"message is not UTF-8: {exc}") from None
+    elif not isinstance(text, str):
+        raise TwilioProtocolError(f"message must be text, got {type(text).__name__}")
+    if len(text) > limit or (not text.isascii() and len(text.encode("utf-8", "surrogatepass")) > limit):
+        raise TwilioProtocolError(f"message exceeds the {limit}-byte limit")
+    try:
+        msg = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise TwilioProtocolError(f"malformed JSON: {exc}") from None
+    if not isinstance(msg, dict):
+        raise TwilioProtocolError(f"message must be a JSON object, got {type(msg).__name__}")
+    return msg
+
+
+def _obj(d: dict, key: str, where: str) -> dict:
+    value = d.get(key)
+    if not isinstance(value, dict):
+        raise TwilioProtocolError(f"{where}.{key} must be an object, got {_short(value)}")
+    return value
+
+
+def _str(d: dict, key: str, where: str, *, required: bool = True) -> str | None:
+    value = d.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str):
+        raise TwilioProtocolError(f"{where}.{key} must be a string, got {_short(value)}")
+    return value
+
+
+def _int(d: dict, key: str, where: str, *, required: bool = False) -> int | None:
+    """An unsigned integer sent as a number or as a string of digits."""
+    value = d.get(key)
+    if value is None and not required:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and 0 < len(value) <= _MAX_INT_CHARS and value.isascii() and value.isdigit():
+        return int(value)
+    raise TwilioProtocolError(f"{where}.{key} must be an unsigned integer, got {_short(value)}")
+
+
+def _b64(value: object, where: str) -> bytes:
+    if not isinstance(value, str):
+        raise TwilioProtocolError(f"{where} must be a base64 string, got {_short(value)}")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise TwilioProtocolError(f"{where} is not valid base64: {exc}") from None
+
+
+def _params(value: object) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise TwilioProtocolError(f"start.customParameters must be an object, got {_short(value)}")
+    out: dict[str, str] = {}
+    for k, v in value.items():
+        if isinstance(v, str):
+            out[k] = v
+        elif isinstance(v, int | float) and not isinstance(v, bool):
+            out[k] = str(v)  # lenient: a parameter value that came through as a number
+        else:
+            raise TwilioProtocolError(f"start.customParameters.{k} must be a string, got {_short(v)}")
+    return out
+
+
+def _compact(obj: dict) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+# ---------------------------------------------------------------- our side
+
+
+class TwilioStream:
+    """Our end of one Twilio media stream.
+
+    ``feed`` returns zero or one event per message: zero for unknown event types. The stream must
+    ``start`` before media/dtmf/mark, ``start`` comes once, and nothing may follow ``stop``.
+    ``frame_bytes`` is the mu-law payload size every inbound ``media`` must have (Twilio sends 20 ms
+    frames); ``None`` accepts any non-empty payload.
+    """
+
+    def __init__(
+        self, *, max_message_bytes: int = MAX_MESSAGE_BYTES, frame_bytes: int | None = INBOUND_FRAME_BYTES
+    ):
+        self.max_message_bytes = max_message_bytes
+        self.frame_bytes = frame_bytes
+        self.connected = False
+        self.start: Start | None = None
+        self.stopped = False
+        self._sid_json: str | None = None  # the streamSid, JSON-quoted once for the hot path
+
+    @property
+    def stream_sid(self) -> str | None:
+        return self.start.stream_sid if self.start else None
+
+    # -- inbound
+
+    def feed(self, text: str | bytes) -> list[TwilioEvent]:
+        msg = _load(text, self.max_message_bytes)
+        event = msg.get("event")
+        if not isinstance(event, str):
+            raise TwilioProtocolError(f"message has no string 'event' field: got {_short(event)}")
+        parse = self._PARSERS.get(event)
+        if parse is None:
+            return []  # an event type newer than this code: ignore it
+        if self.stopped:
+            raise TwilioProtocolError(f"{event!r} after stop")
+        if event not in ("connected", "start"):
+            if self.start is None:
+                raise TwilioProtocolError(f"{event!r} before start")
+            sid = msg.get("streamSid")
+            if sid is not None and sid != self.start.stream_sid:
+                raise TwilioProtocolError(
+                    f"{event!r} for stream {_short(sid)}, expected {self.start.stream_sid!r}"
+                )
+        return [parse(self, msg)]
+
+    def _connected(self, msg: dict) -> Connected:
+        if self.connected or self.start is not None:
+            raise TwilioProtocolError("duplicate or late 'connected'")
+        self.connected = True
+        return Connected(
+            _str(msg, "protocol", "connected", required=False),
+            _str(msg, "version", "connected", required=False),
+        )
+
+    def _start(self, msg: dict) -> Start:
+        if self.start is not None:
+            raise TwilioProtocolError("duplicate 'start'")
+        seq = _int(msg, "sequenceNumber", "start")
+        body = _obj(msg, "start", "message")
+        sid = _str(body, "streamSid", "start", required=False) or _str(msg, "streamSid", "message")
+        top_sid = msg.get("streamSid")
+        if top_sid is not None and top_sid != sid:
+            raise TwilioProtocolError(f"start.streamSid {sid!r} differs from streamSid {_short(top_sid)}")
+        if not sid:
+            raise TwilioProtocolError("start.streamSid is empty")
+        call_sid = _str(body, "callSid", "start")
+        if not call_sid:
+            raise TwilioProtocolError("start.callSid is empty")
+        account_sid = _str(body, "accountSid", "start", required=False) or ""
+        tracks_raw = body.get("tracks", ["inbound"])
+        if not isinstance(tracks_raw, list) or not all(isinstance(t, str) for t in tracks_raw):
+            raise TwilioProtocolError(f"start.tracks must be a list of strings, got {_short(tracks_raw)}")
+        fmt = _obj(body, "mediaFormat", "start")
+        media_format = MediaFormat(
+            encoding=_str(fmt, "encoding", "start.mediaFormat"),
+            sample_rate=_int(fmt, "sampleRate", "start.mediaFormat", required=True),
+            channels=_int(fmt, "channels", "start.mediaFormat", required=True),
+        )
+        if (media_format.encoding, media_format.sample_rate, media_format.channels) != (MULAW, 8000, 1):
+            raise TwilioProtocolError(f"unsupported mediaFormat {media_format}: only {MULAW} 8000 Hz mono")
+        start = Start(
+            stream_sid=sid,
+            call_sid=call_sid,
+            account_sid=account_sid,
+            media_format=media_format,
+            tracks=tuple(tracks_raw),
+            custom_parameters=_params(body.get("customParameters")),
+            sequence_number=seq,
+        )
+        self.start = start
+        self._sid_json = json.dumps(sid)
+        return start
+
+    def _media(self, msg: dict) -> Media:
+        seq = _int(msg, "sequenceNumber", "media")
+        body = _obj(msg, "media", "message")
+        payload = _b64(body.get("payload"), "media.payload")
+        if self.frame_bytes is not None and len(payload) != self.frame_bytes:
+            raise TwilioProtocolError(f"media.payload is {len(payload)} bytes, expected {self.frame_bytes}")
+        if not payload:
+            raise TwilioProtocolError("media.payload is empty")
+        return Media(
+            payload=payload,
+            pcm=ulaw_to_pcm16(payload),
+            track=_str(body, "track", "media", required=False),
+            chunk=_int(body, "chunk", "media"),
+            timestamp=_int(body, "timestamp", "media"),
+            sequence_number=seq,
+        )
+
+    def _dtmf(self, msg: dict) -> Dtmf:
+        seq = _int(msg, "sequenceNumber", "dtmf")
+        body = _obj(msg, "dtmf", "message")
+        digit = _str(body, "digit", "dtmf")
+        if digit not in DTMF_DIGITS:
+            raise TwilioProtocolError(f"dtmf.digit {_short(digit)} is not a keypad digit")
+        return Dtmf(digit=digit, track=_str(body, "track", "dtmf", required=False), sequence_number=seq)
+
+    def _mark(self, msg: dict) -> Mark:
+        seq = _int(msg, "sequenceNumber", "mark")
+        body = _obj(msg, "mark", "message")
+        return Mark(name=_str(body, "name", "mark"), sequence_number=seq)
+
+    def _stop(self, msg: dict) -> Stop:
+        seq = _int(msg, "sequenceNumber", "stop")
+        body = msg.get("stop")
+        if body is None:
+            body = {}
+        elif not isinstance(body, dict):
+            raise TwilioProtocolError(f"message.stop must be an object, got {_short(body)}")
+        self.stopped = True
+        return Stop(
+            call_sid=_str(body, "callSid", "stop", required=False),
+            account_sid=_str(body, "accountSid", "stop", required=False),
+            sequence_number=seq,
+        )
+
+    _PARSERS = {
+        "connected": _connected,
+        "start": _start,
+        "media": _media,
+        "dtmf": _dtmf,
+        "mark": _mark,
+        "stop": _stop,
+    }
+
+    # -- outbound
+
+    def _sid(self) -> str:
+        if self._sid_json is None:
+            raise RuntimeError("no streamSid yet: nothing can be sent before 'start'")
+        return self._sid_json
+
+    def media(self, pcm16: bytes) -> str:
+        """PCM16 8 kHz (any even length) -> one ``media`` message of raw mu-law."""
+        return self.media_ulaw(pcm16_to_ulaw(pcm16))
+
+    def media_ulaw(self, ulaw: bytes) -> str:
+        """Raw mu-law (no WAV header: Twilio would play it as noise) -> one ``media`` message."""
+        payload = base64.b64encode(ulaw).decode("ascii")
+        return f'{{"event":"media","streamSid":{self._sid()},"media":{{"payload":"{payload}"}}}}'
+
+    def mark(self, name: str) -> str:
+        if not isinstance(name, str):
+            raise TypeError("mark name must be a str")
+        return f'{{"event":"mark","streamSid":{self._sid()},"mark":{{"name":{json.dumps(name)}}}}}'
+
+    def clear(self) -> str:
+        return f'{{"event":"clear","streamSid":{self._sid()}}}'
+
+
+# ---------------------------------------------------------------- Twilio's side
+
+
+class TwilioPeer:
+    """The Twilio end of a media stream: builds what Twilio sends, parses what we send.
+
+    Numbers go out as strings the way Twilio sends them, with one ``sequenceNumber`` counter shared
+    by all events, ``chunk`` counting from 1, and ``timestamp`` in ms since the stream started.
+    """
+
+    def __init__(
+        self,
+        stream_sid: str,
+        call_sid: str,
+        *,
+        account_sid: str = "AC00000000000000000000000000000000",
+        custom_parameters: Mapping[str, str] | None = None,
+        first_timestamp_ms: int = 0,
+        max_message_bytes: int = 1 << 20,
+    ):
+        self.stream_sid = stream_sid
+        self.call_sid = call_sid
+        self.account_sid = account_sid
+        self.custom_parameters = dict(custom_parameters or {})
+        self.max_message_bytes = max_message_bytes
+        self._seq = 0
+        self._chunk = 0
+        self._ms = first_timestamp_ms
+
+    def _next_seq(self) -> str:
+        self._seq += 1
+        return str(self._seq)
+
+    def connected(self) -> str:
+        return _compact({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+
+    def start(self) -> str:
+        return _compact(
+            {
+                "event": "start",
+                "sequenceNumber": self._next_seq(),
+                "streamSid": self.stream_sid,
+                "start": {
+                    "streamSid": self.stream_sid,
+                    "accountSid": self.account_sid,
+                    "callSid": self.call_sid,
+                    "tracks": ["inbound"],
+                    "customParameters": self.custom_parameters,
+                    "mediaFormat": {"encoding": MULAW, "sampleRate": 8000, "channels": 1},
+                },
+            }
+        )
+
+    def media(self, ulaw: bytes, *, timestamp_ms: int | None = None) -> str:
+        """One inbound ``media`` message; the timestamp advances by the payload's duration."""
+        self._chunk += 1
+        if timestamp_ms is not None:
+            self._ms = timestamp_ms
+        ts = self._ms
+        self._ms += len(ulaw) // 8
+        media = {"track": "inbound", "chunk": str(self._chunk), "timestamp": str(ts)}
+        media["payload"] = base64.b64encode(ulaw).decode("ascii")
+        return _compact(
+            {
+                "event": "media",
+                "sequenceNumber": self._next_seq(),
+                "streamSid": self.stream_sid,
+                "media": media,
+            }
+        )
+
+    def media_pcm(self, pcm16: bytes, *, timestamp_ms: int | None = None) -> str:
+        return self.media(pcm16_to_ulaw(pcm16), timestamp_ms=timestamp_ms)
+
+    def dtmf(self, digit: str) -> str:
+        body = {"track": "inbound_track", "digit": digit}
+        return _compact(
+            {"event": "dtmf", "sequenceNumber": self._next_seq(), "streamSid": self.stream_sid, "dtmf": body}
+        )
+
+    def mark(self, name: str) -> str:
+        body = {"name": name}
+        return _compact(
+            {"event": "mark", "sequenceNumber": self._next_seq(), "streamSid": self.stream_sid, "mark": body}
+        )
+
+    def stop(self) -> str:
+        body = {"accountSid": self.account_sid, "callSid": self.call_sid}
+        return _compact(
+            {"event": "stop", "sequenceNumber": self._next_seq(), "streamSid": self.stream_sid, "stop": body}
+        )
+
+    def feed(self, text: str | bytes) -> list[OutboundEvent]:
+        """Parse one message our server sent (``media``, ``mark``, ``clear``)."""
+        msg = _load(text, self.max_message_bytes)
+        event = msg.get("event")
+        if event not in ("media", "mark", "clear"):
+            raise TwilioProtocolError(f"unexpected event from the server: {_short(event)}")
+        if msg.get("streamSid") != self.stream_sid:
+            raise TwilioProtocolError(
+                f"{event} for stream {_short(msg.get('streamSid'))}, expected {self.stream_sid!r}"
+            )
+        if event == "media":
+            payload = _b64(_obj(msg, "media", "message").get("payload"), "media.payload")
+            if payload[:4] == b"RIFF":
+                raise TwilioProtocolError("media.payload starts with a RIFF header: send raw mu-law")
+            return [OutboundMedia(payload)]
+        if event == "mark":
+            return [OutboundMark(_str(_obj(msg, "mark", "message"), "name", "mark"))]
+        return [OutboundClear()]
