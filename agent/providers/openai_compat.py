@@ -1,0 +1,293 @@
+"""OpenAI-compatible chat completions client (OpenRouter, Sarvam, CallMissed, OpenAI) over httpx + SSE.
+
+A thin asyncio layer over :mod:`agent.providers.openai_protocol`. One shared
+``httpx.AsyncClient`` per provider keeps a keep-alive pool, so a call's turns reuse warm TCP (and
+TLS) connections. ``stream()`` yields :class:`LLMToken` as chunks arrive (the caller keeps what it
+already got when a stream fails), then :class:`LLMUsage`; when the model calls tools it also yields
+:class:`LLMToolCalls` before the usage. Every failure is a :class:`ProviderError`:
+
+=========================================  ============================================
+what happened                              kind
+=========================================  ============================================
+HTTP 5xx before the stream                 ``http_500`` (``status`` set)
+HTTP 429                                   ``http_429`` (``retry_after_s`` from Retry-After)
+any other non-2xx                          ``http_error``
+error chunk inside a 200 stream            ``stream_error`` (``after_first`` if tokens flowed)
+chunk that is not the protocol             ``malformed``
+connection dropped / cut before the end    ``disconnected``
+only keep-alive comments (or only headers)
+for ``stall_timeout_s``                    ``stall``
+no byte at all for ``stall_timeout_s``,
+or no first token in ``first_token_timeout_s``  ``timeout``
+=========================================  ============================================
+
+The caller still owns the turn deadline (``asyncio.timeout`` around the iteration); closing the
+iterator (``aclose()`` or cancelling the task) closes the HTTP response at once, which is how
+OpenRouter learns to stop generating.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from agent.providers.base import LLMEvent, LLMRequest, LLMToken, LLMUsage, ProviderError
+from agent.providers.openai_protocol import (
+    FLAVORS,
+    ChatStreamDecoder,
+    ContentDelta,
+    Done,
+    Finish,
+    KeepAlive,
+    OpenAIProtocolError,
+    StreamError,
+    ToolCall,
+    Usage,
+    allowed_extras,
+    build_body,
+    parse_error_body,
+    parse_retry_after,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_ERROR_BODY = 64 * 1024
+DRAIN_AFTER_DONE_S = 1.0  # read the rest of the body after [DONE] so the connection goes back to the pool
+
+
+@dataclass(frozen=True, slots=True)
+class LLMToolCalls:
+    """The model asked for tool calls (arguments parsed). Yielded at finish, before the usage."""
+
+    calls: tuple[ToolCall, ...]
+    model: str | None = None
+
+
+class OpenAICompatLLM:
+    """An :class:`~agent.providers.base.LLMProvider` for one OpenAI-compatible endpoint.
+
+    ``base_url`` includes the version prefix, as with the ``openai`` SDK: ``https://openrouter.ai/api/v1``,
+    ``https://api.sarvam.ai/v1`` (or ``/v2``), ``https://api.callmissed.com/v1``. Prices are USD per
+    million tokens and are used for ``LLMUsage.cost_usd`` when the provider reports no cost.
+    ``extra_body`` adds allow-listed provider fields to every request (e.g. OpenRouter ``provider``);
+    fields the flavor does not allow raise ValueError here, at start.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        flavor: str,
+        base_url: str,
+        api_key: str | None,
+        price_in_per_mtok: float = 0.0,
+        price_out_per_mtok: float = 0.0,
+        connect_timeout: float = 5.0,
+        first_token_timeout_s: float | None = None,
+        stall_timeout_s: float = 10.0,
+        *,
+        extra_body: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        max_connections: int = 100,
+    ) -> None:
+        if flavor not in FLAVORS:
+            raise ValueError(f"unknown flavor {flavor!r}; choose one of {FLAVORS}")
+        self.name = name
+        self.flavor = flavor
+        self.base_url = base_url.rstrip("/")
+        self.url = self.base_url + "/chat/completions"
+        self.api_version = "v2" if urlsplit(self.base_url).path.rstrip("/").endswith("/v2") else "v1"
+        self.price_in_per_mtok = price_in_per_mtok
+        self.price_out_per_mtok = price_out_per_mtok
+        self.first_token_timeout_s = first_token_timeout_s
+        self.stall_timeout_s = stall_timeout_s
+        self.extra_body = dict(extra_body or {})
+        # For CallMissed the frontier-model extras are checked per request (they depend on the model id).
+        bad = set(self.extra_body) - allowed_extras(
+            flavor, "a/b" if flavor == "callmissed" else "", self.api_version
+        )
+        if bad:
+            raise ValueError(f"{name}: fields {sorted(bad)} are not allowed for flavor {flavor!r}")
+        self._headers = {"Accept": "text/event-stream", "Accept-Encoding": "identity", **(headers or {})}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+            if flavor == "sarvam":
+                self._headers["api-subscription-key"] = api_key
+        self._client = httpx.AsyncClient(
+            # Reads are timed by stream() itself (stall/first token); httpx only bounds connect and write.
+            timeout=httpx.Timeout(
+                connect=connect_timeout, read=None, write=connect_timeout, pool=connect_timeout
+            ),
+            limits=httpx.Limits(
+                max_connections=max_connections,
+                max_keepalive_connections=max_connections,
+                keepalive_expiry=60.0,
+            ),
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def _cost(self, usage: Usage) -> float | None:
+        if usage.cost_usd is not None:
+            return usage.cost_usd
+        if self.price_in_per_mtok or self.price_out_per_mtok:
+            return (
+                usage.prompt_tokens * self.price_in_per_mtok
+                + usage.completion_tokens * self.price_out_per_mtok
+            ) / 1e6
+        return None
+
+    def _fail(self, kind: str, message: str, *, after_first: bool = False, **kw: Any) -> ProviderError:
+        log.warning("%s: %s: %s", self.name, kind, message)
+        return ProviderError(self.name, kind, message, after_first=after_first, **kw)
+
+    async def stream(
+        self, request: LLMRequest, *, extra_body: dict[str, Any] | None = None
+    ) -> AsyncIterator[LLMEvent]:
+        """Stream one completion. ``extra_body`` adds per-request fields (filtered by the allow-list)."""
+        body = build_body(
+            self.flavor,
+            request,
+            stream=True,
+            extra={**self.extra_body, **(extra_body or {})},
+            api_version=self.api_version,
+        )
+        headers = dict(self._headers)
+        if request.tag:
+            headers["X-Voxroute-Tag"] = request.tag
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        # Two clocks: no *data* for stall_timeout_s (keep-alives do not count), and, optionally, no first
+        # token for first_token_timeout_s. ``heard`` tells a silent hang (timeout) from a stall.
+        last_data = start
+        first_deadline = (
+            start + self.first_token_timeout_s if self.first_token_timeout_s is not None else None
+        )
+        heard = False
+        tokens = 0
+
+        def deadline() -> float:
+            d = last_data + self.stall_timeout_s
+            return min(d, first_deadline) if first_deadline is not None else d
+
+        def timed_out() -> ProviderError:
+            now = loop.time()
+            if first_deadline is not None and now >= first_deadline:
+                return self._fail("timeout", f"no first token in {self.first_token_timeout_s:.3g} s")
+            if heard:
+                return self._fail(
+                    "stall",
+                    f"no data for {self.stall_timeout_s:.3g} s (keep-alives only)",
+                    after_first=tokens > 0,
+                )
+            return self._fail("timeout", f"no response for {self.stall_timeout_s:.3g} s")
+
+        req = self._client.build_request("POST", self.url, json=body, headers=headers)
+        try:
+            async with asyncio.timeout_at(deadline()):
+                response = await self._client.send(req, stream=True)
+        except TimeoutError:
+            raise timed_out() from None
+        except httpx.TimeoutException as e:
+            raise self._fail("timeout", f"connect: {e!r}") from e
+        except httpx.HTTPError as e:
+            raise self._fail("disconnected", f"request failed: {e!r}") from e
+        heard = True
+        try:
+            if response.status_code != 200:
+                raise await self._status_error(response, deadline())
+            ctype = response.headers.get("content-type", "")
+            if "text/event-stream" not in ctype:
+                raise self._fail("malformed", f"expected text/event-stream, got {ctype!r}")
+            decoder = ChatStreamDecoder()
+            chunks = response.aiter_bytes()
+            while not decoder.done:
+                try:
+                    async with asyncio.timeout_at(deadline()):
+                        data = await anext(chunks)
+                except TimeoutError:
+                    raise timed_out() from None
+                except StopAsyncIteration:
+                    if decoder.finished:  # complete answer, only [DONE] missing: tolerate
+                        log.info("%s: stream ended after finish_reason without [DONE]", self.name)
+                        return
+                    raise self._fail(
+                        "disconnected", "stream ended before [DONE] and finish_reason", after_first=tokens > 0
+                    ) from None
+                except httpx.HTTPError as e:
+                    if decoder.finished:
+                        log.info("%s: connection dropped after finish_reason: %r", self.name, e)
+                        return
+                    raise self._fail(
+                        "disconnected", f"connection dropped: {e!r}", after_first=tokens > 0
+                    ) from e
+                try:
+                    events = decoder.feed(data)
+                except OpenAIProtocolError as e:
+                    raise self._fail("malformed", str(e), after_first=tokens > 0) from e
+                for ev in events:
+                    if isinstance(ev, KeepAlive):
+                        continue
+                    if isinstance(ev, Done):
+                        break
+                    last_data = loop.time()
+                    if isinstance(ev, ContentDelta):
+                        tokens += 1
+                        first_deadline = None
+                        yield LLMToken(ev.text)
+                    elif isinstance(ev, Finish):
+                        first_deadline = None
+                        if ev.tool_calls:
+                            yield LLMToolCalls(ev.tool_calls, decoder.chunks.model)
+                    elif isinstance(ev, Usage):
+                        yield LLMUsage(ev.prompt_tokens, ev.completion_tokens, self._cost(ev))
+                    elif isinstance(ev, StreamError):
+                        raise self._fail(
+                            "stream_error",
+                            f"error chunk code={ev.code!r}: {ev.message}",
+                            after_first=tokens > 0,
+                        )
+            # Drain the end of the body so the connection returns to the keep-alive pool.
+            try:
+                async with asyncio.timeout(DRAIN_AFTER_DONE_S):
+                    async for _ in chunks:
+                        pass
+            except (TimeoutError, httpx.HTTPError):
+                pass
+        finally:
+            await response.aclose()
+
+    async def _status_error(self, response: httpx.Response, deadline: float) -> ProviderError:
+        status = response.status_code
+        raw = b""
+        try:
+            async with asyncio.timeout_at(deadline):
+                async for part in response.aiter_bytes():
+                    raw += part
+                    if len(raw) > MAX_ERROR_BODY:
+                        break
+        except (TimeoutError, httpx.HTTPError):
+            pass
+        try:
+            err = parse_error_body(raw)
+            detail = f"{err.code!r}: {err.message}" + (f" (param {err.param})" if err.param else "")
+        except OpenAIProtocolError:
+            detail = raw[:200].decode("utf-8", "replace")
+        message = f"HTTP {status}: {detail}"
+        if status == 429:
+            retry = parse_retry_after(response.headers.get("retry-after"))
+            if response.headers.get("retry-after-ms"):
+                try:
+                    retry = float(response.headers["retry-after-ms"]) / 1000
+                except ValueError:
+                    pass
+            return self._fail("http_429", message, status=status, retry_after_s=retry)
+        if status >= 500:
+            return self._fail("http_500", message, status=status)
+        return self._fail("http_error", message, status=status)
