@@ -7,13 +7,16 @@ parsed here (sox writes an 18-byte ``fmt `` chunk and a ``fact`` chunk).
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-FIXTURES_DIR = Path(__file__).resolve().parent.parent / "fixtures" / "audio"
+FIXTURES_DIR = Path(
+    os.environ.get("VOXROUTE_FIXTURES", Path(__file__).resolve().parent.parent / "fixtures" / "audio")
+)
 
 WAVE_FORMAT_PCM = 1
 WAVE_FORMAT_MULAW = 7
@@ -162,7 +165,9 @@ def load(name_or_path: str | Path) -> Fixture:
         raise FixtureError(f"{json_path}: audio file {wav_path} not found")
     tag, rate, channels, data = read_wav(wav_path)
     if tag != WAVE_FORMAT_MULAW or rate != 8000 or channels != 1:
-        raise FixtureError(f"{wav_path}: expected 8 kHz mu-law mono, got format {tag}, {rate} Hz, {channels} ch")
+        raise FixtureError(
+            f"{wav_path}: expected 8 kHz mu-law mono, got format {tag}, {rate} Hz, {channels} ch"
+        )
     for i, utt in enumerate(script.utterances):
         if utt.end_ms is not None and utt.end_ms * 8 > len(data):
             raise FixtureError(f"{json_path}: utterances[{i}].end_ms is past the end of the audio")

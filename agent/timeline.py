@@ -98,4 +98,5 @@ class TurnRecord:
             "interrupted": self.interrupted,
             "outcome": self.outcome,
             "usage": self.usage,
+            "chunks": self.chunks,
         }

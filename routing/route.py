@@ -33,7 +33,9 @@ class SingleModelRouter:
     """Every turn takes the same ladder: the placeholder until the latency-first router lands."""
 
     def __init__(self, paths: list[str], model: str, tier: str = "fast") -> None:
-        self._route = Route("unclassified", tier, model, tuple(paths), "placeholder: one model for every turn")
+        self._route = Route(
+            "unclassified", tier, model, tuple(paths), "placeholder: one model for every turn"
+        )
 
     def route(self, transcript: str, history: list[dict], language: str) -> Route:
         return self._route

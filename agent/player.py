@@ -1,0 +1,136 @@
+"""Outbound strand: paces agent audio to the carrier and keeps marks honest.
+
+The carrier would accept audio faster than real time, but then ``clear`` has more to throw
+away and marks say little. We keep at most ``lead_ms`` queued at the carrier and send
+``slice_ms`` per message. A mark follows each reply chunk; its echo proves the chunk played.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from agent.link import CarrierLink
+
+BYTES_PER_MS = 16  # PCM16 at 8 kHz
+
+
+@dataclass(slots=True)
+class _Audio:
+    pcm: bytes
+    owner: object  # who queued it (a TurnRecord); first-send callbacks get it back
+    source: str  # "answer", "bridge", "apology"
+
+
+@dataclass(slots=True)
+class _Mark:
+    name: str
+
+
+class PacingStats:
+    """Process-wide lateness of outbound sends against their schedule (for bench/)."""
+
+    def __init__(self, keep: int = 200_000) -> None:
+        self.late_ms: deque[float] = deque(maxlen=keep)
+
+    def reset(self) -> None:
+        self.late_ms.clear()
+
+
+PACING = PacingStats()
+
+
+class Player:
+    def __init__(
+        self,
+        link: CarrierLink,
+        on_first_send: Callable[[object, str, float], None],
+        lead_ms: int = 120,
+        slice_ms: int = 60,
+    ) -> None:
+        self._link = link
+        self._on_first_send = on_first_send
+        self._lead_s = lead_ms / 1000
+        self._slice_bytes = slice_ms * BYTES_PER_MS
+        self._queue: deque[_Audio | _Mark] = deque()
+        self._wake = asyncio.Event()
+        self._played_until = 0.0  # monotonic s when everything sent so far has played
+        self._generation = 0
+        self._pending_marks: set[str] = set()
+        self._flushed_marks: set[str] = set()
+        self._started: set[tuple[int, str]] = set()
+
+    # -- what the session calls
+
+    def play(self, pcm: bytes, owner: object, source: str) -> None:
+        if pcm:
+            self._queue.append(_Audio(pcm, owner, source))
+            self._wake.set()
+
+    def mark(self, name: str) -> None:
+        self._queue.append(_Mark(name))
+        self._wake.set()
+
+    @property
+    def speaking(self) -> bool:
+        """Audio is queued here or still playing at the carrier."""
+        return bool(self._queue) or self._played_until > time.monotonic()
+
+    def remaining_s(self) -> float:
+        queued = sum(len(i.pcm) for i in self._queue if isinstance(i, _Audio)) / (BYTES_PER_MS * 1000)
+        return max(0.0, self._played_until - time.monotonic()) + queued
+
+    async def clear(self) -> None:
+        """Barge-in: drop what is queued here and at the carrier; pending marks become unheard."""
+        self._queue.clear()
+        self._generation += 1
+        self._flushed_marks |= self._pending_marks
+        self._pending_marks.clear()
+        self._played_until = time.monotonic()
+        await self._link.clear()
+
+    def on_mark_echo(self, name: str) -> bool:
+        """True if the mark proves its audio played; False if ``clear`` flushed it."""
+        if name in self._flushed_marks:
+            self._flushed_marks.discard(name)
+            return False
+        self._pending_marks.discard(name)
+        return True
+
+    # -- the strand
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                item = self._queue.popleft()
+                if isinstance(item, _Mark):
+                    self._pending_marks.add(item.name)
+                    await self._link.send_mark(item.name)
+                else:
+                    await self._send_audio(item)
+
+    async def _send_audio(self, item: _Audio) -> None:
+        generation = self._generation
+        pcm = item.pcm
+        key = (id(item.owner), item.source)
+        while pcm:
+            now = time.monotonic()
+            ahead = self._played_until - now
+            if ahead > self._lead_s:
+                due = self._played_until - self._lead_s
+                await asyncio.sleep(due - now)
+                now = time.monotonic()
+                PACING.late_ms.append((now - due) * 1000)
+                if generation != self._generation:
+                    return  # cleared while we slept
+            piece, pcm = pcm[: self._slice_bytes], pcm[self._slice_bytes :]
+            if key not in self._started:
+                self._started.add(key)
+                self._on_first_send(item.owner, item.source, now)
+            await self._link.send_audio(piece)
+            self._played_until = max(now, self._played_until) + len(piece) / (BYTES_PER_MS * 1000)

@@ -1,0 +1,125 @@
+"""What every call of one process shares: config, provider clients, router, cached phrases, live calls."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from agent.config import Config
+from agent.providers.base import LLMProvider, ProviderError, STTProvider, TTSProvider
+from routing.route import Router
+
+if TYPE_CHECKING:
+    from agent.session import CallSession, CallSummary
+
+log = logging.getLogger("voxroute.services")
+
+PHRASE_KINDS = ("bridge", "apology", "not_heard")
+
+
+def comfort_tone(ms: int = 600) -> bytes:
+    """Last resort when no phrase could be synthesised: a soft two-note chime, never silence."""
+    n = ms * 8
+    t = np.arange(n) / 8000.0
+    f = np.where(t < t[-1] / 2, 660.0, 523.0)
+    env = np.minimum(1.0, np.minimum(t, t[-1] - t) * 20)
+    return (np.sin(2 * math.pi * f * t) * env * 4000).astype("<i2").tobytes()
+
+
+class Services:
+    def __init__(
+        self,
+        config: Config,
+        stt: STTProvider,
+        tts: TTSProvider,
+        llms: dict[str, LLMProvider],
+        router: Router,
+        mode: str = "live",
+    ) -> None:
+        self.config = config
+        self.stt = stt
+        self.tts = tts
+        self.llms = llms
+        self.router = router
+        self.mode = mode  # "live" or "emulated": said in logs and call pages
+        self.calls: dict[str, CallSession] = {}
+        self.finished: OrderedDict[str, CallSummary] = OrderedDict()
+        self._phrases: dict[tuple[str, str], bytes] = {}
+        self._phrase_locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    # ---- calls
+
+    def register(self, session: CallSession) -> None:
+        self.calls[session.call_sid] = session
+
+    def unregister(self, session: CallSession) -> None:
+        self.calls.pop(session.call_sid, None)
+        self.finished[session.call_sid] = session.summary()
+        while len(self.finished) > 1000:
+            self.finished.popitem(last=False)
+
+    def call_json(self, call_sid: str) -> dict[str, Any] | None:
+        live = self.calls.get(call_sid)
+        summary = live.summary() if live is not None else self.finished.get(call_sid)
+        if summary is None:
+            return None
+        return {
+            "call_sid": summary.call_sid,
+            "stream_sid": summary.stream_sid,
+            "tenant": summary.tenant,
+            "language": summary.language,
+            "ended": summary.ended,
+            "error": summary.error,
+            "mode": self.mode,
+            "turns": summary.turns,
+            "history": summary.history,
+        }
+
+    # ---- cached phrases (bridge, apology, not heard): synthesised once per language
+
+    def phrase_text(self, language: str, kind: str) -> str:
+        agent = self.config.agent
+        table = {
+            "bridge": agent.bridge_phrases,
+            "apology": agent.apology_phrases,
+            "not_heard": agent.not_heard_phrases,
+        }
+        return self.config.phrase(table[kind], language)
+
+    async def phrase(self, language: str, kind: str) -> bytes:
+        key = (language, kind)
+        if key in self._phrases:
+            return self._phrases[key]
+        lock = self._phrase_locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            if key not in self._phrases:
+                pcm = await self._synthesise(language, kind)
+                if pcm is None:
+                    return comfort_tone()  # not cached: the next call tries the TTS again
+                self._phrases[key] = pcm
+        return self._phrases[key]
+
+    async def _synthesise(self, language: str, kind: str) -> bytes | None:
+        text = self.phrase_text(language, kind)
+        for attempt in range(3):
+            try:
+                async with asyncio.timeout(2.0):
+                    pcm = await self.tts.synthesize(text, language)
+                if pcm:
+                    return pcm
+            except (ProviderError, TimeoutError) as exc:
+                log.warning(
+                    "could not synthesise %s phrase for %s (attempt %d): %s", kind, language, attempt + 1, exc
+                )
+        log.error("using a comfort tone for the %s phrase in %s", kind, language)
+        return None
+
+    async def warm_phrases(self, language: str) -> None:
+        """At call start: make sure the bridge and apology for the call's language are cached."""
+        for kind in PHRASE_KINDS:
+            await self.phrase(language, kind)

@@ -1,0 +1,683 @@
+"""One call: the core loop of DESIGN.md.
+
+Four strands in one task group:
+
+1. inbound  - carrier frames -> endpointer (webrtcvad) and STT; DTMF; mark echoes; barge-in.
+2. turn     - commits a turn (endpointer pause or STT final, whichever first), then runs it:
+              route -> LLM (fallback ladder) -> speakable chunks -> TTS -> player.
+3. outbound - ``Player.run``: paces audio to the carrier, marks after each chunk.
+4. watchdog - one per turn: at ``deadline - bridge_lead`` with no answer audio out, plays the
+              cached bridge; keeps the line alive; at the hard cap plays the apology.
+
+Plus the STT reader, which turns STT events into transcript state and reconnects on failure.
+Invariant: every turn puts agent audio on the wire within its budget, whatever the providers do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.chunker import SpeakableChunker, looks_incomplete
+from agent.endpointing import Endpointer, SpeechBegan, SpeechPaused
+from agent.ladder import LadderExhausted, LLMLadder
+from agent.link import CallEnded, CarrierLink, InboundAudio, InboundDtmf, MarkEcho
+from agent.metrics import InboundClock
+from agent.player import Player
+from agent.providers.base import (
+    ProviderError,
+    SpeechEnded,
+    STTStream,
+    Transcript,
+)
+from agent.services import Services
+from agent.timeline import Clock, TurnRecord
+
+log = logging.getLogger("voxroute.call")
+
+RESUME_MS = 60  # caller speech after a commit that merges into the unanswered turn
+COMMIT_SILENCE_MS = 60  # silence that must follow the STT's final before we commit on it
+STT_REPLAY_LIMIT = 750  # frames (15 s) of not-yet-finalised audio kept to replay after an STT reconnect
+
+
+class _CallOver(Exception):
+    """The carrier ended the call: unwinds every strand of the call's task group."""
+
+
+@dataclass
+class CallSummary:
+    call_sid: str
+    stream_sid: str
+    tenant: str
+    language: str
+    started_at: float  # wall clock (time.time())
+    ended: str = "in_progress"  # completed | caller_hung_up | error (handoff comes with call control)
+    error: str | None = None
+    turns: list[dict[str, Any]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class CallSession:
+    def __init__(self, link: CarrierLink, services: Services) -> None:
+        self.link = link
+        self.services = services
+        self.config = services.config
+        start = link.start
+        self.call_sid = start.call_sid
+        self.language = start.language or self.config.language
+        self.clock = Clock()
+        self.started_wall = time.time()
+        self.turns: list[TurnRecord] = []
+        self.history: list[dict[str, Any]] = [{"role": "system", "content": self.config.agent.system_prompt}]
+        ep = self.config.endpoint
+        self.endpointer = Endpointer(ep.silence_ms, ep.min_speech_ms, ep.vad_mode)
+        self.player = Player(link, self._on_first_send)
+        self.ended = "in_progress"
+        self.error: str | None = None
+        # transcript state between commits
+        self._finals: list[tuple[str, str | None]] = []  # (text, language)
+        self._partial = ""
+        self._final_at: float | None = None
+        self._final_event = asyncio.Event()
+        self._stt_paused_at: float | None = None  # STT said speech ended (server VAD)
+        self._utterance_pending = False  # caller spoke since the last commit
+        self._speech_end: float | None = None
+        self._wake = asyncio.Event()
+        # DTMF
+        self._digits = ""
+        self._last_digit_at: float | None = None
+        # turns
+        self._turn_task: asyncio.Task | None = None
+        self._active: TurnRecord | None = None
+        self._answer_started = False  # the active turn's answer audio reached the player
+        self._chunk_text: dict[str, tuple[TurnRecord, str]] = {}
+        self._end_marks: dict[str, asyncio.Event] = {}
+        self._pending_faults: list[dict[str, Any]] = []  # STT faults, reported on the next turn
+        self._next_index = 1
+        # STT
+        self._stt: STTStream | None = None
+        self._stt_ready = asyncio.Event()
+        self._unfinalised: deque[bytes] = deque(maxlen=STT_REPLAY_LIMIT)
+        self._frames_in = 0
+
+    # ------------------------------------------------------------------ run
+
+    async def run(self) -> CallSummary:
+        log.info(
+            "call %s started (tenant=%s language=%s)", self.call_sid, self.link.start.tenant, self.language
+        )
+        self.services.register(self)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._stt_loop(), name=f"{self.call_sid}:stt")
+                tg.create_task(self.player.run(), name=f"{self.call_sid}:outbound")
+                tg.create_task(self._turn_loop(tg), name=f"{self.call_sid}:turns")
+                tg.create_task(self.services.warm_phrases(self.language), name=f"{self.call_sid}:phrases")
+                tg.create_task(self._inbound(), name=f"{self.call_sid}:inbound")
+        except* _CallOver:
+            pass
+        except* Exception as group:  # a bug in a strand: end this call only, with a log line
+            self.ended, self.error = "error", "; ".join(repr(e) for e in group.exceptions)
+            log.exception("call %s failed: %s", self.call_sid, self.error)
+        finally:
+            await self._close_stt()
+            self._finish_turn_on_hangup()
+            self.services.unregister(self)
+        log.info("call %s ended: %s after %d turns", self.call_sid, self.ended, len(self.turns))
+        return self.summary()
+
+    def summary(self) -> CallSummary:
+        s = self.link.start
+        return CallSummary(
+            call_sid=self.call_sid,
+            stream_sid=s.stream_sid,
+            tenant=s.tenant,
+            language=self.language,
+            started_at=self.started_wall,
+            ended=self.ended,
+            error=self.error,
+            turns=[t.as_dict() for t in self.turns],
+            history=[dict(m) for m in self.history],
+        )
+
+    # ------------------------------------------------------------------ inbound strand
+
+    async def _inbound(self) -> None:
+        guard = self.config.endpoint.barge_in_guard_ms
+        inbound_clock = InboundClock()
+        async for event in self.link.events():
+            if isinstance(event, InboundAudio):
+                inbound_clock.frame(event.timestamp_ms)
+                now = self.clock.now()
+                for ev in self.endpointer.feed(event.pcm, now):
+                    if isinstance(ev, SpeechBegan):
+                        self._utterance_pending = True
+                    elif isinstance(ev, SpeechPaused):
+                        self._speech_end = ev.speech_end_ms
+                        self._wake.set()
+                ep = self.endpointer
+                if ep.voiced_run_ms == RESUME_MS and self._active is not None and not self._answer_started:
+                    await self._on_caller_speech()  # the caller was not done: merge, not barge-in
+                elif ep.voiced_run_ms >= guard and self._agent_talking():
+                    await self._barge_in("caller speech")
+                if self._finals and ep.silence_run_ms == COMMIT_SILENCE_MS:
+                    self._wake.set()  # an STT final is waiting for a moment of silence
+                self._unfinalised.append(event.pcm)
+                self._frames_in += 1
+                if self._stt is not None:
+                    try:
+                        await self._stt.send_audio(event.pcm)
+                    except ProviderError:
+                        pass  # the STT reader sees the failure and reconnects
+                if self.endpointer.in_speech:
+                    self._speech_end = self.endpointer.last_voice_ms
+            elif isinstance(event, InboundDtmf):
+                self._digits += event.digit
+                self._last_digit_at = self.clock.now()
+                self._utterance_pending = True
+                if self._agent_talking():
+                    await self._barge_in("keypad")
+                self._wake.set()
+            elif isinstance(event, MarkEcho):
+                self._on_mark(event.name)
+            elif isinstance(event, CallEnded):
+                if self.ended == "in_progress":
+                    self.ended = "completed" if event.reason == "stop" else "caller_hung_up"
+                    if event.reason == "error":
+                        self.ended, self.error = "error", "carrier protocol error"
+                raise _CallOver
+        raise _CallOver
+
+    def _agent_talking(self) -> bool:
+        return self._active is not None and self._answer_started and self.player.speaking
+
+    async def _on_caller_speech(self) -> None:
+        """Caller speech began. If a committed turn has not answered yet, the caller was not done:
+        cancel that turn and merge its transcript with what follows (a mid-sentence pause)."""
+        turn = self._active
+        if turn is None or self._answer_started or self._turn_task is None:
+            return
+        log.info("call %s turn %d: caller resumed before the answer; merging", self.call_sid, turn.index)
+        if self.player.speaking:  # only a bridge can be playing: stop it, the caller is talking
+            await self.player.clear()
+        self._turn_task.cancel()
+        if turn.transcript:
+            self._finals.insert(0, (turn.transcript, turn.language))
+        turn.outcome = "merged"
+
+    async def _barge_in(self, why: str) -> None:
+        turn = self._active
+        if turn is None or self._turn_task is None:
+            return
+        log.info("call %s turn %d: barge-in (%s)", self.call_sid, turn.index, why)
+        turn.interrupted = True
+        turn.outcome = "interrupted"
+        await self.player.clear()
+        self._turn_task.cancel()
+
+    def _on_mark(self, name: str) -> None:
+        heard = self.player.on_mark_echo(name)
+        entry = self._chunk_text.pop(name, None)
+        if entry is not None:
+            turn, text = entry
+            if heard:
+                turn.mark("first_audio_heard", self.clock.now())
+                if text:
+                    turn.heard = f"{turn.heard} {text}".strip()
+        event = self._end_marks.pop(name, None)
+        if event is not None:
+            event.set()
+
+    # ------------------------------------------------------------------ STT reader
+
+    async def _stt_loop(self) -> None:
+        backoff = (0.0, 0.1, 0.3, 1.0, 2.0)
+        failures = 0
+        while True:
+            try:
+                stream = await self.services.stt.connect(self.language, tag=f"{self.call_sid}:stt")
+            except ProviderError as exc:
+                self._stt_fault(exc, "reconnect")
+                await asyncio.sleep(backoff[min(failures, len(backoff) - 1)])
+                failures += 1
+                continue
+            sent = self._frames_in - len(self._unfinalised)
+            while sent < self._frames_in:  # audio the failed session never finalised, then catch up
+                backlog = list(self._unfinalised)[len(self._unfinalised) - (self._frames_in - sent) :]
+                sent = self._frames_in
+                for pcm in backlog:
+                    await stream.send_audio(pcm)
+            self._stt = stream
+            try:
+                async for ev in stream.events():
+                    failures = 0
+                    if isinstance(ev, Transcript):
+                        if ev.final:
+                            if ev.text.strip():
+                                self._finals.append((ev.text.strip(), ev.language))
+                                self._final_at = self.clock.now()
+                                self._utterance_pending = True
+                            self._partial = ""
+                            self._unfinalised.clear()
+                            self._final_event.set()
+                            self._wake.set()
+                        else:
+                            self._partial = ev.text
+                    elif isinstance(ev, SpeechEnded):
+                        self._stt_paused_at = self.clock.now()
+                raise ProviderError(self.services.stt.name, "disconnected", "STT stream ended")
+            except ProviderError as exc:
+                self._stt = None
+                self._stt_fault(exc, "reconnect")
+                await self._close_stream(stream)
+                await asyncio.sleep(backoff[min(failures, len(backoff) - 1)])
+                failures += 1
+
+    def _stt_fault(self, exc: ProviderError, action: str) -> None:
+        log.warning("call %s: STT %s: %s (%s)", self.call_sid, exc.kind, exc.message, action)
+        fault = {"provider": exc.provider, "kind": exc.kind, "error": exc.message[:300], "action": action}
+        fault["service"] = "stt"
+        target = self._active if self._active is not None and not self._answer_started else None
+        if target is not None:
+            target.fallbacks.append(fault)
+        else:
+            self._pending_faults.append(fault)
+
+    async def _close_stt(self) -> None:
+        stream, self._stt = self._stt, None
+        if stream is not None:
+            await self._close_stream(stream)
+
+    @staticmethod
+    async def _close_stream(stream: STTStream) -> None:
+        try:
+            async with asyncio.timeout(1.0):
+                await stream.aclose()
+        except (ProviderError, TimeoutError, OSError):
+            pass
+
+    # ------------------------------------------------------------------ turn strand
+
+    async def _turn_loop(self, tg: asyncio.TaskGroup) -> None:
+        while True:
+            timeout = self._next_check_s()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            kind = self._ready_to_commit()
+            if kind is None:
+                continue
+            if self._turn_task is not None and not self._turn_task.done():
+                if self._answer_started and self.player.speaking:
+                    await self._barge_in("new caller turn")
+                elif self._answer_started:
+                    self._turn_task.cancel()  # its audio has played; it only waits for the end mark
+                else:
+                    await self._on_caller_speech()  # merge: caller added to a turn not yet answered
+                await asyncio.wait([self._turn_task])
+            turn = self._commit(kind)
+            self._active = turn
+            self._answer_started = False
+            self._turn_task = tg.create_task(self._run_turn(turn), name=f"{self.call_sid}:turn{turn.index}")
+
+    def _next_check_s(self) -> float | None:
+        """When the commit rules must look again although nothing woke them (timers)."""
+        waits = []
+        now = self.clock.now()
+        if self._digits and self._last_digit_at is not None:
+            waits.append(self._last_digit_at + self.config.endpoint.dtmf_timeout_ms - now)
+        if self._utterance_pending and self._speech_end is not None:
+            waits.append(self._speech_end + self.config.endpoint.incomplete_hold_ms - now)
+            waits.append(self._speech_end + self.config.endpoint.silence_ms - now)
+        waits = [w for w in waits if w > -1]
+        return max(0.01, min(waits) / 1000) if waits else None
+
+    def _ready_to_commit(self) -> str | None:
+        ep = self.config.endpoint
+        now = self.clock.now()
+        if self._digits:
+            if self._digits.endswith("#") or (
+                self._last_digit_at is not None and now - self._last_digit_at >= ep.dtmf_timeout_ms
+            ):
+                return "dtmf"
+            return None
+        silence = self.endpointer.silence_run_ms
+        if not self._utterance_pending or silence < COMMIT_SILENCE_MS:
+            return None
+        have_final = bool(self._finals)
+        paused = silence >= ep.silence_ms and self._speech_end is not None
+        if not have_final and not paused:
+            return None
+        if not have_final and self._speech_end is None:
+            return None
+        text = " ".join(t for t, _ in self._finals)
+        if have_final and looks_incomplete(text) and silence < ep.incomplete_hold_ms:
+            return None  # "I need to change my booking to ..." - give the caller a moment more
+        return "speech"
+
+    def _commit(self, kind: str) -> TurnRecord:
+        now = self.clock.now()
+        turn = TurnRecord(index=self._next_index, kind=kind, language=self.language)
+        self._next_index += 1
+        turn.budget_ms = self.config.budget.voice_ms
+        if kind == "dtmf":
+            digits, self._digits = self._digits, ""
+            turn.transcript = digits
+            turn.mark("speech_end", self._last_digit_at if self._last_digit_at is not None else now)
+            self._utterance_pending = bool(self._finals)
+        else:
+            speech_end = self.endpointer.last_voice_ms
+            turn.mark("speech_end", speech_end if speech_end is not None else now)
+            if self._finals:
+                self._take_finals(turn)
+            self._utterance_pending = False
+        turn.mark("endpoint", now)
+        self._speech_end = None
+        if self._final_at is not None and turn.transcript:
+            turn.mark("stt_final", self._final_at)
+        turn.fallbacks.extend(self._pending_faults)
+        self._pending_faults.clear()
+        self.turns.append(turn)
+        return turn
+
+    def _take_finals(self, turn: TurnRecord) -> None:
+        texts = [t for t, _ in self._finals]
+        langs = [lang for _, lang in self._finals if lang]
+        self._finals.clear()
+        self._final_event.clear()
+        turn.transcript = " ".join(texts)
+        if langs:
+            turn.language = langs[-1]
+
+    async def _await_transcript(self, turn: TurnRecord) -> None:
+        """Our endpointer committed before the STT's final: ask for it, wait briefly, else use the partial."""
+        if turn.transcript or turn.kind == "dtmf":
+            return
+        if self._stt is not None:
+            try:
+                await self._stt.flush()
+            except ProviderError:
+                pass
+        try:
+            async with asyncio.timeout(self.config.endpoint.stt_final_wait_ms / 1000):
+                while not self._finals:
+                    self._final_event.clear()
+                    await self._final_event.wait()
+        except TimeoutError:
+            pass
+        if self._finals:
+            self._take_finals(turn)
+            turn.mark("stt_final", self._final_at or self.clock.now())
+        elif self._partial:
+            turn.transcript = self._partial
+            self._partial = ""
+            turn.mark("stt_final", self.clock.now())
+
+    # ------------------------------------------------------------------ one turn
+
+    async def _run_turn(self, turn: TurnRecord) -> None:
+        user_msg: dict[str, Any] | None = None
+        try:
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    watchdog = tg.create_task(
+                        self._watchdog(turn), name=f"{self.call_sid}:watchdog{turn.index}"
+                    )
+                    await self._await_transcript(turn)
+                    if turn.kind == "dtmf":
+                        user_msg = {"role": "user", "content": f"(keypad) {turn.transcript}"}
+                    elif turn.transcript:
+                        user_msg = {"role": "user", "content": turn.transcript}
+                    if user_msg is None:
+                        turn.outcome = "not_heard"
+                        await self._speak_phrase(turn, "not_heard")
+                    else:
+                        self.history.append(user_msg)
+                        if not await self._answer(turn):
+                            turn.outcome = "apology"
+                            await self._speak_phrase(turn, "apology")
+                    watchdog.cancel()
+            except* _HardCap:
+                await self._speak_phrase(turn, "apology")
+            await self._wait_played(turn)
+            turn.mark("done", self.clock.now())
+        except asyncio.CancelledError:
+            turn.mark("done", self.clock.now())
+            if turn.outcome == "merged":
+                if user_msg is not None and self.history and self.history[-1] is user_msg:
+                    self.history.pop()
+                if turn in self.turns:
+                    self.turns.remove(turn)
+                    self._next_index = turn.index
+                return
+            raise
+        finally:
+            if turn.outcome != "merged":
+                if turn.heard or turn.reply:
+                    # History keeps only what the caller heard (barge-in trims it).
+                    spoken = turn.heard if turn.interrupted else turn.reply
+                    if spoken:
+                        self.history.append({"role": "assistant", "content": spoken})
+                self._log_turn(turn)
+            if self._active is turn:
+                self._active = None
+
+    async def _wait_played(self, turn: TurnRecord) -> None:
+        name = f"{turn.index}:end"
+        event = asyncio.Event()
+        self._end_marks[name] = event
+        self.player.mark(name)
+        try:
+            async with asyncio.timeout(self.player.remaining_s() + 5.0):
+                await event.wait()
+        except TimeoutError:
+            log.warning("call %s turn %d: end mark never echoed", self.call_sid, turn.index)
+            self._end_marks.pop(name, None)
+
+    async def _watchdog(self, turn: TurnRecord) -> None:
+        """The deadline. Bridge at deadline - lead if no answer audio is out; refill; hard cap."""
+        b = self.config.budget
+        speech_end = turn.timeline["speech_end"]
+        due = speech_end + turn.budget_ms - b.bridge_lead_ms
+        await asyncio.sleep(max(0.0, due - self.clock.now()) / 1000)
+        if self._answer_started or "first_audio_out" in turn.timeline:
+            return
+        turn.bridge = True
+        self.player.play(await self.services.phrase(turn.language, "bridge"), turn, "bridge")
+        self.player.mark(f"{turn.index}:bridge")
+        self._chunk_text[f"{turn.index}:bridge"] = (turn, "")
+        hard_cap = speech_end + b.hard_cap_ms
+        while not self._answer_started:
+            wait = min(b.refill_ms, hard_cap - self.clock.now())
+            if wait <= 0:
+                break
+            await asyncio.sleep(wait / 1000)
+            if self._answer_started:
+                return
+            if self.clock.now() < hard_cap and not self.player.speaking:
+                self.player.play(await self.services.phrase(turn.language, "bridge"), turn, "bridge")
+        if not self._answer_started:
+            log.warning("call %s turn %d: hard cap reached; apologising", self.call_sid, turn.index)
+            turn.add_fallback("runtime", "timeout", "no answer audio before the hard cap", "apologise")
+            turn.outcome = "apology"
+            raise _HardCap
+
+    def _on_first_send(self, owner: object, source: str, now_s: float) -> None:
+        if isinstance(owner, TurnRecord):
+            t = self.clock.at(now_s)
+            owner.mark("first_audio_out", t)
+            if source == "bridge":
+                owner.mark("bridge_out", t)
+
+    async def _speak_phrase(self, turn: TurnRecord, kind: str) -> None:
+        pcm = await self.services.phrase(turn.language, kind)
+        text = self.services.phrase_text(turn.language, kind)
+        self._answer_started = True
+        self.player.play(pcm, turn, kind)
+        name = f"{turn.index}:{kind}"
+        self._chunk_text[name] = (turn, text)
+        self.player.mark(name)
+        turn.reply = f"{turn.reply} {text}".strip()
+
+    # ------------------------------------------------------------------ the answer
+
+    async def _answer(self, turn: TurnRecord) -> bool:
+        """Route, stream the LLM through the ladder, speak chunks as they come. False if nothing was said."""
+        route = self.services.router.route(turn.transcript, self.history, turn.language)
+        turn.route = {
+            "class": route.routing_class,
+            "tier": route.tier,
+            "model": route.model,
+            "reason": route.reason,
+        }
+        turn.mark("route", self.clock.now())
+        chunks: asyncio.Queue[str | None] = asyncio.Queue()
+        chunker = SpeakableChunker()
+
+        def on_text(text: str) -> None:
+            for chunk in chunker.feed(text):
+                turn.mark("first_chunk", self.clock.now())
+                chunks.put_nowait(chunk)
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                speaker = tg.create_task(self._speak_chunks(turn, chunks))
+                try:
+                    await self._run_ladder(turn, list(route.paths), on_text)
+                finally:
+                    for chunk in chunker.flush():
+                        turn.mark("first_chunk", self.clock.now())
+                        chunks.put_nowait(chunk)
+                    chunks.put_nowait(None)
+                await speaker
+        except* LadderExhausted:
+            pass
+        return bool(turn.chunks) and self._answer_started
+
+    async def _speak_chunks(self, turn: TurnRecord, chunks: asyncio.Queue[str | None]) -> None:
+        index = 0
+        while (text := await chunks.get()) is not None:
+            turn.chunks.append(text)
+            turn.reply = f"{turn.reply} {text}".strip()
+            queued = await self._speak_chunk(turn, index, text)
+            if queued:
+                name = f"{turn.index}:{index}"
+                self._chunk_text[name] = (turn, text)
+                self.player.mark(name)
+            index += 1
+
+    async def _speak_chunk(self, turn: TurnRecord, index: int, text: str) -> bool:
+        """Stream one chunk through TTS into the player; fall back to REST; True if any audio queued."""
+        tts = self.services.tts
+        ladder = self.config.ladder
+        tag = f"{self.call_sid}:{turn.index}"
+        queued = False
+        turn.mark("tts_request", self.clock.now())
+        stream = None
+        try:
+            async with asyncio.timeout(ladder.tts_first_audio_timeout_ms / 1000) as cm:
+                stream = await tts.open(turn.language, tag=tag)
+                await stream.send_text(text)
+                await stream.flush()
+                async for pcm in stream.audio():
+                    if not queued:
+                        turn.mark("tts_first_audio", self.clock.now())
+                    queued = True
+                    self._answer_started = True
+                    self.player.play(pcm, turn, "answer")
+                    cm.reschedule(asyncio.get_running_loop().time() + ladder.tts_gap_timeout_ms / 1000)
+            return queued
+        except (ProviderError, TimeoutError) as exc:
+            kind, msg = (
+                (exc.kind, exc.message)
+                if isinstance(exc, ProviderError)
+                else ("timeout", "no TTS audio in time")
+            )
+            if stream is not None:
+                await _quietly(stream.cancel())
+            if queued:
+                turn.add_fallback(tts.name, kind, msg, "skip rest of chunk", service="tts")
+                return True
+            turn.add_fallback(tts.name, kind, msg, "tts rest fallback", service="tts")
+        except asyncio.CancelledError:
+            if stream is not None:
+                await _quietly(stream.cancel())
+            raise
+        for attempt in range(2):
+            try:
+                async with asyncio.timeout(2.0):
+                    pcm = await tts.synthesize(text, turn.language)
+                turn.mark("tts_first_audio", self.clock.now())
+                self._answer_started = True
+                self.player.play(pcm, turn, "answer")
+                return True
+            except (ProviderError, TimeoutError) as exc:
+                kind, msg = (
+                    (exc.kind, exc.message)
+                    if isinstance(exc, ProviderError)
+                    else ("timeout", "REST TTS timed out")
+                )
+                action = "retry rest" if attempt == 0 else "drop chunk"
+                turn.add_fallback(tts.name, kind, msg, action, service="tts")
+        return False
+
+    async def _run_ladder(self, turn: TurnRecord, paths: list[str], on_text) -> None:
+        ladder = LLMLadder(
+            self.config, self.services.llms, self.clock, turn, self.history, f"{self.call_sid}:{turn.index}"
+        )
+        await ladder.run(paths, on_text)
+
+    # ------------------------------------------------------------------ end of call and logs
+
+    def _finish_turn_on_hangup(self) -> None:
+        turn = self._active
+        if turn is not None and "done" not in turn.timeline:
+            turn.mark("done", self.clock.now())
+            if turn.outcome == "answered" and not turn.heard:
+                turn.outcome = "caller_hung_up"
+
+    def _log_turn(self, turn: TurnRecord) -> None:
+        tl = turn.timeline
+        route = turn.route or {}
+        log.info(
+            "turn call=%s index=%d class=%s model=%s first_audio_ms=%s budget_ms=%d within=%s bridge=%s "
+            "fallbacks=%d outcome=%s speech_end=%s endpoint=%s stt_final=%s llm_first_token=%s "
+            "tts_first_audio=%s first_audio_out=%s first_audio_heard=%s done=%s",
+            self.call_sid,
+            turn.index,
+            route.get("class"),
+            route.get("model"),
+            turn.first_audio_ms,
+            turn.budget_ms,
+            turn.within_budget,
+            turn.bridge,
+            len(turn.fallbacks),
+            turn.outcome,
+            tl.get("speech_end"),
+            tl.get("endpoint"),
+            tl.get("stt_final"),
+            tl.get("llm_first_token"),
+            tl.get("tts_first_audio"),
+            tl.get("first_audio_out"),
+            tl.get("first_audio_heard"),
+            tl.get("done"),
+        )
+
+
+class _HardCap(Exception):
+    """The watchdog's hard cap: the answer is abandoned and the apology plays."""
+
+
+async def _quietly(coro) -> None:
+    try:
+        async with asyncio.timeout(1.0):
+            await coro
+    except (ProviderError, TimeoutError, OSError):
+        pass

@@ -1,0 +1,212 @@
+"""How many simultaneous calls one voxroute server process carries in real time (issue 2).
+
+Three processes on 127.0.0.1: the emulators (``voxroute emulators --profile zero``), one server
+(``voxroute serve --emulators ...``), and this load generator, which dials N fixture calls at
+once through the fake carrier over real websockets. For each N it reads the server's own
+figures (``GET /debug/stats``):
+
+- inbound lag p99: how late the server processed caller frames against their media clock;
+- outbound jitter p99: how late the server's player sent agent audio against its schedule;
+- CPU per call: server CPU ms per second of call audio.
+
+The answer is the largest N at which both p99s stay under 20 ms (and every call completes).
+
+    python -m bench.concurrency [--steps 25,50,100,150,200,250] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from agent.fixture import load
+from emulators.carrier import dial
+from emulators.serve import ws_url
+
+FIXTURES = [
+    "order_status",
+    "billing_dispute",
+    "booking_change",
+    "angry_complaint",
+    "dtmf_entry",
+    "hindi_order_status",
+]
+LIMIT_MS = 20.0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def processes():
+    env = dict(os.environ)
+    for key in ("SARVAM_API_KEY", "OPENROUTER_API_KEY", "TWILIO_AUTH_TOKEN"):
+        env.pop(key, None)
+    cli = [sys.executable, "-m", "agent.cli"]
+    emu = subprocess.Popen(
+        [*cli, "emulators", "--profile", "zero", "--quiet"], stdout=subprocess.PIPE, env=env, text=True
+    )
+    server = None
+    try:
+        line = emu.stdout.readline()  # type: ignore[union-attr]
+        urls = json.loads(line)
+        port = _free_port()
+        server = subprocess.Popen(
+            [
+                *cli,
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--quiet",
+                "--emulators",
+                json.dumps(urls),
+            ],
+            env=env,
+        )
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError("server did not start")
+            time.sleep(0.2)
+        yield base, server.pid
+    finally:
+        for p in (server, emu):
+            if p is not None:
+                p.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.wait(5)
+                if p.poll() is None:
+                    p.kill()
+
+
+async def webhook_params(http: httpx.AsyncClient, call_sid: str) -> dict:
+    import xml.etree.ElementTree as ET
+
+    r = await http.post(
+        "/twilio/voice", data={"CallSid": call_sid, "From": "+919800000000", "To": "+918000000000"}
+    )
+    r.raise_for_status()
+    return {p.get("name"): p.get("value") for p in ET.fromstring(r.text).iter("Parameter")}
+
+
+async def run_step(base: str, n: int) -> dict:
+    fixtures = [load(FIXTURES[i % len(FIXTURES)]) for i in range(n)]
+    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        await http.post("/debug/stats/reset")
+        before = (await http.get("/debug/stats")).json()
+        t0 = time.monotonic()
+
+        async def one(i: int):
+            await asyncio.sleep(i * 1.0 / max(n, 1))  # spread call starts over one second
+            sid = f"CA{i:032x}"
+            params = await webhook_params(http, sid)
+            params["language"] = fixtures[i].script.language
+            return await dial(
+                fixtures[i], ws_url(base) + "/twilio/stream", custom_parameters=params, call_sid=sid
+            )
+
+        results = await asyncio.gather(*(one(i) for i in range(n)), return_exceptions=True)
+        wall = time.monotonic() - t0
+        after = (await http.get("/debug/stats")).json()
+    ok = [r for r in results if not isinstance(r, BaseException)]
+    completed = sum(1 for r in ok if r.completed and not r.errors)
+    call_seconds = sum(r.duration_s or 0 for r in ok)
+    cpu_ms = (after["cpu_s"] - before["cpu_s"]) * 1000
+    gen_lag = max((r.max_lag_ms or 0) for r in ok) if ok else None
+    return {
+        "calls": n,
+        "completed": completed,
+        "failed": n - completed,
+        "wall_s": round(wall, 1),
+        "lag_p50_ms": after["inbound_lag_ms_p50"],
+        "lag_p99_ms": after["inbound_lag_ms_p99"],
+        "jitter_p50_ms": after["outbound_late_ms_p50"],
+        "jitter_p99_ms": after["outbound_late_ms_p99"],
+        "cpu_ms_per_call_second": round(cpu_ms / call_seconds, 2) if call_seconds else None,
+        "generator_max_lag_ms": gen_lag,
+        "errors": sorted(
+            {str(e) for r in ok for e in r.errors}
+            | {repr(r) for r in results if isinstance(r, BaseException)}
+        )[:5],
+    }
+
+
+def passes(step: dict) -> bool:
+    return (
+        step["failed"] == 0
+        and step["lag_p99_ms"] is not None
+        and step["lag_p99_ms"] < LIMIT_MS
+        and (step["jitter_p99_ms"] or 0) < LIMIT_MS
+    )
+
+
+async def run(steps: list[int]) -> dict:
+    rows = []
+    best = None
+    with processes() as (base, _pid):
+        for n in steps:
+            step = await run_step(base, n)
+            step["pass"] = passes(step)
+            rows.append(step)
+            print(
+                f"N={n:4d}  completed {step['completed']:4d}/{n:<4d}  inbound lag p50/p99 {step['lag_p50_ms']}/{step['lag_p99_ms']} ms  "
+                f"outbound jitter p50/p99 {step['jitter_p50_ms']}/{step['jitter_p99_ms']} ms  "
+                f"cpu {step['cpu_ms_per_call_second']} ms/call-s  generator lag max {step['generator_max_lag_ms']} ms  "
+                f"{'PASS' if step['pass'] else 'FAIL'}",
+                flush=True,
+            )
+            if step["pass"]:
+                best = step
+            else:
+                break
+    return {
+        "max_calls": best["calls"] if best else 0,
+        "lag_p99_ms": best["lag_p99_ms"] if best else None,
+        "jitter_p99_ms": best["jitter_p99_ms"] if best else None,
+        "cpu_ms_per_call_second": best["cpu_ms_per_call_second"] if best else None,
+        "limit_ms": LIMIT_MS,
+        "steps": rows,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", default="25,50,100,150,200,250,300")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    steps = [int(x) for x in args.steps.split(",")]
+    result = asyncio.run(run(steps))
+    print(
+        f"largest N within {LIMIT_MS:.0f} ms: {result['max_calls']} calls "
+        f"(lag p99 {result['lag_p99_ms']} ms, jitter p99 {result['jitter_p99_ms']} ms, "
+        f"{result['cpu_ms_per_call_second']} CPU ms per call-second)"
+    )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

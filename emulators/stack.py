@@ -1,0 +1,137 @@
+"""Start every emulator on 127.0.0.1: what replay, tests and benchmarks run against.
+
+- ``sarvam``: one port serving Sarvam STT (both sockets), TTS (websocket and REST) and chat
+  (``/v1``, ``/v2``), as api.sarvam.ai does on one host.
+- ``openrouter``: one port serving OpenRouter-style chat under ``/api/v1``.
+
+Each service keeps its own seeded Dice. Fault logs and forced faults per service:
+``GET /_emulator/{stt,tts,llm}/faults`` and ``POST /_emulator/{stt,tts,llm}/force`` on the Sarvam
+port, ``GET /_emulator/faults`` on the OpenRouter port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.fixture import Fixture, all_fixture_names, load
+from agent.runtime import EmulatorURLs
+from emulators.llm import LLMEmulator
+from emulators.profiles import Dice, get_profile
+from emulators.sarvam import create_stt_app, create_tts_app
+from emulators.serve import serve_app, ws_url
+from emulators.transcripts import TranscriptLibrary
+
+REASONING_MODELS = frozenset()
+
+
+class PathDispatch:
+    """A tiny ASGI router: the first prefix that matches a request's path takes it."""
+
+    def __init__(self, routes: list[tuple[str, Any]], strip: dict[str, str] | None = None) -> None:
+        self.routes = routes
+        self.strip = strip or {}
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            # Sub-apps have no start-up work that must run; answer the lifespan protocol ourselves.
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        path = scope.get("path", "")
+        for prefix, app in self.routes:
+            if path.startswith(prefix):
+                if prefix in self.strip:
+                    scope = dict(scope, path=self.strip[prefix] + path[len(prefix) :])
+                await app(scope, receive, send)
+                return
+        if scope["type"] == "http":
+            body = json.dumps(
+                {"error": {"message": f"no emulated route for {path}", "code": "not_found_error"}}
+            )
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 404,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
+            await send({"type": "http.response.body", "body": body.encode()})
+        else:
+            await send({"type": "websocket.close", "code": 1008})
+
+
+@dataclass
+class EmulatorStack:
+    urls: EmulatorURLs
+    sarvam_url: str
+    openrouter_url: str
+    dice: dict[str, Dice] = field(default_factory=dict)
+    llm: dict[str, LLMEmulator] = field(default_factory=dict)
+    library: TranscriptLibrary | None = None
+    stt_app: Any = None
+    tts_app: Any = None
+
+
+def fixture_library(extra: list[Fixture] | None = None) -> TranscriptLibrary:
+    fixtures = [load(name) for name in all_fixture_names()]
+    seen = {f.json_path.resolve() for f in fixtures}
+    for f in extra or []:
+        if f.json_path.resolve() not in seen:
+            fixtures.append(f)
+    return TranscriptLibrary(fixtures)
+
+
+@contextlib.asynccontextmanager
+async def run_emulators(
+    profile: str = "reference", seed: int = 0, fixtures: list[Fixture] | None = None
+) -> AsyncIterator[EmulatorStack]:
+    prof = get_profile(profile)
+    dice = {
+        name: Dice(prof, seed * 1000 + i)
+        for i, name in enumerate(("stt", "tts", "sarvam_llm", "openrouter_llm"))
+    }
+    library = fixture_library(fixtures)
+    stt_app = create_stt_app(library, dice["stt"])
+    tts_app = create_tts_app(dice["tts"])
+    sarvam_llm = LLMEmulator(dice["sarvam_llm"], "sarvam", reasoning_models=REASONING_MODELS)
+    openrouter_llm = LLMEmulator(dice["openrouter_llm"], "openrouter", reasoning_models=REASONING_MODELS)
+    sarvam = PathDispatch(
+        [
+            ("/speech-to-text", stt_app),
+            ("/text-to-speech", tts_app),
+            ("/v1/", sarvam_llm.app),
+            ("/v2/", sarvam_llm.app),
+            ("/_emulator/stt", stt_app),
+            ("/_emulator/tts", tts_app),
+            ("/_emulator/llm", sarvam_llm.app),
+        ],
+        strip={
+            "/_emulator/stt": "/_emulator",
+            "/_emulator/tts": "/_emulator",
+            "/_emulator/llm": "/_emulator",
+        },
+    )
+    async with serve_app(sarvam) as sarvam_url, serve_app(openrouter_llm.app) as openrouter_url:
+        urls = EmulatorURLs(
+            llm={"sarvam": f"{sarvam_url}/v1", "openrouter": f"{openrouter_url}/api/v1"},
+            sarvam_ws=ws_url(sarvam_url),
+            sarvam_rest=sarvam_url,
+        )
+        yield EmulatorStack(
+            urls=urls,
+            sarvam_url=sarvam_url,
+            openrouter_url=openrouter_url,
+            dice=dice,
+            llm={"sarvam": sarvam_llm, "openrouter": openrouter_llm},
+            library=library,
+            stt_app=stt_app,
+            tts_app=tts_app,
+        )

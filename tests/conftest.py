@@ -1,0 +1,73 @@
+"""Shared pytest fixtures. ``replay_call`` replays a fixture call through the real stack:
+
+async def test_dispute(replay_call):
+    result = await replay_call("billing_dispute", profile="reference")
+    assert all(t["within_budget"] for t in result.turns)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from agent.config import Config
+from agent.fixture import load
+from agent.replay import local_stack, replay_fixture
+
+
+def services_required() -> bool:
+    return os.environ.get("VOXROUTE_REQUIRE_SERVICES") == "1"
+
+
+@dataclass
+class ReplayResult:
+    fixture: str
+    call_sid: str
+    ended: str
+    turns: list[dict[str, Any]]
+    carrier: dict[str, Any]
+    history: list[dict[str, Any]]
+    faults: dict[str, list[dict[str, Any]]]  # emulator service -> injected faults
+    raw: dict[str, Any]
+
+
+@pytest.fixture
+def replay_call():
+    async def _replay(
+        name: str,
+        profile: str = "reference",
+        seed: int = 0,
+        speed: float = 1.0,
+        config: Config | None = None,
+    ) -> ReplayResult:
+        fixture = load(name)
+        async with local_stack(profile, seed, [fixture], config) as stack:
+            raw = await replay_fixture(fixture, stack.server_url, speed=speed, config=stack.config)
+            data = stack.services.call_json(raw["call_sid"]) or {}
+            faults = emulator_faults(stack)
+        return ReplayResult(
+            fixture=name,
+            call_sid=raw["call_sid"],
+            ended=raw["ended"],
+            turns=raw["turns"],
+            carrier=raw["carrier"],
+            history=data.get("history", []),
+            faults=faults,
+            raw=raw,
+        )
+
+    return _replay
+
+
+def emulator_faults(stack) -> dict[str, list[dict[str, Any]]]:
+    """Every fault the emulators injected, by service."""
+    emu = stack.emulators
+    out: dict[str, list[dict[str, Any]]] = {"llm": [], "stt": [], "tts": []}
+    for llm in emu.llm.values():
+        out["llm"] += [f.as_dict() for f in llm.faults]
+    for service, app in (("stt", emu.stt_app), ("tts", emu.tts_app)):
+        out[service] += [f.as_dict() for f in app.state.emulator.faults]
+    return out

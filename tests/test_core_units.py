@@ -1,0 +1,188 @@
+"""Unit tests of the core loop's pure parts: chunker, endpointer, config, player bookkeeping."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from agent.chunker import SpeakableChunker, looks_incomplete
+from agent.config import ConfigError, load_config, parse_config
+from agent.endpointing import Endpointer, SpeechBegan, SpeechPaused
+from agent.fixture import load
+from agent.player import Player
+from agent.timeline import TurnRecord
+from telephony.audio import ulaw_to_pcm16
+
+# ---------------------------------------------------------------- chunker
+
+
+def feed_all(chunker: SpeakableChunker, pieces: list[str]) -> list[str]:
+    out = []
+    for p in pieces:
+        out += chunker.feed(p)
+    return out + chunker.flush()
+
+
+def test_chunker_cuts_sentences_and_keeps_every_word():
+    text = "Thanks for waiting. Your order A1745 shipped yesterday, and it should arrive by Friday. Anything else?"
+    pieces = [w + " " for w in text.split()]
+    chunks = feed_all(SpeakableChunker(), pieces)
+    assert " ".join(chunks).split() == text.split()
+    assert chunks[0] == "Thanks for waiting."
+    assert len(chunks) >= 2
+
+
+def test_chunker_first_chunk_is_short_and_waits_for_a_boundary():
+    c = SpeakableChunker(first_min_chars=12, min_chars=40)
+    assert c.feed("Sure, ") == []  # too short for a first chunk
+    assert c.feed("I can help with that. ") == ["Sure, I can help with that."]
+    assert c.feed("Let me check, ") == []  # a clause, but shorter than min_chars now
+
+
+def test_chunker_cuts_clauses_once_long_enough_and_bounds_length():
+    c = SpeakableChunker(first_min_chars=5, min_chars=20, max_chars=60)
+    assert c.feed("Okay. ") == ["Okay."]
+    out = c.feed("I looked at the account history for you, ")
+    assert out == ["I looked at the account history for you,"]
+    long = "word " * 30
+    out = c.feed(long)
+    assert out and all(len(x) <= 60 for x in out)
+
+
+def test_chunker_handles_hindi_danda():
+    chunks = feed_all(SpeakableChunker(first_min_chars=5), ["आपका ऑर्डर कल पहुँच जाएगा। ", "धन्यवाद।"])
+    assert chunks == ["आपका ऑर्डर कल पहुँच जाएगा।", "धन्यवाद।"]
+
+
+@pytest.mark.parametrize(
+    "text, incomplete",
+    [
+        ("I need to change my booking to", True),
+        ("my order number is", True),
+        ("I want to talk to a person and", True),
+        ("next Friday, please.", False),
+        ("I was charged twice for my order", False),
+        ("", False),
+    ],
+)
+def test_looks_incomplete(text, incomplete):
+    assert looks_incomplete(text) is incomplete
+
+
+# ---------------------------------------------------------------- endpointer
+
+
+def _frames(pcm: bytes) -> list[bytes]:
+    return [pcm[i : i + 320] for i in range(0, len(pcm) - 319, 320)]
+
+
+def test_endpointer_finds_the_utterances_of_a_fixture():
+    fx = load("order_status")
+    pcm = ulaw_to_pcm16(fx.ulaw)
+    ep = Endpointer(silence_ms=300, min_speech_ms=120, mode=2)
+    began, paused = [], []
+    for i, frame in enumerate(_frames(pcm)):
+        for ev in ep.feed(frame, i * 20.0):
+            (began if isinstance(ev, SpeechBegan) else paused).append(ev)
+    assert len(began) == len(paused) == len(fx.script.utterances)
+    for utt, b, p in zip(fx.script.utterances, began, paused, strict=True):
+        assert utt.start_ms <= b.at_ms <= utt.start_ms + 400
+        assert utt.end_ms - 400 <= p.speech_end_ms <= utt.end_ms
+
+
+def test_endpointer_waits_for_min_speech_and_silence():
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    t = np.arange(160) / 8000
+    voiced = (np.sin(2 * np.pi * 220 * t) * 8000 + rng.normal(0, 500, 160)).astype("<i2").tobytes()
+    silence = bytes(320)
+    ep = Endpointer(silence_ms=100, min_speech_ms=100, mode=0)
+    events = []
+    for i in range(3):  # 60 ms of sound: below min_speech
+        events += ep.feed(voiced, i * 20.0)
+    for i in range(3, 12):
+        events += ep.feed(silence, i * 20.0)
+    assert not any(isinstance(e, SpeechPaused) for e in events)
+
+
+# ---------------------------------------------------------------- config
+
+
+def test_default_config_loads():
+    cfg = load_config()
+    assert cfg.budget.voice_ms == 1000
+    assert cfg.ladder.paths[0] in cfg.models
+
+
+def test_bad_config_names_the_field(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text(
+        "providers: {x: {flavor: openrouter, base_url: http://a, api_key_env: K}}\n"
+        "models: {m: {provider: x, model: a}}\n"
+        "ladder: {paths: [m]}\n"
+        "budget: {voice_ms: -5}\n"
+    )
+    with pytest.raises(ConfigError) as exc:
+        load_config(p)
+    assert "budget.voice_ms" in str(exc.value)
+    with pytest.raises(ConfigError, match="ladder.paths.0"):
+        parse_config(
+            {
+                "providers": {"x": {"flavor": "openrouter", "base_url": "http://a", "api_key_env": "K"}},
+                "models": {"m": {"provider": "x", "model": "a"}},
+                "ladder": {"paths": ["nope"]},
+            }
+        )
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        p.write_text("a: [1, 2")
+        load_config(p)
+
+
+# ---------------------------------------------------------------- player
+
+
+class RecordingLink:
+    """The carrier side of the player, in memory (the player's own contract, not a socket)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, object]] = []
+
+    async def send_audio(self, pcm: bytes) -> None:
+        self.sent.append(("audio", len(pcm)))
+
+    async def send_mark(self, name: str) -> None:
+        self.sent.append(("mark", name))
+
+    async def clear(self) -> None:
+        self.sent.append(("clear", None))
+
+
+async def test_player_paces_marks_follow_audio_and_clear_flushes_marks():
+    link = RecordingLink()
+    firsts = []
+    player = Player(
+        link, lambda owner, source, t: firsts.append((owner.index, source)), lead_ms=100, slice_ms=40
+    )
+    turn = TurnRecord(index=1)
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(player.run())
+        player.play(bytes(16 * 400), turn, "answer")  # 400 ms
+        player.mark("1:0")
+        await asyncio.sleep(0.05)
+        # only the lead (100 ms plus one slice) went out at once, not all 400 ms
+        sent_audio = sum(n for kind, n in link.sent if kind == "audio")
+        assert 16 * 100 <= sent_audio <= 16 * 200
+        assert ("mark", "1:0") not in link.sent
+        await asyncio.sleep(0.45)
+        assert link.sent[-1] == ("mark", "1:0")
+        assert player.on_mark_echo("1:0") is True
+        player.play(bytes(16 * 400), turn, "answer")
+        player.mark("1:1")
+        await asyncio.sleep(0.5)
+        await player.clear()
+        assert player.on_mark_echo("1:1") is False  # flushed by the clear: not heard
+        assert not player.speaking
+        task.cancel()
+    assert firsts == [(1, "answer")]

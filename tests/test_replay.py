@@ -1,0 +1,173 @@
+"""The call spine end to end: fixture calls through the fake carrier, the runtime server and the
+emulators, all on 127.0.0.1 sockets, in real time.
+
+What must hold (issue 2): every fixture completes under ``reference`` with every turn within
+budget and the expected transcripts; under ``chaos`` (3 seeds) every turn still has agent audio
+within budget + one frame, no call ends early, and every injected fault shows up in fallbacks;
+barge-in sends ``clear`` and keeps only the heard text in the history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+
+import pytest
+
+from agent.fixture import all_fixture_names, load
+from agent.replay import local_stack, replay_fixture
+from tests.conftest import emulator_faults
+
+FRAME_MS = 20
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def expected_items(name: str) -> list[str]:
+    """What each caller item should be transcribed as: the script's text, or the keyed digits."""
+    return [u.text if u.dtmf is None else u.dtmf for u in load(name).script.utterances]
+
+
+async def replay_many(names: list[str], profile: str, seed: int):
+    fixtures = [load(n) for n in names]
+    async with local_stack(profile, seed, fixtures) as stack:
+        calls = await asyncio.gather(*(replay_fixture(f, stack.server_url) for f in fixtures))
+        histories = {
+            c["call_sid"]: (stack.services.call_json(c["call_sid"]) or {}).get("history") for c in calls
+        }
+        faults = emulator_faults(stack)
+    return calls, histories, faults
+
+
+@pytest.mark.slow
+async def test_every_fixture_under_reference_profile():
+    names = all_fixture_names()
+    assert len(names) >= 8
+    calls, _, _ = await replay_many(names, "reference", seed=1)
+    for call in calls:
+        name = call["fixture"]
+        assert call["ended"] == "completed", (name, call.get("error"))
+        transcripts = [_norm(t["transcript"]) for t in call["turns"]]
+        assert transcripts == [_norm(x) for x in expected_items(name)], name
+        for t in call["turns"]:
+            assert t["within_budget"], (name, t["index"], t["first_audio_ms"], t["timeline"])
+            assert t["route"]["model"], (name, t["index"])
+            for key in (
+                "speech_end",
+                "endpoint",
+                "route",
+                "llm_request",
+                "llm_first_token",
+                "first_audio_out",
+                "done",
+            ):
+                assert key in t["timeline"], (name, t["index"], key)
+            assert t["reply"], (name, t["index"])
+
+
+# Emulated fault -> the kinds the runtime may record for it (a hang or stall is usually cut short
+# by a hedge, which records the slow attempt as a timeout).
+FAULT_KINDS = {
+    "http_500": {"http_500"},
+    "http_429": {"http_429"},
+    "error_midstream": {"stream_error"},
+    "hang": {"timeout", "stall"},
+    "stall": {"stall", "timeout"},
+    "malformed": {"malformed"},
+    "drop": {"disconnected", "stream_error"},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [11, 22, 33])
+async def test_chaos_profile_keeps_every_turn_in_budget(seed):
+    names = all_fixture_names()
+    calls, _, faults = await replay_many(names, "chaos", seed=seed)
+    by_tag: dict[str, list[dict]] = {}
+    for call in calls:
+        name = call["fixture"]
+        assert call["ended"] == "completed", (seed, name, call.get("error"))
+        assert len(call["turns"]) == len(expected_items(name)), (
+            seed,
+            name,
+            [t["transcript"] for t in call["turns"]],
+        )
+        for t in call["turns"]:
+            assert t["first_audio_ms"] is not None, (seed, name, t)
+            assert t["first_audio_ms"] <= t["budget_ms"] + FRAME_MS, (
+                seed,
+                name,
+                t["index"],
+                t["first_audio_ms"],
+            )
+            by_tag[f"{call['call_sid']}:{t['index']}"] = t["fallbacks"]
+    # LLM faults are tagged per turn: each one must be in that turn's fallbacks.
+    for fault in faults["llm"]:
+        tag = fault["tag"]
+        assert tag in by_tag, (seed, fault)
+        kinds = {f["kind"] for f in by_tag[tag] if f.get("service") == "llm"}
+        assert kinds & FAULT_KINDS[fault["fault"]], (seed, fault, by_tag[tag])
+    # STT faults are per call socket; TTS faults are per synthesis: count them against the fallbacks.
+    all_fallbacks = [f for fb in by_tag.values() for f in fb]
+    for service in ("stt", "tts"):
+        injected = faults[service]
+        recorded = [f for f in all_fallbacks if f.get("service") == service]
+        assert len(recorded) >= len(injected), (seed, service, injected, recorded)
+        for fault in injected:
+            assert any(f["kind"] in FAULT_KINDS[fault["fault"]] for f in recorded), (seed, service, fault)
+
+
+@pytest.mark.slow
+async def test_barge_in_clears_and_history_keeps_only_heard_text(replay_call):
+    result = await replay_call("talk_over", profile="reference")
+    assert result.ended == "completed", result.raw.get("error")
+    carrier = result.carrier
+    assert carrier["clears"], "the runtime never sent clear"
+    clear_at = carrier["clears"][0]
+    interrupted = [t for t in result.turns if t["interrupted"]]
+    assert len(interrupted) == 1
+    turn = interrupted[0]
+    # What the carrier actually played: chunks whose marks echoed before the clear.
+    heard_chunks = []
+    for mark in carrier["marks"]:
+        idx, _, chunk = mark["name"].partition(":")
+        if int(idx) == turn["index"] and chunk.isdigit() and mark["echoed_at"] is not None:
+            if mark["echoed_at"] < clear_at:
+                heard_chunks.append(turn["chunks"][int(chunk)])
+    assert _norm(turn["heard"]) == _norm(" ".join(heard_chunks))
+    assert len(_norm(turn["heard"])) < len(_norm(turn["reply"]))  # something was cut off
+    assistant = [m["content"] for m in result.history if m["role"] == "assistant"]
+    assert turn["heard"] in assistant or (not turn["heard"] and turn["reply"] not in assistant)
+    assert turn["reply"] not in assistant
+
+
+@pytest.mark.slow
+async def test_pause_mid_sentence_is_one_turn(replay_call):
+    result = await replay_call("pause_mid_sentence", profile="reference")
+    assert result.ended == "completed", result.raw.get("error")
+    transcripts = [_norm(t["transcript"]) for t in result.turns]
+    assert transcripts == [_norm(x) for x in expected_items("pause_mid_sentence")]
+
+
+async def test_replay_json_shape(tmp_path, replay_call):
+    result = await replay_call("order_status", profile="zero", speed=4.0)
+    call = result.raw
+    json.dumps(call)
+    assert set(call) >= {"fixture", "call_sid", "ended", "turns"}
+    for t in call["turns"]:
+        assert set(t) >= {
+            "index",
+            "transcript",
+            "language",
+            "route",
+            "timeline",
+            "first_audio_ms",
+            "budget_ms",
+            "within_budget",
+            "bridge",
+            "fallbacks",
+        }
+        assert set(t["route"]) >= {"class", "tier", "model", "reason"}
