@@ -68,10 +68,16 @@ _INCOMPLETE_ENDINGS = frozenset(
 )
 
 
-def looks_incomplete(text: str) -> bool:
-    """True when an utterance seems cut mid-sentence ("I need to change my booking to")."""
+def looks_incomplete(text: str, punctuating: bool = False) -> bool:
+    """True when an utterance seems cut mid-sentence ("I need to change my booking to").
+
+    ``punctuating``: this STT ends its sentences with punctuation, so a final without any is a
+    fragment too ("I need to change my booking").
+    """
     stripped = text.strip()
     if not stripped or stripped[-1] in ".!?।":
         return False
+    if punctuating or stripped[-1] in ",;:-–—":
+        return True
     last = re.sub(r"[^\w']", "", stripped.split()[-1].lower())
     return last in _INCOMPLETE_ENDINGS

@@ -141,6 +141,8 @@ async def replay_fixture(
         "ended": ended,
         "mode": call.get("mode"),
         "turns": [_turn_json(t) for t in call.get("turns", [])],
+        "merged_turns": call.get("merged_turns", []),
+        "faults": call.get("faults", []),
         "carrier": result.as_dict(),
     }
     if ended == "error":

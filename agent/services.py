@@ -78,6 +78,8 @@ class Services:
             "mode": self.mode,
             "turns": summary.turns,
             "history": summary.history,
+            "merged_turns": summary.merged,
+            "faults": summary.faults,
         }
 
     # ---- cached phrases (bridge, apology, not heard): synthesised once per language
@@ -109,7 +111,7 @@ class Services:
         for attempt in range(3):
             try:
                 async with asyncio.timeout(2.0):
-                    pcm = await self.tts.synthesize(text, language)
+                    pcm = await self.tts.synthesize(text, language, tag="phrases")
                 if pcm:
                     return pcm
             except (ProviderError, TimeoutError) as exc:

@@ -59,6 +59,10 @@ class CallSummary:
     error: str | None = None
     turns: list[dict[str, Any]] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
+    merged: list[int] = field(default_factory=list)
+    faults: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # faults after the last turn (no turn to own them)
 
 
 class CallSession:
@@ -72,6 +76,7 @@ class CallSession:
         self.clock = Clock()
         self.started_wall = time.time()
         self.turns: list[TurnRecord] = []
+        self.merged: list[int] = []  # indices of turns the caller continued before they were answered
         self.history: list[dict[str, Any]] = [{"role": "system", "content": self.config.agent.system_prompt}]
         ep = self.config.endpoint
         self.endpointer = Endpointer(ep.silence_ms, ep.min_speech_ms, ep.vad_mode)
@@ -83,7 +88,8 @@ class CallSession:
         self._partial = ""
         self._final_at: float | None = None
         self._final_event = asyncio.Event()
-        self._stt_paused_at: float | None = None  # STT said speech ended (server VAD)
+        self._stt_paused_at: float | None = None
+        self._stt_punctuates = False  # seen a final end with . ? ! or ।: a final without is a fragment  # STT said speech ended (server VAD)
         self._utterance_pending = False  # caller spoke since the last commit
         self._speech_end: float | None = None
         self._wake = asyncio.Event()
@@ -142,6 +148,8 @@ class CallSession:
             error=self.error,
             turns=[t.as_dict() for t in self.turns],
             history=[dict(m) for m in self.history],
+            merged=list(self.merged),
+            faults=list(self._pending_faults),
         )
 
     # ------------------------------------------------------------------ inbound strand
@@ -259,6 +267,7 @@ class CallSession:
                         if ev.final:
                             if ev.text.strip():
                                 self._finals.append((ev.text.strip(), ev.language))
+                                self._stt_punctuates |= ev.text.strip()[-1] in ".!?।"
                                 self._final_at = self.clock.now()
                                 self._utterance_pending = True
                             self._partial = ""
@@ -269,6 +278,7 @@ class CallSession:
                             self._partial = ev.text
                     elif isinstance(ev, SpeechEnded):
                         self._stt_paused_at = self.clock.now()
+                        self._wake.set()
                 raise ProviderError(self.services.stt.name, "disconnected", "STT stream ended")
             except ProviderError as exc:
                 self._stt = None
@@ -352,13 +362,17 @@ class CallSession:
         if not self._utterance_pending or silence < COMMIT_SILENCE_MS:
             return None
         have_final = bool(self._finals)
-        paused = silence >= ep.silence_ms and self._speech_end is not None
+        last_voice = self.endpointer.last_voice_ms
+        stt_ended = (
+            self._stt_paused_at is not None and last_voice is not None and self._stt_paused_at > last_voice
+        )
+        paused = (silence >= ep.silence_ms or stt_ended) and self._speech_end is not None
         if not have_final and not paused:
             return None
         if not have_final and self._speech_end is None:
             return None
         text = " ".join(t for t, _ in self._finals)
-        if have_final and looks_incomplete(text) and silence < ep.incomplete_hold_ms:
+        if have_final and looks_incomplete(text, self._stt_punctuates) and silence < ep.incomplete_hold_ms:
             return None  # "I need to change my booking to ..." - give the caller a moment more
         return "speech"
 
@@ -436,6 +450,12 @@ class CallSession:
                     elif turn.transcript:
                         user_msg = {"role": "user", "content": turn.transcript}
                     if user_msg is None:
+                        turn.route = {
+                            "class": "none",
+                            "tier": "none",
+                            "model": None,
+                            "reason": "no transcript",
+                        }
                         turn.outcome = "not_heard"
                         await self._speak_phrase(turn, "not_heard")
                     else:
@@ -455,7 +475,9 @@ class CallSession:
                     self.history.pop()
                 if turn in self.turns:
                     self.turns.remove(turn)
-                    self._next_index = turn.index
+                self.merged.append(turn.index)
+                # What went wrong in the abandoned attempt is reported with the turn that replaces it.
+                self._pending_faults.extend(turn.fallbacks)
                 return
             raise
         finally:

@@ -525,9 +525,10 @@ class LLMEmulator:
                 log.info("llm emulator: %s failed with %s, falling back to %s", model, fault, fallback)
                 self.fallbacks += 1
                 model, fault = fallback, None
-        if fault:
-            self.faults.append(FaultRecord(service="llm", fault=fault, tag=tag, at=time.monotonic()))
-            log.info("llm emulator: injecting %s (tag %s)", fault, tag)
+        if fault in ("http_500", "http_429", "hang", "stall"):
+            # Faults that show from the first byte are logged now; mid-stream ones when they happen
+            # (a client that went away before them never saw them).
+            self._record(fault, tag)
         if fault == "http_500":
             return self._error(500, "server", "Internal Server Error (emulated)")
         if fault == "http_429":
@@ -552,6 +553,7 @@ class LLMEmulator:
                 isinstance(body.get("stream_options"), dict) and body["stream_options"].get("include_usage")
             ),
             seq=self._seq,
+            tag=tag,
         )
         if fault == "error_midstream":
             self._midstream_errors += 1
@@ -667,8 +669,13 @@ class LLMEmulator:
             )
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
 
+    def _record(self, fault: str, tag: str | None) -> None:
+        self.faults.append(FaultRecord(service="llm", fault=fault, tag=tag, at=time.monotonic()))
+        log.info("llm emulator: injecting %s (tag %s)", fault, tag)
+
     async def _break_stream(self, plan: _Plan, send: Callable) -> None:
         """The mid-stream faults, after a few tokens have gone out."""
+        self._record(plan.fault, plan.tag)
 
         async def last(data: bytes) -> None:
             await send({"type": "http.response.body", "body": data, "more_body": False})
@@ -710,6 +717,8 @@ class LLMEmulator:
         if plan.fault in ("hang", "stall"):
             await asyncio.Future()
         await asyncio.sleep(plan.ttft + plan.gap * len(plan.pieces))
+        if plan.fault in ("malformed", "drop", "error_midstream"):
+            self._record(plan.fault, plan.tag)
         if plan.fault == "malformed":
             headers = [(b"content-type", b"application/json")]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -772,6 +781,7 @@ class _Plan:
         self.fault: str | None = kw["fault"]
         self.include_usage: bool = kw["include_usage"]
         self.seq: int = kw["seq"]
+        self.tag: str | None = kw.get("tag")
         self.int_code = False
         self.created = int(time.time())
 

@@ -951,13 +951,15 @@ class _TtsConnection:
             self.utt_open, self.failed, self.audio_sent = True, False, False
             self.fault = self.dice.request_fault("tts")
             self.state.tts_utterances.append({"conn": self.conn_id, "tag": self.tag, "fault": self.fault})
-            if self.fault is not None:
-                self.state.record("tts", self.fault, self.tag)
+            if self.fault in ("hang", "stall"):
+                self.state.record("tts", self.fault, self.tag)  # other faults are logged when they show
         if self.failed or self.fault in ("hang", "stall"):
             return  # a hung utterance produces nothing; the client's deadline decides
         if first:
             await asyncio.sleep(self.dice.tts_first_audio())
         fault = self.fault if first else None
+        if fault in ("http_500", "http_429", "malformed", "drop"):
+            self.state.record("tts", fault, self.tag)
         if fault in ("http_500", "http_429"):
             self.failed = True
             code = 500 if fault == "http_500" else 429
@@ -992,6 +994,7 @@ class _TtsConnection:
                 await asyncio.sleep(0)
         if fault == "error_midstream":
             self.failed = True
+            self.state.record("tts", fault, self.tag)
             await self.error("Synthesis failed mid-stream", 500)
 
 

@@ -11,7 +11,9 @@ import uvicorn
 
 
 @contextlib.asynccontextmanager
-async def serve_app(app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> AsyncIterator[str]:
+async def serve_app(
+    app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"
+) -> AsyncIterator[str]:
     """Run ``app`` with uvicorn on ``host:port`` (0 = a free port) and yield ``http://host:port``.
 
     The server task belongs to a task group that is left only after the server shut down.

@@ -104,16 +104,23 @@ async def test_chaos_profile_keeps_every_turn_in_budget(seed):
                 t["first_audio_ms"],
             )
             by_tag[f"{call['call_sid']}:{t['index']}"] = t["fallbacks"]
-    # LLM faults are tagged per turn: each one must be in that turn's fallbacks.
+    # LLM faults are tagged per turn: each one must be in that turn's fallbacks. Turns the caller
+    # continued before they were answered (merged) or talked over (interrupted) cancelled their
+    # attempts for the caller's sake; a fault there may have gone unseen.
+    skip = {f"{c['call_sid']}:{i}" for c in calls for i in c["merged_turns"]}
+    skip |= {f"{c['call_sid']}:{t['index']}" for c in calls for t in c["turns"] if t["interrupted"]}
     for fault in faults["llm"]:
         tag = fault["tag"]
+        if tag in skip:
+            continue
         assert tag in by_tag, (seed, fault)
         kinds = {f["kind"] for f in by_tag[tag] if f.get("service") == "llm"}
         assert kinds & FAULT_KINDS[fault["fault"]], (seed, fault, by_tag[tag])
     # STT faults are per call socket; TTS faults are per synthesis: count them against the fallbacks.
-    all_fallbacks = [f for fb in by_tag.values() for f in fb]
+    all_fallbacks = [f for fb in by_tag.values() for f in fb] + [f for c in calls for f in c["faults"]]
     for service in ("stt", "tts"):
-        injected = faults[service]
+        # Faults on cached-phrase synthesis at call start belong to no turn (they are retried there).
+        injected = [f for f in faults[service] if f["tag"] != "phrases" and f["tag"] not in skip]
         recorded = [f for f in all_fallbacks if f.get("service") == service]
         assert len(recorded) >= len(injected), (seed, service, injected, recorded)
         for fault in injected:
@@ -153,7 +160,7 @@ async def test_pause_mid_sentence_is_one_turn(replay_call):
 
 
 async def test_replay_json_shape(tmp_path, replay_call):
-    result = await replay_call("order_status", profile="zero", speed=4.0)
+    result = await replay_call("dtmf_entry", profile="zero")
     call = result.raw
     json.dumps(call)
     assert set(call) >= {"fixture", "call_sid", "ended", "turns"}
