@@ -135,6 +135,7 @@ class LLMLadder:
                 if winner is None:
                     winner = ident
                     self.turn.mark("llm_first_token", self.clock.now())
+                    self.turn.usage.update(model=att.model, provider=att.provider)
                     for other in self._running():
                         if other.ident != ident:
                             other.task.cancel()  # type: ignore[union-attr]
@@ -187,7 +188,6 @@ class LLMLadder:
                 ev.prompt_tokens * path.price_in_per_mtok + ev.completion_tokens * path.price_out_per_mtok
             ) / 1e6
         u["cost_usd"] = round(u.get("cost_usd", 0.0) + cost, 8)
-        u["model"] = att.model
 
     async def _pump(self, att: _Attempt, req: LLMRequest) -> None:
         provider = self.llms[att.provider]

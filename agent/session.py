@@ -107,8 +107,10 @@ class CallSession:
         # STT
         self._stt: STTStream | None = None
         self._stt_ready = asyncio.Event()
-        self._unfinalised: deque[bytes] = deque(maxlen=STT_REPLAY_LIMIT)
-        self._frames_in = 0
+        self._audio: deque[bytes] = deque(maxlen=STT_REPLAY_LIMIT)  # recent caller frames
+        self._frames_in = 0  # frames received since the call began
+        self._finalised_upto = 0  # frames covered by the STT's last final (no need to replay them)
+        self._audio_ready = asyncio.Event()
 
     # ------------------------------------------------------------------ run
 
@@ -174,13 +176,9 @@ class CallSession:
                     await self._barge_in("caller speech")
                 if self._finals and ep.silence_run_ms == COMMIT_SILENCE_MS:
                     self._wake.set()  # an STT final is waiting for a moment of silence
-                self._unfinalised.append(event.pcm)
+                self._audio.append(event.pcm)
                 self._frames_in += 1
-                if self._stt is not None:
-                    try:
-                        await self._stt.send_audio(event.pcm)
-                    except ProviderError:
-                        pass  # the STT reader sees the failure and reconnects
+                self._audio_ready.set()  # the STT strand sends it: a slow STT never holds up this strand
                 if self.endpointer.in_speech:
                     self._speech_end = self.endpointer.last_voice_ms
             elif isinstance(event, InboundDtmf):
@@ -243,6 +241,8 @@ class CallSession:
     # ------------------------------------------------------------------ STT reader
 
     async def _stt_loop(self) -> None:
+        """Owns the STT session: a sender and a reader per connection; reconnects on failure and
+        replays the audio the failed session had not finalised yet."""
         backoff = (0.0, 0.1, 0.3, 1.0, 2.0)
         failures = 0
         while True:
@@ -253,39 +253,56 @@ class CallSession:
                 await asyncio.sleep(backoff[min(failures, len(backoff) - 1)])
                 failures += 1
                 continue
-            sent = self._frames_in - len(self._unfinalised)
-            while sent < self._frames_in:  # audio the failed session never finalised, then catch up
-                backlog = list(self._unfinalised)[len(self._unfinalised) - (self._frames_in - sent) :]
-                sent = self._frames_in
-                for pcm in backlog:
-                    await stream.send_audio(pcm)
             self._stt = stream
+            connected_at = self.clock.now()
+            start = max(self._finalised_upto, self._frames_in - len(self._audio))
             try:
-                async for ev in stream.events():
-                    failures = 0
-                    if isinstance(ev, Transcript):
-                        if ev.final:
-                            if ev.text.strip():
-                                self._finals.append((ev.text.strip(), ev.language))
-                                self._stt_punctuates |= ev.text.strip()[-1] in ".!?।"
-                                self._final_at = self.clock.now()
-                                self._utterance_pending = True
-                            self._partial = ""
-                            self._unfinalised.clear()
-                            self._final_event.set()
-                            self._wake.set()
-                        else:
-                            self._partial = ev.text
-                    elif isinstance(ev, SpeechEnded):
-                        self._stt_paused_at = self.clock.now()
-                        self._wake.set()
-                raise ProviderError(self.services.stt.name, "disconnected", "STT stream ended")
-            except ProviderError as exc:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self._stt_sender(stream, start))
+                    await self._stt_reader(stream)
+                    raise ProviderError(self.services.stt.name, "disconnected", "STT stream ended")
+            except* ProviderError as group:
+                exc = group.exceptions[0]
+                assert isinstance(exc, ProviderError)
                 self._stt = None
                 self._stt_fault(exc, "reconnect")
                 await self._close_stream(stream)
+                if self.clock.now() - connected_at > 5000:
+                    failures = 0  # it worked for a while: reconnect at once
                 await asyncio.sleep(backoff[min(failures, len(backoff) - 1)])
                 failures += 1
+
+    async def _stt_sender(self, stream: STTStream, position: int) -> None:
+        """Sends caller frames in order from ``position`` (a count of frames since the call began)."""
+        while True:
+            await self._audio_ready.wait()
+            self._audio_ready.clear()
+            while position < self._frames_in:
+                oldest = self._frames_in - len(self._audio)
+                position = max(position, oldest)
+                frame = self._audio[position - oldest]
+                position += 1
+                await stream.send_audio(frame)
+
+    async def _stt_reader(self, stream: STTStream) -> None:
+        async for ev in stream.events():
+            if isinstance(ev, Transcript):
+                if ev.final:
+                    text = ev.text.strip()
+                    if text:
+                        self._finals.append((text, ev.language))
+                        self._stt_punctuates |= text[-1] in ".!?।"
+                        self._final_at = self.clock.now()
+                        self._utterance_pending = True
+                    self._partial = ""
+                    log.debug("call %s: STT final %r", self.call_sid, text)
+                    self._finalised_upto = self._frames_in
+                    self._final_event.set()
+                    self._wake.set()
+                else:
+                    self._partial = ev.text
+            elif isinstance(ev, SpeechEnded):
+                self._stt_paused_at = self.clock.now()  # its final follows; that is what commits a turn
 
     def _stt_fault(self, exc: ProviderError, action: str) -> None:
         log.warning("call %s: STT %s: %s (%s)", self.call_sid, exc.kind, exc.message, action)
@@ -324,6 +341,13 @@ class CallSession:
             kind = self._ready_to_commit()
             if kind is None:
                 continue
+            log.debug(
+                "call %s: commit %s finals=%r silence=%d",
+                self.call_sid,
+                kind,
+                self._finals,
+                self.endpointer.silence_run_ms,
+            )
             if self._turn_task is not None and not self._turn_task.done():
                 if self._answer_started and self.player.speaking:
                     await self._barge_in("new caller turn")
@@ -362,11 +386,7 @@ class CallSession:
         if not self._utterance_pending or silence < COMMIT_SILENCE_MS:
             return None
         have_final = bool(self._finals)
-        last_voice = self.endpointer.last_voice_ms
-        stt_ended = (
-            self._stt_paused_at is not None and last_voice is not None and self._stt_paused_at > last_voice
-        )
-        paused = (silence >= ep.silence_ms or stt_ended) and self._speech_end is not None
+        paused = silence >= ep.silence_ms and self._speech_end is not None
         if not have_final and not paused:
             return None
         if not have_final and self._speech_end is None:

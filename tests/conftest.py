@@ -42,9 +42,20 @@ def replay_call():
         seed: int = 0,
         speed: float = 1.0,
         config: Config | None = None,
+        force: list[tuple[str, str]] = (),
+        items: int | None = None,
     ) -> ReplayResult:
+        """``items``: replay only the first N caller items. ``force``: (dice, fault) pairs queued before dialling; dice is one of "stt", "tts",
+        "sarvam_llm", "openrouter_llm" (emulators/stack.py), fault one of emulators.profiles.EMULATED_FAULTS."""
         fixture = load(name)
+        if items is not None:  # only the first caller items: a shorter call for tests of one turn
+            fixture.script = fixture.script.model_copy(
+                update={"utterances": fixture.script.utterances[:items]}
+            )
         async with local_stack(profile, seed, [fixture], config) as stack:
+            for dice_name, fault in force:
+                service = "llm" if dice_name.endswith("llm") else dice_name
+                stack.emulators.dice[dice_name].force(service, fault)
             raw = await replay_fixture(fixture, stack.server_url, speed=speed, config=stack.config)
             data = stack.services.call_json(raw["call_sid"]) or {}
             faults = emulator_faults(stack)

@@ -160,7 +160,7 @@ async def test_pause_mid_sentence_is_one_turn(replay_call):
 
 
 async def test_replay_json_shape(tmp_path, replay_call):
-    result = await replay_call("dtmf_entry", profile="zero")
+    result = await replay_call("dtmf_entry", profile="zero", items=2)
     call = result.raw
     json.dumps(call)
     assert set(call) >= {"fixture", "call_sid", "ended", "turns"}

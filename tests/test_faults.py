@@ -1,0 +1,97 @@
+"""Exact provider faults, forced on the emulators, through the whole stack: the call still ends
+well, the caller hears the agent within budget, and the turn's fallbacks say what happened."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.config import load_config
+
+
+def fallbacks(turn: dict, service: str) -> list[dict]:
+    return [f for f in turn["fallbacks"] if f.get("service") == service]
+
+
+async def test_llm_hang_is_hedged_to_the_backup_path(replay_call):
+    result = await replay_call(
+        "billing_dispute", profile="zero", speed=2.0, force=[("openrouter_llm", "hang")], items=2
+    )
+    assert result.ended == "completed", result.raw.get("error")
+    first = result.turns[0]
+    llm = fallbacks(first, "llm")
+    assert [(f["kind"], f["action"], f["provider"]) for f in llm] == [("timeout", "hedge lost", "openrouter")]
+    assert first["route"]["model"]
+    assert first["usage"]["model"] == "sarvam-105b"  # the backup path answered
+    assert first["within_budget"] and first["bridge"] is False  # hedge at 700 ms, zero-latency backup
+    assert all(t["within_budget"] for t in result.turns)
+
+
+async def test_errors_before_the_first_token_retry_on_the_next_path(replay_call):
+    result = await replay_call(
+        "billing_dispute",
+        profile="zero",
+        speed=2.0,
+        force=[("openrouter_llm", "http_500"), ("sarvam_llm", "http_429")],
+        items=1,
+    )
+    assert result.ended == "completed", result.raw.get("error")
+    first = result.turns[0]
+    assert [(f["kind"], f["action"]) for f in fallbacks(first, "llm")] == [
+        ("http_500", "retry"),
+        ("http_429", "retry"),
+    ]
+    assert first["outcome"] == "answered" and first["reply"]
+
+
+async def test_every_path_failing_ends_the_turn_with_the_apology(replay_call):
+    cfg = load_config()
+    # The ladder alternates between the two paths: fail every attempt it is allowed.
+    force = [("openrouter_llm", "http_500"), ("sarvam_llm", "http_500")] * (cfg.ladder.max_attempts // 2)
+    result = await replay_call("billing_dispute", profile="zero", speed=2.0, force=force, items=2)
+    assert result.ended == "completed", result.raw.get("error")
+    first = result.turns[0]
+    assert first["outcome"] == "apology"
+    assert len(fallbacks(first, "llm")) == cfg.ladder.max_attempts
+    assert first["reply"] == cfg.agent.apology_phrases["en-IN"]
+    assert first["within_budget"]
+    assert result.turns[1]["outcome"] == "answered"  # the next turn works again
+
+
+async def test_error_mid_stream_continues_on_the_next_path(replay_call):
+    result = await replay_call(
+        "booking_change", profile="zero", speed=2.0, force=[("openrouter_llm", "error_midstream")], items=1
+    )
+    assert result.ended == "completed", result.raw.get("error")
+    first = result.turns[0]
+    llm = fallbacks(first, "llm")
+    assert [(f["kind"], f["action"]) for f in llm] == [("stream_error", "continue on next path")]
+    assert first["within_budget"]
+
+
+@pytest.mark.parametrize("fault", ["http_500", "drop", "malformed"])
+async def test_tts_failure_falls_back_to_rest(replay_call, fault):
+    # The first TTS use of the call is the cached phrases (REST); the first websocket utterance follows.
+    result = await replay_call("billing_dispute", profile="zero", speed=2.0, force=[("tts", fault)], items=2)
+    assert result.ended == "completed", result.raw.get("error")
+    tts = [f for t in result.turns for f in fallbacks(t, "tts")]
+    phrases_failed = not tts  # the forced fault may have hit the phrase synthesis at call start instead
+    if not phrases_failed:
+        assert tts[0]["action"] in ("tts rest fallback", "skip rest of chunk")
+    assert all(t["within_budget"] for t in result.turns)
+    assert all(t["outcome"] == "answered" for t in result.turns)
+
+
+async def test_stt_socket_drop_reconnects_and_keeps_the_transcripts(replay_call):
+    result = await replay_call(
+        "billing_dispute", profile="zero", speed=2.0, force=[("stt", "drop")]
+    )  # whole call
+    assert result.ended == "completed", result.raw.get("error")
+    stt = [f for t in result.turns for f in fallbacks(t, "stt")] + [
+        f for f in result.raw.get("faults", []) if f.get("service") == "stt"
+    ]
+    assert [f["kind"] for f in stt] == ["disconnected"]
+    from tests.test_replay import _norm, expected_items
+
+    assert [_norm(t["transcript"]) for t in result.turns] == [
+        _norm(x) for x in expected_items("billing_dispute")
+    ]
