@@ -183,6 +183,12 @@ def serve(
 
 
 async def _serve(cfg, host: str, port: int, profile: str, external: dict | None = None) -> None:
+    import gc
+
+    # Start-up objects (config, app, provider clients) never die: keep them out of the collector's
+    # scans, so that a full collection does not stall every call's loop for longer than it must.
+    gc.collect()
+    gc.freeze()
     from agent.runtime import EmulatorURLs, build_services, create_runtime_app, keys_missing
     from emulators.serve import serve_app, ws_url
 

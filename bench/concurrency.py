@@ -18,17 +18,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
 from agent.fixture import load
+from bench.common import processes, webhook_params
 from emulators.carrier import dial
 from emulators.serve import ws_url
 
@@ -41,74 +38,6 @@ FIXTURES = [
     "hindi_order_status",
 ]
 LIMIT_MS = 20.0
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def processes():
-    env = dict(os.environ)
-    for key in ("SARVAM_API_KEY", "OPENROUTER_API_KEY", "TWILIO_AUTH_TOKEN"):
-        env.pop(key, None)
-    cli = [sys.executable, "-m", "agent.cli"]
-    emu = subprocess.Popen(
-        [*cli, "emulators", "--profile", "zero", "--quiet"], stdout=subprocess.PIPE, env=env, text=True
-    )
-    server = None
-    try:
-        line = emu.stdout.readline()  # type: ignore[union-attr]
-        urls = json.loads(line)
-        port = _free_port()
-        server = subprocess.Popen(
-            [
-                *cli,
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--quiet",
-                "--emulators",
-                json.dumps(urls),
-            ],
-            env=env,
-        )
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError("server did not start")
-            time.sleep(0.2)
-        yield base, server.pid
-    finally:
-        for p in (server, emu):
-            if p is not None:
-                p.terminate()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    p.wait(5)
-                if p.poll() is None:
-                    p.kill()
-
-
-async def webhook_params(http: httpx.AsyncClient, call_sid: str) -> dict:
-    import xml.etree.ElementTree as ET
-
-    r = await http.post(
-        "/twilio/voice", data={"CallSid": call_sid, "From": "+919800000000", "To": "+918000000000"}
-    )
-    r.raise_for_status()
-    return {p.get("name"): p.get("value") for p in ET.fromstring(r.text).iter("Parameter")}
 
 
 async def run_step(base: str, n: int) -> dict:
@@ -162,10 +91,10 @@ def passes(step: dict) -> bool:
     )
 
 
-async def run(steps: list[int]) -> dict:
+async def run(steps: list[int], pinned: bool) -> dict:
     rows = []
     best = None
-    with processes() as (base, _pid):
+    with processes(pinned) as (base, _pid):
         for n in steps:
             step = await run_step(base, n)
             step["pass"] = passes(step)
@@ -193,11 +122,13 @@ async def run(steps: list[int]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", default="25,50,100,150,200,250,300")
+    ap.add_argument("--steps", default="25,50,75,100,150,200,250,300")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--no-pin", action="store_true", help="let the scheduler place all three processes")
     args = ap.parse_args()
     steps = [int(x) for x in args.steps.split(",")]
-    result = asyncio.run(run(steps))
+    result = asyncio.run(run(steps, pinned=not args.no_pin))
+    result["pinned"] = not args.no_pin
     print(
         f"largest N within {LIMIT_MS:.0f} ms: {result['max_calls']} calls "
         f"(lag p99 {result['lag_p99_ms']} ms, jitter p99 {result['jitter_p99_ms']} ms, "

@@ -26,6 +26,7 @@ async def serve_app(
         lifespan="on",
         ws="websockets-sansio",
         ws_max_size=1 << 20,
+        ws_per_message_deflate=False,  # audio frames: compression costs CPU and saves nothing
         ws_ping_interval=None,
         timeout_graceful_shutdown=2,
     )

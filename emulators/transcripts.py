@@ -56,6 +56,7 @@ NGRAM = 8  # bytes per n-gram: exactly one uint64
 INDEX_STRIDE = 4  # index every 4th offset; queries look up every offset, so a hit is certain
 MAX_KEY_REPEATS = 4  # n-grams seen more often than this carry no information (e.g. flat audio)
 MIN_VOTES = 4
+QUERY_EVERY = 40  # bytes (5 ms) between sampled query places: a 1 s segment still casts ~200 votes
 
 # decode -> encode: identity except the "negative zero" 0x7F, which becomes 0xFF
 _CANON = ULAW_ENC[ULAW_DEC.view(np.uint16)].astype(np.uint8)
@@ -226,15 +227,16 @@ class TranscriptLibrary:
         q = canonical_ulaw(ulaw)
         if len(q) < NGRAM or not len(self._keys):
             return None
-        buf = np.ascontiguousarray(q).tobytes()
-        qkeys, qpos = [], []
-        for k in range(NGRAM):
-            count = (len(buf) - k) // NGRAM
-            if count > 0:
-                qkeys.append(np.frombuffer(buf, "<u8", count=count, offset=k))
-                qpos.append(k + NGRAM * np.arange(count, dtype=np.int64))
-        qk = np.concatenate(qkeys)
-        qp = np.concatenate(qpos)
+        # Sample the query: a run of INDEX_STRIDE consecutive offsets every QUERY_EVERY bytes. Each
+        # run holds exactly one offset aligned with the index, so every sampled place can still vote.
+        arr = np.ascontiguousarray(q, dtype=np.uint8)
+        bases = np.arange(0, len(arr) - NGRAM - INDEX_STRIDE + 2, QUERY_EVERY, dtype=np.int64)
+        qp = (bases[:, None] + np.arange(INDEX_STRIDE, dtype=np.int64)).ravel()
+        qp = qp[qp <= len(arr) - NGRAM]
+        if not len(qp):
+            return None
+        windows = np.lib.stride_tricks.sliding_window_view(arr, NGRAM)[qp]
+        qk = np.ascontiguousarray(windows).view("<u8").ravel()
         left = np.searchsorted(self._keys, qk, side="left")
         right = np.searchsorted(self._keys, qk, side="right")
         counts = right - left

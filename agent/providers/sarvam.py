@@ -106,6 +106,7 @@ async def _ws_connect(provider: str, url: str, headers: dict[str, str], timeout_
             ping_timeout=20,
             close_timeout=CLOSE_TIMEOUT_S,
             max_size=4 << 20,
+            compression=None,  # base64 audio does not compress; deflate only costs CPU per frame
         )
     except InvalidStatus as exc:
         status = exc.response.status_code

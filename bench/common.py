@@ -1,0 +1,93 @@
+"""What the benchmarks share: emulators and a server in their own processes, on 127.0.0.1."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+
+import httpx
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pin(server_pid: int, others: list[int]) -> str:
+    """Give the server core 0 to itself and put everything else on the remaining cores, so the
+    server's figures are its own and not the scheduler's (all three processes share 2 cores here)."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        return "not pinned (one core)"
+    os.sched_setaffinity(server_pid, {cores[0]})
+    for pid in [*others, os.getpid()]:
+        os.sched_setaffinity(pid, set(cores[1:]))
+    return f"server on core {cores[0]}, emulators and load generator on {cores[1:]}"
+
+
+@contextlib.contextmanager
+def processes(pinned: bool = False):
+    env = dict(os.environ)
+    for key in ("SARVAM_API_KEY", "OPENROUTER_API_KEY", "TWILIO_AUTH_TOKEN"):
+        env.pop(key, None)
+    cli = [sys.executable, "-m", "agent.cli"]
+    emu = subprocess.Popen(
+        [*cli, "emulators", "--profile", "zero", "--quiet"], stdout=subprocess.PIPE, env=env, text=True
+    )
+    server = None
+    try:
+        line = emu.stdout.readline()  # type: ignore[union-attr]
+        urls = json.loads(line)
+        port = _free_port()
+        server = subprocess.Popen(
+            [
+                *cli,
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--quiet",
+                "--emulators",
+                json.dumps(urls),
+            ],
+            env=env,
+        )
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError("server did not start")
+            time.sleep(0.2)
+        if pinned:
+            print(pin(server.pid, [emu.pid]), flush=True)
+        yield base, server.pid
+    finally:
+        for p in (server, emu):
+            if p is not None:
+                p.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.wait(5)
+                if p.poll() is None:
+                    p.kill()
+
+
+async def webhook_params(http: httpx.AsyncClient, call_sid: str) -> dict:
+    r = await http.post(
+        "/twilio/voice", data={"CallSid": call_sid, "From": "+919800000000", "To": "+918000000000"}
+    )
+    r.raise_for_status()
+    return {p.get("name"): p.get("value") for p in ET.fromstring(r.text).iter("Parameter")}
