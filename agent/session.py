@@ -30,7 +30,6 @@ from agent.metrics import InboundClock
 from agent.player import Player
 from agent.providers.base import (
     ProviderError,
-    SpeechEnded,
     STTStream,
     Transcript,
 )
@@ -88,8 +87,7 @@ class CallSession:
         self._partial = ""
         self._final_at: float | None = None
         self._final_event = asyncio.Event()
-        self._stt_paused_at: float | None = None
-        self._stt_punctuates = False  # seen a final end with . ? ! or ।: a final without is a fragment  # STT said speech ended (server VAD)
+        self._stt_punctuates = False  # seen a final end with . ? ! or ।: a final without is a fragment
         self._utterance_pending = False  # caller spoke since the last commit
         self._speech_end: float | None = None
         self._wake = asyncio.Event()
@@ -301,8 +299,8 @@ class CallSession:
                     self._wake.set()
                 else:
                     self._partial = ev.text
-            elif isinstance(ev, SpeechEnded):
-                self._stt_paused_at = self.clock.now()  # its final follows; that is what commits a turn
+            # SpeechEnded (the STT's own end of speech) needs no action: its final follows at once
+            # and commits the turn, unless our endpointer's silence rule got there first.
 
     def _stt_fault(self, exc: ProviderError, action: str) -> None:
         log.warning("call %s: STT %s: %s (%s)", self.call_sid, exc.kind, exc.message, action)
@@ -637,11 +635,7 @@ class CallSession:
                     cm.reschedule(asyncio.get_running_loop().time() + ladder.tts_gap_timeout_ms / 1000)
             return queued
         except (ProviderError, TimeoutError) as exc:
-            kind, msg = (
-                (exc.kind, exc.message)
-                if isinstance(exc, ProviderError)
-                else ("timeout", "no TTS audio in time")
-            )
+            kind, msg = _fault_of(exc, "no TTS audio in time")
             if stream is not None:
                 await _quietly(stream.cancel())
             if queued:
@@ -661,11 +655,7 @@ class CallSession:
                 self.player.play(pcm, turn, "answer")
                 return True
             except (ProviderError, TimeoutError) as exc:
-                kind, msg = (
-                    (exc.kind, exc.message)
-                    if isinstance(exc, ProviderError)
-                    else ("timeout", "REST TTS timed out")
-                )
+                kind, msg = _fault_of(exc, "REST TTS timed out")
                 action = "retry rest" if attempt == 0 else "drop chunk"
                 turn.add_fallback(tts.name, kind, msg, action, service="tts")
         return False
@@ -715,6 +705,13 @@ class CallSession:
 
 class _HardCap(Exception):
     """The watchdog's hard cap: the answer is abandoned and the apology plays."""
+
+
+def _fault_of(exc: Exception, timeout_message: str) -> tuple[str, str]:
+    """(kind, message) of a provider failure or of our own deadline running out."""
+    if isinstance(exc, ProviderError):
+        return exc.kind, exc.message
+    return "timeout", timeout_message
 
 
 async def _quietly(coro) -> None:

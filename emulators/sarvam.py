@@ -44,6 +44,7 @@ from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.websockets import WebSocketDisconnect
 
+from agent.providers import sarvam_protocol as wire
 from emulators.profiles import Dice, FaultRecord
 from emulators.transcripts import (
     SegmentEnded,
@@ -59,24 +60,9 @@ log = logging.getLogger(__name__)
 TAG_HEADER = "x-voxroute-tag"
 KEY_HEADER = "api-subscription-key"
 
-STT_LANGUAGES = {
-    "en-IN", "hi-IN", "bn-IN", "gu-IN", "kn-IN", "ml-IN", "mr-IN", "od-IN", "or-IN", "pa-IN", "ta-IN",
-    "te-IN", "as-IN", "ur-IN", "ne-IN", "kok-IN", "doi-IN", "ks-IN", "sd-IN", "sa-IN", "sat-IN", "mni-IN",
-    "brx-IN", "mai-IN",
-}  # fmt: skip
-TTS_LANGUAGES = {
-    "bn-IN",
-    "en-IN",
-    "gu-IN",
-    "hi-IN",
-    "kn-IN",
-    "ml-IN",
-    "mr-IN",
-    "od-IN",
-    "pa-IN",
-    "ta-IN",
-    "te-IN",
-}
+# Both spellings of Odia are accepted by the emulator (reference §9); the codes are the client's.
+STT_LANGUAGES = set(wire.STT_LANGUAGES) | {"or-IN"}
+TTS_LANGUAGES = set(wire.TTS_LANGUAGES)
 V2_SPEAKERS = {"anushka", "manisha", "vidya", "arya", "abhilash", "karun", "hitesh"}
 V3_SPEAKERS = set(
     "shubh aditya ritu priya neha rahul pooja rohan simran kavya amit dev ishita shreya ratan varun manan sumit "

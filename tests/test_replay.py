@@ -118,13 +118,18 @@ async def test_chaos_profile_keeps_every_turn_in_budget(seed):
         assert kinds & FAULT_KINDS[fault["fault"]], (seed, fault, by_tag[tag])
     # STT faults are per call socket; TTS faults are per synthesis: count them against the fallbacks.
     all_fallbacks = [f for fb in by_tag.values() for f in fb] + [f for c in calls for f in c["faults"]]
-    for service in ("stt", "tts"):
+    # STT faults are per call socket and always seen by the session: all of them must be there.
+    # TTS faults are per utterance, but a pre-warmed socket carries the tag of the turn that opened
+    # it, so a fault is attributed by count; an utterance cancelled by a barge-in or a merge may end
+    # before its fault shows, so each such turn may hide at most one.
+    cancelled = len(skip)
+    for service, allowance in (("stt", 0), ("tts", cancelled)):
         # Faults on cached-phrase synthesis at call start belong to no turn (they are retried there).
-        injected = [f for f in faults[service] if f["tag"] != "phrases" and f["tag"] not in skip]
+        injected = [f for f in faults[service] if f["tag"] != "phrases"]
         recorded = [f for f in all_fallbacks if f.get("service") == service]
-        assert len(recorded) >= len(injected), (seed, service, injected, recorded)
-        for fault in injected:
-            assert any(f["kind"] in FAULT_KINDS[fault["fault"]] for f in recorded), (seed, service, fault)
+        assert len(recorded) >= len(injected) - allowance, (seed, service, injected, recorded)
+        unmatched = [f for f in injected if not any(r["kind"] in FAULT_KINDS[f["fault"]] for r in recorded)]
+        assert len(unmatched) <= allowance, (seed, service, unmatched, recorded)
 
 
 @pytest.mark.slow
