@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/voxroute replay order_status billing_dispute hindi_order_status --profile reference
+	$(BIN)/voxroute replay order_status billing_dispute hindi_order_status --profile reference --record-dir out/demo
 
 test: $(STAMP)
 	$(BIN)/ruff check .
