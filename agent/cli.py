@@ -66,7 +66,7 @@ def print_call(call: dict) -> None:
         ("notes", {"max_width": 30}),
     ):
         table.add_column(col, **kw)
-    for t in call["turns"]:
+    for position, t in enumerate(call["turns"], 1):
         route = t.get("route") or {}
         fa = t.get("first_audio_ms")
         ok = "[green]" if t.get("within_budget") else "[red]"
@@ -80,7 +80,7 @@ def print_call(call: dict) -> None:
         if t.get("outcome") not in ("answered", None):
             notes.append(t["outcome"])
         table.add_row(
-            str(t["index"]),
+            str(position),
             t.get("transcript") or "",
             f"{route.get('class', '-')}/{route.get('tier', '-')} {route.get('model', '')}",
             (t.get("heard") if t.get("interrupted") else t.get("reply")) or "",

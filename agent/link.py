@@ -27,6 +27,7 @@ class CallStart:
 class InboundAudio:
     pcm: bytes  # 20 ms PCM16 8 kHz
     timestamp_ms: int | None = None  # carrier media timestamp, when it gives one
+    ulaw: bytes | None = None  # the carrier's own mu-law bytes, when it sends mu-law (saves a re-encode)
 
 
 @dataclass(frozen=True, slots=True)

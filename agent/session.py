@@ -105,7 +105,9 @@ class CallSession:
         # STT
         self._stt: STTStream | None = None
         self._stt_ready = asyncio.Event()
-        self._audio: deque[bytes] = deque(maxlen=STT_REPLAY_LIMIT)  # recent caller frames
+        self._audio: deque[tuple[bytes, bytes | None]] = deque(
+            maxlen=STT_REPLAY_LIMIT
+        )  # (pcm, carrier mu-law)
         self._frames_in = 0  # frames received since the call began
         self._finalised_upto = 0  # frames covered by the STT's last final (no need to replay them)
         self._audio_ready = asyncio.Event()
@@ -174,7 +176,7 @@ class CallSession:
                     await self._barge_in("caller speech")
                 if self._finals and ep.silence_run_ms == COMMIT_SILENCE_MS:
                     self._wake.set()  # an STT final is waiting for a moment of silence
-                self._audio.append(event.pcm)
+                self._audio.append((event.pcm, event.ulaw))
                 self._frames_in += 1
                 self._audio_ready.set()  # the STT strand sends it: a slow STT never holds up this strand
                 if self.endpointer.in_speech:
@@ -278,9 +280,9 @@ class CallSession:
             while position < self._frames_in:
                 oldest = self._frames_in - len(self._audio)
                 position = max(position, oldest)
-                frame = self._audio[position - oldest]
+                pcm, ulaw = self._audio[position - oldest]
                 position += 1
-                await stream.send_audio(frame)
+                await stream.send_audio(pcm, ulaw)
 
     async def _stt_reader(self, stream: STTStream) -> None:
         async for ev in stream.events():

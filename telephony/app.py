@@ -156,7 +156,7 @@ class TwilioLink:
             for event in parsed:
                 if isinstance(event, Media):
                     if event.track is None or event.track in INBOUND_TRACKS:
-                        return InboundAudio(event.pcm, event.timestamp)
+                        return InboundAudio(event.pcm, event.timestamp, event.payload)
                 elif isinstance(event, Dtmf):
                     return InboundDtmf(event.digit)
                 elif isinstance(event, Mark):

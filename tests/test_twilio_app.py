@@ -299,9 +299,9 @@ async def test_signed_call_reaches_on_call_with_the_right_events(server, recorde
     assert (start.call_sid, start.stream_sid, start.tenant) == (call_sid, peer.stream_sid, "acme")
     assert (start.from_number, start.to_number, start.language) == ("+15550001111", "+15550002222", None)
     assert recorder.events[call_sid] == [
-        InboundAudio(ulaw_to_pcm16(frames[0]), 52),
-        InboundAudio(ulaw_to_pcm16(frames[1]), 72),
-        InboundAudio(ulaw_to_pcm16(frames[2]), 92),
+        InboundAudio(ulaw_to_pcm16(frames[0]), 52, frames[0]),
+        InboundAudio(ulaw_to_pcm16(frames[1]), 72, frames[1]),
+        InboundAudio(ulaw_to_pcm16(frames[2]), 92, frames[2]),
         InboundDtmf("5"),
         MarkEcho("dtmf-5"),
         InboundDtmf("*"),
@@ -416,7 +416,7 @@ async def test_unsigned_app_hangup_and_on_call_failure(open_server, recorder):
         await recv_json(ws)
     async with asyncio.timeout(STEP):
         await recorder.done("CA3").wait()
-    assert recorder.events["CA3"] == [InboundAudio(bytes(320), 0), CallEnded("closed")]
+    assert recorder.events["CA3"] == [InboundAudio(bytes(320), 0, b"\xff" * 160), CallEnded("closed")]
     async with httpx.AsyncClient(base_url=open_server) as client:
         assert (await client.get("/healthz")).json() == {"status": "ok", "active_calls": 0}
 

@@ -83,8 +83,9 @@ STTEvent = SpeechStarted | SpeechEnded | Transcript
 class STTStream(Protocol):
     """One streaming recognition session (one websocket for the whole call)."""
 
-    async def send_audio(self, pcm: bytes) -> None:
-        """Send one or more 20 ms PCM16 8 kHz frames."""
+    async def send_audio(self, pcm: bytes, ulaw: bytes | None = None) -> None:
+        """Send one or more 20 ms PCM16 8 kHz frames. ``ulaw``: the same audio as the carrier's
+        mu-law bytes, when it has them; an STT that takes mu-law can skip encoding."""
 
     async def flush(self) -> None:
         """Ask the STT to finalise whatever it has buffered now (our endpointer decided)."""

@@ -151,24 +151,33 @@ class SarvamSTTStream:
         self._ws = ws
         self._realtime = variant == "realtime"
         self._language = language  # normalised; None with auto-detection
-        self._batch_bytes = batch_bytes
+        # batch_bytes counts PCM16; the realtime buffer holds mu-law, one byte per sample
+        self._batch_bytes = batch_bytes // 2 if self._realtime else batch_bytes
         self._buf = bytearray()
         self._closing = False
         self._ended = False
         self.request_id: str | None = None
 
-    async def send_audio(self, pcm: bytes) -> None:
-        self._buf += pcm
+    async def send_audio(self, pcm: bytes, ulaw: bytes | None = None) -> None:
+        # The realtime socket takes mu-law: buffer it as such (the carrier's bytes when given).
+        if self._realtime:
+            self._buf += ulaw if ulaw is not None and len(ulaw) * 2 == len(pcm) else pcm16_to_ulaw(pcm)
+        else:
+            self._buf += pcm
         if len(self._buf) >= self._batch_bytes:
             await self._send_buffer()
 
     async def _send_buffer(self) -> None:
         if not self._buf:
             return
+        if self._realtime:
+            ulaw = bytes(self._buf)
+            self._buf.clear()
+            await self._send(rt_audio_input(ulaw))
+            return
         pcm = bytes(self._buf[: len(self._buf) // 2 * 2])
         del self._buf[: len(pcm)]
-        msg = rt_audio_input(pcm16_to_ulaw(pcm)) if self._realtime else legacy_audio(pcm, 8000)
-        await self._send(msg)
+        await self._send(legacy_audio(pcm, 8000))
 
     async def _send(self, msg: str) -> None:
         try:

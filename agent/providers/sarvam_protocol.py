@@ -166,7 +166,8 @@ def _dumps(obj: dict[str, Any]) -> str:
 
 def rt_audio_input(audio: bytes) -> str:
     """One ``audio_input`` message: raw bytes in the declared encoding, base64 inside JSON."""
-    return _dumps({"event": "audio_input", "audio": base64.b64encode(audio).decode("ascii")})
+    # Built by hand: base64 needs no JSON escaping, and this runs 25 times a second per call.
+    return '{"event":"audio_input","audio":"' + base64.b64encode(audio).decode("ascii") + '"}'
 
 
 def rt_flush() -> str:
