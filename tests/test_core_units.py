@@ -1,8 +1,10 @@
-"""Unit tests of the core loop's pure parts: chunker, endpointer, config, player bookkeeping."""
+"""Unit tests of the core loop's pure parts: chunker, endpointer, config.
+
+The player's pacing, marks and clear cross the carrier socket: they are tested end to end in
+test_replay.py (marks, barge-in and clear) and measured by bench/concurrency.py (pacing jitter), not
+against an in-memory link."""
 
 from __future__ import annotations
-
-import asyncio
 
 import pytest
 
@@ -10,8 +12,6 @@ from agent.chunker import SpeakableChunker, looks_incomplete
 from agent.config import ConfigError, load_config, parse_config
 from agent.endpointing import Endpointer, SpeechBegan, SpeechPaused
 from agent.fixture import load
-from agent.player import Player
-from agent.timeline import TurnRecord
 from telephony.audio import ulaw_to_pcm16
 
 # ---------------------------------------------------------------- chunker
@@ -138,51 +138,3 @@ def test_bad_config_names_the_field(tmp_path):
     with pytest.raises(ConfigError, match="not valid YAML"):
         p.write_text("a: [1, 2")
         load_config(p)
-
-
-# ---------------------------------------------------------------- player
-
-
-class RecordingLink:
-    """The carrier side of the player, in memory (the player's own contract, not a socket)."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, object]] = []
-
-    async def send_audio(self, pcm: bytes) -> None:
-        self.sent.append(("audio", len(pcm)))
-
-    async def send_mark(self, name: str) -> None:
-        self.sent.append(("mark", name))
-
-    async def clear(self) -> None:
-        self.sent.append(("clear", None))
-
-
-async def test_player_paces_marks_follow_audio_and_clear_flushes_marks():
-    link = RecordingLink()
-    firsts = []
-    player = Player(
-        link, lambda owner, source, t: firsts.append((owner.index, source)), lead_ms=100, slice_ms=40
-    )
-    turn = TurnRecord(index=1)
-    async with asyncio.TaskGroup() as tg:
-        task = tg.create_task(player.run())
-        player.play(bytes(16 * 400), turn, "answer")  # 400 ms
-        player.mark("1:0")
-        await asyncio.sleep(0.05)
-        # only the lead (100 ms plus one slice) went out at once, not all 400 ms
-        sent_audio = sum(n for kind, n in link.sent if kind == "audio")
-        assert 16 * 100 <= sent_audio <= 16 * 200
-        assert ("mark", "1:0") not in link.sent
-        await asyncio.sleep(0.45)
-        assert link.sent[-1] == ("mark", "1:0")
-        assert player.on_mark_echo("1:0") is True
-        player.play(bytes(16 * 400), turn, "answer")
-        player.mark("1:1")
-        await asyncio.sleep(0.5)
-        await player.clear()
-        assert player.on_mark_echo("1:1") is False  # flushed by the clear: not heard
-        assert not player.speaking
-        task.cancel()
-    assert firsts == [(1, "answer")]
