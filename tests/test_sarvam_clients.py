@@ -19,18 +19,7 @@ from emulators.sarvam import EmulatorState, create_app
 from emulators.serve import serve_app, ws_url
 from emulators.transcripts import TranscriptLibrary, write_synthetic_fixture
 from telephony.audio import ulaw_to_pcm16
-
-SCRIPT = [
-    {"text": "I was charged twice for my order"},
-    {"text": "namaste mera order kahan hai", "language": "hi-IN"},
-    {"text": "one two three four five six", "pause_after": 2, "pause_ms": 600},
-]
-FINALS = [
-    "I was charged twice for my order",
-    "namaste mera order kahan hai",
-    "one two",
-    "three four five six",
-]
+from tests.test_sarvam_emulator import FINALS, SCRIPT
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ from emulators.serve import serve_app, ws_url
 from emulators.transcripts import TranscriptLibrary, split_words, write_synthetic_fixture
 from telephony.audio import ulaw_to_pcm16
 
+# The synthetic call both Sarvam test files use: a pause mid-utterance splits the last one in two.
 SCRIPT = [
     {"text": "I was charged twice for my order"},
     {"text": "namaste mera order kahan hai", "language": "hi-IN"},
