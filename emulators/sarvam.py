@@ -254,30 +254,39 @@ def _int_param(q: Any, key: str, default: int | None, lo: int = 0, hi: int = 10*
     return iv
 
 
-def _realtime_config(q: Any) -> _SttConfig | str:
-    lang = q.get("language_code")
-    if lang is None:
-        return "language_code is required"
-    if lang != "auto" and lang not in STT_LANGUAGES:
-        return f"unsupported language_code {lang!r}"
-    model = q.get("model", "saaras:v3-realtime")
-    if model not in REALTIME_MODELS:
-        return f"invalid model {model!r}"
+class _BadQuery(ValueError):
+    """A query parameter the real socket would refuse; the message is what the client is told."""
+
+
+def _one_of(q: Any, key: str, default: str, allowed: Any, complaint: str = "invalid") -> str:
+    value = q.get(key, default)
+    if value not in allowed:
+        raise _BadQuery(f"{complaint} {key} {value!r}")
+    return value
+
+
+def _sample_rate(q: Any) -> int:
     sr = q.get("sample_rate", "16000")
     if sr not in ("8000", "16000"):
-        return f"sample_rate must be 8000 or 16000, got {sr!r}"
-    enc = q.get("encoding", "linear16")
-    if enc not in ("linear16", "linear32", "mulaw", "alaw"):
-        return f"unsupported encoding {enc!r}"
-    stream_type = q.get("stream_type", "balanced")
-    if stream_type not in ("fast", "balanced", "simulated"):
-        return f"invalid stream_type {stream_type!r}"
-    endpointing = q.get("endpointing", "vad")
-    if endpointing not in ("vad", "manual"):
-        return f"invalid endpointing {endpointing!r}"
-    mode = q.get("mode", "transcribe")
-    if mode not in STT_MODES:
-        return f"invalid mode {mode!r}"
+        raise _BadQuery(f"sample_rate must be 8000 or 16000, got {sr!r}")
+    return int(sr)
+
+
+def _realtime_config(q: Any) -> _SttConfig | str:
+    try:
+        lang = q.get("language_code")
+        if lang is None:
+            return "language_code is required"
+        if lang != "auto" and lang not in STT_LANGUAGES:
+            return f"unsupported language_code {lang!r}"
+        model = _one_of(q, "model", "saaras:v3-realtime", REALTIME_MODELS)
+        sr = _sample_rate(q)
+        enc = _one_of(q, "encoding", "linear16", ("linear16", "linear32", "mulaw", "alaw"), "unsupported")
+        stream_type = _one_of(q, "stream_type", "balanced", ("fast", "balanced", "simulated"))
+        endpointing = _one_of(q, "endpointing", "vad", ("vad", "manual"))
+        mode = _one_of(q, "mode", "transcribe", STT_MODES)
+    except _BadQuery as exc:
+        return str(exc)
     silence = _int_param(q, "silence_duration_ms", 200, 0, 10_000)
     if isinstance(silence, str):
         return silence
@@ -288,7 +297,7 @@ def _realtime_config(q: Any) -> _SttConfig | str:
         "realtime",
         lang,
         model,
-        int(sr),
+        sr,
         enc,
         int(silence or 0),
         stream_type,
@@ -301,7 +310,7 @@ def _realtime_config(q: Any) -> _SttConfig | str:
 def _legacy_config(q: Any, translate: bool) -> _SttConfig | str:
     if translate:
         lang = "unknown"
-        model = q.get("model", "saaras:v2.5")
+        default_model = "saaras:v2.5"
     else:
         lang = q.get("language-code")
         if lang is None:
@@ -310,30 +319,28 @@ def _legacy_config(q: Any, translate: bool) -> _SttConfig | str:
             return "language-code is required"
         if lang != "unknown" and lang not in STT_LANGUAGES:
             return f"unsupported language-code {lang!r}"
-        model = q.get("model", "saaras:v4")
-    if model not in LEGACY_MODELS:
-        return f"invalid model {model!r}"
-    sr = q.get("sample_rate", "16000")
-    if sr not in ("8000", "16000"):
-        return f"sample_rate must be 8000 or 16000, got {sr!r}"
-    codec = q.get("input_audio_codec", "pcm_s16le")
-    if codec not in ("wav", "pcm_s16le", "pcm_l16", "pcm_raw"):
-        return f"unsupported input_audio_codec {codec!r}"
-    flags = {}
-    for key in ("high_vad_sensitivity", "vad_signals", "flush_signal"):
-        b = _bool(q.get(key), False)
-        if b is None:
-            return f"{key} must be true or false"
-        flags[key] = b
-    mode = q.get("mode", "transcribe")
-    if mode not in STT_MODES:
-        return f"invalid mode {mode!r}"
+        default_model = "saaras:v4"
+    try:
+        model = _one_of(q, "model", default_model, LEGACY_MODELS)
+        sr = _sample_rate(q)
+        _one_of(
+            q, "input_audio_codec", "pcm_s16le", ("wav", "pcm_s16le", "pcm_l16", "pcm_raw"), "unsupported"
+        )
+        flags = {}
+        for key in ("high_vad_sensitivity", "vad_signals", "flush_signal"):
+            b = _bool(q.get(key), False)
+            if b is None:
+                return f"{key} must be true or false"
+            flags[key] = b
+        mode = _one_of(q, "mode", "transcribe", STT_MODES)
+    except _BadQuery as exc:
+        return str(exc)
     silence = 200 if flags["high_vad_sensitivity"] else 1000
     return _SttConfig(
         "translate" if translate else "legacy",
         lang,
         model,
-        int(sr),
+        sr,
         "linear16",
         silence,
         mode=mode,
