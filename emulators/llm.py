@@ -36,7 +36,9 @@ in the fault log.
 Control endpoints: ``GET /_emulator/faults`` -> ``[FaultRecord.as_dict()...]`` (tag = the
 ``X-Voxroute-Tag`` header); ``POST /_emulator/force`` ``{"service": "llm", "fault": ...}``;
 ``GET /_emulator/stats`` -> ``{"requests", "connections" (distinct TCP peers), "fallbacks", "active"
-(responses in progress)}``.
+(responses in progress)}``; ``POST /_emulator/behaviour`` ``{"model": "x" | null, "ttft_median_s",
+"ttft_p95_s", "tps", "fault"}`` makes one model (or, with ``model`` null, every model of this provider)
+behave so until ``DELETE /_emulator/behaviour``: a slow model, a hung one, a provider that is down.
 
 Replies come from :func:`respond`, a pure template responder, and tool calls from
 :func:`plan_tool_calls`.
@@ -55,6 +57,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -62,7 +65,7 @@ from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
-from emulators.profiles import EMULATED_FAULTS, Dice, FaultRecord
+from emulators.profiles import EMULATED_FAULTS, Dice, FaultRecord, Latency
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +103,8 @@ SARVAM_FIELDS = {
 }
 _ROLES = frozenset({"system", "user", "assistant", "tool", "developer", "function"})
 
-# Notional prices (USD per million tokens) for OpenRouter's reported cost.
+# Notional prices (USD per million tokens) for OpenRouter's reported cost, for models without a
+# price of their own (``LLMEmulator(prices=...)``: model id -> (input, output)).
 PRICE_FAST = (0.10, 0.40)
 PRICE_REASONING = (1.00, 4.00)
 
@@ -353,6 +357,7 @@ class LLMEmulator:
         api_key: str | None = None,
         reasoning_models: frozenset[str] | set[str] = frozenset(),
         keepalive_interval_s: float = 0.1,
+        prices: dict[str, tuple[float, float]] | None = None,
     ) -> None:
         if flavor not in EMULATOR_FLAVORS:
             raise ValueError(f"unknown flavor {flavor!r}; choose one of {EMULATOR_FLAVORS}")
@@ -361,6 +366,7 @@ class LLMEmulator:
         self.api_key = api_key
         self.reasoning_models = frozenset(reasoning_models)
         self.keepalive_interval_s = keepalive_interval_s
+        self.prices = dict(prices or {})
         self.faults: list[FaultRecord] = []
         self.requests = 0
         self.connections: set[tuple[str, int]] = set()
@@ -368,6 +374,8 @@ class LLMEmulator:
         self.active = 0  # responses being produced now (a cancelled client brings it back down)
         self._seq = 0
         self._midstream_errors = 0
+        self.model_requests: dict[str, int] = {}  # requests per model id
+        self.behaviours: dict[str | None, Behaviour] = {}  # model (None = every model) -> behaviour
         self.keepalive = OPENROUTER_KEEPALIVE if flavor == "openrouter" else GENERIC_KEEPALIVE
         self.app = self._build_app()
 
@@ -399,6 +407,24 @@ class LLMEmulator:
                 )
             return JSONResponse({"ok": True})
 
+        @app.post("/_emulator/behaviour")
+        async def behaviour(request: Request) -> JSONResponse:
+            try:
+                body = await request.json()
+                if not isinstance(body, dict):
+                    raise TypeError("the body must be a JSON object")
+                model = body.pop("model", None)
+                self.behave(model, **body)
+            except (ValueError, TypeError) as e:
+                log.warning("llm emulator: bad behaviour request: %r", e)
+                return JSONResponse({"error": f"bad behaviour request: {e}"}, 400)
+            return JSONResponse({"ok": True})
+
+        @app.delete("/_emulator/behaviour")
+        async def clear_behaviour() -> JSONResponse:
+            self.behaviours.clear()
+            return JSONResponse({"ok": True})
+
         @app.get("/_emulator/stats")
         async def stats() -> dict:
             return {
@@ -409,6 +435,30 @@ class LLMEmulator:
             }
 
         return app
+
+    def behave(
+        self,
+        model: str | None = None,
+        *,
+        ttft_median_s: float | None = None,
+        ttft_p95_s: float | None = None,
+        tps: float | None = None,
+        fault: str | None = None,
+    ) -> None:
+        """From now on, requests for ``model`` (None: any model) take this latency and/or this fault
+        on every request (a persistent fault: a hung model, a provider that is down)."""
+        if fault is not None and fault not in EMULATED_FAULTS:
+            raise ValueError(f"unknown fault {fault!r}; choose one of {EMULATED_FAULTS}")
+        for name, v in (("ttft_median_s", ttft_median_s), ("ttft_p95_s", ttft_p95_s), ("tps", tps)):
+            if v is not None and (not isinstance(v, int | float) or v < 0):
+                raise ValueError(f"{name} must be a non-negative number")
+        ttft = None
+        if ttft_median_s is not None:
+            ttft = Latency(ttft_median_s, ttft_p95_s if ttft_p95_s is not None else ttft_median_s)
+        self.behaviours[model] = Behaviour(ttft=ttft, tps=tps, fault=fault)
+
+    def _behaviour(self, model: str) -> Behaviour | None:
+        return self.behaviours.get(model) or self.behaviours.get(None)
 
     def _route(self, version: str) -> Callable[[Request], Awaitable[Response]]:
         async def chat(request: Request) -> Response:
@@ -513,8 +563,12 @@ class LLMEmulator:
             return self._error(400, "bad_request", problem[0], param=problem[1])
 
         model = body["model"]
+        self.model_requests[model] = self.model_requests.get(model, 0) + 1
         tag = request.headers.get("x-voxroute-tag")
         fault = self.dice.request_fault("llm")
+        behaviour = self._behaviour(model)
+        if behaviour is not None and behaviour.fault:
+            fault = behaviour.fault
         if (
             fault in ("http_500", "http_429")
             and self.flavor == "openrouter"
@@ -536,6 +590,11 @@ class LLMEmulator:
 
         reasoning = is_reasoning_model(model, self.reasoning_models)
         ttft, tps = self.dice.llm_timing(reasoning)
+        if behaviour is not None:
+            if behaviour.ttft is not None:
+                ttft = behaviour.ttft.draw(self.dice.rng)
+            if behaviour.tps is not None:
+                tps = behaviour.tps
         messages = body["messages"]
         calls = plan_tool_calls(messages, body.get("tools"))
         text = "" if calls else respond(model, messages, reasoning=reasoning)
@@ -597,7 +656,7 @@ class LLMEmulator:
         if plan.reasoning:
             usage["completion_tokens_details"] = {"reasoning_tokens": 2}
         if self.flavor == "openrouter":
-            pin, pout = PRICE_REASONING if plan.reasoning else PRICE_FAST
+            pin, pout = self.prices.get(plan.model) or (PRICE_REASONING if plan.reasoning else PRICE_FAST)
             usage["cost"] = round((plan.prompt_tokens * pin + completion_tokens * pout) / 1e6, 10)
             usage["is_byok"] = False
         return usage
@@ -765,6 +824,15 @@ class LLMEmulator:
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": data, "more_body": False})
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """A persistent override for one model: its latency and/or a fault on every request."""
+
+    ttft: Latency | None = None
+    tps: float | None = None
+    fault: str | None = None
 
 
 class _Plan:

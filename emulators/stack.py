@@ -25,8 +25,6 @@ from emulators.sarvam import create_stt_app, create_tts_app
 from emulators.serve import serve_app, ws_url
 from emulators.transcripts import TranscriptLibrary
 
-REASONING_MODELS = frozenset()
-
 
 class PathDispatch:
     """A tiny ASGI router: the first prefix that matches a request's path takes it."""
@@ -91,8 +89,15 @@ def fixture_library(extra: list[Fixture] | None = None) -> TranscriptLibrary:
 
 @contextlib.asynccontextmanager
 async def run_emulators(
-    profile: str = "reference", seed: int = 0, fixtures: list[Fixture] | None = None
+    profile: str = "reference",
+    seed: int = 0,
+    fixtures: list[Fixture] | None = None,
+    reasoning_models: frozenset[str] | set[str] = frozenset(),
+    prices: dict[str, tuple[float, float]] | None = None,
 ) -> AsyncIterator[EmulatorStack]:
+    """``prices``: model id -> USD per million input/output tokens, for OpenRouter's reported cost.
+    ``reasoning_models``: model ids the LLM emulators serve with the reasoning tier's latency
+    (besides any id containing "reason"); the runtime passes its config's reasoning-tier models."""
     prof = get_profile(profile)
     dice = {
         name: Dice(prof, seed * 1000 + i)
@@ -101,8 +106,10 @@ async def run_emulators(
     library = fixture_library(fixtures)
     stt_app = create_stt_app(library, dice["stt"])
     tts_app = create_tts_app(dice["tts"])
-    sarvam_llm = LLMEmulator(dice["sarvam_llm"], "sarvam", reasoning_models=REASONING_MODELS)
-    openrouter_llm = LLMEmulator(dice["openrouter_llm"], "openrouter", reasoning_models=REASONING_MODELS)
+    sarvam_llm = LLMEmulator(dice["sarvam_llm"], "sarvam", reasoning_models=reasoning_models)
+    openrouter_llm = LLMEmulator(
+        dice["openrouter_llm"], "openrouter", reasoning_models=reasoning_models, prices=prices
+    )
     sarvam = PathDispatch(
         [
             ("/speech-to-text", stt_app),
