@@ -14,6 +14,10 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from routing.table import ModelPath, RoutingConfig, RoutingTable, TenantConfig, check_references
+
+__all__ = ["Config", "ConfigError", "ModelPath", "load_config", "parse_config"]
+
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "examples" / "default.yaml"
 
 
@@ -33,17 +37,6 @@ class LLMProviderConfig(_Model):
     api_key_env: str
 
 
-class ModelPath(_Model):
-    """A model on a provider, with its price and expected time to first token."""
-
-    provider: str
-    model: str
-    tier: Literal["fast", "reasoning"] = "fast"
-    price_in_per_mtok: float = Field(default=0.0, ge=0)
-    price_out_per_mtok: float = Field(default=0.0, ge=0)
-    expected_ttft_ms: int = Field(default=400, gt=0)
-
-
 class SarvamConfig(_Model):
     ws_base_url: str = "wss://api.sarvam.ai"
     rest_base_url: str = "https://api.sarvam.ai"
@@ -56,19 +49,12 @@ class SarvamConfig(_Model):
 
 
 class BudgetConfig(_Model):
-    voice_ms: int = Field(default=1000, gt=0)
-    chat_ms: int = Field(default=3000, gt=0)
+    """How the deadline is kept. The budgets themselves are per tenant, channel and class."""
+
     bridge_lead_ms: int = Field(default=150, ge=0)
     hard_cap_ms: int = Field(default=8000, gt=0)
     refill_ms: int = Field(default=2500, gt=0)  # silence after a bridge before another filler plays
-
-    @model_validator(mode="after")
-    def _lead_inside_budget(self) -> BudgetConfig:
-        if self.bridge_lead_ms >= self.voice_ms:
-            raise ValueError("bridge_lead_ms must be smaller than voice_ms")
-        if self.hard_cap_ms <= self.voice_ms:
-            raise ValueError("hard_cap_ms must be larger than voice_ms")
-        return self
+    tts_first_audio_ms: int = Field(default=150, gt=0)  # expected, for "bridge then escalate"
 
 
 class EndpointConfig(_Model):
@@ -82,11 +68,12 @@ class EndpointConfig(_Model):
 
 
 class LadderConfig(_Model):
-    """Issue 2's fallback ladder: retry on another path, hedge a slow first token, then apologise."""
+    """How a turn's ladder runs: attempts, timeouts. The ladders themselves are in the routing table."""
 
-    paths: list[str] = Field(min_length=1)  # names from `models`, tried in order
-    hedge_after_ms: int = Field(default=700, ge=0)
     max_attempts: int = Field(default=4, ge=1, le=10)
+    hedge_quantile: float = Field(default=0.9, gt=0.5, lt=1)  # hedge a first token later than this
+    first_token_timeout_ms: int = Field(default=4000, gt=0)  # an attempt with no token by then failed
+    ack_max_tokens: int = Field(default=24, gt=0)  # the fast path's acknowledgement before escalation
     stall_timeout_ms: int = Field(default=1500, gt=0)
     tts_first_audio_timeout_ms: int = Field(default=1000, gt=0)
     tts_gap_timeout_ms: int = Field(default=1500, gt=0)
@@ -106,6 +93,16 @@ class AgentConfig(_Model):
             "en-IN": "Sorry, I am having trouble right now. Could you say that again?",
             "hi-IN": "क्षमा करें, अभी कुछ दिक्कत है। क्या आप दोबारा कह सकते हैं?",
         }
+    )
+    handoff_phrases: dict[str, str] = Field(
+        default_factory=lambda: {
+            "en-IN": "Sorry, I can't sort this out right now. I'm passing you to a colleague who can help.",
+            "hi-IN": "क्षमा करें, मैं अभी यह हल नहीं कर पा रहा हूँ। मैं आपको एक सहकर्मी से जोड़ रहा हूँ।",
+        }
+    )
+    ack_prompt: str = (
+        "Before the full answer, say only one short sentence (under twelve words) that shows you "
+        "understood the caller and are checking. Do not answer yet."
     )
     not_heard_phrases: dict[str, str] = Field(
         default_factory=lambda: {
@@ -127,8 +124,10 @@ class TelephonyConfig(_Model):
 class Config(_Model):
     language: str = "en-IN"  # a call's language when the call set-up does not say
     providers: dict[str, LLMProviderConfig]
-    models: dict[str, ModelPath]
-    ladder: LadderConfig
+    models: dict[str, ModelPath] = Field(default_factory=dict)  # shared by every tenant
+    ladder: LadderConfig = LadderConfig()
+    routing: RoutingConfig = RoutingConfig()
+    tenants: dict[str, TenantConfig] = Field(min_length=1)
     sarvam: SarvamConfig = SarvamConfig()
     budget: BudgetConfig = BudgetConfig()
     endpoint: EndpointConfig = EndpointConfig()
@@ -137,13 +136,38 @@ class Config(_Model):
 
     @model_validator(mode="after")
     def _references(self) -> Config:
-        for name, path in self.models.items():
-            if path.provider not in self.providers:
-                raise ValueError(f"models.{name}.provider: unknown provider {path.provider!r}")
-        for i, name in enumerate(self.ladder.paths):
-            if name not in self.models:
-                raise ValueError(f"ladder.paths.{i}: unknown model path {name!r}")
+        problems = [
+            f"models.{name}.provider: unknown provider {path.provider!r}"
+            for name, path in self.models.items()
+            if path.provider not in self.providers
+        ]
+        for tname, tenant in self.tenants.items():
+            problems += [
+                f"tenants.{tname}.models.{name}.provider: unknown provider {path.provider!r}"
+                for name, path in tenant.models.items()
+                if path.provider not in self.providers
+            ]
+            for channel, budget in (("voice", tenant.budgets.voice_ms), ("chat", tenant.budgets.chat_ms)):
+                if self.budget.bridge_lead_ms >= budget:
+                    problems.append(
+                        f"tenants.{tname}.budgets.{channel}_ms: must be larger than bridge_lead_ms"
+                    )
+                if self.budget.hard_cap_ms <= budget:
+                    problems.append(f"tenants.{tname}.budgets.{channel}_ms: must be smaller than hard_cap_ms")
+        problems += check_references(self.routing, self.tenants, self.models)
+        if self.telephony.default_tenant not in self.tenants:
+            problems.append(f"telephony.default_tenant: no tenant {self.telephony.default_tenant!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
+
+    def routing_table(self) -> RoutingTable:
+        return RoutingTable(self.routing, self.tenants, self.models, self.telephony.default_tenant)
+
+    def model_path(self, name: str, tenant: str | None = None) -> ModelPath:
+        if tenant is not None and tenant in self.tenants and name in self.tenants[tenant].models:
+            return self.tenants[tenant].models[name]
+        return self.models[name]
 
     def phrase(self, table: dict[str, str], language: str) -> str:
         return table.get(language) or table.get(self.language) or next(iter(table.values()))
@@ -152,8 +176,13 @@ class Config(_Model):
 def _format_errors(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        lines.append(f"  {loc}: {err['msg']}")
+        loc = ".".join(str(p) for p in err["loc"])
+        if not loc and err["type"] == "value_error":
+            # Cross-reference problems from Config._references: each already names its dotted path.
+            msg = err["msg"].removeprefix("Value error, ")
+            lines += [f"  {problem}" for problem in msg.split("; ")]
+            continue
+        lines.append(f"  {loc or '(top level)'}: {err['msg']}")
     return "\n".join(lines)
 
 

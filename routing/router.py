@@ -1,0 +1,271 @@
+"""The latency-first router: one ``Router`` per process, one ``Conversation`` per call.
+
+A turn's decision, in order (the first that applies decides the class):
+
+1. keyword/regex rules of the tenant, then the shared rules: a match always wins;
+2. the stakes classifier: ``human_request`` when it wins; a high-stakes class when the mass of
+   the high classes reaches the threshold (lowered when the caller names money or the STT was
+   unsure); anger words make a low-stakes turn a ``complaint``;
+3. a follow-up the model is unsure of ("It's A one seven four five") keeps the previous class.
+
+Then the conversation's state: a high-stakes or human turn escalates, and escalation is sticky
+(unless the class allows stepping down after N routine turns); repeated unresolved turns escalate
+too. The table cell gives the ladder and targets. Every decision carries a reason string.
+
+Work on partial transcripts: ``speculate(text)`` scores a partial while the caller still talks;
+``decide`` reuses the scores when the final transcript is the same text.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+
+from routing.classifier import Scores, StakesModel
+from routing.health import Health
+from routing.route import Route
+from routing.table import ModelPath, RoutingTable
+
+ANGER = re.compile(
+    r"\b(third time|(?:second|fourth|fifth) time|again and again|ridiculous|useless|pathetic|fed up|"
+    r"unacceptable|worst|angry|furious|disgusting|scam|cheated?|fraudsters?|nobody (?:ever )?"
+    r"(?:calls?|called|helps?|helped|answers?)|never (?:calls?|called) (?:me )?back|sick of|"
+    r"what (?:the hell|rubbish)|nonsense|waste of (?:my )?time)\b"
+    r"|बकवास|परेशान|तीसरी बार|गुस्सा|धोखा",
+    re.IGNORECASE,
+)
+MONEY = re.compile(
+    r"₹|\$\s?\d|\brs\.?\s?\d|\binr\b|\brupees?\b|\brupaye\b|\bdollars?\b|\bpounds?\b|\beuros?\b|"
+    r"\blakhs?\b|\bcrores?\b|रुपये|रुपए|रुपया|पैसे|पैसा",
+    re.IGNORECASE,
+)
+_WORDS = re.compile(r"\w+")
+UNRESOLVED_OUTCOMES = frozenset({"apology", "not_heard"})
+
+
+def is_devanagari(text: str) -> bool:
+    return any("\u0900" <= ch <= "\u097f" for ch in text)
+
+
+@dataclass
+class _Speculation:
+    text: str
+    scores: Scores
+
+
+class Router:
+    """Process-wide: the routing table, the classifier, provider health and latency stats."""
+
+    def __init__(
+        self,
+        table: RoutingTable,
+        model: StakesModel | None,
+        health: Health | None = None,
+        tts_first_audio_ms: float = 150.0,
+    ) -> None:
+        self.table = table
+        self.model = model
+        r = table.routing
+        self.health = health or Health(r.cooldown_s, r.failures_to_cooldown, r.hedge_max_share)
+        self.signals = r.signals
+        self.tts_first_audio_ms = tts_first_audio_ms
+        self.threshold = r.high_threshold or (model.high_threshold if model else 0.5)
+        # The classes the model knows, by tenant stakes.
+        self._high: dict[str, tuple[str, ...]] = {}
+        for tenant in table.tenants:
+            known = model.classes if model else ()
+            self._high[tenant] = tuple(c for c in known if table.stakes(tenant, c) == "high")
+
+    def conversation(self, tenant: str, channel: str = "voice") -> Conversation:
+        return Conversation(self, self.table.tenant(tenant), channel)
+
+    def models(self, tenant: str) -> dict[str, ModelPath]:
+        return self.table.models[tenant]
+
+    def ttft_ms(self, tenant: str, path: str, q: float) -> float:
+        mp = self.table.models[tenant][path]
+        return self.health.ttft_ms(health_key(mp), q, mp.expected_ttft_ms)
+
+
+def health_key(mp: ModelPath) -> str:
+    return f"{mp.provider}/{mp.model}"
+
+
+class Conversation:
+    """One call's routing state: sticky escalation, the last class, unresolved turns."""
+
+    def __init__(self, router: Router, tenant: str, channel: str) -> None:
+        self.router = router
+        self.tenant = tenant
+        self.channel = channel
+        self.escalated = False
+        self.routine_since_escalation = 0
+        self.last_class: str | None = None
+        self.unresolved = 0  # unresolved turns in a row
+        self.last_caller_words: frozenset[str] = frozenset()
+        self._spec: _Speculation | None = None
+        self._last_outcome = "answered"
+
+    # ---- partial transcripts
+
+    def speculate(self, text: str) -> None:
+        """Score a partial transcript now, off the critical path."""
+        model = self.router.model
+        if model is None or not text.strip():
+            return
+        if self._spec is None or self._spec.text != text:
+            self._spec = _Speculation(text, model.scores(text))
+
+    def _scores(self, text: str) -> tuple[Scores, bool]:
+        spec = self._spec
+        self._spec = None
+        if spec is not None and spec.text == text:
+            return spec.scores, True
+        assert self.router.model is not None
+        return self.router.model.scores(text), False
+
+    # ---- the decision
+
+    def decide(
+        self,
+        text: str,
+        language: str,
+        *,
+        budget_left_ms: float | None = None,
+        stt_confidence: float | None = None,
+        dtmf: bool = False,
+    ) -> Route:
+        t0 = time.perf_counter()
+        r = self.router
+        table = r.table
+        sig = r.signals
+        signals: list[str] = []
+        group = table.group(self.tenant, language)
+        cls, reason = self._classify(text, stt_confidence, dtmf, signals)
+
+        # repeated failure to resolve: the same request again, or turns that ended unresolved
+        words = frozenset(w.lower() for w in _WORDS.findall(text))
+        if not dtmf and words and self.last_caller_words:
+            overlap = len(words & self.last_caller_words) / len(words | self.last_caller_words)
+            if overlap >= 0.8 and len(words) >= 3:
+                self.unresolved += 1
+                signals.append("repeated request")
+            elif self._last_outcome not in UNRESOLVED_OUTCOMES:
+                self.unresolved = 0
+        if not dtmf and words:
+            self.last_caller_words = words
+        stakes = table.stakes(self.tenant, cls)
+        forced = False
+        if self.unresolved >= sig.repeat_failures and stakes == "low":
+            forced = True
+            signals.append(f"{self.unresolved} unresolved turns")
+            reason += f"; signal: {self.unresolved} unresolved turns -> escalate"
+
+        cell = table.cell(self.tenant, group, self.channel, cls)
+        if stakes != "low" or forced:
+            if not self.escalated:
+                reason += "; escalate"
+            self.escalated = True
+            self.routine_since_escalation = 0
+        elif self.escalated:
+            self.routine_since_escalation += 1
+            step = cell.step_down_after
+            if step is not None and self.routine_since_escalation >= step:
+                self.escalated = False
+                reason += f"; step down after {step} routine turns"
+            else:
+                reason += "; sticky escalation"
+        ladder = cell.escalated_ladder if self.escalated and stakes == "low" else cell.ladder
+        models = table.models[self.tenant]
+        first = models[ladder[0]]
+        tier = first.tier
+        bridge_first = False
+        if tier == "reasoning" and cell.bridge_then_escalate and cell.fast_ladder:
+            expected = r.ttft_ms(self.tenant, ladder[0], 0.5) + r.tts_first_audio_ms
+            left = cell.budget_ms if budget_left_ms is None else budget_left_ms
+            if expected > left:
+                bridge_first = True
+                reason += (
+                    f"; bridge then escalate (expected first audio {expected:.0f} ms > {left:.0f} ms left)"
+                )
+        self.last_class = cls
+        decision_ms = (time.perf_counter() - t0) * 1000
+        return Route(
+            routing_class=cls,
+            tier=tier,
+            model=first.model,
+            paths=ladder,
+            reason=reason,
+            stakes=stakes,
+            escalated=self.escalated or stakes == "human",
+            handoff=stakes == "human",
+            on_failure=cell.on_failure,
+            budget_ms=cell.budget_ms,
+            structured_extraction=cell.structured_extraction,
+            bridge_first=bridge_first,
+            fast_paths=cell.fast_ladder,
+            tenant=self.tenant,
+            group=group,
+            channel=self.channel,
+            decision_ms=decision_ms,
+            signals=tuple(signals),
+        )
+
+    def _classify(
+        self, text: str, stt_confidence: float | None, dtmf: bool, signals: list[str]
+    ) -> tuple[str, str]:
+        r = self.router
+        sig = r.signals
+        if dtmf:
+            cls = self.last_class or "faq"
+            return cls, f"keypad entry: follows {cls}"
+        for pattern, rule in r.table.rules[self.tenant]:
+            if pattern.search(text):
+                return rule.routing_class, f"rule: {rule.label}"
+        if r.model is None:
+            cls = self.last_class or "faq"
+            return cls, "no classifier: keeps the conversation's class"
+        scores, speculative = self._scores(text)
+        best, conf = scores.best()
+        high = r._high[self.tenant]
+        p_high = scores.mass(high)
+        threshold = r.threshold
+        why = []
+        if sig.money_threshold_factor < 1 and MONEY.search(text):
+            threshold *= sig.money_threshold_factor
+            why.append("money named")
+            signals.append("money")
+        if stt_confidence is not None and stt_confidence < sig.low_stt_confidence:
+            threshold *= sig.low_confidence_factor
+            why.append(f"low STT confidence {stt_confidence:.2f}")
+            signals.append("low_stt_confidence")
+        spec = " (speculative, confirmed)" if speculative else ""
+        extra = f" ({', '.join(why)})" if why else ""
+        if r.table.stakes(self.tenant, best) == "human":
+            return best, f"model{spec}: {best} p={conf:.2f}"
+        if p_high >= threshold:
+            if r.table.stakes(self.tenant, best) != "high":
+                best = max(high, key=scores.prob)
+            # A follow-up inside a high-stakes topic keeps it ("Both charges were 2,400 rupees").
+            if (
+                self.last_class
+                and r.table.stakes(self.tenant, self.last_class) == "high"
+                and scores.prob(best) < sig.context_min_confidence
+            ):
+                best = self.last_class
+            return best, f"model{spec}: p_high={p_high:.2f} >= {threshold:.2f}{extra} -> {best}"
+        if sig.anger and (m := ANGER.search(text)):
+            signals.append("anger")
+            return "complaint", f"signal: anger ({m.group(0).lower()!r}); model p_high={p_high:.2f}"
+        if conf < sig.context_min_confidence and self.last_class:
+            return self.last_class, f"context: follows {self.last_class} (model {best} p={conf:.2f})"
+        return best, f"model{spec}: {best} p={conf:.2f}, p_high={p_high:.2f} < {threshold:.2f}{extra}"
+
+    # ---- after the turn
+
+    def outcome(self, outcome: str) -> None:
+        """The turn's outcome (answered, apology, not_heard, ...): unresolved turns count up."""
+        self._last_outcome = outcome
+        if outcome in UNRESOLVED_OUTCOMES:
+            self.unresolved += 1
