@@ -189,7 +189,13 @@ async def _serve(cfg, host: str, port: int, profile: str, external: dict | None 
     # scans, so that a full collection does not stall every call's loop for longer than it must.
     gc.collect()
     gc.freeze()
-    from agent.runtime import EmulatorURLs, build_services, create_runtime_app, keys_missing
+    from agent.runtime import (
+        EmulatorURLs,
+        build_services,
+        create_runtime_app,
+        emulator_options,
+        keys_missing,
+    )
     from emulators.serve import serve_app, ws_url
 
     async def run(urls) -> None:
@@ -215,10 +221,112 @@ async def _serve(cfg, host: str, port: int, profile: str, external: dict | None 
     elif keys_missing(cfg):
         from emulators.stack import run_emulators
 
-        async with run_emulators(profile) as emu:
+        async with run_emulators(profile, **emulator_options(cfg)) as emu:
             await run(emu.urls)
     else:
         await run(None)
+
+
+config_app = typer.Typer(no_args_is_help=True, help="Check configuration files.")
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("check")
+def config_check(
+    path: Annotated[Path, typer.Argument(help="config YAML to validate")],
+    tenant: Annotated[str | None, typer.Option(help="print only this tenant's table")] = None,
+) -> None:
+    """Validate a config and print the resolved routing table (tenant, language group, channel, class)."""
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    table = cfg.routing_table()
+    tenants = [tenant] if tenant else list(cfg.tenants)
+    for name in tenants:
+        if name not in cfg.tenants:
+            err.print(f"[red]error:[/] no tenant {name!r} in {path}")
+            raise typer.Exit(2)
+        t = cfg.tenants[name]
+        out = Table(
+            title=f"tenant {name}: numbers {', '.join(t.numbers) or '-'}; languages {', '.join(t.languages)}; "
+            f"budgets voice {t.budgets.voice_ms} ms, chat {t.budgets.chat_ms} ms",
+            title_justify="left",
+        )
+        for col in ("group", "channel", "class", "stakes", "ladder", "after escalation", "budget", "targets"):
+            out.add_column(col)
+        models = table.models[name]
+        for cell in table.rows(name):
+            ladder = " > ".join(f"{p} ({models[p].model})" for p in cell.ladder)
+            targets = [f"on failure: {cell.on_failure}"]
+            if cell.structured_extraction:
+                targets.append("structured extraction")
+            if cell.step_down_after:
+                targets.append(f"steps down after {cell.step_down_after}")
+            out.add_row(
+                cell.group,
+                cell.channel,
+                cell.routing_class,
+                cell.stakes,
+                ladder,
+                " > ".join(cell.escalated_ladder) if cell.stakes == "low" else "(same)",
+                f"{cell.budget_ms} ms",
+                ", ".join(targets),
+            )
+        console.print(out)
+    rules = len(cfg.routing.rules) + sum(len(t.rules) for t in cfg.tenants.values())
+    console.print(f"[green]ok:[/] {path}: {len(cfg.tenants)} tenant(s), {rules} keyword rule(s)")
+
+
+@app.command("eval-router")
+def eval_router(
+    data: Annotated[
+        Path, typer.Argument(help="CSV with columns text,label (routine/high_stakes/human/out_of_scope)")
+    ],
+    json_path: Annotated[Path | None, typer.Option("--json", help="write the figures as JSON here")] = None,
+    predictions: Annotated[Path | None, typer.Option(help="write one CSV row per input here")] = None,
+    config: Annotated[Path | None, typer.Option(help="config YAML (its rules, table and classifier)")] = None,
+    tenant: Annotated[
+        str | None, typer.Option(help="route as this tenant (default: the default tenant)")
+    ] = None,
+) -> None:
+    """Route every row of a labelled CSV and print accuracy, high-stakes recall/precision, human recall,
+    escalation rate and decision time."""
+    import csv
+
+    from agent.runtime import build_router
+    from routing.classifier import read_labelled_csv
+    from routing.evaluate import metrics, predict
+
+    try:
+        cfg = load_config(config)
+        rows = read_labelled_csv(data)
+        router = build_router(cfg)
+    except (ConfigError, ValueError, OSError) as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    if tenant is not None and tenant not in cfg.tenants:
+        err.print(f"[red]error:[/] no tenant {tenant!r}")
+        raise typer.Exit(2)
+    preds = predict(router, rows, tenant)
+    figures = metrics(preds)
+    out = Table(title=f"eval-router {data}", title_justify="left")
+    out.add_column("metric")
+    out.add_column("value", justify="right")
+    for key, value in figures.items():
+        out.add_row(key, "-" if value is None else str(value))
+    console.print(out)
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(figures, indent=2))
+    if predictions:
+        predictions.parent.mkdir(parents=True, exist_ok=True)
+        with predictions.open("w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["text", "label", "predicted_class", "escalated", "decision_ms"])
+            for p in preds:
+                w.writerow([p.text, p.label, p.predicted_class, int(p.escalated), f"{p.decision_ms:.4f}"])
 
 
 @app.command()
@@ -226,15 +334,20 @@ def emulators(
     profile: Annotated[str, typer.Option()] = "reference",
     seed: Annotated[int, typer.Option()] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    config: Annotated[
+        Path | None, typer.Option(help="config whose reasoning-tier models get the reasoning latency")
+    ] = None,
 ) -> None:
     """Run the provider emulators alone (for a server started elsewhere, or for benchmarks).
     Prints one JSON line with their URLs."""
     _setup_logging(not quiet)
 
     async def run() -> None:
+        from agent.runtime import emulator_options
         from emulators.stack import run_emulators
 
-        async with run_emulators(profile, seed) as emu:
+        cfg = load_config(config)
+        async with run_emulators(profile, seed, **emulator_options(cfg)) as emu:
             print(json.dumps({"sarvam": emu.sarvam_url, "openrouter": emu.openrouter_url}), flush=True)
             await asyncio.Event().wait()
 

@@ -1,12 +1,21 @@
-"""The LLM fallback ladder of one turn: retry, hedge, continue.
+"""The LLM fallback ladder of one turn: retry, next rung, hedge, continue.
 
-- An error before the first token: nothing reached the caller, so try the next path at once.
-- A first token later than ``hedge_after_ms``: start the next path in parallel; the first one
-  to produce a token wins and the others are cancelled (and logged as "hedge lost").
-- An error after tokens flowed: keep what was said and continue on the next path from there.
-- Every attempt that failed is recorded in the turn's ``fallbacks`` with its kind and action.
+The route gives the rungs (model path names, best first). For each attempt:
 
-Attempts are tasks of one TaskGroup; their events meet in one queue, tagged by attempt.
+- A path in cooldown (provider health, routing/health.py) is skipped at once, with a logged fallback.
+- An error before the first token: nothing reached the caller. A retriable error (5xx, 429, a
+  dropped or broken stream) is retried once on the same path while the budget allows; otherwise
+  the next rung starts at once.
+- No first token by the path's live p90 (bounded by what is left of the turn's budget): the next
+  rung starts in parallel (a hedge, within the process-wide hedge cap); the first attempt with a
+  token wins and the others are cancelled and logged as "hedge lost".
+- No first token by ``first_token_timeout_ms``: the attempt failed ("timeout"), next rung.
+- An error after tokens flowed: keep what was said and continue on the next rung from there.
+
+Every failed attempt is recorded in the turn's ``fallbacks`` with its rung, kind and action, and
+in provider health. Usage and cost are summed per path (the provider's reported cost when it
+gives one, else the configured prices). Attempts are tasks of one TaskGroup; their events meet in
+one queue, tagged by attempt.
 """
 
 from __future__ import annotations
@@ -20,10 +29,14 @@ from typing import Any
 from agent.config import Config
 from agent.providers.base import LLMProvider, LLMRequest, LLMToken, LLMUsage, ProviderError
 from agent.timeline import Clock, TurnRecord
+from routing.health import Health
+from routing.router import health_key
+from routing.table import ModelPath
 
 log = logging.getLogger("voxroute.ladder")
 
 CONTINUE_PROMPT = "(Your reply was cut off. Finish it briefly without repeating.)"
+RETRIABLE = frozenset({"http_500", "http_429", "disconnected", "stream_error", "malformed"})
 
 
 class LadderExhausted(Exception):
@@ -33,12 +46,21 @@ class LadderExhausted(Exception):
 @dataclass
 class _Attempt:
     ident: int
+    rung: int  # 1-based position in the route's ladder
     path: str
+    key: str  # provider/model, the health key
     provider: str
     model: str
     started: float
     task: asyncio.Task | None = None
     got_token: bool = False
+    hedge: bool = False  # started as a hedge
+    hedge_checked: bool = False  # its hedge timer fired (hedged, or refused by the cap)
+    tokens: int = 0  # content tokens received
+    prompt_chars: int = 0
+    usage_seen: bool = False
+    cancelled: bool = False  # cancelled while running (a lost hedge, a timeout): the prompt was billed
+    failed: bool = False
 
     @property
     def running(self) -> bool:
@@ -54,19 +76,37 @@ class LLMLadder:
         turn: TurnRecord,
         history: list[dict[str, Any]],
         tag: str,
+        *,
+        models: dict[str, ModelPath],
+        health: Health,
+        first_token_by: float | None = None,
+        max_tokens: int | None = None,
+        extra_messages: list[dict[str, Any]] | None = None,
+        hedging: bool = True,
+        role: str = "answer",
     ) -> None:
+        """``first_token_by``: clock time (ms) by which a first token keeps the turn in budget
+        (None when a bridge already covers the budget); hedges start no later than that, and no
+        earlier than the path's median."""
         self.cfg = config.ladder
         self.config = config
         self.llms = llms
         self.clock = clock
         self.turn = turn
-        self.history = list(history)
+        self.history = list(history) + list(extra_messages or [])
         self.tag = tag
+        self.models = models
+        self.health = health
+        self.first_token_by = first_token_by
+        self.max_tokens = max_tokens or config.agent.max_tokens
+        self.hedging = hedging
+        self.role = role  # "answer", or "ack" (the fast path's acknowledgement: not the turn's model)
         self.spoken: list[str] = []
         self._attempts: dict[int, _Attempt] = {}
         self._events: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
-        self._next_path = 0
         self._paths: list[str] = []
+        self._next_rung = 0
+        self._retried: set[str] = set()
         self._tg: asyncio.TaskGroup | None = None
 
     @property
@@ -79,54 +119,225 @@ class LLMLadder:
     async def run(self, paths: list[str], on_text: Callable[[str], None]) -> None:
         """Stream the reply's text into ``on_text``. Raises LadderExhausted if nothing could be said."""
         self._paths = paths
+        if self.hedging:
+            self.health.request()
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
-            self._launch()
             try:
+                self._launch_next()
                 await self._drive(on_text)
             finally:
                 for a in self._running():
-                    a.task.cancel()  # type: ignore[union-attr]
+                    self._cancel(a)
+                self._estimate_missing_usage()
 
-    def _launch(self, continuation: bool = False) -> None:
+    def _cancel(self, att: _Attempt) -> None:
+        att.cancelled = True
+        att.task.cancel()  # type: ignore[union-attr]
+
+    def _estimate_missing_usage(self) -> None:
+        """Providers that report no usage on a stream (Sarvam v1), and attempts cut short: estimate
+        tokens (about 4 characters a token for the prompt, one streamed piece a token) at the
+        configured prices, so the turn's cost is never silently zero."""
+        for att in self._attempts.values():
+            if att.usage_seen or not (att.tokens or att.cancelled):
+                continue
+            mp = self.models[att.path]
+            prompt = max(1, att.prompt_chars // 4)
+            cost = (prompt * mp.price_in_per_mtok + att.tokens * mp.price_out_per_mtok) / 1e6
+            add_usage(self.turn.usage, att.path, prompt, att.tokens, cost, estimated=True)
+
+    # ---- launching
+
+    def _pick_rung(self) -> int | None:
+        """The next rung whose path is not cooling down; skipped ones are logged. None: no rung left."""
+        while self._next_rung < len(self._paths):
+            rung = self._next_rung
+            self._next_rung += 1
+            name = self._paths[rung]
+            mp = self.models[name]
+            if self.health.available(health_key(mp)):
+                return rung
+            left = self.health.cooldown_left_s(health_key(mp))
+            self.turn.add_fallback(
+                mp.provider,
+                "cooldown",
+                f"path {name} is cooling down ({left:.1f} s left)",
+                "skip",
+                model=mp.model,
+                service="llm",
+                path=name,
+                rung=rung + 1,
+            )
+        return None
+
+    def _launch_next(self, continuation: bool = False, hedge: bool = False) -> bool:
+        if self.launched >= self.cfg.max_attempts:
+            return False
+        rung = self._pick_rung()
+        if rung is None:
+            if self.launched == 0:
+                # Everything is cooling down: probing the first rung beats saying nothing.
+                rung = 0
+            else:
+                return False
+        self._launch(rung, continuation, hedge)
+        return True
+
+    def _launch(self, rung: int, continuation: bool = False, hedge: bool = False) -> None:
         assert self._tg is not None
-        name = self._paths[self._next_path % len(self._paths)]
-        self._next_path += 1
-        path = self.config.models[name]
+        name = self._paths[rung]
+        mp = self.models[name]
         messages = list(self.history)
         if continuation and self.spoken:
             messages.append({"role": "assistant", "content": "".join(self.spoken)})
             messages.append({"role": "user", "content": CONTINUE_PROMPT})
         req = LLMRequest(
-            model=path.model,
+            model=mp.model,
             messages=messages,
-            max_tokens=self.config.agent.max_tokens,
+            max_tokens=self.max_tokens,
             temperature=self.config.agent.temperature,
             tag=self.tag,
         )
-        att = _Attempt(self.launched + 1, name, path.provider, path.model, self.clock.now())
+        att = _Attempt(
+            self.launched + 1,
+            rung + 1,
+            name,
+            health_key(mp),
+            mp.provider,
+            mp.model,
+            self.clock.now(),
+            hedge=hedge,
+        )
+        att.prompt_chars = sum(len(str(m.get("content") or "")) for m in messages)
         self._attempts[att.ident] = att
+        self.health.started(att.key)
         att.task = self._tg.create_task(self._pump(att, req))
-        self.turn.mark("llm_request", self.clock.now())
+        if self.role == "answer":
+            self.turn.mark("llm_request", self.clock.now())
+
+    # ---- timers
+
+    def _hedge_delay(self, att: _Attempt) -> float:
+        mp = self.models[att.path]
+        p90 = self.health.ttft_ms(att.key, self.cfg.hedge_quantile, mp.expected_ttft_ms)
+        if self.first_token_by is None:
+            return p90
+        p50 = self.health.ttft_ms(att.key, 0.5, mp.expected_ttft_ms)
+        left = self.first_token_by - att.started
+        return min(p90, max(left, p50))
+
+    def _next_timer(self, winner: int | None) -> tuple[float | None, str, _Attempt | None]:
+        """(seconds until the next timer, "hedge" or "timeout", the attempt it concerns)."""
+        if winner is not None:
+            return None, "", None
+        now = self.clock.now()
+        best: tuple[float, str, _Attempt] | None = None
+        running = self._running()
+        for att in running:
+            at = att.started + self.cfg.first_token_timeout_ms
+            if best is None or at < best[0]:
+                best = (at, "timeout", att)
+        newest = max(running, key=lambda a: a.started, default=None)
+        if (
+            self.hedging
+            and newest is not None
+            and self.launched < self.cfg.max_attempts
+            and not newest.hedge_checked
+        ):
+            at = newest.started + self._hedge_delay(newest)
+            if best is None or at < best[0]:
+                best = (at, "hedge", newest)
+        if best is None:
+            return None, "", None
+        return max(0.0, best[0] - now) / 1000, best[1], best[2]
+
+    # ---- the event loop
+
+    def abandoned(self, message: str, action: str) -> None:
+        """The caller of ``run`` gave up waiting (a deadline outside the ladder): record the attempts
+        that were still waiting for a first token."""
+        for att in self._attempts.values():
+            if not att.failed and not att.got_token:
+                att.failed = True  # not the path's fault: no health failure
+                self.turn.add_fallback(
+                    att.provider, "timeout", message, action, model=att.model, service="llm",
+                    path=att.path, rung=att.rung, role=self.role,
+                )  # fmt: skip
 
     def _fail(self, att: _Attempt, kind: str, message: str, action: str) -> None:
-        self.turn.add_fallback(att.provider, kind, message, action, model=att.model, service="llm")
+        att.failed = True
+        cooled = self.health.failure(att.key)
+        if cooled:
+            action += f"; path cooling down {self.health.cooldown_s:.0f} s"
+        extra = {} if self.role == "answer" else {"role": self.role}
+        self.turn.add_fallback(
+            att.provider,
+            kind,
+            message,
+            action,
+            model=att.model,
+            service="llm",
+            path=att.path,
+            rung=att.rung,
+            **extra,
+        )
+
+    def _after_failure(self, att: _Attempt, kind: str, message: str) -> bool:
+        """An attempt failed before its first token. Retry, next rung, or wait for the others.
+        False when nothing is running and nothing is left to try."""
+        continuation = bool(self.spoken)
+        others = [a for a in self._running() if a.ident != att.ident]
+        can_launch = self.launched < self.cfg.max_attempts
+        retry = (
+            kind in RETRIABLE
+            and att.path not in self._retried
+            and can_launch
+            and not others
+            and self._time_for_retry(att)
+        )
+        if retry:
+            self._fail(att, kind, message, "retry same path")
+            if self.health.in_cooldown(att.key):
+                retry = False  # the failure just cooled the path down: go to the next rung
+            else:
+                self._retried.add(att.path)
+                self._launch(att.rung - 1, continuation)
+                return True
+        else:
+            self._fail(att, kind, message, "next rung" if can_launch and not others else "give up")
+        if others:
+            return True
+        return self._launch_next(continuation)
+
+    def _time_for_retry(self, att: _Attempt) -> bool:
+        if self.first_token_by is None:
+            return True
+        p50 = self.health.ttft_ms(att.key, 0.5, self.models[att.path].expected_ttft_ms)
+        return self.clock.now() + p50 <= self.first_token_by
 
     async def _drive(self, on_text: Callable[[str], None]) -> None:
         winner: int | None = None
-        hedge_at = self.clock.now() + self.cfg.hedge_after_ms
         while True:
-            timeout = None
-            if winner is None and self.launched < self.cfg.max_attempts:
-                timeout = max(0.0, hedge_at - self.clock.now()) / 1000
+            timeout, what, subject = self._next_timer(winner)
             try:
                 async with asyncio.timeout(timeout):
                     ident, ev = await self._events.get()
             except TimeoutError:
-                slow = ", ".join(a.path for a in self._running())
-                log.info("turn %s: first token late on %s; hedging", self.tag, slow or "-")
-                self._launch(continuation=bool(self.spoken))
-                hedge_at = self.clock.now() + self.cfg.hedge_after_ms
+                assert subject is not None
+                if what == "timeout":
+                    self._cancel(subject)
+                    waited = self.clock.now() - subject.started
+                    if not self._after_failure(subject, "timeout", f"no first token after {waited:.0f} ms"):
+                        raise LadderExhausted from None
+                else:
+                    subject.hedge_checked = True
+                    if self.health.may_hedge():
+                        log.info("turn %s: first token late on %s; hedging", self.tag, subject.path)
+                        self.turn.usage["hedges"] = self.turn.usage.get("hedges", 0) + 1
+                        self._launch_next(continuation=bool(self.spoken), hedge=True)
+                    else:
+                        log.info("turn %s: first token late on %s; hedge cap reached", self.tag, subject.path)
                 continue
             att = self._attempts[ident]
             if winner is not None and ident != winner:
@@ -134,60 +345,55 @@ class LLMLadder:
             if isinstance(ev, LLMToken):
                 if winner is None:
                     winner = ident
-                    self.turn.mark("llm_first_token", self.clock.now())
-                    self.turn.usage.update(model=att.model, provider=att.provider)
+                    now = self.clock.now()
+                    self.turn.mark("llm_first_token", now)
+                    if not att.got_token:
+                        self.health.success(att.key, now - att.started)
+                    self.turn.usage.update(
+                        model=att.model, provider=att.provider, path=att.path, rung=att.rung
+                    )
                     for other in self._running():
                         if other.ident != ident:
-                            other.task.cancel()  # type: ignore[union-attr]
-                            waited = self.clock.now() - other.started
+                            self._cancel(other)
+                            waited = now - other.started
                             self._fail(
                                 other, "timeout", f"no first token after {waited:.0f} ms", "hedge lost"
                             )
                 att.got_token = True
+                att.tokens += 1
                 self.spoken.append(ev.text)
                 on_text(ev.text)
             elif isinstance(ev, LLMUsage):
+                att.usage_seen = True
                 self._add_usage(att, ev)
             elif ev is None:  # the attempt finished cleanly
                 if att.got_token:
                     return
-                self._fail(att, "malformed", "empty reply", "retry")
-                if not self._running():
-                    if self.launched >= self.cfg.max_attempts:
-                        raise LadderExhausted
-                    self._launch()
-                    hedge_at = self.clock.now() + self.cfg.hedge_after_ms
+                if not self._after_failure(att, "malformed", "empty reply"):
+                    raise LadderExhausted
             else:  # ProviderError
-                can_retry = self.launched < self.cfg.max_attempts
                 if winner == ident:
                     winner = None
-                    if not can_retry:
+                    if self.launched >= self.cfg.max_attempts:
                         self._fail(att, ev.kind, ev.message, "stop")
                         return
-                    self._fail(att, ev.kind, ev.message, "continue on next path")
-                    self._launch(continuation=True)
-                    hedge_at = self.clock.now() + self.cfg.hedge_after_ms
+                    self._fail(att, ev.kind, ev.message, "continue on next rung")
+                    if not self._launch_next(continuation=True):
+                        return  # keep what was said
                     continue
-                self._fail(att, ev.kind, ev.message, "retry" if can_retry else "give up")
-                if not self._running():
-                    if not can_retry:
-                        if self.spoken:
-                            return
-                        raise LadderExhausted
-                    self._launch(continuation=bool(self.spoken))
-                    hedge_at = self.clock.now() + self.cfg.hedge_after_ms
+                if not self._after_failure(att, ev.kind, ev.message):
+                    if self.spoken:
+                        return
+                    raise LadderExhausted
 
     def _add_usage(self, att: _Attempt, ev: LLMUsage) -> None:
-        u = self.turn.usage
-        u["prompt_tokens"] = u.get("prompt_tokens", 0) + ev.prompt_tokens
-        u["completion_tokens"] = u.get("completion_tokens", 0) + ev.completion_tokens
-        path = self.config.models[att.path]
+        mp = self.models[att.path]
         cost = ev.cost_usd
         if cost is None:
             cost = (
-                ev.prompt_tokens * path.price_in_per_mtok + ev.completion_tokens * path.price_out_per_mtok
+                ev.prompt_tokens * mp.price_in_per_mtok + ev.completion_tokens * mp.price_out_per_mtok
             ) / 1e6
-        u["cost_usd"] = round(u.get("cost_usd", 0.0) + cost, 8)
+        add_usage(self.turn.usage, att.path, ev.prompt_tokens, ev.completion_tokens, cost)
 
     async def _pump(self, att: _Attempt, req: LLMRequest) -> None:
         provider = self.llms[att.provider]
@@ -204,3 +410,20 @@ class LLMLadder:
         except TimeoutError:
             err = ProviderError(att.provider, "stall", "no tokens for too long", after_first=True)
             self._events.put_nowait((att.ident, err))
+
+
+def add_usage(
+    usage: dict[str, Any], path: str, prompt: int, completion: int, cost: float, estimated: bool = False
+) -> None:
+    """Sum tokens and money into a turn's usage, in total and per model path."""
+    usage["prompt_tokens"] = usage.get("prompt_tokens", 0) + prompt
+    usage["completion_tokens"] = usage.get("completion_tokens", 0) + completion
+    usage["cost_usd"] = round(usage.get("cost_usd", 0.0) + cost, 8)
+    per = usage.setdefault("by_path", {}).setdefault(
+        path, {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
+    )
+    per["prompt_tokens"] += prompt
+    per["completion_tokens"] += completion
+    per["cost_usd"] = round(per["cost_usd"] + cost, 8)
+    if estimated:
+        per["estimated"] = True

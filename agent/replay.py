@@ -20,7 +20,7 @@ import httpx
 
 from agent.config import Config, load_config
 from agent.fixture import Fixture, load
-from agent.runtime import EmulatorURLs, build_services, create_runtime_app
+from agent.runtime import EmulatorURLs, build_services, create_runtime_app, emulator_options
 from emulators.carrier import dial, make_ids
 from emulators.serve import serve_app, ws_url
 from telephony.twiml import public_ws_url
@@ -47,7 +47,7 @@ async def local_stack(
     from emulators.stack import run_emulators
 
     config = config or load_config()
-    async with run_emulators(profile, seed, fixtures) as emu:
+    async with run_emulators(profile, seed, fixtures, **emulator_options(config)) as emu:
         with _without_keys(config, enabled=not env_keys):
             async with build_services(config, emu.urls) as services:
                 app = create_runtime_app(services)
@@ -160,6 +160,8 @@ def _turn_json(t: dict[str, Any]) -> dict[str, Any]:
     out.update(
         within_budget=t.get("within_budget"),
         bridge=t.get("bridge"),
+        bridge_kind=t.get("bridge_kind"),
+        handoff=t.get("handoff"),
         fallbacks=t.get("fallbacks", []),
         reply=t.get("reply"),
         heard=t.get("heard"),

@@ -21,7 +21,8 @@ from agent.providers.openai_compat import OpenAICompatLLM
 from agent.providers.sarvam import SarvamSTT, SarvamTTS
 from agent.services import Services
 from agent.session import CallSession
-from routing.route import SingleModelRouter
+from routing.classifier import StakesModel
+from routing.router import Router
 from telephony.app import TelephonySettings, create_app
 
 log = logging.getLogger("voxroute.runtime")
@@ -64,7 +65,15 @@ async def build_services(config: Config, emulators: EmulatorURLs | None) -> Asyn
             )
         else:
             modes.append(f"LLM {name}: {prov.flavor} at {base_url}")
-        llms[name] = OpenAICompatLLM(name, prov.flavor, base_url, key, stall_timeout_s=stall_s)
+        llms[name] = OpenAICompatLLM(
+            name,
+            prov.flavor,
+            base_url,
+            key,
+            stall_timeout_s=stall_s,
+            # The ladder times first tokens itself (hedges, first_token_timeout_ms); this is a backstop.
+            first_token_timeout_s=config.ladder.first_token_timeout_ms / 1000 + 1.0,
+        )
 
     s = config.sarvam
     sarvam_key = _key(s.api_key_env)
@@ -84,8 +93,7 @@ async def build_services(config: Config, emulators: EmulatorURLs | None) -> Asyn
         sarvam_key, ws_base_url=ws_base, rest_base_url=rest_base, model=s.tts_model, speakers=s.speakers
     )
 
-    first = config.models[config.ladder.paths[0]]
-    router = SingleModelRouter(config.ladder.paths, first.model, first.tier)
+    router = build_router(config)
     mode = "emulated" if any("emulated" in m for m in modes) else "live"
     for line in modes:
         log.info("%s", line)
@@ -94,6 +102,22 @@ async def build_services(config: Config, emulators: EmulatorURLs | None) -> Asyn
         for llm in llms.values():
             stack.push_async_callback(llm.aclose)
         yield Services(config, stt, tts, llms, router, mode=mode)
+
+
+def build_router(config: Config) -> Router:
+    """The routing table, the shipped (or configured) classifier, provider health."""
+    model = StakesModel.load(config.routing.classifier)
+    return Router(config.routing_table(), model, tts_first_audio_ms=config.budget.tts_first_audio_ms)
+
+
+def emulator_options(config: Config) -> dict:
+    """What the emulators learn from the config: which model ids are of the reasoning tier (they get
+    its latency profile) and the models' prices (emulated OpenRouter reports cost with them)."""
+    paths = list(config.models.values()) + [p for t in config.tenants.values() for p in t.models.values()]
+    return {
+        "reasoning_models": frozenset(p.model for p in paths if p.tier == "reasoning"),
+        "prices": {p.model: (p.price_in_per_mtok, p.price_out_per_mtok) for p in paths},
+    }
 
 
 def create_runtime_app(services: Services) -> FastAPI:
@@ -109,7 +133,7 @@ def create_runtime_app(services: Services) -> FastAPI:
     async def on_call(link: CarrierLink) -> None:
         await CallSession(link, services).run()
 
-    app = create_app(settings, on_call)
+    app = create_app(settings, on_call, tenant_for_number=services.router.table.tenant_for_number)
 
     @app.get("/calls/{call_sid}")
     async def get_call(call_sid: str) -> dict:
@@ -121,6 +145,10 @@ def create_runtime_app(services: Services) -> FastAPI:
     @app.get("/debug/stats")
     async def debug_stats() -> dict:
         return {"active_calls": len(services.calls), **metrics.snapshot()}
+
+    @app.get("/debug/routing")
+    async def debug_routing() -> dict:
+        return services.router.health.snapshot()
 
     @app.post("/debug/stats/reset")
     async def debug_stats_reset() -> dict:

@@ -12,14 +12,14 @@ import numpy as np
 
 from agent.config import Config
 from agent.providers.base import LLMProvider, ProviderError, STTProvider, TTSProvider
-from routing.route import Router
+from routing.router import Router
 
 if TYPE_CHECKING:
     from agent.session import CallSession, CallSummary
 
 log = logging.getLogger("voxroute.services")
 
-PHRASE_KINDS = ("bridge", "apology", "not_heard")
+PHRASE_KINDS = ("bridge", "apology", "not_heard", "handoff")
 
 
 def comfort_tone(ms: int = 600) -> bytes:
@@ -90,6 +90,7 @@ class Services:
             "bridge": agent.bridge_phrases,
             "apology": agent.apology_phrases,
             "not_heard": agent.not_heard_phrases,
+            "handoff": agent.handoff_phrases,
         }
         return self.config.phrase(table[kind], language)
 

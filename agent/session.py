@@ -35,6 +35,7 @@ from agent.providers.base import (
 )
 from agent.services import Services
 from agent.timeline import Clock, TurnRecord
+from routing.router import health_key
 
 log = logging.getLogger("voxroute.call")
 
@@ -77,6 +78,9 @@ class CallSession:
         self.turns: list[TurnRecord] = []
         self.merged: list[int] = []  # indices of turns the caller continued before they were answered
         self.history: list[dict[str, Any]] = [{"role": "system", "content": self.config.agent.system_prompt}]
+        self.routing = services.router.conversation(start.tenant, "voice")
+        self.tenant = self.routing.tenant
+        self.voice_budget_ms = services.router.table.tenants[self.tenant].budgets.voice_ms
         ep = self.config.endpoint
         self.endpointer = Endpointer(ep.silence_ms, ep.min_speech_ms, ep.vad_mode)
         self.player = Player(link, self._on_first_send)
@@ -84,6 +88,7 @@ class CallSession:
         self.error: str | None = None
         # transcript state between commits
         self._finals: list[tuple[str, str | None]] = []  # (text, language)
+        self._confidence: float | None = None  # the lowest STT confidence of the pending utterance
         self._partial = ""
         self._final_at: float | None = None
         self._final_event = asyncio.Event()
@@ -291,6 +296,10 @@ class CallSession:
                     text = ev.text.strip()
                     if text:
                         self._finals.append((text, ev.language))
+                        if ev.confidence is not None:
+                            self._confidence = min(ev.confidence, self._confidence or 1.0)
+                        # Classify now, while the commit rules wait: the decision only confirms it.
+                        self.routing.speculate(" ".join(t for t, _ in self._finals))
                         self._stt_punctuates |= text[-1] in ".!?।"
                         self._final_at = self.clock.now()
                         self._utterance_pending = True
@@ -301,6 +310,7 @@ class CallSession:
                     self._wake.set()
                 else:
                     self._partial = ev.text
+                    self.routing.speculate(ev.text)
             # SpeechEnded (the STT's own end of speech) needs no action: its final follows at once
             # and commits the turn, unless our endpointer's silence rule got there first.
 
@@ -400,7 +410,7 @@ class CallSession:
         now = self.clock.now()
         turn = TurnRecord(index=self._next_index, kind=kind, language=self.language)
         self._next_index += 1
-        turn.budget_ms = self.config.budget.voice_ms
+        turn.budget_ms = self.voice_budget_ms  # until the route gives the class's budget
         if kind == "dtmf":
             digits, self._digits = self._digits, ""
             turn.transcript = digits
@@ -427,6 +437,7 @@ class CallSession:
         self._finals.clear()
         self._final_event.clear()
         turn.transcript = " ".join(texts)
+        turn.stt_confidence, self._confidence = self._confidence, None
         if langs:
             turn.language = langs[-1]
 
@@ -474,6 +485,7 @@ class CallSession:
                             "class": "none",
                             "tier": "none",
                             "model": None,
+                            "escalated": False,
                             "reason": "no transcript",
                         }
                         turn.outcome = "not_heard"
@@ -481,8 +493,12 @@ class CallSession:
                     else:
                         self.history.append(user_msg)
                         if not await self._answer(turn):
-                            turn.outcome = "apology"
-                            await self._speak_phrase(turn, "apology")
+                            if (turn.route or {}).get("on_failure") == "handoff":
+                                turn.outcome, turn.handoff = "handoff", True
+                                await self._speak_phrase(turn, "handoff")
+                            else:
+                                turn.outcome = "apology"
+                                await self._speak_phrase(turn, "apology")
                     watchdog.cancel()
             except* _HardCap:
                 await self._speak_phrase(turn, "apology")
@@ -502,6 +518,7 @@ class CallSession:
             raise
         finally:
             if turn.outcome != "merged":
+                self.routing.outcome(turn.outcome)
                 if turn.heard or turn.reply:
                     # History keeps only what the caller heard (barge-in trims it).
                     spoken = turn.heard if turn.interrupted else turn.reply
@@ -527,11 +544,14 @@ class CallSession:
         """The deadline. Bridge at deadline - lead if no answer audio is out; refill; hard cap."""
         b = self.config.budget
         speech_end = turn.timeline["speech_end"]
-        due = speech_end + turn.budget_ms - b.bridge_lead_ms
-        await asyncio.sleep(max(0.0, due - self.clock.now()) / 1000)
+        for _ in range(3):  # the route may change the budget while we sleep: look again
+            wait = speech_end + turn.budget_ms - b.bridge_lead_ms - self.clock.now()
+            if wait <= 0:
+                break
+            await asyncio.sleep(wait / 1000)
         if self._answer_started or "first_audio_out" in turn.timeline:
             return
-        turn.bridge = True
+        turn.bridge, turn.bridge_kind = True, "cached"
         self.player.play(await self.services.phrase(turn.language, "bridge"), turn, "bridge")
         self.player.mark(f"{turn.index}:bridge")
         self._chunk_text[f"{turn.index}:bridge"] = (turn, "")
@@ -571,16 +591,28 @@ class CallSession:
     # ------------------------------------------------------------------ the answer
 
     async def _answer(self, turn: TurnRecord) -> bool:
-        """Route, stream the LLM through the ladder, speak chunks as they come. False if nothing was said."""
-        route = self.services.router.route(turn.transcript, self.history, turn.language)
-        turn.route = {
-            "class": route.routing_class,
-            "tier": route.tier,
-            "model": route.model,
-            "reason": route.reason,
-        }
+        """Route, stream the LLM through the ladder, speak chunks as they come. False if nothing was said.
+
+        When the route says "bridge then escalate", the fast path speaks a short acknowledgement
+        first (instead of the cached bridge) while the reasoning path works on the answer."""
+        b = self.config.budget
+        speech_end = turn.timeline["speech_end"]
+        now = self.clock.now()
+        route = self.routing.decide(
+            turn.transcript,
+            turn.language,
+            budget_left_ms=speech_end + turn.budget_ms - now,
+            stt_confidence=turn.stt_confidence,
+            dtmf=turn.kind == "dtmf",
+        )
+        turn.budget_ms = route.budget_ms
+        turn.route = route.as_dict()
+        turn.handoff = route.handoff
         turn.mark("route", self.clock.now())
+        audio_by = speech_end + route.budget_ms - b.bridge_lead_ms  # answer audio out by then: no bridge
+        first_token_by: float | None = audio_by - b.tts_first_audio_ms
         chunks: asyncio.Queue[str | None] = asyncio.Queue()
+        queues = [chunks]
         chunker = SpeakableChunker()
 
         def on_text(text: str) -> None:
@@ -590,9 +622,14 @@ class CallSession:
 
         try:
             async with asyncio.TaskGroup() as tg:
-                speaker = tg.create_task(self._speak_chunks(turn, chunks))
+                if route.bridge_first and self._fast_path_healthy(route):
+                    ack: asyncio.Queue[str | None] = asyncio.Queue()
+                    queues.insert(0, ack)
+                    tg.create_task(self._acknowledge(turn, route, ack, first_token_by))
+                    first_token_by = None  # the acknowledgement keeps the budget; the answer may take longer
+                speaker = tg.create_task(self._speak_chunks(turn, queues))
                 try:
-                    await self._run_ladder(turn, list(route.paths), on_text)
+                    await self._run_ladder(turn, list(route.paths), on_text, first_token_by)
                 finally:
                     for chunk in chunker.flush():
                         turn.mark("first_chunk", self.clock.now())
@@ -601,21 +638,84 @@ class CallSession:
                 await speaker
         except* LadderExhausted:
             pass
-        return bool(turn.chunks) and self._answer_started
+        return bool(turn.chunks) and self._answer_started and bool(turn.reply_answer)
 
-    async def _speak_chunks(self, turn: TurnRecord, chunks: asyncio.Queue[str | None]) -> None:
+    def _fast_path_healthy(self, route) -> bool:
+        models = self.services.router.models(self.tenant)
+        return any(
+            not self.services.router.health.in_cooldown(health_key(models[p])) for p in route.fast_paths
+        )
+
+    async def _acknowledge(
+        self, turn: TurnRecord, route, out: asyncio.Queue[str | None], by: float | None
+    ) -> None:
+        """The fast path's first sentence, queued before the answer: a contextual bridge."""
+        chunker = SpeakableChunker()
+        first: list[str] = []
+        got = asyncio.Event()
+
+        def on_text(text: str) -> None:
+            if not first:
+                first.extend(chunker.feed(text)[:1])
+                if first:
+                    got.set()
+
+        ladder = LLMLadder(
+            self.config,
+            self.services.llms,
+            self.clock,
+            turn,
+            self.history,
+            f"{self.call_sid}:{turn.index}:ack",
+            models=self.services.router.models(self.tenant),
+            health=self.services.router.health,
+            first_token_by=by,
+            max_tokens=self.config.ladder.ack_max_tokens,
+            extra_messages=[{"role": "system", "content": self.config.agent.ack_prompt}],
+            hedging=False,
+            role="ack",
+        )
+        left = None if by is None else max(0.0, by - self.clock.now()) / 1000
+        try:
+            async with asyncio.timeout(left):
+                async with asyncio.TaskGroup() as tg:
+                    job = tg.create_task(ladder.run(list(route.fast_paths), on_text))
+                    waiter = tg.create_task(got.wait())
+                    await asyncio.wait([job, waiter], return_when=asyncio.FIRST_COMPLETED)
+                    job.cancel()
+                    waiter.cancel()
+            if not first:
+                first.extend(chunker.flush()[:1])
+        except* TimeoutError:
+            log.info("call %s turn %d: no acknowledgement in time", self.call_sid, turn.index)
+            ladder.abandoned("no acknowledgement in time", "cached bridge")
+        except* LadderExhausted:
+            log.info("call %s turn %d: no acknowledgement: the fast paths failed", self.call_sid, turn.index)
+        finally:
+            if first:
+                out.put_nowait(first[0])
+            out.put_nowait(None)
+
+    async def _speak_chunks(self, turn: TurnRecord, queues: list[asyncio.Queue[str | None]]) -> None:
+        """Speak the chunks of each queue in turn (the acknowledgement's, then the answer's)."""
         index = 0
-        while (text := await chunks.get()) is not None:
-            turn.chunks.append(text)
-            turn.reply = f"{turn.reply} {text}".strip()
-            queued = await self._speak_chunk(turn, index, text)
-            if queued:
-                name = f"{turn.index}:{index}"
-                self._chunk_text[name] = (turn, text)
-                self.player.mark(name)
-            index += 1
+        for queue in queues:
+            ack = queue is not queues[-1]
+            while (text := await queue.get()) is not None:
+                turn.chunks.append(text)
+                turn.reply = f"{turn.reply} {text}".strip()
+                if ack:
+                    turn.bridge, turn.bridge_kind = True, "ack"
+                else:
+                    turn.reply_answer = f"{turn.reply_answer} {text}".strip()
+                queued = await self._speak_chunk(turn, index, text, "bridge" if ack else "answer")
+                if queued:
+                    name = f"{turn.index}:{index}"
+                    self._chunk_text[name] = (turn, text)
+                    self.player.mark(name)
+                index += 1
 
-    async def _speak_chunk(self, turn: TurnRecord, index: int, text: str) -> bool:
+    async def _speak_chunk(self, turn: TurnRecord, index: int, text: str, source: str = "answer") -> bool:
         """Stream one chunk through TTS into the player; fall back to REST; True if any audio queued."""
         tts = self.services.tts
         ladder = self.config.ladder
@@ -633,7 +733,7 @@ class CallSession:
                         turn.mark("tts_first_audio", self.clock.now())
                     queued = True
                     self._answer_started = True
-                    self.player.play(pcm, turn, "answer")
+                    self.player.play(pcm, turn, source)
                     cm.reschedule(asyncio.get_running_loop().time() + ladder.tts_gap_timeout_ms / 1000)
             return queued
         except (ProviderError, TimeoutError) as exc:
@@ -654,7 +754,7 @@ class CallSession:
                     pcm = await tts.synthesize(text, turn.language)
                 turn.mark("tts_first_audio", self.clock.now())
                 self._answer_started = True
-                self.player.play(pcm, turn, "answer")
+                self.player.play(pcm, turn, source)
                 return True
             except (ProviderError, TimeoutError) as exc:
                 kind, msg = _fault_of(exc, "REST TTS timed out")
@@ -662,9 +762,19 @@ class CallSession:
                 turn.add_fallback(tts.name, kind, msg, action, service="tts")
         return False
 
-    async def _run_ladder(self, turn: TurnRecord, paths: list[str], on_text) -> None:
+    async def _run_ladder(
+        self, turn: TurnRecord, paths: list[str], on_text, first_token_by: float | None
+    ) -> None:
         ladder = LLMLadder(
-            self.config, self.services.llms, self.clock, turn, self.history, f"{self.call_sid}:{turn.index}"
+            self.config,
+            self.services.llms,
+            self.clock,
+            turn,
+            self.history,
+            f"{self.call_sid}:{turn.index}",
+            models=self.services.router.models(self.tenant),
+            health=self.services.router.health,
+            first_token_by=first_token_by,
         )
         await ladder.run(paths, on_text)
 

@@ -50,11 +50,15 @@ class TurnRecord:
     route: dict[str, Any] | None = None
     timeline: dict[str, float] = field(default_factory=dict)
     bridge: bool = False
+    bridge_kind: str | None = None  # "cached" (the phrase) or "ack" (the fast path's acknowledgement)
     fallbacks: list[dict[str, Any]] = field(default_factory=list)
     reply: str = ""  # everything the agent said (or started to say) in this turn
+    reply_answer: str = ""  # the answer's part of the reply (without an acknowledgement)
+    stt_confidence: float | None = None
+    handoff: bool = False  # the turn asks for a human (the caller did, or failure hands off)
     heard: str = ""  # the part whose audio the caller heard (mark echoes)
     interrupted: bool = False
-    outcome: str = "answered"  # answered, apology, not_heard, interrupted
+    outcome: str = "answered"  # answered, apology, handoff, not_heard, interrupted
     usage: dict[str, Any] = field(default_factory=dict)
     chunks: list[str] = field(default_factory=list)
 
@@ -92,6 +96,8 @@ class TurnRecord:
             "budget_ms": self.budget_ms,
             "within_budget": self.within_budget,
             "bridge": self.bridge,
+            "bridge_kind": self.bridge_kind,
+            "handoff": self.handoff,
             "fallbacks": self.fallbacks,
             "reply": self.reply,
             "heard": self.heard,

@@ -75,6 +75,7 @@ class Transcript:
     text: str
     final: bool
     language: str | None = None  # normalised "xx-IN" code when the STT reports one
+    confidence: float | None = None  # 0..1 when the engine reports one (Sarvam's sockets do not)
 
 
 STTEvent = SpeechStarted | SpeechEnded | Transcript

@@ -164,7 +164,7 @@ class OpenAICompatLLM:
         loop = asyncio.get_running_loop()
         start = loop.time()
         # Two clocks: no *data* for stall_timeout_s (keep-alives do not count), and, optionally, no first
-        # token for first_token_timeout_s. ``heard`` tells a silent hang (timeout) from a stall.
+        # token for first_token_timeout_s (which, when set, alone governs the wait for the first data). ``heard`` tells a silent hang (timeout) from a stall.
         last_data = start
         first_deadline = (
             start + self.first_token_timeout_s if self.first_token_timeout_s is not None else None
@@ -173,6 +173,8 @@ class OpenAICompatLLM:
         tokens = 0
 
         def deadline() -> float:
+            if first_deadline is not None and last_data == start:
+                return first_deadline  # before any data only the first-token clock runs: a model may think
             d = last_data + self.stall_timeout_s
             return min(d, first_deadline) if first_deadline is not None else d
 
