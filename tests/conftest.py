@@ -44,9 +44,12 @@ def replay_call():
         config: Config | None = None,
         force: list[tuple[str, str]] = (),
         items: int | None = None,
+        behave: list[tuple[str, str | None, dict]] = (),
     ) -> ReplayResult:
         """``items``: replay only the first N caller items. ``force``: (dice, fault) pairs queued before dialling; dice is one of "stt", "tts",
-        "sarvam_llm", "openrouter_llm" (emulators/stack.py), fault one of emulators.profiles.EMULATED_FAULTS."""
+        "sarvam_llm", "openrouter_llm" (emulators/stack.py), fault one of emulators.profiles.EMULATED_FAULTS.
+        ``behave``: (LLM emulator "openrouter" or "sarvam", model id or None for all, LLMEmulator.behave
+        keyword arguments): persistent per-model latency or faults for the whole call."""
         fixture = load(name)
         if items is not None:  # only the first caller items: a shorter call for tests of one turn
             fixture.script = fixture.script.model_copy(
@@ -56,6 +59,8 @@ def replay_call():
             for dice_name, fault in force:
                 service = "llm" if dice_name.endswith("llm") else dice_name
                 stack.emulators.dice[dice_name].force(service, fault)
+            for emulator, model, kwargs in behave:
+                stack.emulators.llm[emulator].behave(model, **kwargs)
             raw = await replay_fixture(fixture, stack.server_url, speed=speed, config=stack.config)
             data = stack.services.call_json(raw["call_sid"]) or {}
             faults = emulator_faults(stack)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import pytest
 
 from agent.chunker import SpeakableChunker, looks_incomplete
-from agent.config import ConfigError, load_config, parse_config
 from agent.endpointing import Endpointer, SpeechBegan, SpeechPaused
 from agent.fixture import load
 from telephony.audio import ulaw_to_pcm16
@@ -105,36 +104,3 @@ def test_endpointer_waits_for_min_speech_and_silence():
     for i in range(3, 12):
         events += ep.feed(silence, i * 20.0)
     assert not any(isinstance(e, SpeechPaused) for e in events)
-
-
-# ---------------------------------------------------------------- config
-
-
-def test_default_config_loads():
-    cfg = load_config()
-    assert cfg.budget.voice_ms == 1000
-    assert cfg.ladder.paths[0] in cfg.models
-
-
-def test_bad_config_names_the_field(tmp_path):
-    p = tmp_path / "bad.yaml"
-    p.write_text(
-        "providers: {x: {flavor: openrouter, base_url: http://a, api_key_env: K}}\n"
-        "models: {m: {provider: x, model: a}}\n"
-        "ladder: {paths: [m]}\n"
-        "budget: {voice_ms: -5}\n"
-    )
-    with pytest.raises(ConfigError) as exc:
-        load_config(p)
-    assert "budget.voice_ms" in str(exc.value)
-    with pytest.raises(ConfigError, match="ladder.paths.0"):
-        parse_config(
-            {
-                "providers": {"x": {"flavor": "openrouter", "base_url": "http://a", "api_key_env": "K"}},
-                "models": {"m": {"provider": "x", "model": "a"}},
-                "ladder": {"paths": ["nope"]},
-            }
-        )
-    with pytest.raises(ConfigError, match="not valid YAML"):
-        p.write_text("a: [1, 2")
-        load_config(p)

@@ -1,0 +1,147 @@
+"""What the router saves (issue 3): every fixture call under the ``reference`` profile, three ways.
+
+- ``always_fast``: every ladder of the routing table is the fast tier's.
+- ``always_reasoning``: every ladder is the reasoning tier's.
+- ``router``: the routing table as configured (examples/default.yaml).
+
+Per policy: cost per call (the providers' reported cost, else the configured prices), the
+high-stakes turns (the fixture scripts' ``expect_class`` of high or human stakes) and how many
+of them the reasoning tier answered, first-audio p50/p95, and bridges (cached phrase or the fast
+path's acknowledgement). The target: the router's cost at most 40% of always-reasoning while
+every high-stakes turn reaches the reasoning tier.
+
+The calls of one policy run at once against one runtime and one set of emulators, all in this
+process, on 127.0.0.1, in real time.
+
+    python -m bench.routing_cost [--seed 0] [--json PATH] [--fixtures a,b]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import statistics
+from pathlib import Path
+from typing import Any
+
+from agent.config import Config, load_config
+from agent.fixture import Fixture, all_fixture_names, load
+from agent.replay import _percentile, local_stack, replay_fixture
+
+POLICIES = ("always_fast", "always_reasoning", "router")
+_NORM = re.compile(r"[^\w\u0900-\u097f]+")
+
+
+def policy_config(base: Config, policy: str) -> Config:
+    """The base config with every ladder replaced by one tier's (or unchanged for ``router``)."""
+    if policy == "router":
+        return base
+    data = base.model_dump(mode="python", by_alias=True)
+    for tenant in data["tenants"].values():
+        for group in tenant["table"].values():
+            for channel in ("voice", "chat"):
+                table = group.get(channel)
+                if not table:
+                    continue
+                ladder = table["fast"] if policy == "always_fast" else table["reasoning"]
+                table["fast"] = table["reasoning"] = list(ladder)
+                for override in table.get("classes", {}).values():
+                    override["ladder"] = None
+                    override["downgrade"] = False
+    return Config.model_validate(data)
+
+
+def _norm(text: str) -> str:
+    return _NORM.sub(" ", text.lower()).strip()
+
+
+def expected_stakes(fixture: Fixture, transcript: str, table, tenant: str) -> str | None:
+    """The stakes of the script utterance a turn's transcript carries (the last one, if merged)."""
+    said = _norm(transcript)
+    found = None
+    for u in fixture.script.utterances:
+        if u.text and u.expect_class and _norm(u.text) in said:
+            found = table.stakes(tenant, u.expect_class)
+    return found
+
+
+async def run_policy(policy: str, base: Config, fixtures: list[Fixture], seed: int) -> dict[str, Any]:
+    config = policy_config(base, policy)
+    table = config.routing_table()
+    async with local_stack("reference", seed, fixtures, config) as stack:
+        async with asyncio.TaskGroup() as tg:
+            jobs = [tg.create_task(replay_fixture(f, stack.server_url, config=config)) for f in fixtures]
+        calls = [j.result() for j in jobs]
+    turns, high, high_on_reasoning, cost = [], 0, 0, 0.0
+    models = table.models[table.default_tenant]
+    tier_of = {mp.model: mp.tier for mp in models.values()}
+    for fixture, call in zip(fixtures, calls, strict=True):
+        tenant = table.tenant(fixture.script.tenant)
+        for t in call["turns"]:
+            turns.append(t)
+            cost += t.get("usage", {}).get("cost_usd", 0.0)
+            stakes = expected_stakes(fixture, t.get("transcript", ""), table, tenant)
+            if stakes in ("high", "human"):
+                high += 1
+                model = t.get("usage", {}).get("model")
+                high_on_reasoning += tier_of.get(model) == "reasoning"
+    fa = sorted(t["first_audio_ms"] for t in turns if t.get("first_audio_ms") is not None)
+    return {
+        "calls": len(calls),
+        "turns": len(turns),
+        "cost_per_call": round(cost / max(1, len(calls)), 6),
+        "high_stakes_turns": high,
+        "high_stakes_on_reasoning": high_on_reasoning,
+        "first_audio_ms_p50": round(statistics.median(fa), 1) if fa else None,
+        "first_audio_ms_p95": round(_percentile(fa, 95), 1) if fa else None,
+        "within_budget": sum(bool(t.get("within_budget")) for t in turns),
+        "bridges": sum(bool(t.get("bridge")) for t in turns),
+        "bridges_ack": sum(t.get("bridge_kind") == "ack" for t in turns),
+        "escalated_turns": sum(bool((t.get("route") or {}).get("escalated")) for t in turns),
+        "fallbacks": sum(len(t.get("fallbacks", [])) for t in turns),
+    }
+
+
+async def main_async(args) -> dict[str, Any]:
+    base = load_config(args.config)
+    names = args.fixtures.split(",") if args.fixtures else all_fixture_names()
+    fixtures = [load(n) for n in names]
+    results = {}
+    for policy in POLICIES:
+        results[policy] = await run_policy(policy, base, fixtures, args.seed)
+        r = results[policy]
+        print(
+            f"{policy:17s} cost/call ${r['cost_per_call']:.5f}  high-stakes on reasoning "
+            f"{r['high_stakes_on_reasoning']}/{r['high_stakes_turns']}  first audio p50 "
+            f"{r['first_audio_ms_p50']} ms p95 {r['first_audio_ms_p95']} ms  within budget "
+            f"{r['within_budget']}/{r['turns']}  bridges {r['bridges']} ({r['bridges_ack']} ack)  "
+            f"escalated {r['escalated_turns']}",
+            flush=True,
+        )
+    ratio = results["router"]["cost_per_call"] / max(1e-12, results["always_reasoning"]["cost_per_call"])
+    results["router_cost_vs_always_reasoning"] = round(ratio, 4)
+    r = results["router"]
+    print(
+        f"router cost = {ratio:.1%} of always-reasoning (target <= 40%); high-stakes turns on the "
+        f"reasoning tier: {r['high_stakes_on_reasoning']}/{r['high_stakes_turns']}"
+    )
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--config", type=Path, default=None)
+    ap.add_argument("--fixtures", default=None, help="comma-separated fixture names (default: all)")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    results = asyncio.run(main_async(args))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""The router in whole calls (issue 3): fixture calls through the fake carrier, the runtime and the
+emulators on 127.0.0.1, in real time, with the default config (examples/default.yaml).
+
+- fixture calls route as their scripts expect: the billing dispute escalates on its first turn and
+  stays escalated; the order-status call never escalates;
+- Hindi turns use the Indic table's model paths;
+- with the reasoning model hung, the reasoning model slow (p50 3 s) or the fast provider down,
+  every turn still has first audio within budget and the fallbacks show which rung answered.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.config import load_config
+
+CONFIG = load_config()
+TABLE = CONFIG.routing_table()
+MODELS = TABLE.models["default"]
+TIER = {mp.model: mp.tier for mp in MODELS.values()}
+REASONING = MODELS["reasoning"].model  # anthropic/claude-sonnet-4.5 on openrouter
+FAST = MODELS["fast"].model
+FRAME_MS = 20
+
+
+def long_cooldown():
+    """The default config with a cooldown that outlasts a fixture call (so the skip is certain)."""
+    cfg = load_config()
+    cfg.routing.cooldown_s = 120
+    return cfg
+
+
+def llm_fallbacks(turn: dict) -> list[dict]:
+    """The answer ladder's fallbacks (not the acknowledgement's, not STT/TTS)."""
+    return [f for f in turn["fallbacks"] if f.get("service") == "llm" and f.get("role") is None]
+
+
+def answered_tier(turn: dict) -> str | None:
+    return TIER.get(turn["usage"].get("model"))
+
+
+def assert_in_budget(result) -> None:
+    assert result.ended == "completed"
+    for t in result.turns:
+        assert t["first_audio_ms"] is not None, t
+        assert t["first_audio_ms"] <= t["budget_ms"] + FRAME_MS, (
+            t["index"],
+            t["first_audio_ms"],
+            t["timeline"],
+        )
+
+
+async def test_billing_dispute_escalates_on_the_first_turn_and_stays(replay_call):
+    result = await replay_call("billing_dispute", profile="reference", seed=3)
+    assert_in_budget(result)
+    routes = [t["route"] for t in result.turns]
+    assert [r["class"] for r in routes] == ["billing_dispute"] * 3
+    assert all(r["escalated"] and r["tier"] == "reasoning" for r in routes)
+    assert all(answered_tier(t) == "reasoning" for t in result.turns)
+    assert "escalate" in routes[0]["reason"]
+    for t in result.turns:
+        assert t["usage"]["cost_usd"] > 0
+        assert t["route"]["decision_ms"] < 50  # recorded per turn (speed itself is measured in bench/)
+
+
+async def test_order_status_never_escalates(replay_call):
+    result = await replay_call("order_status", profile="reference", seed=3)
+    assert_in_budget(result)
+    classes = [t["route"]["class"] for t in result.turns]
+    assert classes == ["order_tracking", "order_tracking", "faq"]
+    assert not any(t["route"]["escalated"] for t in result.turns)
+    assert all(answered_tier(t) == "fast" for t in result.turns)
+
+
+async def test_angry_caller_escalates_and_asks_for_a_human(replay_call):
+    result = await replay_call("angry_complaint", profile="zero")
+    routes = [t["route"] for t in result.turns]
+    assert [r["class"] for r in routes] == ["complaint", "complaint", "human_request"]
+    assert all(r["escalated"] for r in routes)
+    assert routes[2]["handoff"] and result.turns[2]["handoff"]
+    assert routes[2]["reason"].startswith("rule: asks for a person")
+
+
+@pytest.mark.parametrize(
+    "name, classes, first_path",
+    [
+        ("hindi_billing_dispute", ["billing_dispute"] * 3, "reasoning_backup"),
+        ("hindi_order_status", ["order_tracking", "order_tracking", "faq"], "fast_backup"),
+    ],
+)
+async def test_hindi_turns_use_the_indic_table(replay_call, name, classes, first_path):
+    result = await replay_call(name, profile="zero")
+    indic = TABLE.tenants["default"].table["indic"].voice
+    indic_paths = set(indic.fast) | set(indic.reasoning)
+    assert [t["route"]["class"] for t in result.turns] == classes
+    for t in result.turns:
+        assert t["language"] == "hi-IN" and t["route"]["group"] == "indic"
+        assert t["route"]["paths"][0] == first_path
+        assert t["usage"]["path"] in indic_paths
+        assert MODELS[t["usage"]["path"]].provider == "sarvam"
+
+
+async def test_reasoning_model_hung(replay_call):
+    result = await replay_call(
+        "billing_dispute",
+        profile="reference",
+        seed=5,
+        config=long_cooldown(),
+        behave=[("openrouter", REASONING, {"fault": "hang"})],
+    )
+    assert_in_budget(result)
+    for t in result.turns:
+        assert t["outcome"] == "answered", t
+        # another rung answered, and the fallbacks say why the first one did not
+        assert t["usage"]["rung"] >= 2 and t["usage"]["model"] != REASONING
+        first = llm_fallbacks(t)
+        assert first and first[0]["path"] == "reasoning" and first[0]["kind"] in ("timeout", "cooldown")
+    # The hung path ends up in cooldown and is then skipped without waiting.
+    assert llm_fallbacks(result.turns[-1])[0]["action"] == "skip"
+
+
+async def test_reasoning_model_slow(replay_call):
+    result = await replay_call(
+        "billing_dispute",
+        profile="reference",
+        seed=6,
+        behave=[("openrouter", REASONING, {"ttft_median_s": 3.0, "ttft_p95_s": 4.5})],
+    )
+    assert_in_budget(result)
+    for t in result.turns:
+        assert t["outcome"] == "answered"
+        assert t["bridge"]  # the caller heard an acknowledgement or the bridge while the answer came
+        assert answered_tier(t) == "reasoning"  # the slow model or the backup reasoning rung
+    assert any(f["action"] == "hedge lost" for t in result.turns for f in t["fallbacks"]) or all(
+        t["usage"]["model"] == REASONING for t in result.turns
+    )
+
+
+async def test_fast_provider_down(replay_call):
+    result = await replay_call(
+        "order_status",
+        profile="reference",
+        seed=7,
+        config=long_cooldown(),
+        behave=[("openrouter", None, {"fault": "http_500"})],
+    )
+    assert_in_budget(result)
+    for t in result.turns:
+        assert t["outcome"] == "answered"
+        assert t["usage"]["path"] == "fast_backup" and t["usage"]["rung"] == 2
+        kinds = [f["kind"] for f in llm_fallbacks(t)]
+        assert kinds and set(kinds) <= {"http_500", "cooldown"}
+    # After two failures the path cools down: later turns skip it at once.
+    for t in result.turns[1:]:
+        assert [f["kind"] for f in llm_fallbacks(t)] == ["cooldown"]
