@@ -1,0 +1,264 @@
+"""The stakes classifier: caller turn text -> probabilities over routing classes.
+
+A multinomial logistic regression over hashed-free, vocabulary-indexed features (word unigrams
+and bigrams, character 2-5-grams inside word boundaries), trained by ``python -m routing.train``.
+Inference is numpy only and sits on the turn's critical path, so the per-word part of the
+computation (unigram and character n-gram weights) is cached per model as one summed row per
+word: a turn costs a few dict look-ups and one small ``np.add.reduce`` per word.
+
+The feature function here is the single definition used by training and inference alike.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import threading
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+CLASSES: tuple[str, ...] = (
+    "faq",
+    "order_tracking",
+    "booking_change",
+    "complaint",
+    "billing_dispute",
+    "sales_qualification",
+    "document_support",
+    "regulated",
+    "human_request",
+    "out_of_scope",
+)
+HIGH_CLASSES: tuple[str, ...] = ("booking_change", "complaint", "billing_dispute", "regulated")
+STAKES_LABELS: tuple[str, ...] = ("routine", "high_stakes", "human", "out_of_scope")
+
+MODEL_DIR = Path(__file__).resolve().parent / "model"
+DEFAULT_MODEL_PATH: Path = MODEL_DIR / "stakes.npz"
+
+CHAR_NGRAMS = (2, 3, 4, 5)
+# Words: Unicode word characters plus the whole Devanagari block except the dandas (।, ॥):
+# Python's \w does not match Devanagari vowel signs and viramas, which would split words.
+_TOKEN_RE = re.compile(r"[\w\u0900-\u0963\u0966-\u097f]+")
+_DIGIT_RE = re.compile(r"\d")
+_APOSTROPHES = str.maketrans("", "", "'\u2019`")
+# Per-model cache of per-word rows; bounded so a stream of junk words cannot grow memory.
+_WORD_CACHE_MAX = 50_000
+
+
+def normalize(text: str) -> str:
+    """NFKC, lower case, apostrophes dropped, every digit (any script) -> '0'."""
+    text = unicodedata.normalize("NFKC", text).lower().translate(_APOSTROPHES)
+    return _DIGIT_RE.sub("0", text)
+
+
+def tokens(text: str) -> list[str]:
+    return _TOKEN_RE.findall(normalize(text))
+
+
+def word_features(word: str) -> list[str]:
+    """Unigram plus character n-grams of ' word ' (the padding marks the word boundary)."""
+    feats = ["w " + word]
+    padded = f" {word} "
+    size = len(padded)
+    for n in CHAR_NGRAMS:
+        feats.extend(["c" + padded[i : i + n] for i in range(size - n + 1)])
+    return feats
+
+
+def bigram_features(words: list[str]) -> list[str]:
+    return [f"b {a} {b}" for a, b in zip(words, words[1:], strict=False)]
+
+
+def text_features(text: str) -> list[str]:
+    """All feature strings of one text, with repeats (a feature's value is its count)."""
+    words = tokens(text)
+    feats: list[str] = []
+    for w in words:
+        feats.extend(word_features(w))
+    feats.extend(bigram_features(words))
+    return feats
+
+
+def stakes_of(routing_class: str, high_classes: Iterable[str] = HIGH_CLASSES) -> str:
+    """The dataset label (routine/high_stakes/human/out_of_scope) a routing class stands for."""
+    if routing_class == "human_request":
+        return "human"
+    if routing_class == "out_of_scope":
+        return "out_of_scope"
+    return "high_stakes" if routing_class in set(high_classes) else "routine"
+
+
+def read_labelled_csv(path: str | Path) -> list[tuple[str, str]]:
+    """Rows (text, label) of a CSV with at least the columns ``text,label``."""
+    path = Path(path)
+    rows: list[tuple[str, str]] = []
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        fields = reader.fieldnames or []
+        missing = [c for c in ("text", "label") if c not in fields]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (header is {fields!r})")
+        for line, row in enumerate(reader, start=2):
+            label = (row.get("label") or "").strip()
+            if label not in STAKES_LABELS:
+                raise ValueError(
+                    f"{path}: row {line}: label {label!r} is not one of {', '.join(STAKES_LABELS)}"
+                )
+            rows.append((row.get("text") or "", label))
+    return rows
+
+
+@dataclass(frozen=True, slots=True)
+class Scores:
+    classes: tuple[str, ...]
+    probs: np.ndarray
+
+    def prob(self, routing_class: str) -> float:
+        return float(self.probs[self.classes.index(routing_class)])
+
+    def best(self) -> tuple[str, float]:
+        i = int(self.probs.argmax())
+        return self.classes[i], float(self.probs[i])
+
+    def mass(self, classes: Iterable[str]) -> float:
+        index = self.classes.index
+        return float(sum(self.probs[index(c)] for c in classes))
+
+
+class StakesModel:
+    """A trained artifact: ``stakes.npz`` (weights) + ``stakes.json`` (metadata) beside it."""
+
+    _cache: dict[Path, StakesModel] = {}
+    _cache_lock = threading.Lock()
+
+    def __init__(
+        self,
+        classes: tuple[str, ...],
+        vocab: list[str],
+        weights: np.ndarray,
+        bias: np.ndarray,
+        high_threshold: float,
+        high_classes: tuple[str, ...],
+        version: str,
+        meta: dict | None = None,
+        outputs: tuple[str, ...] | None = None,
+        output_class: np.ndarray | None = None,
+    ) -> None:
+        """``outputs``/``output_class``: the model's own (finer) outputs, e.g. intents, and the class
+        index each one belongs to; a class's probability is the sum of its outputs'. Without them
+        the outputs are the classes."""
+        outputs = outputs or classes
+        if output_class is None:
+            output_class = np.arange(len(classes))
+        if weights.shape != (len(vocab), len(outputs)) or bias.shape != (len(outputs),):
+            raise ValueError(f"weights {weights.shape} / bias {bias.shape} do not fit the vocabulary/outputs")
+        if len(output_class) != len(outputs) or not all(0 <= c < len(classes) for c in output_class):
+            raise ValueError("output_class must give a class index for every output")
+        self.classes = classes
+        self.outputs = outputs
+        self._output_class = np.asarray(output_class, dtype=np.int64)
+        self._identity = len(outputs) == len(classes) and bool(
+            (self._output_class == np.arange(len(classes))).all()
+        )
+        self.high_threshold = float(high_threshold)
+        self.high_classes = high_classes
+        self.version = version
+        self.meta = meta or {}
+        self._index = {f: i for i, f in enumerate(vocab)}
+        # Row len(vocab) is all zeros: the target of out-of-vocabulary features.
+        self._w = np.vstack([weights.astype(np.float64), np.zeros((1, len(outputs)))])
+        self._b = bias.astype(np.float64)
+        self._oov = len(vocab)
+        self._word_rows: dict[str, tuple[np.ndarray, int]] = {}
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> StakesModel:
+        path = Path(path) if path is not None else DEFAULT_MODEL_PATH
+        key = path.resolve()
+        with cls._cache_lock:
+            model = cls._cache.get(key)
+            if model is None:
+                model = cls._read(key)
+                cls._cache[key] = model
+        return model
+
+    @classmethod
+    def _read(cls, path: Path) -> StakesModel:
+        meta = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+        with np.load(path, allow_pickle=False) as z:
+            weights = z["weights"]
+            bias = z["bias"]
+            vocab_blob = z["vocab"].tobytes().decode("utf-8")
+            outputs = tuple(z["outputs"].tobytes().decode("utf-8").split("\n")) if "outputs" in z else None
+            output_class = z["output_class"] if "output_class" in z else None
+        vocab = vocab_blob.split("\n") if vocab_blob else []
+        return cls(
+            classes=tuple(meta["classes"]),
+            vocab=vocab,
+            weights=weights,
+            bias=bias,
+            high_threshold=meta["high_threshold"],
+            high_classes=tuple(meta["high_classes"]),
+            version=meta["version"],
+            meta=meta,
+            outputs=outputs,
+            output_class=output_class,
+        )
+
+    def _word_row(self, word: str) -> tuple[np.ndarray, int]:
+        row = self._word_rows.get(word)
+        if row is None:
+            get = self._index.get
+            oov = self._oov
+            feats = word_features(word)
+            row = (self._w[[get(f, oov) for f in feats]].sum(axis=0), len(feats))
+            if len(self._word_rows) >= _WORD_CACHE_MAX:
+                self._word_rows.clear()
+            self._word_rows[word] = row
+        return row
+
+    def logits(self, text: str) -> np.ndarray:
+        words = tokens(text)
+        if not words:
+            return self._b.copy()
+        rows = [self._word_row(w) for w in words]
+        total = sum(n for _, n in rows) + len(words) - 1  # every n-gram counts, in vocabulary or not
+        get = self._index.get
+        vecs = [r for r, _ in rows]
+        for a, b in zip(words, words[1:], strict=False):
+            i = get(f"b {a} {b}")
+            if i is not None:
+                vecs.append(self._w[i])
+        return np.add.reduce(vecs) * (1.0 / np.sqrt(total)) + self._b
+
+    def scores(self, text: str) -> Scores:
+        z = self.logits(text)
+        z -= z.max()
+        np.exp(z, out=z)
+        z /= z.sum()
+        if not self._identity:
+            z = np.bincount(self._output_class, weights=z, minlength=len(self.classes))
+        return Scores(self.classes, z)
+
+    def p_high(self, scores: Scores) -> float:
+        return scores.mass(self.high_classes)
+
+    def escalates(self, scores: Scores) -> bool:
+        """The tuned decision: stakes-high mass over the threshold, or a human asked for."""
+        return self.p_high(scores) >= self.high_threshold or scores.best()[0] == "human_request"
+
+    def stakes_label(self, scores: Scores) -> str:
+        """Predicted dataset label: human, high_stakes (escalated), out_of_scope, else routine."""
+        best = scores.best()[0]
+        if best == "human_request":
+            return "human"
+        if self.p_high(scores) >= self.high_threshold:
+            return "high_stakes"
+        if best == "out_of_scope":
+            return "out_of_scope"
+        return "routine"
