@@ -100,6 +100,7 @@ class Conversation:
         self.tenant = tenant
         self.channel = channel
         self.escalated = False
+        self.escalated_by = ""
         self.routine_since_escalation = 0
         self.last_class: str | None = None
         self.unresolved = 0  # unresolved turns in a row
@@ -167,10 +168,12 @@ class Conversation:
             if not self.escalated:
                 reason += "; escalate"
             self.escalated = True
+            self.escalated_by = cls
             self.routine_since_escalation = 0
         elif self.escalated:
             self.routine_since_escalation += 1
-            step = cell.step_down_after
+            # The class that escalated says whether (and when) the conversation steps down.
+            step = table.cell(self.tenant, group, self.channel, self.escalated_by).step_down_after
             if step is not None and self.routine_since_escalation >= step:
                 self.escalated = False
                 reason += f"; step down after {step} routine turns"
@@ -242,7 +245,8 @@ class Conversation:
             signals.append("low_stt_confidence")
         spec = " (speculative, confirmed)" if speculative else ""
         extra = f" ({', '.join(why)})" if why else ""
-        if r.table.stakes(self.tenant, best) == "human":
+        uncertain = conf < sig.context_min_confidence and self.last_class is not None
+        if r.table.stakes(self.tenant, best) == "human" and not uncertain:
             return best, f"model{spec}: {best} p={conf:.2f}"
         if p_high >= threshold:
             if r.table.stakes(self.tenant, best) != "high":
@@ -258,7 +262,7 @@ class Conversation:
         if sig.anger and (m := ANGER.search(text)):
             signals.append("anger")
             return "complaint", f"signal: anger ({m.group(0).lower()!r}); model p_high={p_high:.2f}"
-        if conf < sig.context_min_confidence and self.last_class:
+        if uncertain:
             return self.last_class, f"context: follows {self.last_class} (model {best} p={conf:.2f})"
         return best, f"model{spec}: {best} p={conf:.2f}, p_high={p_high:.2f} < {threshold:.2f}{extra}"
 

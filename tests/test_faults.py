@@ -14,57 +14,81 @@ def fallbacks(turn: dict, service: str) -> list[dict]:
 
 async def test_llm_hang_is_hedged_to_the_backup_path(replay_call):
     result = await replay_call(
-        "billing_dispute", profile="zero", speed=2.0, force=[("openrouter_llm", "hang")], items=2
+        "order_status", profile="zero", speed=2.0, force=[("openrouter_llm", "hang")], items=2
     )
     assert result.ended == "completed", result.raw.get("error")
     first = result.turns[0]
     llm = fallbacks(first, "llm")
     assert [(f["kind"], f["action"], f["provider"]) for f in llm] == [("timeout", "hedge lost", "openrouter")]
-    assert first["route"]["model"]
-    assert first["usage"]["model"] == "sarvam-105b"  # the backup path answered
-    assert first["within_budget"] and first["bridge"] is False  # hedge at 700 ms, zero-latency backup
+    assert first["usage"]["model"] == "sarvam-30b" and first["usage"]["rung"] == 2  # the backup answered
+    assert first["usage"]["hedges"] == 1
+    # The hedge starts when the first token could no longer make the budget: no bridge needed.
+    assert first["within_budget"] and first["bridge"] is False
     assert all(t["within_budget"] for t in result.turns)
 
 
-async def test_errors_before_the_first_token_retry_on_the_next_path(replay_call):
+async def test_errors_before_the_first_token_retry_then_take_the_next_rung(replay_call):
     result = await replay_call(
-        "billing_dispute",
+        "order_status",
         profile="zero",
         speed=2.0,
-        force=[("openrouter_llm", "http_500"), ("sarvam_llm", "http_429")],
+        force=[("openrouter_llm", "http_500"), ("openrouter_llm", "http_500"), ("sarvam_llm", "http_429")],
         items=1,
     )
     assert result.ended == "completed", result.raw.get("error")
     first = result.turns[0]
-    assert [(f["kind"], f["action"]) for f in fallbacks(first, "llm")] == [
-        ("http_500", "retry"),
-        ("http_429", "retry"),
+    assert [(f["kind"], f["action"], f["rung"]) for f in fallbacks(first, "llm")] == [
+        ("http_500", "retry same path", 1),
+        ("http_500", "next rung; path cooling down 10 s", 1),
+        ("http_429", "retry same path", 2),
     ]
     assert first["outcome"] == "answered" and first["reply"]
+    assert first["usage"]["path"] == "fast_backup"
 
 
 async def test_every_path_failing_ends_the_turn_with_the_apology(replay_call):
     cfg = load_config()
-    # The ladder alternates between the two paths: fail every attempt it is allowed.
-    force = [("openrouter_llm", "http_500"), ("sarvam_llm", "http_500")] * (cfg.ladder.max_attempts // 2)
-    result = await replay_call("billing_dispute", profile="zero", speed=2.0, force=force, items=2)
+    # Each path is retried once, then cools down: four failures exhaust the ladder.
+    force = [("openrouter_llm", "http_500")] * 2 + [("sarvam_llm", "http_500")] * 2
+    result = await replay_call("order_status", profile="zero", speed=2.0, force=force, items=2)
     assert result.ended == "completed", result.raw.get("error")
     first = result.turns[0]
     assert first["outcome"] == "apology"
     assert len(fallbacks(first, "llm")) == cfg.ladder.max_attempts
     assert first["reply"] == cfg.agent.apology_phrases["en-IN"]
     assert first["within_budget"]
-    assert result.turns[1]["outcome"] == "answered"  # the next turn works again
+    # The next turn: both paths are cooling down, so the first rung is probed rather than saying nothing.
+    second = result.turns[1]
+    assert second["outcome"] == "answered"
+    assert [f["action"] for f in fallbacks(second, "llm")] == ["skip", "skip"]
 
 
-async def test_error_mid_stream_continues_on_the_next_path(replay_call):
+async def test_error_mid_stream_continues_on_the_next_rung(replay_call):
     result = await replay_call(
-        "booking_change", profile="zero", speed=2.0, force=[("openrouter_llm", "error_midstream")], items=1
+        "order_status", profile="zero", speed=2.0, force=[("openrouter_llm", "error_midstream")], items=1
     )
     assert result.ended == "completed", result.raw.get("error")
     first = result.turns[0]
     llm = fallbacks(first, "llm")
-    assert [(f["kind"], f["action"]) for f in llm] == [("stream_error", "continue on next path")]
+    assert [(f["kind"], f["action"]) for f in llm] == [("stream_error", "continue on next rung")]
+    assert first["within_budget"]
+
+
+async def test_high_stakes_failure_hands_off(replay_call):
+    """A billing dispute whose every rung fails: the class says hand off, so the caller hears the
+    handoff phrase, not the plain apology."""
+    cfg = load_config()
+    result = await replay_call(
+        "billing_dispute",
+        profile="zero",
+        speed=2.0,
+        behave=[("openrouter", None, {"fault": "http_500"}), ("sarvam", None, {"fault": "http_500"})],
+        items=1,
+    )
+    first = result.turns[0]
+    assert first["route"]["class"] == "billing_dispute" and first["route"]["on_failure"] == "handoff"
+    assert first["outcome"] == "handoff" and first["handoff"]
+    assert first["reply"].endswith(cfg.agent.handoff_phrases["en-IN"])
     assert first["within_budget"]
 
 

@@ -150,6 +150,8 @@ async def test_fast_provider_down(replay_call):
         assert t["usage"]["path"] == "fast_backup" and t["usage"]["rung"] == 2
         kinds = [f["kind"] for f in llm_fallbacks(t)]
         assert kinds and set(kinds) <= {"http_500", "cooldown"}
-    # After two failures the path cools down: later turns skip it at once.
+    # After two failures the path cools down: later turns skip it at once (a turn the caller
+    # continued before it was answered reports its own skip with the turn that replaced it).
     for t in result.turns[1:]:
-        assert [f["kind"] for f in llm_fallbacks(t)] == ["cooldown"]
+        kinds = [f["kind"] for f in llm_fallbacks(t)]
+        assert kinds and set(kinds) == {"cooldown"}, t["fallbacks"]

@@ -1,0 +1,152 @@
+"""The router's decisions (routing/router.py) with the shipped classifier and the default config,
+and ``voxroute eval-router`` on the held-back splits."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from agent.cli import app
+from agent.config import load_config, parse_config
+from agent.runtime import build_router
+from routing.classifier import read_labelled_csv
+from routing.evaluate import metrics, predict
+
+DATA = Path(__file__).resolve().parent.parent / "data" / "router"
+
+
+@pytest.fixture(scope="module")
+def router():
+    return build_router(load_config())
+
+
+def test_rules_win_over_the_model(router):
+    conv = router.conversation("default")
+    r = conv.decide("can I talk to a real person please", "en-IN")
+    assert r.routing_class == "human_request" and r.handoff and r.escalated
+    assert r.reason.startswith("rule: asks for a person")
+
+
+def test_billing_dispute_escalates_and_stays_escalated(router):
+    conv = router.conversation("default")
+    first = conv.decide("I was charged twice for my order last week.", "en-IN")
+    assert first.routing_class == "billing_dispute" and first.tier == "reasoning" and first.escalated
+    assert "escalate" in first.reason
+    later = conv.decide("Okay, great. Thank you so much.", "en-IN")
+    assert later.routing_class == "faq"
+    assert later.escalated and later.tier == "reasoning" and "sticky escalation" in later.reason
+    assert later.paths[0] == "reasoning"
+
+
+def test_order_tracking_stays_fast_and_a_follow_up_keeps_its_class(router):
+    conv = router.conversation("default")
+    first = conv.decide("Hi, can you tell me where my order is?", "en-IN")
+    assert first.routing_class == "order_tracking" and first.tier == "fast" and not first.escalated
+    follow = conv.decide("It's A one seven four five.", "en-IN")
+    assert follow.routing_class == "order_tracking" and not follow.escalated
+    assert follow.reason.startswith("context: follows order_tracking")
+
+
+def test_step_down_after_routine_turns():
+    cfg = load_config()
+    data = cfg.model_dump(mode="python", by_alias=True)
+    data["routing"]["classes"] = {"complaint": {"stakes": "high", "step_down_after": 2}}
+    router = build_router(parse_config(data))
+    conv = router.conversation("default")
+    assert conv.decide("This is the third time I am calling about the same problem!", "en-IN").escalated
+    assert conv.decide("Hi, can you tell me where my order is?", "en-IN").escalated  # 1 routine turn
+    r = conv.decide("Okay, great. Thank you so much.", "en-IN")
+    assert not r.escalated and r.tier == "fast" and "step down after 2 routine turns" in r.reason
+
+
+def test_signals_money_anger_and_unresolved_turns(router):
+    conv = router.conversation("default")
+    r = conv.decide("Honestly this is ridiculous, what is your opening time", "en-IN")
+    assert "anger" in r.signals or r.stakes == "high"
+    # The same request again after the agent could not answer: escalates although routine.
+    conv = router.conversation("default")
+    conv.decide("what are your opening hours on sunday", "en-IN")
+    conv.outcome("apology")
+    r = conv.decide("what are your opening hours on sunday", "en-IN")
+    assert r.escalated and "unresolved" in r.reason
+    # A money amount lowers the bar for a dispute; the reason says so.
+    conv = router.conversation("default")
+    r = conv.decide("there is a payment of 2,400 rupees I don't know about", "en-IN")
+    assert r.escalated and "money named" in r.reason
+
+
+def test_speculation_on_a_partial_is_confirmed_by_the_same_final(router):
+    conv = router.conversation("default")
+    conv.speculate("I want a refund for the duplicate payment")
+    r = conv.decide("I want a refund for the duplicate payment", "en-IN")
+    assert "speculative, confirmed" in r.reason and r.escalated
+    conv.speculate("I want a")
+    r = conv.decide("I want a refund for the duplicate payment", "en-IN")
+    assert "speculative" not in r.reason  # the final differed: scored afresh
+
+
+def test_hindi_uses_the_indic_table(router):
+    conv = router.conversation("default")
+    r = conv.decide("मेरे कार्ड से दो बार पैसे कट गए हैं।", "hi-IN")
+    assert r.group == "indic" and r.routing_class == "billing_dispute"
+    assert r.paths[0] == "reasoning_backup" and r.escalated
+    r = router.conversation("default").decide("नमस्ते, मेरा ऑर्डर कहाँ है?", "hi-IN")
+    assert r.group == "indic" and r.paths[0] == "fast_backup" and not r.escalated
+
+
+def test_bridge_then_escalate_when_the_reasoning_path_is_too_slow(router):
+    conv = router.conversation("default")
+    r = conv.decide("I was charged twice", "en-IN", budget_left_ms=600)
+    assert r.bridge_first and "bridge then escalate" in r.reason
+    conv = router.conversation("default")
+    r = conv.decide("I was charged twice", "en-IN", budget_left_ms=5000)
+    assert not r.bridge_first
+
+
+@pytest.mark.parametrize("split", ["banking77_test", "clinc150_test", "extra_test"])
+def test_targets_through_the_whole_router(router, split):
+    """The issue's targets, with rules and signals as they run in calls (not the model alone)."""
+    if split == "clinc150_test":
+        with (DATA / "clinc150_banking_credit.csv").open(newline="", encoding="utf-8") as f:
+            rows = [(r["text"], r["label"]) for r in csv.DictReader(f) if r["split"] == "test"]
+    else:
+        rows = read_labelled_csv(DATA / f"{split}.csv")
+    m = metrics(predict(router, rows))
+    assert m["high_stakes_recall"] >= 0.95, m
+    if split != "extra_test":  # extra_test is mostly high-stakes and human rows by design
+        assert m["escalation_rate"] <= 0.35, m
+    if m["human_recall"] is not None:
+        assert m["human_recall"] >= 0.95, m
+
+
+def test_eval_router_cli(tmp_path):
+    src = tmp_path / "data.csv"
+    src.write_text(
+        "text,label\n"
+        "I was charged twice for the same coffee,high_stakes\n"
+        "what time do you open,routine\n"
+        "let me speak to a human,human\n"
+        "who won the world cup in 1998,out_of_scope\n",
+        encoding="utf-8",
+    )
+    out, preds = tmp_path / "m.json", tmp_path / "p.csv"
+    res = CliRunner().invoke(app, ["eval-router", str(src), "--json", str(out), "--predictions", str(preds)])
+    assert res.exit_code == 0, res.output
+    figures = json.loads(out.read_text())
+    assert set(figures) == {
+        "n", "accuracy", "high_stakes_recall", "high_stakes_precision", "human_recall",
+        "escalation_rate", "decision_ms_p50", "decision_ms_p99",
+    }  # fmt: skip
+    assert figures["n"] == 4 and figures["human_recall"] == 1.0 and figures["high_stakes_recall"] == 1.0
+    rows = list(csv.DictReader(preds.open(encoding="utf-8")))
+    assert [r["escalated"] for r in rows[:3]] == ["1", "0", "1"]
+    assert rows[2]["predicted_class"] == "human_request"
+    assert set(rows[0]) == {"text", "label", "predicted_class", "escalated", "decision_ms"}
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,lbl\nhello,routine\n")
+    res = CliRunner().invoke(app, ["eval-router", str(bad)])
+    assert res.exit_code == 2 and "missing" in res.output and "label" in res.output
