@@ -791,19 +791,23 @@ class CallSession:
         tl = turn.timeline
         route = turn.route or {}
         log.info(
-            "turn call=%s index=%d class=%s model=%s first_audio_ms=%s budget_ms=%d within=%s bridge=%s "
-            "fallbacks=%d outcome=%s speech_end=%s endpoint=%s stt_final=%s llm_first_token=%s "
+            "turn call=%s index=%d class=%s escalated=%s model=%s answered_by=%s cost_usd=%s first_audio_ms=%s "
+            "budget_ms=%d within=%s bridge=%s fallbacks=%d outcome=%s reason=%r speech_end=%s endpoint=%s stt_final=%s llm_first_token=%s "
             "tts_first_audio=%s first_audio_out=%s first_audio_heard=%s done=%s",
             self.call_sid,
             turn.index,
             route.get("class"),
+            route.get("escalated"),
             route.get("model"),
+            turn.usage.get("path"),
+            turn.usage.get("cost_usd"),
             turn.first_audio_ms,
             turn.budget_ms,
             turn.within_budget,
             turn.bridge,
             len(turn.fallbacks),
             turn.outcome,
+            route.get("reason"),
             tl.get("speech_end"),
             tl.get("endpoint"),
             tl.get("stt_final"),

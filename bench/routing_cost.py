@@ -75,14 +75,20 @@ async def run_policy(policy: str, base: Config, fixtures: list[Fixture], seed: i
             jobs = [tg.create_task(replay_fixture(f, stack.server_url, config=config)) for f in fixtures]
         calls = [j.result() for j in jobs]
     turns, high, high_on_reasoning, cost = [], 0, 0, 0.0
+    per_turn: dict[str, tuple[float, bool]] = {}  # fixture|transcript -> (cost, high stakes)
     models = table.models[table.default_tenant]
     tier_of = {mp.model: mp.tier for mp in models.values()}
     for fixture, call in zip(fixtures, calls, strict=True):
         tenant = table.tenant(fixture.script.tenant)
         for t in call["turns"]:
             turns.append(t)
-            cost += t.get("usage", {}).get("cost_usd", 0.0)
+            turn_cost = t.get("usage", {}).get("cost_usd", 0.0)
+            cost += turn_cost
             stakes = expected_stakes(fixture, t.get("transcript", ""), table, tenant)
+            per_turn[f"{fixture.name}|{_norm(t.get('transcript', ''))}"] = (
+                turn_cost,
+                stakes in ("high", "human"),
+            )
             if stakes in ("high", "human"):
                 high += 1
                 model = t.get("usage", {}).get("model")
@@ -101,7 +107,19 @@ async def run_policy(policy: str, base: Config, fixtures: list[Fixture], seed: i
         "bridges_ack": sum(t.get("bridge_kind") == "ack" for t in turns),
         "escalated_turns": sum(bool((t.get("route") or {}).get("escalated")) for t in turns),
         "fallbacks": sum(len(t.get("fallbacks", [])) for t in turns),
+        "per_turn": per_turn,
     }
+
+
+def oracle_cost_per_call(fast: dict, reasoning: dict) -> float | None:
+    """The floor for any router on these calls: each turn costs what always-reasoning paid for it
+    when the script marks it high-stakes, and what always-fast paid otherwise (no bridges, no
+    acknowledgements). Turns are matched by fixture and transcript."""
+    total = 0.0
+    for key, (r_cost, high) in reasoning["per_turn"].items():
+        f_cost = fast["per_turn"].get(key, (r_cost, high))[0]
+        total += r_cost if high else f_cost
+    return round(total / max(1, reasoning["calls"]), 6)
 
 
 async def main_async(args) -> dict[str, Any]:
@@ -120,13 +138,22 @@ async def main_async(args) -> dict[str, Any]:
             f"escalated {r['escalated_turns']}",
             flush=True,
         )
-    ratio = results["router"]["cost_per_call"] / max(1e-12, results["always_reasoning"]["cost_per_call"])
+    always = results["always_reasoning"]["cost_per_call"]
+    ratio = results["router"]["cost_per_call"] / max(1e-12, always)
+    oracle = oracle_cost_per_call(results["always_fast"], results["always_reasoning"])
     results["router_cost_vs_always_reasoning"] = round(ratio, 4)
+    results["oracle_cost_per_call"] = oracle
+    results["oracle_cost_vs_always_reasoning"] = round((oracle or 0) / max(1e-12, always), 4)
     r = results["router"]
+    share = r["high_stakes_turns"] / max(1, r["turns"])
     print(
         f"router cost = {ratio:.1%} of always-reasoning (target <= 40%); high-stakes turns on the "
-        f"reasoning tier: {r['high_stakes_on_reasoning']}/{r['high_stakes_turns']}"
+        f"reasoning tier: {r['high_stakes_on_reasoning']}/{r['high_stakes_turns']}; high-stakes share of "
+        f"turns {share:.0%}; oracle floor (reasoning exactly on the high-stakes turns) "
+        f"{results['oracle_cost_vs_always_reasoning']:.1%}"
     )
+    for policy in POLICIES:
+        results[policy].pop("per_turn")
     return results
 
 

@@ -184,7 +184,9 @@ class Conversation:
         first = models[ladder[0]]
         tier = first.tier
         bridge_first = False
-        if tier == "reasoning" and cell.bridge_then_escalate and cell.fast_ladder:
+        # Only a fast-tier path can acknowledge in time (a table without one bridges with the phrase).
+        fast_ack = bool(cell.fast_ladder) and models[cell.fast_ladder[0]].tier == "fast"
+        if tier == "reasoning" and cell.bridge_then_escalate and fast_ack:
             expected = r.ttft_ms(self.tenant, ladder[0], 0.5) + r.tts_first_audio_ms
             left = cell.budget_ms if budget_left_ms is None else budget_left_ms
             if expected > left:
