@@ -660,15 +660,9 @@ class CallSession:
                 if first:
                     got.set()
 
-        ladder = LLMLadder(
-            self.config,
-            self.services.llms,
-            self.clock,
+        ladder = self._ladder(
             turn,
-            self.history,
-            f"{self.call_sid}:{turn.index}:ack",
-            models=self.services.router.models(self.tenant),
-            health=self.services.router.health,
+            ":ack",
             first_token_by=by,
             max_tokens=self.config.ladder.ack_max_tokens,
             extra_messages=[{"role": "system", "content": self.config.agent.ack_prompt}],
@@ -762,21 +756,24 @@ class CallSession:
                 turn.add_fallback(tts.name, kind, msg, action, service="tts")
         return False
 
-    async def _run_ladder(
-        self, turn: TurnRecord, paths: list[str], on_text, first_token_by: float | None
-    ) -> None:
-        ladder = LLMLadder(
+    def _ladder(self, turn: TurnRecord, tag_suffix: str = "", **kwargs) -> LLMLadder:
+        """A ladder for this turn over the tenant's model paths and the shared provider health."""
+        return LLMLadder(
             self.config,
             self.services.llms,
             self.clock,
             turn,
             self.history,
-            f"{self.call_sid}:{turn.index}",
+            f"{self.call_sid}:{turn.index}{tag_suffix}",
             models=self.services.router.models(self.tenant),
             health=self.services.router.health,
-            first_token_by=first_token_by,
+            **kwargs,
         )
-        await ladder.run(paths, on_text)
+
+    async def _run_ladder(
+        self, turn: TurnRecord, paths: list[str], on_text, first_token_by: float | None
+    ) -> None:
+        await self._ladder(turn, first_token_by=first_token_by).run(paths, on_text)
 
     # ------------------------------------------------------------------ end of call and logs
 
