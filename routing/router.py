@@ -18,6 +18,7 @@ Work on partial transcripts: ``speculate(text)`` scores a partial while the call
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from routing.classifier import Scores, StakesModel
 from routing.health import Health
 from routing.route import Route
 from routing.table import ModelPath, RoutingTable
+
+log = logging.getLogger("voxroute.routing")
 
 ANGER = re.compile(
     r"\b(third time|(?:second|fourth|fifth) time|again and again|ridiculous|useless|pathetic|fed up|"
@@ -136,6 +139,45 @@ class Conversation:
         budget_left_ms: float | None = None,
         stt_confidence: float | None = None,
         dtmf: bool = False,
+    ) -> Route:
+        """The route of one caller turn. A bug here must not cost the caller the turn: any error
+        gives the conversation's current ladder with the error as the reason (and a log line)."""
+        try:
+            return self._decide(text, language, budget_left_ms, stt_confidence, dtmf)
+        except Exception as exc:
+            log.exception("routing failed for %r; using the fallback route", text[:80])
+            return self._fallback_route(language, f"router error: {exc!r}")
+
+    def _fallback_route(self, language: str, reason: str) -> Route:
+        table = self.router.table
+        group = table.group(self.tenant, language)
+        cls = self.last_class or "faq"
+        cell = table.cell(self.tenant, group, self.channel, cls)
+        ladder = cell.escalated_ladder if self.escalated else cell.ladder
+        first = table.models[self.tenant][ladder[0]]
+        return Route(
+            routing_class=cls,
+            tier=first.tier,
+            model=first.model,
+            paths=ladder,
+            reason=reason,
+            stakes=cell.stakes,
+            escalated=self.escalated,
+            on_failure=cell.on_failure,
+            budget_ms=cell.budget_ms,
+            fast_paths=cell.fast_ladder,
+            tenant=self.tenant,
+            group=group,
+            channel=self.channel,
+        )
+
+    def _decide(
+        self,
+        text: str,
+        language: str,
+        budget_left_ms: float | None,
+        stt_confidence: float | None,
+        dtmf: bool,
     ) -> Route:
         t0 = time.perf_counter()
         r = self.router

@@ -150,3 +150,17 @@ def test_eval_router_cli(tmp_path):
     bad.write_text("text,lbl\nhello,routine\n")
     res = CliRunner().invoke(app, ["eval-router", str(bad)])
     assert res.exit_code == 2 and "missing" in res.output and "label" in res.output
+
+
+def test_a_router_error_still_routes_the_turn(router, monkeypatch, caplog):
+    conv = router.conversation("default")
+    conv.decide("I was charged twice", "en-IN")
+
+    def broken(text):
+        raise RuntimeError("model file corrupted")
+
+    monkeypatch.setattr(router.model, "scores", broken)
+    r = conv.decide("and another thing about my account", "en-IN")
+    assert r.reason.startswith("router error: RuntimeError")
+    assert r.routing_class == "billing_dispute" and r.escalated and r.paths[0] == "reasoning"
+    assert "routing failed" in caplog.text
