@@ -1,0 +1,264 @@
+"""Signed webhook delivery (the handoff summary), retried with backoff, never blocking the call.
+
+``submit(url, body)`` is synchronous and only enqueues onto a bounded queue; ``run()`` (a task in the
+owner's TaskGroup) delivers with a few concurrent workers; ``aclose(deadline_s)`` stops taking new
+bodies and drains the queue within the deadline. When the queue is full the *oldest* waiting body is
+dropped with an error log line: the newest summary is the one an operator needs, and the call never
+waits for a slow receiver.
+
+Each POST carries::
+
+    Content-Type: application/json
+    X-Voxroute-Signature: sha256=<hex HMAC-SHA256(secret, body)>
+    X-Voxroute-Timestamp: <unix seconds of this attempt>
+    X-Voxroute-Delivery: <id, the same on every retry of one body: receivers de-duplicate on it>
+
+The signature covers the body only (the receiver checks it with :func:`verify_signature`); the
+timestamp lets a receiver reject stale deliveries but is not signed.
+
+Retried: connection errors, timeouts, 5xx and 429 (``attempts`` in all, delays ``base_delay_s * 2**n``
+capped at ``max_delay_s``). Not retried: other 4xx and 3xx (logged, given up).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "X-Voxroute-Signature"
+TIMESTAMP_HEADER = "X-Voxroute-Timestamp"
+DELIVERY_HEADER = "X-Voxroute-Delivery"
+SIGNATURE_PREFIX = "sha256="
+
+
+def sign(body: bytes, secret: str | bytes) -> str:
+    """The ``X-Voxroute-Signature`` value for ``body``: ``sha256=<hex>``."""
+    key = secret.encode() if isinstance(secret, str) else secret
+    return SIGNATURE_PREFIX + hmac.new(key, body, hashlib.sha256).hexdigest()
+
+
+def verify_signature(body: bytes, secret: str | bytes, header: str | None) -> bool:
+    """Constant-time check of an ``X-Voxroute-Signature`` header (for receivers and tests)."""
+    if not header or not header.startswith(SIGNATURE_PREFIX):
+        return False
+    return hmac.compare_digest(sign(body, secret).encode(), header.strip().encode("utf-8", "replace"))
+
+
+@dataclass(frozen=True)
+class _Delivery:
+    url: str
+    body: bytes
+    delivery_id: str
+    queued_at: float
+
+
+@dataclass
+class WebhookStats:
+    queued: int = 0
+    delivered: int = 0
+    failed: int = 0  # gave up after retries or a non-retryable answer
+    dropped: int = 0  # pushed out of a full queue, or submitted after close
+    abandoned: int = 0  # still queued or in flight when aclose's deadline passed
+
+
+class WebhookSender:
+    """Delivers signed JSON bodies. ``run()`` must be running (in the owner's TaskGroup) to deliver."""
+
+    def __init__(
+        self,
+        secret: str | bytes,
+        *,
+        attempts: int = 5,
+        base_delay_s: float = 0.5,
+        max_delay_s: float = 10.0,
+        timeout_s: float = 5.0,
+        queue_size: int = 100,
+        concurrency: int = 4,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        if not secret:
+            raise ValueError("webhook secret must not be empty")
+        if attempts < 1 or queue_size < 1 or concurrency < 1 or timeout_s <= 0:
+            raise ValueError("attempts, queue_size and concurrency must be >= 1, timeout_s > 0")
+        self._secret = secret
+        self.attempts = attempts
+        self.base_delay_s = base_delay_s
+        self.max_delay_s = max_delay_s
+        self.timeout_s = timeout_s
+        self.concurrency = concurrency
+        self._client = client  # None: run() owns one
+        self._queue: asyncio.Queue[_Delivery] = asyncio.Queue(maxsize=queue_size)
+        self._closing = False
+        self._running = False
+        self._stopped = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._in_flight = 0
+        self.stats = WebhookStats()
+
+    def __repr__(self) -> str:
+        return f"WebhookSender(queued={self._queue.qsize()}, closing={self._closing})"
+
+    # ------------------------------------------------------------------ caller side (never blocks)
+
+    def submit(self, url: str, body: bytes, *, delivery_id: str | None = None) -> bool:
+        """Queue ``body`` for ``url``. False (and a log line) if not accepted: closed or bad URL.
+
+        When the queue is full, the oldest waiting body is dropped (logged as an error) to make room.
+        """
+        if not isinstance(body, bytes | bytearray):
+            raise TypeError(f"webhook body must be bytes, got {type(body).__name__}")
+        delivery_id = delivery_id or uuid.uuid4().hex
+        if self._closing:
+            self.stats.dropped += 1
+            log.error("webhook %s to %s dropped: sender is closing", delivery_id, url)
+            return False
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            self.stats.dropped += 1
+            log.error("webhook %s dropped: not an http(s) URL: %r", delivery_id, url)
+            return False
+        if self._queue.full():
+            oldest = self._queue.get_nowait()
+            self._queue.task_done()
+            self.stats.dropped += 1
+            log.error(
+                "webhook queue full (%d): dropped the oldest delivery %s to %s, queued %.1f s ago",
+                self._queue.maxsize,
+                oldest.delivery_id,
+                oldest.url,
+                time.monotonic() - oldest.queued_at,
+            )
+        self._queue.put_nowait(_Delivery(url, bytes(body), delivery_id, time.monotonic()))
+        self.stats.queued += 1
+        return True
+
+    @property
+    def pending(self) -> int:
+        """Deliveries queued or in flight."""
+        return self._queue.qsize() + self._in_flight
+
+    # ------------------------------------------------------------------ the owner's task
+
+    async def run(self) -> None:
+        """Deliver until :meth:`aclose`. Run it as a task of the owner's TaskGroup."""
+        if self._running:
+            raise RuntimeError("WebhookSender.run() is already running")
+        self._running = True
+        try:
+            if self._client is not None:
+                await self._serve(self._client)
+            else:
+                async with httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False) as client:
+                    await self._serve(client)
+        finally:
+            self._running = False
+            self._stopped.set()
+
+    async def _serve(self, client: httpx.AsyncClient) -> None:
+        async with asyncio.TaskGroup() as tg:
+            workers = [tg.create_task(self._worker(client)) for _ in range(self.concurrency)]
+            await self._stop.wait()  # set by aclose() once drained or out of time
+            for task in workers:
+                task.cancel()
+
+    async def _worker(self, client: httpx.AsyncClient) -> None:
+        while True:
+            delivery = await self._queue.get()
+            self._in_flight += 1
+            try:
+                await self._deliver(client, delivery)
+            except Exception:  # a bug here must not stop the other deliveries
+                self.stats.failed += 1
+                log.exception("webhook %s to %s: unexpected error", delivery.delivery_id, delivery.url)
+            finally:
+                self._in_flight -= 1
+                self._queue.task_done()
+
+    async def _deliver(self, client: httpx.AsyncClient, delivery: _Delivery) -> None:
+        signature = sign(delivery.body, self._secret)
+        outcome = ""
+        for attempt in range(1, self.attempts + 1):
+            headers = {
+                "Content-Type": "application/json",
+                SIGNATURE_HEADER: signature,
+                TIMESTAMP_HEADER: str(int(time.time())),
+                DELIVERY_HEADER: delivery.delivery_id,
+            }
+            retryable = True
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    response = await client.post(delivery.url, content=delivery.body, headers=headers)
+                if 200 <= response.status_code < 300:
+                    self.stats.delivered += 1
+                    log.info(
+                        "webhook %s delivered to %s (HTTP %d, attempt %d)",
+                        delivery.delivery_id,
+                        delivery.url,
+                        response.status_code,
+                        attempt,
+                    )
+                    return
+                outcome = f"HTTP {response.status_code}"
+                retryable = response.status_code >= 500 or response.status_code == 429
+            except TimeoutError:
+                outcome = f"no answer within {self.timeout_s:g} s"
+            except httpx.HTTPError as exc:  # connect errors, read errors, protocol errors
+                outcome = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            if not retryable or attempt == self.attempts:
+                break
+            delay = min(self.max_delay_s, self.base_delay_s * 2 ** (attempt - 1))
+            log.info(
+                "webhook %s to %s: attempt %d failed (%s), retrying in %.2f s",
+                delivery.delivery_id,
+                delivery.url,
+                attempt,
+                outcome,
+                delay,
+            )
+            await asyncio.sleep(delay)
+        self.stats.failed += 1
+        log.error(
+            "webhook %s to %s failed after %d attempt%s: %s%s",
+            delivery.delivery_id,
+            delivery.url,
+            attempt,
+            "" if attempt == 1 else "s",
+            outcome,
+            "" if retryable else " (not retried)",
+        )
+
+    # ------------------------------------------------------------------ shutdown
+
+    async def aclose(self, deadline_s: float = 5.0) -> None:
+        """Take no new bodies, wait up to ``deadline_s`` for the queue to drain, then stop ``run()``."""
+        self._closing = True
+        if not self._running:
+            await asyncio.sleep(0)  # a run() task created just now gets to start
+        if self._running:
+            try:
+                async with asyncio.timeout(deadline_s):
+                    await self._queue.join()
+            except TimeoutError:
+                pass
+        left = self.pending
+        if left:
+            self.stats.abandoned += left
+            log.error(
+                "webhook sender closed with %d deliver%s undelivered", left, "y" if left == 1 else "ies"
+            )
+        self._stop.set()
+        if self._running:
+            await self._stopped.wait()
+        while not self._queue.empty():  # nobody will deliver these any more
+            self._queue.get_nowait()
+            self._queue.task_done()
