@@ -19,16 +19,13 @@ extraction is careful about how callers really say things on the phone:
 Everything here is sans-I/O except :func:`summarise`, which only awaits the provider stream.
 Nothing in this module raises on bad input: odd transcripts give fewer entities, never an error.
 
-Webhook bodies are signed with :func:`sign_body` (hex HMAC-SHA256 over the exact bytes, sent as
-``X-Voxroute-Signature: sha256=<hex>``) and checked with :func:`verify_signature`.
+Webhook bodies are signed and delivered by :mod:`agent.webhook`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import inspect
 import json
 import logging
@@ -45,7 +42,6 @@ from routing.table import BUILTIN_CLASSES
 
 log = logging.getLogger("voxroute.handoff")
 
-SIGNATURE_HEADER = "X-Voxroute-Signature"
 EntityKind = Literal[
     "order_ref", "booking_ref", "amount", "date", "card_last4", "account_last4", "name", "phone"
 ]
@@ -1287,25 +1283,3 @@ async def summarise(
         why = f"{name}/{model}: unexpected {e!r:.200}"
     log.warning("handoff summary: %s; using the deterministic summary", why)
     return deterministic_summary(turns, call_language)
-
-
-# ---------------------------------------------------------------- webhook signature
-
-
-def sign_body(body: bytes, secret: str) -> str:
-    """Hex HMAC-SHA256 of the exact body bytes (sent as ``X-Voxroute-Signature: sha256=<hex>``)."""
-    return hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
-
-
-def verify_signature(body: bytes, secret: str, header: str | None) -> bool:
-    """Constant-time check of a signature header (``<hex>`` or ``sha256=<hex>``). False on anything odd."""
-    if not isinstance(header, str) or not isinstance(body, bytes | bytearray) or not secret:
-        return False
-    given = header.strip()
-    if given.lower().startswith("sha256="):
-        given = given[7:]
-    try:
-        given_b = given.lower().encode("ascii")
-    except UnicodeEncodeError:
-        return False
-    return hmac.compare_digest(given_b, sign_body(bytes(body), secret).encode("ascii"))
