@@ -100,6 +100,20 @@ class AgentConfig(_Model):
             "hi-IN": "क्षमा करें, मैं अभी यह हल नहीं कर पा रहा हूँ। मैं आपको एक सहकर्मी से जोड़ रहा हूँ।",
         }
     )
+    transfer_phrases: dict[str, str] = Field(
+        default_factory=lambda: {
+            "en-IN": "Of course. I'm connecting you to a colleague now, who will have the details. Please hold.",
+            "hi-IN": "ज़रूर। मैं आपको अभी एक सहकर्मी से जोड़ रहा हूँ, उनके पास पूरी जानकारी होगी। कृपया प्रतीक्षा करें।",
+        }
+    )
+    callback_phrases: dict[str, str] = Field(
+        default_factory=lambda: {
+            "en-IN": "Sorry, no one could take your call just now. A colleague will call you back soon. "
+            "Is there anything else I can help with?",
+            "hi-IN": "क्षमा करें, अभी कोई सहकर्मी उपलब्ध नहीं है। हम जल्द ही आपको वापस कॉल करेंगे। "
+            "क्या मैं और कुछ मदद कर सकता हूँ?",
+        }
+    )
     ack_prompt: str = (
         "Before the full answer, say only one short sentence (under twelve words) that shows you "
         "understood the caller and are checking. Do not answer yet."
@@ -112,6 +126,18 @@ class AgentConfig(_Model):
     )
     max_tokens: int = Field(default=160, gt=0)
     temperature: float = Field(default=0.3, ge=0, le=2)
+
+
+class HandoffConfig(_Model):
+    """Handing a call to a person: the summary, its webhook, the Twilio transfer."""
+
+    summary_timeout_ms: int = Field(default=2000, gt=0)  # the model's summary, else the deterministic one
+    dial_timeout_s: int = Field(default=30, ge=5, le=600)
+    dtmf_digit: str | None = Field(default="0", pattern=r"^[0-9*#]$")  # keyed alone: a person, please
+    webhook_url: str | None = Field(default=None, pattern=r"^https?://")
+    webhook_secret_env: str = "VOXROUTE_WEBHOOK_SECRET"
+    twilio_account_sid_env: str = "TWILIO_ACCOUNT_SID"
+    operator_api_key_env: str = "VOXROUTE_API_KEY"
 
 
 class TelephonyConfig(_Model):
@@ -133,6 +159,7 @@ class Config(_Model):
     endpoint: EndpointConfig = EndpointConfig()
     agent: AgentConfig = AgentConfig()
     telephony: TelephonyConfig = TelephonyConfig()
+    handoff: HandoffConfig = HandoffConfig()
 
     @model_validator(mode="after")
     def _references(self) -> Config:

@@ -145,6 +145,8 @@ async def replay_fixture(
         "faults": call.get("faults", []),
         "carrier": result.as_dict(),
     }
+    if call.get("handoff"):
+        out["handoff"] = call["handoff"]
     if ended == "error":
         out["error"] = (
             "; ".join(errors) or f"carrier did not complete the call (runtime ended={call.get('ended')})"

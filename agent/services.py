@@ -6,7 +6,7 @@ import asyncio
 import logging
 import math
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -16,10 +16,23 @@ from routing.router import Router
 
 if TYPE_CHECKING:
     from agent.session import CallSession, CallSummary
+    from agent.webhook import WebhookSender
+
 
 log = logging.getLogger("voxroute.services")
 
-PHRASE_KINDS = ("bridge", "apology", "not_heard", "handoff")
+
+class Transfers(Protocol):
+    """Hands a live call to a person (the runtime gives a carrier's implementation)."""
+
+    async def transfer(
+        self, call_sid: str, to: str, caller_id: str | None, say: str | None = None
+    ) -> bool: ...
+
+    async def hang_up(self, call_sid: str) -> bool: ...
+
+
+PHRASE_KINDS = ("bridge", "apology", "not_heard", "handoff", "transfer", "callback")
 
 
 def comfort_tone(ms: int = 600) -> bytes:
@@ -49,6 +62,9 @@ class Services:
         self.mode = mode  # "live" or "emulated": said in logs and call pages
         self.calls: dict[str, CallSession] = {}
         self.finished: OrderedDict[str, CallSummary] = OrderedDict()
+        self.call_control: Transfers | None = None  # transfers and hang-ups (runtime sets it)
+        self.webhooks: WebhookSender | None = None  # the handoff webhook (runtime sets it)
+        self.handoffs: dict[str, dict[str, Any]] = {}  # call sid -> handoff record (summary, transfer)
         self._phrases: dict[tuple[str, str], bytes] = {}
         self._phrase_locks: dict[tuple[str, str], asyncio.Lock] = {}
 
@@ -80,6 +96,7 @@ class Services:
             "history": summary.history,
             "merged_turns": summary.merged,
             "faults": summary.faults,
+            "handoff": self.handoffs.get(summary.call_sid),
         }
 
     # ---- cached phrases (bridge, apology, not heard): synthesised once per language
@@ -91,6 +108,8 @@ class Services:
             "apology": agent.apology_phrases,
             "not_heard": agent.not_heard_phrases,
             "handoff": agent.handoff_phrases,
+            "transfer": agent.transfer_phrases,
+            "callback": agent.callback_phrases,
         }
         return self.config.phrase(table[kind], language)
 

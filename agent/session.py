@@ -16,6 +16,7 @@ Invariant: every turn puts agent audio on the wire within its budget, whatever t
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import deque
@@ -24,6 +25,7 @@ from typing import Any
 
 from agent.chunker import SpeakableChunker, looks_incomplete
 from agent.endpointing import Endpointer, SpeechBegan, SpeechPaused
+from agent.handoff import summarise, whisper_sentence
 from agent.ladder import LadderExhausted, LLMLadder
 from agent.link import CallEnded, CarrierLink, InboundAudio, InboundDtmf, MarkEcho
 from agent.metrics import InboundClock
@@ -107,6 +109,14 @@ class CallSession:
         self._end_marks: dict[str, asyncio.Event] = {}
         self._pending_faults: list[dict[str, Any]] = []  # STT faults, reported on the next turn
         self._next_index = 1
+        # handoff to a person
+        self._tg: asyncio.TaskGroup | None = None
+        self._handoff_task: asyncio.Task | None = None
+        self.resumed = start.parameters.get("resume") == "transfer_failed"
+        if self.resumed:  # back from a failed transfer: the conversation goes on where it was
+            earlier = services.finished.get(self.call_sid)
+            if earlier is not None and earlier.history:
+                self.history = [dict(m) for m in earlier.history]
         # STT
         self._stt: STTStream | None = None
         self._stt_ready = asyncio.Event()
@@ -126,6 +136,9 @@ class CallSession:
         self.services.register(self)
         try:
             async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                if self.resumed:
+                    tg.create_task(self._after_failed_transfer(), name=f"{self.call_sid}:resume")
                 tg.create_task(self._stt_loop(), name=f"{self.call_sid}:stt")
                 tg.create_task(self.player.run(), name=f"{self.call_sid}:outbound")
                 tg.create_task(self._turn_loop(tg), name=f"{self.call_sid}:turns")
@@ -495,6 +508,8 @@ class CallSession:
                         if not await self._answer(turn):
                             if (turn.route or {}).get("on_failure") == "handoff":
                                 turn.outcome, turn.handoff = "handoff", True
+                                if self._can_transfer():
+                                    self._begin_handoff(turn, "every model path failed")
                                 await self._speak_phrase(turn, "handoff")
                             else:
                                 turn.outcome = "apology"
@@ -609,6 +624,14 @@ class CallSession:
         turn.route = route.as_dict()
         turn.handoff = route.handoff
         turn.mark("route", self.clock.now())
+        digit = self.config.handoff.dtmf_digit
+        keyed_for_person = turn.kind == "dtmf" and digit is not None and turn.transcript.rstrip("#") == digit
+        if (route.handoff or keyed_for_person) and self._can_transfer():
+            why = "the caller asked for a person" if route.handoff else f"the caller pressed {digit}"
+            turn.handoff, turn.outcome = True, "handoff"
+            self._begin_handoff(turn, why)
+            await self._speak_phrase(turn, "transfer")
+            return True
         audio_by = speech_end + route.budget_ms - b.bridge_lead_ms  # answer audio out by then: no bridge
         first_token_by: float | None = audio_by - b.tts_first_audio_ms
         chunks: asyncio.Queue[str | None] = asyncio.Queue()
@@ -774,6 +797,90 @@ class CallSession:
         self, turn: TurnRecord, paths: list[str], on_text, first_token_by: float | None
     ) -> None:
         await self._ladder(turn, first_token_by=first_token_by).run(paths, on_text)
+
+    # ------------------------------------------------------------------ handoff to a person
+
+    def _can_transfer(self) -> bool:
+        tenant = self.services.router.table.tenants[self.tenant]
+        return self.services.call_control is not None and bool(tenant.human_queue) and self._tg is not None
+
+    def _begin_handoff(self, turn: TurnRecord, why: str) -> None:
+        """Summarise and transfer in the call's own task group: the turn goes on speaking meanwhile."""
+        if self._handoff_task is not None or self._tg is None:
+            return
+        log.info("call %s turn %d: handing off (%s)", self.call_sid, turn.index, why)
+        turn_task = asyncio.current_task()
+        self._handoff_task = self._tg.create_task(
+            self._handoff(turn, why, turn_task), name=f"{self.call_sid}:handoff"
+        )
+
+    def _summary_model(self) -> tuple[Any, str]:
+        """The tenant's first reasoning path: it writes the summary (structured output)."""
+        table = self.services.router.table
+        cell = table.cell(self.tenant, table.group(self.tenant, self.language), "voice", "human_request")
+        mp = table.models[self.tenant][cell.ladder[0]]
+        return self.services.llms.get(mp.provider), mp.model
+
+    async def _handoff(self, turn: TurnRecord, why: str, turn_task: asyncio.Task | None) -> None:
+        h = self.config.handoff
+        tenant = self.services.router.table.tenants[self.tenant]
+        t0 = self.clock.now()
+        llm, model = self._summary_model()
+        summary = await summarise(
+            [t.as_dict() for t in self.turns],
+            self.language,
+            llm,
+            model,
+            timeout_s=h.summary_timeout_ms / 1000,
+            tag=f"{self.call_sid}:handoff",
+        )
+        record: dict[str, Any] = {
+            "trigger": why,
+            "turn": turn.index,
+            "to": tenant.human_queue,
+            "summary_ms": round(self.clock.now() - t0, 1),
+            "whisper": whisper_sentence(summary),
+            "transferred": False,
+            **summary.model_dump(mode="json"),
+        }
+        self.services.handoffs[self.call_sid] = record
+        if self.services.webhooks is not None and h.webhook_url:
+            body = {
+                "call_sid": self.call_sid,
+                "tenant": self.tenant,
+                "trigger": why,
+                "summary": summary.model_dump(mode="json"),
+            }
+            self.services.webhooks.submit(h.webhook_url, json.dumps(body, ensure_ascii=False).encode())
+        if turn_task is not None and turn_task is not asyncio.current_task():
+            await asyncio.wait([turn_task])  # the caller hears "connecting you" before the line changes
+        assert self.services.call_control is not None and tenant.human_queue
+        try:
+            ok = await self.services.call_control.transfer(
+                self.call_sid, tenant.human_queue, tenant.caller_id
+            )
+        except Exception as exc:  # the carrier refused: the caller stays with the agent
+            log.warning("call %s: transfer to %s failed: %s", self.call_sid, tenant.human_queue, exc)
+            record["error"] = f"{type(exc).__name__}: {exc}"[:300]
+            self._handoff_task = None
+            await self._play_phrase("callback")
+            return
+        record["transferred"] = ok
+        if not ok:  # the call had already ended
+            return
+        log.info("call %s: transferred to %s; closing the media stream", self.call_sid, tenant.human_queue)
+        self.ended = "handoff"
+        await self.link.hangup()
+
+    async def _play_phrase(self, kind: str) -> None:
+        """A phrase outside any turn (after a failed transfer): played and kept in the history."""
+        pcm = await self.services.phrase(self.language, kind)
+        self.player.play(pcm, None, kind)
+        self.history.append({"role": "assistant", "content": self.services.phrase_text(self.language, kind)})
+
+    async def _after_failed_transfer(self) -> None:
+        log.info("call %s: back from a failed transfer", self.call_sid)
+        await self._play_phrase("callback")
 
     # ------------------------------------------------------------------ end of call and logs
 

@@ -24,6 +24,11 @@ from emulators.profiles import Dice, get_profile
 from emulators.sarvam import create_stt_app, create_tts_app
 from emulators.serve import serve_app, ws_url
 from emulators.transcripts import TranscriptLibrary
+from emulators.twilio_rest import TwilioRestEmulator
+
+# Credentials of the emulated Twilio account (the runtime uses them when no real ones are set).
+EMULATED_ACCOUNT_SID = "AC" + "0" * 31 + "1"
+EMULATED_AUTH_TOKEN = "emulated-twilio-auth-token"
 
 
 class PathDispatch:
@@ -76,6 +81,7 @@ class EmulatorStack:
     library: TranscriptLibrary | None = None
     stt_app: Any = None
     tts_app: Any = None
+    twilio: TwilioRestEmulator | None = None
 
 
 def fixture_library(extra: list[Fixture] | None = None) -> TranscriptLibrary:
@@ -126,11 +132,17 @@ async def run_emulators(
             "/_emulator/llm": "/_emulator",
         },
     )
-    async with serve_app(sarvam) as sarvam_url, serve_app(openrouter_llm.app) as openrouter_url:
+    twilio = TwilioRestEmulator(EMULATED_ACCOUNT_SID, EMULATED_AUTH_TOKEN)
+    async with (
+        serve_app(sarvam) as sarvam_url,
+        serve_app(openrouter_llm.app) as openrouter_url,
+        serve_app(twilio.app) as twilio_url,
+    ):
         urls = EmulatorURLs(
             llm={"sarvam": f"{sarvam_url}/v1", "openrouter": f"{openrouter_url}/api/v1"},
             sarvam_ws=ws_url(sarvam_url),
             sarvam_rest=sarvam_url,
+            twilio_api=twilio_url,
         )
         yield EmulatorStack(
             urls=urls,
@@ -141,4 +153,5 @@ async def run_emulators(
             library=library,
             stt_app=stt_app,
             tts_app=tts_app,
+            twilio=twilio,
         )

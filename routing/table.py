@@ -159,6 +159,8 @@ class TenantConfig(_Model):
     classes: dict[str, ClassDef] = Field(default_factory=dict)  # the tenant's own classes or changes
     rules: list[Rule] = Field(default_factory=list)  # tried before the shared rules
     table: dict[str, GroupTable]  # language group -> channel tables
+    human_queue: str | None = Field(default=None, pattern=r"^(\+[1-9]\d{6,14}|sips?:\S+)$")  # E.164 or sip:
+    caller_id: str | None = Field(default=None, pattern=r"^\+[1-9]\d{6,14}$")  # shown to the human
 
 
 class RoutingConfig(_Model):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 from fastapi import FastAPI, Request, WebSocket
@@ -23,6 +24,13 @@ from starlette.datastructures import MultiDict
 from starlette.websockets import WebSocketDisconnect
 
 from agent.link import CallEnded, CallStart, CarrierEvent, CarrierLink, InboundAudio, InboundDtmf, MarkEcho
+from telephony.call_control import (
+    DialResult,
+    dial_action_result,
+    hangup_twiml,
+    return_to_agent_twiml,
+    whisper_twiml,
+)
 from telephony.twilio import (
     MAX_MESSAGE_BYTES,
     Dtmf,
@@ -48,6 +56,8 @@ log = logging.getLogger(__name__)
 
 VOICE_PATH = "/twilio/voice"
 STREAM_PATH = "/twilio/stream"
+WHISPER_PATH = "/twilio/whisper"  # + /{CallSid}: what the human hears before the caller is connected
+DIAL_ACTION_PATH = "/twilio/dial-action"  # + /{CallSid}: how the human leg of a transfer ended
 MAX_WEBHOOK_BYTES = 64 * 1024
 INBOUND_TRACKS = frozenset({"inbound", "inbound_track"})
 
@@ -211,11 +221,20 @@ class _LinkEvents:
         return await self._link._next_event()
 
 
+class HandoffHooks(Protocol):
+    """What the edge asks the core about a transfer in progress."""
+
+    def whisper_for(self, call_sid: str) -> str | None: ...
+
+    def on_dial_result(self, call_sid: str, result: DialResult) -> None: ...
+
+
 def create_app(
     settings: TelephonySettings,
     on_call: OnCall,
     *,
     tenant_for_number: TenantLookup | None = None,
+    handoff: HandoffHooks | None = None,
 ) -> FastAPI:
     """The Twilio edge. ``on_call(link)`` runs one call to its end (the lead's CallSession)."""
     app = FastAPI(title="voxroute telephony", docs_url=None, redoc_url=None, openapi_url=None)
@@ -241,18 +260,18 @@ def create_app(
     async def healthz() -> dict:
         return {"status": "ok", "active_calls": active["calls"]}
 
-    @app.post(VOICE_PATH)
-    async def voice(request: Request) -> Response:
+    async def twilio_form(request: Request, what: str) -> MultiDict | Response:
+        """A Twilio webhook's form, signature checked; or the error response to send."""
         body = bytearray()
         async for piece in request.stream():
             body += piece
             if len(body) > MAX_WEBHOOK_BYTES:
-                log.warning("voice webhook from %s: body over %d bytes", _client(request), MAX_WEBHOOK_BYTES)
+                log.warning("%s from %s: body over %d bytes", what, _client(request), MAX_WEBHOOK_BYTES)
                 return _error(413, "request body too large")
         try:
             form = MultiDict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=200))
         except (UnicodeDecodeError, ValueError) as exc:
-            log.warning("voice webhook from %s: unreadable form: %s", _client(request), exc)
+            log.warning("%s from %s: unreadable form: %s", what, _client(request), exc)
             return _error(400, "body must be application/x-www-form-urlencoded")
         if token:
             url = public_url(settings.public_base_url, request.url.path, request.url.query)
@@ -260,18 +279,17 @@ def create_app(
             settings_header = request.headers.get(SIGNATURE_SETTINGS_HEADER)
             if not validate_signature(token, url, form, signature, signature_settings=settings_header):
                 log.warning(
-                    "voice webhook from %s rejected (403): %s X-Twilio-Signature for %s (CallSid %r)",
+                    "%s from %s rejected (403): %s X-Twilio-Signature for %s (CallSid %r)",
+                    what,
                     _client(request),
                     "bad" if signature else "missing",
                     url,
                     form.get("CallSid"),
                 )
                 return _error(403, "invalid Twilio signature")
-        call_sid = form.get("CallSid")
-        if not call_sid:
-            log.warning("voice webhook from %s: no CallSid", _client(request))
-            return _error(400, "CallSid is required")
-        from_number, to_number = form.get("From", ""), form.get("To", "")
+        return form
+
+    def stream_parameters(call_sid: str, from_number: str, to_number: str) -> dict[str, str]:
         parameters = {
             "call_sid": call_sid,
             "from": from_number,
@@ -280,8 +298,57 @@ def create_app(
         }
         if token and settings.verify_call_token:
             parameters["call_token"] = call_token(token, call_sid)
+        return parameters
+
+    @app.post(VOICE_PATH)
+    async def voice(request: Request) -> Response:
+        form = await twilio_form(request, "voice webhook")
+        if isinstance(form, Response):
+            return form
+        call_sid = form.get("CallSid")
+        if not call_sid:
+            log.warning("voice webhook from %s: no CallSid", _client(request))
+            return _error(400, "CallSid is required")
+        from_number, to_number = form.get("From", ""), form.get("To", "")
+        parameters = stream_parameters(call_sid, from_number, to_number)
         log.info("call %s from %s to %s: connecting media stream", call_sid, from_number, to_number)
         return Response(connect_stream_twiml(stream_url, parameters), media_type="application/xml")
+
+    @app.post(WHISPER_PATH + "/{call_sid}")
+    async def whisper(call_sid: str, request: Request) -> Response:
+        """Twilio fetches this when the human answers: one sentence about the caller, then the bridge."""
+        form = await twilio_form(request, "whisper webhook")
+        if isinstance(form, Response):
+            return form
+        sentence = None
+        if handoff is not None:
+            try:
+                sentence = handoff.whisper_for(call_sid)
+            except Exception:
+                log.exception("call %s: whisper lookup failed", call_sid)
+        sentence = sentence or "A caller is being transferred to you from the voice agent."
+        return Response(whisper_twiml(sentence), media_type="application/xml")
+
+    @app.post(DIAL_ACTION_PATH + "/{call_sid}")
+    async def dial_action(call_sid: str, request: Request) -> Response:
+        """The human leg of a transfer ended. Connected: done, hang up. Not: back to the agent."""
+        form = await twilio_form(request, "dial action webhook")
+        if isinstance(form, Response):
+            return form
+        result = dial_action_result(form)
+        if handoff is not None:
+            try:
+                handoff.on_dial_result(call_sid, result)
+            except Exception:
+                log.exception("call %s: dial result hook failed", call_sid)
+        if result.connected:
+            return Response(hangup_twiml(), media_type="application/xml")
+        log.info(
+            "call %s: the human leg ended %s; returning the caller to the agent", call_sid, result.dial_status
+        )
+        parameters = stream_parameters(call_sid, form.get("From", ""), form.get("To", ""))
+        parameters["resume"] = "transfer_failed"
+        return Response(return_to_agent_twiml(stream_url, parameters), media_type="application/xml")
 
     @app.websocket(STREAM_PATH)
     async def media_stream(websocket: WebSocket) -> None:

@@ -1,0 +1,150 @@
+"""Handoff to a person in whole calls (issue 5): the angry-complaint fixture through the fake carrier,
+the runtime and the emulators on 127.0.0.1, with the local Twilio REST stand-in and a webhook
+receiver. The caller asks for a person; the runtime summarises, signs and posts the summary,
+transfers the live call with ``<Dial>`` (whisper and action URLs), and closes the stream. A human
+leg that fails brings the caller back to the agent, with the conversation intact.
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+import httpx
+from fastapi import FastAPI, Request
+
+from agent.config import load_config
+from agent.fixture import load
+from agent.replay import local_stack, replay_fixture
+from agent.webhook import SIGNATURE_HEADER, verify_signature
+from emulators.carrier import dial
+from emulators.serve import serve_app, ws_url
+
+SECRET = "webhook-secret-for-tests"
+API_KEY = "operator-key-for-tests"
+
+
+def receiver() -> tuple[FastAPI, list[tuple[bytes, dict]]]:
+    got: list[tuple[bytes, dict]] = []
+    app = FastAPI()
+
+    @app.post("/hook")
+    async def hook(request: Request) -> dict:
+        got.append((await request.body(), dict(request.headers)))
+        return {"ok": True}
+
+    return app, got
+
+
+def handoff_config(webhook_url: str, cooldown_s: float = 10.0):
+    cfg = load_config()
+    cfg.handoff.webhook_url = webhook_url
+    cfg.routing.cooldown_s = cooldown_s
+    return cfg
+
+
+def dial_twiml(twilio, call_sid: str) -> ET.Element:
+    updates = [r for r in twilio.for_call(call_sid) if r.form.get("Twiml")]
+    assert len(updates) == 1, [r.form for r in twilio.for_call(call_sid)]
+    return ET.fromstring(updates[0].form["Twiml"])
+
+
+async def test_angry_caller_is_transferred_and_a_failed_human_leg_comes_back(monkeypatch):
+    monkeypatch.setenv("VOXROUTE_WEBHOOK_SECRET", SECRET)
+    monkeypatch.setenv("VOXROUTE_API_KEY", API_KEY)
+    fixture = load("angry_complaint")
+    app, got = receiver()
+    async with serve_app(app) as hook_url:
+        cfg = handoff_config(hook_url + "/hook")
+        async with local_stack("zero", 0, [fixture], cfg) as stack:
+            raw = await replay_fixture(fixture, stack.server_url, speed=2.0, config=cfg)
+            sid = raw["call_sid"]
+            twilio = stack.emulators.twilio
+            async with httpx.AsyncClient(base_url=stack.server_url, timeout=10) as http:
+                whisper = await http.post(f"/twilio/whisper/{sid}", data={"CallSid": "CA" + "1" * 32})
+                denied = await http.get(f"/calls/{sid}/handoff")
+                record = await http.get(f"/calls/{sid}/handoff", headers={"X-API-Key": API_KEY})
+                # The human does not answer: Twilio calls the <Dial action>; the caller goes back.
+                back = await http.post(
+                    f"/twilio/dial-action/{sid}",
+                    data={"CallSid": sid, "DialCallStatus": "no-answer", "From": "+919800000001", "To": "+918000000000"},
+                )  # fmt: skip
+            resume = ET.fromstring(back.text)
+            params = {p.get("name"): p.get("value") for p in resume.iter("Parameter")}
+            again = load("order_status")
+            again.script = again.script.model_copy(update={"utterances": again.script.utterances[:1]})
+            result = await dial(
+                again,
+                ws_url(stack.server_url) + "/twilio/stream",
+                custom_parameters=params,
+                call_sid=sid,
+                speed=2.0,
+            )
+            resumed = stack.services.call_json(sid)
+
+    # The call ended in a handoff, carrying the summary.
+    assert raw["ended"] == "handoff", raw.get("error")
+    h = raw["handoff"]
+    assert h["transferred"] and h["to"] == "+918000000999" and h["trigger"] == "the caller asked for a person"
+    assert (
+        h["routing_class"] in ("complaint", "human_request")
+        and h["tone"] == "angry"
+        and h["urgency"] == "high"
+    )
+    assert set(h) >= {"reason", "routing_class", "entities", "tone", "urgency", "tried", "next_action"}
+    assert raw["turns"][-1]["route"]["class"] == "human_request" and raw["turns"][-1]["outcome"] == "handoff"
+    assert raw["turns"][-1]["reply"] == cfg.agent.transfer_phrases["en-IN"]
+
+    # The live call was updated with a <Dial> to the tenant's queue, whisper and action on our public URL.
+    root = dial_twiml(twilio, sid)
+    dial_el = root.find("Dial")
+    assert dial_el is not None and dial_el.get("callerId") == "+918000000000"
+    assert dial_el.get("timeout") == str(cfg.handoff.dial_timeout_s)
+    assert dial_el.get("action") == f"{cfg.telephony.public_base_url}/twilio/dial-action/{sid}"
+    number = dial_el.find("Number")
+    assert number is not None and number.text == "+918000000999"
+    assert number.get("url") == f"{cfg.telephony.public_base_url}/twilio/whisper/{sid}"
+
+    # The whisper speaks the one-sentence summary to the human.
+    assert whisper.status_code == 200
+    say = ET.fromstring(whisper.text).find("Say")
+    assert say is not None and say.text == h["whisper"] and "complaint" in say.text.lower()
+
+    # The webhook got the signed summary.
+    assert len(got) == 1
+    body, headers = got[0]
+    assert verify_signature(body, SECRET, headers[SIGNATURE_HEADER.lower()])
+    posted = json.loads(body)
+    assert posted["call_sid"] == sid and posted["summary"]["urgency"] == "high"
+    assert posted["summary"]["reason"] == h["reason"]
+
+    # The operator API needs the key.
+    assert denied.status_code == 401
+    assert record.status_code == 200 and record.json()["whisper"] == h["whisper"]
+
+    # The failed human leg: back to the agent, which apologises, offers a callback, and remembers.
+    assert params.get("resume") == "transfer_failed" and params.get("call_sid") == sid
+    assert resumed["handoff"]["human_leg"] == {"status": "no-answer", "connected": False, "duration_s": None}
+    history = [m["content"] for m in resumed["history"]]
+    assert "I want to talk to a real person, right now." in history
+    assert cfg.agent.callback_phrases["en-IN"] in history
+    assert result.completed
+
+
+async def test_reasoning_model_hung_still_transfers_with_the_deterministic_summary(monkeypatch):
+    monkeypatch.setenv("VOXROUTE_WEBHOOK_SECRET", SECRET)
+    fixture = load("angry_complaint")
+    app, got = receiver()
+    async with serve_app(app) as hook_url:
+        cfg = handoff_config(hook_url + "/hook", cooldown_s=120)
+        reasoning = cfg.models["reasoning"].model
+        async with local_stack("reference", 4, [fixture], cfg) as stack:
+            stack.emulators.llm["openrouter"].behave(reasoning, fault="hang")
+            raw = await replay_fixture(fixture, stack.server_url, config=cfg)
+            twilio = stack.emulators.twilio
+            dial_twiml(twilio, raw["call_sid"])  # exactly one transfer
+    assert raw["ended"] == "handoff", raw.get("error")
+    h = raw["handoff"]
+    assert h["source"] == "deterministic" and h["summary_ms"] <= 2500
+    assert h["transferred"] and h["urgency"] == "high"
+    assert len(got) == 1 and json.loads(got[0][0])["summary"]["source"] == "deterministic"
