@@ -148,3 +148,21 @@ async def test_reasoning_model_hung_still_transfers_with_the_deterministic_summa
     assert h["source"] == "deterministic" and h["summary_ms"] <= 2500
     assert h["transferred"] and h["urgency"] == "high"
     assert len(got) == 1 and json.loads(got[0][0])["summary"]["source"] == "deterministic"
+
+
+async def test_keying_zero_asks_for_a_person():
+    """DTMF 0 alone (configurable) is a request for a person: the call is transferred."""
+    fixture = load("dtmf_entry")
+    items = fixture.script.utterances
+    keyed = next(u for u in items if u.dtmf)
+    cfg = load_config()
+    async with local_stack("zero", 0, [fixture], cfg) as stack:
+        fixture.script = fixture.script.model_copy(
+            update={"utterances": [items[0], keyed.model_copy(update={"dtmf": "0#"})]}
+        )
+        raw = await replay_fixture(fixture, stack.server_url, speed=2.0, config=cfg)
+        twilio = stack.emulators.twilio
+        dial_twiml(twilio, raw["call_sid"])
+    assert raw["ended"] == "handoff", raw.get("error")
+    assert raw["handoff"]["trigger"] == "the caller pressed 0"
+    assert raw["turns"][-1]["kind"] == "dtmf" and raw["turns"][-1]["outcome"] == "handoff"
