@@ -89,6 +89,12 @@ def print_call(call: dict) -> None:
             ", ".join(notes),
         )
     console.print(table)
+    if h := call.get("handoff"):
+        state = "transferred" if h.get("transferred") else f"not transferred ({h.get('error', 'call ended')})"
+        console.print(
+            f"handoff to {h.get('to')}: {state}; {h.get('reason')} [urgency {h.get('urgency')}, "
+            f"tone {h.get('tone')}, summary by {h.get('source')} in {h.get('summary_ms')} ms]"
+        )
     if call.get("error"):
         console.print(f"[red]error:[/] {call['error']}")
     if call.get("recording"):
