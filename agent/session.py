@@ -661,7 +661,12 @@ class CallSession:
                 await speaker
         except* LadderExhausted:
             pass
-        return bool(turn.chunks) and self._answer_started and bool(turn.reply_answer)
+        answered = bool(turn.chunks) and self._answer_started and bool(turn.reply_answer)
+        if answered and route.ends_with_human and self._can_transfer():
+            turn.handoff, turn.outcome = True, "handoff"
+            self._begin_handoff(turn, f"{route.routing_class} calls end with a person")
+            await self._speak_phrase(turn, "transfer")
+        return answered
 
     def _fast_path_healthy(self, route) -> bool:
         models = self.services.router.models(self.tenant)

@@ -16,6 +16,7 @@ class Route:
     escalated: bool = False  # this turn is answered by the reasoning tier or goes to a human
     handoff: bool = False  # the caller asked for a person
     on_failure: str = "apologise"  # when every rung fails: "apologise" or "handoff"
+    ends_with_human: bool = False  # after this turn's answer the call goes to a person
     budget_ms: int = 1000
     structured_extraction: bool = False
     bridge_first: bool = False  # the fast path acknowledges first while the reasoning path answers
@@ -36,6 +37,7 @@ class Route:
             "escalated": self.escalated,
             "handoff": self.handoff,
             "on_failure": self.on_failure,
+            "ends_with_human": self.ends_with_human,
             "bridge_first": self.bridge_first,
             "budget_ms": self.budget_ms,
             "group": self.group,

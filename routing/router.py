@@ -248,6 +248,7 @@ class Conversation:
             escalated=self.escalated or stakes == "human",
             handoff=stakes == "human",
             on_failure=cell.on_failure,
+            ends_with_human=cell.ends_with_human,
             budget_ms=cell.budget_ms,
             structured_extraction=cell.structured_extraction,
             bridge_first=bridge_first,

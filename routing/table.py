@@ -51,6 +51,7 @@ class ClassDef(_Model):
     downgrade: bool = True  # may fall back to the fast tier for speed when the reasoning tier fails
     step_down_after: int | None = Field(default=None, ge=1)  # routine turns before de-escalating
     bridge_then_escalate: bool = True  # the fast path acknowledges while the reasoning path answers
+    ends_with_human: bool = False  # after the answer, the call goes to a person (e.g. regulated matters)
 
 
 BUILTIN_CLASSES: dict[str, ClassDef] = {
@@ -206,6 +207,7 @@ class ClassRoute:
     downgrade: bool
     step_down_after: int | None
     bridge_then_escalate: bool
+    ends_with_human: bool = False
 
     def as_dict(self) -> dict:
         return {
@@ -325,6 +327,7 @@ def _resolve(
         downgrade=downgrade,
         step_down_after=o.step_down_after or cdef.step_down_after,
         bridge_then_escalate=cdef.bridge_then_escalate,
+        ends_with_human=cdef.ends_with_human,
     )
 
 

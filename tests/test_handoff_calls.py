@@ -19,6 +19,7 @@ from agent.replay import local_stack, replay_fixture
 from agent.webhook import SIGNATURE_HEADER, verify_signature
 from emulators.carrier import dial
 from emulators.serve import serve_app, ws_url
+from routing.table import ClassDef
 
 SECRET = "webhook-secret-for-tests"
 API_KEY = "operator-key-for-tests"
@@ -166,3 +167,24 @@ async def test_keying_zero_asks_for_a_person():
     assert raw["ended"] == "handoff", raw.get("error")
     assert raw["handoff"]["trigger"] == "the caller pressed 0"
     assert raw["turns"][-1]["kind"] == "dtmf" and raw["turns"][-1]["outcome"] == "handoff"
+
+
+async def test_a_class_that_always_ends_with_a_person():
+    """A class configured with ``ends_with_human`` (the bank example's ``regulated``): the agent
+    answers, then says it is connecting the caller, and the call is transferred."""
+    cfg = load_config()
+    cfg.routing.classes["billing_dispute"] = ClassDef(
+        stakes="high", on_failure="handoff", ends_with_human=True
+    )
+    fixture = load("billing_dispute")
+    fixture.script = fixture.script.model_copy(update={"utterances": fixture.script.utterances[:1]})
+    async with local_stack("zero", 0, [fixture], cfg) as stack:
+        raw = await replay_fixture(fixture, stack.server_url, speed=2.0, config=cfg)
+        dial_twiml(stack.emulators.twilio, raw["call_sid"])
+    assert raw["ended"] == "handoff", raw.get("error")
+    turn = raw["turns"][0]
+    assert turn["route"]["ends_with_human"] and turn["outcome"] == "handoff"
+    assert turn["reply"].endswith(cfg.agent.transfer_phrases["en-IN"]) and len(turn["reply"]) > len(
+        cfg.agent.transfer_phrases["en-IN"]
+    )
+    assert raw["handoff"]["trigger"] == "billing_dispute calls end with a person"
