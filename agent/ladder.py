@@ -265,9 +265,12 @@ class LLMLadder:
                     path=att.path, rung=att.rung, role=self.role,
                 )  # fmt: skip
 
-    def _fail(self, att: _Attempt, kind: str, message: str, action: str) -> None:
+    def _fail(self, att: _Attempt, kind: str, message: str, action: str, cooled: bool | None = None) -> None:
+        """Record a failed attempt in the turn; counted in provider health unless ``cooled`` says the
+        caller already did (True: that failure put the path in cooldown)."""
         att.failed = True
-        cooled = self.health.failure(att.key)
+        if cooled is None:
+            cooled = self.health.failure(att.key)
         if cooled:
             action += f"; path cooling down {self.health.cooldown_s:.0f} s"
         extra = {} if self.role == "answer" else {"role": self.role}
@@ -289,23 +292,21 @@ class LLMLadder:
         continuation = bool(self.spoken)
         others = [a for a in self._running() if a.ident != att.ident]
         can_launch = self.launched < self.cfg.max_attempts
+        cooled = self.health.failure(att.key)  # a path this failure cooled down is not retried
         retry = (
             kind in RETRIABLE
+            and not cooled
             and att.path not in self._retried
             and can_launch
             and not others
             and self._time_for_retry(att)
         )
         if retry:
-            self._fail(att, kind, message, "retry same path")
-            if self.health.in_cooldown(att.key):
-                retry = False  # the failure just cooled the path down: go to the next rung
-            else:
-                self._retried.add(att.path)
-                self._launch(att.rung - 1, continuation)
-                return True
-        else:
-            self._fail(att, kind, message, "next rung" if can_launch and not others else "give up")
+            self._fail(att, kind, message, "retry same path", cooled)
+            self._retried.add(att.path)
+            self._launch(att.rung - 1, continuation)
+            return True
+        self._fail(att, kind, message, "next rung" if can_launch and not others else "give up", cooled)
         if others:
             return True
         return self._launch_next(continuation)
