@@ -191,11 +191,6 @@ class Config(_Model):
     def routing_table(self) -> RoutingTable:
         return RoutingTable(self.routing, self.tenants, self.models, self.telephony.default_tenant)
 
-    def model_path(self, name: str, tenant: str | None = None) -> ModelPath:
-        if tenant is not None and tenant in self.tenants and name in self.tenants[tenant].models:
-            return self.tenants[tenant].models[name]
-        return self.models[name]
-
     def phrase(self, table: dict[str, str], language: str) -> str:
         return table.get(language) or table.get(self.language) or next(iter(table.values()))
 

@@ -107,13 +107,6 @@ class Health:
             return True
         return False
 
-    def slow(self, path: str, waited_ms: float) -> None:
-        """A request lost a hedge or was cancelled before its first token: its wait is a lower
-        bound of its time to first token, and counts in the percentiles (so a hung path's p90 grows)."""
-        st = self._state(path)
-        st.ttft.append(waited_ms)
-        st._sorted = None
-
     # ---- latency
 
     def ttft_ms(self, path: str, q: float, expected_ms: float) -> float:
