@@ -507,10 +507,7 @@ class CallSession:
                         self.history.append(user_msg)
                         if not await self._answer(turn):
                             if (turn.route or {}).get("on_failure") == "handoff":
-                                turn.outcome, turn.handoff = "handoff", True
-                                if self._can_transfer():
-                                    self._begin_handoff(turn, "every model path failed")
-                                await self._speak_phrase(turn, "handoff")
+                                await self._hand_to_person(turn, "every model path failed", "handoff")
                             else:
                                 turn.outcome = "apology"
                                 await self._speak_phrase(turn, "apology")
@@ -628,9 +625,7 @@ class CallSession:
         keyed_for_person = turn.kind == "dtmf" and digit is not None and turn.transcript.rstrip("#") == digit
         if (route.handoff or keyed_for_person) and self._can_transfer():
             why = "the caller asked for a person" if route.handoff else f"the caller pressed {digit}"
-            turn.handoff, turn.outcome = True, "handoff"
-            self._begin_handoff(turn, why)
-            await self._speak_phrase(turn, "transfer")
+            await self._hand_to_person(turn, why, "transfer")
             return True
         audio_by = speech_end + route.budget_ms - b.bridge_lead_ms  # answer audio out by then: no bridge
         first_token_by: float | None = audio_by - b.tts_first_audio_ms
@@ -661,11 +656,9 @@ class CallSession:
                 await speaker
         except* LadderExhausted:
             pass
-        answered = bool(turn.chunks) and self._answer_started and bool(turn.reply_answer)
+        answered = self._answer_started and bool(turn.reply_answer)
         if answered and route.ends_with_human and self._can_transfer():
-            turn.handoff, turn.outcome = True, "handoff"
-            self._begin_handoff(turn, f"{route.routing_class} calls end with a person")
-            await self._speak_phrase(turn, "transfer")
+            await self._hand_to_person(turn, f"{route.routing_class} calls end with a person", "transfer")
         return answered
 
     def _fast_path_healthy(self, route) -> bool:
@@ -809,9 +802,15 @@ class CallSession:
         tenant = self.services.router.table.tenants[self.tenant]
         return self.services.call_control is not None and bool(tenant.human_queue) and self._tg is not None
 
+    async def _hand_to_person(self, turn: TurnRecord, why: str, phrase: str) -> None:
+        """The turn ends in a handoff: transfer when the call can be, and say ``phrase``."""
+        turn.handoff, turn.outcome = True, "handoff"
+        self._begin_handoff(turn, why)
+        await self._speak_phrase(turn, phrase)
+
     def _begin_handoff(self, turn: TurnRecord, why: str) -> None:
         """Summarise and transfer in the call's own task group: the turn goes on speaking meanwhile."""
-        if self._handoff_task is not None or self._tg is None:
+        if self._handoff_task is not None or not self._can_transfer():
             return
         log.info("call %s turn %d: handing off (%s)", self.call_sid, turn.index, why)
         turn_task = asyncio.current_task()
