@@ -108,10 +108,9 @@ async def build_services(config: Config, emulators: EmulatorURLs | None) -> Asyn
     h = config.handoff
     secret = _key(h.webhook_secret_env)
     if h.webhook_url and not secret:
-        log.warning(
-            "handoff webhook %s: no secret in $%s; bodies go unsigned", h.webhook_url, h.webhook_secret_env
-        )
-    webhooks = WebhookSender(secret or "") if h.webhook_url else None
+        # WebhookSender refuses an empty secret: say which setting is missing, at start.
+        raise RuntimeError(f"handoff.webhook_url is set but ${h.webhook_secret_env} holds no signing secret")
+    webhooks = WebhookSender(secret) if h.webhook_url and secret else None
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(tts)
         for llm in llms.values():

@@ -11,6 +11,7 @@ import json
 import xml.etree.ElementTree as ET
 
 import httpx
+import pytest
 from fastapi import FastAPI, Request
 
 from agent.config import load_config
@@ -188,3 +189,12 @@ async def test_a_class_that_always_ends_with_a_person():
         cfg.agent.transfer_phrases["en-IN"]
     )
     assert raw["handoff"]["trigger"] == "billing_dispute calls end with a person"
+
+
+async def test_a_webhook_without_a_secret_fails_at_start(monkeypatch):
+    monkeypatch.delenv("VOXROUTE_WEBHOOK_SECRET", raising=False)
+    cfg = handoff_config("http://127.0.0.1:9/hook")
+    with pytest.raises(ExceptionGroup) as info:
+        async with local_stack("zero", 0, [load("order_status")], cfg):
+            pass
+    assert info.group_contains(RuntimeError, match=r"\$VOXROUTE_WEBHOOK_SECRET holds no signing secret")
