@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from routing.classifier import Scores, StakesModel
 from routing.health import Health
 from routing.route import Route
-from routing.table import ModelPath, RoutingTable
+from routing.table import ClassRoute, ModelPath, RoutingTable
 
 log = logging.getLogger("voxroute.routing")
 
@@ -151,24 +151,29 @@ class Conversation:
     def _fallback_route(self, language: str, reason: str) -> Route:
         table = self.router.table
         group = table.group(self.tenant, language)
-        cls = self.last_class or "faq"
-        cell = table.cell(self.tenant, group, self.channel, cls)
+        cell = table.cell(self.tenant, group, self.channel, self.last_class or "faq")
         ladder = cell.escalated_ladder if self.escalated else cell.ladder
-        first = table.models[self.tenant][ladder[0]]
+        return self._route(cell, ladder, reason, escalated=self.escalated)
+
+    def _route(self, cell: ClassRoute, ladder: tuple[str, ...], reason: str, **fields) -> Route:
+        """A route from its table cell and the ladder chosen; ``fields`` adds the decision's own."""
+        first = self.router.table.models[self.tenant][ladder[0]]
         return Route(
-            routing_class=cls,
+            routing_class=cell.routing_class,
             tier=first.tier,
             model=first.model,
             paths=ladder,
             reason=reason,
             stakes=cell.stakes,
-            escalated=self.escalated,
             on_failure=cell.on_failure,
+            ends_with_human=cell.ends_with_human,
             budget_ms=cell.budget_ms,
+            structured_extraction=cell.structured_extraction,
             fast_paths=cell.fast_ladder,
             tenant=self.tenant,
-            group=group,
+            group=cell.group,
             channel=self.channel,
+            **fields,
         )
 
     def _decide(
@@ -223,8 +228,7 @@ class Conversation:
                 reason += "; sticky escalation"
         ladder = cell.escalated_ladder if self.escalated and stakes == "low" else cell.ladder
         models = table.models[self.tenant]
-        first = models[ladder[0]]
-        tier = first.tier
+        tier = models[ladder[0]].tier
         bridge_first = False
         # Only a fast-tier path can acknowledge in time (a table without one bridges with the phrase).
         fast_ack = bool(cell.fast_ladder) and models[cell.fast_ladder[0]].tier == "fast"
@@ -237,26 +241,14 @@ class Conversation:
                     f"; bridge then escalate (expected first audio {expected:.0f} ms > {left:.0f} ms left)"
                 )
         self.last_class = cls
-        decision_ms = (time.perf_counter() - t0) * 1000
-        return Route(
-            routing_class=cls,
-            tier=tier,
-            model=first.model,
-            paths=ladder,
-            reason=reason,
-            stakes=stakes,
+        return self._route(
+            cell,
+            ladder,
+            reason,
             escalated=self.escalated or stakes == "human",
             handoff=stakes == "human",
-            on_failure=cell.on_failure,
-            ends_with_human=cell.ends_with_human,
-            budget_ms=cell.budget_ms,
-            structured_extraction=cell.structured_extraction,
             bridge_first=bridge_first,
-            fast_paths=cell.fast_ladder,
-            tenant=self.tenant,
-            group=group,
-            channel=self.channel,
-            decision_ms=decision_ms,
+            decision_ms=(time.perf_counter() - t0) * 1000,
             signals=tuple(signals),
         )
 
