@@ -20,6 +20,7 @@ class CallStart:
     from_number: str | None = None
     to_number: str | None = None
     language: str | None = None  # the caller's expected language, when the call set-up says
+    carrier: str = "twilio"  # which transport carried the call (call log and reports)
     parameters: dict[str, str] = field(default_factory=dict)
 
 

@@ -32,6 +32,17 @@ class Transfers(Protocol):
     async def hang_up(self, call_sid: str) -> bool: ...
 
 
+class CallObserver(Protocol):
+    """Sees every call and turn (the call log, /metrics). Must return at once and never raise:
+    anything slow (a database write) goes through the observer's own queue."""
+
+    def call_started(self, call: dict[str, Any]) -> None: ...
+
+    def turn_finished(self, call: dict[str, Any], turn: dict[str, Any]) -> None: ...
+
+    def call_ended(self, call: dict[str, Any]) -> None: ...
+
+
 PHRASE_KINDS = ("bridge", "apology", "not_heard", "handoff", "transfer", "callback")
 
 
@@ -65,6 +76,7 @@ class Services:
         self.call_control: Transfers | None = None  # transfers and hang-ups (runtime sets it)
         self.webhooks: WebhookSender | None = None  # the handoff webhook (runtime sets it)
         self.handoffs: dict[str, dict[str, Any]] = {}  # call sid -> handoff record (summary, transfer)
+        self.observers: list[CallObserver] = []  # call log, metrics (runtime adds them)
         self._phrases: dict[tuple[str, str], bytes] = {}
         self._phrase_locks: dict[tuple[str, str], asyncio.Lock] = {}
 
@@ -72,32 +84,58 @@ class Services:
 
     def register(self, session: CallSession) -> None:
         self.calls[session.call_sid] = session
+        self._notify("call_started", self.call_json(session.call_sid, with_turns=False))
 
     def unregister(self, session: CallSession) -> None:
         self.calls.pop(session.call_sid, None)
         self.finished[session.call_sid] = session.summary()
         while len(self.finished) > 1000:
             self.finished.popitem(last=False)
+        self._notify("call_ended", self.call_json(session.call_sid))
 
-    def call_json(self, call_sid: str) -> dict[str, Any] | None:
+    def turn_finished(self, session: CallSession, turn: Any) -> None:
+        self._notify("turn_finished", self.call_json(session.call_sid, with_turns=False), turn.as_dict())
+
+    def _notify(self, what: str, *args: Any) -> None:
+        for observer in self.observers:
+            try:
+                getattr(observer, what)(*args)
+            except Exception:  # an observer's bug must not end a call
+                log.exception("call observer %r failed in %s", observer, what)
+
+    def call_json(self, call_sid: str, *, with_turns: bool = True) -> dict[str, Any] | None:
+        """A call as the API, the call log and replay JSON see it (``with_turns=False``: the header only)."""
         live = self.calls.get(call_sid)
         summary = live.summary() if live is not None else self.finished.get(call_sid)
         if summary is None:
             return None
-        return {
+        data = {
             "call_sid": summary.call_sid,
             "stream_sid": summary.stream_sid,
             "tenant": summary.tenant,
+            "carrier": summary.carrier,
+            "channel": summary.channel,
+            "from_number": summary.from_number,
+            "to_number": summary.to_number,
             "language": summary.language,
+            "started_at": summary.started_at,
+            "ended_at": summary.ended_at,
             "ended": summary.ended,
+            "outcome": summary.outcome,
+            "outcome_reason": summary.outcome_reason,
             "error": summary.error,
             "mode": self.mode,
-            "turns": summary.turns,
-            "history": summary.history,
-            "merged_turns": summary.merged,
-            "faults": summary.faults,
-            "handoff": self.handoffs.get(summary.call_sid),
+            "policy": self.router.table.policy_version,
         }
+        if with_turns:
+            data.update(
+                turns=summary.turns,
+                history=summary.history,
+                merged_turns=summary.merged,
+                faults=summary.faults,
+                handoff=self.handoffs.get(summary.call_sid),
+            )
+        return data
 
     # ---- cached phrases (bridge, apology, not heard): synthesised once per language
 

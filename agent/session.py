@@ -57,8 +57,15 @@ class CallSummary:
     tenant: str
     language: str
     started_at: float  # wall clock (time.time())
-    ended: str = "in_progress"  # completed | caller_hung_up | error (handoff comes with call control)
+    ended: str = "in_progress"  # in_progress | completed | caller_hung_up | handoff | error
     error: str | None = None
+    carrier: str = "twilio"
+    from_number: str | None = None
+    to_number: str | None = None
+    channel: str = "voice"
+    ended_at: float | None = None  # wall clock, once the call is over
+    outcome: str = "unknown"  # resolved | unresolved | handoff | unknown (the LLM's tool or the operator)
+    outcome_reason: str | None = None
     turns: list[dict[str, Any]] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
     merged: list[int] = field(default_factory=list)
@@ -87,7 +94,10 @@ class CallSession:
         self.endpointer = Endpointer(ep.silence_ms, ep.min_speech_ms, ep.vad_mode)
         self.player = Player(link, self._on_first_send)
         self.ended = "in_progress"
+        self.ended_wall: float | None = None
         self.error: str | None = None
+        self.outcome = "unknown"  # set by the LLM's mark_resolved tool, a handoff, or the operator API
+        self.outcome_reason: str | None = None
         # transcript state between commits
         self._finals: list[tuple[str, str | None]] = []  # (text, language)
         self._confidence: float | None = None  # the lowest STT confidence of the pending utterance
@@ -152,6 +162,7 @@ class CallSession:
         finally:
             await self._close_stt()
             self._finish_turn_on_hangup()
+            self.ended_wall = time.time()
             self.services.unregister(self)
         log.info("call %s ended: %s after %d turns", self.call_sid, self.ended, len(self.turns))
         return self.summary()
@@ -170,6 +181,12 @@ class CallSession:
             history=[dict(m) for m in self.history],
             merged=list(self.merged),
             faults=list(self._pending_faults),
+            carrier=s.carrier,
+            from_number=s.from_number,
+            to_number=s.to_number,
+            ended_at=self.ended_wall,
+            outcome=self.outcome,
+            outcome_reason=self.outcome_reason,
         )
 
     # ------------------------------------------------------------------ inbound strand
@@ -537,6 +554,7 @@ class CallSession:
                     if spoken:
                         self.history.append({"role": "assistant", "content": spoken})
                 self._log_turn(turn)
+                self.services.turn_finished(self, turn)
             if self._active is turn:
                 self._active = None
 
@@ -874,6 +892,7 @@ class CallSession:
             return
         log.info("call %s: transferred to %s; closing the media stream", self.call_sid, tenant.human_queue)
         self.ended = "handoff"
+        self.outcome, self.outcome_reason = "handoff", "transferred to a person"
         await self.link.hangup()
 
     async def _play_phrase(self, kind: str) -> None:

@@ -13,6 +13,8 @@ human classes, and every turn after an escalation), plus per-class overrides.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -259,6 +261,18 @@ class RoutingTable:
                         self.cells[(name, group, channel, cls)] = _resolve(
                             name, group, channel, cls, cdef, ctable, tenant.budgets
                         )
+        self.policy_version = self._policy_version()
+
+    def _policy_version(self) -> str:
+        """A short hash of what routing does (every resolved cell and model path): the call log
+        stores it with each call, so a report can compare outcomes before and after a change."""
+        cells = {"/".join(key): route.as_dict() for key, route in sorted(self.cells.items())}
+        models = {
+            tenant: {name: path.model_dump(mode="json") for name, path in sorted(paths.items())}
+            for tenant, paths in sorted(self.models.items())
+        }
+        blob = json.dumps({"cells": cells, "models": models}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     def tenant_for_number(self, number: str) -> str | None:
         return self.tenant_of_number.get(_digits(number))
