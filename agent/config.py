@@ -62,7 +62,12 @@ class EndpointConfig(_Model):
     min_speech_ms: int = Field(default=120, ge=20, le=2000)
     vad_mode: int = Field(default=2, ge=0, le=3)
     incomplete_hold_ms: int = Field(default=800, ge=0, le=5000)  # more silence allowed after "... booking to"
-    barge_in_guard_ms: int = Field(default=200, ge=20, le=2000)  # caller speech needed to interrupt the agent
+    # Caller sound over the agent (agent/bargein.py): voice needed before anything interrupts (a cough
+    # or a keypad tone is shorter); then a non-backchannel word interrupts at once, and speech without
+    # one interrupts after barge_in_confirm_ms.
+    barge_in_min_voiced_ms: int = Field(default=300, ge=20, le=2000)
+    barge_in_confirm_ms: int = Field(default=700, ge=20, le=5000)
+    backchannels: list[str] = Field(default_factory=list)  # empty: agent.bargein.DEFAULT_BACKCHANNELS
     stt_final_wait_ms: int = Field(default=400, ge=0, le=5000)  # wait for the STT final after our endpoint
     dtmf_timeout_ms: int = Field(default=1000, ge=100, le=10000)
 

@@ -38,6 +38,8 @@ class Utterance(BaseModel):
     play: Literal["after_agent", "barge_in"] = "after_agent"
     gap_ms: int = Field(default=700, ge=0)
     offset_ms: int = Field(default=900, ge=0)
+    # False: caller sound over the agent that must not interrupt it (a backchannel, a cough); no turn.
+    expect_turn: bool = True
 
     @model_validator(mode="after")
     def _audio_or_dtmf(self) -> Utterance:

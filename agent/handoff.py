@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import json
 import logging
 import re
@@ -1137,15 +1136,6 @@ def response_format() -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True, slots=True)
-class SummaryRequest:
-    """The model request for a summary: ``request`` for the provider interface, plus the
-    ``response_format`` body field (``LLMRequest`` has no field for it yet; see :func:`summarise`)."""
-
-    request: LLMRequest
-    response_format: dict[str, Any]
-
-
 _SYSTEM = (
     "You summarise a phone call for the human colleague who takes it over now. Answer with one JSON "
     "object that follows the schema, nothing else. reason: one sentence on why the caller called. "
@@ -1191,7 +1181,7 @@ def llm_summary_request(
     *,
     max_tokens: int = 600,
     tag: str | None = None,
-) -> SummaryRequest:
+) -> LLMRequest:
     """The request asking ``model`` for the summary with structured output."""
     classes = ", ".join(BUILTIN_CLASSES)
     system = _SYSTEM.format(classes=classes, kinds=", ".join(ENTITY_KINDS), language=call_language)
@@ -1199,8 +1189,14 @@ def llm_summary_request(
         {"role": "system", "content": system},
         {"role": "user", "content": "The call so far:\n" + _conversation_text(turns)},
     ]
-    req = LLMRequest(model=model, messages=messages, max_tokens=max_tokens, temperature=0.0, tag=tag)
-    return SummaryRequest(req, response_format())
+    return LLMRequest(
+        model=model,
+        messages=messages,
+        max_tokens=max_tokens,
+        temperature=0.0,
+        tag=tag,
+        response_format=response_format(),
+    )
 
 
 def parse_llm_summary(text: str) -> HandoffSummary:
@@ -1229,18 +1225,8 @@ def parse_llm_summary(text: str) -> HandoffSummary:
     return HandoffSummary(**fields.model_dump(), source="llm")
 
 
-def _accepts_extra_body(llm: LLMProvider) -> bool:
-    try:
-        return "extra_body" in inspect.signature(llm.stream).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-async def _collect(llm: LLMProvider, sreq: SummaryRequest) -> str:
-    if _accepts_extra_body(llm):  # OpenAICompatLLM: response_format goes in the body
-        stream = llm.stream(sreq.request, extra_body={"response_format": sreq.response_format})  # type: ignore[call-arg]
-    else:
-        stream = llm.stream(sreq.request)
+async def _collect(llm: LLMProvider, request: LLMRequest) -> str:
+    stream = llm.stream(request)
     parts: list[str] = []
     closing = contextlib.aclosing(stream) if hasattr(stream, "aclose") else contextlib.nullcontext(stream)
     async with closing as events:
@@ -1266,9 +1252,9 @@ async def summarise(
         return deterministic_summary(turns, call_language)
     name = getattr(llm, "name", "llm")
     try:
-        sreq = llm_summary_request(turns, call_language, model, tag=tag)
+        request = llm_summary_request(turns, call_language, model, tag=tag)
         async with asyncio.timeout(timeout_s):
-            text = await _collect(llm, sreq)
+            text = await _collect(llm, request)
         summary = parse_llm_summary(text)
         log.info("handoff summary from %s/%s", name, model)
         return summary

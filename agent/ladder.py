@@ -28,6 +28,7 @@ from typing import Any
 
 from agent.config import Config
 from agent.providers.base import LLMProvider, LLMRequest, LLMToken, LLMUsage, ProviderError
+from agent.providers.openai_compat import LLMToolCalls
 from agent.timeline import Clock, TurnRecord
 from routing.health import Health
 from routing.router import health_key
@@ -84,6 +85,7 @@ class LLMLadder:
         extra_messages: list[dict[str, Any]] | None = None,
         hedging: bool = True,
         role: str = "answer",
+        tools: list[dict[str, Any]] | None = None,
     ) -> None:
         """``first_token_by``: clock time (ms) by which a first token keeps the turn in budget
         (None when a bridge already covers the budget); hedges start no later than that, and no
@@ -102,6 +104,8 @@ class LLMLadder:
         self.hedging = hedging
         self.role = role  # "answer", or "ack" (the fast path's acknowledgement: not the turn's model)
         self.spoken: list[str] = []
+        self.tools = tools
+        self.tool_calls: list[Any] = []  # the winning attempt's tool calls (agent/tools.py reads them)
         self._attempts: dict[int, _Attempt] = {}
         self._events: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
         self._paths: list[str] = []
@@ -198,6 +202,7 @@ class LLMLadder:
             max_tokens=self.max_tokens,
             temperature=self.config.agent.temperature,
             tag=self.tag,
+            tools=self.tools,
         )
         att = _Attempt(
             self.launched + 1,
@@ -343,24 +348,14 @@ class LLMLadder:
             att = self._attempts[ident]
             if winner is not None and ident != winner:
                 continue  # a cancelled attempt's late event
-            if isinstance(ev, LLMToken):
+            if isinstance(ev, LLMToken | LLMToolCalls):
                 if winner is None:
                     winner = ident
-                    now = self.clock.now()
-                    self.turn.mark("llm_first_token", now)
-                    if not att.got_token:
-                        self.health.success(att.key, now - att.started)
-                    self.turn.usage.update(
-                        model=att.model, provider=att.provider, path=att.path, rung=att.rung
-                    )
-                    for other in self._running():
-                        if other.ident != ident:
-                            self._cancel(other)
-                            waited = now - other.started
-                            self._fail(
-                                other, "timeout", f"no first token after {waited:.0f} ms", "hedge lost"
-                            )
+                    self._won(att)
                 att.got_token = True
+                if isinstance(ev, LLMToolCalls):
+                    self.tool_calls.extend(ev.calls)
+                    continue
                 att.tokens += 1
                 self.spoken.append(ev.text)
                 on_text(ev.text)
@@ -386,6 +381,19 @@ class LLMLadder:
                     if self.spoken:
                         return
                     raise LadderExhausted
+
+    def _won(self, att: _Attempt) -> None:
+        """``att`` answered first (text or tool calls): it is the turn's model; the others lose."""
+        now = self.clock.now()
+        self.turn.mark("llm_first_token", now)
+        if not att.got_token:
+            self.health.success(att.key, now - att.started)
+        self.turn.usage.update(model=att.model, provider=att.provider, path=att.path, rung=att.rung)
+        for other in self._running():
+            if other.ident != att.ident:
+                self._cancel(other)
+                waited = now - other.started
+                self._fail(other, "timeout", f"no first token after {waited:.0f} ms", "hedge lost")
 
     def _add_usage(self, att: _Attempt, ev: LLMUsage) -> None:
         mp = self.models[att.path]

@@ -140,6 +140,8 @@ async def replay_fixture(
         "call_sid": result.call_sid,
         "ended": ended,
         "mode": call.get("mode"),
+        "outcome": call.get("outcome", "unknown"),
+        "policy": call.get("policy"),
         "turns": [_turn_json(t) for t in call.get("turns", [])],
         "merged_turns": call.get("merged_turns", []),
         "faults": call.get("faults", []),
@@ -171,6 +173,8 @@ def _turn_json(t: dict[str, Any]) -> dict[str, Any]:
         outcome=t.get("outcome"),
         usage=t.get("usage"),
         chunks=t.get("chunks", []),
+        tools=t.get("tools", []),
+        overlaps=t.get("overlaps", []),
     )
     return out
 

@@ -23,6 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.bargein import BargeInPolicy
 from agent.chunker import SpeakableChunker, looks_incomplete
 from agent.endpointing import Endpointer, SpeechBegan, SpeechPaused
 from agent.handoff import summarise, whisper_sentence
@@ -31,18 +32,22 @@ from agent.link import CallEnded, CarrierLink, InboundAudio, InboundDtmf, MarkEc
 from agent.metrics import InboundClock
 from agent.player import Player
 from agent.providers.base import (
+    FRAME_MS,
     ProviderError,
     STTStream,
     Transcript,
 )
 from agent.services import Services
 from agent.timeline import Clock, TurnRecord
+from agent.tools import MARK_RESOLVED, TRANSFER_TO_HUMAN, ToolRequest, agent_tools, read_tool_calls
 from routing.router import health_key
 
 log = logging.getLogger("voxroute.call")
 
 RESUME_MS = 60  # caller speech after a commit that merges into the unanswered turn
 COMMIT_SILENCE_MS = 60  # silence that must follow the STT's final before we commit on it
+# Ends the heard part of a reply the caller talked over, so the model knows it was cut short.
+INTERRUPTED_MARK = "[interrupted by the caller]"
 STT_REPLAY_LIMIT = 750  # frames (15 s) of not-yet-finalised audio kept to replay after an STT reconnect
 
 
@@ -92,6 +97,7 @@ class CallSession:
         self.voice_budget_ms = services.router.table.tenants[self.tenant].budgets.voice_ms
         ep = self.config.endpoint
         self.endpointer = Endpointer(ep.silence_ms, ep.min_speech_ms, ep.vad_mode)
+        self.barge = BargeInPolicy(ep.barge_in_min_voiced_ms, ep.barge_in_confirm_ms, ep.backchannels)
         self.player = Player(link, self._on_first_send)
         self.ended = "in_progress"
         self.ended_wall: float | None = None
@@ -106,6 +112,8 @@ class CallSession:
         self._final_event = asyncio.Event()
         self._stt_punctuates = False  # seen a final end with . ? ! or ।: a final without is a fragment
         self._utterance_pending = False  # caller spoke since the last commit
+        self._began_over_agent = False  # ... and began while the agent was talking
+        self._overlap_ms = 0  # voiced ms of caller speech while the agent talks (barge-in)
         self._speech_end: float | None = None
         self._wake = asyncio.Event()
         # DTMF
@@ -192,7 +200,6 @@ class CallSession:
     # ------------------------------------------------------------------ inbound strand
 
     async def _inbound(self) -> None:
-        guard = self.config.endpoint.barge_in_guard_ms
         inbound_clock = InboundClock()
         async for event in self.link.events():
             if isinstance(event, InboundAudio):
@@ -201,14 +208,21 @@ class CallSession:
                 for ev in self.endpointer.feed(event.pcm, now):
                     if isinstance(ev, SpeechBegan):
                         self._utterance_pending = True
+                        self._began_over_agent = self._agent_talking()
                     elif isinstance(ev, SpeechPaused):
                         self._speech_end = ev.speech_end_ms
+                        self._overlap_ms = 0
                         self._wake.set()
                 ep = self.endpointer
                 if ep.voiced_run_ms == RESUME_MS and self._active is not None and not self._answer_started:
                     await self._on_caller_speech()  # the caller was not done: merge, not barge-in
-                elif ep.voiced_run_ms >= guard and self._agent_talking():
-                    await self._barge_in("caller speech")
+                elif self._agent_talking():
+                    # Only voice heard while the agent talks counts (not the end of the caller's turn).
+                    self._overlap_ms += FRAME_MS if ep.voiced_run_ms else 0
+                    if why := self.barge.decide(self._overlap_ms, self._overlap_text()):
+                        await self._barge_in(why)
+                else:
+                    self._overlap_ms = 0
                 if self._finals and ep.silence_run_ms == COMMIT_SILENCE_MS:
                     self._wake.set()  # an STT final is waiting for a moment of silence
                 self._audio.append((event.pcm, event.ulaw))
@@ -220,9 +234,7 @@ class CallSession:
                 self._digits += event.digit
                 self._last_digit_at = self.clock.now()
                 self._utterance_pending = True
-                if self._agent_talking():
-                    await self._barge_in("keypad")
-                self._wake.set()
+                self._wake.set()  # keys interrupt the agent once the entry is complete (a turn)
             elif isinstance(event, MarkEcho):
                 self._on_mark(event.name)
             elif isinstance(event, CallEnded):
@@ -235,6 +247,35 @@ class CallSession:
 
     def _agent_talking(self) -> bool:
         return self._active is not None and self._answer_started and self.player.speaking
+
+    def _overlap_text(self) -> str:
+        """What the STT has heard of the caller's current utterance (finals since the last commit)."""
+        return " ".join([t for t, _ in self._finals] + [self._partial]).strip()
+
+    def _overlap_verdict(self) -> str:
+        """An utterance ended while the agent talks: "turn" (it interrupts), "wait" (for the STT's
+        text), or "ignore" (a backchannel, a cough: the agent goes on)."""
+        text = " ".join(t for t, _ in self._finals)
+        if self.barge.has_content(text):
+            return "turn"
+        if not text and self.endpointer.silence_run_ms < self.config.endpoint.stt_final_wait_ms:
+            return "wait"
+        return "ignore"
+
+    def _ignore_overlap(self) -> None:
+        text = " ".join(t for t, _ in self._finals)
+        self._finals.clear()
+        self._final_event.clear()
+        self._confidence = None
+        self._utterance_pending = False
+        self._began_over_agent = False
+        self._speech_end = None
+        self._overlap_ms = 0  # the next sound over the agent is judged on its own
+        kind = "backchannel" if text else "noise"
+        log.info("call %s: %s over the agent, not an interruption: %r", self.call_sid, kind, text)
+        turn = self._active or (self.turns[-1] if self.turns else None)  # the reply it overlapped
+        if turn is not None:
+            turn.overlaps.append({"kind": kind, "text": text, "at": round(self.clock.now(), 1)})
 
     async def _on_caller_speech(self) -> None:
         """Caller speech began. If a committed turn has not answered yet, the caller was not done:
@@ -341,6 +382,9 @@ class CallSession:
                 else:
                     self._partial = ev.text
                     self.routing.speculate(ev.text)
+                    if self._overlap_ms and self._agent_talking():
+                        if why := self.barge.decide(self._overlap_ms, self._overlap_text()):
+                            await self._barge_in(why)
             # SpeechEnded (the STT's own end of speech) needs no action: its final follows at once
             # and commits the turn, unless our endpointer's silence rule got there first.
 
@@ -381,6 +425,14 @@ class CallSession:
             kind = self._ready_to_commit()
             if kind is None:
                 continue
+            if kind == "speech" and (self._agent_talking() or self._began_over_agent):
+                # Sound that began over the agent is a turn only if it has words (agent/bargein.py).
+                verdict = self._overlap_verdict()
+                if verdict == "wait":
+                    continue
+                if verdict == "ignore":
+                    self._ignore_overlap()
+                    continue
             log.debug(
                 "call %s: commit %s finals=%r silence=%d",
                 self.call_sid,
@@ -396,6 +448,7 @@ class CallSession:
                 else:
                     await self._on_caller_speech()  # merge: caller added to a turn not yet answered
                 await asyncio.wait([self._turn_task])
+            self._began_over_agent = False
             turn = self._commit(kind)
             self._active = turn
             self._answer_started = False
@@ -551,6 +604,8 @@ class CallSession:
                 if turn.heard or turn.reply:
                     # History keeps only what the caller heard (barge-in trims it).
                     spoken = turn.heard if turn.interrupted else turn.reply
+                    if spoken and turn.interrupted:
+                        spoken = f"{spoken} {INTERRUPTED_MARK}"
                     if spoken:
                         self.history.append({"role": "assistant", "content": spoken})
                 self._log_turn(turn)
@@ -649,6 +704,7 @@ class CallSession:
         first_token_by: float | None = audio_by - b.tts_first_audio_ms
         chunks: asyncio.Queue[str | None] = asyncio.Queue()
         queues = [chunks]
+        wanted: list[ToolRequest] = []
         chunker = SpeakableChunker()
 
         def on_text(text: str) -> None:
@@ -665,7 +721,7 @@ class CallSession:
                     first_token_by = None  # the acknowledgement keeps the budget; the answer may take longer
                 speaker = tg.create_task(self._speak_chunks(turn, queues))
                 try:
-                    await self._run_ladder(turn, list(route.paths), on_text, first_token_by)
+                    wanted = await self._run_ladder(turn, list(route.paths), on_text, first_token_by)
                 finally:
                     for chunk in chunker.flush():
                         turn.mark("first_chunk", self.clock.now())
@@ -674,6 +730,14 @@ class CallSession:
                 await speaker
         except* LadderExhausted:
             pass
+        for tool in wanted:
+            if tool.name == MARK_RESOLVED:
+                log.info("call %s turn %d: the model marked the call resolved", self.call_sid, turn.index)
+                self.outcome, self.outcome_reason = "resolved", tool.argument or "marked by the agent"
+        if any(t.name == TRANSFER_TO_HUMAN for t in wanted):
+            reason = next(t.argument for t in wanted if t.name == TRANSFER_TO_HUMAN)
+            await self._hand_to_person(turn, f"the agent asked for a person: {reason}", "transfer")
+            return True
         answered = self._answer_started and bool(turn.reply_answer)
         if answered and route.ends_with_human and self._can_transfer():
             await self._hand_to_person(turn, f"{route.routing_class} calls end with a person", "transfer")
@@ -811,8 +875,17 @@ class CallSession:
 
     async def _run_ladder(
         self, turn: TurnRecord, paths: list[str], on_text, first_token_by: float | None
-    ) -> None:
-        await self._ladder(turn, first_token_by=first_token_by).run(paths, on_text)
+    ) -> list[ToolRequest]:
+        """The answer's ladder, offering the agent's tools; returns the tools the model called."""
+        ladder = self._ladder(turn, first_token_by=first_token_by, tools=agent_tools(self._can_transfer()))
+        try:
+            await ladder.run(paths, on_text)
+        finally:
+            wanted, problems = read_tool_calls(ladder.tool_calls)
+            for problem in problems:
+                log.warning("call %s turn %d: ignoring a tool call: %s", self.call_sid, turn.index, problem)
+            turn.tools = [{"name": w.name, "argument": w.argument} for w in wanted]
+        return wanted
 
     # ------------------------------------------------------------------ handoff to a person
 

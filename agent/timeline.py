@@ -61,6 +61,10 @@ class TurnRecord:
     outcome: str = "answered"  # answered, apology, handoff, not_heard, interrupted
     usage: dict[str, Any] = field(default_factory=dict)
     chunks: list[str] = field(default_factory=list)
+    tools: list[dict[str, str]] = field(default_factory=list)  # tool calls the model made ({name, argument})
+    overlaps: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # caller sounds over the agent that did not interrupt
 
     def mark(self, name: str, t: float, *, overwrite: bool = False) -> None:
         if name not in TIMELINE_NAMES:
@@ -105,4 +109,6 @@ class TurnRecord:
             "outcome": self.outcome,
             "usage": self.usage,
             "chunks": self.chunks,
+            "tools": self.tools,
+            "overlaps": self.overlaps,
         }

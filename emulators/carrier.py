@@ -452,8 +452,13 @@ class FakeTwilioCall:
         assert self._active is not None
         item = self.result.items[self._active]
         item.ended_at = t
+        overlap = not self._utts[self._active].expect_turn
         self._active = None
         self._watch = _Watch(item=item, since=t, boundary=self._queued_pos, deadline=t + self.agent_wait_s)
+        if overlap and not self._buf and not any(rec.name.endswith(":end") for _, rec in self._pending):
+            # A backchannel or cough over the agent gets no reply of its own, and the reply it
+            # overlapped has already finished: the next caller item counts its gap from now.
+            self._watch.reply_started_at = self._watch.reply_finished_at = t
 
     def _script_done(self, t: float) -> bool:
         if self._active is not None or self._next_item < len(self._utts):
@@ -587,7 +592,10 @@ class FakeTwilioCall:
         r.recorded = bytes(self._recording)
         r.agent_audio_ms = self._played_bytes // 8
         r.duration_s = self.now
-        r.completed = all(it.ended_at is not None and it.reply_started_at is not None for it in r.items)
+        r.completed = all(
+            it.ended_at is not None and (it.reply_started_at is not None or not utt.expect_turn)
+            for it, utt in zip(r.items, self._utts, strict=True)
+        )  # sound over the agent (expect_turn false) gets no reply of its own
         if self._suppressed_errors and not any(e.startswith("... and ") for e in r.errors):
             r.errors.append(f"... and {self._suppressed_errors} more errors")
 

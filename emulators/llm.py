@@ -303,7 +303,14 @@ def plan_tool_calls(messages: list[dict[str, Any]], tools: Any) -> list[tuple[st
         w in low for w in ("transfer", "human", "person", "representative")
     ):
         calls.append(("transfer_to_human", {"reason": "caller asked for a person"}))
+    if "mark_resolved" in names and not calls and any(w in low for w in _CLOSINGS):
+        calls.append(("mark_resolved", {"summary": "the caller said that is all"}))
     return calls
+
+
+# A caller's closing words: the emulated model marks the call resolved (with its spoken reply).
+_CLOSINGS = ("that's all", "that is all", "thank you", "thanks", "bye", "धन्यवाद", "शुक्रिया")
+SPOKEN_TOOLS = {"mark_resolved"}  # tools a model calls beside its text, not instead of it
 
 
 def word_pieces(text: str) -> list[str]:
@@ -597,7 +604,8 @@ class LLMEmulator:
                 tps = behaviour.tps
         messages = body["messages"]
         calls = plan_tool_calls(messages, body.get("tools"))
-        text = "" if calls else respond(model, messages, reasoning=reasoning)
+        spoken = all(name in SPOKEN_TOOLS for name, _ in calls)
+        text = respond(model, messages, reasoning=reasoning) if spoken else ""
         plan = _Plan(
             model=model,
             reasoning=reasoning,
@@ -701,7 +709,7 @@ class LLMEmulator:
                 await asyncio.sleep(self.keepalive_interval_s)
                 await body(self.keepalive)
         await self._wait(send, plan.ttft, keepalives=openrouter)
-        if plan.calls:
+        if plan.calls and not plan.pieces:
             if not await self._stream_tool_calls(plan, send, body):
                 return
         else:
@@ -720,7 +728,11 @@ class LLMEmulator:
                     if openrouter and i % KEEPALIVE_EVERY_TOKENS == 0:
                         await body(self.keepalive)
                 await body(self._choice_chunk(plan, {"content": piece}))
-            await body(self._choice_chunk(plan, {}, "stop"))
+            if plan.calls:  # text first, then the calls in the same message
+                if not await self._stream_tool_calls(plan, send, body, after_text=True):
+                    return
+            else:
+                await body(self._choice_chunk(plan, {}, "stop"))
         if plan.include_usage:
             completion = len(plan.pieces) + sum(2 for _ in plan.calls)
             await body(
@@ -748,7 +760,11 @@ class LLMEmulator:
             log.info("llm emulator: dropping the connection mid-stream")
 
     async def _stream_tool_calls(
-        self, plan: _Plan, send: Callable, body: Callable[[bytes], Awaitable[None]]
+        self,
+        plan: _Plan,
+        send: Callable,
+        body: Callable[[bytes], Awaitable[None]],
+        after_text: bool = False,
     ) -> bool:
         """Stream the tool calls; False when a fault broke the stream."""
         ids = [plan.call_id(self.flavor, i) for i in range(len(plan.calls))]
@@ -756,8 +772,13 @@ class LLMEmulator:
             {"index": i, "id": ids[i], "type": "function", "function": {"name": name, "arguments": ""}}
             for i, (name, _) in enumerate(plan.calls)
         ]
-        await body(self._choice_chunk(plan, {"role": "assistant", "content": None, "tool_calls": first}))
-        if plan.fault:
+        opening = (
+            {"tool_calls": first}
+            if after_text
+            else {"role": "assistant", "content": None, "tool_calls": first}
+        )
+        await body(self._choice_chunk(plan, opening))
+        if plan.fault and not after_text:
             await self._break_stream(plan, send)
             return False
         for i, (_, args) in enumerate(plan.calls):
@@ -791,7 +812,7 @@ class LLMEmulator:
             return
         message: dict[str, Any] = {
             "role": "assistant",
-            "content": "".join(plan.pieces) if not plan.calls else None,
+            "content": "".join(plan.pieces) or None,
         }
         finish = "tool_calls" if plan.calls else "stop"
         if plan.calls:

@@ -44,6 +44,7 @@ EXPECTED_CALLS = {
     "booking_change",
     "angry_complaint",
     "pause_mid_sentence",
+    "backchannel",
     "talk_over",
     "dtmf_entry",
     "hindi_order_status",
@@ -108,15 +109,21 @@ def test_script_fields(fixture: fx.Fixture) -> None:
     assert raw["call"] == fixture.json_path.stem
     assert raw["audio"] == fixture.json_path.stem + ".wav"
     utts = fixture.script.utterances
-    assert 2 <= len(utts) <= 4
+    turns = [u for u in utts if u.expect_turn]
+    assert 2 <= len(turns) <= 4 and len(utts) <= 6
     for u in utts:
         if u.play == "after_agent":
             assert 500 <= u.gap_ms <= 900
         if u.is_dtmf:
             continue
-        assert u.expect_class in KNOWN_CLASSES
-        assert u.text and u.text == u.text.strip()
         assert fixture.script.language_of(u) == fixture.script.language
+        assert u.text == u.text.strip()
+        if not u.expect_turn:  # a backchannel or a cough over the agent: short, and not a turn
+            assert u.play == "barge_in" and u.expect_class is None
+            assert 300 <= u.end_ms - u.start_ms <= 2000
+            continue
+        assert u.expect_class in KNOWN_CLASSES
+        assert u.text
         assert 1000 <= u.end_ms - u.start_ms <= 5000
 
 

@@ -48,7 +48,7 @@ def fixture_turns(name: str) -> tuple[list[dict[str, Any]], str]:
     script = load(name).script
     turns: list[dict[str, Any]] = []
     last_class = "faq"
-    for i, utt in enumerate(script.utterances):
+    for i, utt in enumerate(u for u in script.utterances if u.expect_turn):
         cls = utt.expect_class or last_class
         stakes = BUILTIN_CLASSES[cls].stakes
         turns.append(
@@ -375,10 +375,10 @@ def test_regulated_is_urgent() -> None:
 
 def test_request_has_schema_and_conversation() -> None:
     turns, lang = fixture_turns("billing_dispute")
-    sreq = llm_summary_request(turns, lang, REASONING)
-    assert sreq.request.model == REASONING and sreq.request.messages[0]["role"] == "system"
-    assert "two thousand four hundred rupees" in sreq.request.messages[1]["content"]
-    rf = sreq.response_format
+    request = llm_summary_request(turns, lang, REASONING)
+    assert request.model == REASONING and request.messages[0]["role"] == "system"
+    assert "two thousand four hundred rupees" in request.messages[1]["content"]
+    rf = request.response_format
     assert rf["type"] == "json_schema" and rf["json_schema"]["strict"] is True
     schema = rf["json_schema"]["schema"]
     assert schema == summary_json_schema()

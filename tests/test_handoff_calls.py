@@ -198,3 +198,35 @@ async def test_a_webhook_without_a_secret_fails_at_start(monkeypatch):
         async with local_stack("zero", 0, [load("order_status")], cfg):
             pass
     assert info.group_contains(RuntimeError, match=r"\$VOXROUTE_WEBHOOK_SECRET holds no signing secret")
+
+
+async def test_the_model_hands_off_with_its_transfer_tool():
+    """A tenant lets the model decide (``human_request`` is routed to the model instead of straight
+    to a person): the model calls ``transfer_to_human`` with a reason, and the call is transferred."""
+    cfg = load_config()
+    cfg.routing.classes["human_request"] = ClassDef(stakes="high", bridge_then_escalate=False)
+    fixture = load("angry_complaint")
+    async with local_stack("zero", 0, [fixture], cfg) as stack:
+        raw = await replay_fixture(fixture, stack.server_url, speed=2.0, config=cfg)
+        root = dial_twiml(stack.emulators.twilio, raw["call_sid"])
+    assert raw["ended"] == "handoff", raw.get("error")
+    last = raw["turns"][-1]
+    assert last["route"]["class"] == "human_request" and not last["route"]["handoff"]
+    assert last["tools"] == [{"name": "transfer_to_human", "argument": "caller asked for a person"}]
+    assert last["outcome"] == "handoff" and last["reply"] == cfg.agent.transfer_phrases["en-IN"]
+    assert raw["handoff"]["trigger"] == "the agent asked for a person: caller asked for a person"
+    assert root.find("Dial/Number").text == "+918000000999"
+    assert raw["outcome"] == "handoff"
+    # Earlier turns offered the tool too, and the model did not use it.
+    assert all(t["tools"] == [] for t in raw["turns"][:-1])
+
+
+async def test_the_model_marks_a_settled_call_resolved(replay_call):
+    """The caller says thanks: the model answers and calls ``mark_resolved``; the call's outcome is
+    ``resolved`` (the call log's containment counts it)."""
+    result = await replay_call("order_status", profile="zero", speed=2.0)
+    assert result.ended == "completed", result.raw.get("error")
+    assert result.raw["outcome"] == "resolved"
+    last = result.turns[-1]
+    assert [t["name"] for t in last["tools"]] == ["mark_resolved"] and last["reply"]
+    assert all(t["tools"] == [] for t in result.turns[:-1])

@@ -17,6 +17,7 @@ import pytest
 
 from agent.fixture import all_fixture_names, load
 from agent.replay import local_stack, replay_fixture
+from agent.session import INTERRUPTED_MARK
 from tests.conftest import emulator_faults
 
 FRAME_MS = 20
@@ -34,7 +35,8 @@ def expected_end(name: str) -> str:
 
 def expected_items(name: str) -> list[str]:
     """What each caller item should be transcribed as: the script's text, or the keyed digits."""
-    return [u.text if u.dtmf is None else u.dtmf for u in load(name).script.utterances]
+    utts = [u for u in load(name).script.utterances if u.expect_turn]  # a backchannel is no turn
+    return [u.text if u.dtmf is None else u.dtmf for u in utts]
 
 
 async def replay_many(names: list[str], profile: str, seed: int):
@@ -152,9 +154,12 @@ async def test_barge_in_clears_and_history_keeps_only_heard_text(replay_call):
                 heard_chunks.append(turn["chunks"][int(chunk)])
     assert _norm(turn["heard"]) == _norm(" ".join(heard_chunks))
     assert len(_norm(turn["heard"])) < len(_norm(turn["reply"]))  # something was cut off
+    # The next request carries only the heard part, marked as interrupted.
     assistant = [m["content"] for m in result.history if m["role"] == "assistant"]
-    assert turn["heard"] in assistant or (not turn["heard"] and turn["reply"] not in assistant)
+    if turn["heard"]:
+        assert f"{turn['heard']} {INTERRUPTED_MARK}" in assistant
     assert turn["reply"] not in assistant
+    assert not any(a.startswith(turn["reply"]) for a in assistant)
 
 
 @pytest.mark.slow

@@ -114,6 +114,8 @@ class LLMRequest:
     max_tokens: int = 200
     temperature: float = 0.3
     tools: list[dict[str, Any]] | None = None
+    # Structured output (OpenAI ``response_format``); dropped for flavors whose allow-list lacks it.
+    response_format: dict[str, Any] | None = None
     # Opaque tag sent as the X-Voxroute-Tag header so emulators can attribute faults to a turn.
     tag: str | None = None
 

@@ -582,6 +582,8 @@ def build_body(
         # OpenRouter always sends usage; Sarvam v1 knows no stream_options.
         body["stream_options"] = {"include_usage": True}
     dropped = []
+    if request.response_format:
+        extra = {"response_format": request.response_format, **(extra or {})}
     for key, value in (extra or {}).items():
         if key in allowed and key not in body:
             body[key] = value
