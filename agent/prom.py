@@ -1,0 +1,186 @@
+"""``GET /metrics`` in the Prometheus text format: a call observer that counts turns, first-audio
+latency, budget misses, fallbacks, bridges, hedges, cost, and calls.
+
+Label values come from the config (tenants, routing classes, tiers) or from small fixed sets
+(turn outcomes, how a call ended, fault kinds); anything else is folded into ``other`` so that a
+bad input cannot grow the number of series. Each ``Services`` gets its own ``CollectorRegistry``:
+two runtimes in one process (tests) never share counters.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.exposition import choose_encoder
+
+from agent.providers.base import FAULT_KINDS
+
+log = logging.getLogger("voxroute.prom")
+
+OTHER = "other"
+NONE = "none"  # a turn without a route (DTMF before routing, a turn cut short)
+TIERS = ("fast", "reasoning")
+TURN_OUTCOMES = ("answered", "apology", "handoff", "not_heard", "interrupted", "merged")
+CALL_ENDINGS = ("completed", "caller_hung_up", "handoff", "error")
+FALLBACK_REASONS = (*FAULT_KINDS, "cooldown")
+PROVIDER_KINDS = ("llm", "stt", "tts", "runtime")
+BRIDGE_KINDS = ("cached", "ack")
+MAX_ACTIONS = 32  # fallback actions are code constants; this only guards against a surprise
+
+# Around the 1000 ms voice budget: fine steps below it, coarse ones above (seconds).
+FIRST_AUDIO_BUCKETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0)
+
+
+class Labels:
+    """A bounded label: values from a known set pass, anything else is ``other``."""
+
+    def __init__(self, known: Iterable[str]) -> None:
+        self.known = frozenset(known)
+
+    def __call__(self, value: Any) -> str:
+        if value is None or value == "":
+            return NONE
+        return value if value in self.known else OTHER
+
+
+class FirstSeen:
+    """Free-text labels (fallback actions): the first ``cap`` distinct values, then ``other``."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.seen: set[str] = set()
+
+    def __call__(self, value: Any) -> str:
+        text = str(value or NONE).split(";")[0].strip()[:40] or NONE  # "next rung; path cooling down 30 s"
+        if text in self.seen:
+            return text
+        if len(self.seen) < self.cap:
+            self.seen.add(text)
+            return text
+        return OTHER
+
+
+class PromMetrics:
+    """A ``CallObserver`` (agent/services.py) that keeps Prometheus series. Every method is a few
+    dictionary lookups and counter increments: it returns at once."""
+
+    def __init__(self, tenants: Iterable[str], classes: Iterable[str], process: bool = True) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        if process:
+            ProcessCollector(registry=self.registry)  # CPU, memory, open fds of this runtime
+        self.tenant = Labels(tenants)
+        self.routing_class = Labels(classes)
+        self.tier = Labels(TIERS)
+        self.outcome = Labels(TURN_OUTCOMES)
+        self.ended = Labels(CALL_ENDINGS)
+        self.reason = Labels(FALLBACK_REASONS)
+        self.provider_kind = Labels(PROVIDER_KINDS)
+        self.bridge_kind = Labels(BRIDGE_KINDS)
+        self.action = FirstSeen(MAX_ACTIONS)
+        self._active: set[str] = set()
+        r = self.registry
+        self.turns = Counter(
+            "voxroute_turns", "Finished turns", ["tenant", "class", "tier", "outcome"], registry=r
+        )
+        self.first_audio = Histogram(
+            "voxroute_first_audio_seconds",
+            "First agent audio on the wire after the end of the caller's speech (first_audio_out - speech_end)",
+            ["class", "tier"],
+            buckets=FIRST_AUDIO_BUCKETS,
+            registry=r,
+        )
+        self.budget_misses = Counter(
+            "voxroute_budget_misses",
+            "Turns whose first audio came later than their budget",
+            ["tenant", "class", "tier"],
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "voxroute_fallbacks",
+            "Fallbacks taken in turns: what went wrong, what the runtime did, which kind of provider",
+            ["reason", "action", "provider_kind"],
+            registry=r,
+        )
+        self.bridges = Counter(
+            "voxroute_bridges", "Turns that played a bridge", ["tenant", "class", "kind"], registry=r
+        )
+        self.hedges = Counter(
+            "voxroute_hedges",
+            "Hedged LLM requests (a second provider started)",
+            ["tenant", "class"],
+            registry=r,
+        )
+        self.cost = Counter(
+            "voxroute_cost_usd", "Model cost in US dollars", ["tenant", "class", "tier"], registry=r
+        )
+        self.active_calls = Gauge("voxroute_active_calls", "Calls in progress", registry=r)
+        self.calls = Counter(
+            "voxroute_calls", "Finished calls by how they ended", ["tenant", "ended"], registry=r
+        )
+
+    @classmethod
+    def for_services(cls, services: Any) -> PromMetrics:
+        """Label sets from the config: its tenants and every routing class any tenant knows."""
+        table = services.router.table
+        classes = {name for per_tenant in table.classes.values() for name in per_tenant}
+        return cls(table.tenants, classes)
+
+    # ---- CallObserver
+
+    def call_started(self, call: dict[str, Any]) -> None:
+        self._active.add(call.get("call_sid") or "")
+        self.active_calls.set(len(self._active))
+
+    def turn_finished(self, call: dict[str, Any], turn: dict[str, Any]) -> None:
+        route = turn.get("route") or {}
+        tenant = self.tenant(call.get("tenant"))
+        klass = self.routing_class(route.get("class"))
+        tier = self.tier(route.get("tier"))
+        self.turns.labels(tenant, klass, tier, self.outcome(turn.get("outcome"))).inc()
+        first_audio = turn.get("first_audio_ms")
+        if isinstance(first_audio, int | float):
+            self.first_audio.labels(klass, tier).observe(first_audio / 1000.0)
+            budget = turn.get("budget_ms")
+            if isinstance(budget, int | float) and first_audio > budget:
+                self.budget_misses.labels(tenant, klass, tier).inc()
+        for fallback in turn.get("fallbacks") or []:
+            self.fallbacks.labels(
+                self.reason(fallback.get("kind")),
+                self.action(fallback.get("action")),
+                self.provider_kind(fallback.get("service") or "runtime"),
+            ).inc()
+        if turn.get("bridge"):
+            self.bridges.labels(tenant, klass, self.bridge_kind(turn.get("bridge_kind"))).inc()
+        usage = turn.get("usage") or {}
+        hedges = usage.get("hedges")
+        if isinstance(hedges, int) and hedges > 0:
+            self.hedges.labels(tenant, klass).inc(hedges)
+        cost = usage.get("cost_usd")
+        if isinstance(cost, int | float) and cost > 0:
+            self.cost.labels(tenant, klass, tier).inc(cost)
+
+    def call_ended(self, call: dict[str, Any]) -> None:
+        self._active.discard(call.get("call_sid") or "")
+        self.active_calls.set(len(self._active))
+        self.calls.labels(self.tenant(call.get("tenant")), self.ended(call.get("ended"))).inc()
+
+    # ---- exposition
+
+    def exposition(self, accept: str = "") -> tuple[bytes, str]:
+        """The scrape body and its content type: OpenMetrics when the scraper asks for it, else the
+        classic text format (version 0.0.4, which every Prometheus reads)."""
+        encode, content_type = choose_encoder(accept)
+        return encode(self.registry), content_type
+
+
+def add_metrics_route(app: FastAPI, metrics: PromMetrics) -> None:
+    """``GET /metrics``, open like ``/debug/stats``: figures, no call content (scrapers rarely send keys)."""
+
+    @app.get("/metrics", include_in_schema=False)
+    async def get_metrics(request: Request) -> Response:
+        body, content_type = metrics.exposition(request.headers.get("accept", ""))
+        return Response(body, headers={"Content-Type": content_type})
