@@ -1,0 +1,147 @@
+"""Asterisk AudioSocket: the framing (fuzzed), and a call over real TCP into the real runtime.
+
+Asterisk is not in Debian 12 (reference telephony.md §3.1), so the client here is an in-process
+fake Asterisk built from the framing: UUID first, 320-byte slin frames every 20 ms, a DTMF
+message, and hang-up by closing the socket, as Asterisk 20 does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.fixture import load
+from agent.link import InboundAudio, InboundDtmf, MarkEcho
+from agent.replay import local_stack
+from agent.session import CallSession
+from telephony.audio import ulaw_to_pcm16
+from telephony.audiosocket import (
+    KIND_DTMF,
+    KIND_HANGUP,
+    KIND_SLIN,
+    AudioSocketError,
+    AudioSocketParser,
+    audio_frame,
+    dtmf_frame,
+    frame,
+    serve_audiosocket,
+    uuid_frame,
+)
+
+CALL = uuid.UUID("12345678-1234-5678-1234-567812345678")
+
+
+def test_parser_reads_split_frames() -> None:
+    data = uuid_frame(CALL) + audio_frame(b"\x01\x00" * 160) + dtmf_frame("5") + frame(KIND_HANGUP)
+    p = AudioSocketParser()
+    msgs = []
+    for i in range(0, len(data), 7):
+        msgs += p.feed(data[i : i + 7])
+    assert [m.kind for m in msgs] == [0x01, KIND_SLIN, KIND_DTMF, KIND_HANGUP]
+    assert (
+        uuid.UUID(bytes=msgs[0].payload) == CALL and len(msgs[1].payload) == 320 and msgs[2].payload == b"5"
+    )
+    assert audio_frame(b"\x00\x00")[:3] == b"\x10\x00\x02"  # type, big-endian length
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        audio_frame(b"\x00" * 320),  # audio before the UUID
+        uuid_frame(CALL) + frame(0x10, b""),  # zero-length audio
+        uuid_frame(CALL) + frame(0x42, b"x"),  # unknown type
+        frame(0x01, b"short"),
+    ],
+)
+def test_parser_rejects_bad_streams(data: bytes) -> None:
+    with pytest.raises(AudioSocketError):
+        AudioSocketParser().feed(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400))
+def test_fuzz_parser(data: bytes) -> None:
+    p = AudioSocketParser()
+    try:
+        p.feed(uuid_frame(CALL) + data)
+    except AudioSocketError:
+        pass
+
+
+async def test_audiosocket_call_into_the_runtime() -> None:
+    fx = load("order_status")
+    utt = fx.script.utterances[0]
+    caller = ulaw_to_pcm16(fx.ulaw[: utt.end_ms * 8])
+    links = []
+    async with local_stack("reference", 0, [fx]) as stack:
+
+        async def on_call(link) -> None:
+            links.append(link)
+            await CallSession(link, stack.services).run()
+
+        async with serve_audiosocket(on_call, "127.0.0.1", 0) as (host, port):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(uuid_frame(CALL))
+            received = bytearray()
+
+            async def read_all() -> None:
+                p = AudioSocketParser()
+                p.seen_uuid = True  # the server never sends a UUID
+                while data := await reader.read(4096):
+                    for msg in p.feed(data):
+                        assert msg.kind in (KIND_SLIN, KIND_HANGUP)
+                        received.extend(msg.payload)
+
+            loop = asyncio.get_running_loop()
+            async with asyncio.TaskGroup() as tg:
+                reading = tg.create_task(read_all())
+                t0 = loop.time()
+                silence = bytes(320)
+                n_frames = int(6.5 / 0.02)
+                for i in range(n_frames):
+                    piece = caller[i * 320 : (i + 1) * 320]
+                    writer.write(audio_frame(piece.ljust(320, b"\0") if piece else silence))
+                    if i == n_frames - 20:
+                        writer.write(dtmf_frame("7"))
+                    await asyncio.sleep(max(0.0, t0 + (i + 1) * 0.02 - loop.time()))
+                writer.close()  # Asterisk hangs up by closing
+                await asyncio.sleep(0.3)
+                reading.cancel()
+            call = stack.services.call_json(links[0].start.call_sid)
+    pcm = np.frombuffer(bytes(received), "<i2")
+    assert len(pcm) / 8000 >= 1.0, "the agent's reply came back as slin frames"
+    assert np.abs(pcm.astype(np.int32)).max() > 1000
+    assert call is not None and call["carrier"] == "audiosocket"
+    assert "order" in (call["turns"][0].get("transcript") or "").lower()
+    assert call["turns"][0]["first_audio_ms"] is not None
+
+
+async def test_link_marks_and_dtmf_without_the_runtime() -> None:
+    events = []
+
+    async def on_call(link) -> None:
+        await link.send_audio(b"\x10\x00" * 800)  # 100 ms
+        await link.send_mark("m1")
+        async for ev in link.events():
+            events.append(ev)
+            if isinstance(ev, InboundDtmf):
+                await link.hangup()
+
+    async with serve_audiosocket(on_call, "127.0.0.1", 0) as (host, port):
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(uuid_frame(CALL) + audio_frame(b"\x00\x00" * 240))  # 30 ms: one frame, 10 ms pending
+        await asyncio.sleep(0.2)
+        writer.write(dtmf_frame("#"))
+        data = await asyncio.wait_for(reader.read(100_000), 2)
+        while chunk := await asyncio.wait_for(reader.read(100_000), 2):
+            data += chunk
+    kinds = [type(e).__name__ for e in events]
+    assert kinds[:1] == ["InboundAudio"] and sum(isinstance(e, InboundAudio) for e in events) == 1
+    assert any(isinstance(e, MarkEcho) and e.name == "m1" for e in events)
+    assert events[-1].__class__.__name__ == "CallEnded"
+    assert data.endswith(frame(KIND_HANGUP)) and data.count(b"\x10\x01\x40") == 5  # 5 frames of 320 bytes

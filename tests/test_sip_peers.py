@@ -1,0 +1,454 @@
+"""The SIP user agent against real SIP peers (sipp, baresip) on 127.0.0.1, with the real runtime.
+
+Debian packages ``sip-tester`` (sipp) and ``baresip-core``; each test skips when its tool is
+missing, unless VOXROUTE_REQUIRE_SERVICES=1 (then it fails).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import socket
+import subprocess
+import wave
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from agent.fixture import load
+from agent.replay import local_stack
+from agent.session import CallSession
+from telephony.audio import ulaw_to_pcm16
+from telephony.sip.transport import SipLink, SipServer, SipTransferRefused, SipTransfers, serving
+from telephony.sip.ua import Registration
+from tests.conftest import services_required
+
+SIPP_PCAPS = Path("/usr/share/sip-tester")
+
+
+def need(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        if services_required():
+            pytest.fail(f"{tool} is required (VOXROUTE_REQUIRE_SERVICES=1) but not installed")
+        pytest.skip(f"{tool} not installed (apt-get install -y sip-tester baresip-core)")
+    return path
+
+
+@contextlib.asynccontextmanager
+async def runtime_with_sip(fixture_name: str) -> AsyncIterator[tuple[object, SipServer, list[SipLink]]]:
+    """The real runtime (emulated providers) with a SIP UA on a free 127.0.0.1 port."""
+    fx = load(fixture_name)
+    links: list[SipLink] = []
+    async with local_stack("reference", 0, [fx]) as stack:
+
+        async def on_call(link) -> None:
+            links.append(link)
+            await CallSession(link, stack.services).run()
+
+        server = SipServer(on_call, bind=("127.0.0.1", 0), allow_from=["127.0.0.1/32"])
+        async with serving(server):
+            yield stack, server, links
+
+
+async def run(*cmd: str, limit_s: float, cwd: Path | None = None) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *cmd,
+        cwd=cwd,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        async with asyncio.timeout(limit_s):
+            out, _ = await proc.communicate()
+    except TimeoutError:
+        proc.kill()
+        out, _ = await proc.communicate()
+        return -1, out.decode(errors="replace")
+    return proc.returncode or 0, out.decode(errors="replace")
+
+
+async def call_record(server_url: str, call_sid: str) -> dict:
+    async with httpx.AsyncClient(base_url=server_url, timeout=5) as http:
+        for _ in range(60):
+            r = await http.get(f"/calls/{call_sid}")
+            if r.status_code == 200 and r.json().get("ended") != "in_progress":
+                return r.json()
+            await asyncio.sleep(0.1)
+    return r.json() if r.status_code == 200 else {}
+
+
+# --------------------------------------------------------------------------- sipp scenarios
+
+INVITE = """
+  <send retrans="500"><![CDATA[
+      INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: sipp <sip:919800000001@[local_ip]:[local_port]>;tag=[pid]SIPpTag09[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 INVITE
+      Contact: sip:sipp@[local_ip]:[local_port]
+      Max-Forwards: 70
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      v=0
+      o=user1 53655765 2353687637 IN IP[local_ip_type] [local_ip]
+      s=-
+      c=IN IP[local_ip_type] [local_ip]
+      t=0 0
+      m=audio [auto_media_port] RTP/AVP 0 101
+      a=rtpmap:0 PCMU/8000
+      a=rtpmap:101 telephone-event/8000
+      a=fmtp:101 0-11,16
+  ]]></send>
+  <recv response="100" optional="true"/>
+  <recv response="180" optional="true"/>
+  <recv response="200" rtd="true"/>
+  <send><![CDATA[
+      ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: sipp <sip:919800000001@[local_ip]:[local_port]>;tag=[pid]SIPpTag09[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+  ]]></send>
+"""
+
+BYE = """
+  <send retrans="500"><![CDATA[
+      BYE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: sipp <sip:919800000001@[local_ip]:[local_port]>;tag=[pid]SIPpTag09[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 2 BYE
+      Max-Forwards: 70
+      Content-Length: 0
+  ]]></send>
+  <recv response="200" crlf="true"/>
+"""
+
+AUDIO_AND_DTMF = """
+  <nop><action><exec rtp_stream="caller.ulaw,1,0"/></action></nop>
+  <pause milliseconds="3200"/>
+  <nop><action><exec play_pcap_audio="pcap/dtmf_2833_4.pcap"/></action></nop>
+  <pause milliseconds="1500"/>
+"""
+
+
+def refer_answer(status: str, sipfrag: str) -> str:
+    """sipp answers the agent's REFER with ``status`` and, on 202, a NOTIFY carrying ``sipfrag``."""
+    reply = f"""
+  <recv request="REFER"/>
+  <send><![CDATA[
+      SIP/2.0 {status}
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Contact: <sip:sipp@[local_ip]:[local_port]>
+      Content-Length: 0
+  ]]></send>
+"""
+    if status.startswith("202"):
+        reply += f"""
+  <send retrans="500"><![CDATA[
+      NOTIFY sip:agent@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: sipp <sip:919800000001@[local_ip]:[local_port]>;tag=[pid]SIPpTag09[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 3 NOTIFY
+      Event: refer
+      Subscription-State: terminated;reason=noresource
+      Content-Type: message/sipfrag;version=2.0
+      Max-Forwards: 70
+      Content-Length: [len]
+
+      {sipfrag}
+  ]]></send>
+  <recv response="200"/>
+"""
+    return reply
+
+
+AGENT_BYE = """
+  <recv request="BYE" timeout="15000"/>
+  <send><![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+  ]]></send>
+"""
+
+
+def scenario(name: str, body: str) -> str:
+    return f'<?xml version="1.0" encoding="ISO-8859-1" ?>\n<scenario name="{name}">{body}</scenario>\n'
+
+
+def sipp_dir(tmp_path: Path, seconds: float = 3.0) -> Path:
+    (tmp_path / "pcap").mkdir()
+    for pcap in SIPP_PCAPS.glob("dtmf_2833_*.pcap"):
+        (tmp_path / "pcap" / pcap.name).symlink_to(pcap)
+    fx = load("order_status")
+    (tmp_path / "caller.ulaw").write_bytes(fx.ulaw[: int(seconds * 8000)])  # headerless mu-law
+    return tmp_path
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sipp_cmd(server: SipServer, xml: Path, timeout_s: int = 20) -> list[str]:
+    assert server.address is not None
+    host, port = server.address
+    return [
+        need("sipp"),
+        f"{host}:{port}",
+        "-sf",
+        str(xml),
+        "-s",
+        "agent",
+        "-i",
+        "127.0.0.1",
+        "-mi",
+        "127.0.0.1",
+        "-p",
+        str(free_udp_port()),
+        "-mp",
+        str(free_udp_port()),
+        "-m",
+        "1",
+        "-l",
+        "1",
+        "-nostdin",
+        "-timeout",
+        f"{timeout_s}s",
+    ]
+
+
+async def test_sipp_calls_with_pcmu_and_rfc2833_dtmf(tmp_path: Path) -> None:
+    need("sipp")
+    d = sipp_dir(tmp_path)
+    xml = d / "call.xml"
+    xml.write_text(scenario("audio and dtmf", INVITE + AUDIO_AND_DTMF + BYE))
+    async with runtime_with_sip("order_status") as (stack, server, links):
+        code, out = await run(*sipp_cmd(server, xml), limit_s=30, cwd=d)
+        assert code == 0, out[-2000:]
+        assert len(links) == 1
+        link = links[0]
+        call = await call_record(stack.server_url, link.start.call_sid)
+    assert link.codec == "PCMU"
+    # 3.0 s of caller audio in 20 ms packets, then the DTMF event's packets
+    assert 145 <= link.stats.packets_in <= 170, link.stats
+    assert link.stats.dropped_foreign == link.stats.dropped_flood == 0
+    # the agent answered with a live RTP stream, to the media port sipp offered
+    assert link.stats.packets_out >= 4.0 / 0.02 * 0.9, link.stats
+    assert link.remote_rtp[0] == "127.0.0.1"
+    assert call["carrier"] == "sip" and call["from_number"] == "919800000001"
+    transcripts = [t.get("transcript") or "" for t in call["turns"]]
+    assert any("order" in t.lower() for t in transcripts), transcripts
+    assert any("4" in t for t in transcripts), transcripts  # the keypad digit arrived as a turn
+
+
+def read_pcm_wav(path: Path) -> np.ndarray:
+    with wave.open(str(path), "rb") as w:
+        assert w.getframerate() == 8000 and w.getsampwidth() == 2
+        return np.frombuffer(w.readframes(w.getnframes()), "<i2")
+
+
+async def test_baresip_dials_and_hears_the_agent(tmp_path: Path) -> None:
+    baresip = need("baresip")
+    fx = load("order_status")
+    utt = fx.script.utterances[0]
+    caller = tmp_path / "caller.wav"
+    pcm = np.frombuffer(ulaw_to_pcm16(fx.ulaw), "<i2")
+    pcm = np.concatenate([pcm[: utt.end_ms * 8 + 400 * 8], np.zeros(8000 * 20, "<i2")])  # outlasts the call
+    with wave.open(str(caller), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(pcm.tobytes())
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    (tmp_path / "config").write_text(
+        f"""sip_listen 127.0.0.1:0
+audio_source aufile,{caller}
+audio_player aufile,/dev/null
+ausrc_srate 8000
+module_path /usr/lib/baresip/modules
+module g711.so
+module aufile.so
+module account.so
+module menu.so
+module sndfile.so
+snd_path {rec}
+"""
+    )
+    (tmp_path / "accounts").write_text("<sip:caller@127.0.0.1>;regint=0;audio_codecs=PCMU\n")
+    seconds = 9
+    async with runtime_with_sip("order_status") as (stack, server, links):
+        assert server.address is not None
+        target = f"sip:agent@127.0.0.1:{server.address[1]}"
+        code, out = await run(
+            baresip, "-f", str(tmp_path), "-e", f"/dial {target}", "-t", str(seconds), limit_s=seconds + 10
+        )
+        assert code == 0, out[-2000:]
+        assert len(links) == 1, out[-2000:]
+        call = await call_record(stack.server_url, links[0].start.call_sid)
+    heard = read_pcm_wav(next(rec.glob("*-dec.wav")))
+    # what baresip received: the whole call (minus set-up), and the agent's spoken reply in it
+    assert seconds - 3 <= len(heard) / 8000 <= seconds + 1
+    frames = heard[: len(heard) // 160 * 160].reshape(-1, 160)
+    voiced = np.abs(frames.astype(np.int32)).max(axis=1) > 1000
+    assert voiced.sum() * 0.02 >= 1.0, f"only {voiced.sum() * 0.02:.2f} s of agent audio"
+    first_voiced_s = np.argmax(voiced) * 0.02
+    assert first_voiced_s >= utt.end_ms / 1000, "the agent spoke before the caller finished"
+    assert call["carrier"] == "sip"
+    assert call["turns"] and "order" in (call["turns"][0].get("transcript") or "").lower()
+    assert call["turns"][0]["first_audio_ms"] is not None
+
+
+@contextlib.asynccontextmanager
+async def transfer_agent() -> AsyncIterator[tuple[SipServer, SipTransfers, asyncio.Queue]]:
+    """A SIP agent whose calls ask for a transfer one second in (the session's call, made directly)."""
+    outcomes: asyncio.Queue = asyncio.Queue()
+    holder: dict[str, SipTransfers] = {}
+
+    async def on_call(link: SipLink) -> None:
+        await asyncio.sleep(1.0)
+        try:
+            ok = await holder["t"].transfer(link.start.call_sid, "sip:human@127.0.0.1:5999", None)
+            outcomes.put_nowait(("ok", ok))
+        except SipTransferRefused as exc:
+            outcomes.put_nowait(("refused", str(exc)))
+            await link.send_audio(np.full(8000, 3000, "<i2").tobytes())  # the apology
+        async for _ in link.events():
+            pass
+
+    server = SipServer(on_call, bind=("127.0.0.1", 0))
+    holder["t"] = SipTransfers(server, timeout_s=10)
+    async with serving(server):
+        yield server, holder["t"], outcomes
+
+
+async def test_refer_blind_transfer_accepted_by_sipp(tmp_path: Path) -> None:
+    need("sipp")
+    xml = tmp_path / "refer.xml"
+    xml.write_text(scenario("refer ok", INVITE + refer_answer("202 Accepted", "SIP/2.0 200 OK") + AGENT_BYE))
+    async with transfer_agent() as (server, _, outcomes):
+        code, out = await run(*sipp_cmd(server, xml), limit_s=30, cwd=tmp_path)
+        assert code == 0, out[-2000:]
+        assert outcomes.get_nowait() == ("ok", True)
+
+
+async def test_refer_refused_apologises_then_hangs_up(tmp_path: Path) -> None:
+    need("sipp")
+    xml = tmp_path / "refer_no.xml"
+    xml.write_text(scenario("refer refused", INVITE + refer_answer("603 Decline", "") + AGENT_BYE))
+    async with transfer_agent() as (server, _, outcomes):
+        t0 = asyncio.get_running_loop().time()
+        code, out = await run(*sipp_cmd(server, xml), limit_s=30, cwd=tmp_path)
+        took = asyncio.get_running_loop().time() - t0
+        assert code == 0, out[-2000:]  # sipp got the agent's BYE
+        kind, detail = outcomes.get_nowait()
+        assert kind == "refused" and "603" in detail
+        assert took >= 1.0 + 1.0  # BYE only after the 1 s apology played
+
+
+def test_sipp_is_the_real_tool() -> None:
+    path = need("sipp")
+    out = subprocess.run([path, "-v"], capture_output=True, text=True, check=False).stdout
+    assert "SIPp" in out
+
+
+def registrar_cycle(label: str) -> str:
+    """sipp as a registrar: 401 with a digest challenge, then check the answer (sipp's verifyauth)."""
+    return f"""
+  <recv request="REGISTER"/>
+  <send><![CDATA[
+      SIP/2.0 401 Unauthorized
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=reg[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      WWW-Authenticate: Digest realm="trunk.example", nonce="n{label}[call_number]", qop="auth", algorithm=MD5
+      Content-Length: 0
+  ]]></send>
+  <recv request="REGISTER">
+    <action><verifyauth assign_to="ok{label}" username="alice" password="s3cret"/></action>
+  </recv>
+  <nop hide="true" test="ok{label}" next="good{label}"/>
+  <send><![CDATA[
+      SIP/2.0 403 Forbidden
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=reg[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+  ]]></send>
+  <recv request="NEVER" timeout="300"/>
+  <label id="good{label}"/>
+  <send><![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=reg[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      [last_Contact:];expires=2
+      Content-Length: 0
+  ]]></send>
+"""
+
+
+async def test_register_with_digest_to_sipp_and_refresh_before_expiry(tmp_path: Path) -> None:
+    sipp = need("sipp")
+    xml = tmp_path / "registrar.xml"
+    xml.write_text(scenario("registrar", registrar_cycle("a") + registrar_cycle("b")))
+    port = free_udp_port()
+    registration = Registration(("127.0.0.1", port), "trunk.example", "alice", "s3cret", expires=60)
+
+    async def on_call(link) -> None:
+        pass
+
+    proc = await asyncio.create_subprocess_exec(
+        sipp, "-sf", str(xml), "-i", "127.0.0.1", "-p", str(port), "-m", "1", "-nostdin", "-timeout", "10s",
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    await asyncio.sleep(0.3)  # sipp binds its port
+    server = SipServer(on_call, bind=("127.0.0.1", 0), registration=registration)
+    states = []
+    async with serving(server):
+        t0 = asyncio.get_running_loop().time()
+        for _ in range(50):
+            state = server.registration_state
+            if state is not None and not any(state is seen for seen in states):
+                states.append(state)
+            if len(states) >= 2:
+                break
+            await asyncio.sleep(0.1)
+        took = asyncio.get_running_loop().time() - t0
+    async with asyncio.timeout(10):
+        out, _ = await proc.communicate()
+    assert proc.returncode == 0, out.decode(errors="replace")[-2000:]
+    assert [s.registered for s in states] == [True, True]  # registered, then refreshed
+    assert states[0].expires == 2 and 0.9 <= took <= 3.0  # the refresh came at half of the 2 s granted
