@@ -258,14 +258,20 @@ class _Watch:
     timed_out: bool = False
 
 
-class FakeTwilioCall:
-    """Twilio's side of one bidirectional Media Stream, as a state machine without I/O.
+class FakeCarrierCall:
+    """A carrier's side of one bidirectional media stream, as a state machine without I/O.
 
     ``tick()`` advances the carrier clock by exactly 20 ms; ``receive(text, now)`` handles one
     message from the runtime at carrier time ``now`` (clamped into the current tick). Every
     method returns the texts to send, in order; they carry the shared sequence counter, so send
     them in the order they were produced.
+
+    The caller script, the playback buffer (8 kHz mu-law, drained at 8000 bytes/s), marks and
+    the result live here; the wire format is a subclass's: :class:`FakeTwilioCall` here, and
+    Exotel, Plivo and Telnyx in ``emulators/carriers.py``.
     """
+
+    echo_marks_on_clear = True  # Twilio echoes every pending mark when told to clear
 
     def __init__(
         self,
@@ -341,12 +347,40 @@ class FakeTwilioCall:
         """``connected`` (no sequence number) and ``start``; the carrier clock starts here."""
         assert not self._opened
         self._opened = True
-        return [connected_text(), start_text(self._next_seq(), self.ids, self.custom_parameters)]
+        return self._open_texts()
 
-    def stop(self) -> str:
+    def stop(self) -> str | None:
+        """The carrier's ``stop`` message (``None`` for a carrier that has none: close the socket)."""
         self.stopped = True
         self._finish()
-        return stop_text(self._next_seq(), self.ids)
+        return self._stop_text()
+
+    # -- the wire format: one subclass per carrier --------------------------
+
+    def _open_texts(self) -> list[str]:
+        raise NotImplementedError
+
+    def _stop_text(self) -> str | None:
+        raise NotImplementedError
+
+    def _frame_texts(self, frame: bytes) -> list[str]:
+        """One 20 ms caller frame (160 bytes of 8 kHz mu-law) as the carrier sends it."""
+        raise NotImplementedError
+
+    def _dtmf_text(self, digit: str) -> str:
+        raise NotImplementedError
+
+    def _mark_text(self, name: str) -> str:
+        raise NotImplementedError
+
+    def _decode(self, text: str | bytes) -> tuple[str, object] | None:
+        """One runtime message as ``("media", 8 kHz mu-law)``, ``("mark", name)`` or
+        ``("clear", None)``; ``None`` after recording the error."""
+        raise NotImplementedError
+
+    def _clear_ack_texts(self) -> list[str]:
+        """What the carrier sends when it has cleared (Plivo ``clearedAudio``); nothing by default."""
+        return []
 
     def tick(self) -> list[str]:
         """Advance one 20 ms frame: echo played marks, run the script, send one media frame."""
@@ -377,13 +411,11 @@ class FakeTwilioCall:
                     and t + _EPS >= item.started_at + self._dtmf_sent * DTMF_SPACING_S
                 ):
                     digit = self._active_digits[self._dtmf_sent]
-                    out.append(dtmf_text(self._next_seq(), self.ids.stream_sid, digit))
+                    out.append(self._dtmf_text(digit))
                     self._dtmf_sent += 1
                 if self._dtmf_sent >= len(self._active_digits):
                     self._end_item(t)
-        out.append(
-            media_text(self._next_seq(), self.ids.stream_sid, self._ticks, self._ticks * FRAME_MS, frame)
-        )
+        out += self._frame_texts(frame)
         # 3. the agent channel: play the next 20 ms of the buffer
         n = min(FRAME_BYTES, len(self._buf))
         if n:
@@ -477,7 +509,7 @@ class FakeTwilioCall:
 
     def _echo(self, rec: MarkRecord, t: float, out: list[str]) -> None:
         rec.echoed_at = t
-        out.append(mark_text(self._next_seq(), self.ids.stream_sid, rec.name))
+        out.append(self._mark_text(rec.name))
         w = self._watch
         if rec.name.endswith(":end") and w.reply_finished_at is None and t > w.since + _EPS:
             w.reply_finished_at = t
@@ -497,50 +529,18 @@ class FakeTwilioCall:
         if self.stopped:
             return []
         t = self.now if now is None else min(max(now, self.now), self.now + FRAME_MS / 1000)
-        if isinstance(text, bytes):
-            self.error("binary websocket frame from the runtime (Twilio takes JSON text frames)")
+        decoded = self._decode(text)
+        if decoded is None:
             return []
-        try:
-            msg = json.loads(text)
-        except ValueError:
-            self.error(f"message is not JSON: {text[:80]!r}")
-            return []
-        if not isinstance(msg, dict):
-            self.error(f"message is not a JSON object: {text[:80]!r}")
-            return []
-        event = msg.get("event")
-        if event not in ("media", "mark", "clear"):
-            self.error(f"unknown event {event!r} (expected media, mark or clear)")
-            return []
-        if msg.get("streamSid") != self.ids.stream_sid:
-            self.error(f"{event}: streamSid {msg.get('streamSid')!r} is not {self.ids.stream_sid!r}")
-            return []
+        kind, value = decoded
         out: list[str] = []
-        if event == "media":
-            media = msg.get("media")
-            payload = media.get("payload") if isinstance(media, dict) else None
-            if not isinstance(payload, str):
-                self.error("media: missing media.payload string")
-                return []
-            try:
-                audio = base64.b64decode(payload, validate=True)
-            except (binascii.Error, ValueError):
-                self.error("media: payload is not valid base64")
-                return []
-            if audio[:4] == b"RIFF":
-                self.error(
-                    "media: payload starts with a RIFF/WAV header (Twilio plays raw mu-law only); dropped"
-                )
-                return []
-            self._buf += audio
-            self._queued_pos += len(audio)
-        elif event == "mark":
-            mark = msg.get("mark")
-            name = mark.get("name") if isinstance(mark, dict) else None
-            if not isinstance(name, str) or not name:
-                self.error("mark: missing mark.name string")
-                return []
-            rec = MarkRecord(name=name, received_at=t)
+        if kind == "media":
+            assert isinstance(value, bytes | bytearray)
+            self._buf += value
+            self._queued_pos += len(value)
+        elif kind == "mark":
+            assert isinstance(value, str)
+            rec = MarkRecord(name=value, received_at=t)
             self.result.marks.append(rec)
             if not self._pending and self._queued_pos <= self._heard_pos:
                 self._echo(rec, t, out)  # nothing queued: at once
@@ -550,9 +550,11 @@ class FakeTwilioCall:
             self.result.clears.append(t)
             self._buf.clear()
             self._played_pos = self._heard_pos = self._queued_pos
-            for _, rec in self._pending:
-                self._echo(rec, t, out)
+            if self.echo_marks_on_clear:
+                for _, rec in self._pending:
+                    self._echo(rec, t, out)
             self._pending.clear()
+            out += self._clear_ack_texts()
         return out
 
     # -- bookkeeping --------------------------------------------------------
@@ -600,6 +602,72 @@ class FakeTwilioCall:
             r.errors.append(f"... and {self._suppressed_errors} more errors")
 
 
+class FakeTwilioCall(FakeCarrierCall):
+    """Twilio's side of one bidirectional Media Stream (telephony.md §1.8): ``connected``,
+    ``start`` with string numbers, 160-byte mu-law ``media`` every 20 ms, ``dtmf``, ``mark``
+    echoes and ``stop``, all on one shared ``sequenceNumber`` counter."""
+
+    def _open_texts(self) -> list[str]:
+        return [connected_text(), start_text(self._next_seq(), self.ids, self.custom_parameters)]
+
+    def _stop_text(self) -> str:
+        return stop_text(self._next_seq(), self.ids)
+
+    def _frame_texts(self, frame: bytes) -> list[str]:
+        return [media_text(self._next_seq(), self.ids.stream_sid, self._ticks, self._ticks * FRAME_MS, frame)]
+
+    def _dtmf_text(self, digit: str) -> str:
+        return dtmf_text(self._next_seq(), self.ids.stream_sid, digit)
+
+    def _mark_text(self, name: str) -> str:
+        return mark_text(self._next_seq(), self.ids.stream_sid, name)
+
+    def _decode(self, text: str | bytes) -> tuple[str, object] | None:
+        if isinstance(text, bytes):
+            self.error("binary websocket frame from the runtime (Twilio takes JSON text frames)")
+            return None
+        try:
+            msg = json.loads(text)
+        except ValueError:
+            self.error(f"message is not JSON: {text[:80]!r}")
+            return None
+        if not isinstance(msg, dict):
+            self.error(f"message is not a JSON object: {text[:80]!r}")
+            return None
+        event = msg.get("event")
+        if event not in ("media", "mark", "clear"):
+            self.error(f"unknown event {event!r} (expected media, mark or clear)")
+            return None
+        if msg.get("streamSid") != self.ids.stream_sid:
+            self.error(f"{event}: streamSid {msg.get('streamSid')!r} is not {self.ids.stream_sid!r}")
+            return None
+        if event == "media":
+            media = msg.get("media")
+            payload = media.get("payload") if isinstance(media, dict) else None
+            if not isinstance(payload, str):
+                self.error("media: missing media.payload string")
+                return None
+            try:
+                audio = base64.b64decode(payload, validate=True)
+            except (binascii.Error, ValueError):
+                self.error("media: payload is not valid base64")
+                return None
+            if audio[:4] == b"RIFF":
+                self.error(
+                    "media: payload starts with a RIFF/WAV header (Twilio plays raw mu-law only); dropped"
+                )
+                return None
+            return "media", audio
+        if event == "mark":
+            mark = msg.get("mark")
+            name = mark.get("name") if isinstance(mark, dict) else None
+            if not isinstance(name, str) or not name:
+                self.error("mark: missing mark.name string")
+                return None
+            return "mark", name
+        return "clear", None
+
+
 # --------------------------------------------------------------------------- asyncio layer
 
 
@@ -630,14 +698,39 @@ async def dial(
     headers: dict[str, str] = {}
     if auth_token:
         headers["X-Twilio-Signature"] = upgrade_signature(auth_token, public_url or wss_form(ws_url))
+    return await run_fake_call(
+        call,
+        ws_url,
+        headers=headers,
+        user_agent=TWILIO_USER_AGENT,
+        speed=speed,
+        agent_wait_s=agent_wait_s,
+        record_path=record_path,
+    )
+
+
+async def run_fake_call(
+    call: FakeCarrierCall,
+    ws_url: str,
+    *,
+    headers: dict[str, str],
+    user_agent: str,
+    speed: float = 1.0,
+    agent_wait_s: float = 20.0,
+    record_path: Path | None = None,
+) -> CarrierResult:
+    """The asyncio layer for any :class:`FakeCarrierCall`: connect, pace, receive, stop, record."""
+    if speed <= 0:
+        raise ValueError("speed must be > 0")
+    ids = call.ids
     log.info(
-        "fake carrier dialling %s into %s (call %s, speed %g)", fixture.name, ws_url, ids.call_sid, speed
+        "fake carrier dialling %s into %s (call %s, speed %g)", call.fixture.name, ws_url, ids.call_sid, speed
     )
     try:
         async with connect(
             ws_url,
             additional_headers=headers,
-            user_agent_header=TWILIO_USER_AGENT,
+            user_agent_header=user_agent,
             compression=None,
             proxy=None,
             ping_interval=None,
@@ -683,7 +776,9 @@ async def dial(
                     async with send_lock:
                         if call.stopped:
                             return
-                        await ws.send(call.stop())
+                        stop = call.stop()
+                        if stop is not None:  # Plivo has no stop message: closing says it
+                            await ws.send(stop)
                         call.result.closed_by = "carrier"
                     await ws.close(1000)
                     call.result.close_code = ws.close_code
