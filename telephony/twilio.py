@@ -23,16 +23,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from telephony.audio import pcm16_to_ulaw, ulaw_to_pcm16
+from telephony.mediastream import CarrierProtocolError, get_int, get_obj, get_str, load_message, short
 
 MAX_MESSAGE_BYTES = 64 * 1024
 INBOUND_FRAME_BYTES = 160  # 20 ms of mu-law at 8 kHz = 216 base64 characters
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
 MULAW = "audio/x-mulaw"
-_MAX_INT_CHARS = 18  # sequence numbers and timestamps; keeps int() away from huge digit strings
 
 
-class TwilioProtocolError(ValueError):
-    """A message from (or to) Twilio that breaks the Media Streams protocol."""
+# A message from (or to) Twilio that breaks the Media Streams protocol: the error every carrier
+# codec raises, so the field helpers of telephony.mediastream serve Twilio too.
+TwilioProtocolError = CarrierProtocolError
 
 
 # ---------------------------------------------------------------- events Twilio sends us
@@ -119,63 +120,9 @@ OutboundEvent = OutboundMedia | OutboundMark | OutboundClear
 # ---------------------------------------------------------------- field helpers
 
 
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _load(text: str | bytes, limit: int) -> dict:
-    if isinstance(text, bytes | bytearray | memoryview):
-        if len(text) > limit:
-            raise TwilioProtocolError(f"message of {len(text)} bytes exceeds the {limit}-byte limit")
-        try:
-            text = bytes(text).decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise TwilioProtocolError(f"message is not UTF-8: {exc}") from None
-    elif not isinstance(text, str):
-        raise TwilioProtocolError(f"message must be text, got {type(text).__name__}")
-    if len(text) > limit or (not text.isascii() and len(text.encode("utf-8", "surrogatepass")) > limit):
-        raise TwilioProtocolError(f"message exceeds the {limit}-byte limit")
-    try:
-        msg = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise TwilioProtocolError(f"malformed JSON: {exc}") from None
-    if not isinstance(msg, dict):
-        raise TwilioProtocolError(f"message must be a JSON object, got {type(msg).__name__}")
-    return msg
-
-
-def _obj(d: dict, key: str, where: str) -> dict:
-    value = d.get(key)
-    if not isinstance(value, dict):
-        raise TwilioProtocolError(f"{where}.{key} must be an object, got {_short(value)}")
-    return value
-
-
-def _str(d: dict, key: str, where: str, *, required: bool = True) -> str | None:
-    value = d.get(key)
-    if value is None and not required:
-        return None
-    if not isinstance(value, str):
-        raise TwilioProtocolError(f"{where}.{key} must be a string, got {_short(value)}")
-    return value
-
-
-def _int(d: dict, key: str, where: str, *, required: bool = False) -> int | None:
-    """An unsigned integer sent as a number or as a string of digits."""
-    value = d.get(key)
-    if value is None and not required:
-        return None
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    if isinstance(value, str) and 0 < len(value) <= _MAX_INT_CHARS and value.isascii() and value.isdigit():
-        return int(value)
-    raise TwilioProtocolError(f"{where}.{key} must be an unsigned integer, got {_short(value)}")
-
-
 def _b64(value: object, where: str) -> bytes:
     if not isinstance(value, str):
-        raise TwilioProtocolError(f"{where} must be a base64 string, got {_short(value)}")
+        raise TwilioProtocolError(f"{where} must be a base64 string, got {short(value)}")
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -186,7 +133,7 @@ def _params(value: object) -> dict[str, str]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise TwilioProtocolError(f"start.customParameters must be an object, got {_short(value)}")
+        raise TwilioProtocolError(f"start.customParameters must be an object, got {short(value)}")
     out: dict[str, str] = {}
     for k, v in value.items():
         if isinstance(v, str):
@@ -194,7 +141,7 @@ def _params(value: object) -> dict[str, str]:
         elif isinstance(v, int | float) and not isinstance(v, bool):
             out[k] = str(v)  # lenient: a parameter value that came through as a number
         else:
-            raise TwilioProtocolError(f"start.customParameters.{k} must be a string, got {_short(v)}")
+            raise TwilioProtocolError(f"start.customParameters.{k} must be a string, got {short(v)}")
     return out
 
 
@@ -231,10 +178,10 @@ class TwilioStream:
     # -- inbound
 
     def feed(self, text: str | bytes) -> list[TwilioEvent]:
-        msg = _load(text, self.max_message_bytes)
+        msg = load_message(text, self.max_message_bytes)
         event = msg.get("event")
         if not isinstance(event, str):
-            raise TwilioProtocolError(f"message has no string 'event' field: got {_short(event)}")
+            raise TwilioProtocolError(f"message has no string 'event' field: got {short(event)}")
         parse = self._PARSERS.get(event)
         if parse is None:
             return []  # an event type newer than this code: ignore it
@@ -246,7 +193,7 @@ class TwilioStream:
             sid = msg.get("streamSid")
             if sid is not None and sid != self.start.stream_sid:
                 raise TwilioProtocolError(
-                    f"{event!r} for stream {_short(sid)}, expected {self.start.stream_sid!r}"
+                    f"{event!r} for stream {short(sid)}, expected {self.start.stream_sid!r}"
                 )
         return [parse(self, msg)]
 
@@ -255,33 +202,33 @@ class TwilioStream:
             raise TwilioProtocolError("duplicate or late 'connected'")
         self.connected = True
         return Connected(
-            _str(msg, "protocol", "connected", required=False),
-            _str(msg, "version", "connected", required=False),
+            get_str(msg, "protocol", "connected", required=False),
+            get_str(msg, "version", "connected", required=False),
         )
 
     def _start(self, msg: dict) -> Start:
         if self.start is not None:
             raise TwilioProtocolError("duplicate 'start'")
-        seq = _int(msg, "sequenceNumber", "start")
-        body = _obj(msg, "start", "message")
-        sid = _str(body, "streamSid", "start", required=False) or _str(msg, "streamSid", "message")
+        seq = get_int(msg, "sequenceNumber", "start")
+        body = get_obj(msg, "start", "message")
+        sid = get_str(body, "streamSid", "start", required=False) or get_str(msg, "streamSid", "message")
         top_sid = msg.get("streamSid")
         if top_sid is not None and top_sid != sid:
-            raise TwilioProtocolError(f"start.streamSid {sid!r} differs from streamSid {_short(top_sid)}")
+            raise TwilioProtocolError(f"start.streamSid {sid!r} differs from streamSid {short(top_sid)}")
         if not sid:
             raise TwilioProtocolError("start.streamSid is empty")
-        call_sid = _str(body, "callSid", "start")
+        call_sid = get_str(body, "callSid", "start")
         if not call_sid:
             raise TwilioProtocolError("start.callSid is empty")
-        account_sid = _str(body, "accountSid", "start", required=False) or ""
+        account_sid = get_str(body, "accountSid", "start", required=False) or ""
         tracks_raw = body.get("tracks", ["inbound"])
         if not isinstance(tracks_raw, list) or not all(isinstance(t, str) for t in tracks_raw):
-            raise TwilioProtocolError(f"start.tracks must be a list of strings, got {_short(tracks_raw)}")
-        fmt = _obj(body, "mediaFormat", "start")
+            raise TwilioProtocolError(f"start.tracks must be a list of strings, got {short(tracks_raw)}")
+        fmt = get_obj(body, "mediaFormat", "start")
         media_format = MediaFormat(
-            encoding=_str(fmt, "encoding", "start.mediaFormat"),
-            sample_rate=_int(fmt, "sampleRate", "start.mediaFormat", required=True),
-            channels=_int(fmt, "channels", "start.mediaFormat", required=True),
+            encoding=get_str(fmt, "encoding", "start.mediaFormat"),
+            sample_rate=get_int(fmt, "sampleRate", "start.mediaFormat", required=True),
+            channels=get_int(fmt, "channels", "start.mediaFormat", required=True),
         )
         if (media_format.encoding, media_format.sample_rate, media_format.channels) != (MULAW, 8000, 1):
             raise TwilioProtocolError(f"unsupported mediaFormat {media_format}: only {MULAW} 8000 Hz mono")
@@ -299,8 +246,8 @@ class TwilioStream:
         return start
 
     def _media(self, msg: dict) -> Media:
-        seq = _int(msg, "sequenceNumber", "media")
-        body = _obj(msg, "media", "message")
+        seq = get_int(msg, "sequenceNumber", "media")
+        body = get_obj(msg, "media", "message")
         payload = _b64(body.get("payload"), "media.payload")
         if self.frame_bytes is not None and len(payload) != self.frame_bytes:
             raise TwilioProtocolError(f"media.payload is {len(payload)} bytes, expected {self.frame_bytes}")
@@ -309,36 +256,36 @@ class TwilioStream:
         return Media(
             payload=payload,
             pcm=ulaw_to_pcm16(payload),
-            track=_str(body, "track", "media", required=False),
-            chunk=_int(body, "chunk", "media"),
-            timestamp=_int(body, "timestamp", "media"),
+            track=get_str(body, "track", "media", required=False),
+            chunk=get_int(body, "chunk", "media"),
+            timestamp=get_int(body, "timestamp", "media"),
             sequence_number=seq,
         )
 
     def _dtmf(self, msg: dict) -> Dtmf:
-        seq = _int(msg, "sequenceNumber", "dtmf")
-        body = _obj(msg, "dtmf", "message")
-        digit = _str(body, "digit", "dtmf")
+        seq = get_int(msg, "sequenceNumber", "dtmf")
+        body = get_obj(msg, "dtmf", "message")
+        digit = get_str(body, "digit", "dtmf")
         if digit not in DTMF_DIGITS:
-            raise TwilioProtocolError(f"dtmf.digit {_short(digit)} is not a keypad digit")
-        return Dtmf(digit=digit, track=_str(body, "track", "dtmf", required=False), sequence_number=seq)
+            raise TwilioProtocolError(f"dtmf.digit {short(digit)} is not a keypad digit")
+        return Dtmf(digit=digit, track=get_str(body, "track", "dtmf", required=False), sequence_number=seq)
 
     def _mark(self, msg: dict) -> Mark:
-        seq = _int(msg, "sequenceNumber", "mark")
-        body = _obj(msg, "mark", "message")
-        return Mark(name=_str(body, "name", "mark"), sequence_number=seq)
+        seq = get_int(msg, "sequenceNumber", "mark")
+        body = get_obj(msg, "mark", "message")
+        return Mark(name=get_str(body, "name", "mark"), sequence_number=seq)
 
     def _stop(self, msg: dict) -> Stop:
-        seq = _int(msg, "sequenceNumber", "stop")
+        seq = get_int(msg, "sequenceNumber", "stop")
         body = msg.get("stop")
         if body is None:
             body = {}
         elif not isinstance(body, dict):
-            raise TwilioProtocolError(f"message.stop must be an object, got {_short(body)}")
+            raise TwilioProtocolError(f"message.stop must be an object, got {short(body)}")
         self.stopped = True
         return Stop(
-            call_sid=_str(body, "callSid", "stop", required=False),
-            account_sid=_str(body, "accountSid", "stop", required=False),
+            call_sid=get_str(body, "callSid", "stop", required=False),
+            account_sid=get_str(body, "accountSid", "stop", required=False),
             sequence_number=seq,
         )
 
@@ -470,19 +417,19 @@ class TwilioPeer:
 
     def feed(self, text: str | bytes) -> list[OutboundEvent]:
         """Parse one message our server sent (``media``, ``mark``, ``clear``)."""
-        msg = _load(text, self.max_message_bytes)
+        msg = load_message(text, self.max_message_bytes)
         event = msg.get("event")
         if event not in ("media", "mark", "clear"):
-            raise TwilioProtocolError(f"unexpected event from the server: {_short(event)}")
+            raise TwilioProtocolError(f"unexpected event from the server: {short(event)}")
         if msg.get("streamSid") != self.stream_sid:
             raise TwilioProtocolError(
-                f"{event} for stream {_short(msg.get('streamSid'))}, expected {self.stream_sid!r}"
+                f"{event} for stream {short(msg.get('streamSid'))}, expected {self.stream_sid!r}"
             )
         if event == "media":
-            payload = _b64(_obj(msg, "media", "message").get("payload"), "media.payload")
+            payload = _b64(get_obj(msg, "media", "message").get("payload"), "media.payload")
             if payload[:4] == b"RIFF":
                 raise TwilioProtocolError("media.payload starts with a RIFF header: send raw mu-law")
             return [OutboundMedia(payload)]
         if event == "mark":
-            return [OutboundMark(_str(_obj(msg, "mark", "message"), "name", "mark"))]
+            return [OutboundMark(get_str(get_obj(msg, "mark", "message"), "name", "mark"))]
         return [OutboundClear()]
