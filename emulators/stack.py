@@ -19,6 +19,7 @@ from typing import Any
 
 from agent.fixture import Fixture, all_fixture_names, load
 from agent.runtime import EmulatorURLs
+from emulators.carrier_rest import CarrierRestEmulator, emulated_plivo_token
 from emulators.llm import LLMEmulator
 from emulators.profiles import Dice, get_profile
 from emulators.sarvam import create_stt_app, create_tts_app
@@ -82,6 +83,7 @@ class EmulatorStack:
     stt_app: Any = None
     tts_app: Any = None
     twilio: TwilioRestEmulator | None = None
+    carrier_rest: CarrierRestEmulator | None = None
 
 
 def fixture_library(extra: list[Fixture] | None = None) -> TranscriptLibrary:
@@ -133,16 +135,21 @@ async def run_emulators(
         },
     )
     twilio = TwilioRestEmulator(EMULATED_ACCOUNT_SID, EMULATED_AUTH_TOKEN)
+    # Plivo signs its webhooks with the account's auth token: the runtime checks them with
+    # $PLIVO_AUTH_TOKEN, so the stand-in uses that token when it is set.
+    carrier_rest = CarrierRestEmulator(plivo_auth_token=emulated_plivo_token())
     async with (
         serve_app(sarvam) as sarvam_url,
         serve_app(openrouter_llm.app) as openrouter_url,
         serve_app(twilio.app) as twilio_url,
+        serve_app(carrier_rest.app) as carrier_url,
     ):
         urls = EmulatorURLs(
             llm={"sarvam": f"{sarvam_url}/v1", "openrouter": f"{openrouter_url}/api/v1"},
             sarvam_ws=ws_url(sarvam_url),
             sarvam_rest=sarvam_url,
             twilio_api=twilio_url,
+            carrier_api=carrier_url,
         )
         yield EmulatorStack(
             urls=urls,
@@ -154,4 +161,5 @@ async def run_emulators(
             stt_app=stt_app,
             tts_app=tts_app,
             twilio=twilio,
+            carrier_rest=carrier_rest,
         )
