@@ -55,6 +55,8 @@ def print_call(call: dict) -> None:
     title = f"{call['fixture']}  {call['call_sid']}  {status}"
     if call.get("mode") == "emulated":
         title += "  [dim](emulated providers: simulated LLM)[/]"
+    elif call.get("mode") == "local":
+        title += "  [dim](embedded offline STT/TTS; simulated LLM)[/]"
     table = Table(title=title, title_justify="left", show_lines=False)
     for col, kw in (
         ("#", {"justify": "right"}),
@@ -130,6 +132,13 @@ def replay(
     ] = None,
     config: Annotated[Path | None, typer.Option(help="config YAML (default examples/default.yaml)")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    local: Annotated[
+        bool,
+        typer.Option("--local", help="embedded offline STT/TTS (voxroute[local]) instead of emulated Sarvam"),
+    ] = False,
+    carrier: Annotated[
+        str, typer.Option("--carrier", help="the fake carrier that dials: twilio, exotel, plivo, telnyx, sip")
+    ] = "twilio",
 ) -> None:
     """Replay fixture calls through the whole stack and print every turn."""
     from agent.replay import replay as run_replay
@@ -147,9 +156,11 @@ def replay(
                 record_dir=record_dir,
                 config=cfg,
                 on_call_done=print_call,
+                stack="local" if local else "emulated",
+                carrier=carrier,
             )
         )
-    except (ConfigError, FixtureError, ValueError) as exc:
+    except (ConfigError, FixtureError, ValueError, RuntimeError) as exc:
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
     print_summary(result)
@@ -176,19 +187,35 @@ def serve(
         typer.Option("--emulators", help='use emulators already running: {"sarvam": URL, "openrouter": URL}'),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="warnings only")] = False,
+    local: Annotated[
+        bool,
+        typer.Option("--local", help="embedded offline STT/TTS for a speech provider without a key"),
+    ] = False,
+    sip: Annotated[
+        str | None, typer.Option(help="also answer SIP calls on this UDP host:port (config: sip.bind)")
+    ] = None,
+    audiosocket: Annotated[
+        str | None, typer.Option(help="also accept Asterisk AudioSocket on this TCP host:port")
+    ] = None,
 ) -> None:
-    """Answer calls: Twilio's voice webhook at /twilio/voice, media streams at /twilio/stream."""
+    """Answer calls: Twilio's voice webhook at /twilio/voice, media streams at /twilio/stream;
+    SIP and Asterisk AudioSocket with --sip / --audiosocket (or the config's sip section)."""
     _setup_logging(not quiet)
     try:
         cfg = load_config(config)
+        cfg.sip.enabled = cfg.sip.enabled or sip is not None
+        cfg.sip.bind = sip or cfg.sip.bind
+        cfg.sip.audiosocket_bind = audiosocket or cfg.sip.audiosocket_bind
         external = json.loads(emulators_at) if emulators_at else None
     except (ConfigError, json.JSONDecodeError) as exc:
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
-    asyncio.run(_serve(cfg, host, port, profile, external))
+    asyncio.run(_serve(cfg, host, port, profile, external, stack="local" if local else "emulated"))
 
 
-async def _serve(cfg, host: str, port: int, profile: str, external: dict | None = None) -> None:
+async def _serve(
+    cfg, host: str, port: int, profile: str, external: dict | None = None, stack: str = "emulated"
+) -> None:
     import gc
 
     # Start-up objects (config, app, provider clients) never die: keep them out of the collector's
@@ -203,10 +230,18 @@ async def _serve(cfg, host: str, port: int, profile: str, external: dict | None 
         keys_missing,
     )
     from emulators.serve import serve_app, ws_url
+    from telephony.sip.service import sip_edge
 
     async def run(urls) -> None:
-        async with build_services(cfg, urls) as services:
-            async with serve_app(create_runtime_app(services), host=host, port=port, log_level="info") as url:
+        async with build_services(cfg, urls, stack=stack) as services:
+            async with (
+                serve_app(create_runtime_app(services), host=host, port=port, log_level="info") as url,
+                sip_edge(
+                    services,
+                    sip=cfg.sip.bind if cfg.sip.enabled else None,
+                    audiosocket=cfg.sip.audiosocket_bind,
+                ),
+            ):
                 logging.getLogger("voxroute").warning(
                     "voxroute serving on %s (public %s); Twilio voice webhook: %s/twilio/voice",
                     url,
@@ -231,6 +266,123 @@ async def _serve(cfg, host: str, port: int, profile: str, external: dict | None 
             await run(emu.urls)
     else:
         await run(None)
+
+
+@app.command()
+def demo(
+    fixtures: Annotated[list[str] | None, typer.Argument(help="fixture names")] = None,
+    port: Annotated[int, typer.Option(help="server port (0: any free port)")] = 8080,
+    record_dir: Annotated[Path, typer.Option(help="where the agent side of each call is written")] = Path(
+        "out/demo"
+    ),
+    config: Annotated[Path | None, typer.Option(help="config YAML (default examples/default.yaml)")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="keep the call pages up until Enter")] = False,
+) -> None:
+    """The offline demo: a server on the embedded stack, three fixture calls dialled in real time."""
+    from agent.demo import dial_calls
+    from agent.fixture import load
+
+    _setup_logging(False)
+    names = fixtures or ["order_status", "billing_dispute", "hindi_order_status"]
+    try:
+        calls = asyncio.run(
+            dial_calls(
+                [load(n) for n in names],
+                load_config(config),
+                port=port,
+                record_dir=record_dir,
+                keep_serving=wait,
+            )
+        )
+    except (ConfigError, FixtureError, RuntimeError, OSError) as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    if any(c["ended"] == "error" for c in calls):
+        raise typer.Exit(1)
+
+
+@app.command()
+def dial(
+    wav: Annotated[Path, typer.Argument(help="a recording (any WAV: PCM, float or mu-law, any rate)")],
+    language: Annotated[str, typer.Option(help="the caller's language")] = "en-IN",
+    port: Annotated[int, typer.Option(help="server port (0: any free port)")] = 0,
+    record_dir: Annotated[Path, typer.Option(help="where the agent side is written")] = Path("out/dial"),
+    config: Annotated[Path | None, typer.Option(help="config YAML")] = None,
+) -> None:
+    """Play your own recording as a call (cut into turns at pauses) into the offline stack."""
+    from agent.demo import dial_calls
+    from agent.replay import fixture_from_wav
+
+    _setup_logging(False)
+    try:
+        fixture = fixture_from_wav(wav, language=language)
+        console.print(f"{wav}: {len(fixture.script.utterances)} utterance(s) found")
+        calls = asyncio.run(dial_calls([fixture], load_config(config), port=port, record_dir=record_dir))
+    except (ConfigError, FixtureError, RuntimeError, OSError) as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    if any(c["ended"] == "error" for c in calls):
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    since: Annotated[
+        str | None, typer.Option(help="calls started since: 2026-11-01, 2026-11-01T09:30 (UTC), 7d, 24h")
+    ] = None,
+    tenant: Annotated[str | None, typer.Option(help="this tenant's calls only")] = None,
+    policy: Annotated[str | None, typer.Option(help="calls under this routing policy hash only")] = None,
+    compare: Annotated[
+        tuple[str, str] | None,
+        typer.Option(help="two routing policy hashes: their figures side by side, and b - a"),
+    ] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="write the figures as JSON here")] = None,
+    database: Annotated[
+        str | None,
+        typer.Option(
+            help="database URL (default: $VOXROUTE_DATABASE_URL, else $VOXROUTE_DATA_DIR/voxroute.db)"
+        ),
+    ] = None,
+) -> None:
+    """Business figures from the call log: cost per resolved call, containment, first-audio latency by
+    routing class, escalation after model failure, repeat contact, bridges and hedges (definitions:
+    agent/calllog/report.py)."""
+    from agent.calllog import report as rep
+    from agent.calllog.store import database_url, make_engine, migrate
+
+    try:
+        filters = rep.Filters(since=rep.parse_since(since), tenant=tenant, policy=policy)
+        url = database_url({"VOXROUTE_DATABASE_URL": database}) if database else database_url()
+        engine = make_engine(url)
+    except ValueError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+
+    async def run() -> dict:
+        try:
+            await migrate(engine)  # an empty database reports zero calls rather than failing
+            if compare:
+                return await rep.compare(engine, compare[0], compare[1], filters)
+            return await rep.report(engine, filters)
+        finally:
+            await engine.dispose()
+
+    try:
+        result = asyncio.run(run())
+    except Exception as exc:  # the database is away or refuses: say which, no traceback
+        err.print(f"[red]error:[/] call log at {url.split('@')[-1]}: {type(exc).__name__}: {exc}")
+        raise typer.Exit(1) from None
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result, indent=2))
+        console.print(f"report: {json_path}")
+    elif compare:
+        console.print(rep.render_compare(result))
+    else:
+        scope = ", ".join(
+            f"{k} {v}" for k, v in (("since", since), ("tenant", tenant), ("policy", policy)) if v
+        )
+        console.print(rep.render(result, f"call log report{': ' + scope if scope else ''}"))
 
 
 config_app = typer.Typer(no_args_is_help=True, help="Check configuration files.")
@@ -282,7 +434,10 @@ def config_check(
             )
         console.print(out)
     rules = len(cfg.routing.rules) + sum(len(t.rules) for t in cfg.tenants.values())
-    console.print(f"[green]ok:[/] {path}: {len(cfg.tenants)} tenant(s), {rules} keyword rule(s)")
+    console.print(
+        f"[green]ok:[/] {path}: {len(cfg.tenants)} tenant(s), {rules} keyword rule(s); "
+        f"routing policy {table.policy_version} (the call log's policy, for voxroute report --policy)"
+    )
 
 
 @app.command("eval-router")

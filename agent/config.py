@@ -152,6 +152,51 @@ class TelephonyConfig(_Model):
     max_message_bytes: int = Field(default=64 * 1024, gt=1024)
 
 
+class SipRegistrationConfig(_Model):
+    """REGISTER to a SIP trunk so its DID rings us (digest auth; refreshed at half the expiry)."""
+
+    registrar: str = Field(pattern=r"^[^\s:]+(:\d{1,5})?$")  # host[:port]
+    domain: str | None = None  # the AOR's domain when it is not the registrar's host
+    username: str
+    password_env: str = "VOXROUTE_SIP_PASSWORD"
+    expires: int = Field(default=3600, ge=30, le=86400)
+
+
+class SipConfig(_Model):
+    """The SIP user agent (``voxroute serve --sip HOST:PORT``) and Asterisk AudioSocket."""
+
+    enabled: bool = False  # or ``voxroute serve --sip HOST:PORT``
+    bind: str = Field(default="127.0.0.1:5060", pattern=r"^[^\s]+:\d{1,5}$")
+    advertise: str | None = None  # the address put in Contact and SDP, when not the bound one (NAT)
+    allow_from: list[str] = Field(default_factory=lambda: ["127.0.0.1/32"])  # direct INVITEs from
+    registration: SipRegistrationConfig | None = None
+    transfer_target: str | None = Field(default=None, pattern=r"^sips?:\S+$")  # REFER target for a number
+    hang_up_on_refused_transfer: bool = True  # apologise, then BYE (else the caller stays)
+    audiosocket_bind: str | None = Field(default=None, pattern=r"^[^\s]+:\d{1,5}$")
+
+    @model_validator(mode="after")
+    def _networks(self) -> SipConfig:
+        import ipaddress
+
+        for i, net in enumerate(self.allow_from):
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"allow_from[{i}]: {net!r} is not an IP address or network") from None
+        return self
+
+
+class CallLogConfig(_Model):
+    """The call log database (agent/calllog): where it is comes from the environment
+    (``VOXROUTE_DATABASE_URL``, else SQLite in ``VOXROUTE_DATA_DIR``); how it buffers, from here."""
+
+    enabled: bool = True
+    store_raw_numbers: bool = False  # the caller's number in clear beside its salted hash
+    queue_size: int = Field(default=10000, ge=10)  # records waiting for the writer
+    memory_records: int = Field(default=2000, ge=10)  # records held while the database is down, then spilled
+    spool_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)  # the on-disk spill file's cap
+
+
 class Config(_Model):
     language: str = "en-IN"  # a call's language when the call set-up does not say
     providers: dict[str, LLMProviderConfig]
@@ -164,7 +209,9 @@ class Config(_Model):
     endpoint: EndpointConfig = EndpointConfig()
     agent: AgentConfig = AgentConfig()
     telephony: TelephonyConfig = TelephonyConfig()
+    sip: SipConfig = SipConfig()
     handoff: HandoffConfig = HandoffConfig()
+    call_log: CallLogConfig = CallLogConfig()
 
     @model_validator(mode="after")
     def _references(self) -> Config:

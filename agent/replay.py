@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import statistics
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
@@ -21,9 +22,8 @@ import httpx
 from agent.config import Config, load_config
 from agent.fixture import Fixture, load
 from agent.runtime import EmulatorURLs, build_services, create_runtime_app, emulator_options
-from emulators.carrier import dial, make_ids
-from emulators.serve import serve_app, ws_url
-from telephony.twiml import public_ws_url
+from emulators.carriers import FakeCarrierSecrets, check_dialable, dial_fixture
+from emulators.serve import serve_app
 
 
 @dataclass
@@ -41,17 +41,22 @@ async def local_stack(
     fixtures: list[Fixture] | None = None,
     config: Config | None = None,
     env_keys: bool = False,
+    stack: str = "emulated",
 ) -> AsyncIterator[LocalStack]:
     """Emulators plus one runtime server, all on 127.0.0.1. Real keys in the environment are
-    ignored unless ``env_keys`` (a replay measures the stack against the emulators)."""
+    ignored unless ``env_keys`` (a replay measures the stack against the emulators).
+    ``stack="local"``: the embedded speech engines instead of the emulated Sarvam (see runtime)."""
+    from emulators.sip_carrier import sip_for_replay
     from emulators.stack import run_emulators
 
     config = config or load_config()
     async with run_emulators(profile, seed, fixtures, **emulator_options(config)) as emu:
         with _without_keys(config, enabled=not env_keys):
-            async with build_services(config, emu.urls) as services:
+            async with build_services(config, emu.urls, stack=stack) as services:
                 app = create_runtime_app(services)
-                async with serve_app(app) as url:
+                async with serve_app(app) as url, sip_for_replay(services, url):
+                    if emu.carrier_rest is not None:
+                        emu.carrier_rest.local_base = url  # Plivo's transfer fetch comes here
                     yield LocalStack(url, config, emu, services)
 
 
@@ -67,6 +72,15 @@ def _without_keys(config: Config, enabled: bool):
         os.environ.update(saved)
 
 
+def operator_headers(config: Config | None = None) -> dict[str, str]:
+    """The operator API key from the environment: ``GET /calls/{sid}`` needs it when the server has one."""
+    import os
+
+    env = (config or load_config()).handoff.operator_api_key_env
+    key = os.environ.get(env, "").strip()
+    return {"X-API-Key": key} if key else {}
+
+
 def _stream_parameters(twiml: str) -> dict[str, str]:
     root = ET.fromstring(twiml)
     return {p.get("name", ""): p.get("value", "") for p in root.iter("Parameter")}
@@ -80,48 +94,32 @@ async def replay_fixture(
     record_dir: Path | None = None,
     config: Config | None = None,
     auth_token: str | None = None,
+    carrier: str = "twilio",
+    carrier_secrets: FakeCarrierSecrets | None = None,
 ) -> dict[str, Any]:
-    """One call: webhook, media stream, then the runtime's own turn records."""
+    """One call: the carrier's call set-up (Twilio: the voice webhook), its media stream, then the
+    runtime's own turn records. ``carrier``: one of ``emulators.carriers.CARRIERS``."""
     config = config or load_config()
-    ids = make_ids()
-    form = {
-        "CallSid": ids.call_sid,
-        "AccountSid": ids.account_sid,
-        "From": fixture.script.from_,
-        "To": "+918000000000",
-        "CallStatus": "ringing",
-        "Direction": "inbound",
-    }
-    headers = {}
-    public_base = config.telephony.public_base_url
+    fake_secrets = carrier_secrets or FakeCarrierSecrets()
     if auth_token:
-        from twilio.request_validator import RequestValidator
-
-        headers["X-Twilio-Signature"] = RequestValidator(auth_token).compute_signature(
-            public_base.rstrip("/") + "/twilio/voice", form
-        )
+        fake_secrets = dataclasses.replace(fake_secrets, twilio_auth_token=auth_token)
     async with httpx.AsyncClient(base_url=server_url, timeout=10) as http:
-        resp = await http.post("/twilio/voice", data=form, headers=headers)
-        resp.raise_for_status()
-        params = _stream_parameters(resp.text)
-        params.setdefault("language", fixture.script.language)
-        params["tenant"] = fixture.script.tenant
         record_path = record_dir / f"{fixture.name}.agent.wav" if record_dir else None
         if record_dir:
             await asyncio.to_thread(record_dir.mkdir, parents=True, exist_ok=True)
-        result = await dial(
+        result = await dial_fixture(
+            carrier,
             fixture,
-            ws_url(server_url) + "/twilio/stream",
-            auth_token=auth_token,
-            public_url=public_ws_url(public_base, "/twilio/stream"),
+            server_url,
+            http=http,
+            public_base_url=config.telephony.public_base_url,
             speed=speed,
             record_path=record_path,
-            custom_parameters=params,
-            call_sid=ids.call_sid,
+            secrets=fake_secrets,
         )
         call: dict[str, Any] = {}
         for _ in range(100):
-            r = await http.get(f"/calls/{result.call_sid}")
+            r = await http.get(f"/calls/{result.call_sid}", headers=operator_headers(config))
             if r.status_code == 200:
                 call = r.json()
                 if call.get("ended") != "in_progress":
@@ -160,6 +158,7 @@ async def replay_fixture(
 
 def _turn_json(t: dict[str, Any]) -> dict[str, Any]:
     keys = ("index", "kind", "transcript", "language", "route", "timeline", "first_audio_ms", "budget_ms")
+    keys += ("llm",)  # "simulated LLM" when an emulator answered the turn
     out = {k: t.get(k) for k in keys}
     out.update(
         within_budget=t.get("within_budget"),
@@ -212,7 +211,10 @@ async def replay(
     record_dir: Path | None = None,
     config: Config | None = None,
     on_call_done=None,
+    stack: str = "emulated",
+    carrier: str = "twilio",
 ) -> dict[str, Any]:
+    check_dialable(carrier)  # a clear error before anything starts
     fixtures = [load(n) for n in names]
     config = config or load_config()
     speed = 4.0 if fast else 1.0
@@ -220,7 +222,9 @@ async def replay(
 
     async def run_all(url: str) -> None:
         for fixture in fixtures:
-            call = await replay_fixture(fixture, url, speed=speed, record_dir=record_dir, config=config)
+            call = await replay_fixture(
+                fixture, url, speed=speed, record_dir=record_dir, config=config, carrier=carrier
+            )
             calls.append(call)
             if on_call_done is not None:
                 on_call_done(call)
@@ -228,9 +232,88 @@ async def replay(
     if server:
         await run_all(server.rstrip("/"))
     else:
-        async with local_stack(profile, seed, fixtures, config) as stack:
-            await run_all(stack.server_url)
+        async with local_stack(profile, seed, fixtures, config, stack=stack) as running:
+            await run_all(running.server_url)
     return {"profile": profile, "seed": seed, "calls": calls, "summary": summarise(calls)}
 
 
-__all__ = ["EmulatorURLs", "LocalStack", "local_stack", "replay", "replay_fixture", "summarise"]
+__all__ = [
+    "EmulatorURLs",
+    "LocalStack",
+    "local_stack",
+    "operator_headers",
+    "replay",
+    "replay_fixture",
+    "summarise",
+]
+
+
+def fixture_from_wav(path: Path, *, pause_ms: int = 700, language: str = "en-IN") -> Fixture:
+    """Any WAV (PCM 8/16/24/32-bit, float, mu-law; any rate; mono or not) as a fixture call: converted
+    to 8 kHz mu-law and cut into utterances at pauses of ``pause_ms`` (webrtcvad), each played after
+    the agent's answer. For ``voxroute dial``: the words are whatever the caller said (no script)."""
+    import numpy as np
+    import webrtcvad
+
+    from agent.fixture import FixtureError, FixtureScript, read_wav
+    from agent.providers.local import resample_any
+    from telephony.audio import FRAME_BYTES, pcm16_to_ulaw, ulaw_to_pcm16
+
+    tag, rate, channels, data = read_wav(path)
+    if tag == 7:
+        samples = np.frombuffer(ulaw_to_pcm16(data), "<i2").astype(np.float64)
+    elif tag == 3:
+        samples = np.frombuffer(data[: len(data) // 4 * 4], "<f4").astype(np.float64) * 32767
+    elif tag == 1:
+        width = _pcm_width(path)
+        dtype = {1: "u1", 2: "<i2", 4: "<i4"}.get(width)
+        if width == 3:
+            raw = np.frombuffer(data[: len(data) // 3 * 3], "u1").reshape(-1, 3).astype(np.int32)
+            samples = ((raw[:, 0] << 8 | raw[:, 1] << 16 | raw[:, 2] << 24) >> 16).astype(np.float64)
+        elif dtype is None:
+            raise FixtureError(f"{path}: unsupported sample width {width} bytes")
+        else:
+            x = np.frombuffer(data[: len(data) // width * width], dtype).astype(np.float64)
+            samples = (x - 128) * 256 if width == 1 else x / (65536 if width == 4 else 1)
+    else:
+        raise FixtureError(f"{path}: unsupported WAV format {tag} (use PCM, float or mu-law)")
+    if channels > 1:
+        samples = samples[: len(samples) // channels * channels].reshape(-1, channels).mean(axis=1)
+    pcm = np.clip(samples, -32768, 32767).astype("<i2").tobytes()
+    pcm = resample_any(pcm, rate, 8000)
+    pcm += b"\x00" * (-len(pcm) % FRAME_BYTES)
+    vad = webrtcvad.Vad(2)
+    voiced = [vad.is_speech(pcm[i : i + FRAME_BYTES], 8000) for i in range(0, len(pcm), FRAME_BYTES)]
+    spans: list[list[int]] = []  # [first, last] voiced frame of each utterance
+    for i, v in enumerate(voiced):
+        if not v:
+            continue
+        if spans and (i - spans[-1][1]) * 20 < pause_ms:
+            spans[-1][1] = i
+        else:
+            spans.append([i, i])
+    spans = [s for s in spans if (s[1] - s[0] + 1) * 20 >= 200]
+    if not spans:
+        raise FixtureError(f"{path}: no speech found")
+    n = len(voiced)
+    utterances = [
+        {
+            "start_ms": max(0, a - 5) * 20,
+            "end_ms": min(n, b + 6) * 20,
+            "text": "(your recording)",
+            "play": "after_agent",
+            "gap_ms": 600,
+        }
+        for a, b in spans
+    ]
+    script = FixtureScript.model_validate(
+        {"version": 1, "call": path.stem, "audio": path.name, "language": language, "utterances": utterances}
+    )
+    return Fixture(script, pcm16_to_ulaw(pcm), path.with_suffix(".dial.json"))
+
+
+def _pcm_width(path: Path) -> int:
+    import wave
+
+    with wave.open(str(path), "rb") as w:
+        return w.getsampwidth()

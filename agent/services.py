@@ -31,6 +31,10 @@ class Transfers(Protocol):
 
     async def hang_up(self, call_sid: str) -> bool: ...
 
+    def can_transfer(self, call_sid: str) -> bool:
+        """Whether this call's carrier has a call control here (else no transfer is offered)."""
+        ...
+
 
 class CallObserver(Protocol):
     """Sees every call and turn (the call log, /metrics). Must return at once and never raise:

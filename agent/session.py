@@ -891,7 +891,13 @@ class CallSession:
 
     def _can_transfer(self) -> bool:
         tenant = self.services.router.table.tenants[self.tenant]
-        return self.services.call_control is not None and bool(tenant.human_queue) and self._tg is not None
+        control = self.services.call_control
+        return (
+            control is not None
+            and control.can_transfer(self.call_sid)
+            and bool(tenant.human_queue)
+            and self._tg is not None
+        )
 
     async def _hand_to_person(self, turn: TurnRecord, why: str, phrase: str) -> None:
         """The turn ends in a handoff: transfer when the call can be, and say ``phrase``."""

@@ -28,6 +28,7 @@ import httpx
 
 from agent.fixture import all_fixture_names, load
 from agent.metrics import _pct
+from agent.replay import operator_headers
 from bench.common import processes, webhook_params
 from emulators.carrier import dial
 from emulators.serve import ws_url
@@ -77,7 +78,7 @@ async def run(rounds: int) -> dict:
     fixtures = [load(n) for n in all_fixture_names()]
     rows: list[dict] = []
     with processes() as (base, _pid):
-        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        async with httpx.AsyncClient(base_url=base, timeout=30, headers=operator_headers()) as http:
             for r in range(rounds):
                 for i, fixture in enumerate(fixtures):  # one call at a time: overhead, not load
                     sid = f"CA{r:016x}{i:016x}"

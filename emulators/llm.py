@@ -65,6 +65,7 @@ from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
+from emulators import scripted
 from emulators.profiles import EMULATED_FAULTS, Dice, FaultRecord, Latency
 
 log = logging.getLogger(__name__)
@@ -605,7 +606,8 @@ class LLMEmulator:
         messages = body["messages"]
         calls = plan_tool_calls(messages, body.get("tools"))
         spoken = all(name in SPOKEN_TOOLS for name, _ in calls)
-        text = respond(model, messages, reasoning=reasoning) if spoken else ""
+        # A routing class from the runtime (the offline stack) picks a scripted reply, else the templates.
+        text = (scripted.reply(messages) or respond(model, messages, reasoning=reasoning)) if spoken else ""
         plan = _Plan(
             model=model,
             reasoning=reasoning,

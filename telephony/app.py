@@ -31,6 +31,7 @@ from telephony.call_control import (
     return_to_agent_twiml,
     whisper_twiml,
 )
+from telephony.carriers import CarrierSettings, add_carrier_routes
 from telephony.twilio import (
     MAX_MESSAGE_BYTES,
     Dtmf,
@@ -228,6 +229,10 @@ class HandoffHooks(Protocol):
 
     def on_dial_result(self, call_sid: str, result: DialResult) -> None: ...
 
+    def plivo_transfer_xml(self, call_uuid: str) -> str | None:
+        """The XML Plivo runs for a call we asked it to transfer, None if there is none."""
+        ...
+
 
 def create_app(
     settings: TelephonySettings,
@@ -235,8 +240,11 @@ def create_app(
     *,
     tenant_for_number: TenantLookup | None = None,
     handoff: HandoffHooks | None = None,
+    carriers: CarrierSettings | None = None,
 ) -> FastAPI:
-    """The Twilio edge. ``on_call(link)`` runs one call to its end (the lead's CallSession)."""
+    """The Twilio edge. ``on_call(link)`` runs one call to its end (the lead's CallSession).
+    Exotel, Plivo and Telnyx routes come from ``telephony.carriers`` (``carriers``: their
+    secrets; ``None`` reads them from the environment)."""
     app = FastAPI(title="voxroute telephony", docs_url=None, redoc_url=None, openapi_url=None)
     token = settings.twilio_auth_token
     stream_url = public_ws_url(settings.public_base_url, STREAM_PATH)
@@ -408,6 +416,18 @@ def create_app(
             await link.close(1000)  # no-op when already closed
             log.info("call %s: stream ended", start.call_sid)
 
+    add_carrier_routes(
+        app,
+        settings.public_base_url,
+        on_call,
+        settings=carriers,
+        default_tenant=settings.default_tenant,
+        tenant_for=tenant_for,
+        max_message_bytes=settings.max_message_bytes,
+        start_timeout_s=settings.start_timeout_s,
+        active=active,
+        plivo_transfer_xml=handoff.plivo_transfer_xml if handoff is not None else None,
+    )
     return app
 
 

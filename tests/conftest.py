@@ -18,6 +18,17 @@ from agent.fixture import load
 from agent.replay import local_stack, replay_fixture
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _call_log_in_a_temporary_folder(tmp_path_factory):
+    """Calls replayed by tests go to a call log of their own, never into ./data."""
+    if "VOXROUTE_DATA_DIR" not in os.environ and "VOXROUTE_DATABASE_URL" not in os.environ:
+        os.environ["VOXROUTE_DATA_DIR"] = str(tmp_path_factory.mktemp("voxroute-data"))
+        yield
+        del os.environ["VOXROUTE_DATA_DIR"]
+    else:
+        yield
+
+
 def services_required() -> bool:
     return os.environ.get("VOXROUTE_REQUIRE_SERVICES") == "1"
 
@@ -45,11 +56,13 @@ def replay_call():
         force: list[tuple[str, str]] = (),
         items: int | None = None,
         behave: list[tuple[str, str | None, dict]] = (),
+        carrier: str = "twilio",
     ) -> ReplayResult:
         """``items``: replay only the first N caller items. ``force``: (dice, fault) pairs queued before dialling; dice is one of "stt", "tts",
         "sarvam_llm", "openrouter_llm" (emulators/stack.py), fault one of emulators.profiles.EMULATED_FAULTS.
         ``behave``: (LLM emulator "openrouter" or "sarvam", model id or None for all, LLMEmulator.behave
-        keyword arguments): persistent per-model latency or faults for the whole call."""
+        keyword arguments): persistent per-model latency or faults for the whole call.
+        ``carrier``: which fake carrier dials (emulators.carriers.CARRIERS: twilio, exotel, plivo, telnyx)."""
         fixture = load(name)
         if items is not None:  # only the first caller items: a shorter call for tests of one turn
             fixture.script = fixture.script.model_copy(
@@ -61,7 +74,9 @@ def replay_call():
                 stack.emulators.dice[dice_name].force(service, fault)
             for emulator, model, kwargs in behave:
                 stack.emulators.llm[emulator].behave(model, **kwargs)
-            raw = await replay_fixture(fixture, stack.server_url, speed=speed, config=stack.config)
+            raw = await replay_fixture(
+                fixture, stack.server_url, speed=speed, config=stack.config, carrier=carrier
+            )
             data = stack.services.call_json(raw["call_sid"]) or {}
             faults = emulator_faults(stack)
         return ReplayResult(

@@ -133,6 +133,21 @@ def test_config_check_cli(tmp_path):
     res = runner.invoke(app, ["config", "check", str(bad)])
     assert res.exit_code == 2
     assert "reasoning.0: unknown model path 'missing'" in res.output
+    policy = load_config(EXAMPLES / "bank.yaml").routing_table().policy_version
+    assert f"routing policy {policy}" in " ".join(ok.output.split())
+
+
+def test_policy_version_follows_what_routing_does():
+    """The call log stores the policy hash with each call: the same table gives the same hash, a
+    changed ladder or price a new one, and a cosmetic change (a prompt) none."""
+    base = parse_config(_minimal()).routing_table().policy_version
+    assert base == parse_config(_minimal()).routing_table().policy_version and len(base) == 12
+    data = _minimal()
+    data["tenants"]["default"]["table"]["english"]["voice"]["reasoning"] = ["r", "f"]
+    assert parse_config(data).routing_table().policy_version != base
+    data = _minimal()
+    data.setdefault("agent", {})["system_prompt"] = "Be brief."
+    assert parse_config(data).routing_table().policy_version == base
 
 
 # ---------------------------------------------------------------- provider health
