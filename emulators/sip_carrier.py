@@ -51,7 +51,10 @@ from telephony.sip.ua import (
 
 log = logging.getLogger(__name__)
 
-END_SILENCE_S = 0.4  # agent audio this long silent: its reply is over
+# Agent audio this long silent: its reply is over. RTP has no end marks, so the caller guesses;
+# the gap between a bridge and the answer it covers can pass 1 s on a loaded machine, and a caller
+# who speaks into that gap barges in where a Twilio caller (who waits for the mark) would not.
+END_SILENCE_S = 1.5
 VOICED_LEVEL = 300  # peak PCM16 level of a frame that is not silence
 
 

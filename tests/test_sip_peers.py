@@ -141,8 +141,8 @@ AUDIO_AND_DTMF = """
   <nop><action><exec rtp_stream="caller.ulaw,1,0"/></action></nop>
   <pause milliseconds="3200"/>
   <nop><action><exec play_pcap_audio="pcap/dtmf_2833_4.pcap"/></action></nop>
-  <pause milliseconds="1500"/>
-"""
+  <pause milliseconds="3000"/>
+"""  # the digit is a turn after endpoint.dtmf_timeout_ms (1 s): hang up well after that
 
 
 def refer_answer(status: str, sipfrag: str) -> str:
