@@ -42,10 +42,14 @@ async def local_stack(
     config: Config | None = None,
     env_keys: bool = False,
     stack: str = "emulated",
+    sip: bool = False,
 ) -> AsyncIterator[LocalStack]:
     """Emulators plus one runtime server, all on 127.0.0.1. Real keys in the environment are
     ignored unless ``env_keys`` (a replay measures the stack against the emulators).
-    ``stack="local"``: the embedded speech engines instead of the emulated Sarvam (see runtime)."""
+    ``stack="local"``: the embedded speech engines instead of the emulated Sarvam (see runtime).
+    ``sip``: the runtime's SIP user agent too, for ``--carrier sip`` (``emulators.sip_carrier``)."""
+    import gc
+
     from emulators.sip_carrier import sip_for_replay
     from emulators.stack import run_emulators
 
@@ -54,10 +58,20 @@ async def local_stack(
         with _without_keys(config, enabled=not env_keys):
             async with build_services(config, emu.urls, stack=stack) as services:
                 app = create_runtime_app(services)
-                async with serve_app(app) as url, sip_for_replay(services, url):
+                async with contextlib.AsyncExitStack() as running:
+                    url = await running.enter_async_context(serve_app(app))
+                    if sip:
+                        await running.enter_async_context(sip_for_replay(services, url))
                     if emu.carrier_rest is not None:
                         emu.carrier_rest.local_base = url  # Plivo's transfer fetch comes here
-                    yield LocalStack(url, config, emu, services)
+                    # As `voxroute serve` does: what exists at start is never garbage, so the
+                    # collector's full passes during the calls do not walk it (they stall the loop).
+                    gc.collect()
+                    gc.freeze()
+                    try:
+                        yield LocalStack(url, config, emu, services)
+                    finally:
+                        gc.unfreeze()  # a test process runs many stacks: let their objects go
 
 
 @contextlib.contextmanager
@@ -232,7 +246,7 @@ async def replay(
     if server:
         await run_all(server.rstrip("/"))
     else:
-        async with local_stack(profile, seed, fixtures, config, stack=stack) as running:
+        async with local_stack(profile, seed, fixtures, config, stack=stack, sip=carrier == "sip") as running:
             await run_all(running.server_url)
     return {"profile": profile, "seed": seed, "calls": calls, "summary": summarise(calls)}
 

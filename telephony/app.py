@@ -21,7 +21,6 @@ from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.datastructures import MultiDict
-from starlette.websockets import WebSocketDisconnect
 
 from agent.link import CallEnded, CallStart, CarrierEvent, CarrierLink, InboundAudio, InboundDtmf, MarkEcho
 from telephony.call_control import (
@@ -52,6 +51,7 @@ from telephony.twiml import (
     public_ws_url,
     validate_signature,
 )
+from telephony.wslink import SocketClosed, WebSocketLink
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +85,7 @@ class TelephonySettings(BaseModel):
         return value.rstrip("/")
 
 
-class _Closed(Exception):
-    """The caller's side of the socket went away."""
-
-
-class TwilioLink:
+class TwilioLink(WebSocketLink):
     """One Twilio media stream as an ``agent.link.CarrierLink``.
 
     Audio in is PCM16 8 kHz decoded from mu-law; ``send_audio`` takes any even number of bytes of
@@ -97,33 +93,10 @@ class TwilioLink:
     quietly: the call's end shows up in ``events()`` as ``CallEnded``.
     """
 
-    start: CallStart
-
     def __init__(self, websocket: WebSocket, stream: TwilioStream, *, default_tenant: str = "default"):
-        self._ws = websocket
+        super().__init__(websocket, f"stream from {websocket.client.host if websocket.client else '?'}")
         self._stream = stream
         self._default_tenant = default_tenant
-        self._send_lock = asyncio.Lock()
-        self._closed = False
-        self._ended = False
-        self._who = f"stream from {websocket.client.host if websocket.client else '?'}"
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    async def _receive(self) -> str | bytes:
-        if self._closed:
-            raise _Closed
-        try:
-            message = await self._ws.receive()
-        except (WebSocketDisconnect, RuntimeError, OSError):
-            message = {"type": "websocket.disconnect"}
-        if message["type"] == "websocket.disconnect":
-            self._closed = True
-            raise _Closed
-        text = message.get("text")
-        return text if text is not None else (message.get("bytes") or b"")
 
     async def wait_start(self) -> CallStart:
         """Read until Twilio's ``start`` (after ``connected``); the caller bounds this with a timeout."""
@@ -143,9 +116,6 @@ class TwilioLink:
                     self._who = f"call {event.call_sid}"
                     return self.start
 
-    def events(self) -> _LinkEvents:
-        return _LinkEvents(self)
-
     def _end(self, reason: str) -> CallEnded:
         self._ended = True
         return CallEnded(reason)
@@ -156,7 +126,7 @@ class TwilioLink:
         while True:
             try:
                 raw = await self._receive()
-            except _Closed:
+            except SocketClosed:
                 return self._end("closed")
             try:
                 parsed = self._stream.feed(raw)
@@ -175,51 +145,15 @@ class TwilioLink:
                 elif isinstance(event, Stop):
                     return self._end("stop")
 
-    async def _send(self, text: str) -> None:
-        async with self._send_lock:
-            if self._closed:
-                return
-            try:
-                await self._ws.send_text(text)
-            except (WebSocketDisconnect, RuntimeError, OSError) as exc:
-                self._closed = True
-                log.info("%s: send failed, socket closed: %r", self._who, exc)
-
     async def send_audio(self, pcm: bytes) -> None:
         if pcm and not self._closed:
-            await self._send(self._stream.media(pcm))
+            await self._send([self._stream.media(pcm)])
 
     async def send_mark(self, name: str) -> None:
-        await self._send(self._stream.mark(name))
+        await self._send([self._stream.mark(name)])
 
     async def clear(self) -> None:
-        await self._send(self._stream.clear())
-
-    async def hangup(self) -> None:
-        await self.close(1000)
-
-    async def close(self, code: int = 1000) -> None:
-        async with self._send_lock:
-            if self._closed:
-                return
-            self._closed = True
-            try:
-                await self._ws.close(code=code)
-            except (WebSocketDisconnect, RuntimeError, OSError):
-                pass
-
-
-class _LinkEvents:
-    """``link.events()``: a plain async iterator (not a generator: nothing to finalise if dropped)."""
-
-    def __init__(self, link: TwilioLink):
-        self._link = link
-
-    def __aiter__(self) -> _LinkEvents:
-        return self
-
-    async def __anext__(self) -> CarrierEvent:
-        return await self._link._next_event()
+        await self._send([self._stream.clear()])
 
 
 class HandoffHooks(Protocol):
@@ -394,7 +328,7 @@ def create_app(
             )
             await link.close(1008)
             return
-        except _Closed:
+        except SocketClosed:
             log.info("media stream from %s closed before start", peer)
             return
         if token and settings.verify_call_token:

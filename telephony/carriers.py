@@ -31,7 +31,6 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from starlette.websockets import WebSocketDisconnect
 
 from agent.link import CallEnded, CallStart, CarrierEvent, CarrierLink, InboundAudio, InboundDtmf, MarkEcho
 from telephony import plivo, telnyx
@@ -49,6 +48,7 @@ from telephony.mediastream import (
 from telephony.plivo import PlivoStream
 from telephony.telnyx import TelnyxStream
 from telephony.twiml import call_token, check_call_token, public_url, public_ws_url
+from telephony.wslink import SocketClosed, WebSocketLink
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +109,7 @@ class CarrierSettings(BaseModel):
         )
 
 
-class _Closed(Exception):
-    """The carrier's side of the socket went away."""
-
-
-class MediaStreamLink:
+class MediaStreamLink(WebSocketLink):
     """One JSON media stream (Exotel, Plivo or Telnyx) as an ``agent.link.CarrierLink``.
 
     Audio in is 20 ms PCM16 8 kHz (the codec converts from the native format); ``send_audio``
@@ -122,37 +118,12 @@ class MediaStreamLink:
     shows up in ``events()`` as ``CallEnded``.
     """
 
-    start: CallStart
-
     def __init__(self, websocket: WebSocket, codec: MediaStreamCodec, *, default_tenant: str = "default"):
-        self._ws = websocket
+        super().__init__(websocket, f"{codec.carrier} stream from {_client(websocket)}")
         self._codec = codec
         self._default_tenant = default_tenant
-        self._send_lock = asyncio.Lock()
-        self._closed = False
-        self._ended = False
         self._ready: collections.deque[CarrierEvent] = collections.deque()
-        self._who = f"{codec.carrier} stream from {_client(websocket)}"
         self.carrier_errors = 0
-        self.close_code: int | None = None  # how the carrier closed the socket
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    async def _receive(self) -> str | bytes:
-        if self._closed:
-            raise _Closed
-        try:
-            message = await self._ws.receive()
-        except (WebSocketDisconnect, RuntimeError, OSError):
-            message = {"type": "websocket.disconnect"}
-        if message["type"] == "websocket.disconnect":
-            self._closed = True
-            self.close_code = message.get("code")
-            raise _Closed
-        text = message.get("text")
-        return text if text is not None else (message.get("bytes") or b"")
 
     async def wait_start(self, tenant_for: Callable[[str], str] | None = None) -> CallStart:
         """Read until the carrier's ``start``; the caller bounds this with a timeout.
@@ -182,9 +153,6 @@ class MediaStreamLink:
             self._who = f"{self._codec.carrier} call {started.call_id}"
             return self.start
 
-    def events(self) -> _LinkEvents:
-        return _LinkEvents(self)
-
     def _queue(self, event: object) -> None:
         if isinstance(event, Audio):
             self._ready.append(InboundAudio(event.pcm, event.timestamp_ms, event.ulaw))
@@ -205,7 +173,7 @@ class MediaStreamLink:
         while not self._ready:
             try:
                 raw = await self._receive()
-            except _Closed:
+            except SocketClosed:
                 clean = self.close_code in (1000, 1001, 1005)
                 self._ready.append(CallEnded("stop" if clean and self._codec.close_means_stop else "closed"))
                 break
@@ -224,19 +192,6 @@ class MediaStreamLink:
             self._ready.clear()
         return event
 
-    async def _send(self, texts: list[str]) -> None:
-        if not texts:
-            return
-        async with self._send_lock:
-            if self._closed:
-                return
-            try:
-                for text in texts:
-                    await self._ws.send_text(text)
-            except (WebSocketDisconnect, RuntimeError, OSError) as exc:
-                self._closed = True
-                log.info("%s: send failed, socket closed: %r", self._who, exc)
-
     async def send_audio(self, pcm: bytes) -> None:
         if pcm and not self._closed:
             await self._send(self._codec.media(pcm))
@@ -248,30 +203,6 @@ class MediaStreamLink:
         await self._send(self._codec.clear())
         for event in self._codec.take_flushed():
             self._queue(event)
-
-    async def hangup(self) -> None:
-        await self.close(1000)
-
-    async def close(self, code: int = 1000) -> None:
-        async with self._send_lock:
-            if self._closed:
-                return
-            self._closed = True
-            try:
-                await self._ws.close(code=code)
-            except (WebSocketDisconnect, RuntimeError, OSError):
-                pass
-
-
-class _LinkEvents:
-    def __init__(self, link: MediaStreamLink):
-        self._link = link
-
-    def __aiter__(self) -> _LinkEvents:
-        return self
-
-    async def __anext__(self) -> CarrierEvent:
-        return await self._link._next_event()
 
 
 # ---------------------------------------------------------------- helpers
@@ -393,7 +324,7 @@ def add_carrier_routes(
             )
             await link.close(1008)
             return
-        except _Closed:
+        except SocketClosed:
             log.info("%s stream from %s closed before start", codec.carrier, peer)
             return
         problem = check(start)

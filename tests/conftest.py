@@ -62,13 +62,13 @@ def replay_call():
         "sarvam_llm", "openrouter_llm" (emulators/stack.py), fault one of emulators.profiles.EMULATED_FAULTS.
         ``behave``: (LLM emulator "openrouter" or "sarvam", model id or None for all, LLMEmulator.behave
         keyword arguments): persistent per-model latency or faults for the whole call.
-        ``carrier``: which fake carrier dials (emulators.carriers.CARRIERS: twilio, exotel, plivo, telnyx)."""
+        ``carrier``: which fake carrier dials (emulators.carriers.CARRIERS: twilio, exotel, plivo, telnyx, sip)."""
         fixture = load(name)
         if items is not None:  # only the first caller items: a shorter call for tests of one turn
             fixture.script = fixture.script.model_copy(
                 update={"utterances": fixture.script.utterances[:items]}
             )
-        async with local_stack(profile, seed, [fixture], config) as stack:
+        async with local_stack(profile, seed, [fixture], config, sip=carrier == "sip") as stack:
             for dice_name, fault in force:
                 service = "llm" if dice_name.endswith("llm") else dice_name
                 stack.emulators.dice[dice_name].force(service, fault)

@@ -20,9 +20,9 @@ def first_items(name: str, n: int):
 async def test_the_same_fixture_gives_the_same_turns_over_twilio_and_sip() -> None:
     fixture = first_items("order_status", 1)
     cfg = load_config()
-    async with local_stack("reference", 0, [fixture], cfg) as stack:
+    async with local_stack("reference", 0, [fixture], cfg, sip=True) as stack:
         twilio = await replay_fixture(fixture, stack.server_url, speed=2.0, config=cfg)
-        # local_stack runs the SIP edge beside the HTTP server, as `voxroute replay --carrier sip` does
+        # local_stack(sip=True) runs the SIP edge beside the HTTP server, as `replay --carrier sip` does
         result = await replay_fixture(fixture, stack.server_url, config=cfg, carrier="sip")
         call = stack.services.call_json(result["call_sid"])
     assert twilio["ended"] == "completed", twilio.get("error")

@@ -1,0 +1,97 @@
+"""What every carrier's websocket link shares: receiving until the socket goes away, serialised
+sends that turn a dead socket into a quiet no-op, closing once, and ``events()`` as an iterator.
+
+``TwilioLink`` (telephony/app.py) and ``MediaStreamLink`` (telephony/carriers.py) add their
+codec: ``wait_start`` and ``_next_event``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from fastapi import WebSocket
+from starlette.websockets import WebSocketDisconnect
+
+from agent.link import CallStart, CarrierEvent
+
+log = logging.getLogger(__name__)
+
+
+class SocketClosed(Exception):
+    """The carrier's side of the socket went away."""
+
+
+class WebSocketLink:
+    start: CallStart
+
+    def __init__(self, websocket: WebSocket, who: str) -> None:
+        self._ws = websocket
+        self._send_lock = asyncio.Lock()
+        self._closed = False
+        self._ended = False
+        self._who = who
+        self.close_code: int | None = None  # how the carrier closed the socket
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def _receive(self) -> str | bytes:
+        if self._closed:
+            raise SocketClosed
+        try:
+            message = await self._ws.receive()
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            message = {"type": "websocket.disconnect"}
+        if message["type"] == "websocket.disconnect":
+            self._closed = True
+            self.close_code = message.get("code")
+            raise SocketClosed
+        text = message.get("text")
+        return text if text is not None else (message.get("bytes") or b"")
+
+    async def _send(self, texts: list[str]) -> None:
+        if not texts:
+            return
+        async with self._send_lock:
+            if self._closed:
+                return
+            try:
+                for text in texts:
+                    await self._ws.send_text(text)
+            except (WebSocketDisconnect, RuntimeError, OSError) as exc:
+                self._closed = True
+                log.info("%s: send failed, socket closed: %r", self._who, exc)
+
+    def events(self) -> _LinkEvents:
+        return _LinkEvents(self)
+
+    async def _next_event(self) -> CarrierEvent:
+        raise NotImplementedError
+
+    async def hangup(self) -> None:
+        await self.close(1000)
+
+    async def close(self, code: int = 1000) -> None:
+        async with self._send_lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                await self._ws.close(code=code)
+            except (WebSocketDisconnect, RuntimeError, OSError):
+                pass
+
+
+class _LinkEvents:
+    """``link.events()``: a plain async iterator (not a generator: nothing to finalise if dropped)."""
+
+    def __init__(self, link: WebSocketLink):
+        self._link = link
+
+    def __aiter__(self) -> _LinkEvents:
+        return self
+
+    async def __anext__(self) -> CarrierEvent:
+        return await self._link._next_event()
