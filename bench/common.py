@@ -34,13 +34,17 @@ def pin(server_pid: int, others: list[int]) -> str:
 
 
 @contextlib.contextmanager
-def processes(pinned: bool = False):
+def processes(
+    pinned: bool = False, profile: str = "zero", serve_args: tuple[str, ...] = (), start_timeout_s: float = 30
+):
+    """The emulators (latency ``profile``) and one ``voxroute serve [serve_args]`` on 127.0.0.1;
+    yields the server's base URL and pid."""
     env = dict(os.environ)
     for key in ("SARVAM_API_KEY", "OPENROUTER_API_KEY", "TWILIO_AUTH_TOKEN"):
         env.pop(key, None)
     cli = [sys.executable, "-m", "agent.cli"]
     emu = subprocess.Popen(
-        [*cli, "emulators", "--profile", "zero", "--quiet"], stdout=subprocess.PIPE, env=env, text=True
+        [*cli, "emulators", "--profile", profile, "--quiet"], stdout=subprocess.PIPE, env=env, text=True
     )
     server = None
     try:
@@ -51,6 +55,7 @@ def processes(pinned: bool = False):
             [
                 *cli,
                 "serve",
+                *serve_args,
                 "--host",
                 "127.0.0.1",
                 "--port",
@@ -62,7 +67,7 @@ def processes(pinned: bool = False):
             env=env,
         )
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + start_timeout_s
         while True:
             try:
                 if httpx.get(base + "/healthz", timeout=1).status_code == 200:

@@ -15,59 +15,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 
-from bench.common import _free_port
+from bench.common import processes
 from bench.concurrency import LIMIT_MS, run_step
 
 
-@contextlib.contextmanager
 def local_processes():
-    env = {k: v for k, v in os.environ.items() if k not in ("SARVAM_API_KEY", "OPENROUTER_API_KEY")}
-    env.pop("TWILIO_AUTH_TOKEN", None)
-    cli = [sys.executable, "-m", "agent.cli"]
-    emu = subprocess.Popen(
-        [*cli, "emulators", "--profile", "reference", "--quiet"], stdout=subprocess.PIPE, env=env, text=True
-    )
-    server = None
-    try:
-        urls = json.loads(emu.stdout.readline())  # type: ignore[union-attr]
-        port = _free_port()
-        server = subprocess.Popen(
-            [*cli, "serve", "--local", "--host", "127.0.0.1", "--port", str(port), "--quiet"]
-            + ["--emulators", json.dumps(urls)],
-            env=env,
-        )
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError("server did not start")
-            time.sleep(0.2)
-        yield base
-    finally:
-        for p in (server, emu):
-            if p is not None:
-                p.terminate()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    p.wait(10)
+    """The emulators (reference profile) and ``voxroute serve --local``: its engines load slowly."""
+    return processes(profile="reference", serve_args=("--local",), start_timeout_s=60)
 
 
 async def run(calls: int) -> dict:
-    with local_processes() as base:
+    with local_processes() as (base, _pid):
         async with httpx.AsyncClient(base_url=base, timeout=30) as http:
             before = (await http.get("/debug/engines")).json()
         step = await run_step(base, calls)
