@@ -18,7 +18,7 @@ from typing import Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 from fastapi import FastAPI, Request, WebSocket
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.datastructures import MultiDict
 
@@ -30,7 +30,7 @@ from telephony.call_control import (
     return_to_agent_twiml,
     whisper_twiml,
 )
-from telephony.carriers import CarrierSettings, add_carrier_routes
+from telephony.carriers import CarrierSettings, add_carrier_routes, error_response, peer_of, read_body
 from telephony.twilio import (
     MAX_MESSAGE_BYTES,
     Dtmf,
@@ -59,7 +59,6 @@ VOICE_PATH = "/twilio/voice"
 STREAM_PATH = "/twilio/stream"
 WHISPER_PATH = "/twilio/whisper"  # + /{CallSid}: what the human hears before the caller is connected
 DIAL_ACTION_PATH = "/twilio/dial-action"  # + /{CallSid}: how the human leg of a transfer ended
-MAX_WEBHOOK_BYTES = 64 * 1024
 INBOUND_TRACKS = frozenset({"inbound", "inbound_track"})
 
 OnCall = Callable[[CarrierLink], Awaitable[None]]
@@ -204,17 +203,14 @@ def create_app(
 
     async def twilio_form(request: Request, what: str) -> MultiDict | Response:
         """A Twilio webhook's form, signature checked; or the error response to send."""
-        body = bytearray()
-        async for piece in request.stream():
-            body += piece
-            if len(body) > MAX_WEBHOOK_BYTES:
-                log.warning("%s from %s: body over %d bytes", what, _client(request), MAX_WEBHOOK_BYTES)
-                return _error(413, "request body too large")
+        body = await read_body(request, what)
+        if isinstance(body, Response):
+            return body
         try:
             form = MultiDict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=200))
         except (UnicodeDecodeError, ValueError) as exc:
-            log.warning("%s from %s: unreadable form: %s", what, _client(request), exc)
-            return _error(400, "body must be application/x-www-form-urlencoded")
+            log.warning("%s from %s: unreadable form: %s", what, peer_of(request), exc)
+            return error_response(400, "body must be application/x-www-form-urlencoded")
         if token:
             url = public_url(settings.public_base_url, request.url.path, request.url.query)
             signature = request.headers.get(SIGNATURE_HEADER)
@@ -223,12 +219,12 @@ def create_app(
                 log.warning(
                     "%s from %s rejected (403): %s X-Twilio-Signature for %s (CallSid %r)",
                     what,
-                    _client(request),
+                    peer_of(request),
                     "bad" if signature else "missing",
                     url,
                     form.get("CallSid"),
                 )
-                return _error(403, "invalid Twilio signature")
+                return error_response(403, "invalid Twilio signature")
         return form
 
     def stream_parameters(call_sid: str, from_number: str, to_number: str) -> dict[str, str]:
@@ -249,8 +245,8 @@ def create_app(
             return form
         call_sid = form.get("CallSid")
         if not call_sid:
-            log.warning("voice webhook from %s: no CallSid", _client(request))
-            return _error(400, "CallSid is required")
+            log.warning("voice webhook from %s: no CallSid", peer_of(request))
+            return error_response(400, "CallSid is required")
         from_number, to_number = form.get("From", ""), form.get("To", "")
         parameters = stream_parameters(call_sid, from_number, to_number)
         log.info("call %s from %s to %s: connecting media stream", call_sid, from_number, to_number)
@@ -294,7 +290,7 @@ def create_app(
 
     @app.websocket(STREAM_PATH)
     async def media_stream(websocket: WebSocket) -> None:
-        peer = _client(websocket)
+        peer = peer_of(websocket)
         if token:
             url = public_ws_url(settings.public_base_url, websocket.url.path, websocket.url.query)
             signature = websocket.headers.get(SIGNATURE_HEADER)
@@ -363,11 +359,3 @@ def create_app(
         plivo_transfer_xml=handoff.plivo_transfer_xml if handoff is not None else None,
     )
     return app
-
-
-def _client(conn: Request | WebSocket) -> str:
-    return f"{conn.client.host}:{conn.client.port}" if conn.client else "?"
-
-
-def _error(status: int, detail: str) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=status)

@@ -119,7 +119,7 @@ class MediaStreamLink(WebSocketLink):
     """
 
     def __init__(self, websocket: WebSocket, codec: MediaStreamCodec, *, default_tenant: str = "default"):
-        super().__init__(websocket, f"{codec.carrier} stream from {_client(websocket)}")
+        super().__init__(websocket, f"{codec.carrier} stream from {peer_of(websocket)}")
         self._codec = codec
         self._default_tenant = default_tenant
         self._ready: collections.deque[CarrierEvent] = collections.deque()
@@ -208,21 +208,23 @@ class MediaStreamLink(WebSocketLink):
 # ---------------------------------------------------------------- helpers
 
 
-def _client(conn: Request | WebSocket) -> str:
+def peer_of(conn: Request | WebSocket) -> str:
+    """``host:port`` of the far end, for log lines."""
     return f"{conn.client.host}:{conn.client.port}" if conn.client else "?"
 
 
-def _error(status: int, detail: str) -> JSONResponse:
+def error_response(status: int, detail: str) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status)
 
 
-async def _read_body(request: Request, what: str) -> bytes | Response:
+async def read_body(request: Request, what: str) -> bytes | Response:
+    """A webhook's body, or a 413 once it passes MAX_WEBHOOK_BYTES (logged)."""
     body = bytearray()
     async for piece in request.stream():
         body += piece
         if len(body) > MAX_WEBHOOK_BYTES:
-            log.warning("%s from %s: body over %d bytes", what, _client(request), MAX_WEBHOOK_BYTES)
-            return _error(413, "request body too large")
+            log.warning("%s from %s: body over %d bytes", what, peer_of(request), MAX_WEBHOOK_BYTES)
+            return error_response(413, "request body too large")
     return bytes(body)
 
 
@@ -303,7 +305,7 @@ def add_carrier_routes(
     async def run_stream(
         websocket: WebSocket, codec: MediaStreamCodec, check: Callable[[CallStart], str | None]
     ) -> None:
-        peer = _client(websocket)
+        peer = peer_of(websocket)
         await websocket.accept()
         link = MediaStreamLink(websocket, codec, default_tenant=default_tenant)
         try:
@@ -363,13 +365,13 @@ def add_carrier_routes(
         host = conn.client.host if conn.client else None
         if not _address_allowed(host, networks):
             log.warning(
-                "%s from %s rejected (403): address not in the Exotel allow-list", what, _client(conn)
+                "%s from %s rejected (403): address not in the Exotel allow-list", what, peer_of(conn)
             )
             return False
         if s.exotel_credentials and not basic_auth_ok(
             conn.headers.get("authorization"), s.exotel_credentials
         ):
-            log.warning("%s from %s rejected (403): missing or wrong Basic auth", what, _client(conn))
+            log.warning("%s from %s rejected (403): missing or wrong Basic auth", what, peer_of(conn))
             return False
         return True
 
@@ -377,7 +379,7 @@ def add_carrier_routes(
     async def exotel_voicebot(request: Request) -> Response:
         """The Voicebot applet's dynamic URL: Exotel GETs it with the call's details."""
         if not exotel_allowed(request, "Exotel voicebot URL request"):
-            return _error(403, "forbidden")
+            return error_response(403, "forbidden")
         q = request.query_params
         to_number = q.get("CallTo") or q.get("To") or ""
         params = {"sample-rate": str(s.exotel_sample_rate)}
@@ -397,13 +399,13 @@ def add_carrier_routes(
     # -- Plivo
 
     async def plivo_form(request: Request, what: str) -> dict[str, str] | Response:
-        body = await _read_body(request, what)
+        body = await read_body(request, what)
         if isinstance(body, Response):
             return body
         form = _form(body)
         if form is None:
-            log.warning("%s from %s: unreadable form", what, _client(request))
-            return _error(400, "body must be application/x-www-form-urlencoded")
+            log.warning("%s from %s: unreadable form", what, peer_of(request))
+            return error_response(400, "body must be application/x-www-form-urlencoded")
         if s.plivo_auth_token:
             url = public_url(public_base_url, request.url.path, request.url.query)
             ok = plivo.validate_signature_v3(
@@ -417,10 +419,10 @@ def add_carrier_routes(
                 log.warning(
                     "%s from %s rejected (403): bad or missing %s",
                     what,
-                    _client(request),
+                    peer_of(request),
                     plivo.SIGNATURE_HEADER,
                 )
-                return _error(403, "invalid Plivo signature")
+                return error_response(403, "invalid Plivo signature")
         return form
 
     @app.post(PLIVO_ANSWER_PATH)
@@ -430,8 +432,8 @@ def add_carrier_routes(
             return form
         call_uuid = form.get("CallUUID")
         if not call_uuid:
-            log.warning("Plivo answer webhook from %s: no CallUUID", _client(request))
-            return _error(400, "CallUUID is required")
+            log.warning("Plivo answer webhook from %s: no CallUUID", peer_of(request))
+            return error_response(400, "CallUUID is required")
         from_number, to_number = form.get("From", ""), form.get("To", "")
         headers = {"from": _alnum(from_number), "to": _alnum(to_number)}
         tenant = tenant_for(to_number) if tenant_for and to_number else None
@@ -481,8 +483,8 @@ def add_carrier_routes(
         xml = plivo_transfer_xml(call_uuid) if plivo_transfer_xml is not None else None
         if xml is None:
             log.warning("Plivo transfer URL for call %s from %s: no transfer pending (404)", call_uuid,
-                        _client(request))  # fmt: skip
-            return _error(404, "no transfer pending for this call")
+                        peer_of(request))  # fmt: skip
+            return error_response(404, "no transfer pending for this call")
         log.info("Plivo call %s: transfer XML handed out", call_uuid)
         return Response(xml, media_type="application/xml")
 
@@ -490,7 +492,7 @@ def add_carrier_routes(
 
     @app.post(TELNYX_TEXML_PATH)
     async def telnyx_texml(request: Request) -> Response:
-        body = await _read_body(request, "Telnyx TeXML webhook")
+        body = await read_body(request, "Telnyx TeXML webhook")
         if isinstance(body, Response):
             return body
         if telnyx_key is not None:
@@ -501,16 +503,16 @@ def add_carrier_routes(
                 request.headers.get(telnyx.TIMESTAMP_HEADER),
             )
             if problem:
-                log.warning("Telnyx TeXML webhook from %s rejected (403): %s", _client(request), problem)
-                return _error(403, "invalid Telnyx signature")
+                log.warning("Telnyx TeXML webhook from %s rejected (403): %s", peer_of(request), problem)
+                return error_response(403, "invalid Telnyx signature")
         form = _form(body)
         if form is None:
-            log.warning("Telnyx TeXML webhook from %s: unreadable form", _client(request))
-            return _error(400, "body must be application/x-www-form-urlencoded")
+            log.warning("Telnyx TeXML webhook from %s: unreadable form", peer_of(request))
+            return error_response(400, "body must be application/x-www-form-urlencoded")
         call_sid = form.get("CallSid") or form.get("CallControlId")
         if not call_sid:
-            log.warning("Telnyx TeXML webhook from %s: no CallSid", _client(request))
-            return _error(400, "CallSid is required")
+            log.warning("Telnyx TeXML webhook from %s: no CallSid", peer_of(request))
+            return error_response(400, "CallSid is required")
         from_number, to_number = form.get("From", ""), form.get("To", "")
         params = {"from": from_number, "to": to_number}
         if tenant_for is not None and to_number:
