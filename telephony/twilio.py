@@ -23,7 +23,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from telephony.audio import pcm16_to_ulaw, ulaw_to_pcm16
-from telephony.mediastream import CarrierProtocolError, get_int, get_obj, get_str, load_message, short
+from telephony.mediastream import (
+    CarrierProtocolError,
+    get_int,
+    get_obj,
+    get_params,
+    get_str,
+    load_message,
+    short,
+)
 
 MAX_MESSAGE_BYTES = 64 * 1024
 INBOUND_FRAME_BYTES = 160  # 20 ms of mu-law at 8 kHz = 216 base64 characters
@@ -129,22 +137,6 @@ def _b64(value: object, where: str) -> bytes:
         raise TwilioProtocolError(f"{where} is not valid base64: {exc}") from None
 
 
-def _params(value: object) -> dict[str, str]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise TwilioProtocolError(f"start.customParameters must be an object, got {short(value)}")
-    out: dict[str, str] = {}
-    for k, v in value.items():
-        if isinstance(v, str):
-            out[k] = v
-        elif isinstance(v, int | float) and not isinstance(v, bool):
-            out[k] = str(v)  # lenient: a parameter value that came through as a number
-        else:
-            raise TwilioProtocolError(f"start.customParameters.{k} must be a string, got {short(v)}")
-    return out
-
-
 def _compact(obj: dict) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
@@ -238,7 +230,7 @@ class TwilioStream:
             account_sid=account_sid,
             media_format=media_format,
             tracks=tuple(tracks_raw),
-            custom_parameters=_params(body.get("customParameters")),
+            custom_parameters=get_params(body.get("customParameters"), "start.customParameters"),
             sequence_number=seq,
         )
         self.start = start
