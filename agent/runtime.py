@@ -145,8 +145,7 @@ async def build_services(
         await stack.enter_async_context(tts)
         for llm in llms.values():
             stack.push_async_callback(llm.aclose)
-        if call_control is not None:
-            stack.push_async_callback(call_control.aclose)
+        stack.push_async_callback(call_control.aclose)
         if offline and hasattr(stt, "aclose"):
             stack.push_async_callback(stt.aclose)  # the Whisper worker pool
         services = Services(
@@ -274,7 +273,7 @@ TELNYX_API_KEY_ENV = "TELNYX_API_KEY"
 
 def _call_control(
     config: Config, emulators: EmulatorURLs | None, modes: list[str], services_ref: list[Services]
-) -> CarrierTransfers | None:
+) -> CarrierTransfers:
     """Each carrier's own call control for transfers and hang-ups: real with its keys in the
     environment, else its local stand-in when the emulators run, else none for that carrier.
     Exotel needs none (closing the stream hands the call to the flow's next applet)."""
@@ -431,7 +430,6 @@ def create_runtime_app(services: Services) -> FastAPI:
         """The operator's verdict on a call: the live session (if the call is on), the finished call's
         record, and the call log (queued behind everything the call wrote)."""
         operator(authorization, x_api_key)
-        call_log = next((o for o in services.observers if isinstance(o, CallLog)), None)
         live, finished = services.calls.get(call_sid), services.finished.get(call_sid)
         if live is None and finished is None:
             known = await call_log.call_exists(call_sid) if call_log is not None else False
@@ -443,8 +441,12 @@ def create_runtime_app(services: Services) -> FastAPI:
         if call_log is not None:
             call_log.set_outcome(call_sid, body.outcome, body.reason)
         log.info("call %s: outcome %s set by the operator (%s)", call_sid, body.outcome, body.reason)
-        live_now = live is not None
-        return {"call_sid": call_sid, "outcome": body.outcome, "reason": body.reason, "live": live_now}
+        return {
+            "call_sid": call_sid,
+            "outcome": body.outcome,
+            "reason": body.reason,
+            "live": live is not None,
+        }
 
     @app.get("/debug/stats")
     async def debug_stats() -> dict:
