@@ -12,6 +12,7 @@ that call only (close 1008, ``CallEnded("error")``).
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -96,6 +97,7 @@ class TwilioLink(WebSocketLink):
         super().__init__(websocket, f"stream from {websocket.client.host if websocket.client else '?'}")
         self._stream = stream
         self._default_tenant = default_tenant
+        self._ready: collections.deque[CarrierEvent] = collections.deque()  # a message's later frames
 
     async def wait_start(self) -> CallStart:
         """Read until Twilio's ``start`` (after ``connected``); the caller bounds this with a timeout."""
@@ -120,6 +122,8 @@ class TwilioLink(WebSocketLink):
         return CallEnded(reason)
 
     async def _next_event(self) -> CarrierEvent:
+        if self._ready:  # before the end check: a ``stop`` may follow frames of the same message
+            return self._ready.popleft()
         if self._ended:
             raise StopAsyncIteration
         while True:
@@ -136,13 +140,15 @@ class TwilioLink(WebSocketLink):
             for event in parsed:
                 if isinstance(event, Media):
                     if event.track is None or event.track in INBOUND_TRACKS:
-                        return InboundAudio(event.pcm, event.timestamp, event.payload)
+                        self._ready.append(InboundAudio(event.pcm, event.timestamp, event.payload))
                 elif isinstance(event, Dtmf):
-                    return InboundDtmf(event.digit)
+                    self._ready.append(InboundDtmf(event.digit))
                 elif isinstance(event, Mark):
-                    return MarkEcho(event.name)
+                    self._ready.append(MarkEcho(event.name))
                 elif isinstance(event, Stop):
-                    return self._end("stop")
+                    self._ready.append(self._end("stop"))
+            if self._ready:
+                return self._ready.popleft()
 
     async def send_audio(self, pcm: bytes) -> None:
         if pcm and not self._closed:

@@ -11,11 +11,14 @@ chunked output is identical to one-shot output.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterator
 from functools import lru_cache
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 8000
 FRAME_MS = 20
@@ -171,3 +174,113 @@ class StreamResampler:
         self._n_in, self._n_out = total, end
         self._hist = buf[len(buf) - (self._k - 1) :]
         return np.clip(np.rint(y), -32768, 32767).astype("<i2").tobytes()
+
+
+class Reframer:
+    """Packets of any size -> whole frames of ``frame_bytes``, the remainder kept for the next one.
+
+    Sans-I/O. RTP at 10-60 ms and carrier payloads that are not 20 ms come out as the same
+    frames. ``feed`` returns every whole frame now buffered as one block (decode it with one
+    numpy call, then slice) and the media time of the first of them: the packet's timestamp
+    less what was still buffered from before it. A stray byte that does not complete a sample
+    (an odd-length PCM16 payload) is dropped, with a debug line: keeping it would shift every
+    later sample by a byte and turn the rest of the call into noise.
+    """
+
+    __slots__ = ("frame_bytes", "sample_bytes", "bytes_per_ms", "stray_bytes", "_buf")
+
+    def __init__(self, frame_bytes: int = FRAME_BYTES, sample_bytes: int = 2, bytes_per_ms: int = 16) -> None:
+        if frame_bytes <= 0 or frame_bytes % sample_bytes:
+            raise ValueError(
+                f"frame_bytes {frame_bytes} is not a whole number of {sample_bytes}-byte samples"
+            )
+        self.frame_bytes = frame_bytes
+        self.sample_bytes = sample_bytes
+        self.bytes_per_ms = bytes_per_ms
+        self.stray_bytes = 0
+        self._buf = bytearray()
+
+    @property
+    def pending(self) -> int:
+        """Bytes held that are not yet a whole frame."""
+        return len(self._buf)
+
+    def feed(self, data: bytes, timestamp_ms: float | None = None) -> tuple[bytes, int | None]:
+        """``(whole frames joined, media time in ms of the first)``; ``b""`` when none is complete."""
+        stray = len(data) % self.sample_bytes
+        if stray:
+            if not self.stray_bytes % 1000:  # the first of a run, then every 1000th: not per packet
+                log.debug(
+                    "payload of %d bytes is not whole %d-byte samples; stray byte dropped",
+                    len(data),
+                    self.sample_bytes,
+                )
+            self.stray_bytes += stray
+            data = data[: len(data) - stray]
+        first = None if timestamp_ms is None else round(timestamp_ms - len(self._buf) / self.bytes_per_ms)
+        self._buf += data
+        whole = len(self._buf) - len(self._buf) % self.frame_bytes
+        if not whole:
+            return b"", first
+        block = bytes(self._buf[:whole])
+        del self._buf[:whole]
+        return block, first
+
+    def reset(self) -> None:
+        self._buf.clear()
+
+
+_SAMPLE_BYTES = {"ulaw": 1, "alaw": 1, "l16le": 2, "l16be": 2}
+
+
+class InboundFramer:
+    """A carrier's audio in its own encoding, rate and packet size -> 20 ms PCM16 8 kHz frames.
+
+    ``push(payload, timestamp_ms)`` returns ``[(pcm, ulaw, timestamp_ms)]``, one per 20 ms frame
+    now complete: ``ulaw`` is the carrier's own mu-law bytes of that frame when it sends mu-law
+    (else None), ``timestamp_ms`` the frame's media time when the packet had one. Decoding and
+    resampling run once per packet on the whole block, not per frame.
+    """
+
+    def __init__(self, encoding: str = "ulaw", sample_rate: int = SAMPLE_RATE) -> None:
+        if encoding not in _SAMPLE_BYTES:
+            raise ValueError(f"unsupported encoding {encoding!r}: one of {', '.join(_SAMPLE_BYTES)}")
+        if encoding in ("ulaw", "alaw") and sample_rate != SAMPLE_RATE:
+            raise ValueError(f"G.711 at {sample_rate} Hz: G.711 is 8000 Hz only")
+        if sample_rate not in SUPPORTED_RATES or sample_rate % 1000:
+            raise ValueError(f"unsupported sample rate {sample_rate}")
+        self.encoding = encoding
+        self.sample_rate = sample_rate
+        size = _SAMPLE_BYTES[encoding]
+        per_ms = sample_rate // 1000 * size
+        self.reframer = Reframer(per_ms * FRAME_MS, size, per_ms)
+        self._resampler = StreamResampler(sample_rate, SAMPLE_RATE) if sample_rate != SAMPLE_RATE else None
+
+    def push(
+        self, payload: bytes, timestamp_ms: float | None = None
+    ) -> list[tuple[bytes, bytes | None, int | None]]:
+        block, first = self.reframer.feed(payload, timestamp_ms)
+        if not block:
+            return []
+        n = len(block) // self.reframer.frame_bytes
+        if self.encoding == "ulaw":
+            pcm = ulaw_to_pcm16(block)
+        elif self.encoding == "alaw":
+            pcm = alaw_to_pcm16(block)
+        elif self.encoding == "l16be":
+            pcm = np.frombuffer(block, ">i2").astype("<i2").tobytes()
+        else:
+            pcm = block
+        if self._resampler is not None:
+            pcm = self._resampler.process(pcm)
+        if len(pcm) < n * FRAME_BYTES:  # the resampler's ceil rounding never shortens a block; be safe
+            pcm += bytes(n * FRAME_BYTES - len(pcm))
+        ulaw = block if self.encoding == "ulaw" else None
+        return [
+            (
+                pcm[i * FRAME_BYTES : (i + 1) * FRAME_BYTES],
+                ulaw[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES] if ulaw is not None else None,
+                None if first is None else first + i * FRAME_MS,
+            )
+            for i in range(n)
+        ]

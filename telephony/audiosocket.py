@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from agent.link import CallEnded, CallStart, CarrierEvent, CarrierLink, InboundAudio, InboundDtmf, MarkEcho
-from telephony.audio import FRAME_BYTES, StreamResampler
+from telephony.audio import InboundFramer, StreamResampler
 from telephony.sip.rtp import Playout
 
 log = logging.getLogger(__name__)
@@ -79,8 +79,7 @@ class AudioSocketParser:
                     raise AudioSocketError(f"first message must be a 16-byte UUID, got type {kind:#04x}")
                 self.seen_uuid = True
             elif kind in SLIN_RATES:
-                if length == 0 or length % 2:
-                    raise AudioSocketError(f"audio payload of {length} bytes")
+                pass  # any length: the link re-frames it (a stray odd byte is dropped there)
             elif kind == KIND_DTMF:
                 if length != 1:
                     raise AudioSocketError(f"DTMF payload of {length} bytes")
@@ -152,9 +151,8 @@ class AudioSocketLink:
         self.ended = False
         self._kind = KIND_SLIN  # we answer in the format the caller sends
         self._rate = 8000
-        self._down: StreamResampler | None = None
+        self._framer = InboundFramer("l16le", 8000)  # any payload size -> 20 ms frames
         self._up: StreamResampler | None = None
-        self._pending = b""  # inbound audio not yet a whole 20 ms frame
         self.frames_out = 0
 
     def events(self) -> _Events:
@@ -190,15 +188,10 @@ class AudioSocketLink:
             if rate not in RESAMPLED:
                 raise AudioSocketError(f"audio at {rate} Hz is not supported (8, 16 or 24 kHz)")
             self._kind, self._rate = kind, rate
-            self._down = StreamResampler(rate, 8000) if rate != 8000 else None
+            self._framer = InboundFramer("l16le", rate)
             self._up = StreamResampler(8000, rate) if rate != 8000 else None
-        if self._down is not None:
-            pcm = self._down.process(pcm)
-        data = self._pending + pcm
-        whole = len(data) - len(data) % FRAME_BYTES
-        for i in range(0, whole, FRAME_BYTES):
-            self._events.put_nowait(InboundAudio(data[i : i + FRAME_BYTES]))
-        self._pending = data[whole:]
+        for frame, _, _ in self._framer.push(pcm):
+            self._events.put_nowait(InboundAudio(frame))
 
     async def read_loop(self) -> None:
         """Socket -> events until Asterisk hangs up or closes."""

@@ -28,6 +28,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from telephony import audio
 from telephony.audio import (
     StreamResampler,
     alaw_to_pcm16,
@@ -261,36 +262,12 @@ def _swap16(data: bytes) -> bytes:
     return np.frombuffer(data, "<u2").byteswap().tobytes()
 
 
-class InboundFramer:
+class InboundFramer(audio.InboundFramer):
     """Carrier payloads of any size -> 20 ms PCM16 8 kHz frames (carrying the remainder)."""
 
     def __init__(self, fmt: AudioFormat):
+        super().__init__(fmt.encoding, fmt.sample_rate)
         self.fmt = fmt
-        self._native_frame = fmt.bytes_per_ms * FRAME_MS
-        self._buf = bytearray()
-        self._resampler = StreamResampler(fmt.sample_rate, RATE) if fmt.sample_rate != RATE else None
-
-    def push(self, payload: bytes) -> list[tuple[bytes, bytes | None]]:
-        """``(pcm 8 kHz 20 ms, mu-law bytes or None)`` for every whole frame now buffered."""
-        if self.fmt.encoding in ("l16le", "l16be") and len(payload) % 2:
-            raise CarrierProtocolError(f"PCM16 payload of odd length {len(payload)}")
-        self._buf += payload
-        n = len(self._buf) // self._native_frame
-        if not n:
-            return []
-        whole = bytes(self._buf[: n * self._native_frame])
-        del self._buf[: n * self._native_frame]
-        pcm = native_to_pcm(whole, self.fmt)
-        if self._resampler is not None:
-            pcm = self._resampler.process(pcm)
-        ulaw = whole if self.fmt.encoding == "ulaw" else None
-        out = []
-        for i in range(n):
-            frame = pcm[i * FRAME_BYTES : (i + 1) * FRAME_BYTES]
-            if len(frame) < FRAME_BYTES:  # the resampler's ceil rounding never shortens a frame; be safe
-                frame += bytes(FRAME_BYTES - len(frame))
-            out.append((frame, ulaw[i * 160 : (i + 1) * 160] if ulaw is not None else None))
-        return out
 
 
 class OutboundEncoder:
@@ -371,11 +348,7 @@ class MediaStreamCodec:
 
     def _audio(self, payload: bytes, timestamp_ms: int | None) -> list[StreamEvent]:
         assert self._framer is not None
-        frames = self._framer.push(payload)
-        return [
-            Audio(pcm, None if timestamp_ms is None else timestamp_ms + i * FRAME_MS, ulaw)
-            for i, (pcm, ulaw) in enumerate(frames)
-        ]
+        return [Audio(pcm, ts, ulaw) for pcm, ulaw, ts in self._framer.push(payload, timestamp_ms)]
 
     def _mark_played(self, name: str) -> list[StreamEvent]:
         if name in self._flushed_marks:

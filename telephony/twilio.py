@@ -22,7 +22,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from telephony.audio import pcm16_to_ulaw, ulaw_to_pcm16
+from telephony.audio import InboundFramer, pcm16_to_ulaw, ulaw_to_pcm16
 from telephony.mediastream import (
     CarrierProtocolError,
     get_int,
@@ -34,7 +34,7 @@ from telephony.mediastream import (
 )
 
 MAX_MESSAGE_BYTES = 64 * 1024
-INBOUND_FRAME_BYTES = 160  # 20 ms of mu-law at 8 kHz = 216 base64 characters
+INBOUND_FRAME_BYTES = 160  # 20 ms of mu-law at 8 kHz = 216 base64 characters (what Twilio sends)
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
 MULAW = "audio/x-mulaw"
 
@@ -73,7 +73,7 @@ class Start:
 
 @dataclass(frozen=True, slots=True)
 class Media:
-    payload: bytes  # raw mu-law as received
+    payload: bytes  # raw mu-law as received (one 20 ms frame of it on the inbound track)
     pcm: bytes  # the same audio as PCM16 8 kHz
     track: str | None = None
     chunk: int | None = None
@@ -147,17 +147,16 @@ def _compact(obj: dict) -> str:
 class TwilioStream:
     """Our end of one Twilio media stream.
 
-    ``feed`` returns zero or one event per message: zero for unknown event types. The stream must
-    ``start`` before media/dtmf/mark, ``start`` comes once, and nothing may follow ``stop``.
-    ``frame_bytes`` is the mu-law payload size every inbound ``media`` must have (Twilio sends 20 ms
-    frames); ``None`` accepts any non-empty payload.
+    ``feed`` returns zero or more events per message: zero for unknown event types. The stream
+    must ``start`` before media/dtmf/mark, ``start`` comes once, and nothing may follow ``stop``.
+    Inbound-track media of any size is re-framed to exact 20 ms ``Media`` events (160 bytes of
+    mu-law, the remainder kept for the next message, timestamps derived from the message's):
+    Twilio sends 20 ms, but a payload of another size is audio, not a reason to drop the call.
     """
 
-    def __init__(
-        self, *, max_message_bytes: int = MAX_MESSAGE_BYTES, frame_bytes: int | None = INBOUND_FRAME_BYTES
-    ):
+    def __init__(self, *, max_message_bytes: int = MAX_MESSAGE_BYTES):
         self.max_message_bytes = max_message_bytes
-        self.frame_bytes = frame_bytes
+        self._framer = InboundFramer("ulaw")
         self.connected = False
         self.start: Start | None = None
         self.stopped = False
@@ -187,6 +186,8 @@ class TwilioStream:
                 raise TwilioProtocolError(
                     f"{event!r} for stream {short(sid)}, expected {self.start.stream_sid!r}"
                 )
+        if parse is TwilioStream._media:
+            return self._media(msg)
         return [parse(self, msg)]
 
     def _connected(self, msg: dict) -> Connected:
@@ -237,22 +238,22 @@ class TwilioStream:
         self._sid_json = json.dumps(sid)
         return start
 
-    def _media(self, msg: dict) -> Media:
+    def _media(self, msg: dict) -> list[Media]:
         seq = get_int(msg, "sequenceNumber", "media")
         body = get_obj(msg, "media", "message")
         payload = _b64(body.get("payload"), "media.payload")
-        if self.frame_bytes is not None and len(payload) != self.frame_bytes:
-            raise TwilioProtocolError(f"media.payload is {len(payload)} bytes, expected {self.frame_bytes}")
         if not payload:
             raise TwilioProtocolError("media.payload is empty")
-        return Media(
-            payload=payload,
-            pcm=ulaw_to_pcm16(payload),
-            track=get_str(body, "track", "media", required=False),
-            chunk=get_int(body, "chunk", "media"),
-            timestamp=get_int(body, "timestamp", "media"),
-            sequence_number=seq,
-        )
+        track = get_str(body, "track", "media", required=False)
+        chunk = get_int(body, "chunk", "media")
+        timestamp = get_int(body, "timestamp", "media")
+        if track not in (None, "inbound", "inbound_track"):  # the agent's own audio echoed back: as sent
+            return [Media(payload, ulaw_to_pcm16(payload), track, chunk, timestamp, seq)]
+        return [
+            Media(ulaw, pcm, track, chunk, ts, seq)
+            for pcm, ulaw, ts in self._framer.push(payload, timestamp)
+            if ulaw is not None
+        ]
 
     def _dtmf(self, msg: dict) -> Dtmf:
         seq = get_int(msg, "sequenceNumber", "dtmf")

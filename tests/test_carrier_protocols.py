@@ -24,7 +24,7 @@ from emulators.carriers import sign_telnyx
 from emulators.serve import serve_app, ws_url
 from telephony import plivo, telnyx
 from telephony.app import TelephonySettings, create_app
-from telephony.audio import pcm16_to_ulaw
+from telephony.audio import InboundFramer, Reframer, pcm16_to_ulaw, ulaw_to_pcm16
 from telephony.carriers import CarrierSettings
 from telephony.exotel import ExotelPeer, ExotelStream
 from telephony.mediastream import (
@@ -155,7 +155,6 @@ def test_exotel_outbound_chunks_are_320_multiples_and_marks_flush():
         ('{"event":5}', "'event'"),
         ('{"event":"media","stream_sid":"other","media":{"payload":"AAAA"}}', "expected 'a1b2c3'"),
         ('{"event":"media","stream_sid":"a1b2c3","media":{"payload":"%%%"}}', "not valid base64"),
-        ('{"event":"media","stream_sid":"a1b2c3","media":{"payload":"AA=="}}', "odd length"),
         ('{"event":"media","stream_sid":"a1b2c3","media":{"payload":""}}', "empty"),
         ('{"event":"dtmf","stream_sid":"a1b2c3","dtmf":{"digit":"x"}}', "keypad"),
         ('{"event":"mark","stream_sid":"a1b2c3","mark":{}}', "mark.name"),
@@ -176,6 +175,22 @@ def test_exotel_bad_messages_are_clear_errors(text, match):
         stream.feed(EXOTEL_START)
     with pytest.raises(CarrierProtocolError, match=match):
         stream.feed(text)
+
+
+def test_an_odd_length_pcm16_payload_drops_one_byte_and_the_call_goes_on():
+    """A stray byte must not end the call nor shift every later sample by a byte."""
+    stream = ExotelStream()
+    stream.feed(EXOTEL_START)
+    pcm = np.arange(1, 201, dtype="<i2").tobytes()  # 200 samples: 1.25 frames
+
+    def media(data: bytes) -> str:
+        payload = base64.b64encode(data).decode()
+        return json.dumps({"event": "media", "stream_sid": "a1b2c3", "media": {"payload": payload}})
+
+    assert stream.feed(media(pcm[:3])) == []  # 1 sample, then a stray byte
+    [first] = stream.feed(media(pcm[4:]))  # the sample the stray byte began is lost, nothing else
+    assert first.pcm == pcm[:2] + pcm[4:322]
+    assert stream.feed(media(b"\x01")) == [] and not stream.stopped
 
 
 def test_huge_message_is_refused():
@@ -499,7 +514,7 @@ async def edge():
             if isinstance(ev, CallEnded):
                 break
 
-    settings_ = TelephonySettings(public_base_url="https://agent.example.com")
+    settings_ = TelephonySettings(public_base_url="https://agent.example.com", carriers=("exotel", "plivo", "telnyx"))
     carriers = CarrierSettings(
         exotel_credentials=EXOTEL_CREDS,
         plivo_auth_token=PLIVO_TOKEN,
@@ -667,3 +682,40 @@ async def test_telnyx_texml_signature_and_call_token(edge):
     kinds = [type(e) for e in call["events"]]
     assert kinds == [InboundDtmf, InboundAudio, CallEnded] and MarkEcho not in kinds
     assert call["events"][-1] == CallEnded("stop")
+
+
+# ---------------------------------------------------------------- re-framing (any packet size)
+
+
+@pytest.mark.parametrize("ptime_ms", [10, 20, 30, 40, 60, 100])
+def test_inbound_framer_cuts_any_packet_size_into_20ms_frames(ptime_ms: int):
+    """RTP at 10-60 ms, Exotel's 100 ms: the same exact 20 ms frames, mu-law kept beside the PCM,
+    each frame's media time derived from its packet's."""
+    framer = InboundFramer("ulaw")
+    ulaw = pcm16_to_ulaw((np.sin(np.arange(8 * 600) / 7) * 8000).astype("<i2").tobytes())  # 600 ms
+    size = 8 * ptime_ms
+    out = []
+    for start in range(0, len(ulaw), size):
+        out += framer.push(ulaw[start : start + size], timestamp_ms=5000 + start // 8)
+    assert len(out) == 30 and all(len(pcm) == 320 and len(u) == 160 for pcm, u, _ in out)
+    assert b"".join(u for _, u, _ in out) == ulaw
+    assert b"".join(pcm for pcm, _, _ in out) == ulaw_to_pcm16(ulaw)
+    assert [ts for _, _, ts in out] == [5000 + 20 * i for i in range(30)]
+
+
+def test_inbound_framer_resamples_16k_pcm_in_odd_sized_packets():
+    framer = InboundFramer("l16le", 16000)
+    pcm16k = (np.sin(np.arange(16 * 200) / 5) * 8000).astype("<i2").tobytes()  # 200 ms
+    out = []
+    for start in range(0, len(pcm16k), 1001):  # not whole samples: the stray bytes are dropped
+        out += framer.push(pcm16k[start : start + 1001])
+    assert all(len(pcm) == 320 and u is None and ts is None for pcm, u, ts in out)
+    assert framer.reframer.stray_bytes > 0 and 7 <= len(out) <= 9  # no call closed, audio goes on
+
+
+def test_reframer_keeps_the_remainder_and_dates_the_first_frame_from_the_packet():
+    r = Reframer(frame_bytes=160, sample_bytes=1, bytes_per_ms=8)
+    assert r.feed(bytes(100), 0) == (b"", 0)
+    block, first = r.feed(bytes(range(240)), 12.5)  # 100 held = 12.5 ms before this packet
+    assert len(block) == 320 and first == 0 and r.pending == 20
+    assert r.feed(b"", None) == (b"", None)

@@ -241,7 +241,37 @@ def test_jitter_buffer_wraps_sequence_and_fills_timestamp_gaps() -> None:
         out += jb.push(pkt(seq, ts=(seq - 65534) % 65536 * 160))
     assert len(out) == 4 and all(f.kind == "audio" for f in out)
     out = jb.push(pkt(2, ts=(2 + 2 + 3) * 160))  # the sender skipped 3 frames of time
-    assert [f.kind for f in out] == ["silence"] * 3 + ["audio"]
+    assert [f.kind for f in out] == ["silence", "audio"] and out[0].payload == b"\xff" * 3 * 160
+
+
+@pytest.mark.parametrize("ptime_ms", [10, 20, 30, 40, 60])
+def test_jitter_buffer_counts_time_by_payload_length_for_any_ptime(ptime_ms: int) -> None:
+    """A sender on a fake clock: every packet lasts ``ptime_ms``; what comes out is exactly the
+    audio sent (no silence inserted after a 40/60 ms packet), and a pause of the sender (silence
+    suppression) comes out as exactly that long a silence."""
+    samples = 8 * ptime_ms
+    jb = rtp.JitterBuffer(depth=2)
+    out: list[rtp.Frame] = []
+    seq, sent_samples = 100, 0
+    for clock_ms in range(0, 1200, ptime_ms):  # 1.2 s of talk
+        if 600 <= clock_ms < 960:
+            continue  # the sender pauses for 360 ms (no packets), then talks on
+        out += jb.push(pkt(seq, ts=clock_ms * 8, payload=bytes([seq & 0xFF]) * samples))
+        seq += 1
+        sent_samples += samples
+    assert [f.kind for f in out].count("silence") == 1 and jb.lost == 0
+    silence = next(f for f in out if f.kind == "silence")
+    assert len(silence.payload) == 360 * 8  # the pause, to the sample
+    assert sum(len(f.payload) for f in out) == sent_samples + 360 * 8 == 1200 * 8
+
+
+def test_jitter_buffer_conceals_a_lost_60ms_packet_with_60ms() -> None:
+    jb = rtp.JitterBuffer(depth=2)
+    out = []
+    for seq in (1, 2, 4, 5, 6):  # 3 lost
+        out += jb.push(pkt(seq, ts=seq * 480, payload=bytes([seq]) * 480))
+    assert [f.kind for f in out] == ["audio", "audio", "repeat", "audio", "audio", "audio"]
+    assert [len(f.payload) for f in out] == [480] * 6 and jb.lost == 1
 
 
 def test_jitter_buffer_skips_numbers_used_by_dtmf() -> None:
@@ -347,6 +377,28 @@ def test_invite_trying_answer_ack_bye() -> None:
     wire.deliver(phone.hangup(pcall, 1.0), PHONE, 1.0)
     assert [e.reason for e in wire.events[AGENT] if isinstance(e, CallTerminated)] == ["bye"]
     assert parse(wire.sent[-1][1]).status == 200 and not agent.calls
+
+
+def test_ipv6_hosts_are_bracketed_in_via_contact_and_uris_and_bare_in_sdp() -> None:
+    agent_addr, phone_addr = ("::1", 5070), ("::1", 5061)
+    agent = UserAgent(agent_addr, allow_from=["::1/128"])
+    phone = UserAgent(phone_addr, user="caller")
+    pcall, actions = phone.invite("sip:agent@[::1]:5070", agent_addr, sdp.offer("::1", 40000), 0.0)
+    invite = parse(actions[0].data)
+    assert invite.get("Via").startswith("SIP/2.0/UDP [::1]:5061;") and invite.get("Contact") == (
+        "<sip:caller@[::1]:5061>"
+    )
+    assert "<sip:caller@[::1]:5061>" in invite.get("From")
+    out = agent.receive(actions[0].data, phone_addr, 0.0)
+    [incoming] = [a for a in out if isinstance(a, IncomingCall)]
+    [ok] = agent.answer(incoming.call, ("::1", 30000), 0.1)
+    answer = parse(ok.data)
+    assert answer.status == 200 and answer.get("Contact") == "<sip:voxroute@[::1]:5070>"
+    assert b"c=IN IP6 ::1\r\n" in answer.body and b"o=voxroute" in answer.body
+    events = phone.receive(ok.data, agent_addr, 0.2)
+    assert any(isinstance(e, CallAnswered) for e in events) and pcall.media.remote_address == "::1"
+    bye = parse(next(a for a in agent.hangup(incoming.call, 1.0) if isinstance(a, Send)).data)
+    assert bye.get("Via").startswith("SIP/2.0/UDP [::1]:5070;") and bye.uri == "sip:caller@[::1]:5061"
 
 
 def test_unanswered_200_is_retransmitted_until_ack_then_bye_on_timeout() -> None:

@@ -195,7 +195,6 @@ BAD_AFTER_START = {
     "media body not object": _mutate(media_msg(2, 1, 52), ("media",), "abc"),
     "payload missing": _mutate(media_msg(2, 1, 52), ("media", "payload"), ...),
     "payload not base64": media_msg(2, 1, 52, payload="!!!" + FRAME_B64[3:]),
-    "payload wrong size": media_msg(2, 1, 52, payload=base64.b64encode(bytes(100)).decode()),
     "payload empty": media_msg(2, 1, 52, payload=""),
     "payload a number": _mutate(media_msg(2, 1, 52), ("media", "payload"), 5),
     "chunk negative": _mutate(media_msg(2, 1, 52), ("media", "chunk"), "-1"),
@@ -256,11 +255,38 @@ def test_nothing_after_stop():
         s.feed(media_msg(413, 100, 2000))
 
 
-def test_any_frame_size_when_not_strict():
-    s = TwilioStream(frame_bytes=None)
+def test_media_of_any_size_is_reframed_to_20ms_with_derived_timestamps():
+    """Payloads that are not 160 bytes (100, 161, 1000 bytes of mu-law) are audio, not a protocol
+    error: they come out as exact 20 ms frames, the remainder waiting for the next message."""
+    s = TwilioStream()
     s.feed(START)
-    [m] = s.feed(media_msg(2, 1, 52, payload=base64.b64encode(bytes(8000)).decode()))
-    assert len(m.pcm) == 16000
+    ulaw = bytes(range(256)) * 8  # 2048 distinct-ish bytes to follow through the cuts
+    sizes = [96, 168, 1000, 160, 8, 296]  # whole ms, so the wire's timestamps are exact
+    out, pos, ts = [], 0, 1000
+    for seq, size in enumerate(sizes, start=2):
+        chunk = ulaw[pos : pos + size]
+        out += s.feed(media_msg(seq, seq - 1, ts, payload=base64.b64encode(chunk).decode()))
+        pos += size
+        ts += size // 8
+    assert len(out) == 10
+    assert [len(m.payload) for m in out] == [160] * (sum(sizes) // 160)
+    assert b"".join(m.payload for m in out) == ulaw[: len(out) * 160]  # nothing lost or reordered
+    assert all(m.pcm == ulaw_to_pcm16(m.payload) for m in out)
+    # each frame's media time: the message's timestamp less what was held over from before
+    assert [m.timestamp for m in out] == [1000 + 20 * i for i in range(len(out))]
+    held = sum(sizes) - 1600  # 128 bytes wait for the next message
+    [odd] = s.feed(media_msg(9, 8, ts, payload=base64.b64encode(bytes(161)).decode()))
+    assert odd.payload == ulaw[1600 : 1600 + held] + bytes(160 - held) and odd.timestamp == 1000 + 200
+    assert s.feed(media_msg(10, 9, 3000, payload=base64.b64encode(bytes(1)).decode())) == []  # 130 held
+
+
+def test_outbound_track_media_is_passed_as_sent():
+    s = TwilioStream()
+    s.feed(START)
+    msg = json.loads(media_msg(2, 1, 52, payload=base64.b64encode(bytes(100)).decode()))
+    msg["media"]["track"] = "outbound"
+    [m] = s.feed(json.dumps(msg))
+    assert m.track == "outbound" and len(m.payload) == 100
 
 
 def test_peer_and_stream_talk_to_each_other():

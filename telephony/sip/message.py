@@ -379,8 +379,7 @@ class Via:
         return self.params.get("branch")
 
     def __str__(self) -> str:
-        port = f":{self.port}" if self.port else ""
-        return f"SIP/2.0/{self.transport} {self.host}{port}{format_params(self.params)}"
+        return f"SIP/2.0/{self.transport} {host_port(self.host, self.port)}{format_params(self.params)}"
 
 
 def parse_via(value: str) -> Via:
@@ -391,6 +390,13 @@ def parse_via(value: str) -> Via:
     sent_by, _, params = rest.strip().partition(";")
     host, port = split_host_port(sent_by.strip())
     return Via(bits[2].upper(), host, port, parse_params(params))
+
+
+def host_port(host: str, port: int | None = None) -> str:
+    """``host:port`` as SIP writes it: an IPv6 address in brackets (RFC 3261 §25.1, ``[::1]:5060``)."""
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port}" if port else host
 
 
 def split_host_port(text: str) -> tuple[str, int | None]:
@@ -420,9 +426,7 @@ class SipUri:
 
     def __str__(self) -> str:
         user = f"{self.user}@" if self.user else ""
-        port = f":{self.port}" if self.port else ""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}:{user}{host}{port}{format_params(self.params)}"
+        return f"{self.scheme}:{user}{host_port(self.host, self.port)}{format_params(self.params)}"
 
 
 def parse_uri(text: str) -> SipUri:

@@ -3,9 +3,11 @@
 - :func:`parse_packet` / :func:`build_packet`: the 12-byte header (CSRCs, extension and padding read).
 - :class:`DtmfReceiver`: RFC 4733 telephone-events -> digits, once per event (the end packet is
   sent three times; the event's RTP timestamp tells repeats apart).
-- :class:`JitterBuffer`: in-order frames out of packets that arrive reordered or not at all;
-  a lost frame is concealed by repeating the previous one once, then by silence. It is driven by
-  arrivals, so it can never drift from the sender's clock: one frame out per frame sent.
+- :class:`JitterBuffer`: in-order audio out of packets that arrive reordered or not at all;
+  a lost packet is concealed by repeating the previous one once, then by silence. It is driven by
+  arrivals, so it can never drift from the sender's clock: as much audio out as was sent. A
+  packet's duration is its payload's (G.711: one byte a sample), so 10-60 ms packets all work;
+  the link re-frames what comes out to 20 ms (``telephony.audio.InboundFramer``).
 - :class:`RtpSender`: sequence numbers and timestamps of the paced outbound stream.
 - :class:`Playout`: what the paced sender plays each 20 ms, with marks that echo when the audio
   queued before them has been sent (the RTP meaning of "played") and ``clear`` for barge-in.
@@ -119,28 +121,29 @@ class DtmfReceiver:
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    payload: bytes
-    kind: str  # "audio", "repeat" (concealed with the previous frame), "silence"
+    payload: bytes  # G.711, one byte a sample: as long as the packet (or the gap) it stands for
+    kind: str  # "audio", "repeat" (concealed with the previous packet), "silence"
 
 
 class JitterBuffer:
     """Reorders within ``depth`` packets; a gap nothing fills after that is concealed.
 
     ``push(packet)`` returns the frames now ready, in order. A sequence gap means lost packets:
-    the first is replaced by a repeat of the last frame, the rest by silence (repeating longer
-    sounds like a stuck record). A timestamp jump with consecutive sequence numbers (the sender
-    paused) becomes silence too, up to ``max_gap`` frames; a bigger jump resynchronises.
+    the first is replaced by a repeat of the last packet, the rest by silence (repeating longer
+    sounds like a stuck record). Time is counted in samples from each payload's length, not in
+    assumed 20 ms frames: a timestamp beyond where the last packet ended (the sender paused,
+    or concealment fell short) becomes that much silence, up to ``max_gap`` 20 ms frames; a
+    bigger jump resynchronises.
     """
 
     def __init__(self, codec: str = "PCMU", depth: int = 3, max_gap: int = 50) -> None:
         self.depth = depth
         self.max_gap = max_gap
-        self._silence = bytes([SILENCE.get(codec, 0xFF)]) * SAMPLES_PER_FRAME
-        self._held: dict[
-            int, RtpPacket | None
-        ] = {}  # None: a number used by a non-audio packet  # extended sequence -> packet
+        self._silence_byte = bytes([SILENCE.get(codec, 0xFF)])
+        self._silence = self._silence_byte * SAMPLES_PER_FRAME
+        self._held: dict[int, RtpPacket | None] = {}  # extended sequence -> packet (None: a non-audio packet)
         self._next: int | None = None  # extended sequence of the next frame out
-        self._last_ts: int | None = None
+        self._end_ts: int | None = None  # RTP timestamp just after the last audio out
         self._last_payload = self._silence
         self._in_gap = False
         self._max_ext = -1
@@ -167,13 +170,13 @@ class JitterBuffer:
             self._next = ext
         if self._next - ext > self.max_gap:  # far behind: the sender restarted its numbering
             self._held.clear()
-            self._next, self._last_ts = ext, None
+            self._next, self._end_ts = ext, None
         if ext < self._next or ext in self._held:
             self.late += 1
             return []
         if ext - self._next > self.max_gap:  # the sender jumped ahead: start again there
             self._held = {k: v for k, v in self._held.items() if k >= ext}
-            self._next, self._last_ts = ext, None
+            self._next, self._end_ts = ext, None
         self._held[ext] = packet
         return self._drain()
 
@@ -202,11 +205,11 @@ class JitterBuffer:
         return out
 
     def _emit(self, packet: RtpPacket, out: list[Frame]) -> None:
-        if self._last_ts is not None:
-            gap = ((packet.timestamp - self._last_ts) & 0xFFFFFFFF) // SAMPLES_PER_FRAME - 1
-            if 0 < gap <= self.max_gap:  # the sender skipped time (silence suppression)
-                out += [Frame(self._silence, "silence")] * gap
-        self._last_ts = packet.timestamp
+        if self._end_ts is not None:
+            gap = (packet.timestamp - self._end_ts) & 0xFFFFFFFF  # samples; "negative" is huge
+            if 0 < gap <= self.max_gap * SAMPLES_PER_FRAME:  # the sender skipped time (silence suppression)
+                out.append(Frame(self._silence_byte * gap, "silence"))
+        self._end_ts = (packet.timestamp + len(packet.payload)) & 0xFFFFFFFF
         self._last_payload = packet.payload
         self._in_gap = False
         self._next = (self._next or 0) + 1
@@ -215,13 +218,14 @@ class JitterBuffer:
     def _conceal(self, out: list[Frame]) -> None:
         self.lost += 1
         self.concealed += 1
+        # a lost packet probably lasted as long as the last one (ptime does not change mid-call)
         if not self._in_gap:
             self._in_gap = True
             out.append(Frame(self._last_payload, "repeat"))
         else:
-            out.append(Frame(self._silence, "silence"))
-        if self._last_ts is not None:
-            self._last_ts = (self._last_ts + SAMPLES_PER_FRAME) & 0xFFFFFFFF
+            out.append(Frame(self._silence_byte * len(self._last_payload), "silence"))
+        if self._end_ts is not None:
+            self._end_ts = (self._end_ts + len(self._last_payload)) & 0xFFFFFFFF
         self._next = (self._next or 0) + 1
 
 

@@ -138,6 +138,7 @@ def build(
 ) -> bytes:
     """An SDP body for one audio stream: ``codecs`` is [(payload type, "PCMU"), ...]."""
     sid = session_id if session_id is not None else secrets.randbelow(1 << 31)
+    address = address.strip("[]")  # SDP writes an IPv6 address bare: "c=IN IP6 ::1"
     ip = "IP6" if ":" in address else "IP4"
     pts = [pt for pt, _ in codecs] + ([dtmf_pt] if dtmf_pt is not None else [])
     lines = [

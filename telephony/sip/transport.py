@@ -3,7 +3,8 @@
 :class:`SipServer` owns everything in one ``asyncio.TaskGroup``: the SIP endpoint, a 50 ms
 timer for retransmissions and re-registration, one 20 ms RTP pacer for all calls, and one task
 per call that runs ``on_call(link)``. :class:`SipLink` is the call as ``agent.link.CarrierLink``:
-inbound RTP goes through the jitter buffer to 20 ms PCM frames; outbound PCM waits in the
+inbound RTP goes through the jitter buffer, then is re-framed to 20 ms PCM frames (packets of
+10-60 ms all work); outbound PCM waits in the
 link's ``Playout`` and the pacer sends one packet per call per tick, silence when the agent is
 quiet (a live RTP stream, as phones expect).
 
@@ -25,9 +26,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from agent.link import CallEnded, CallStart, CarrierEvent, CarrierLink, InboundAudio, InboundDtmf, MarkEcho
-from telephony.audio import alaw_to_pcm16, pcm16_to_alaw, pcm16_to_ulaw, ulaw_to_pcm16
+from telephony.audio import InboundFramer, pcm16_to_alaw, pcm16_to_ulaw
 from telephony.sip import rtp
-from telephony.sip.message import SipParseError, parse_uri
+from telephony.sip.message import SipParseError, host_port, parse_uri
 from telephony.sip.ua import (
     Action,
     Address,
@@ -124,7 +125,7 @@ class SipLink:
         media = call.media
         self.codec = media.codec
         self._encode = pcm16_to_ulaw if media.codec == "PCMU" else pcm16_to_alaw
-        self._decode = ulaw_to_pcm16 if media.codec == "PCMU" else alaw_to_pcm16
+        self._framer = InboundFramer("ulaw" if media.codec == "PCMU" else "alaw")
         self._silence = bytes([rtp.SILENCE[media.codec]]) * rtp.SAMPLES_PER_FRAME
         self._audio_pt = media.payload_type
         self._dtmf_pt = media.dtmf_pt
@@ -229,19 +230,10 @@ class SipLink:
                     )
                     self.jitter = rtp.JitterBuffer(self.codec)
                 self._audio_ssrc = packet.ssrc
-            for frame in self.jitter.push(packet):
-                payload = frame.payload
-                self._put(
-                    InboundAudio(self._decode(payload), None, payload if self.codec == "PCMU" else None)
-                )
+            self._deliver(self.jitter.push(packet))
         elif packet.payload_type == self._dtmf_pt:
-            skipped = self.jitter.skip(packet) if packet.ssrc == self._audio_ssrc else []
-            for frame in skipped:
-                self._put(
-                    InboundAudio(
-                        self._decode(frame.payload), None, frame.payload if self.codec == "PCMU" else None
-                    )
-                )
+            if packet.ssrc == self._audio_ssrc:
+                self._deliver(self.jitter.skip(packet))
             try:
                 digit = self.dtmf.feed(packet)
             except rtp.RtpError:
@@ -249,6 +241,14 @@ class SipLink:
             if digit:
                 self._put(InboundDtmf(digit))
         # anything else (comfort noise, a codec we did not agree) is ignored
+
+    def _deliver(self, frames: list[rtp.Frame]) -> None:
+        """Jitter-buffer output (packets of any ptime, gaps) -> 20 ms frames for the session."""
+        if not frames:
+            return
+        payload = frames[0].payload if len(frames) == 1 else b"".join(f.payload for f in frames)
+        for pcm, ulaw, _ in self._framer.push(payload):
+            self._put(InboundAudio(pcm, None, ulaw))
 
     def end(self, reason: str) -> None:
         if not self.ended:
@@ -576,9 +576,7 @@ class SipTransfers:
             return to
         if self.target:
             return self.target
-        return (
-            f"sip:{to}@{link.call.remote_addr[0]}:{link.call.remote_addr[1]}"  # the trunk routes the number
-        )
+        return f"sip:{to}@{host_port(*link.call.remote_addr)}"  # the trunk routes the number
 
     def can_transfer(self, call_sid: str) -> bool:
         if call_sid in self.server.links:

@@ -30,6 +30,7 @@ from telephony.sip.message import (
     NameAddr,
     SipMessage,
     SipParseError,
+    host_port,
     new_branch,
     new_call_id,
     new_tag,
@@ -229,12 +230,10 @@ class UserAgent:
 
     @property
     def contact(self) -> str:
-        host, port = self.local_addr
-        return f"<sip:{self.user}@{host}:{port}>"
+        return f"<sip:{self.user}@{host_port(*self.local_addr)}>"
 
     def _via(self, branch: str) -> str:
-        host, port = self.local_addr
-        return f"SIP/2.0/{self.transport} {host}:{port};branch={branch};rport"
+        return f"SIP/2.0/{self.transport} {host_port(*self.local_addr)};branch={branch};rport"
 
     def allowed(self, addr: Address) -> bool:
         try:
@@ -641,7 +640,7 @@ class UserAgent:
         call = Call(
             call_id=new_call_id(host),
             role="uac",
-            local=NameAddr("", f"sip:{from_user}@{host}:{port}", {"tag": new_tag()}),
+            local=NameAddr("", f"sip:{from_user}@{host_port(host, port)}", {"tag": new_tag()}),
             remote=NameAddr("", target, {}),
             remote_addr=addr,
             remote_target=target,
