@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from agent.calllog.redact import redact_call_async
 from agent.config import Config
 from agent.providers.base import LLMProvider, ProviderError, STTProvider, TTSProvider
 from routing.router import Router
@@ -75,7 +76,10 @@ class Services:
         self.llms = llms
         self.router = router
         self.mode = mode  # "live" or "emulated": said in logs and call pages
-        self.calls: dict[str, CallSession] = {}
+        self.calls: dict[str, CallSession] = {}  # call sid -> the live session that holds the call
+        # every live session (by identity: id(session)) -> (session, its leg of the call)
+        self.streams: dict[int, tuple[CallSession, int]] = {}
+        self._legs: OrderedDict[str, int] = OrderedDict()  # call sid -> legs so far (recent calls)
         self.finished: OrderedDict[str, CallSummary] = OrderedDict()
         self.call_control: Transfers | None = None  # transfers and hang-ups (runtime sets it)
         self.webhooks: WebhookSender | None = None  # the handoff webhook (runtime sets it)
@@ -87,18 +91,46 @@ class Services:
     # ---- calls
 
     def register(self, session: CallSession) -> None:
-        self.calls[session.call_sid] = session
-        self._notify("call_started", self.call_json(session.call_sid, with_turns=False))
+        """A new stream of a call. Each stream with a CallSid seen before (the caller back after a failed
+        transfer, or a second stream while the first is live) is the call's next leg: the call log
+        numbers its turns after the earlier legs'. A second live stream is kept alongside the first,
+        which keeps the call's place (``calls``, the operator API) until it ends; neither can
+        unregister the other."""
+        sid = session.call_sid
+        leg = self._legs.pop(sid, 0) + 1
+        self._legs[sid] = leg
+        while len(self._legs) > 4096:
+            self._legs.popitem(last=False)
+        self.streams[id(session)] = (session, leg)
+        if sid in self.calls:
+            log.warning("call %s: a second stream while one is live; kept alongside as leg %d", sid, leg)
+        else:
+            self.calls[sid] = session
+        self._notify("call_started", self.call_json(sid, with_turns=False, session=session))
 
     def unregister(self, session: CallSession) -> None:
-        self.calls.pop(session.call_sid, None)
-        self.finished[session.call_sid] = session.summary()
+        sid = session.call_sid
+        if id(session) not in self.streams:
+            return  # not registered (or already gone)
+        ended = self.call_json(sid, session=session)
+        del self.streams[id(session)]
+        if self.calls.get(sid) is session:
+            del self.calls[sid]
+            other = next((s for s, _ in self.streams.values() if s.call_sid == sid), None)
+            if other is not None:  # the stream alongside takes the call's place
+                self.calls[sid] = other
+        self.finished[sid] = session.summary()
+        self.finished.move_to_end(sid)
         while len(self.finished) > 1000:
             self.finished.popitem(last=False)
-        self._notify("call_ended", self.call_json(session.call_sid))
+        self._notify("call_ended", ended)
 
     def turn_finished(self, session: CallSession, turn: Any) -> None:
-        self._notify("turn_finished", self.call_json(session.call_sid, with_turns=False), turn.as_dict())
+        call = self.call_json(session.call_sid, with_turns=False, session=session)
+        self._notify("turn_finished", call, turn.as_dict())
+
+    def _leg(self, session: CallSession) -> int:
+        return self.streams.get(id(session), (session, 1))[1]
 
     def _notify(self, what: str, *args: Any) -> None:
         for observer in self.observers:
@@ -107,9 +139,12 @@ class Services:
             except Exception:  # an observer's bug must not end a call
                 log.exception("call observer %r failed in %s", observer, what)
 
-    def call_json(self, call_sid: str, *, with_turns: bool = True) -> dict[str, Any] | None:
-        """A call as the API, the call log and replay JSON see it (``with_turns=False``: the header only)."""
-        live = self.calls.get(call_sid)
+    def call_json(
+        self, call_sid: str, *, with_turns: bool = True, session: CallSession | None = None
+    ) -> dict[str, Any] | None:
+        """A call as the API, the call log and replay JSON see it (``with_turns=False``: the header only).
+        ``session``: that stream of the call (a call can have two at once), else the one in ``calls``."""
+        live = session if session is not None else self.calls.get(call_sid)
         summary = live.summary() if live is not None else self.finished.get(call_sid)
         if summary is None:
             return None
@@ -130,6 +165,7 @@ class Services:
             "error": summary.error,
             "mode": self.mode,
             "policy": self.router.table.policy_version,
+            "leg": self._leg(live) if live is not None else self._legs.get(call_sid, 1),
         }
         if with_turns:
             data.update(
@@ -140,6 +176,15 @@ class Services:
                 handoff=self.handoffs.get(summary.call_sid),
             )
         return data
+
+    async def call_view(self, call_sid: str) -> dict[str, Any] | None:
+        """``call_json`` as an operator sees it: redacted exactly as the call log stores it (numbers
+        split over turns too; the caller's number only if the call log keeps it raw); long calls are
+        redacted off the event loop."""
+        data = self.call_json(call_sid)
+        if data is None:
+            return None
+        return await redact_call_async(data, keep_number=self.config.call_log.store_raw_numbers)
 
     # ---- cached phrases (bridge, apology, not heard): synthesised once per language
 

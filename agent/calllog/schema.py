@@ -60,6 +60,9 @@ class CallRow(Base):
     turn_count: Mapped[int] = mapped_column(Integer, default=0)  # set when the call ends
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)  # set when the call ends
     handoff: Mapped[dict | None] = mapped_column(JSONType)  # the handoff record (summary, transfer), redacted
+    # Legs of the call: 2 once the caller came back from a failed transfer (or a second stream used
+    # the same CallSid); later legs' turns continue the first leg's numbering.
+    legs: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
@@ -69,7 +72,8 @@ class TurnRow(Base):
     call_sid: Mapped[str] = mapped_column(
         String(64), ForeignKey("calls.call_sid", ondelete="CASCADE"), primary_key=True
     )
-    turn_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    turn_index: Mapped[int] = mapped_column(Integer, primary_key=True)  # numbered across legs
+    leg: Mapped[int] = mapped_column(Integer, default=1, server_default="1")  # 1: the first stream
     kind: Mapped[str] = mapped_column(String(8))  # speech or dtmf
     transcript: Mapped[str | None] = mapped_column(Text)  # redacted
     language: Mapped[str | None] = mapped_column(String(16))

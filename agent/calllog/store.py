@@ -28,20 +28,21 @@ import json
 import logging
 import os
 import secrets
+import threading
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, select, update
+from sqlalchemy import case, event, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from agent.calllog.redact import redact, redact_json
+from agent.calllog.redact import ConversationRedactor, redact, redact_conversation, redact_json
 from agent.calllog.schema import calls_table, turns_table
 from agent.config import CallLogConfig
 from agent.timeline import TIMELINE_NAMES
@@ -53,6 +54,10 @@ SALT_FILE = "caller_salt"
 SPOOL_DIR = "calllog-spool"
 REJECTED_FILE = "calllog-rejected.jsonl"
 BATCH = 200  # records per transaction
+SYNC_INTERVAL_S = 0.2  # the spool is fsynced at most this long after a record is appended
+ROTATE_BYTES = 1024 * 1024  # our spool file, once wholly in the database and this big, is replaced
+STORAGE_CHECK_S = 2.0  # how often an idle writer checks that the SQLite file is still there
+KNOWN_CALLS = 4096  # calls whose turn numbers the writer remembers (for later legs)
 SQLITE_BUSY_MS = 2000  # how long SQLite waits for another writer's lock before the write fails
 
 
@@ -86,7 +91,9 @@ def make_engine(url: str) -> AsyncEngine:
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[1] if ":///" in url else ""
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            # Not there and not makeable (a storage fault): the writer reports it and spools meanwhile.
+            with contextlib.suppress(OSError):
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_MS / 1000})
 
         @event.listens_for(engine.sync_engine, "connect")
@@ -95,6 +102,9 @@ def make_engine(url: str) -> AsyncEngine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
+            # No memory-mapped I/O: a storage fault under a mapping is a SIGBUS that kills the process
+            # (and every call in it); through read/write it is an error the writer handles.
+            cur.execute("PRAGMA mmap_size=0")
             cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
             cur.close()
 
@@ -217,6 +227,7 @@ def call_header(call: dict[str, Any], salt: bytes, store_raw_numbers: bool) -> d
         "error": redact(call.get("error")),
         "mode": call.get("mode"),
         "policy": call.get("policy"),
+        "legs": int(call.get("leg") or 1),  # this record's leg: the row keeps the highest seen
     }
 
 
@@ -291,10 +302,35 @@ def _dt(seconds: float | None) -> datetime | None:
 async def _upsert(conn: AsyncConnection, table, row: dict[str, Any], keys: tuple[str, ...]) -> None:
     insert = sqlite_insert if conn.dialect.name == "sqlite" else pg_insert
     stmt = insert(table).values(**row)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=list(keys), set_={c: stmt.excluded[c] for c in row if c not in keys}
+    set_ = {c: stmt.excluded[c] for c in row if c not in keys}
+    if table is calls_table:  # a call with several legs: it began with the first, has the most legs
+        c, new = calls_table.c, stmt.excluded
+        set_["started_at"] = case((c.started_at < new.started_at, c.started_at), else_=new.started_at)
+        if "legs" in row:
+            set_["legs"] = case((c.legs > new.legs, c.legs), else_=new.legs)
+    await conn.execute(stmt.on_conflict_do_update(index_elements=list(keys), set_=set_))
+
+
+async def _call_totals_from_turns(conn: AsyncConnection, call_sid: str) -> None:
+    """A call's turn count, cost and reason for contact from its turns rows: right for every leg."""
+    t = turns_table.c
+    of_call = t.call_sid == call_sid
+    first_class = (
+        select(t.routing_class)
+        .where(of_call, t.routing_class.is_not(None))
+        .order_by(t.turn_index)
+        .limit(1)
+        .scalar_subquery()
     )
-    await conn.execute(stmt)
+    await conn.execute(
+        update(calls_table)
+        .where(calls_table.c.call_sid == call_sid)
+        .values(
+            turn_count=select(func.count()).where(of_call).scalar_subquery(),
+            cost_usd=select(func.coalesce(func.sum(t.cost_usd), 0.0)).where(of_call).scalar_subquery(),
+            routing_class=first_class,
+        )
+    )
 
 
 async def write_record(conn: AsyncConnection, record: dict[str, Any]) -> None:
@@ -308,6 +344,8 @@ async def write_record(conn: AsyncConnection, record: dict[str, Any]) -> None:
         await _upsert(conn, calls_table, call, ("call_sid",))
         for turn in record.get("turns") or ():
             await _upsert(conn, turns_table, {**turn, "recorded_at": now}, ("call_sid", "turn_index"))
+        if "turn_count" in call:  # the end of a leg: totals over all of the call's legs
+            await _call_totals_from_turns(conn, call["call_sid"])
     elif kind == "outcome":
         await conn.execute(
             update(calls_table)
@@ -318,42 +356,80 @@ async def write_record(conn: AsyncConnection, record: dict[str, Any]) -> None:
         raise ValueError(f"unknown call log record kind {kind!r}")
 
 
+STORAGE_ERRORS = {  # SQLite's words for a storage fault -> what the log line calls it
+    "readonly database": "the database is read-only",
+    "disk i/o error": "disk I/O error",
+    "database or disk is full": "the disk is full",
+    "unable to open database file": "the database file cannot be opened",
+    "no space left on device": "the disk is full",
+}
+
+
+def storage_fault(exc: BaseException) -> str | None:
+    """What is wrong with the database's storage (read-only, full, I/O error, file gone), or None."""
+    if isinstance(exc, StorageFault):
+        return str(exc)
+    text = str(exc).lower()
+    return next((name for words, name in STORAGE_ERRORS.items() if words in text), None)
+
+
 def is_transient(exc: BaseException) -> bool:
-    """The database is away (down, restarting, locked, unreachable): try again later. Anything else is
-    a problem with one record, which must not hold back the others."""
+    """The database is away (down, restarting, locked, unreachable, its storage faulty): try again
+    later. Anything else is a problem with one record, which must not hold back the others."""
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    if storage_fault(exc) is not None:
         return True
     return isinstance(exc, OperationalError | InterfaceError | OSError | TimeoutError | ConnectionError)
 
 
-# ---------------------------------------------------------------- the spool (records on disk)
+# ---------------------------------------------------------------- the spool (write-ahead, on disk)
 
 
 class Spool:
-    """Records the database could not take yet, as JSON lines in files under the data directory.
+    """The write-ahead log of the call log: every record as a JSON line, on disk before the database
+    sees it.
 
-    Each process appends to its own file and holds an exclusive ``flock`` on it while it runs; a file
-    nobody holds was left by a process that ended with the database away, and is adopted. Files are
-    read front to back and deleted once every record in them is written. Sizes and read offsets are
-    kept in memory, so asking whether anything is spooled costs no I/O."""
+    Each process appends to its own file under the data directory and holds an exclusive ``flock``
+    on it while it runs. Beside each file a small checkpoint (``<file>.done``) says how many of its
+    bytes are in the database; it is rewritten in place (no fsync: a stale checkpoint only means
+    records are written again, and writes are upserts). A file nobody holds was left by a process
+    that ended (cleanly with the database away, or killed) and is adopted at start: the writer
+    replays it from its checkpoint. A file whose every byte is in the database is deleted (our own
+    once it has grown past ``rotate_bytes``: appends then go to a new file, so nothing is rewritten).
 
-    def __init__(self, directory: Path, max_bytes: int) -> None:
+    ``append`` writes without fsync; ``sync`` makes everything appended so far durable, and only
+    synced bytes are ever read for the database, so the database is never ahead of the spool.
+    Methods do file I/O: the writer calls them through ``asyncio.to_thread`` (a lock serialises the
+    appending thread and the database thread)."""
+
+    def __init__(self, directory: Path, max_bytes: int, rotate_bytes: int = ROTATE_BYTES) -> None:
         self.directory = directory
         self.max_bytes = max_bytes
-        self.own_path = directory / f"{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
-        self._own = None  # the open, locked file we append to
+        self.rotate_bytes = rotate_bytes
+        self.own_path: Path | None = None  # the file we append to (None until the first append)
+        self._own_fd: int | None = None
         self._handles: dict[Path, Any] = {}  # adopted file -> its open, locked handle
         self._sizes: dict[Path, int] = {}  # file -> bytes in it
+        self._synced: dict[Path, int] = {}  # file -> bytes known to be on disk (fsynced)
         self._offsets: dict[Path, int] = {}  # file -> bytes already in the database
+        self._checkpoints: dict[Path, int] = {}  # file -> fd of its checkpoint
+        self._lock = threading.Lock()
+
+    # ---- cheap questions (no I/O)
 
     def bytes_pending(self) -> int:
+        """Bytes not yet in the database (synced or not)."""
         return sum(size - self._offsets.get(p, 0) for p, size in self._sizes.items())
 
     def pending_files(self) -> list[Path]:
-        """Oldest first: adopted files, then our own (records spilled earlier than memory's)."""
-        return [p for p, size in self._sizes.items() if size > self._offsets.get(p, 0)]
+        """Files with synced bytes the database has not taken yet; oldest first (adopted ones)."""
+        return [p for p, synced in self._synced.items() if synced > self._offsets.get(p, 0)]
 
-    # The methods below do file I/O: the writer calls them through asyncio.to_thread.
+    def unsynced(self) -> bool:
+        return any(self._sizes[p] > self._synced.get(p, 0) for p in self._sizes)
+
+    # ---- file I/O
 
     def adopt(self) -> int:
         """Take the files of processes that are gone. Returns how many."""
@@ -369,46 +445,82 @@ class Spool:
             except BlockingIOError:  # a live process's own spool
                 f.close()
                 continue
-            self._handles[path] = f
-            self._sizes = {path: os.fstat(f.fileno()).st_size, **self._sizes}  # adopted: older than ours
+            size = os.fstat(f.fileno()).st_size
+            done = _read_checkpoint(_checkpoint_path(path))
+            with self._lock:
+                self._handles[path] = f
+                # adopted files are older than ours: first in every dict (dicts keep insertion order)
+                self._sizes = {path: size, **self._sizes}
+                self._synced = {path: size, **self._synced}
+                self._offsets[path] = done if done <= size else 0
             taken += 1
         return taken
 
-    def append(self, records: list[dict[str, Any]]) -> int:
-        """Append what fits under ``max_bytes``; returns how many records were kept."""
-        if self._own is None:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            # Locked under a name adopt() ignores, then renamed: nobody can adopt it in between.
-            part = self.own_path.with_suffix(".part")
-            self._own = open(part, "ab")  # noqa: SIM115 - held open for the writer's life
-            fcntl.flock(self._own, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            part.replace(self.own_path)
-            self._sizes[self.own_path] = 0
-        used = self.bytes_pending()
-        kept = 0
-        for record in records:
-            line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
-            if used + len(line) > self.max_bytes:
-                break
-            self._own.write(line)
-            used += len(line)
-            self._sizes[self.own_path] += len(line)
-            kept += 1
-        self._own.flush()
-        os.fsync(self._own.fileno())
-        return kept
+    def append(self, lines: list[bytes]) -> int:
+        """Append what fits under ``max_bytes`` (not yet durable: see ``sync``); returns how many
+        lines were kept. On a write error the file is cut back to its last whole line and the error
+        raised: nothing half-written stays."""
+        with self._lock:
+            if self._own_fd is None:
+                self._open_own()
+            path = self.own_path
+            used = self.bytes_pending()
+            kept: list[bytes] = []
+            for line in lines:
+                if used + len(line) > self.max_bytes:
+                    break
+                kept.append(line)
+                used += len(line)
+            data = b"".join(kept)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self._own_fd, view) :]
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._own_fd, self._sizes[path])
+                raise
+            self._sizes[path] += len(data)
+            return len(kept)
+
+    def sync(self) -> None:
+        """Everything appended so far is on disk once this returns."""
+        with self._lock:
+            if self._own_fd is None:
+                return
+            size = self._sizes[self.own_path]
+            if self._synced[self.own_path] < size:
+                os.fsync(self._own_fd)
+                self._synced[self.own_path] = size
+
+    def _open_own(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"{os.getpid()}-{uuid.uuid4().hex[:12]}.jsonl"
+        # Locked under a name adopt() ignores, then renamed: nobody can adopt it in between.
+        part = path.with_suffix(".part")
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            part.replace(path)
+            _fsync_dir(self.directory)  # the new name survives a power loss
+        except OSError:
+            os.close(fd)
+            raise
+        self.own_path, self._own_fd = path, fd
+        self._sizes[path] = self._synced[path] = self._offsets[path] = 0
 
     def read(self, path: Path, limit: int) -> tuple[list[dict[str, Any]], int]:
-        """Up to ``limit`` records from where the file was left; returns them and the next offset."""
+        """Up to ``limit`` records from where the database left the file (synced bytes only);
+        returns them and the offset after them."""
         records: list[dict[str, Any]] = []
         offset = self._offsets.get(path, 0)
+        end = self._synced.get(path, 0)
         with open(path, "rb") as f:
             f.seek(offset)
-            while len(records) < limit:
-                line = f.readline()
-                if not line.endswith(b"\n"):  # end of file (or a line cut by a crash: skipped)
-                    if line:
-                        offset += len(line)
+            while len(records) < limit and offset < end:
+                line = f.readline(end - offset)
+                if not line.endswith(b"\n"):  # a line cut by a crash (adopted file): skipped
+                    offset += len(line)
                     break
                 offset += len(line)
                 try:
@@ -418,49 +530,162 @@ class Spool:
         return records, offset
 
     def consumed(self, path: Path, offset: int) -> None:
-        """Records up to ``offset`` are in the database; a fully written file goes away."""
-        self._offsets[path] = offset
-        if offset < self._sizes[path]:
-            return
-        if path == self.own_path:
-            self._own.truncate(0)
-            self._sizes[path] = self._offsets[path] = 0
-        else:
-            path.unlink(missing_ok=True)
-            self._handles.pop(path).close()
-            self._sizes.pop(path, None)
-            self._offsets.pop(path, None)
+        """Records up to ``offset`` are in the database: note it in the checkpoint; a file that is
+        wholly in the database goes away (our own only when it has grown past ``rotate_bytes``)."""
+        with self._lock:
+            self._offsets[path] = offset
+            whole = offset >= self._sizes.get(path, 0)
+            if path == self.own_path:
+                if whole and offset >= self.rotate_bytes:
+                    os.close(self._own_fd)
+                    self._own_fd, self.own_path = None, None
+                    self._forget(path)
+                else:
+                    self._checkpoint(path, offset)
+            elif path in self._handles:
+                if whole:
+                    self._handles.pop(path).close()
+                    self._forget(path)
+                else:
+                    self._checkpoint(path, offset)
+
+    def _checkpoint(self, path: Path, offset: int) -> None:
+        fd = self._checkpoints.get(path)
+        if fd is None:
+            fd = self._checkpoints[path] = os.open(_checkpoint_path(path), os.O_RDWR | os.O_CREAT, 0o600)
+        os.pwrite(fd, b"%20d\n" % offset, 0)
+
+    def _forget(self, path: Path) -> None:
+        """Delete a file that is wholly in the database, checkpoint first (a checkpoint without its
+        file is harmless; the other way round the file would be replayed, which is harmless too)."""
+        if (fd := self._checkpoints.pop(path, None)) is not None:
+            os.close(fd)
+        _checkpoint_path(path).unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+        for d in (self._sizes, self._synced, self._offsets):
+            d.pop(path, None)
 
     def close(self) -> None:
-        """Our file goes if empty; otherwise it stays (unlocked) for the next process to adopt."""
-        files = [(p, f) for p, f in self._handles.items()]
-        if self._own is not None:
-            files.append((self.own_path, self._own))
-        for path, f in files:
-            f.close()
-            left = self._sizes.get(path, 0) - self._offsets.get(path, 0)
-            if left <= 0:
-                path.unlink(missing_ok=True)
-            elif self._offsets.get(path):  # drop the written part: the next reader starts at 0
-                _drop_head(path, self._offsets[path])
-        self._own = None
-        self._handles.clear()
-        self._sizes.clear()
-        self._offsets.clear()
+        """Sync; files wholly in the database go; the others stay, with their checkpoint on disk,
+        for the next process to adopt."""
+        with contextlib.suppress(OSError):
+            self.sync()
+        with self._lock:
+            files = list(self._handles.items())
+            if self._own_fd is not None:
+                files.append((self.own_path, None))
+            for path, handle in files:
+                left = self._sizes.get(path, 0) - self._offsets.get(path, 0)
+                try:
+                    if left <= 0:
+                        self._forget(path)
+                    elif self._offsets.get(path):
+                        self._checkpoint(path, self._offsets[path])
+                        os.fsync(self._checkpoints[path])
+                except OSError as exc:
+                    log.error("call log: could not tidy the spool file %s: %s", path, exc)
+                if handle is not None:
+                    handle.close()
+            if self._own_fd is not None:
+                os.close(self._own_fd)
+            for fd in self._checkpoints.values():
+                os.close(fd)
+            self._own_fd, self.own_path = None, None
+            self._handles.clear()
+            self._checkpoints.clear()
+            self._sizes.clear()
+            self._synced.clear()
+            self._offsets.clear()
 
 
-def _drop_head(path: Path, offset: int) -> None:
-    rest = path.read_bytes()[offset:]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(rest)
-    tmp.replace(path)
+def _checkpoint_path(path: Path) -> Path:
+    return path.with_name(path.name + ".done")
+
+
+def _read_checkpoint(path: Path) -> int:
+    try:
+        return int(path.read_bytes().strip() or 0)
+    except (OSError, ValueError):
+        return 0  # none, or unreadable: replay the whole file (writes are upserts)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class SyncPacer:
+    """When the spool is next fsynced (sans-I/O): at once if the last fsync is ``interval_s`` old,
+    else when it will be. Records wait at most ``interval_s`` (plus the fsync itself) to be durable,
+    and a busy writer fsyncs at most once per interval."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self.last = float("-inf")
+
+    def delay(self, now: float) -> float:
+        return max(0.0, self.last + self.interval_s - now)
+
+    def synced(self, now: float) -> None:
+        self.last = now
+
+
+class StorageState:
+    """Whether the database takes writes, with one log line per change of state (sans-I/O): an
+    outage logs once when it starts (and again only if its cause changes) and once when it ends."""
+
+    def __init__(self) -> None:
+        self.fault: str | None = None
+
+    def failed(self, reason: str) -> bool:
+        """Returns True when this is news (the caller logs it)."""
+        news = reason != self.fault
+        self.fault = reason
+        return news
+
+    def ok(self) -> bool:
+        """Returns True when storage is back after a fault (the caller logs it)."""
+        back = self.fault is not None
+        self.fault = None
+        return back
+
+
+class StorageFault(OSError):
+    """The database's storage is not usable (the SQLite file is gone): records wait in the spool."""
+
+
+class TurnNumbers:
+    """A call's turn numbers in the call log, across its legs. The first leg keeps its own numbers;
+    a later leg (the call back from a failed transfer, or a second stream with the same CallSid)
+    continues after the highest number taken, so no leg overwrites another's turns."""
+
+    def __init__(self) -> None:
+        self.by_leg: dict[tuple[int, int], int] = {}
+        self.taken: set[int] = set()
+
+    def number(self, leg: int, index: int) -> int:
+        key = (leg, index)
+        if key not in self.by_leg:
+            n = index if leg <= 1 and index not in self.taken else max(self.taken, default=0) + 1
+            self.by_leg[key] = n
+            self.taken.add(n)
+        return self.by_leg[key]
 
 
 # ---------------------------------------------------------------- the writer
 
 
 class CallLog:
-    """The call observer that writes the call log. ``run`` is the writer task; ``aclose`` drains it."""
+    """The call observer that writes the call log.
+
+    ``run`` (owned by the runtime's task group) runs two strands: the spooler turns queued records
+    into rows, appends them to the spool and fsyncs it (at most ``sync_interval_s`` apart); the
+    database strand writes what the spool holds, in order, and advances the spool's checkpoint.
+    ``aclose`` spools everything queued (fsynced), gives the database at most ``drain_timeout_s``
+    and returns; what is not written then is in the spool for the next start."""
 
     def __init__(
         self,
@@ -471,7 +696,8 @@ class CallLog:
         settings: CallLogConfig | None = None,
         retry_max_s: float = 5.0,
         write_timeout_s: float = 10.0,
-        drain_timeout_s: float = 10.0,
+        drain_timeout_s: float = 3.0,
+        sync_interval_s: float = SYNC_INTERVAL_S,
     ) -> None:
         self.engine = engine
         self.settings = settings or CallLogConfig()
@@ -481,13 +707,26 @@ class CallLog:
         self.retry_max_s = retry_max_s
         self.write_timeout_s = write_timeout_s
         self.drain_timeout_s = drain_timeout_s
-        self._queue: asyncio.Queue[tuple[str, tuple] | None] = asyncio.Queue(self.settings.queue_size)
-        self._memory: deque[dict[str, Any]] = deque()  # rows waiting for the database, oldest first
+        self.pacer = SyncPacer(sync_interval_s)
+        self.storage = StorageState()
+        self._queue: asyncio.Queue[tuple[int, str, tuple] | None] = asyncio.Queue(self.settings.queue_size)
+        self._unspooled: deque[bytes] = deque()  # lines the spool's disk refused, retried
+        self._numbers: OrderedDict[str, TurnNumbers] = OrderedDict()  # call sid -> its turn numbers
+        self._conversations: dict[str, ConversationRedactor] = {}  # call sid -> its transcripts' redactor
+        self._put_seq = 0  # records put so far
+        self._synced_seq = 0  # ... of which durable in the spool
+        self._synced = asyncio.Event()  # pulsed after each fsync
+        self._spooled = asyncio.Event()  # new synced records for the database strand
         self._closing = False
+        self._draining = False
+        self._started = asyncio.Event()  # the spool files of earlier runs are adopted
         self._closed = asyncio.Event()
-        self._idle = asyncio.Event()  # nothing queued, in memory or spooled
         self._migrated = False
-        self.stats = {"written": 0, "failures": 0, "spilled": 0, "dropped": 0, "rejected": 0}
+        self._sqlite_path = _sqlite_file(engine)
+        self._db_identity: tuple[int, int] | None = None  # the SQLite file's (device, inode)
+        self._reopen = False  # the SQLite file was replaced (restored): new connections
+        self._spool_fault: str | None = None
+        self.stats = {"written": 0, "failures": 0, "spooled": 0, "dropped": 0, "rejected": 0, "syncs": 0}
 
     @classmethod
     def from_environment(cls, settings: CallLogConfig, env: dict[str, str] | None = None, **kw) -> CallLog:
@@ -520,14 +759,14 @@ class CallLog:
             self.stats["dropped"] += 1
             return
         try:
-            self._queue.put_nowait((kind, args))
-            self._idle.clear()
+            self._queue.put_nowait((self._put_seq + 1, kind, args))
+            self._put_seq += 1
         except asyncio.QueueFull:
-            # The writer is stuck longer than any write may take (write_timeout_s): say so loudly.
+            # The spool's disk is stuck longer than any append may take: say so loudly.
             self.stats["dropped"] += 1
             log.error("call log: queue full (%d records): a %s record is lost", self._queue.maxsize, kind)
 
-    # ---- records -> rows
+    # ---- records -> rows (in the spooler's thread, one batch at a time)
 
     def _rows(self, kind: str, args: tuple) -> dict[str, Any]:
         raw = self.settings.store_raw_numbers
@@ -535,112 +774,266 @@ class CallLog:
             return {"kind": "call", "call": call_header(args[0], self.salt, raw)}
         if kind == "turn":
             call, turn = args
+            # Transcripts are redacted as one conversation: a number split over turns is masked in
+            # each, so the earlier turns it completes are written again (agent/calllog/redact.py).
+            conversation = self._conversations.setdefault(call["call_sid"], ConversationRedactor())
+            while len(self._conversations) > KNOWN_CALLS:
+                self._conversations.pop(next(iter(self._conversations)))
+            texts = conversation.redact_turn(turn, turn.get("transcript"))
             return {
                 "kind": "turn",
                 "call": call_header(call, self.salt, raw),
-                "turns": [turn_row(call["call_sid"], turn)],
+                "turns": [self._turn_row(call, {**t, "transcript": text}) for t, text in texts],
             }
         if kind == "end":
             call = args[0]
+            self._conversations.pop(call["call_sid"], None)
+            turns = call.get("turns") or ()
+            texts = redact_conversation(t.get("transcript") for t in turns)
             return {
                 "kind": "call",
                 "call": {**call_header(call, self.salt, raw), **call_totals(call)},
                 # Every turn again: a turn's outcome can change as the call ends (caller hung up).
-                "turns": [turn_row(call["call_sid"], t) for t in call.get("turns") or ()],
+                "turns": [
+                    self._turn_row(call, {**t, "transcript": x}) for t, x in zip(turns, texts, strict=True)
+                ],
             }
         call_sid, outcome, reason = args
         return {"kind": "outcome", "call_sid": call_sid, "outcome": outcome, "reason": redact(reason)}
 
+    def _turn_row(self, call: dict[str, Any], turn: dict[str, Any]) -> dict[str, Any]:
+        """``turn_row`` with the call log's turn number (legs after the first continue the count)."""
+        sid, leg = call["call_sid"], int(call.get("leg") or 1)
+        numbers = self._numbers.get(sid)
+        if numbers is None:
+            numbers = self._numbers[sid] = TurnNumbers()
+            while len(self._numbers) > KNOWN_CALLS:
+                self._numbers.popitem(last=False)
+        self._numbers.move_to_end(sid)
+        row = turn_row(sid, turn)
+        row["turn_index"] = numbers.number(leg, row["turn_index"])
+        row["leg"] = leg
+        return row
+
+    def _encode(self, items: list[tuple[int, str, tuple]]) -> list[bytes]:
+        lines = []
+        for _, kind, args in items:
+            try:
+                record = self._rows(kind, args)
+                lines.append((json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode())
+            except Exception:  # a malformed record must not stop the writer
+                self.stats["rejected"] += 1
+                log.exception("call log: could not make rows of a %s record", kind)
+        return lines
+
+    def _spool_lines(self, lines: list[bytes]) -> None:
+        """Append (what the disk refused earlier first) and fsync. Raises OSError with the lines kept
+        in memory (bounded by ``memory_records``) for the next try."""
+        self._unspooled.extend(lines)
+        pending = list(self._unspooled)
+        kept = self.spool.append(pending) if pending else 0
+        self._unspooled.clear()
+        if kept < len(pending):
+            self.stats["dropped"] += len(pending) - kept
+            log.error(
+                "call log: spool full (%d bytes): %d records lost", self.spool.max_bytes, len(pending) - kept
+            )
+        self.stats["spooled"] += kept
+        self.spool.sync()
+        self.stats["syncs"] += 1
+
+    def _keep_unspooled(self) -> None:
+        over = len(self._unspooled) - self.settings.memory_records
+        if over > 0:
+            for _ in range(over):
+                self._unspooled.popleft()
+            self.stats["dropped"] += over
+            log.error("call log: the spool cannot be written and memory is full: %d records lost", over)
+
     # ---- the writer task
 
     async def run(self) -> None:
-        """Owned by the runtime's task group; ends after ``aclose`` once everything is written or spooled.
-        It never raises into its owner: a bug here costs the call log, not the calls."""
+        """Owned by the runtime's task group; ends after ``aclose`` (everything queued is then in the
+        spool, on disk). It never raises into its owner: a bug here costs the call log, not the calls."""
         try:
             adopted = await asyncio.to_thread(self.spool.adopt)
             if adopted:
                 log.warning("call log: %d spool file(s) of an earlier run will be written", adopted)
-            await self._loop()
-            await self._drain()
+                self._spooled.set()
+            self._started.set()
+            async with asyncio.TaskGroup() as tg:
+                database = tg.create_task(self._database(), name="call-log-database")
+                await self._spooler()
+                self._draining = True  # aclose: the database strand gets drain_timeout_s
+                self._spooled.set()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(database), self.drain_timeout_s)
+                database.cancel()
         except Exception:
             log.exception("call log: the writer failed; calls are no longer logged")
         finally:
+            self._started.set()
             self._closed.set()
             try:
-                self._intake([])
-                if self._memory:  # cancelled (the runtime is failing): keep what we have, on disk
-                    self.spool.append(list(self._memory))
-                    self._memory.clear()
+                # Cancelled (the runtime is failing) or failed: what is queued goes to disk anyway.
+                items = []
+                while not self._queue.empty():
+                    if (item := self._queue.get_nowait()) is not None:
+                        items.append(item)
+                if items or self._unspooled:
+                    self._spool_lines(self._encode(items))
+            except Exception:
+                log.exception("call log: could not spool %d records", len(self._unspooled))
+            try:
                 self.spool.close()
             except Exception:
-                log.exception("call log: could not keep %d records in the spool", len(self._memory))
-            await self.engine.dispose()
+                log.exception("call log: could not close the spool")
+            if left := self.spool_left():
+                log.warning("call log: %d bytes of records wait in the spool for the next start", left)
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1.0):
+                    await self.engine.dispose()
 
-    async def _loop(self) -> None:
+    def spool_left(self) -> int:
+        """Bytes of spool files left in the directory (after ``run`` ended)."""
+        try:
+            return sum(p.stat().st_size for p in (self.directory / SPOOL_DIR).glob("*.jsonl"))
+        except OSError:
+            return 0
+
+    async def _spooler(self) -> None:
+        """Queue -> rows -> spool (fsynced, paced) until ``aclose`` and the queue is empty."""
         loop = asyncio.get_running_loop()
-        delay = 0.0  # > 0 while the database is away: how long to wait before trying again
-        retry_at = 0.0
+        retry_at = 0.0  # while the spool's disk fails: when to try again
         while True:
-            backlog = bool(self._memory) or bool(self.spool.pending_files())
-            if not backlog and self._queue.empty():
-                self._idle.set()
-            if self._closing and self._queue.empty():
+            if self._closing and self._queue.empty() and not self._unspooled:
                 return
-            if backlog and loop.time() >= retry_at:
+            items: list = []
+            if self._queue.empty():
+                wait = max(0.01, retry_at - loop.time()) if self._unspooled else None
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        items.append(await self._queue.get())
+            if not self._closing:  # pace the fsyncs (more records gather meanwhile)
+                wait = self.pacer.delay(loop.time())
+                if self._unspooled:
+                    wait = max(wait, retry_at - loop.time())
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            while not self._queue.empty():
+                items.append(self._queue.get_nowait())
+            items = [i for i in items if i is not None]  # None: aclose's wake-up
+            if not items and not self._unspooled:
+                continue
+            top = max((i[0] for i in items), default=self._synced_seq)
+            try:
+                await asyncio.to_thread(self._spool_batch, items)
+            except OSError as exc:
+                self._keep_unspooled()
+                retry_at = loop.time() + 1.0
+                if self._spool_fault != _short(exc):
+                    self._spool_fault = _short(exc)
+                    log.error(
+                        "call log: cannot write the spool in %s (%s); %d records held in memory",
+                        self.spool.directory,
+                        self._spool_fault,
+                        len(self._unspooled),
+                    )
+                if self._closing:
+                    return
+                continue
+            if self._spool_fault is not None:
+                self._spool_fault = None
+                log.warning("call log: the spool is writable again")
+            self.pacer.synced(loop.time())
+            if not self._unspooled:
+                self._synced_seq = max(self._synced_seq, top)
+            self._synced.set()
+            self._synced.clear()
+            self._spooled.set()
+
+    def _spool_batch(self, items: list[tuple[int, str, tuple]]) -> None:
+        self._spool_lines(self._encode(items))
+
+    async def durable(self, timeout_s: float = 10.0) -> None:
+        """Wait until every record put so far is in the spool, fsynced: a crash now loses none of
+        them (scripts and tests; the runtime never waits for this)."""
+        target = self._put_seq
+        async with asyncio.timeout(timeout_s):
+            while self._synced_seq < target:
+                if self._closed.is_set():
+                    raise RuntimeError("the call log writer has stopped")
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.1):
+                        await self._synced.wait()
+
+    async def _database(self) -> None:
+        """Spool -> database, in order; backs off while the database is away."""
+        loop = asyncio.get_running_loop()
+        delay = 0.0
+        retry_at = 0.0
+        next_check = 0.0
+        while True:
+            self._spooled.clear()  # before looking: a wake-up after this is never missed
+            backlog = bool(self.spool.pending_files())
+            if self._draining and (not backlog or self.storage.fault is not None):
+                return
+            now = loop.time()
+            if backlog and now >= retry_at:
                 if await self._write_backlog():
                     delay = 0.0
                 else:
                     delay = min(self.retry_max_s, max(0.25, delay * 2))
                     retry_at = loop.time() + delay
-                await self._take(0)
+                    if self._draining:
+                        return
                 continue
-            await self._take(max(0.0, retry_at - loop.time()) if backlog else None)
-
-    async def _take(self, wait: float | None) -> None:
-        """Move queued records into memory (as rows); wait up to ``wait`` s for the first one."""
-        items = []
-        if self._queue.empty() and (wait is None or wait > 0):
+            if not backlog and now >= next_check:  # idle: is the database file still there?
+                next_check = now + STORAGE_CHECK_S
+                self._check_idle_storage()
+            wait = (retry_at - now) if backlog else max(0.0, next_check - now)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
-                    items.append(await self._queue.get())
-        self._intake(items)
-        if len(self._memory) > self.settings.memory_records:
-            await self._spill(len(self._memory) - self.settings.memory_records // 2)
+                async with asyncio.timeout(max(0.01, wait)):
+                    await self._spooled.wait()
 
-    def _intake(self, items: list) -> None:
-        """``items`` and everything queued, as rows in memory."""
-        while not self._queue.empty():
-            items.append(self._queue.get_nowait())
-        for item in items:
-            if item is None:  # aclose's wake-up
-                continue
-            try:
-                self._memory.append(self._rows(*item))
-            except Exception:  # a malformed record must not stop the writer
-                self.stats["rejected"] += 1
-                log.exception("call log: could not make rows of a %s record", item[0])
+    def _check_idle_storage(self) -> None:
+        try:
+            self._check_storage()
+        except StorageFault as exc:
+            if self.storage.failed(str(exc)):
+                log.error("call log: storage fault: %s; records wait in the spool", exc)
 
-    async def _spill(self, count: int) -> None:
-        """The oldest ``count`` rows in memory go to the spool (memory stays bounded while the database
-        is away); order is kept because the spool is written before memory."""
-        batch = [self._memory.popleft() for _ in range(min(count, len(self._memory)))]
-        kept = await asyncio.to_thread(self.spool.append, batch)
-        self.stats["spilled"] += kept
-        if kept < len(batch):
-            self.stats["dropped"] += len(batch) - kept
-            log.error(
-                "call log: spool full (%d bytes): %d records lost", self.spool.max_bytes, len(batch) - kept
-            )
-        else:
-            log.warning("call log: database away; %d records spooled to %s", kept, self.spool.directory)
+    def _check_storage(self) -> None:
+        """SQLite: the file the engine writes must still be the one at its path. A deleted file is
+        not made again by this process (its connections would write into the unlinked one, or a new
+        empty file would hide the loss): the records wait in the spool until the file is restored,
+        or the server restarts and creates it. A different file (restored) is reopened."""
+        if self._sqlite_path is None or self._db_identity is None:
+            return
+        try:
+            st = os.stat(self._sqlite_path)
+        except FileNotFoundError:
+            raise StorageFault(f"the database file {self._sqlite_path} was deleted") from None
+        if (st.st_dev, st.st_ino) != self._db_identity:
+            log.warning("call log: the database file %s was replaced; reopening it", self._sqlite_path)
+            self._db_identity = None
+            self._migrated = False
+            self._reopen = True
 
     async def _write_backlog(self) -> bool:
-        """Spool first (older), then memory. False: the database is away (try again later)."""
+        """Everything synced in the spool, oldest file first. False: the database is away."""
         try:
+            self._check_storage()
+            if self._reopen:
+                self._reopen = False
+                await self.engine.dispose()
             if not self._migrated:
                 async with asyncio.timeout(max(self.write_timeout_s, 30.0)):
                     await migrate(self.engine)
                 self._migrated = True
+                if self._sqlite_path is not None:
+                    st = os.stat(self._sqlite_path)
+                    self._db_identity = (st.st_dev, st.st_ino)
             for path in self.spool.pending_files():
                 while True:
                     records, offset = await asyncio.to_thread(self.spool.read, path, BATCH)
@@ -649,19 +1042,27 @@ class CallLog:
                     await asyncio.to_thread(self.spool.consumed, path, offset)
                     if not records or path not in self.spool.pending_files():
                         break
-            while self._memory:
-                batch = [self._memory[i] for i in range(min(BATCH, len(self._memory)))]
-                await self._write_batch(batch)
-                for _ in batch:
-                    self._memory.popleft()
+            if self.storage.ok():
+                log.warning("call log: the database takes writes again; the spooled backlog is written")
             return True
         except Exception as exc:
             self.stats["failures"] += 1
-            waiting = len(self._memory)
+            waiting = self.spool.bytes_pending()
             if is_transient(exc):
-                log.warning("call log: database unavailable (%s); %d records waiting", _short(exc), waiting)
-            else:
-                log.exception("call log: writing failed; %d records waiting, retrying", waiting)
+                reason = storage_fault(exc) or "database unavailable"
+                if self.storage.failed(reason):
+                    log.error(
+                        "call log: %s (%s); records wait in the spool (%d bytes), calls go on",
+                        reason,
+                        _short(exc),
+                        waiting,
+                    )
+                if storage_fault(exc) and self._sqlite_path is not None:
+                    # A broken SQLite connection is not reused: the next try opens a fresh one.
+                    with contextlib.suppress(Exception):
+                        await self.engine.dispose()
+            elif self.storage.failed(f"writing failed: {type(exc).__name__}"):
+                log.exception("call log: writing failed; %d bytes wait in the spool, retrying", waiting)
             return False
 
     async def _write_batch(self, records: list[dict[str, Any]]) -> None:
@@ -689,44 +1090,35 @@ class CallLog:
         with open(path, "a", encoding="utf-8") as f:  # rare, small: no thread for it
             f.write(json.dumps({"error": _short(exc), "record": record}, ensure_ascii=False) + "\n")
 
-    async def _drain(self) -> None:
-        """At shutdown: write what is left while the database answers, up to ``drain_timeout_s``; then
-        whatever remains in memory goes to the spool, for the next start."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.drain_timeout_s
-        delay = 0.1
-        await self._take(0)  # records that came in while the loop was ending
-        while self._memory or self.spool.pending_files():
-            if await self._write_backlog() or loop.time() + delay > deadline:
-                break
-            await asyncio.sleep(delay)
-            delay = min(1.0, delay * 2)
-            await self._take(0)
-        await self._take(0)
-        if self._memory:
-            left = len(self._memory)
-            await self._spill(left)
-            log.warning("call log: %d records kept in the spool; they are written at the next start", left)
-
-    async def aclose(self) -> None:
-        """Stop taking records, write (or spool) what is pending, and wait for the writer to end."""
+    async def aclose(self, timeout_s: float | None = None) -> None:
+        """Stop taking records; everything queued goes to the spool (fsynced) at once; the database
+        then gets up to ``drain_timeout_s`` (none while it is known to be away) and what it has not
+        taken stays in the spool for the next start. Returns within ``timeout_s`` (default: the
+        drain time plus 2 s for the spool)."""
         self._closing = True
         with contextlib.suppress(asyncio.QueueFull):
             self._queue.put_nowait(None)
-        await self._closed.wait()
+        limit = self.drain_timeout_s + 2.0 if timeout_s is None else timeout_s
+        try:
+            async with asyncio.timeout(limit):
+                await self._closed.wait()
+        except TimeoutError:
+            log.error("call log: the writer did not stop within %.1f s", limit)
 
     async def flush(self, timeout_s: float = 30.0) -> None:
         """Wait until every record put so far is in the database (tests, scripts)."""
         async with asyncio.timeout(timeout_s):
-            while not self._closed.is_set():
-                await self._idle.wait()
-                if self._queue.empty() and not self._memory:
+            await self.durable(timeout_s)
+            await self._started.wait()
+            while self.spool.pending_files() or self._unspooled:
+                if self._closed.is_set():
                     return
-                self._idle.clear()
                 await asyncio.sleep(0.01)
 
     async def call_exists(self, call_sid: str) -> bool | None:
         """Whether the database knows the call; None when it cannot be asked now."""
+        if self.storage.fault is not None and self._sqlite_path is not None:
+            return None  # (asking would make an empty file where the deleted one was)
         try:
             async with asyncio.timeout(2.0), self.engine.connect() as conn:
                 found = await conn.scalar(
@@ -737,6 +1129,12 @@ class CallLog:
             if is_transient(exc) or not self._migrated:
                 return None
             raise
+
+
+def _sqlite_file(engine: AsyncEngine) -> str | None:
+    if engine.dialect.name != "sqlite" or engine.url.database in (None, "", ":memory:"):
+        return None
+    return engine.url.database
 
 
 def _short(exc: BaseException) -> str:
