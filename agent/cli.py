@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -176,20 +177,32 @@ def replay(
 
 @app.command()
 def serve(
-    host: Annotated[str, typer.Option()] = "0.0.0.0",
+    host: Annotated[
+        str | None, typer.Option(help="listen address (default 0.0.0.0; with --dev 127.0.0.1, loopback only)")
+    ] = None,
     port: Annotated[int, typer.Option()] = 8080,
     config: Annotated[Path | None, typer.Option(help="config YAML")] = None,
+    dev: Annotated[
+        bool,
+        typer.Option(
+            "--dev",
+            help="development: loopback only, emulators for missing provider keys, unsigned carrier "
+            "traffic accepted, operator routes open without a key",
+        ),
+    ] = False,
     profile: Annotated[
-        str, typer.Option(help="latency profile of the emulators used for missing keys")
+        str, typer.Option(help="--dev: latency profile of the emulators used for missing keys")
     ] = "reference",
     emulators_at: Annotated[
         str | None,
-        typer.Option("--emulators", help='use emulators already running: {"sarvam": URL, "openrouter": URL}'),
+        typer.Option(
+            "--emulators", help='--dev: use emulators already running: {"sarvam": URL, "openrouter": URL}'
+        ),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="warnings only")] = False,
     local: Annotated[
         bool,
-        typer.Option("--local", help="embedded offline STT/TTS for a speech provider without a key"),
+        typer.Option("--local", help="--dev: embedded offline STT/TTS for a speech provider without a key"),
     ] = False,
     sip: Annotated[
         str | None, typer.Option(help="also answer SIP calls on this UDP host:port (config: sip.bind)")
@@ -198,8 +211,13 @@ def serve(
         str | None, typer.Option(help="also accept Asterisk AudioSocket on this TCP host:port")
     ] = None,
 ) -> None:
-    """Answer calls: Twilio's voice webhook at /twilio/voice, media streams at /twilio/stream;
-    SIP and Asterisk AudioSocket with --sip / --audiosocket (or the config's sip section)."""
+    """Answer calls: Twilio's voice webhook at /twilio/voice, media streams at /twilio/stream (and the
+    other carriers listed in the config's telephony.carriers); SIP and Asterisk AudioSocket with --sip /
+    --audiosocket (or the config's sip section).
+
+    Fails closed: without every enabled carrier's secret, the operator key ($VOXROUTE_API_KEY) and
+    every provider key it exits 2 and names what is missing, unless --dev. SIGTERM or SIGINT: new calls
+    are refused, calls in progress get shutdown.drain_s to finish, then the closing phrase; exit 0."""
     _setup_logging(not quiet)
     try:
         cfg = load_config(config)
@@ -210,62 +228,165 @@ def serve(
     except (ConfigError, json.JSONDecodeError) as exc:
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
-    asyncio.run(_serve(cfg, host, port, profile, external, stack="local" if local else "emulated"))
+    problem = _serve_refusal(cfg, host, dev, external, local)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr, flush=True)
+        raise typer.Exit(2)
+    host = host or ("127.0.0.1" if dev else "0.0.0.0")
+    asyncio.run(_serve(cfg, host, port, profile, external, stack="local" if local else "emulated", dev=dev))
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _serve_refusal(cfg, host: str | None, dev: bool, external: dict | None, local: bool) -> str | None:
+    """Why ``voxroute serve`` must not start as asked (one message naming everything), or None."""
+    from agent.runtime import missing_secrets
+
+    if dev:
+        if host is not None and not _is_loopback(host):
+            return (
+                f"--dev binds a loopback address only (127.0.0.1, ::1), not {host}: development mode "
+                "accepts unsigned carrier traffic and runs emulators in place of missing keys"
+            )
+        if cfg.sip.enabled and not _is_loopback(cfg.sip.bind.rpartition(":")[0]):
+            return f"--dev binds a loopback address only: sip.bind is {cfg.sip.bind}"
+        if cfg.sip.audiosocket_bind and not _is_loopback(cfg.sip.audiosocket_bind.rpartition(":")[0]):
+            return f"--dev binds a loopback address only: AudioSocket is {cfg.sip.audiosocket_bind}"
+        return None
+    dev_only = [flag for flag, used in (("--emulators", external is not None), ("--local", local)) if used]
+    if dev_only:
+        return f"{' and '.join(dev_only)} stand in for providers: development only, add --dev"
+    missing = missing_secrets(cfg)
+    if not missing:
+        return None
+    width = max(len(env) for env, _ in missing)
+    lines = "\n".join(f"  {env:<{width}}  {what}" for env, what in missing)
+    return (
+        f"voxroute serve refuses to start: {len(missing)} environment variable(s) not set:\n{lines}\n"
+        "Set them (the config names each variable), or run `voxroute serve --dev` to develop locally "
+        "(loopback only; emulators for missing keys; unsigned carrier traffic accepted)."
+    )
 
 
 async def _serve(
-    cfg, host: str, port: int, profile: str, external: dict | None = None, stack: str = "emulated"
+    cfg,
+    host: str,
+    port: int,
+    profile: str,
+    external: dict | None = None,
+    stack: str = "emulated",
+    dev: bool = False,
 ) -> None:
     import gc
+    import signal
 
-    # Start-up objects (config, app, provider clients) never die: keep them out of the collector's
-    # scans, so that a full collection does not stall every call's loop for longer than it must.
-    gc.collect()
-    gc.freeze()
+    from agent.loopwatch import LoopWatch
     from agent.runtime import (
+        DEV_BANNER,
         EmulatorURLs,
         build_services,
         create_runtime_app,
+        drain,
         emulator_options,
         keys_missing,
     )
     from emulators.serve import serve_app, ws_url
+    from telephony.admission import CallGate
     from telephony.sip.service import sip_edge
+
+    log = logging.getLogger("voxroute")
+    if dev:
+        log.warning("*** %s ***", DEV_BANNER)
+    loop = asyncio.get_running_loop()
+    stop, hurry = asyncio.Event(), asyncio.Event()
+
+    def on_signal(signum: int) -> None:
+        name = signal.Signals(signum).name
+        if stop.is_set():
+            log.warning("%s again: ending the calls in progress now", name)
+            hurry.set()
+        else:
+            log.warning("%s: draining (a second signal ends the calls at once)", name)
+            stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
 
     async def run(urls) -> None:
         async with build_services(cfg, urls, stack=stack) as services:
-            async with (
-                serve_app(create_runtime_app(services), host=host, port=port, log_level="info") as url,
-                sip_edge(
-                    services,
-                    sip=cfg.sip.bind if cfg.sip.enabled else None,
-                    audiosocket=cfg.sip.audiosocket_bind,
-                ),
-            ):
-                logging.getLogger("voxroute").warning(
-                    "voxroute serving on %s (public %s); Twilio voice webhook: %s/twilio/voice",
-                    url,
-                    cfg.telephony.public_base_url,
-                    cfg.telephony.public_base_url,
+            gate = CallGate(cfg.telephony.max_concurrent_calls)
+            app = create_runtime_app(services, dev=dev, gate=gate)
+            try:  # the phrases every call needs first, before the first call
+                async with asyncio.timeout(10):
+                    await services.warm_phrases(cfg.language)
+            except Exception as exc:
+                log.warning("phrases not ready at start (%s); the first call synthesises them", exc)
+            # Start-up objects (config, app, provider clients) never die: keep them out of the
+            # collector's scans, so that a full collection does not stall every call's loop.
+            gc.collect()
+            gc.freeze()
+            watch = LoopWatch(app.state.prom.loop_lag.observe)
+            async with asyncio.TaskGroup() as tg:
+                watcher = tg.create_task(watch.run(), name="loop-watch")
+                async with (
+                    serve_app(app, host=host, port=port, log_level="info",
+                              request_timeout_s=cfg.telephony.request_timeout_s) as url,
+                    sip_edge(
+                        services,
+                        sip=cfg.sip.bind if cfg.sip.enabled else None,
+                        audiosocket=cfg.sip.audiosocket_bind,
+                        gate=gate,
+                    ),
+                ):  # fmt: skip
+                    log.warning(
+                        "voxroute serving on %s (public %s)%s; carriers: %s; at most %d calls",
+                        url,
+                        cfg.telephony.public_base_url,
+                        " in DEVELOPMENT MODE" if dev else "",
+                        ", ".join(cfg.telephony.carriers),
+                        gate.max_calls,
+                    )
+                    await stop.wait()
+                    await drain(
+                        services,
+                        gate,
+                        drain_s=cfg.shutdown.drain_s,
+                        closing_timeout_s=cfg.shutdown.closing_timeout_s,
+                        hurry=hurry,
+                    )
+                watcher.cancel()
+            log.warning("server stopped; writing the call log")
+        log.warning("voxroute stopped")
+
+    try:
+        if external is not None:
+            sarvam, openrouter = external["sarvam"].rstrip("/"), external["openrouter"].rstrip("/")
+            await run(
+                EmulatorURLs(
+                    llm={"sarvam": f"{sarvam}/v1", "openrouter": f"{openrouter}/api/v1"},
+                    sarvam_ws=ws_url(sarvam),
+                    sarvam_rest=sarvam,
                 )
-                await asyncio.Event().wait()
-
-    if external is not None:
-        sarvam, openrouter = external["sarvam"].rstrip("/"), external["openrouter"].rstrip("/")
-        await run(
-            EmulatorURLs(
-                llm={"sarvam": f"{sarvam}/v1", "openrouter": f"{openrouter}/api/v1"},
-                sarvam_ws=ws_url(sarvam),
-                sarvam_rest=sarvam,
             )
-        )
-    elif keys_missing(cfg):
-        from emulators.stack import run_emulators
+        elif dev and keys_missing(cfg):
+            from emulators.stack import run_emulators
 
-        async with run_emulators(profile, **emulator_options(cfg)) as emu:
-            await run(emu.urls)
-    else:
-        await run(None)
+            async with run_emulators(profile, **emulator_options(cfg)) as emu:
+                await run(emu.urls)
+        else:
+            await run(None)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
 
 
 @app.command()

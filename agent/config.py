@@ -70,6 +70,9 @@ class EndpointConfig(_Model):
     backchannels: list[str] = Field(default_factory=list)  # empty: agent.bargein.DEFAULT_BACKCHANNELS
     stt_final_wait_ms: int = Field(default=400, ge=0, le=5000)  # wait for the STT final after our endpoint
     dtmf_timeout_ms: int = Field(default=1000, ge=100, le=10000)
+    # Caps on what a caller can make a turn hold (keys beyond the cap are dropped, text is cut).
+    max_dtmf_digits: int = Field(default=32, ge=1, le=1000)
+    max_transcript_chars: int = Field(default=2000, ge=50, le=100_000)
 
 
 class LadderConfig(_Model):
@@ -129,6 +132,12 @@ class AgentConfig(_Model):
             "hi-IN": "माफ़ कीजिए, मैं सुन नहीं पाया। क्या आप दोहरा सकते हैं?",
         }
     )
+    closing_phrases: dict[str, str] = Field(
+        default_factory=lambda: {
+            "en-IN": "Sorry, we have to end this call now. Please call us again in a moment. Goodbye.",
+            "hi-IN": "क्षमा करें, हमें यह कॉल अभी समाप्त करनी होगी। कृपया थोड़ी देर में फिर से कॉल करें। धन्यवाद।",
+        }
+    )
     max_tokens: int = Field(default=160, gt=0)
     temperature: float = Field(default=0.3, ge=0, le=2)
 
@@ -145,11 +154,41 @@ class HandoffConfig(_Model):
     operator_api_key_env: str = "VOXROUTE_API_KEY"
 
 
+CARRIERS = ("twilio", "exotel", "plivo", "telnyx")
+
+
 class TelephonyConfig(_Model):
+    """The carriers' edge. Only the carriers listed in ``carriers`` are routed (the others answer 404);
+    ``voxroute serve`` refuses to start while one of them lacks its secret (``--dev`` aside). Each
+    secret lives in the environment variable named here."""
+
     public_base_url: str = "http://127.0.0.1:8080"
+    carriers: list[Literal["twilio", "exotel", "plivo", "telnyx"]] = Field(default_factory=lambda: ["twilio"])
     twilio_auth_token_env: str = "TWILIO_AUTH_TOKEN"
+    exotel_credentials_env: str = "EXOTEL_STREAM_CREDENTIALS"  # "KEY:TOKEN", Basic auth on the upgrade
+    plivo_auth_token_env: str = "PLIVO_AUTH_TOKEN"
+    telnyx_public_key_env: str = "TELNYX_PUBLIC_KEY"  # webhook signatures (Ed25519, base64)
+    telnyx_stream_secret_env: str = "TELNYX_STREAM_SECRET"  # our HMAC key for the per-call stream token
     default_tenant: str = "default"
     max_message_bytes: int = Field(default=64 * 1024, gt=1024)
+    # Bounds: calls carried at once by this process (over it: busy), and media silence that ends a call.
+    max_concurrent_calls: int = Field(default=100, ge=1, le=100_000)
+    media_silence_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    request_timeout_s: float = Field(default=10.0, gt=0, le=300)  # a request's headers (or upgrade) by then
+
+    @model_validator(mode="after")
+    def _unique_carriers(self) -> TelephonyConfig:
+        if len(set(self.carriers)) != len(self.carriers):
+            raise ValueError("carriers: each carrier once")
+        return self
+
+
+class ShutdownConfig(_Model):
+    """SIGTERM/SIGINT: new calls are refused at once; calls in progress get ``drain_s`` to finish, then
+    hear the closing phrase and are ended; the call log is flushed; the process exits 0."""
+
+    drain_s: float = Field(default=20.0, ge=0, le=3600)
+    closing_timeout_s: float = Field(default=8.0, gt=0, le=60)  # the closing phrase's longest wait
 
 
 class SipRegistrationConfig(_Model):
@@ -212,6 +251,7 @@ class Config(_Model):
     sip: SipConfig = SipConfig()
     handoff: HandoffConfig = HandoffConfig()
     call_log: CallLogConfig = CallLogConfig()
+    shutdown: ShutdownConfig = ShutdownConfig()
 
     @model_validator(mode="after")
     def _references(self) -> Config:

@@ -72,7 +72,8 @@ async def offline_server(config: Config, port: int, profile: str = "reference"):
 
     async with run_emulators(profile, 0, None, **emulator_options(config)) as emu:
         async with build_services(config, emu.urls, stack="local") as services:
-            async with serve_app(create_runtime_app(services), port=port) as url:
+            # The offline demo is development mode by design: emulated LLMs, unsigned local calls.
+            async with serve_app(create_runtime_app(services, dev=True), port=port) as url:
                 yield url, services
 
 

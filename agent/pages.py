@@ -485,14 +485,14 @@ class MemoryCallSource:
 
     async def recent(self, limit: int = LIST_LIMIT, tenant: str | None = None) -> list[dict[str, Any]]:
         sids = [*self.services.finished, *self.services.calls]
-        calls = [c for sid in sids if (c := self.services.call_json(sid)) is not None]
+        calls = [c for sid in sids if (c := await self.services.call_view(sid)) is not None]
         if tenant:
             calls = [c for c in calls if c.get("tenant") == tenant]
         calls.sort(key=lambda c: c.get("started_at") or 0.0, reverse=True)
         return [call_summary(c) for c in calls[:limit]]
 
     async def get(self, call_sid: str) -> dict[str, Any] | None:
-        data = self.services.call_json(call_sid)
+        data = await self.services.call_view(call_sid)  # redacted as the call log stores it
         if data is None:
             return None
         simulated = self.simulated()
@@ -567,8 +567,10 @@ class OperatorAuth:
         )
 
 
-def add_call_routes(app: FastAPI, source: CallSource, auth: OperatorAuth) -> None:
-    """``GET /calls`` and ``GET /calls/{call_sid}``: JSON for API clients, HTML for browsers."""
+def add_call_routes(app: FastAPI, source: CallSource, auth: OperatorAuth, banner: str | None = None) -> None:
+    """``GET /calls`` and ``GET /calls/{call_sid}``: JSON for API clients, HTML for browsers.
+    ``banner``: a warning shown at the top of every page (``voxroute serve --dev`` says so)."""
+    top = f'<p class="note bad"><strong>{e(banner)}</strong></p>' if banner else ""
 
     def guard(request: Request, html: bool) -> Response | None:
         """None: go on. Else the response to send (401, or the redirect that sets the cookie)."""
@@ -598,6 +600,7 @@ def add_call_routes(app: FastAPI, source: CallSource, auth: OperatorAuth) -> Non
         return None
 
     def html_response(body: str, status_code: int = 200) -> HTMLResponse:
+        body = body.replace("<body>", "<body>" + top, 1)
         return HTMLResponse(body, status_code, headers={"Cache-Control": "no-store", "Vary": "Accept"})
 
     def unavailable(html: bool) -> Response:

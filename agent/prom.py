@@ -10,11 +10,12 @@ two runtimes in one process (tests) never share counters.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 
 from agent.providers.base import FAULT_KINDS
@@ -33,6 +34,8 @@ MAX_ACTIONS = 32  # fallback actions are code constants; this only guards agains
 
 # Around the 1000 ms voice budget: fine steps below it, coarse ones above (seconds).
 FIRST_AUDIO_BUCKETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0)
+# How late the event loop runs a timer (agent/loopwatch.py): a few ms is normal, 50 ms is a stall.
+LOOP_LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class Labels:
@@ -121,6 +124,16 @@ class PromMetrics:
         self.calls = Counter(
             "voxroute_calls", "Finished calls by how they ended", ["tenant", "ended"], registry=r
         )
+        self.loop_lag = Histogram(
+            "voxroute_event_loop_lag_seconds",
+            "How late the event loop ran a timer that should have fired (sampled every ~20 ms)",
+            buckets=LOOP_LAG_BUCKETS,
+            registry=r,
+        )
+
+    def watch_gate(self, gate: Any) -> None:
+        """Series of the call admission (telephony.admission.CallGate), read at scrape time."""
+        self.registry.register(_GateCollector(gate))
 
     @classmethod
     def for_services(cls, services: Any) -> PromMetrics:
@@ -177,10 +190,40 @@ class PromMetrics:
         return encode(self.registry), content_type
 
 
-def add_metrics_route(app: FastAPI, metrics: PromMetrics) -> None:
-    """``GET /metrics``, open like ``/debug/stats``: figures, no call content (scrapers rarely send keys)."""
+class _GateCollector:
+    """Calls refused (by carrier and reason), calls admitted now, the cap, and whether draining."""
+
+    def __init__(self, gate: Any) -> None:
+        self.gate = gate
+
+    def collect(self):
+        refused = CounterMetricFamily(
+            "voxroute_calls_refused",
+            "Calls refused at set-up: busy (at the concurrent-call cap) or draining (shutting down)",
+            labels=["carrier", "reason"],
+        )
+        for (carrier, reason), count in sorted(self.gate.refused.items()):
+            refused.add_metric([carrier, reason], count)
+        yield refused
+        yield GaugeMetricFamily(
+            "voxroute_call_slots_used", "Calls holding a slot of the cap", self.gate.active
+        )
+        yield GaugeMetricFamily("voxroute_call_slots", "The concurrent-call cap", self.gate.max_calls)
+        yield GaugeMetricFamily("voxroute_draining", "1 while shutting down", int(self.gate.draining))
+
+    def describe(self):
+        return []
+
+
+def add_metrics_route(
+    app: FastAPI, metrics: PromMetrics, guard: Callable[[Request], None] | None = None
+) -> None:
+    """``GET /metrics`` behind the operator key (``guard`` raises 401): Prometheus sends it as a bearer
+    token (``authorization: {credentials: KEY}`` in the scrape config)."""
 
     @app.get("/metrics", include_in_schema=False)
     async def get_metrics(request: Request) -> Response:
+        if guard is not None:
+            guard(request)
         body, content_type = metrics.exposition(request.headers.get("accept", ""))
         return Response(body, headers={"Content-Type": content_type})

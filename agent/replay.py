@@ -24,6 +24,7 @@ from agent.fixture import Fixture, load
 from agent.runtime import EmulatorURLs, build_services, create_runtime_app, emulator_options
 from emulators.carriers import FakeCarrierSecrets, check_dialable, dial_fixture
 from emulators.serve import serve_app
+from telephony.carriers import CARRIERS
 
 
 @dataclass
@@ -57,7 +58,9 @@ async def local_stack(
     async with run_emulators(profile, seed, fixtures, **emulator_options(config)) as emu:
         with _without_keys(config, enabled=not env_keys):
             async with build_services(config, emu.urls, stack=stack) as services:
-                app = create_runtime_app(services)
+                # Development by design: emulators stand in for keys, and the fake carriers dial
+                # every carrier's routes, signed only when a secret is in the environment.
+                app = create_runtime_app(services, dev=True, carriers=CARRIERS)
                 async with contextlib.AsyncExitStack() as running:
                     url = await running.enter_async_context(serve_app(app))
                     if sip:

@@ -2,21 +2,27 @@
 
 Each provider kind is real when its API key is in the environment, and points at the local
 emulators otherwise; the runtime logs which, once, at start.
+
+Fail closed: ``voxroute serve`` starts only when :func:`missing_secrets` is empty (every enabled
+carrier's secret, the operator key, every provider key), or with ``--dev``. ``create_runtime_app``
+enforces the same for the carriers and the operator key unless ``dev=True``: an in-process stack
+without secrets (replay, demo, tests) says so explicitly. One operator check
+(``agent.pages.OperatorAuth``) guards the call API, the pages, ``/debug/*`` and ``/metrics``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import os
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from fastapi import FastAPI, Header, HTTPException
+import httpx
+from fastapi import FastAPI, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent import metrics, pages, prom
@@ -31,6 +37,7 @@ from agent.session import CallSession
 from agent.webhook import WebhookSender
 from routing.classifier import StakesModel
 from routing.router import Router
+from telephony.admission import CallGate
 from telephony.app import DIAL_ACTION_PATH, WHISPER_PATH, TelephonySettings, create_app
 from telephony.call_control import TwilioCallControl, transfer_twiml
 from telephony.carrier_control import (
@@ -39,6 +46,7 @@ from telephony.carrier_control import (
     PlivoCallControl,
     TelnyxCallControl,
 )
+from telephony.carriers import SECRETS_OF, CarrierSettings
 from telephony.twiml import public_url
 
 log = logging.getLogger("voxroute.runtime")
@@ -120,8 +128,16 @@ async def build_services(
     if s.stt_model:
         stt_kwargs["model"] = s.stt_model
     stt = SarvamSTT(sarvam_key, ws_base_url=ws_base, **stt_kwargs)
+    # Built here, at start: its SSL context costs ~100 ms of loop time, which the first call's audio
+    # would otherwise pay for (the phrases are synthesised over REST).
+    tts_http = httpx.AsyncClient()
     tts = SarvamTTS(
-        sarvam_key, ws_base_url=ws_base, rest_base_url=rest_base, model=s.tts_model, speakers=s.speakers
+        sarvam_key,
+        ws_base_url=ws_base,
+        rest_base_url=rest_base,
+        model=s.tts_model,
+        speakers=s.speakers,
+        http_client=tts_http,
     )
     services_ref: list[Services] = []  # the scripted LLM looks up each turn's routing class here
     offline = stack == "local"
@@ -142,6 +158,7 @@ async def build_services(
         raise RuntimeError(f"handoff.webhook_url is set but ${h.webhook_secret_env} holds no signing secret")
     webhooks = WebhookSender(secret) if h.webhook_url and secret else None
     async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(tts_http.aclose)
         await stack.enter_async_context(tts)
         for llm in llms.values():
             stack.push_async_callback(llm.aclose)
@@ -157,6 +174,8 @@ async def build_services(
         call_log = CallLog.from_environment(config.call_log) if config.call_log.enabled else None
         if call_log is not None:
             services.observers.append(call_log)
+        if call_log is not None:
+            await _migrate_early(call_log)
         async with asyncio.TaskGroup() as tg:
             if webhooks is not None:
                 tg.create_task(webhooks.run(), name="handoff-webhooks")
@@ -171,6 +190,21 @@ async def build_services(
                 finally:
                     if call_log is not None:
                         await call_log.aclose()
+
+
+async def _migrate_early(call_log: CallLog, timeout_s: float = 30.0) -> None:
+    """The database schema at start, not during the first call (Alembic holds the loop for 100-200 ms).
+    A database that is away now is not fatal: the writer migrates when it comes back."""
+    from agent.calllog.store import migrate
+
+    try:
+        async with asyncio.timeout(timeout_s):
+            await migrate(call_log.engine)
+    except Exception as exc:
+        log.warning("call log: database not ready at start (%s: %s); writing later", type(exc).__name__, exc)
+        return
+    if hasattr(call_log, "_migrated"):
+        call_log._migrated = True  # the writer would run Alembic again on its first write
 
 
 def _local_engines(
@@ -364,14 +398,89 @@ class OutcomeUpdate(BaseModel):
     reason: str | None = Field(default=None, max_length=500)
 
 
-def create_runtime_app(services: Services) -> FastAPI:
-    """The HTTP/websocket face of one runtime process: telephony routes plus the call API."""
+DEV_BANNER = "DEVELOPMENT MODE: unsigned carrier traffic accepted, emulators stand in for missing keys"
+
+
+def carrier_settings(config: Config) -> CarrierSettings:
+    """Exotel, Plivo and Telnyx secrets from the environment variables the config names."""
+    t = config.telephony
+    return CarrierSettings.from_env(
+        names={
+            "exotel_credentials": t.exotel_credentials_env,
+            "plivo_auth_token": t.plivo_auth_token_env,
+            "telnyx_public_key": t.telnyx_public_key_env,
+            "telnyx_stream_secret": t.telnyx_stream_secret_env,
+        }
+    )
+
+
+def missing_secrets(config: Config, *, sip_registration: bool = True) -> list[tuple[str, str]]:
+    """What ``voxroute serve`` needs and the environment lacks: (variable, what it is for), one per
+    variable, in a stable order. Empty: the server may start without ``--dev``."""
+    t = config.telephony
+    env_of = {
+        "twilio": [(t.twilio_auth_token_env, "Twilio auth token (webhook and stream signatures)")],
+        "exotel": [(t.exotel_credentials_env, "Exotel stream credentials KEY:TOKEN (Basic auth)")],
+        "plivo": [(t.plivo_auth_token_env, "Plivo auth token (webhook signatures, stream tokens)")],
+        "telnyx": [
+            (t.telnyx_public_key_env, "Telnyx public key (webhook signatures)"),
+            (t.telnyx_stream_secret_env, "Telnyx stream secret (per-call stream tokens)"),
+        ],
+    }
+    assert set(env_of) - {"twilio"} == set(SECRETS_OF)
+    needed = [pair for carrier in t.carriers for pair in env_of[carrier]]
+    needed.append(
+        (config.handoff.operator_api_key_env, "operator API key (call API, pages, /debug, /metrics)")
+    )
+    for name, prov in config.providers.items():
+        needed.append((prov.api_key_env, f"API key of provider {name}"))
+    needed.append((config.sarvam.api_key_env, "Sarvam API key (speech)"))
+    if config.handoff.webhook_url:
+        needed.append((config.handoff.webhook_secret_env, "handoff webhook signing secret"))
+    if sip_registration and config.sip.enabled and config.sip.registration is not None:
+        needed.append((config.sip.registration.password_env, "SIP registration password"))
+    missing: dict[str, list[str]] = {}
+    for env, what in needed:
+        if _key(env) is None:
+            missing.setdefault(env, []).append(what)
+    return [(env, "; ".join(dict.fromkeys(whats))) for env, whats in missing.items()]
+
+
+def create_runtime_app(
+    services: Services,
+    *,
+    dev: bool = False,
+    carriers: tuple[str, ...] | list[str] | None = None,
+    gate: CallGate | None = None,
+) -> FastAPI:
+    """The HTTP/websocket face of one runtime process: telephony routes plus the call API.
+
+    ``dev``: carriers without their secret take unsigned traffic and the operator routes are open
+    when no key is set (a banner says so on every page); without it, a missing carrier secret or
+    operator key raises ``RuntimeError``. ``carriers``: the carriers routed (default: the config's
+    ``telephony.carriers``). ``gate``: the call admission shared with the SIP edge (default: one of
+    ``telephony.max_concurrent_calls``); ``app.state.call_gate``."""
     config = services.config
+    t = config.telephony
+    enabled = tuple(carriers if carriers is not None else t.carriers)
+    if not dev:
+        missing = [
+            env
+            for env, _ in missing_secrets(config, sip_registration=False)
+            if env in _carrier_envs(config, enabled) or env == config.handoff.operator_api_key_env
+        ]
+        if missing:
+            raise RuntimeError(f"missing secrets (or run in dev mode): {', '.join('$' + m for m in missing)}")
+    gate = gate if gate is not None else CallGate(t.max_concurrent_calls)
     settings = TelephonySettings(
-        public_base_url=config.telephony.public_base_url,
-        twilio_auth_token=_key(config.telephony.twilio_auth_token_env),
-        default_tenant=config.telephony.default_tenant,
-        max_message_bytes=config.telephony.max_message_bytes,
+        public_base_url=t.public_base_url,
+        twilio_auth_token=_key(t.twilio_auth_token_env),
+        default_tenant=t.default_tenant,
+        max_message_bytes=t.max_message_bytes,
+        carriers=enabled,
+        allow_unsigned=dev,
+        max_concurrent_calls=t.max_concurrent_calls,
+        media_silence_timeout_s=t.media_silence_timeout_s,
     )
 
     async def on_call(link: CarrierLink) -> None:
@@ -382,29 +491,34 @@ def create_runtime_app(services: Services) -> FastAPI:
         on_call,
         tenant_for_number=services.router.table.tenant_for_number,
         handoff=_HandoffHooks(services),
+        carriers=carrier_settings(config),
+        gate=gate,
     )
+    app.state.dev = dev
     api_key = _key(config.handoff.operator_api_key_env)
     if api_key is None:
         log.warning(
-            "no operator API key in $%s: the handoff API is open to anyone who can reach this server",
+            "DEV: no operator API key in $%s: the call API, pages, /debug and /metrics are open",
             config.handoff.operator_api_key_env,
         )
+    auth = pages.OperatorAuth(api_key)
 
-    def operator(authorization: str | None, x_api_key: str | None) -> None:
-        if api_key is None:
-            return
-        given = x_api_key or (authorization or "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(given.encode(), api_key.encode()):
-            log.warning("operator API: rejected a request without a valid API key")
-            raise HTTPException(status_code=401, detail="a valid API key is required")
+    def operator(request: Request) -> None:
+        """The one operator check: X-API-Key, Authorization: Bearer, HTTP Basic password, ?key= or
+        the pages' cookie (agent.pages.OperatorAuth)."""
+        if not auth.allows(request):
+            log.warning(
+                "operator API: %s %s rejected (401): no valid API key", request.method, request.url.path
+            )
+            raise HTTPException(
+                status_code=401,
+                detail="a valid API key is required",
+                headers={"WWW-Authenticate": 'Bearer realm="voxroute operator"'},
+            )
 
     @app.get("/calls/{call_sid}/handoff")
-    async def get_handoff(
-        call_sid: str,
-        authorization: Annotated[str | None, Header()] = None,
-        x_api_key: Annotated[str | None, Header()] = None,
-    ) -> dict:
-        operator(authorization, x_api_key)
+    async def get_handoff(call_sid: str, request: Request) -> dict:
+        operator(request)
         record = services.handoffs.get(call_sid)
         if record is None:
             raise HTTPException(status_code=404, detail=f"no handoff for call {call_sid}")
@@ -415,21 +529,18 @@ def create_runtime_app(services: Services) -> FastAPI:
     call_log = next((o for o in services.observers if isinstance(o, CallLog)), None)
     if call_log is not None:  # past calls too, after a restart (agent/calllog/source.py)
         source = CombinedCallSource(source, DatabaseCallSource(call_log.engine))
-    pages.add_call_routes(app, source, pages.OperatorAuth(api_key))
+    pages.add_call_routes(app, source, auth, banner=DEV_BANNER if dev else None)
     metrics_observer = prom.PromMetrics.for_services(services)
+    metrics_observer.watch_gate(gate)
     services.observers.append(metrics_observer)
-    prom.add_metrics_route(app, metrics_observer)
+    app.state.prom = metrics_observer
+    prom.add_metrics_route(app, metrics_observer, operator)
 
     @app.post("/calls/{call_sid}/outcome")
-    async def set_outcome(
-        call_sid: str,
-        body: OutcomeUpdate,
-        authorization: Annotated[str | None, Header()] = None,
-        x_api_key: Annotated[str | None, Header()] = None,
-    ) -> dict:
+    async def set_outcome(call_sid: str, body: OutcomeUpdate, request: Request) -> dict:
         """The operator's verdict on a call: the live session (if the call is on), the finished call's
         record, and the call log (queued behind everything the call wrote)."""
-        operator(authorization, x_api_key)
+        operator(request)
         live, finished = services.calls.get(call_sid), services.finished.get(call_sid)
         if live is None and finished is None:
             known = await call_log.call_exists(call_sid) if call_log is not None else False
@@ -449,25 +560,107 @@ def create_runtime_app(services: Services) -> FastAPI:
         }
 
     @app.get("/debug/stats")
-    async def debug_stats() -> dict:
+    async def debug_stats(request: Request) -> dict:
+        operator(request)
         return {"active_calls": len(services.calls), **metrics.snapshot()}
 
     @app.get("/debug/engines")
-    async def debug_engines() -> dict:
+    async def debug_engines(request: Request) -> dict:
         """CPU seconds of the embedded speech engines (offline stack) and the audio they handled."""
+        operator(request)
         local = sys.modules.get("agent.providers.local")
         return {k: v.snapshot() for k, v in local.CPU.items()} if local else {}
 
     @app.get("/debug/routing")
-    async def debug_routing() -> dict:
+    async def debug_routing(request: Request) -> dict:
+        operator(request)
         return services.router.health.snapshot()
 
     @app.post("/debug/stats/reset")
-    async def debug_stats_reset() -> dict:
+    async def debug_stats_reset(request: Request) -> dict:
+        operator(request)
         metrics.reset()
         return {"ok": True}
 
     return app
+
+
+def _carrier_envs(config: Config, enabled: tuple[str, ...]) -> set[str]:
+    t = config.telephony
+    envs = {
+        "twilio": {t.twilio_auth_token_env},
+        "exotel": {t.exotel_credentials_env},
+        "plivo": {t.plivo_auth_token_env},
+        "telnyx": {t.telnyx_public_key_env, t.telnyx_stream_secret_env},
+    }
+    return set().union(*(envs[c] for c in enabled))
+
+
+async def drain(services: Services, gate: CallGate, *, drain_s: float, closing_timeout_s: float,
+                hurry: asyncio.Event | None = None) -> int:  # fmt: skip
+    """Shutdown: refuse new calls now; give the calls in progress ``drain_s`` to finish (``hurry``
+    set cuts it short); then each remaining call hears the closing phrase and is hung up. Returns
+    how many calls were ended that way."""
+    gate.draining = True
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + drain_s
+    log.warning(
+        "shutting down: refusing new calls; %d call(s) in progress get up to %.0f s",
+        len(services.calls),
+        drain_s,
+    )
+    languages = {session.language for session in services.calls.values()}
+    async with asyncio.TaskGroup() as tg:
+        for language in languages:  # ready before it is needed
+            tg.create_task(_quietly(services.phrase(language, "closing")), name=f"closing-phrase-{language}")
+        # Polled: Services.calls has no event for "a call ended", and 100 ms is precise enough here.
+        while services.calls and loop.time() < deadline and not (hurry is not None and hurry.is_set()):  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+    left = _live_sessions(services)
+    if left:
+        log.warning("shutting down: ending %d call(s) with the closing phrase", len(left))
+        async with asyncio.TaskGroup() as tg:
+            for session in left:
+                tg.create_task(
+                    _close_call(services, session, closing_timeout_s), name=f"{session.call_sid}:close"
+                )
+        end = loop.time() + 2.0
+        while services.calls and loop.time() < end:  # noqa: ASYNC110  # the sessions unregister as they end
+            await asyncio.sleep(0.05)
+    return len(left)
+
+
+def _live_sessions(services: Services) -> list[CallSession]:
+    """Every live call session, a second stream of the same call too (``Services.streams``)."""
+    streams = getattr(services, "streams", None)
+    if streams is not None:
+        return [session for session, _ in list(streams.values())]
+    return list(services.calls.values())
+
+
+async def _quietly(coro) -> None:
+    try:
+        await coro
+    except Exception as exc:
+        log.warning("shutting down: %s: %s", type(exc).__name__, exc)
+
+
+async def _close_call(services: Services, session: CallSession, timeout_s: float) -> None:
+    """The closing phrase on a live call (after what is playing is cut), then hang up."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            pcm = await services.phrase(session.language, "closing")
+            await session.player.clear()
+            session.player.play(pcm, None, "closing")
+            await asyncio.sleep(0.05)
+            while session.player.speaking:  # noqa: ASYNC110  # the player keeps time, it signals nothing
+                await asyncio.sleep(0.05)
+    except Exception as exc:  # a timeout or a dead link: hang up all the same
+        log.warning("call %s: closing phrase not played in full: %s", session.call_sid, type(exc).__name__)
+    if session.ended == "in_progress":
+        session.ended = "completed"
+    log.info("call %s: ended by shutdown", session.call_sid)
+    await session.link.hangup()
 
 
 def keys_missing(config: Config) -> bool:

@@ -197,6 +197,7 @@ class Services:
             "handoff": agent.handoff_phrases,
             "transfer": agent.transfer_phrases,
             "callback": agent.callback_phrases,
+            "closing": agent.closing_phrases,
         }
         return self.config.phrase(table[kind], language)
 

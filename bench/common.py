@@ -55,6 +55,7 @@ def processes(
             [
                 *cli,
                 "serve",
+                "--dev",  # emulators in place of keys: development mode by design
                 *serve_args,
                 "--host",
                 "127.0.0.1",

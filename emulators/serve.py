@@ -1,4 +1,10 @@
-"""Serve an ASGI app on 127.0.0.1 from inside a running event loop (tests, replay, benchmarks)."""
+"""Serve an ASGI app from inside a running event loop (``voxroute serve``, tests, replay, benchmarks).
+
+A connection must deliver a whole request head (request line and headers; a websocket upgrade is
+one) within ``request_timeout_s`` of opening, or of the previous response: else it is closed. A
+client that opens a socket and sends half a request line cannot hold it open (uvicorn's own
+keep-alive timeout only starts after a first response).
+"""
 
 from __future__ import annotations
 
@@ -7,12 +13,71 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+import h11
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+log = logging.getLogger(__name__)
+REQUEST_TIMEOUT_S = 10.0
+
+
+class _HeadTimeoutProtocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for each request head."""
+
+    request_timeout_s = REQUEST_TIMEOUT_S
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._head_timer = self.loop.call_later(self.request_timeout_s, self._head_expired)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_expired(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing() or self.transport.get_protocol() is not self:
+            return
+        if self.conn.their_state is h11.IDLE:  # still no complete request head
+            peer = f"{self.client[0]}:{self.client[1]}" if self.client else "?"
+            log.warning("connection from %s: no complete request within %.0f s, closed", peer,
+                        self.request_timeout_s)  # fmt: skip
+            self.transport.close()
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.transport.get_protocol() is not self or self.conn.their_state is not h11.IDLE:
+            self._disarm()  # a request head arrived (or the connection became a websocket)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+
+def _protocol(timeout_s: float) -> type[H11Protocol]:
+    if timeout_s == REQUEST_TIMEOUT_S:
+        return _HeadTimeoutProtocol
+    return type("HeadTimeoutProtocol", (_HeadTimeoutProtocol,), {"request_timeout_s": timeout_s})
 
 
 @contextlib.asynccontextmanager
 async def serve_app(
-    app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"
+    app,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    log_level: str = "warning",
+    request_timeout_s: float = REQUEST_TIMEOUT_S,
 ) -> AsyncIterator[str]:
     """Run ``app`` with uvicorn on ``host:port`` (0 = a free port) and yield ``http://host:port``.
 
@@ -24,6 +89,7 @@ async def serve_app(
         port=port,
         log_level=log_level,
         lifespan="on",
+        http=_protocol(request_timeout_s),
         ws="websockets-sansio",
         ws_max_size=1 << 20,
         ws_per_message_deflate=False,  # audio frames: compression costs CPU and saves nothing

@@ -2,7 +2,14 @@
 
 ``POST /twilio/voice`` answers with ``<Connect><Stream>`` and per-call ``<Parameter>``s;
 ``WS /twilio/stream`` turns the media stream into a :class:`TwilioLink` (the ``CarrierLink`` of
-``agent.link``) and runs ``on_call(link)`` until the call ends; ``GET /healthz``.
+``agent.link``) and runs ``on_call(link)`` until the call ends; ``GET /healthz`` (alive) and
+``GET /readyz`` (taking calls: 503 while draining for shutdown or at the call cap).
+
+Fail closed: each enabled carrier needs its secret (Twilio's auth token here; the others' in
+``telephony.carriers``), else building the app raises, unless ``allow_unsigned`` (``voxroute serve
+--dev`` and in-process test stacks say so explicitly). A carrier that is not enabled has no routes
+(404). Every call takes a slot of one :class:`~telephony.admission.CallGate`; over its cap or while
+draining, the carrier gets its busy answer.
 
 Each websocket handler owns its call and starts no tasks: ``on_call`` runs inside it, and the
 link reads the socket only when ``on_call`` iterates ``link.events()``. A protocol error ends
@@ -19,11 +26,12 @@ from typing import Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 from fastapi import FastAPI, Request, WebSocket
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.datastructures import MultiDict
 
 from agent.link import CallEnded, CallStart, CarrierEvent, CarrierLink, InboundAudio, InboundDtmf, MarkEcho
+from telephony.admission import WS_TRY_AGAIN_LATER, CallGate
 from telephony.call_control import (
     DialResult,
     dial_action_result,
@@ -31,7 +39,14 @@ from telephony.call_control import (
     return_to_agent_twiml,
     whisper_twiml,
 )
-from telephony.carriers import CarrierSettings, add_carrier_routes, error_response, peer_of, read_body
+from telephony.carriers import (
+    CARRIERS,
+    CarrierSettings,
+    add_carrier_routes,
+    error_response,
+    peer_of,
+    read_body,
+)
 from telephony.twilio import (
     MAX_MESSAGE_BYTES,
     Dtmf,
@@ -62,6 +77,8 @@ WHISPER_PATH = "/twilio/whisper"  # + /{CallSid}: what the human hears before th
 DIAL_ACTION_PATH = "/twilio/dial-action"  # + /{CallSid}: how the human leg of a transfer ended
 INBOUND_TRACKS = frozenset({"inbound", "inbound_track"})
 
+BUSY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response><Reject reason="busy"/></Response>'
+
 OnCall = Callable[[CarrierLink], Awaitable[None]]
 TenantLookup = Callable[[str], str | None]
 
@@ -75,6 +92,18 @@ class TelephonySettings(BaseModel):
     max_message_bytes: int = Field(default=MAX_MESSAGE_BYTES, gt=0)
     start_timeout_s: float = Field(default=10.0, gt=0)  # connected+start must arrive within this
     verify_call_token: bool = True  # with an auth token: start must carry our per-call HMAC parameter
+    carriers: tuple[str, ...] = CARRIERS  # the carriers routed; the others answer 404
+    allow_unsigned: bool = False  # True: a carrier without its secret takes unsigned traffic (dev only)
+    max_concurrent_calls: int = Field(default=100, ge=1)  # when create_app makes its own CallGate
+    media_silence_timeout_s: float | None = Field(default=30.0, gt=0)  # no media this long ends a call
+
+    @field_validator("carriers")
+    @classmethod
+    def _known_carriers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [c for c in value if c not in CARRIERS]
+        if unknown:
+            raise ValueError(f"unknown carrier(s) {unknown}; known: {CARRIERS}")
+        return value
 
     @field_validator("public_base_url")
     @classmethod
@@ -180,17 +209,24 @@ def create_app(
     tenant_for_number: TenantLookup | None = None,
     handoff: HandoffHooks | None = None,
     carriers: CarrierSettings | None = None,
+    gate: CallGate | None = None,
 ) -> FastAPI:
-    """The Twilio edge. ``on_call(link)`` runs one call to its end (the lead's CallSession).
+    """The carriers' edge. ``on_call(link)`` runs one call to its end (the lead's CallSession).
     Exotel, Plivo and Telnyx routes come from ``telephony.carriers`` (``carriers``: their
-    secrets; ``None`` reads them from the environment)."""
+    secrets; ``None`` reads them from the environment). ``gate``: the process's call admission
+    (shared with the SIP edge); None makes one of ``settings.max_concurrent_calls``.
+    Raises ``ValueError`` naming every missing secret of an enabled carrier (fail closed)."""
     app = FastAPI(title="voxroute telephony", docs_url=None, redoc_url=None, openapi_url=None)
     token = settings.twilio_auth_token
+    twilio_on = "twilio" in settings.carriers
+    if twilio_on and not token:
+        if not settings.allow_unsigned:
+            raise ValueError("Twilio is enabled but has no auth token: its webhooks could not be verified")
+        log.warning("DEV: no Twilio auth token: webhook and media stream signatures are NOT checked")
     stream_url = public_ws_url(settings.public_base_url, STREAM_PATH)
-    active = {"calls": 0}
-    if not token:
-        log.warning("no Twilio auth token configured: webhook and media stream signatures are NOT checked")
+    gate = gate if gate is not None else CallGate(settings.max_concurrent_calls)
     app.state.telephony_settings = settings
+    app.state.call_gate = gate
 
     def tenant_for(to: str) -> str:
         if tenant_for_number is not None and to:
@@ -205,7 +241,34 @@ def create_app(
 
     @app.get("/healthz")
     async def healthz() -> dict:
-        return {"status": "ok", "active_calls": active["calls"]}
+        return {"status": "ok", "active_calls": gate.active, "draining": gate.draining}
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        """Ready for new calls: 503 while draining for shutdown or with every call slot taken."""
+        reason = gate.refusal()
+        body = {"ready": reason is None, "active_calls": gate.active, "max_calls": gate.max_calls}
+        if reason is not None:
+            body["reason"] = reason
+        return JSONResponse(body, status_code=200 if reason is None else 503)
+
+    add_carrier_routes(
+        app,
+        settings.public_base_url,
+        on_call,
+        settings=carriers,
+        enabled=settings.carriers,
+        allow_unsigned=settings.allow_unsigned,
+        default_tenant=settings.default_tenant,
+        tenant_for=tenant_for,
+        max_message_bytes=settings.max_message_bytes,
+        start_timeout_s=settings.start_timeout_s,
+        gate=gate,
+        silence_timeout_s=settings.media_silence_timeout_s,
+        plivo_transfer_xml=handoff.plivo_transfer_xml if handoff is not None else None,
+    )
+    if not twilio_on:
+        return app  # not configured: no Twilio routes (404), not open ones
 
     async def twilio_form(request: Request, what: str) -> MultiDict | Response:
         """A Twilio webhook's form, signature checked; or the error response to send."""
@@ -253,6 +316,8 @@ def create_app(
         if not call_sid:
             log.warning("voice webhook from %s: no CallSid", peer_of(request))
             return error_response(400, "CallSid is required")
+        if gate.check("twilio", call_sid) is not None:
+            return Response(BUSY_TWIML, media_type="application/xml")
         from_number, to_number = form.get("From", ""), form.get("To", "")
         parameters = stream_parameters(call_sid, from_number, to_number)
         log.info("call %s from %s to %s: connecting media stream", call_sid, from_number, to_number)
@@ -340,28 +405,19 @@ def create_app(
                 )
                 await link.close(1008)
                 return
+        if gate.enter("twilio", start.call_sid) is not None:
+            await link.close(WS_TRY_AGAIN_LATER)
+            return
         log.info("call %s: stream %s started (tenant %s)", start.call_sid, start.stream_sid, start.tenant)
-        active["calls"] += 1
+        link.silence_timeout_s = settings.media_silence_timeout_s
         try:
             await on_call(link)
         except Exception:
             log.exception("call %s: on_call failed, closing the stream (1011)", start.call_sid)
             await link.close(1011)
         finally:
-            active["calls"] -= 1
+            gate.leave()
             await link.close(1000)  # no-op when already closed
             log.info("call %s: stream ended", start.call_sid)
 
-    add_carrier_routes(
-        app,
-        settings.public_base_url,
-        on_call,
-        settings=carriers,
-        default_tenant=settings.default_tenant,
-        tenant_for=tenant_for,
-        max_message_bytes=settings.max_message_bytes,
-        start_timeout_s=settings.start_timeout_s,
-        active=active,
-        plivo_transfer_xml=handoff.plivo_transfer_xml if handoff is not None else None,
-    )
     return app

@@ -10,9 +10,12 @@ adds only its set-up answer and the check it offers:
 | Plivo | ``POST /plivo/answer`` -> ``<Stream bidirectional="true">`` XML; ``POST /plivo/stream-status`` | ``X-Plivo-Signature-V3`` on webhooks, a per-call HMAC in ``extraHeaders`` checked on ``start`` |
 | Telnyx | ``POST /telnyx/texml`` -> ``<Connect><Stream bidirectionalMode="rtp">`` TeXML | Ed25519 webhook signature, a per-call HMAC ``<Parameter>`` checked on ``start`` |
 
-Secrets come from the environment (:meth:`CarrierSettings.from_env`); without one, that
-carrier's check is off and a warning says so at start. Any bad input from the network ends
-only its own call: close 1008 and one log line.
+Secrets come from the environment (:meth:`CarrierSettings.from_env`, variable names from the
+config's ``telephony`` section). Fail closed: an enabled carrier without its secret is an error at
+start (:func:`missing_secrets`), unless ``allow_unsigned`` (dev only: its check is off and a
+warning says so). A carrier that is not enabled has no routes (404). Over the call cap or while
+draining (``telephony.admission``), set-ups get the carrier's busy answer and streams close 1013.
+Any bad input from the network ends only its own call: close 1008 and one log line.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent.link import CallEnded, CallStart, CarrierEvent, CarrierLink, InboundAudio, InboundDtmf, MarkEcho
 from telephony import plivo, telnyx
+from telephony.admission import WS_TRY_AGAIN_LATER, CallGate
 from telephony.exotel import ExotelStream
 from telephony.mediastream import (
     Audio,
@@ -61,6 +65,10 @@ PLIVO_TRANSFER_PATH = "/plivo/transfer"  # + /{call_uuid}: telephony.carrier_con
 TELNYX_TEXML_PATH = "/telnyx/texml"
 TELNYX_STREAM_PATH = "/telnyx/stream"
 MAX_WEBHOOK_BYTES = 64 * 1024
+CARRIERS = ("twilio", "exotel", "plivo", "telnyx")  # the websocket carriers; SIP is telephony.sip
+# What a carrier hears when we are at capacity or shutting down (its own markup for "busy").
+PLIVO_BUSY_XML = '<?xml version="1.0" encoding="UTF-8"?><Response><Hangup reason="busy"/></Response>'
+TELNYX_BUSY_TEXML = '<?xml version="1.0" encoding="UTF-8"?><Response><Reject reason="busy"/></Response>'
 
 OnCall = Callable[[CarrierLink], Awaitable[None]]
 
@@ -90,8 +98,13 @@ class CarrierSettings(BaseModel):
         return self
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> CarrierSettings:
+    def from_env(
+        cls, env: dict[str, str] | None = None, names: dict[str, str] | None = None
+    ) -> CarrierSettings:
+        """``names``: the environment variable of each secret field, when not the default
+        (``exotel_credentials``, ``plivo_auth_token``, ``telnyx_public_key``, ``telnyx_stream_secret``)."""
         env = os.environ if env is None else env
+        names = {**SECRET_ENV, **(names or {})}
         nets = [n.strip() for n in env.get("EXOTEL_ALLOWED_NETWORKS", "").split(",") if n.strip()]
         choices = {
             "exotel_sample_rate": env.get("EXOTEL_SAMPLE_RATE"),
@@ -100,13 +113,29 @@ class CarrierSettings(BaseModel):
             "telnyx_sample_rate": env.get("TELNYX_SAMPLE_RATE"),
         }
         return cls(
-            exotel_credentials=env.get("EXOTEL_STREAM_CREDENTIALS") or None,
             exotel_allowed_networks=nets,
-            plivo_auth_token=env.get("PLIVO_AUTH_TOKEN") or None,
-            telnyx_public_key=env.get("TELNYX_PUBLIC_KEY") or None,
-            telnyx_stream_secret=env.get("TELNYX_STREAM_SECRET") or None,
+            **{field: (env.get(name) or "").strip() or None for field, name in names.items()},
             **{k: v for k, v in choices.items() if v},
         )
+
+
+# Each carrier's secret fields in CarrierSettings, and their default environment variables.
+SECRET_ENV = {
+    "exotel_credentials": "EXOTEL_STREAM_CREDENTIALS",
+    "plivo_auth_token": "PLIVO_AUTH_TOKEN",
+    "telnyx_public_key": "TELNYX_PUBLIC_KEY",
+    "telnyx_stream_secret": "TELNYX_STREAM_SECRET",
+}
+SECRETS_OF = {
+    "exotel": ("exotel_credentials",),
+    "plivo": ("plivo_auth_token",),
+    "telnyx": ("telnyx_public_key", "telnyx_stream_secret"),
+}
+
+
+def missing_secrets(settings: CarrierSettings, enabled: tuple[str, ...] | list[str]) -> list[str]:
+    """The secret fields that enabled carriers (other than Twilio) lack."""
+    return [f for c in enabled for f in SECRETS_OF.get(c, ()) if not getattr(settings, f)]
 
 
 class MediaStreamLink(WebSocketLink):
@@ -277,30 +306,32 @@ def add_carrier_routes(
     on_call: OnCall,
     *,
     settings: CarrierSettings | None = None,
+    enabled: tuple[str, ...] | list[str] = CARRIERS,
+    allow_unsigned: bool = False,
     default_tenant: str = "default",
     tenant_for: Callable[[str], str] | None = None,
     max_message_bytes: int | None = None,
     start_timeout_s: float = 10.0,
-    active: dict[str, int] | None = None,
+    gate: CallGate | None = None,
+    silence_timeout_s: float | None = None,
     plivo_transfer_xml: Callable[[str], str | None] | None = None,
 ) -> None:
-    """Mount the Exotel, Plivo and Telnyx routes on ``app``; ``on_call(link)`` runs one call.
-    ``plivo_transfer_xml(call_uuid)``: the XML for a transfer we asked Plivo for (its ``aleg_url``)."""
+    """Mount the routes of the ``enabled`` carriers among Exotel, Plivo and Telnyx on ``app``;
+    ``on_call(link)`` runs one call. Raises ``ValueError`` when an enabled carrier lacks its
+    secret, unless ``allow_unsigned``. ``plivo_transfer_xml(call_uuid)``: the XML for a transfer
+    we asked Plivo for (its ``aleg_url``)."""
     s = settings or CarrierSettings.from_env()
-    active = active if active is not None else {"calls": 0}
+    gate = gate if gate is not None else CallGate(100)
+    missing = missing_secrets(s, enabled)
+    if missing and not allow_unsigned:
+        raise ValueError(f"enabled carriers lack their secrets: {', '.join(missing)}")
     limit = {} if max_message_bytes is None else {"max_message_bytes": max(max_message_bytes, 256 * 1024)}
     networks = [ipaddress.ip_network(n, strict=False) for n in s.exotel_allowed_networks]
     telnyx_key = base64.b64decode(s.telnyx_public_key) if s.telnyx_public_key else None
     if telnyx_key is not None and len(telnyx_key) != 32:
         raise ValueError("telnyx_public_key must be a base64 Ed25519 public key (32 bytes)")
-    for what, secret in (
-        ("Exotel stream credentials ($EXOTEL_STREAM_CREDENTIALS): Exotel upgrades", s.exotel_credentials),
-        ("Plivo auth token ($PLIVO_AUTH_TOKEN): Plivo webhooks and streams", s.plivo_auth_token),
-        ("Telnyx public key ($TELNYX_PUBLIC_KEY): Telnyx webhooks", s.telnyx_public_key),
-        ("Telnyx stream secret ($TELNYX_STREAM_SECRET): Telnyx streams", s.telnyx_stream_secret),
-    ):
-        if not secret:
-            log.warning("no %s are NOT checked", what)
+    for field in missing:
+        log.warning("DEV: no %s: %s traffic is NOT checked", field, field.split("_")[0].capitalize())
 
     async def run_stream(
         websocket: WebSocket, codec: MediaStreamCodec, check: Callable[[CallStart], str | None]
@@ -336,6 +367,9 @@ def add_carrier_routes(
             )
             await link.close(1008)
             return
+        if gate.enter(codec.carrier, start.call_sid) is not None:
+            await link.close(WS_TRY_AGAIN_LATER)
+            return
         log.info(
             "%s call %s: stream %s started (tenant %s)",
             codec.carrier,
@@ -343,7 +377,7 @@ def add_carrier_routes(
             start.stream_sid,
             start.tenant,
         )
-        active["calls"] += 1
+        link.silence_timeout_s = silence_timeout_s
         try:
             await on_call(link)
         except Exception:
@@ -352,7 +386,7 @@ def add_carrier_routes(
             )
             await link.close(1011)
         finally:
-            active["calls"] -= 1
+            gate.leave()
             await link.close(1000)
             log.info("%s call %s: stream ended", codec.carrier, start.call_sid)
 
@@ -375,12 +409,13 @@ def add_carrier_routes(
             return False
         return True
 
-    @app.get(EXOTEL_VOICEBOT_PATH)
     async def exotel_voicebot(request: Request) -> Response:
         """The Voicebot applet's dynamic URL: Exotel GETs it with the call's details."""
         if not exotel_allowed(request, "Exotel voicebot URL request"):
             return error_response(403, "forbidden")
         q = request.query_params
+        if gate.check("exotel", q.get("CallSid")) is not None:
+            return error_response(503, "busy")  # the flow goes on to the applet's failure branch
         to_number = q.get("CallTo") or q.get("To") or ""
         params = {"sample-rate": str(s.exotel_sample_rate)}
         if tenant_for is not None and to_number:
@@ -389,12 +424,15 @@ def add_carrier_routes(
         log.info("Exotel call %s to %s: stream URL handed out", q.get("CallSid"), to_number)
         return JSONResponse({"url": _with_credentials(url, s.exotel_credentials)})
 
-    @app.websocket(EXOTEL_STREAM_PATH)
     async def exotel_stream(websocket: WebSocket) -> None:
         if not exotel_allowed(websocket, "Exotel stream upgrade"):
             await websocket.close(code=1008)  # before accept: the handshake fails with HTTP 403
             return
         await run_stream(websocket, ExotelStream(**limit), no_check)
+
+    if "exotel" in enabled:
+        app.add_api_route(EXOTEL_VOICEBOT_PATH, exotel_voicebot, methods=["GET"])
+        app.add_api_websocket_route(EXOTEL_STREAM_PATH, exotel_stream)
 
     # -- Plivo
 
@@ -425,7 +463,6 @@ def add_carrier_routes(
                 return error_response(403, "invalid Plivo signature")
         return form
 
-    @app.post(PLIVO_ANSWER_PATH)
     async def plivo_answer(request: Request) -> Response:
         form = await plivo_form(request, "Plivo answer webhook")
         if isinstance(form, Response):
@@ -434,6 +471,8 @@ def add_carrier_routes(
         if not call_uuid:
             log.warning("Plivo answer webhook from %s: no CallUUID", peer_of(request))
             return error_response(400, "CallUUID is required")
+        if gate.check("plivo", call_uuid) is not None:
+            return Response(PLIVO_BUSY_XML, media_type="application/xml")
         from_number, to_number = form.get("From", ""), form.get("To", "")
         headers = {"from": _alnum(from_number), "to": _alnum(to_number)}
         tenant = tenant_for(to_number) if tenant_for and to_number else None
@@ -450,7 +489,6 @@ def add_carrier_routes(
         log.info("Plivo call %s from %s to %s: connecting audio stream", call_uuid, from_number, to_number)
         return Response(xml, media_type="application/xml")
 
-    @app.post(PLIVO_STATUS_PATH)
     async def plivo_status(request: Request) -> Response:
         form = await plivo_form(request, "Plivo stream status callback")
         if isinstance(form, Response):
@@ -470,11 +508,9 @@ def add_carrier_routes(
             return "start without a valid callToken in extra_headers"
         return None
 
-    @app.websocket(PLIVO_STREAM_PATH)
     async def plivo_stream(websocket: WebSocket) -> None:
         await run_stream(websocket, PlivoStream(**limit), plivo_check)
 
-    @app.post(PLIVO_TRANSFER_PATH + "/{call_uuid}")
     async def plivo_transfer(request: Request, call_uuid: str) -> Response:
         """Plivo's fetch of the ``aleg_url`` of a transfer we asked for: ``<Speak>`` + ``<Dial>``."""
         form = await plivo_form(request, "Plivo transfer URL request")
@@ -488,9 +524,14 @@ def add_carrier_routes(
         log.info("Plivo call %s: transfer XML handed out", call_uuid)
         return Response(xml, media_type="application/xml")
 
+    if "plivo" in enabled:
+        app.add_api_route(PLIVO_ANSWER_PATH, plivo_answer, methods=["POST"])
+        app.add_api_route(PLIVO_STATUS_PATH, plivo_status, methods=["POST"])
+        app.add_api_websocket_route(PLIVO_STREAM_PATH, plivo_stream)
+        app.add_api_route(PLIVO_TRANSFER_PATH + "/{call_uuid}", plivo_transfer, methods=["POST"])
+
     # -- Telnyx
 
-    @app.post(TELNYX_TEXML_PATH)
     async def telnyx_texml(request: Request) -> Response:
         body = await read_body(request, "Telnyx TeXML webhook")
         if isinstance(body, Response):
@@ -513,6 +554,8 @@ def add_carrier_routes(
         if not call_sid:
             log.warning("Telnyx TeXML webhook from %s: no CallSid", peer_of(request))
             return error_response(400, "CallSid is required")
+        if gate.check("telnyx", call_sid) is not None:
+            return Response(TELNYX_BUSY_TEXML, media_type="application/xml")
         from_number, to_number = form.get("From", ""), form.get("To", "")
         params = {"from": from_number, "to": to_number}
         if tenant_for is not None and to_number:
@@ -536,6 +579,9 @@ def add_carrier_routes(
             return "start without a valid call_token parameter"
         return None
 
-    @app.websocket(TELNYX_STREAM_PATH)
     async def telnyx_stream(websocket: WebSocket) -> None:
         await run_stream(websocket, TelnyxStream(**limit), telnyx_check)
+
+    if "telnyx" in enabled:
+        app.add_api_route(TELNYX_TEXML_PATH, telnyx_texml, methods=["POST"])
+        app.add_api_websocket_route(TELNYX_STREAM_PATH, telnyx_stream)

@@ -3,6 +3,11 @@ sends that turn a dead socket into a quiet no-op, closing once, and ``events()``
 
 ``TwilioLink`` (telephony/app.py) and ``MediaStreamLink`` (telephony/carriers.py) add their
 codec: ``wait_start`` and ``_next_event``.
+
+Media silence: with ``silence_timeout_s`` set (the edge sets it once the call started), a socket
+that delivers no message for that long is closed and reads as gone (``SocketClosed``): the call
+ends as if the carrier had hung up, with one log line. Carriers send media all through a call
+(silence too), so this only ends calls whose carrier side went quiet.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ class WebSocketLink:
         self._ended = False
         self._who = who
         self.close_code: int | None = None  # how the carrier closed the socket
+        self.silence_timeout_s: float | None = None  # no message for this long ends the call
+        self.timed_out = False  # ended by the media-silence timeout
 
     @property
     def closed(self) -> bool:
@@ -41,7 +48,16 @@ class WebSocketLink:
         if self._closed:
             raise SocketClosed
         try:
-            message = await self._ws.receive()
+            if self.silence_timeout_s is None:
+                message = await self._ws.receive()
+            else:
+                async with asyncio.timeout(self.silence_timeout_s):
+                    message = await self._ws.receive()
+        except TimeoutError:
+            log.warning("%s: no media for %.1f s, ending the call", self._who, self.silence_timeout_s)
+            self.timed_out = True
+            await self.close(1000)
+            raise SocketClosed from None
         except (WebSocketDisconnect, RuntimeError, OSError):
             message = {"type": "websocket.disconnect"}
         if message["type"] == "websocket.disconnect":

@@ -292,7 +292,7 @@ async def runtime_pages(url: str, services: Services, tmp_path: Path):
     call_log = CallLog(make_engine(url), salt=b"salt", directory=tmp_path / "second-run")
     services.observers.append(call_log)
     try:
-        async with serve_app(create_runtime_app(services)) as base:
+        async with serve_app(create_runtime_app(services, dev=True)) as base:
             async with httpx.AsyncClient(base_url=base, timeout=10) as http:
                 yield http
     finally:

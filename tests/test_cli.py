@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import time
 
 import httpx
 import numpy as np
+import pytest
 
 from agent.fixture import FIXTURES_DIR, read_wav
 from telephony.audio import ulaw_to_pcm16
@@ -21,7 +23,7 @@ VOXROUTE = [sys.executable, "-m", "agent.cli"]
 
 def _env() -> dict:
     env = dict(os.environ)
-    for key in ("SARVAM_API_KEY", "OPENROUTER_API_KEY", "TWILIO_AUTH_TOKEN"):
+    for key in ("SARVAM_API_KEY", "OPENROUTER_API_KEY", "TWILIO_AUTH_TOKEN", "VOXROUTE_API_KEY"):
         env.pop(key, None)
     return env
 
@@ -67,28 +69,48 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_serve_starts_and_answers_the_twilio_webhook():
+def _wait_healthy(proc: subprocess.Popen, base: str) -> dict:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return httpx.get(base + "/healthz", timeout=1).json()
+        except httpx.HTTPError:
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.2)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_serve_dev_answers_the_twilio_webhook_and_stops_cleanly_on_a_signal(signum):
     port = _free_port()
     proc = subprocess.Popen(
-        [*VOXROUTE, "serve", "--host", "127.0.0.1", "--port", str(port), "--quiet"],
+        [*VOXROUTE, "serve", "--dev", "--port", str(port)],
         env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                health = httpx.get(base + "/healthz", timeout=1)
-                break
-            except httpx.HTTPError:
-                assert proc.poll() is None, proc.stdout.read()
-                assert time.monotonic() < deadline, "server did not start"
-                time.sleep(0.2)
-        assert health.json() == {"status": "ok", "active_calls": 0}
+        base = f"http://127.0.0.1:{port}"  # --dev without --host: loopback
+        assert _wait_healthy(proc, base) == {"status": "ok", "active_calls": 0, "draining": False}
         twiml = httpx.post(base + "/twilio/voice", data={"CallSid": "CA" + "1" * 32, "From": "+15550001111"})
         assert twiml.status_code == 200
         assert "<Connect><Stream" in twiml.text and "/twilio/stream" in twiml.text
         assert httpx.get(base + "/calls/CAnope").status_code == 404
+        assert httpx.post(base + "/plivo/answer", data={"CallUUID": "x"}).status_code == 404  # not enabled
+        page = httpx.get(base + "/calls", headers={"Accept": "text/html"})
+        assert "DEVELOPMENT MODE" in page.text
+        proc.send_signal(signum)
+        assert proc.wait(30) == 0
+        out = proc.stdout.read()
+        assert "DEVELOPMENT MODE" in out and "draining" in out and "voxroute stopped" in out
     finally:
-        proc.terminate()
-        proc.wait(10)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_serve_refuses_dev_only_flags_without_dev():
+    proc = subprocess.run(
+        [*VOXROUTE, "serve", "--emulators", '{"sarvam": "http://127.0.0.1:1", "openrouter": "http://127.0.0.1:1"}'],
+        capture_output=True, text=True, env=_env(), timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "--emulators stand in for providers: development only, add --dev" in proc.stderr

@@ -19,8 +19,10 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from agent.link import CallEnded, CallStart, InboundAudio, InboundDtmf, MarkEcho
 from emulators.serve import serve_app, ws_url
+from telephony.admission import CallGate
 from telephony.app import STREAM_PATH, VOICE_PATH, TelephonySettings, create_app
 from telephony.audio import pcm16_to_ulaw, ulaw_to_pcm16
+from telephony.carriers import CarrierSettings
 from telephony.twilio import TwilioPeer
 from telephony.twiml import (
     call_token,
@@ -180,7 +182,7 @@ def recorder() -> Recorder:
 
 @pytest.fixture
 async def server(recorder):
-    settings = TelephonySettings(public_base_url=BASE, twilio_auth_token=TOKEN)
+    settings = TelephonySettings(public_base_url=BASE, twilio_auth_token=TOKEN, carriers=("twilio",))
     app = create_app(settings, recorder, tenant_for_number={"+15550002222": "acme"}.get)
     async with serve_app(app) as url:
         yield url
@@ -188,7 +190,13 @@ async def server(recorder):
 
 @pytest.fixture
 async def open_server(recorder):
-    settings = TelephonySettings(public_base_url=BASE, default_tenant="walkin", start_timeout_s=0.3)
+    settings = TelephonySettings(
+        public_base_url=BASE,
+        default_tenant="walkin",
+        start_timeout_s=0.3,
+        carriers=("twilio",),
+        allow_unsigned=True,
+    )
     async with serve_app(create_app(settings, recorder)) as url:
         yield url
 
@@ -247,7 +255,7 @@ async def test_forged_or_missing_signature_is_403_on_the_webhook(server):
         health = await client.get("/healthz")
     assert [r.status_code for r in (forged, missing, wrong_url)] == [403, 403, 403]
     assert garbage.status_code == 400
-    assert health.json() == {"status": "ok", "active_calls": 0}
+    assert health.json() == {"status": "ok", "active_calls": 0, "draining": False}
 
 
 FORGED_WS = [
@@ -418,7 +426,7 @@ async def test_unsigned_app_hangup_and_on_call_failure(open_server, recorder):
         await recorder.done("CA3").wait()
     assert recorder.events["CA3"] == [InboundAudio(bytes(320), 0, b"\xff" * 160), CallEnded("closed")]
     async with httpx.AsyncClient(base_url=open_server) as client:
-        assert (await client.get("/healthz")).json() == {"status": "ok", "active_calls": 0}
+        assert (await client.get("/healthz")).json() == {"status": "ok", "active_calls": 0, "draining": False}
 
 
 async def test_send_audio_any_even_length_is_one_media_message(open_server):
@@ -430,7 +438,7 @@ async def test_send_audio_any_even_length_is_one_media_message(open_server):
             if isinstance(event, CallEnded):
                 return
 
-    settings = TelephonySettings(public_base_url=BASE)
+    settings = TelephonySettings(public_base_url=BASE, carriers=("twilio",), allow_unsigned=True)
     async with serve_app(create_app(settings, on_call)) as url:
         peer = TwilioPeer("MZ1", "CA1")
         async with connect(ws_url(url) + STREAM_PATH) as ws:
@@ -442,3 +450,98 @@ async def test_send_audio_any_even_length_is_one_media_message(open_server):
             assert mark.name == "end"
             await ws.send(peer.stop())
             assert await close_code(ws) == 1000
+
+
+# ---------------------------------------------------------------- fail closed, bounded
+
+
+def test_an_enabled_carrier_without_its_secret_is_an_error_unless_unsigned_is_allowed():
+    with pytest.raises(ValueError, match="Twilio is enabled but has no auth token"):
+        create_app(TelephonySettings(public_base_url=BASE, carriers=("twilio",)), Recorder())
+    with pytest.raises(ValueError) as info:
+        create_app(
+            TelephonySettings(
+                public_base_url=BASE, twilio_auth_token=TOKEN, carriers=("twilio", "plivo", "telnyx")
+            ),
+            Recorder(),
+            carriers=CarrierSettings(telnyx_stream_secret="s"),
+        )
+    assert "plivo_auth_token" in str(info.value) and "telnyx_public_key" in str(info.value)
+    assert "telnyx_stream_secret" not in str(info.value)
+    create_app(
+        TelephonySettings(public_base_url=BASE, carriers=("twilio", "plivo"), allow_unsigned=True), Recorder()
+    )
+    with pytest.raises(ValueError, match="unknown carrier"):
+        TelephonySettings(public_base_url=BASE, carriers=("skype",))
+
+
+async def test_carriers_that_are_not_enabled_have_no_routes(server):
+    async with httpx.AsyncClient(base_url=server) as client:
+        for method, path in (
+            ("POST", "/plivo/answer"),
+            ("POST", "/telnyx/texml"),
+            ("GET", "/exotel/voicebot"),
+        ):
+            assert (
+                await client.request(method, path, data={} if method == "POST" else None)
+            ).status_code == 404
+    with pytest.raises(InvalidStatus) as info:
+        async with connect(ws_url(server) + "/plivo/stream"):
+            pass
+    assert info.value.response.status_code in (403, 404)
+
+
+async def test_over_the_call_cap_webhooks_answer_busy_and_streams_close_1013(recorder):
+    gate = CallGate(1)
+    settings = TelephonySettings(public_base_url=BASE, carriers=("twilio",), allow_unsigned=True)
+    async with (
+        serve_app(create_app(settings, recorder, gate=gate)) as url,
+        httpx.AsyncClient(base_url=url) as http,
+    ):
+        first = TwilioPeer("MZ1", "CA1")
+        async with connect(ws_url(url) + STREAM_PATH) as ws1:
+            await ws1.send(first.connected())
+            await ws1.send(first.start())
+            await ws1.send(first.media_pcm(bytes(320)))
+            await recv_json(ws1)  # echoed: the first call is on
+            assert gate.active == 1
+            busy = await http.post(VOICE_PATH, data=VOICE_FORM)
+            assert busy.status_code == 200
+            assert ET.fromstring(busy.text).find("Reject").get("reason") == "busy"
+            assert (await http.get("/readyz")).status_code == 503
+            second = TwilioPeer("MZ2", "CA2")
+            async with connect(ws_url(url) + STREAM_PATH) as ws2:
+                await ws2.send(second.connected())
+                await ws2.send(second.start())
+                assert await close_code(ws2) == 1013
+            assert "CA2" not in recorder.starts
+            await ws1.send(first.stop())
+            assert await close_code(ws1) == 1000
+        assert gate.refused[("twilio", "busy")] == 2 and gate.active == 0
+        assert (await http.get("/readyz")).json()["ready"] is True
+        gate.draining = True  # shutting down: refused whatever the count
+        reject = ET.fromstring((await http.post(VOICE_PATH, data=VOICE_FORM)).text).find("Reject")
+        assert reject is not None and gate.refused[("twilio", "draining")] == 1
+        assert (await http.get("/readyz")).json() == {"ready": False, "active_calls": 0, "max_calls": 1,
+                                                      "reason": "draining"}  # fmt: skip
+
+
+async def test_no_media_for_the_silence_timeout_ends_the_call(recorder, caplog):
+    settings = TelephonySettings(
+        public_base_url=BASE, carriers=("twilio",), allow_unsigned=True, media_silence_timeout_s=0.3
+    )
+    async with serve_app(create_app(settings, recorder)) as url:
+        peer = TwilioPeer("MZ1", "CA1")
+        async with connect(ws_url(url) + STREAM_PATH) as ws:
+            await ws.send(peer.connected())
+            await ws.send(peer.start())
+            await ws.send(peer.media_pcm(bytes(320)))
+            await recv_json(ws)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            assert await close_code(ws) == 1000  # nothing more sent: closed by the server
+            assert 0.25 <= loop.time() - started < 2.0
+        async with asyncio.timeout(STEP):
+            await recorder.done("CA1").wait()
+    assert recorder.events["CA1"][-1] == CallEnded("closed")
+    assert "no media for 0.3 s" in caplog.text

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from telephony.admission import CallGate, SilenceGuard
 from telephony.audiosocket import serve_audiosocket
 from telephony.sip.transport import SipServer, SipTransfers, serving
 from telephony.sip.ua import Registration
@@ -55,15 +56,26 @@ def registration_from(config: Any) -> Registration | None:
 
 @contextlib.asynccontextmanager
 async def sip_edge(
-    services: Any, *, sip: str | None = None, audiosocket: str | None = None
+    services: Any, *, sip: str | None = None, audiosocket: str | None = None, gate: CallGate | None = None
 ) -> AsyncIterator[SipEdge]:
-    """Run the SIP UA (``sip``: host:port, 0 for a free port) and/or AudioSocket for ``services``."""
+    """Run the SIP UA (``sip``: host:port, 0 for a free port) and/or AudioSocket for ``services``.
+    ``gate``: the process's call admission (shared with the websocket carriers): over its cap or
+    while draining, an INVITE gets 486 Busy Here and an AudioSocket call is hung up at once."""
     from agent.session import CallSession
 
     config = services.config
+    gate = gate if gate is not None else CallGate(config.telephony.max_concurrent_calls)
+    silence_s = config.telephony.media_silence_timeout_s
 
     async def on_call(link) -> None:
-        await CallSession(link, services).run()
+        carrier = link.start.carrier or "sip"
+        if gate.enter(carrier, link.start.call_sid) is not None:
+            await link.hangup()
+            return
+        try:
+            await CallSession(SilenceGuard(link, silence_s), services).run()
+        finally:
+            gate.leave()
 
     edge = SipEdge()
     async with contextlib.AsyncExitStack() as stack:
@@ -76,6 +88,7 @@ async def sip_edge(
                 registration=registration_from(config),
                 default_tenant=config.telephony.default_tenant,
                 tenant_for_number=services.router.table.tenant_for_number,
+                admit=lambda call_id: gate.check("sip", call_id),
             )
             await stack.enter_async_context(serving(server))
             assert server.address is not None

@@ -316,8 +316,10 @@ class SipServer:
         carrier: str = "sip",
         language_header: str = "X-Language",
         max_calls: int = 1000,
+        admit: Callable[[str], str | None] | None = None,  # None: take the call; else why not (486)
     ) -> None:
         self.on_call = on_call
+        self.admit = admit
         self.bind = bind
         self.advertise_host = advertise_host
         self._allow_from = list(allow_from)
@@ -442,6 +444,9 @@ class SipServer:
                 "busy", "SIP call %s refused: %d calls already (503)", call.call_id, self.max_calls
             )
             self._do(self.ua.reject(call, 503, loop.time(), "Service Unavailable (at capacity)"))
+            return
+        if self.admit is not None and self.admit(call.call_id) is not None:
+            self._do(self.ua.reject(call, 486, loop.time()))  # the process's call cap, or draining
             return
         try:
             rtp_transport, proto = await loop.create_datagram_endpoint(
