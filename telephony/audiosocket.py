@@ -79,7 +79,9 @@ class AudioSocketParser:
                     raise AudioSocketError(f"first message must be a 16-byte UUID, got type {kind:#04x}")
                 self.seen_uuid = True
             elif kind in SLIN_RATES:
-                pass  # any length: the link re-frames it (a stray odd byte is dropped there)
+                if length == 0:
+                    raise AudioSocketError("empty audio payload")
+                # any other length: the link re-frames it (a stray odd byte is dropped there)
             elif kind == KIND_DTMF:
                 if length != 1:
                     raise AudioSocketError(f"DTMF payload of {length} bytes")
@@ -153,6 +155,7 @@ class AudioSocketLink:
         self._rate = 8000
         self._framer = InboundFramer("l16le", 8000)  # any payload size -> 20 ms frames
         self._up: StreamResampler | None = None
+        self._sent_ahead = False  # send_audio sent the frame of the next tick already
         self.frames_out = 0
 
     def events(self) -> _Events:
@@ -160,7 +163,13 @@ class AudioSocketLink:
 
     async def send_audio(self, pcm: bytes) -> None:
         if pcm and not self.ended:
+            starting = self.playout.queued_bytes == 0 and not self._sent_ahead
             self.playout.push(pcm)
+            if starting:
+                # A talk spurt's first frame goes out now, not at the next tick (up to 20 ms on),
+                # so the session's first_audio_out is what Asterisk sees; that tick is skipped.
+                self._send_next()
+                self._sent_ahead = True
 
     async def send_mark(self, name: str) -> None:
         for echoed in self.playout.mark(name):
@@ -231,18 +240,24 @@ class AudioSocketLink:
             elif -delay > 5 * FRAME_S:
                 next_at = loop.time()
             next_at += FRAME_S
-            pcm, echoed = self.playout.next_frame()
-            if pcm is not None:
-                if self._up is not None:
-                    pcm = self._up.process(pcm)
-                try:
-                    self._writer.write(audio_frame(pcm, self._kind))
-                except (OSError, RuntimeError):
-                    self._end("closed")
-                    return
-                self.frames_out += 1
-            for name in echoed:
-                self._events.put_nowait(MarkEcho(name))
+            if self._sent_ahead:  # send_audio sent this tick's frame already
+                self._sent_ahead = False
+                continue
+            self._send_next()
+
+    def _send_next(self) -> None:
+        pcm, echoed = self.playout.next_frame()
+        if pcm is not None and not self.ended:
+            if self._up is not None:
+                pcm = self._up.process(pcm)
+            try:
+                self._writer.write(audio_frame(pcm, self._kind))
+            except (OSError, RuntimeError):
+                self._end("closed")
+                return
+            self.frames_out += 1
+        for name in echoed:
+            self._events.put_nowait(MarkEcho(name))
 
 
 @contextlib.asynccontextmanager

@@ -12,9 +12,11 @@ import uuid
 
 import numpy as np
 import pytest
+import webrtcvad
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.config import load_config
 from agent.fixture import load
 from agent.link import InboundAudio, InboundDtmf, MarkEcho
 from agent.replay import local_stack
@@ -145,3 +147,81 @@ async def test_link_marks_and_dtmf_without_the_runtime() -> None:
     assert any(isinstance(e, MarkEcho) and e.name == "m1" for e in events)
     assert events[-1].__class__.__name__ == "CallEnded"
     assert data.endswith(frame(KIND_HANGUP)) and data.count(b"\x10\x01\x40") == 5  # 5 frames of 320 bytes
+
+
+async def test_caller_that_stops_sending_after_speech_is_answered_within_budget() -> None:
+    """Asterisk sends AudioSocket audio only while RTP flows: after the caller's words nothing
+    comes at all. The agent answers anyway, within budget, and the call log's first audio is
+    what the socket shows (last voiced frame sent -> first agent frame back) within 20 ms."""
+    fx = load("order_status")
+    utt = fx.script.utterances[0]
+    caller = ulaw_to_pcm16(fx.ulaw[: utt.end_ms * 8])
+    frames = [caller[i : i + 320].ljust(320, b"\0") for i in range(0, len(caller), 320)]
+    vad = webrtcvad.Vad(load_config().endpoint.vad_mode)  # the session's VAD on the same frames
+    last_voiced = max(i for i, f in enumerate(frames) if vad.is_speech(f, 8000))
+    links = []
+    async with local_stack("reference", 0, [fx]) as stack:
+
+        async def on_call(link) -> None:
+            links.append(link)
+            await CallSession(link, stack.services).run()
+
+        async with serve_audiosocket(on_call, "127.0.0.1", 0) as (host, port):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(uuid_frame(CALL))
+            loop = asyncio.get_running_loop()
+            heard: list[float] = []
+
+            async def read_all() -> None:
+                p = AudioSocketParser()
+                p.seen_uuid = True
+                while data := await reader.read(4096):
+                    heard.extend(loop.time() for m in p.feed(data) if m.kind == KIND_SLIN)
+
+            async with asyncio.TaskGroup() as tg:
+                reading = tg.create_task(read_all())
+                t0 = loop.time()
+                sent_at = []
+                for i, f in enumerate(frames):
+                    writer.write(audio_frame(f))
+                    sent_at.append(loop.time())
+                    await asyncio.sleep(max(0.0, t0 + (i + 1) * 0.02 - loop.time()))
+                for _ in range(100):  # then silence on the socket: nothing at all, up to 5 s
+                    if heard:
+                        break
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(0.5)
+                writer.close()
+                await asyncio.sleep(0.3)
+                reading.cancel()
+            call = stack.services.call_json(links[0].start.call_sid)
+    assert heard, "the agent never answered a caller who went quiet"
+    turn = call["turns"][0]
+    assert "order" in (turn.get("transcript") or "").lower(), call["turns"]
+    wire_ms = (heard[0] - sent_at[last_voiced]) * 1000
+    assert turn["within_budget"] and wire_ms <= turn["budget_ms"], (wire_ms, turn)
+    assert abs(turn["first_audio_ms"] - wire_ms) <= 20, (turn["first_audio_ms"], wire_ms)
+
+
+async def test_odd_sized_audio_payloads_do_not_close_the_call() -> None:
+    """321 bytes of slin (a stray byte) is one frame and a dropped byte, not a protocol error."""
+    events = []
+
+    async def on_call(link) -> None:
+        async for ev in link.events():
+            events.append(ev)
+            if isinstance(ev, InboundDtmf):
+                await link.hangup()
+
+    async with serve_audiosocket(on_call, "127.0.0.1", 0) as (host, port):
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(
+            uuid_frame(CALL) + audio_frame(b"\x01\x00" * 160 + b"\x07") + audio_frame(b"\x02\x00" * 161)
+        )
+        writer.write(dtmf_frame("5"))
+        async with asyncio.timeout(3):
+            while await reader.read(100_000):
+                pass
+    audio = [e for e in events if isinstance(e, InboundAudio)]
+    assert [a.pcm for a in audio] == [b"\x01\x00" * 160, b"\x02\x00" * 160]  # 1 sample waits for more
+    assert isinstance(events[-2], InboundDtmf) and events[-1].reason == "closed"

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import shutil
 import socket
+import struct
 import subprocess
 import wave
 from collections.abc import AsyncIterator
@@ -18,11 +19,14 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import webrtcvad
 
+from agent.config import load_config
 from agent.fixture import load
 from agent.replay import local_stack
 from agent.session import CallSession
 from telephony.audio import ulaw_to_pcm16
+from telephony.sip import rtp
 from telephony.sip.transport import SipLink, SipServer, SipTransferRefused, SipTransfers, serving
 from telephony.sip.ua import Registration
 from tests.conftest import services_required
@@ -452,3 +456,140 @@ async def test_register_with_digest_to_sipp_and_refresh_before_expiry(tmp_path: 
     assert proc.returncode == 0, out.decode(errors="replace")[-2000:]
     assert [s.registered for s in states] == [True, True]  # registered, then refreshed
     assert states[0].expires == 2 and 0.9 <= took <= 3.0  # the refresh came at half of the 2 s granted
+
+
+# --------------------------------------------------------------------------- real phones' media
+# sipp replays RTP from a pcap with the pcap's own timing: 30 ms packets (as sipp's bundled
+# pcaps and many phones send), and a stream that simply stops after the caller has spoken
+# (silence suppression). What crossed the agent's RTP socket, and when, is the wire.
+
+
+def write_rtp_pcap(path: Path, ulaw: bytes, ptime_ms: int, *, first_seq: int = 1000) -> int:
+    """A pcap (Ethernet/IPv4/UDP) of PCMU RTP packets of ``ptime_ms`` each, spaced ``ptime_ms``
+    apart, for sipp's ``play_pcap_audio``. Returns the number of packets."""
+    samples = 8 * ptime_ms
+    records = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)]  # pcap header, Ethernet
+    n = 0
+    for n, start in enumerate(range(0, len(ulaw), samples)):
+        packet = rtp.build_packet(0, first_seq + n, start, 0x5EED5EED, ulaw[start : start + samples], n == 0)
+        udp = struct.pack("!HHHH", 6000, 7000, 8 + len(packet), 0) + packet
+        loopback = bytes([127, 0, 0, 1])
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), n, 0, 64, 17, 0, loopback, loopback)
+        ether = bytes(12) + b"\x08\x00" + ip + udp
+        t_us = n * ptime_ms * 1000
+        records.append(
+            struct.pack("<IIII", t_us // 1_000_000, t_us % 1_000_000, len(ether), len(ether)) + ether
+        )
+    path.write_bytes(b"".join(records))
+    return n + 1
+
+
+class RtpTap:
+    """The agent's RTP as it crosses its socket: arrival time of each packet in, send time of each out."""
+
+    def __init__(self, link: SipLink) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.call_sid = link.start.call_sid
+        self.arrived: list[tuple[float, rtp.RtpPacket]] = []
+        self.sent: list[tuple[float, rtp.RtpPacket]] = []
+        self._on_rtp, self._transport = link._on_rtp, link._rtp
+        link._on_rtp = self._in  # the protocol hands datagrams to the link's _on_rtp
+        link._rtp = self  # type: ignore[assignment]  # the pacer sends through here
+
+    def _in(self, data: bytes, addr) -> None:
+        with contextlib.suppress(rtp.RtpError):
+            self.arrived.append((self.loop.time(), rtp.parse_packet(data)))
+        self._on_rtp(data, addr)
+
+    def sendto(self, data: bytes, addr) -> None:
+        self.sent.append((self.loop.time(), rtp.parse_packet(data)))
+        self._transport.sendto(data, addr)
+
+    def close(self) -> None:
+        self._transport.close()
+
+    def wire_first_audio_ms(self, caller_ulaw: bytes, ptime_ms: int, vad_mode: int) -> float:
+        """From the arrival of the packet that ends the caller's last voiced 20 ms frame (the
+        session's VAD on the same frames) to the first agent packet that is not silence."""
+        vad = webrtcvad.Vad(vad_mode)
+        pcm = ulaw_to_pcm16(caller_ulaw)
+        voiced = [i for i in range(len(pcm) // 320) if vad.is_speech(pcm[i * 320 : (i + 1) * 320], 8000)]
+        assert voiced, "the caller's audio has no voiced frame"
+        last_packet = ((voiced[-1] + 1) * 160 - 1) // (8 * ptime_ms)
+        audio = [(t, p) for t, p in self.arrived if p.payload_type == 0]
+        first_seq = audio[0][1].sequence
+        arrived = next(t for t, p in audio if (p.sequence - first_seq) & 0xFFFF == last_packet)
+        spoke = next(t for t, p in self.sent if t > arrived and p.payload.strip(b"\xff\x7f"))
+        return (spoke - arrived) * 1000
+
+
+@contextlib.asynccontextmanager
+async def tapped_runtime(fixture_name: str) -> AsyncIterator[tuple[object, SipServer, list[RtpTap]]]:
+    fx = load(fixture_name)
+    taps: list[RtpTap] = []
+    async with local_stack("reference", 0, [fx]) as stack:
+
+        async def on_call(link) -> None:
+            taps.append(RtpTap(link))
+            await CallSession(link, stack.services).run()
+
+        server = SipServer(on_call, bind=("127.0.0.1", 0), allow_from=["127.0.0.1/32"])
+        async with serving(server):
+            yield stack, server, taps
+
+
+def play_pcap(name: str, pause_ms: int) -> str:
+    return f"""
+  <nop><action><exec play_pcap_audio="{name}"/></action></nop>
+  <pause milliseconds="{pause_ms}"/>
+"""
+
+
+async def sipp_speaks(
+    tmp_path: Path, caller_ulaw: bytes, ptime_ms: int, pause_ms: int
+) -> tuple[dict, RtpTap, int]:
+    need("sipp")
+    packets = write_rtp_pcap(tmp_path / "speech.pcap", caller_ulaw, ptime_ms)
+    xml = tmp_path / "speech.xml"
+    xml.write_text(scenario(f"{ptime_ms} ms packets", INVITE + play_pcap("speech.pcap", pause_ms) + BYE))
+    async with tapped_runtime("order_status") as (stack, server, taps):
+        code, out = await run(*sipp_cmd(server, xml), limit_s=pause_ms / 1000 + 20, cwd=tmp_path)
+        assert code == 0, out[-2000:]
+        assert len(taps) == 1
+        call = await call_record(stack.server_url, taps[0].call_sid)
+    return call, taps[0], packets
+
+
+def speech_then(seconds_of_silence: float) -> bytes:
+    """The caller's first utterance of order_status, then that much digital silence (none: the
+    phone stops sending, as with silence suppression)."""
+    fx = load("order_status")
+    utt = fx.script.utterances[0]
+    return fx.ulaw[: utt.end_ms * 8] + b"\xff" * int(seconds_of_silence * 8000)
+
+
+async def test_sipp_with_30ms_packets_is_heard_and_the_logged_first_audio_matches_the_wire(
+    tmp_path: Path,
+) -> None:
+    """sipp sends 30 ms packets: the VAD hears them (re-framed to 20 ms), the turn is answered
+    within budget, and the call log's first audio is what the wire shows, within 20 ms."""
+    caller = speech_then(4.0)
+    call, tap, packets = await sipp_speaks(tmp_path, caller, 30, pause_ms=len(caller) // 8 + 500)
+    turn = call["turns"][0]
+    assert "order" in (turn.get("transcript") or "").lower(), call["turns"]
+    assert abs(sum(p.payload_type == 0 for _, p in tap.arrived) - packets) <= 2
+    wire_ms = tap.wire_first_audio_ms(caller, 30, load_config().endpoint.vad_mode)
+    assert turn["within_budget"] and wire_ms <= turn["budget_ms"], (wire_ms, turn)
+    assert abs(turn["first_audio_ms"] - wire_ms) <= 20, (turn["first_audio_ms"], wire_ms)
+
+
+async def test_sipp_with_silence_suppression_is_answered_within_budget(tmp_path: Path) -> None:
+    """The phone stops sending after the caller's words (a pcap that simply ends): the agent
+    answers anyway, within budget, and the logged first audio matches the wire within 20 ms."""
+    caller = speech_then(0.0)
+    call, tap, _ = await sipp_speaks(tmp_path, caller, 20, pause_ms=len(caller) // 8 + 4000)
+    turns = call["turns"]
+    assert turns and "order" in (turns[0].get("transcript") or "").lower(), call
+    wire_ms = tap.wire_first_audio_ms(caller, 20, load_config().endpoint.vad_mode)
+    assert turns[0]["within_budget"] and wire_ms <= turns[0]["budget_ms"], (wire_ms, turns[0])
+    assert abs(turns[0]["first_audio_ms"] - wire_ms) <= 20, (turns[0]["first_audio_ms"], wire_ms)

@@ -146,6 +146,7 @@ class SipLink:
         self._bye_when_quiet: float | None = None  # hang up once the queued audio has played
         self._apology_started = False
         self._quiet_since: float | None = None
+        self._sent_ahead = False  # send_audio sent the packet of the next pacer tick already
         self._rate = server.rate_log
         self.stats = LinkStats()
 
@@ -156,7 +157,14 @@ class SipLink:
 
     async def send_audio(self, pcm: bytes) -> None:
         if pcm and not self.ended:
+            starting = self.playout.queued_bytes == 0 and not self._sent_ahead
             self.playout.push(pcm)
+            if starting:
+                # A talk spurt goes on the wire now, not at the next pacer tick (up to 20 ms on),
+                # so the session's first_audio_out is what the caller's side sees. This packet
+                # stands for the next tick, which is skipped: one packet per 20 ms, no drift.
+                self._send_next(asyncio.get_running_loop().time())
+                self._sent_ahead = True
 
     async def send_mark(self, name: str) -> None:
         for echoed in self.playout.mark(name):
@@ -263,6 +271,12 @@ class SipLink:
 
     def send_frame(self, now: float) -> None:
         """One 20 ms packet: the next frame of agent audio, or silence (the server's pacer calls this)."""
+        if self._sent_ahead:  # a talk spurt's first packet went out early for this tick
+            self._sent_ahead = False
+            return
+        self._send_next(now)
+
+    def _send_next(self, now: float) -> None:
         if self.ended:
             return
         pcm, echoed = self.playout.next_frame()
