@@ -593,3 +593,95 @@ async def test_sipp_with_silence_suppression_is_answered_within_budget(tmp_path:
     wire_ms = tap.wire_first_audio_ms(caller, 20, load_config().endpoint.vad_mode)
     assert turns[0]["within_budget"] and wire_ms <= turns[0]["budget_ms"], (wire_ms, turns[0])
     assert abs(turns[0]["first_audio_ms"] - wire_ms) <= 20, (turns[0]["first_audio_ms"], wire_ms)
+
+
+BRACKETED = r"\[::1\]:[0-9]+"
+IPV6_OK = f"""
+  <send retrans="500"><![CDATA[
+      INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: sipp <sip:919800000001@[local_ip]:[local_port]>;tag=[pid]SIPpTag09[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 INVITE
+      Contact: sip:sipp@[local_ip]:[local_port]
+      Max-Forwards: 70
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      v=0
+      o=user1 53655765 2353687637 IN IP[local_ip_type] [media_ip]
+      s=-
+      c=IN IP[media_ip_type] [media_ip]
+      t=0 0
+      m=audio [auto_media_port] RTP/AVP 0 101
+      a=rtpmap:0 PCMU/8000
+      a=rtpmap:101 telephone-event/8000
+  ]]></send>
+  <recv response="100" optional="true"/>
+  <recv response="200" rtd="true">
+    <action>
+      <ereg regexp="&lt;sip:voxroute@{BRACKETED}&gt;" search_in="hdr" header="Contact:" check_it="true" assign_to="c"/>
+      <ereg regexp="c=IN IP6 ::1" search_in="body" check_it="true" assign_to="s"/>
+    </action>
+  </recv>
+  <send><![CDATA[
+      ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: sipp <sip:919800000001@[local_ip]:[local_port]>;tag=[pid]SIPpTag09[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+  ]]></send>
+  <recv request="BYE" timeout="10000">
+    <action>
+      <ereg regexp="SIP/2.0/UDP {BRACKETED};branch=" search_in="hdr" header="Via:" check_it="true" assign_to="v"/>
+      <ereg regexp="&lt;sip:voxroute@{BRACKETED}&gt;" search_in="hdr" header="Contact:" check_it="true" assign_to="c2"/>
+    </action>
+  </recv>
+  <send><![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+  ]]></send>
+  <Reference variables="c,s,v,c2"/>
+"""
+
+
+async def test_sipp_over_ipv6_sees_bracketed_hosts(tmp_path: Path) -> None:
+    """sipp on ::1 calls the agent on ::1: our 200 OK's Contact and our BYE's Via and Contact carry
+    [::1]:port (sipp's ereg check_it fails the call otherwise), and the SDP says c=IN IP6 ::1."""
+    sipp = need("sipp")
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind(("::1", 0))
+        except OSError:
+            pytest.skip("no IPv6 loopback on this machine")
+    xml = tmp_path / "ipv6.xml"
+    xml.write_text(scenario("ipv6", IPV6_OK))
+    answered: list[SipLink] = []
+
+    async def on_call(link: SipLink) -> None:
+        answered.append(link)
+        await asyncio.sleep(0.5)
+        await link.hangup()  # our BYE: sipp checks its headers
+
+    server = SipServer(on_call, bind=("::1", 0), allow_from=["::1/128"])
+    async with serving(server):
+        assert server.address is not None
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+            port = s.getsockname()[1]
+        code, out = await run(
+            sipp, f"[::1]:{server.address[1]}", "-sf", str(xml), "-s", "agent", "-t", "u1",
+            "-i", "::1", "-p", str(port), "-m", "1", "-nostdin", "-timeout", "15s",
+            limit_s=25, cwd=tmp_path,
+        )  # fmt: skip
+    assert code == 0, out[-3000:]
+    assert len(answered) == 1 and answered[0].remote_rtp[0] == "::1"

@@ -1,14 +1,20 @@
-"""TwilioStream / TwilioPeer without sockets: a real call's message sequence, errors, fuzzing."""
+"""TwilioStream / TwilioPeer without sockets: a real call's message sequence, errors, fuzzing;
+and one call over a real websocket with payloads that are not 20 ms."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from websockets.asyncio.client import connect
 
+from agent.link import CallEnded, InboundAudio, InboundDtmf
+from emulators.serve import serve_app, ws_url
+from telephony.app import TelephonySettings, create_app
 from telephony.audio import pcm16_to_ulaw, ulaw_to_pcm16
 from telephony.twilio import (
     Connected,
@@ -382,3 +388,38 @@ def test_fuzz_byte_flips_of_a_real_start(pos, byte):
     mutated = bytearray(START.encode())
     mutated[pos] = byte
     _feed_only_protocol_errors(TwilioStream(), bytes(mutated))
+
+
+async def test_media_that_is_not_160_bytes_keeps_a_live_call_going():
+    """Over a real websocket: 100, 161 and 1000-byte payloads are audio (re-framed to 20 ms), the
+    call goes on to its DTMF and its stop; before, the first of them closed the call (1008)."""
+    events: list = []
+    ended = asyncio.Event()
+
+    async def on_call(link) -> None:
+        async for ev in link.events():
+            events.append(ev)
+        ended.set()
+
+    settings = TelephonySettings(
+        public_base_url="https://agent.example.com", carriers=("twilio",), allow_unsigned=True
+    )
+    peer = TwilioPeer("MZodd", "CAodd")
+    ulaw = bytes(range(1, 256)) * 8
+    sizes = [100, 161, 1000, 160, 219]  # 1640 bytes: 10 frames and 40 bytes left over
+    async with serve_app(create_app(settings, on_call)) as url:
+        async with connect(ws_url(url) + "/twilio/stream") as ws:
+            await ws.send(peer.connected())
+            await ws.send(peer.start())
+            pos = 0
+            for size in sizes:
+                await ws.send(peer.media(ulaw[pos : pos + size]))
+                pos += size
+            await ws.send(peer.dtmf("4"))
+            await ws.send(peer.stop())
+            async with asyncio.timeout(5):
+                await ended.wait()
+    audio = [e for e in events if isinstance(e, InboundAudio)]
+    assert [len(a.ulaw) for a in audio] == [160] * 10 and all(len(a.pcm) == 320 for a in audio)
+    assert b"".join(a.ulaw for a in audio) == ulaw[:1600]
+    assert isinstance(events[-2], InboundDtmf) and events[-1] == CallEnded("stop")
