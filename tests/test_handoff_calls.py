@@ -8,6 +8,7 @@ leg that fails brings the caller back to the agent, with the conversation intact
 from __future__ import annotations
 
 import json
+import sqlite3
 import xml.etree.ElementTree as ET
 
 import httpx
@@ -51,9 +52,11 @@ def dial_twiml(twilio, call_sid: str) -> ET.Element:
     return ET.fromstring(updates[0].form["Twiml"])
 
 
-async def test_angry_caller_is_transferred_and_a_failed_human_leg_comes_back(monkeypatch):
+async def test_angry_caller_is_transferred_and_a_failed_human_leg_comes_back(monkeypatch, tmp_path):
     monkeypatch.setenv("VOXROUTE_WEBHOOK_SECRET", SECRET)
     monkeypatch.setenv("VOXROUTE_API_KEY", API_KEY)
+    monkeypatch.setenv("VOXROUTE_DATA_DIR", str(tmp_path))  # a call log of its own (SQLite)
+    monkeypatch.delenv("VOXROUTE_DATABASE_URL", raising=False)
     fixture = load("angry_complaint")
     app, got = receiver()
     async with serve_app(app) as hook_url:
@@ -131,6 +134,20 @@ async def test_angry_caller_is_transferred_and_a_failed_human_leg_comes_back(mon
     assert "I want to talk to a real person, right now." in history
     assert cfg.agent.callback_phrases["en-IN"] in history
     assert result.completed
+
+    # The call log keeps both legs: the resumed leg's turns continue the first leg's numbering.
+    with sqlite3.connect(tmp_path / "voxroute.db") as db:
+        rows = db.execute("SELECT turn_index, leg FROM turns WHERE call_sid = ? ORDER BY turn_index", (sid,))
+        rows = rows.fetchall()
+        legs, turn_count = db.execute(
+            "SELECT legs, turn_count FROM calls WHERE call_sid = ?", (sid,)
+        ).fetchone()
+    first = [t["index"] for t in raw["turns"]]
+    assert rows[: len(first)] == [(i, 1) for i in first]
+    second = rows[len(first) :]
+    assert len(second) == len(resumed["turns"]) >= 1
+    assert second == [(max(first) + n, 2) for n in range(1, len(second) + 1)]
+    assert legs == 2 and turn_count == len(rows)
 
 
 async def test_reasoning_model_hung_still_transfers_with_the_deterministic_summary(monkeypatch):
