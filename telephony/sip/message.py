@@ -173,7 +173,8 @@ class SipMessage:
     @property
     def cseq(self) -> tuple[int, str]:
         parts = self.require("CSeq").split()
-        if len(parts) != 2 or not parts[0].isdigit() or len(parts[0]) > 10 or not _TOKEN.match(parts[1]):
+        number_ok = len(parts) == 2 and parts[0].isascii() and parts[0].isdigit() and len(parts[0]) <= 10
+        if not number_ok or not _TOKEN.match(parts[1]):
             raise SipParseError(f"bad CSeq {self.get('CSeq')!r}")
         return int(parts[0]), parts[1].upper()
 
@@ -239,7 +240,7 @@ def parse(data: bytes) -> SipMessage:
 
 def _content_length(value: str) -> int:
     value = value.strip()
-    if not value.isdigit() or len(value) > 6:
+    if not (value.isascii() and value.isdigit()) or len(value) > 6:  # "²".isdigit() but int("²") fails
         raise SipParseError(f"bad Content-Length {value!r}")
     return int(value)
 
@@ -410,7 +411,8 @@ def split_host_port(text: str) -> tuple[str, int | None]:
     if not host:
         raise SipParseError(f"empty host in {text[:60]!r}")
     if port_text:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        digits = port_text.isascii() and port_text.isdigit() and len(port_text) <= 5
+        if not digits or not 0 < int(port_text) < 65536:
             raise SipParseError(f"bad port in {text[:60]!r}")
         return host, int(port_text)
     return host, None

@@ -16,6 +16,12 @@ SUPPORTED = ("PCMU", "PCMA")
 DEFAULT_DTMF_PT = 101
 
 
+def _number(text: str) -> bool:
+    """A short run of ASCII digits: ``"²".isdigit()`` is true but ``int("²")`` fails, and CPython
+    refuses to convert over 4300 digits."""
+    return text.isascii() and text.isdigit() and len(text) <= 10
+
+
 @dataclass(slots=True)
 class MediaDescription:
     address: str  # where to send RTP
@@ -63,7 +69,7 @@ def parse(body: bytes) -> MediaDescription:
             if len(parts) < 4 or parts[0] != "audio":
                 in_audio = False
                 continue
-            if not parts[1].split("/")[0].isdigit() or not parts[2].startswith("RTP/"):
+            if not _number(parts[1].split("/")[0]) or not parts[2].startswith("RTP/"):
                 raise SipParseError(f"bad m= line {value[:60]!r}")
             try:
                 pts = [int(p) for p in parts[3:]]
@@ -87,18 +93,18 @@ def parse(body: bytes) -> MediaDescription:
             name, _, rest = value.partition(":")
             if name in ("sendrecv", "sendonly", "recvonly", "inactive"):
                 media.direction = name
-            elif name == "ptime" and rest.strip().isdigit():
+            elif name == "ptime" and _number(rest.strip()):
                 media.ptime = int(rest.strip())
             elif name in ("rtpmap", "fmtp"):
                 pt_text, _, spec = rest.partition(" ")
-                if not pt_text.isdigit():
+                if not _number(pt_text):
                     continue
                 pt = int(pt_text)
                 if name == "fmtp":
                     media.fmtp[pt] = spec.strip()
                     continue
                 enc = spec.strip().split("/")
-                if len(enc) >= 2 and enc[1].isdigit():
+                if len(enc) >= 2 and _number(enc[1]):
                     media.rtpmap[pt] = (enc[0], int(enc[1]))
     if media is None:
         raise SipParseError("no audio m= line in the SDP")
