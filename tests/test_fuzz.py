@@ -13,8 +13,11 @@ reading the parser while writing its target: a quadratic search, not a crash.)
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from agent.providers import sarvam_protocol as sarvam
 from telephony.sip import message as sipmsg
 from telephony.sip import sdp
 
@@ -74,3 +77,15 @@ def test_sdp_attribute_numbers_int_rejects_are_ignored(line: bytes) -> None:
 def test_sdp_media_port_int_rejects_is_a_parse_error(port: bytes) -> None:
     with pytest.raises(sipmsg.SipParseError, match="bad m= line"):
         sdp.parse(SDP.replace(b"4000", port))
+
+
+def test_sarvam_number_beyond_float_is_a_protocol_error() -> None:
+    text = '{"event":"vad.speech_start","utterance_idx":0,"confidence":1' + "0" * 400 + "}"
+    with pytest.raises(sarvam.SarvamProtocolError, match="out of range"):
+        sarvam.parse_realtime(text)
+
+
+@pytest.mark.parametrize("code", ["4" + "²", "9" * 5000])
+def test_sarvam_tts_error_code_that_is_not_a_number_is_dropped(code: str) -> None:
+    msg = sarvam.parse_tts(json.dumps({"type": "error", "data": {"message": "m", "code": code}}))
+    assert isinstance(msg, sarvam.TtsError) and msg.code is None and msg.message == "m"

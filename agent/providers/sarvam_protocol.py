@@ -325,7 +325,10 @@ def _check(v: Any, typ: type | tuple[type, ...], where: str) -> Any:
     if not isinstance(v, types):
         raise SarvamProtocolError(f"{where}: expected {_type_names(types)}, got {type(v).__name__}")
     if float in types and isinstance(v, int):
-        return float(v)
+        try:
+            return float(v)
+        except OverflowError:  # a JSON integer literal beyond any float
+            raise SarvamProtocolError(f"{where}: number out of range") from None
     return v
 
 
@@ -600,7 +603,7 @@ def parse_tts(text: str | bytes) -> TtsMessage:
     if typ == "error":
         data = _req(obj, "data", dict, w)
         code = data.get("code")
-        if isinstance(code, str) and code.isdigit():
+        if isinstance(code, str) and code.isascii() and code.isdigit() and len(code) <= 9:
             code = int(code)
         if code is not None and (isinstance(code, bool) or not isinstance(code, int)):
             code = None  # documented as an optional integer; anything else is just not a code
