@@ -17,6 +17,7 @@ import json
 
 import pytest
 
+from agent.providers import openai_protocol as oai
 from agent.providers import sarvam_protocol as sarvam
 from telephony.sip import message as sipmsg
 from telephony.sip import sdp
@@ -89,3 +90,40 @@ def test_sarvam_number_beyond_float_is_a_protocol_error() -> None:
 def test_sarvam_tts_error_code_that_is_not_a_number_is_dropped(code: str) -> None:
     msg = sarvam.parse_tts(json.dumps({"type": "error", "data": {"message": "m", "code": code}}))
     assert isinstance(msg, sarvam.TtsError) and msg.code is None and msg.message == "m"
+
+
+def test_openai_nesting_deeper_than_the_json_parser_is_a_protocol_error() -> None:
+    for parse in (oai.parse_completion, oai.parse_error_body, oai.ChunkInterpreter().feed):
+        with pytest.raises(oai.OpenAIProtocolError, match="not JSON"):
+            parse(DEEP.decode())
+    with pytest.raises(oai.OpenAIProtocolError, match="not JSON"):
+        oai.ChatStreamDecoder().feed(b"data: " + DEEP + b"\n")
+    interp = oai.ChunkInterpreter()
+    frag = {"index": 0, "id": "t", "function": {"name": "f", "arguments": "[" * 100_000}}
+    interp.feed_obj({"choices": [{"index": 0, "delta": {"tool_calls": [frag]}}]})
+    with pytest.raises(oai.OpenAIProtocolError, match="not JSON"):
+        interp.feed_obj({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
+
+
+@pytest.mark.parametrize("value", ["Infinity", "NaN", "-Infinity"])
+def test_openai_usage_that_is_not_a_finite_count_is_a_protocol_error(value: str) -> None:
+    chunk = f'{{"choices":[],"usage":{{"prompt_tokens":{value},"completion_tokens":1}}}}'
+    with pytest.raises(oai.OpenAIProtocolError, match="usage.prompt_tokens"):
+        oai.ChunkInterpreter().feed(chunk)
+
+
+def test_sse_lines_ended_by_cr_alone() -> None:
+    """100k keep-alives ended by a bare "\\r" in one read. Each line used to search the rest of the
+    buffer for "\\n" (quadratic: 9.8 s for 320k lines); the scaling probe in bench/fuzz.py measures it."""
+    parser = oai.SSEParser()
+    items = parser.feed(b": k\r" * 100_000 + b'data: {"choices":[]}\r\n')
+    assert len(items) == 100_001
+    assert items[0] == oai.Comment("k") and items[-1] == oai.SSEEvent('{"choices":[]}')
+    assert parser.pending == 0
+
+
+@pytest.mark.parametrize(
+    "value", ["Wed, 21 Oct 99999999999999999999 07:28:00 GMT", "inf", "1e999", "-inf", "nan"]
+)
+def test_openai_retry_after_out_of_range_is_unreadable(value: str) -> None:
+    assert oai.parse_retry_after(value, now=0.0) is None

@@ -27,6 +27,7 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -90,8 +91,10 @@ class SSEParser:
         start = 0
         buf = self._buf
         n = len(buf)
+        nl = buf.find(b"\n")
         while start < n:
-            nl = buf.find(b"\n", start)
+            if 0 <= nl < start:  # search on from the last "\n" only: lines ended by "\r" alone stay linear
+                nl = buf.find(b"\n", start)
             cr = buf.find(b"\r", start, nl if nl >= 0 else n)
             if cr >= 0:
                 if cr + 1 == n:  # a "\r" at the end may be the first half of "\r\n": wait
@@ -207,7 +210,7 @@ def _opt_str(value: Any, what: str) -> str | None:
 
 
 def _int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:  # not NaN
         raise OpenAIProtocolError(f"{what} is not a non-negative number: {value!r:.80}")
     return int(value)
 
@@ -260,7 +263,7 @@ class ChunkInterpreter:
     def feed(self, data: str) -> list[ChatEvent]:
         try:
             chunk = json.loads(data)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:  # RecursionError: nesting deeper than the parser takes
             raise OpenAIProtocolError(f"chunk is not JSON: {data[:80]!r}") from e
         return self.feed_obj(chunk)
 
@@ -344,7 +347,7 @@ class ChunkInterpreter:
             text = "".join(slot["args"]).strip() or "{}"
             try:
                 args = json.loads(text)
-            except ValueError as e:
+            except (ValueError, RecursionError) as e:
                 raise OpenAIProtocolError(
                     f"tool call {slot['name']} arguments are not JSON: {text[:80]!r}"
                 ) from e
@@ -402,7 +405,7 @@ def parse_completion(body: bytes | str) -> Completion:
     """A non-streaming ``chat.completion`` (200). A choice with finish_reason "error" sets ``error``."""
     try:
         obj = json.loads(body)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise OpenAIProtocolError(f"response is not JSON: {body[:80]!r}") from e
     obj = _obj(obj, "response")
     if obj.get("error"):
@@ -448,7 +451,7 @@ class ErrorBody:
 def parse_error_body(body: bytes | str) -> ErrorBody:
     try:
         obj = json.loads(body)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise OpenAIProtocolError(f"error body is not JSON: {body[:80]!r}") from e
     obj = _obj(obj, "error body")
     err = obj.get("error")
@@ -482,10 +485,10 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     except ValueError:
         try:
             when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
+            secs = when.timestamp() - (time.time() if now is None else now)
+        except (TypeError, ValueError, OverflowError):  # OverflowError: a year past datetime's range
             return None
-        secs = when.timestamp() - (time.time() if now is None else now)
-    if secs != secs:  # NaN
+    if not math.isfinite(secs):  # "nan", "inf"
         return None
     return max(0.0, secs)
 
