@@ -1,16 +1,23 @@
-"""The call log's writer: every call and turn into the database, without ever making a call wait.
+"""The call log's writer: every call and turn into the database, without ever making a call wait,
+and without losing what a crash, a stop or a storage fault interrupts.
 
 ``CallLog`` is a call observer (agent/services.py): ``call_started``, ``turn_finished`` and
-``call_ended`` only put the record on a bounded queue and return. One writer task (``run``, owned by
-the runtime's task group) turns records into rows (numbers hashed, text redacted) and writes them in
-batches. Every write is an upsert keyed by ``call_sid`` or ``(call_sid, turn_index)``, so writing a
-record twice (a retry, a spool read again after a crash) never duplicates anything.
+``call_ended`` only put the record on a bounded queue and return. The writer task (``run``, owned by
+the runtime's task group) turns records into rows (numbers hashed, text redacted) and appends them to
+a write-ahead spool: JSON lines in the data directory, fsynced at most ``SYNC_INTERVAL_S`` (200 ms)
+after they are appended. Only then does the database see them: a second strand writes what the spool
+holds, in order and in batches, and advances the spool's checkpoint. Every write is an upsert keyed by
+``call_sid`` or ``(call_sid, turn_index)``, so writing a record twice (a retry, a spool replayed after
+a crash) never duplicates anything. A SIGKILL or a power loss loses at most the fsync window; the next
+start replays whatever the database had not taken.
 
-When the database is slow or down, the writer keeps the rows in memory (``memory_records``), spills
-the overflow to a JSONL spool file in the data directory (at most ``spool_max_bytes``), and retries
-with backoff; when the database answers again, the spool is written first, then memory, in order.
-On a clean shutdown the writer drains the queue; what the database still refuses stays in the spool
-and is written at the next start (a spool left by a process that is gone is adopted).
+While the database is away or its storage is faulty (the SQLite file deleted, read-only, the disk
+full) the records wait in the spool (at most ``spool_max_bytes``); the fault is logged once when it
+starts and once when it ends, and calls go on. ``aclose`` (shutdown) spools everything queued at once
+and gives the database at most ``drain_timeout_s`` (none while it is known to be away).
+
+A call back from a failed transfer (the same CallSid) is its next leg: its turns continue the first
+leg's numbering (``turns.leg``, ``calls.legs``) instead of overwriting them.
 
 Where the database is: ``VOXROUTE_DATABASE_URL`` (PostgreSQL through asyncpg, e.g.
 ``postgresql+asyncpg://user:pass@host/db``; ``postgresql://`` is accepted), else SQLite in WAL mode at
@@ -436,6 +443,9 @@ class Spool:
         if not self.directory.is_dir():
             return 0
         taken = 0
+        for done in self.directory.glob("*.jsonl.done"):  # the checkpoint of a file deleted by a crash
+            if not done.with_suffix("").exists():
+                done.unlink(missing_ok=True)
         for path in sorted(self.directory.glob("*.jsonl")):
             if path == self.own_path or path in self._handles:
                 continue
