@@ -32,9 +32,10 @@ times ("10:30": a number glued to a colon and a number is a time, and ends a run
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import unicodedata
-from collections.abc import Hashable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,7 +141,7 @@ LABEL_DIGITS = 20
 class _Text:
     """One text of a conversation: its masks so far and the piece of the open run it holds."""
 
-    key: Hashable
+    key: Any
     text: str
     spans: list[tuple[int, int, str]] = field(default_factory=list)  # final masks
     shown: str | None = None  # what was last returned for it
@@ -162,7 +163,7 @@ class ConversationRedactor:
         self._run: _Run | None = None
         self._gap = 0  # separator characters since the run's last group (-1: not a valid gap)
 
-    def redact_turn(self, key: Hashable, text: str | None) -> list[tuple[Hashable, str | None]]:
+    def redact_turn(self, key: Any, text: str | None) -> list[tuple[Any, str | None]]:
         self._number += 1
         number = self._number
         if not text:
@@ -173,7 +174,7 @@ class ConversationRedactor:
         if self._run is not None:
             self._gap = 0 if self._gap >= 0 else -1  # a turn boundary is a pause, not a separator
         self._scan(number, current)
-        out: list[tuple[Hashable, str | None]] = []
+        out: list[tuple[Any, str | None]] = []
         for n, t in list(self._texts.items()):
             shown = self._render(n, t)
             if n == number:
@@ -405,7 +406,7 @@ class ConversationRedactor:
         for n in [n for n in self._texts if n not in keep]:
             del self._texts[n]
 
-    def finish(self) -> list[tuple[Hashable, str | None]]:
+    def finish(self) -> list[tuple[Any, str | None]]:
         """Close the open run (the conversation ended): texts whose redaction changes, as above."""
         self._run, run = None, self._run
         if run is None:
@@ -526,6 +527,66 @@ def redact_turns(turns: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def redact_call(call: dict[str, Any], keep_number: bool = False) -> dict[str, Any]:
+    """A call dict (``Services.call_json``) as an operator may see it, redacted as the call log stores
+    it: transcripts as one conversation, every other string on its own (the LLM history's caller
+    messages as one conversation too), and the caller's number in clear only if the call log keeps it
+    raw (``keep_number``; else its last four digits). A new dict."""
+    out = {k: (v if k in ("turns", "history") else redact_json(v)) for k, v in call.items()}
+    if "from_number" in call:
+        number = call.get("from_number")
+        out["from_number"] = number if keep_number or not number else mask_number(number)
+    if "turns" in call:
+        out["turns"] = redact_turns(call.get("turns") or [])
+    if "history" in call:
+        history = [redact_json(m) for m in call.get("history") or []]
+        said = [
+            i
+            for i, m in enumerate(call.get("history") or [])
+            if isinstance(m, dict) and m.get("role") == "user"
+        ]
+        raw = call["history"]
+        for i, text in zip(
+            said, redact_conversation(_str_or_none(raw[i].get("content")) for i in said), strict=True
+        ):
+            if isinstance(raw[i].get("content"), str):
+                history[i]["content"] = text
+        out["history"] = history
+    return out
+
+
+async def redact_call_async(call: dict[str, Any], keep_number: bool = False) -> dict[str, Any]:
+    """``redact_call`` off the event loop when the call's text is long."""
+    size = sum(
+        len(str(t.get("transcript") or "")) + len(str(t.get("reply") or "")) for t in call.get("turns") or []
+    )
+    if size > ASYNC_THRESHOLD:
+        return await asyncio.to_thread(redact_call, call, keep_number)
+    return redact_call(call, keep_number)
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+class RedactingFilter(logging.Filter):
+    """A log handler's filter that masks cards, phone numbers and e-mail addresses in every record
+    it passes on: the message (arguments merged in), the exception's traceback and the stack."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = redact(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return True
+
+
 def mask_number(number: Any) -> str:
     """A phone number for a log line or a page: its last four digits only ("••••0001")."""
     s = "".join(ch for ch in str(number or "") if ch.isdecimal())
@@ -534,10 +595,13 @@ def mask_number(number: Any) -> str:
 
 __all__ = [
     "ConversationRedactor",
+    "RedactingFilter",
     "luhn_ok",
     "mask_number",
     "redact",
     "redact_async",
+    "redact_call",
+    "redact_call_async",
     "redact_conversation",
     "redact_json",
     "redact_turns",
