@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from agent.calllog.redact import mask_number, redact, redact_json, redact_turns
 from agent.providers.base import LLMProvider, LLMRequest, LLMToken, ProviderError
 from routing.router import ANGER, MONEY
 from routing.table import BUILTIN_CLASSES
@@ -1246,7 +1247,27 @@ async def summarise(
     tag: str | None = None,
 ) -> HandoffSummary:
     """The model's summary if it comes, valid, within ``timeout_s``; else the deterministic one (with a
-    log line saying why). Never raises (cancellation excepted)."""
+    log line saying why). Never raises (cancellation excepted). No card, phone number or e-mail address
+    reaches the summary (nor its webhook): the turns are redacted as the call log stores them (a number
+    split over turns too) before the model or the rules see them, and the summary is redacted again."""
+    summary = await _summarise(redact_turns(turns), call_language, llm, model, timeout_s, tag=tag)
+    data = summary.model_dump(mode="json")
+    entities = [
+        {**e, "value": (mask_number(e["value"]) or "[phone]") if e["kind"] == "phone" else redact(e["value"])}
+        for e in data["entities"]
+    ]
+    return HandoffSummary.model_validate({**redact_json(data), "entities": entities})
+
+
+async def _summarise(
+    turns: list[dict[str, Any]],
+    call_language: str,
+    llm: LLMProvider | None,
+    model: str | None,
+    timeout_s: float,
+    *,
+    tag: str | None,
+) -> HandoffSummary:
     if llm is None or not model:
         log.info("handoff summary: no reasoning model configured; deterministic summary")
         return deterministic_summary(turns, call_language)

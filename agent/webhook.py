@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import logging
 import time
 import uuid
@@ -33,12 +34,30 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from agent.calllog.redact import redact, redact_json
+
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Voxroute-Signature"
 TIMESTAMP_HEADER = "X-Voxroute-Timestamp"
 DELIVERY_HEADER = "X-Voxroute-Delivery"
 SIGNATURE_PREFIX = "sha256="
+
+
+def redact_body(body: bytes) -> bytes:
+    """``body`` with cards, phone numbers and e-mail addresses masked in every JSON string (or in the
+    text, if it is not JSON); the very same bytes when there is nothing to mask."""
+    try:
+        text = body.decode()
+    except UnicodeDecodeError:
+        return body
+    try:
+        data = json.loads(text)
+    except ValueError:
+        masked = redact(text)
+        return body if masked == text else masked.encode()
+    masked_data = redact_json(data)
+    return body if masked_data == data else json.dumps(masked_data, ensure_ascii=False).encode()
 
 
 def sign(body: bytes, secret: str | bytes) -> str:
@@ -118,6 +137,7 @@ class WebhookSender:
         if not isinstance(body, bytes | bytearray):
             raise TypeError(f"webhook body must be bytes, got {type(body).__name__}")
         delivery_id = delivery_id or uuid.uuid4().hex
+        body = redact_body(bytes(body))  # signed as sent: after redaction
         if self._closing:
             self.stats.dropped += 1
             log.error("webhook %s to %s dropped: sender is closing", delivery_id, url)

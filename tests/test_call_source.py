@@ -369,8 +369,8 @@ async def test_combined_source_prefers_memory_and_merges_the_lists(db_url, tmp_p
         three = await source.recent(3)
         acme = await source.recent(100, tenant="acme")
         index = await source.index()
-    assert "source" not in slow and slow["outcome"] == "handoff"  # the memory record, unredacted
-    assert slow["turns"][0]["transcript"] == CARD_TEXT
+    assert "source" not in slow and slow["outcome"] == "handoff"  # the memory record ...
+    assert slow["turns"][0]["transcript"] == "my card is [card], call me on [phone]"  # ... redacted as stored
     assert (
         old["source"] == "call_log"
         and old["turns"][0]["transcript"] == "my card is [card], call me on [phone]"
