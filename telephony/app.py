@@ -30,6 +30,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.datastructures import MultiDict
 
+from agent.calllog.redact import mask_number
 from agent.link import CallEnded, CallStart, CarrierEvent, CarrierLink, InboundAudio, InboundDtmf, MarkEcho
 from telephony.admission import WS_TRY_AGAIN_LATER, CallGate
 from telephony.call_control import (
@@ -320,7 +321,9 @@ def create_app(
             return Response(BUSY_TWIML, media_type="application/xml")
         from_number, to_number = form.get("From", ""), form.get("To", "")
         parameters = stream_parameters(call_sid, from_number, to_number)
-        log.info("call %s from %s to %s: connecting media stream", call_sid, from_number, to_number)
+        log.info(
+            "call %s from %s to %s: connecting media stream", call_sid, mask_number(from_number), to_number
+        )
         return Response(connect_stream_twiml(stream_url, parameters), media_type="application/xml")
 
     @app.post(WHISPER_PATH + "/{call_sid}")

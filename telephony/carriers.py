@@ -35,6 +35,7 @@ from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from agent.calllog.redact import mask_number
 from agent.link import CallEnded, CallStart, CarrierEvent, CarrierLink, InboundAudio, InboundDtmf, MarkEcho
 from telephony import plivo, telnyx
 from telephony.admission import WS_TRY_AGAIN_LATER, CallGate
@@ -486,7 +487,12 @@ def add_carrier_routes(
             headers=headers,
             status_callback_url=public_url(public_base_url, PLIVO_STATUS_PATH),
         )
-        log.info("Plivo call %s from %s to %s: connecting audio stream", call_uuid, from_number, to_number)
+        log.info(
+            "Plivo call %s from %s to %s: connecting audio stream",
+            call_uuid,
+            mask_number(from_number),
+            to_number,
+        )
         return Response(xml, media_type="application/xml")
 
     async def plivo_status(request: Request) -> Response:
@@ -568,7 +574,12 @@ def add_carrier_routes(
             codec=s.telnyx_codec,
             sample_rate=s.telnyx_sample_rate,
         )
-        log.info("Telnyx call %s from %s to %s: connecting media stream", call_sid, from_number, to_number)
+        log.info(
+            "Telnyx call %s from %s to %s: connecting media stream",
+            call_sid,
+            mask_number(from_number),
+            to_number,
+        )
         return Response(texml, media_type="application/xml")
 
     def telnyx_check(start: CallStart) -> str | None:
