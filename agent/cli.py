@@ -41,6 +41,10 @@ def _setup_logging(verbose: bool, log_file: Path | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         handlers=handlers,
     )
+    from agent.calllog.redact import RedactingFilter
+
+    for handler in handlers:  # no card, phone number or e-mail address in clear in any log line
+        handler.addFilter(RedactingFilter())
     for noisy in ("httpx", "httpcore", "websockets", "uvicorn.access", "uvicorn.error"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
