@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -89,7 +90,10 @@ class Seen:
     healthz_ms: list[tuple[float, float]] = field(default_factory=list)
     healthz_errors: int = 0
     generator_lag_ms: list[tuple[float, float]] = field(default_factory=list)
-    loadavg: list[float] = field(default_factory=list)  # the machine's 1-minute load, with each RSS sample
+    loadavg: list[float] = field(default_factory=list)
+    server_gone_s: float | None = (
+        None  # when the server process disappeared, if it did  # the machine's 1-minute load, with each RSS sample
+    )
 
 
 def rss_kb(pid: int) -> int:
@@ -206,7 +210,11 @@ async def caller(
 
 async def sample_rss(pid: int, seen: Seen, t0: float, end: float) -> None:
     while True:
-        seen.rss_kb.append((time.monotonic() - t0, rss_kb(pid)))
+        try:
+            seen.rss_kb.append((time.monotonic() - t0, rss_kb(pid)))
+        except (FileNotFoundError, ProcessLookupError):
+            seen.server_gone_s = time.monotonic() - t0  # the verdict says so; the calls fail on their own
+            return
         seen.loadavg.append(os.getloadavg()[0])
         if time.monotonic() >= end:
             return
@@ -239,7 +247,8 @@ def stop_server(pid: int, timeout_s: float = STOP_TIMEOUT_S) -> tuple[int | None
     """SIGTERM the server (our child) and reap it: its exit status (None if it did not exit in
     time) and how long it took."""
     t = time.monotonic()
-    os.kill(pid, signal.SIGTERM)
+    with contextlib.suppress(ProcessLookupError):  # already gone: waitpid tells how it ended
+        os.kill(pid, signal.SIGTERM)
     while time.monotonic() - t < timeout_s:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
@@ -297,10 +306,12 @@ async def load_phase(base: str, pid: int, calls: int, duration_s: float, warmup_
 
         async def warmup_mark() -> None:
             await asyncio.sleep(warmup_s)
-            out["sched_at_warmup"] = (time.monotonic(), *schedstat(pid))
+            with contextlib.suppress(FileNotFoundError):
+                out["sched_at_warmup"] = (time.monotonic(), *schedstat(pid))
             out["top_at_warmup"] = top_processes()
             out["lag_at_warmup"] = await read_lag_histogram(http)
-            await http.post("/debug/stats/reset")
+            with contextlib.suppress(httpx.HTTPError):
+                await http.post("/debug/stats/reset")
 
         async with asyncio.TaskGroup() as tg:
             for slot in range(calls):
@@ -312,10 +323,14 @@ async def load_phase(base: str, pid: int, calls: int, duration_s: float, warmup_
 
             async def at_end() -> None:  # while the last calls are still in flight
                 await asyncio.sleep(max(0.0, end - time.monotonic()))
-                out["sched_at_end"] = (time.monotonic(), *schedstat(pid))
+                with contextlib.suppress(FileNotFoundError):
+                    out["sched_at_end"] = (time.monotonic(), *schedstat(pid))
                 out["top_at_end"] = top_processes()
                 out["lag_at_end"] = await read_lag_histogram(http)
-                out["debug_stats"] = (await http.get("/debug/stats")).json()
+                try:
+                    out["debug_stats"] = (await http.get("/debug/stats")).json()
+                except (httpx.HTTPError, ValueError):
+                    out["debug_stats"] = {}
 
             tg.create_task(at_end())
         out["wall_s"] = time.monotonic() - t0
@@ -384,7 +399,10 @@ def run(calls: int, duration_s: float, warmup_s: float, profile: str, pinned: bo
         lag_source = f"server histogram {name}"
         lag_p50, lag_p99 = bucket_pct(buckets, 50), bucket_pct(buckets, 99)
 
-    (t1, cpu1, wait1), (t2, cpu2, wait2) = phase["sched_at_warmup"], phase["sched_at_end"]
+    cpu_share = wait_share = None
+    if "sched_at_warmup" in phase and "sched_at_end" in phase:
+        (t1, cpu1, wait1), (t2, cpu2, wait2) = phase["sched_at_warmup"], phase["sched_at_end"]
+        cpu_share, wait_share = round((cpu2 - cpu1) / (t2 - t1), 3), round((wait2 - wait1) / (t2 - t1), 3)
     first_audio = [fa for fa, _b, _w in latency if fa is not None]
     budgeted = [bool(w) for _fa, b, w in latency if b is not None and _fa is not None]
     entries = list(seen.calls.values())
@@ -407,6 +425,7 @@ def run(calls: int, duration_s: float, warmup_s: float, profile: str, pinned: bo
         **lost,
         "lost_records": lost["lost_calls"] + lost["lost_turns"],
         "server_exit_code": exit_code,
+        "server_gone_s": seen.server_gone_s,
         "server_stop_s": round(stop_s, 2),
         "rss_start_mb": round(rss_start / 1024, 1),
         "rss_warmup_end_mb": round(rss_warm / 1024, 1) if rss_warm else None,
@@ -421,8 +440,8 @@ def run(calls: int, duration_s: float, warmup_s: float, profile: str, pinned: bo
         "healthz_ms_max": round(max(health), 1) if health else None,
         "healthz_errors": seen.healthz_errors,
         "generator_lag_ms_p99": _pct(gen_lag, 99),
-        "server_loop_cpu_share": round((cpu2 - cpu1) / (t2 - t1), 3),
-        "server_loop_runqueue_wait_share": round((wait2 - wait1) / (t2 - t1), 3),
+        "server_loop_cpu_share": cpu_share,
+        "server_loop_runqueue_wait_share": wait_share,
         "server_inbound_lag_ms_p99": stats.get("inbound_lag_ms_p99"),
         "server_outbound_late_ms_p99": stats.get("outbound_late_ms_p99"),
         "first_audio_ms_p50": _pct(first_audio, 50),
@@ -479,7 +498,7 @@ def table(r: dict) -> str:
         ("generator lag", f"p99 {r['generator_lag_ms_p99']} ms"),
         (
             "server loop",
-            f"on a CPU {r['server_loop_cpu_share']:.1%} of the time, runnable but waiting for one {r['server_loop_runqueue_wait_share']:.1%} (after warm-up)",
+            f"share of the time on a CPU {r['server_loop_cpu_share']}, runnable but waiting for one {r['server_loop_runqueue_wait_share']} (after warm-up)",
         ),
         (
             "machine",
