@@ -2,7 +2,10 @@
 
 A transport (Twilio websocket today; Exotel, Plivo, SIP later) turns its carrier's protocol into
 these events and implements :class:`CarrierLink`. ``CallSession`` never knows which carrier it is.
-Audio is 20 ms PCM16 at 8 kHz (320 bytes) in both directions.
+Audio is 20 ms PCM16 at 8 kHz (320 bytes) in both directions: whatever packet size a carrier
+sends (RTP at 10-60 ms, 100 ms Exotel chunks, a stray odd byte), its link re-frames it with
+``telephony.audio.InboundFramer`` so that every :class:`InboundAudio` is exactly one 20 ms frame,
+delivered when the packet that completes it arrives.
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ class CallStart:
 
 @dataclass(frozen=True, slots=True)
 class InboundAudio:
-    pcm: bytes  # 20 ms PCM16 8 kHz
-    timestamp_ms: int | None = None  # carrier media timestamp, when it gives one
+    pcm: bytes  # exactly 20 ms PCM16 8 kHz (320 bytes)
+    timestamp_ms: int | None = None  # carrier media time of the frame's first sample, when it gives one
     ulaw: bytes | None = None  # the carrier's own mu-law bytes, when it sends mu-law (saves a re-encode)
 
 
