@@ -23,6 +23,7 @@ import webrtcvad
 
 from agent.config import load_config
 from agent.fixture import load
+from agent.link import InboundAudio
 from agent.replay import local_stack
 from agent.session import CallSession
 from telephony.audio import ulaw_to_pcm16
@@ -686,3 +687,33 @@ async def test_sipp_over_ipv6_sees_bracketed_hosts(tmp_path: Path) -> None:
         )  # fmt: skip
     assert code == 0, out[-3000:]
     assert len(answered) == 1 and answered[0].remote_rtp[0] == "::1"
+
+
+async def test_sipps_own_30ms_pcma_pcap_reaches_the_session_as_20ms_frames_the_vad_hears(
+    tmp_path: Path,
+) -> None:
+    """sipp's bundled g711a.pcap (7 s of speech in 30 ms PCMA packets): every frame the session
+    gets is 20 ms, none is lost to the re-framing, and the voice detector hears the speech."""
+    need("sipp")
+    bundled = SIPP_PCAPS / "g711a.pcap"
+    if not bundled.exists():
+        pytest.skip("sipp's g711a.pcap is not installed")
+    xml = tmp_path / "pcma.xml"
+    invite = INVITE.replace("RTP/AVP 0 101", "RTP/AVP 8 101").replace("rtpmap:0 PCMU", "rtpmap:8 PCMA")
+    xml.write_text(scenario("bundled pcap", invite + play_pcap(str(bundled), 7500) + BYE))
+    frames: list[bytes] = []
+
+    async def on_call(link: SipLink) -> None:
+        async for ev in link.events():
+            if isinstance(ev, InboundAudio):
+                frames.append(ev.pcm)
+
+    server = SipServer(on_call, bind=("127.0.0.1", 0), allow_from=["127.0.0.1/32"])
+    async with serving(server):
+        code, out = await run(*sipp_cmd(server, xml), limit_s=30, cwd=tmp_path)
+    assert code == 0, out[-2000:]
+    assert {len(f) for f in frames} == {320}
+    assert 236 * 30 // 20 - 2 <= len(frames) <= 236 * 30 // 20 + 2  # 236 packets of 30 ms
+    vad = webrtcvad.Vad(load_config().endpoint.vad_mode)
+    voiced = sum(vad.is_speech(f, 8000) for f in frames)
+    assert voiced >= len(frames) // 4, f"{voiced} of {len(frames)} frames voiced"
