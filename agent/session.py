@@ -2,8 +2,11 @@
 
 Four strands in one task group:
 
-1. inbound  - carrier frames -> endpointer (webrtcvad) and STT; DTMF; mark echoes; barge-in.
-2. turn     - commits a turn (endpointer pause or STT final, whichever first), then runs it:
+1. inbound  - carrier frames -> voice gate (webrtcvad) and STT; DTMF; mark echoes. What the caller
+              does is fed to the sans-I/O turn core (agent/turns.py), which holds every turn-taking
+              rule (end of turn by the clock, merges, barge-in, backchannels); a ticker wakes it
+              when its timers are due.
+2. turn     - runs each turn the core commits:
               route -> LLM (fallback ladder) -> speakable chunks -> TTS -> player.
 3. outbound - ``Player.run``: paces audio to the carrier, marks after each chunk.
 4. watchdog - one per turn: at ``deadline - bridge_lead`` with no answer audio out, plays the
@@ -24,30 +27,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.bargein import BargeInPolicy
-from agent.chunker import SpeakableChunker, looks_incomplete
-from agent.endpointing import Endpointer, SpeechBegan, SpeechPaused
+from agent.chunker import SpeakableChunker
+from agent.endpointing import VoiceGate
 from agent.handoff import summarise, whisper_sentence
 from agent.ladder import LadderExhausted, LLMLadder
 from agent.link import CallEnded, CarrierLink, InboundAudio, InboundDtmf, MarkEcho
 from agent.metrics import InboundClock
 from agent.player import Player
-from agent.providers.base import (
-    FRAME_MS,
-    ProviderError,
-    STTStream,
-    Transcript,
-)
+from agent.providers.base import ProviderError, STTStream, Transcript
 from agent.services import Services
 from agent.timeline import Clock, TurnRecord
 from agent.tools import MARK_RESOLVED, TRANSFER_TO_HUMAN, ToolRequest, agent_tools, read_tool_calls
+from agent.turns import BargeIn, Commit, IgnoreOverlap, Merge, TurnAction, TurnPolicy, TurnTaker
 from routing.router import health_key
 
 log = logging.getLogger("voxroute.call")
 
-RESUME_MS = 60  # caller speech after a commit that merges into the unanswered turn
-COMMIT_SILENCE_MS = 60  # silence that must follow the STT's final before we commit on it
 # Ends the heard part of a reply the caller talked over, so the model knows it was cut short.
 INTERRUPTED_MARK = "[interrupted by the caller]"
+MAX_REPLY_CHARS = 4000  # of one turn's reply; the model's max_tokens normally ends it long before
 STT_REPLAY_LIMIT = 750  # frames (15 s) of not-yet-finalised audio kept to replay after an STT reconnect
 
 
@@ -96,45 +94,47 @@ class CallSession:
         self.tenant = self.routing.tenant
         self.voice_budget_ms = services.router.table.tenants[self.tenant].budgets.voice_ms
         ep = self.config.endpoint
-        self.endpointer = Endpointer(ep.silence_ms, ep.min_speech_ms, ep.vad_mode)
-        self.barge = BargeInPolicy(ep.barge_in_min_voiced_ms, ep.barge_in_confirm_ms, ep.backchannels)
+        self.vad = VoiceGate(ep.vad_mode)
+        first_index = 1
+        self.resumed = start.parameters.get("resume") == "transfer_failed"
+        earlier = services.finished.get(self.call_sid) if self.resumed else None
+        if earlier is not None:  # back from a failed transfer: the conversation goes on where it was
+            if earlier.history:
+                self.history = [dict(m) for m in earlier.history]
+            first_index = 1 + max((t["index"] for t in earlier.turns), default=0)
+        # All turn-taking policy (endpointing, merges, barge-in) lives in the sans-I/O turn core.
+        self.taker = TurnTaker(
+            TurnPolicy(
+                silence_ms=ep.silence_ms,
+                min_speech_ms=ep.min_speech_ms,
+                incomplete_hold_ms=ep.incomplete_hold_ms,
+                stt_final_wait_ms=ep.stt_final_wait_ms,
+                dtmf_timeout_ms=ep.dtmf_timeout_ms,
+                max_dtmf_digits=ep.max_dtmf_digits,
+                max_transcript_chars=ep.max_transcript_chars,
+            ),
+            BargeInPolicy(ep.barge_in_min_voiced_ms, ep.barge_in_confirm_ms, ep.backchannels),
+            first_index=first_index,
+        )
         self.player = Player(link, self._on_first_send)
         self.ended = "in_progress"
         self.ended_wall: float | None = None
         self.error: str | None = None
         self.outcome = "unknown"  # set by the LLM's mark_resolved tool, a handoff, or the operator API
         self.outcome_reason: str | None = None
-        # transcript state between commits
-        self._finals: list[tuple[str, str | None]] = []  # (text, language)
-        self._confidence: float | None = None  # the lowest STT confidence of the pending utterance
-        self._partial = ""
-        self._final_at: float | None = None
-        self._final_event = asyncio.Event()
-        self._stt_punctuates = False  # seen a final end with . ? ! or ।: a final without is a fragment
-        self._utterance_pending = False  # caller spoke since the last commit
-        self._began_over_agent = False  # ... and began while the agent was talking
-        self._overlap_ms = 0  # voiced ms of caller speech while the agent talks (barge-in)
-        self._speech_end: float | None = None
-        self._wake = asyncio.Event()
-        # DTMF
-        self._digits = ""
-        self._last_digit_at: float | None = None
+        self._final_event = asyncio.Event()  # an STT final arrived (a turn may be waiting for it)
+        self._commits: asyncio.Queue[Commit] = asyncio.Queue()
+        self._rearm = asyncio.Event()  # the turn core's next timer may have moved earlier
+        self._tick_at: float | None = None  # when the ticker is due to wake (call ms), None: idle
         # turns
         self._turn_task: asyncio.Task | None = None
         self._active: TurnRecord | None = None
-        self._answer_started = False  # the active turn's answer audio reached the player
         self._chunk_text: dict[str, tuple[TurnRecord, str]] = {}
         self._end_marks: dict[str, asyncio.Event] = {}
         self._pending_faults: list[dict[str, Any]] = []  # STT faults, reported on the next turn
-        self._next_index = 1
         # handoff to a person
         self._tg: asyncio.TaskGroup | None = None
         self._handoff_task: asyncio.Task | None = None
-        self.resumed = start.parameters.get("resume") == "transfer_failed"
-        if self.resumed:  # back from a failed transfer: the conversation goes on where it was
-            earlier = services.finished.get(self.call_sid)
-            if earlier is not None and earlier.history:
-                self.history = [dict(m) for m in earlier.history]
         # STT
         self._stt: STTStream | None = None
         self._stt_ready = asyncio.Event()
@@ -160,6 +160,7 @@ class CallSession:
                 tg.create_task(self._stt_loop(), name=f"{self.call_sid}:stt")
                 tg.create_task(self.player.run(), name=f"{self.call_sid}:outbound")
                 tg.create_task(self._turn_loop(tg), name=f"{self.call_sid}:turns")
+                tg.create_task(self._ticker(), name=f"{self.call_sid}:ticker")
                 tg.create_task(self.services.warm_phrases(self.language), name=f"{self.call_sid}:phrases")
                 tg.create_task(self._inbound(), name=f"{self.call_sid}:inbound")
         except* _CallOver:
@@ -204,37 +205,13 @@ class CallSession:
         async for event in self.link.events():
             if isinstance(event, InboundAudio):
                 inbound_clock.frame(event.timestamp_ms)
-                now = self.clock.now()
-                for ev in self.endpointer.feed(event.pcm, now):
-                    if isinstance(ev, SpeechBegan):
-                        self._utterance_pending = True
-                        self._began_over_agent = self._agent_talking()
-                    elif isinstance(ev, SpeechPaused):
-                        self._speech_end = ev.speech_end_ms
-                        self._overlap_ms = 0
-                        self._wake.set()
-                ep = self.endpointer
-                if ep.voiced_run_ms == RESUME_MS and self._active is not None and not self._answer_started:
-                    await self._on_caller_speech()  # the caller was not done: merge, not barge-in
-                elif self._agent_talking():
-                    # Only voice heard while the agent talks counts (not the end of the caller's turn).
-                    self._overlap_ms += FRAME_MS if ep.voiced_run_ms else 0
-                    if why := self.barge.decide(self._overlap_ms, self._overlap_text()):
-                        await self._barge_in(why)
-                else:
-                    self._overlap_ms = 0
-                if self._finals and ep.silence_run_ms == COMMIT_SILENCE_MS:
-                    self._wake.set()  # an STT final is waiting for a moment of silence
+                voiced = self.vad.is_voiced(event.pcm)
+                await self._act(self.taker.frame(voiced, self.clock.now(), self.player.speaking))
                 self._audio.append((event.pcm, event.ulaw))
                 self._frames_in += 1
                 self._audio_ready.set()  # the STT strand sends it: a slow STT never holds up this strand
-                if self.endpointer.in_speech:
-                    self._speech_end = self.endpointer.last_voice_ms
             elif isinstance(event, InboundDtmf):
-                self._digits += event.digit
-                self._last_digit_at = self.clock.now()
-                self._utterance_pending = True
-                self._wake.set()  # keys interrupt the agent once the entry is complete (a turn)
+                await self._act(self.taker.dtmf(event.digit, self.clock.now(), self.player.speaking))
             elif isinstance(event, MarkEcho):
                 self._on_mark(event.name)
             elif isinstance(event, CallEnded):
@@ -245,55 +222,66 @@ class CallSession:
                 raise _CallOver
         raise _CallOver
 
-    def _agent_talking(self) -> bool:
-        return self._active is not None and self._answer_started and self.player.speaking
+    async def _ticker(self) -> None:
+        """Wakes the turn core when its timers are due: silence is counted by the clock, so a turn
+        ends even when the caller's side sends no frames at all while quiet."""
+        while True:
+            now = self.clock.now()
+            self._tick_at = self.taker.next_wake(now)
+            self._rearm.clear()
+            try:
+                async with asyncio.timeout(None if self._tick_at is None else (self._tick_at - now) / 1000):
+                    await self._rearm.wait()
+                continue  # a timer moved earlier: look again
+            except TimeoutError:
+                pass
+            await self._act(self.taker.tick(self.clock.now(), self.player.speaking))
 
-    def _overlap_text(self) -> str:
-        """What the STT has heard of the caller's current utterance (finals since the last commit)."""
-        return " ".join([t for t, _ in self._finals] + [self._partial]).strip()
+    async def _act(self, actions: list[TurnAction]) -> None:
+        """Carry out what the turn core decided."""
+        for action in actions:
+            if isinstance(action, Commit):
+                self._commits.put_nowait(action)
+            elif isinstance(action, Merge):
+                await self._merge(action.index)
+            elif isinstance(action, BargeIn):
+                await self._barge_in(action.index, action.why)
+            elif isinstance(action, IgnoreOverlap):
+                self._ignore_overlap(action)
+        due = self.taker.next_wake(self.clock.now())
+        if due is not None and (self._tick_at is None or due < self._tick_at):
+            self._rearm.set()
 
-    def _overlap_verdict(self) -> str:
-        """An utterance ended while the agent talks: "turn" (it interrupts), "wait" (for the STT's
-        text), or "ignore" (a backchannel, a cough: the agent goes on)."""
-        text = " ".join(t for t, _ in self._finals)
-        if self.barge.has_content(text):
-            return "turn"
-        if not text and self.endpointer.silence_run_ms < self.config.endpoint.stt_final_wait_ms:
-            return "wait"
-        return "ignore"
-
-    def _ignore_overlap(self) -> None:
-        text = " ".join(t for t, _ in self._finals)
-        self._finals.clear()
-        self._final_event.clear()
-        self._confidence = None
-        self._utterance_pending = False
-        self._began_over_agent = False
-        self._speech_end = None
-        self._overlap_ms = 0  # the next sound over the agent is judged on its own
-        kind = "backchannel" if text else "noise"
-        log.info("call %s: %s over the agent, not an interruption: %r", self.call_sid, kind, text)
-        turn = self._active or (self.turns[-1] if self.turns else None)  # the reply it overlapped
+    def _ignore_overlap(self, action: IgnoreOverlap) -> None:
+        log.info(
+            "call %s: %s over the agent, not an interruption: %r", self.call_sid, action.kind, action.text
+        )
+        turn = next((t for t in reversed(self.turns) if t.index == action.index), None)
         if turn is not None:
-            turn.overlaps.append({"kind": kind, "text": text, "at": round(self.clock.now(), 1)})
+            turn.overlaps.append({"kind": action.kind, "text": action.text, "at": round(action.at, 1)})
 
-    async def _on_caller_speech(self) -> None:
-        """Caller speech began. If a committed turn has not answered yet, the caller was not done:
-        cancel that turn and merge its transcript with what follows (a mid-sentence pause)."""
+    def _turn(self, index: int) -> TurnRecord | None:
+        """The running turn, if it is turn ``index``."""
         turn = self._active
-        if turn is None or self._answer_started or self._turn_task is None:
+        if turn is None or turn.index != index or self._turn_task is None or self._turn_task.done():
+            return None
+        return turn
+
+    async def _merge(self, index: int) -> None:
+        """The caller went on talking before turn ``index`` was answered: cancel it; the turn core
+        has put its words back, to be merged with what follows (a mid-sentence pause)."""
+        turn = self._turn(index)
+        if turn is None:
             return
         log.info("call %s turn %d: caller resumed before the answer; merging", self.call_sid, turn.index)
         if self.player.speaking:  # only a bridge can be playing: stop it, the caller is talking
             await self.player.clear()
-        self._turn_task.cancel()
-        if turn.transcript:
-            self._finals.insert(0, (turn.transcript, turn.language))
         turn.outcome = "merged"
+        self._turn_task.cancel()
 
-    async def _barge_in(self, why: str) -> None:
-        turn = self._active
-        if turn is None or self._turn_task is None:
+    async def _barge_in(self, index: int, why: str) -> None:
+        turn = self._turn(index)
+        if turn is None:
             return
         log.info("call %s turn %d: barge-in (%s)", self.call_sid, turn.index, why)
         turn.interrupted = True
@@ -362,37 +350,28 @@ class CallSession:
 
     async def _stt_reader(self, stream: STTStream) -> None:
         async for ev in stream.events():
-            if isinstance(ev, Transcript):
-                if ev.final:
-                    text = ev.text.strip()
-                    if text:
-                        self._finals.append((text, ev.language))
-                        if ev.confidence is not None:
-                            self._confidence = min(ev.confidence, self._confidence or 1.0)
-                        # Classify now, while the commit rules wait: the decision only confirms it.
-                        self.routing.speculate(" ".join(t for t, _ in self._finals))
-                        self._stt_punctuates |= text[-1] in ".!?।"
-                        self._final_at = self.clock.now()
-                        self._utterance_pending = True
-                    self._partial = ""
-                    log.debug("call %s: STT final %r", self.call_sid, text)
-                    self._finalised_upto = self._frames_in
-                    self._final_event.set()
-                    self._wake.set()
-                else:
-                    self._partial = ev.text
-                    self.routing.speculate(ev.text)
-                    if self._overlap_ms and self._agent_talking():
-                        if why := self.barge.decide(self._overlap_ms, self._overlap_text()):
-                            await self._barge_in(why)
-            # SpeechEnded (the STT's own end of speech) needs no action: its final follows at once
-            # and commits the turn, unless our endpointer's silence rule got there first.
+            if not isinstance(ev, Transcript):
+                continue  # SpeechEnded: its final follows at once, unless our silence rule came first
+            now, playing = self.clock.now(), self.player.speaking
+            if ev.final:
+                log.debug("call %s: STT final %r", self.call_sid, ev.text)
+                actions = self.taker.stt_final(ev.text, ev.language, ev.confidence, now, playing)
+                if ev.text.strip():
+                    # Classify now, while the commit rules wait: the decision only confirms it.
+                    self.routing.speculate(self.taker.heard_text())
+                self._finalised_upto = self._frames_in
+                self._final_event.set()
+            else:
+                self.routing.speculate(ev.text)
+                actions = self.taker.stt_partial(ev.text, now, playing)
+            await self._act(actions)
 
     def _stt_fault(self, exc: ProviderError, action: str) -> None:
         log.warning("call %s: STT %s: %s (%s)", self.call_sid, exc.kind, exc.message, action)
         fault = {"provider": exc.provider, "kind": exc.kind, "error": exc.message[:300], "action": action}
         fault["service"] = "stt"
-        target = self._active if self._active is not None and not self._answer_started else None
+        turn = self._active
+        target = turn if turn is not None and not self.taker.answering(turn.index) else None
         if target is not None:
             target.fallbacks.append(fault)
         else:
@@ -415,114 +394,35 @@ class CallSession:
 
     async def _turn_loop(self, tg: asyncio.TaskGroup) -> None:
         while True:
-            timeout = self._next_check_s()
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
-            self._wake.clear()
-            kind = self._ready_to_commit()
-            if kind is None:
-                continue
-            if kind == "speech" and (self._agent_talking() or self._began_over_agent):
-                # Sound that began over the agent is a turn only if it has words (agent/bargein.py).
-                verdict = self._overlap_verdict()
-                if verdict == "wait":
-                    continue
-                if verdict == "ignore":
-                    self._ignore_overlap()
-                    continue
-            log.debug(
-                "call %s: commit %s finals=%r silence=%d",
-                self.call_sid,
-                kind,
-                self._finals,
-                self.endpointer.silence_run_ms,
-            )
-            if self._turn_task is not None and not self._turn_task.done():
-                if self._answer_started and self.player.speaking:
-                    await self._barge_in("new caller turn")
-                elif self._answer_started:
-                    self._turn_task.cancel()  # its audio has played; it only waits for the end mark
-                else:
-                    await self._on_caller_speech()  # merge: caller added to a turn not yet answered
-                await asyncio.wait([self._turn_task])
-            self._began_over_agent = False
-            turn = self._commit(kind)
+            commit = await self._commits.get()
+            log.debug("call %s: commit %s %r", self.call_sid, commit.kind, commit.transcript)
+            task, previous = self._turn_task, self._active
+            if task is not None and not task.done():
+                if previous is not None and previous.index == commit.previous_index:
+                    if commit.previous == "barge_in":
+                        await self._barge_in(previous.index, "new caller turn")
+                    elif commit.previous == "merge":
+                        await self._merge(previous.index)
+                    else:
+                        task.cancel()  # its audio has played; it only waits for the end mark
+                await asyncio.wait([task])
+            turn = self._open(commit)
             self._active = turn
-            self._answer_started = False
             self._turn_task = tg.create_task(self._run_turn(turn), name=f"{self.call_sid}:turn{turn.index}")
 
-    def _next_check_s(self) -> float | None:
-        """When the commit rules must look again although nothing woke them (timers)."""
-        waits = []
-        now = self.clock.now()
-        if self._digits and self._last_digit_at is not None:
-            waits.append(self._last_digit_at + self.config.endpoint.dtmf_timeout_ms - now)
-        if self._utterance_pending and self._speech_end is not None:
-            waits.append(self._speech_end + self.config.endpoint.incomplete_hold_ms - now)
-            waits.append(self._speech_end + self.config.endpoint.silence_ms - now)
-        waits = [w for w in waits if w > -1]
-        return max(0.01, min(waits) / 1000) if waits else None
-
-    def _ready_to_commit(self) -> str | None:
-        ep = self.config.endpoint
-        now = self.clock.now()
-        if self._digits:
-            if self._digits.endswith("#") or (
-                self._last_digit_at is not None and now - self._last_digit_at >= ep.dtmf_timeout_ms
-            ):
-                return "dtmf"
-            return None
-        silence = self.endpointer.silence_run_ms
-        if not self._utterance_pending or silence < COMMIT_SILENCE_MS:
-            return None
-        have_final = bool(self._finals)
-        paused = silence >= ep.silence_ms and self._speech_end is not None
-        if not have_final and not paused:
-            return None
-        if not have_final and self._speech_end is None:
-            return None
-        text = " ".join(t for t, _ in self._finals)
-        if have_final and looks_incomplete(text, self._stt_punctuates) and silence < ep.incomplete_hold_ms:
-            return None  # "I need to change my booking to ..." - give the caller a moment more
-        return "speech"
-
-    def _commit(self, kind: str) -> TurnRecord:
-        now = self.clock.now()
-        turn = TurnRecord(index=self._next_index, kind=kind, language=self.language)
-        self._next_index += 1
+    def _open(self, commit: Commit) -> TurnRecord:
+        turn = TurnRecord(index=commit.index, kind=commit.kind, language=commit.language or self.language)
         turn.budget_ms = self.voice_budget_ms  # until the route gives the class's budget
-        if kind == "dtmf":
-            digits, self._digits = self._digits, ""
-            turn.transcript = digits
-            turn.mark("speech_end", self._last_digit_at if self._last_digit_at is not None else now)
-            self._utterance_pending = bool(self._finals)
-        else:
-            speech_end = self.endpointer.last_voice_ms
-            turn.mark("speech_end", speech_end if speech_end is not None else now)
-            if self._finals:
-                self._take_finals(turn)
-            self._utterance_pending = False
-        turn.mark("endpoint", now)
-        self._speech_end = None
-        if self._final_at is not None and turn.transcript:
-            turn.mark("stt_final", self._final_at)
+        turn.transcript = commit.transcript
+        turn.stt_confidence = commit.confidence
+        turn.mark("speech_end", commit.speech_end)
+        turn.mark("endpoint", commit.endpoint)
+        if commit.stt_final is not None:
+            turn.mark("stt_final", commit.stt_final)
         turn.fallbacks.extend(self._pending_faults)
         self._pending_faults.clear()
         self.turns.append(turn)
         return turn
-
-    def _take_finals(self, turn: TurnRecord) -> None:
-        texts = [t for t, _ in self._finals]
-        langs = [lang for _, lang in self._finals if lang]
-        self._finals.clear()
-        self._final_event.clear()
-        turn.transcript = " ".join(texts)
-        turn.stt_confidence, self._confidence = self._confidence, None
-        if langs:
-            turn.language = langs[-1]
 
     async def _await_transcript(self, turn: TurnRecord) -> None:
         """Our endpointer committed before the STT's final: ask for it, wait briefly, else use the partial."""
@@ -535,18 +435,17 @@ class CallSession:
                 pass
         try:
             async with asyncio.timeout(self.config.endpoint.stt_final_wait_ms / 1000):
-                while not self._finals:
+                while not self.taker.has_final():
                     self._final_event.clear()
                     await self._final_event.wait()
         except TimeoutError:
             pass
-        if self._finals:
-            self._take_finals(turn)
-            turn.mark("stt_final", self._final_at or self.clock.now())
-        elif self._partial:
-            turn.transcript = self._partial
-            self._partial = ""
-            turn.mark("stt_final", self.clock.now())
+        taken = self.taker.take_transcript(turn.index, self.clock.now())
+        if taken is not None:
+            turn.transcript = taken.text
+            turn.language = taken.language or turn.language
+            turn.stt_confidence = taken.confidence
+            turn.mark("stt_final", taken.stt_final)
 
     # ------------------------------------------------------------------ one turn
 
@@ -610,6 +509,7 @@ class CallSession:
                         self.history.append({"role": "assistant", "content": spoken})
                 self._log_turn(turn)
                 self.services.turn_finished(self, turn)
+            self.taker.turn_ended(turn.index)
             if self._active is turn:
                 self._active = None
 
@@ -634,23 +534,23 @@ class CallSession:
             if wait <= 0:
                 break
             await asyncio.sleep(wait / 1000)
-        if self._answer_started or "first_audio_out" in turn.timeline:
+        if self.taker.answering(turn.index) or "first_audio_out" in turn.timeline:
             return
         turn.bridge, turn.bridge_kind = True, "cached"
         self.player.play(await self.services.phrase(turn.language, "bridge"), turn, "bridge")
         self.player.mark(f"{turn.index}:bridge")
         self._chunk_text[f"{turn.index}:bridge"] = (turn, "")
         hard_cap = speech_end + b.hard_cap_ms
-        while not self._answer_started:
+        while not self.taker.answering(turn.index):
             wait = min(b.refill_ms, hard_cap - self.clock.now())
             if wait <= 0:
                 break
             await asyncio.sleep(wait / 1000)
-            if self._answer_started:
+            if self.taker.answering(turn.index):
                 return
             if self.clock.now() < hard_cap and not self.player.speaking:
                 self.player.play(await self.services.phrase(turn.language, "bridge"), turn, "bridge")
-        if not self._answer_started:
+        if not self.taker.answering(turn.index):
             log.warning("call %s turn %d: hard cap reached; apologising", self.call_sid, turn.index)
             turn.add_fallback("runtime", "timeout", "no answer audio before the hard cap", "apologise")
             turn.outcome = "apology"
@@ -666,7 +566,7 @@ class CallSession:
     async def _speak_phrase(self, turn: TurnRecord, kind: str) -> None:
         pcm = await self.services.phrase(turn.language, kind)
         text = self.services.phrase_text(turn.language, kind)
-        self._answer_started = True
+        self.taker.answer_started(turn.index)
         self.player.play(pcm, turn, kind)
         name = f"{turn.index}:{kind}"
         self._chunk_text[name] = (turn, text)
@@ -706,8 +606,10 @@ class CallSession:
         queues = [chunks]
         wanted: list[ToolRequest] = []
         chunker = SpeakableChunker()
+        room = [MAX_REPLY_CHARS]  # what a provider that ignores max_tokens may still make us say
 
         def on_text(text: str) -> None:
+            text, room[0] = text[: max(0, room[0])], room[0] - len(text)
             for chunk in chunker.feed(text):
                 turn.mark("first_chunk", self.clock.now())
                 chunks.put_nowait(chunk)
@@ -738,7 +640,7 @@ class CallSession:
             reason = next(t.argument for t in wanted if t.name == TRANSFER_TO_HUMAN)
             await self._hand_to_person(turn, f"the agent asked for a person: {reason}", "transfer")
             return True
-        answered = self._answer_started and bool(turn.reply_answer)
+        answered = self.taker.answering(turn.index) and bool(turn.reply_answer)
         if answered and route.ends_with_human and self._can_transfer():
             await self._hand_to_person(turn, f"{route.routing_class} calls end with a person", "transfer")
         return answered
@@ -829,7 +731,7 @@ class CallSession:
                     if not queued:
                         turn.mark("tts_first_audio", self.clock.now())
                     queued = True
-                    self._answer_started = True
+                    self.taker.answer_started(turn.index)
                     self.player.play(pcm, turn, source)
                     cm.reschedule(asyncio.get_running_loop().time() + ladder.tts_gap_timeout_ms / 1000)
             return queued
@@ -850,7 +752,7 @@ class CallSession:
                 async with asyncio.timeout(2.0):
                     pcm = await tts.synthesize(text, turn.language)
                 turn.mark("tts_first_audio", self.clock.now())
-                self._answer_started = True
+                self.taker.answer_started(turn.index)
                 self.player.play(pcm, turn, source)
                 return True
             except (ProviderError, TimeoutError) as exc:

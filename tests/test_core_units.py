@@ -1,4 +1,4 @@
-"""Unit tests of the core loop's pure parts: chunker, endpointer, config.
+"""Unit tests of the core loop's pure parts: chunker, config (the turn core: test_turns.py).
 
 The player's pacing, marks and clear cross the carrier socket: they are tested end to end in
 test_replay.py (marks, barge-in and clear) and measured by bench/concurrency.py (pacing jitter), not
@@ -9,9 +9,6 @@ from __future__ import annotations
 import pytest
 
 from agent.chunker import SpeakableChunker, looks_incomplete
-from agent.endpointing import Endpointer, SpeechBegan, SpeechPaused
-from agent.fixture import load
-from telephony.audio import ulaw_to_pcm16
 
 # ---------------------------------------------------------------- chunker
 
@@ -67,40 +64,3 @@ def test_chunker_handles_hindi_danda():
 )
 def test_looks_incomplete(text, incomplete):
     assert looks_incomplete(text) is incomplete
-
-
-# ---------------------------------------------------------------- endpointer
-
-
-def _frames(pcm: bytes) -> list[bytes]:
-    return [pcm[i : i + 320] for i in range(0, len(pcm) - 319, 320)]
-
-
-def test_endpointer_finds_the_utterances_of_a_fixture():
-    fx = load("order_status")
-    pcm = ulaw_to_pcm16(fx.ulaw)
-    ep = Endpointer(silence_ms=300, min_speech_ms=120, mode=2)
-    began, paused = [], []
-    for i, frame in enumerate(_frames(pcm)):
-        for ev in ep.feed(frame, i * 20.0):
-            (began if isinstance(ev, SpeechBegan) else paused).append(ev)
-    assert len(began) == len(paused) == len(fx.script.utterances)
-    for utt, b, p in zip(fx.script.utterances, began, paused, strict=True):
-        assert utt.start_ms <= b.at_ms <= utt.start_ms + 400
-        assert utt.end_ms - 400 <= p.speech_end_ms <= utt.end_ms
-
-
-def test_endpointer_waits_for_min_speech_and_silence():
-    import numpy as np
-
-    rng = np.random.default_rng(1)
-    t = np.arange(160) / 8000
-    voiced = (np.sin(2 * np.pi * 220 * t) * 8000 + rng.normal(0, 500, 160)).astype("<i2").tobytes()
-    silence = bytes(320)
-    ep = Endpointer(silence_ms=100, min_speech_ms=100, mode=0)
-    events = []
-    for i in range(3):  # 60 ms of sound: below min_speech
-        events += ep.feed(voiced, i * 20.0)
-    for i in range(3, 12):
-        events += ep.feed(silence, i * 20.0)
-    assert not any(isinstance(e, SpeechPaused) for e in events)
