@@ -226,9 +226,6 @@ class Reframer:
         del self._buf[:whole]
         return block, first
 
-    def reset(self) -> None:
-        self._buf.clear()
-
 
 _SAMPLE_BYTES = {"ulaw": 1, "alaw": 1, "l16le": 2, "l16be": 2}
 
