@@ -55,6 +55,34 @@ def test_sip_stream_content_length_superscript() -> None:
         sipmsg.StreamParser().feed(_sip(b"Content-Length: 4" + SUP2 + b"\r\n"))
 
 
+def test_sip_stream_parses_a_head_once_however_the_bytes_arrive(monkeypatch) -> None:
+    """A message trickling in one byte per read (a slow or hostile TCP peer) used to re-search
+    and re-parse its head on every read: 3.7 s for a 60 kB head, 1.2 s for a 4 kB body."""
+    parsed = []
+    real = sipmsg._parse_head
+    monkeypatch.setattr(sipmsg, "_parse_head", lambda head: parsed.append(head) or real(head))
+    body = b"v=0\r\n" * 500
+    data = _sip(b"X-Pad: " + b"a" * 5000 + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n") + body
+    parser = sipmsg.StreamParser()
+    got = [msg for i in range(len(data)) for msg in parser.feed(data[i : i + 1])]
+    assert len(got) == 1 and got[0].body == body and got[0].cseq == (1, "OPTIONS")
+    assert len(parsed) == 1
+    got = parser.feed(b"\r\n" + data[:10]) + parser.feed(data[10:])  # a keep-alive, then the next one
+    assert len(got) == 1 and got[0].body == body and len(parsed) == 2
+
+
+def test_sip_folded_and_leading_blank_lines_parse_as_before() -> None:
+    """Unfolding joined parts with += and skipped blank lines with pop(0): quadratic, 45 ms and
+    246 ms for one 64 kB datagram. The values are unchanged."""
+    data = b" \r\n" * 3 + _sip(b"Subject: a\r\n b\r\n\tc\r\n")
+    msg = sipmsg.parse(data)
+    assert msg.method == "OPTIONS" and msg.get("Subject") == "a b c"
+    msg = sipmsg.parse(_sip(b"Subject: x\r\n" + b" y\r\n" * 10_000))
+    assert msg.get("Subject") == "x" + " y" * 10_000
+    with pytest.raises(sipmsg.SipParseError, match="empty message"):
+        sipmsg.parse(b" \n" * 1000 + b"\n")
+
+
 SDP = b"v=0\r\nc=IN IP4 10.0.0.1\r\nm=audio 4000 RTP/AVP 0 8\r\n"
 
 

@@ -251,23 +251,25 @@ def _parse_head(head: bytes) -> SipMessage:
     except UnicodeDecodeError as exc:
         raise SipParseError(f"headers are not UTF-8: {exc.reason}") from None
     lines = text.replace("\r\n", "\n").split("\n")
-    while lines and not lines[0].strip():  # keep-alive CRLFs before a message
-        lines.pop(0)
-    if not lines:
+    first = 0
+    while first < len(lines) and not lines[first].strip():  # keep-alive CRLFs before a message
+        first += 1  # (not lines.pop(0): quadratic on a datagram of blank lines)
+    if first == len(lines):
         raise SipParseError("empty message")
-    msg = _start_line(lines[0].strip())
-    # unfold continuation lines (RFC 3261 §7.3.1)
-    unfolded: list[str] = []
-    for line in lines[1:]:
+    msg = _start_line(lines[first].strip())
+    # unfold continuation lines (RFC 3261 §7.3.1); parts joined once, as += would be quadratic
+    unfolded: list[list[str]] = []
+    for line in lines[first + 1 :]:
         if line[:1] in (" ", "\t"):
             if not unfolded:
                 raise SipParseError("continuation line before any header")
-            unfolded[-1] += " " + line.strip()
+            unfolded[-1].append(line.strip())
         elif line.strip():
-            unfolded.append(line)
+            unfolded.append([line])
     if len(unfolded) > MAX_HEADERS:
         raise SipParseError(f"more than {MAX_HEADERS} headers")
-    for line in unfolded:
+    for parts in unfolded:
+        line = " ".join(parts)
         name, colon, value = line.partition(":")
         name = name.strip()
         if not colon or not name or not _TOKEN.match(name):
@@ -297,30 +299,40 @@ class StreamParser:
     def __init__(self, max_bytes: int = MAX_MESSAGE_BYTES) -> None:
         self._buf = bytearray()
         self._max = max_bytes
+        # Work done on earlier reads is kept, so a message trickling in byte by byte costs linear
+        # time: how far the blank line was searched for, and a parsed head waiting for its body.
+        self._searched = 0
+        self._head: tuple[SipMessage, int, int] | None = None  # (message, body start, total size)
 
     def feed(self, data: bytes) -> list[SipMessage]:
         self._buf += data
         out: list[SipMessage] = []
         while True:
-            while self._buf[:2] == b"\r\n":  # keep-alive pings (RFC 5626 §3.5.1)
-                del self._buf[:2]
-            end = self._buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self._buf) > self._max:
-                    raise SipParseError("headers longer than the message limit")
-                return out
-            msg = _parse_head(bytes(self._buf[:end]))
-            length = msg.get("Content-Length")
-            if length is None:
-                raise SipParseError("no Content-Length on a stream transport")
-            n = _content_length(length)
-            total = end + 4 + n
-            if total > self._max:
-                raise SipParseError(f"message of {total} bytes is over {self._max}")
+            if self._head is None:
+                while self._buf[:2] == b"\r\n":  # keep-alive pings (RFC 5626 §3.5.1)
+                    del self._buf[:2]
+                    self._searched = 0
+                end = self._buf.find(b"\r\n\r\n", self._searched)
+                if end < 0:
+                    if len(self._buf) > self._max:
+                        raise SipParseError("headers longer than the message limit")
+                    self._searched = max(0, len(self._buf) - 3)  # the blank line may straddle reads
+                    return out
+                msg = _parse_head(bytes(self._buf[:end]))
+                length = msg.get("Content-Length")
+                if length is None:
+                    raise SipParseError("no Content-Length on a stream transport")
+                n = _content_length(length)
+                total = end + 4 + n
+                if total > self._max:
+                    raise SipParseError(f"message of {total} bytes is over {self._max}")
+                self._head = (msg, end + 4, total)
+            msg, body_start, total = self._head
             if len(self._buf) < total:
                 return out
-            msg.body = bytes(self._buf[end + 4 : total])
+            msg.body = bytes(self._buf[body_start:total])
             del self._buf[:total]
+            self._head, self._searched = None, 0
             out.append(msg)
 
 
