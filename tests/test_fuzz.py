@@ -140,6 +140,19 @@ def test_openai_usage_that_is_not_a_finite_count_is_a_protocol_error(value: str)
         oai.ChunkInterpreter().feed(chunk)
 
 
+def test_sse_long_line_over_many_reads() -> None:
+    """A line arriving 1 kB per read used to be searched from its start on every read (quadratic,
+    bounded by the 1 MB line cap); the bytes already searched are now skipped."""
+    parser = oai.SSEParser()
+    line = b'data: {"choices":[{"delta":{"content":"' + b"x" * 300_000 + b'"}}]}'
+    items = [item for i in range(0, len(line), 1000) for item in parser.feed(line[i : i + 1000])]
+    assert items == [] and parser.pending == len(line)
+    assert parser.feed(b"\r") == []  # may be the first half of "\r\n"
+    (item,) = parser.feed(b"\n: ping\r")
+    assert item == oai.SSEEvent(line[6:].decode())
+    assert parser.feed(b"data: [DONE]\n") == [oai.Comment("ping"), oai.Done()]
+
+
 def test_sse_lines_ended_by_cr_alone() -> None:
     """100k keep-alives ended by a bare "\\r" in one read. Each line used to search the rest of the
     buffer for "\\n" (quadratic: 9.8 s for 320k lines); the scaling probe in bench/fuzz.py measures it."""

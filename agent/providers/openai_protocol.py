@@ -79,6 +79,7 @@ class SSEParser:
     def __init__(self, max_line_bytes: int = MAX_LINE_BYTES) -> None:
         self._buf = bytearray()
         self._max = max_line_bytes
+        self._searched = 0  # leading bytes of _buf known to hold no line end (a long line in many reads)
         self.done = False
         self.bytes_seen = 0
 
@@ -91,11 +92,12 @@ class SSEParser:
         start = 0
         buf = self._buf
         n = len(buf)
-        nl = buf.find(b"\n")
+        searched = self._searched
+        nl = buf.find(b"\n", searched)
         while start < n:
             if 0 <= nl < start:  # search on from the last "\n" only: lines ended by "\r" alone stay linear
                 nl = buf.find(b"\n", start)
-            cr = buf.find(b"\r", start, nl if nl >= 0 else n)
+            cr = buf.find(b"\r", max(start, searched), nl if nl >= 0 else n)
             if cr >= 0:
                 if cr + 1 == n:  # a "\r" at the end may be the first half of "\r\n": wait
                     break
@@ -113,6 +115,7 @@ class SSEParser:
                     self._buf.clear()
                     return out
         del self._buf[:start]
+        self._searched = len(self._buf) - (1 if self._buf.endswith(b"\r") else 0)
         if len(self._buf) > self._max:
             raise OpenAIProtocolError(f"SSE line longer than {self._max} bytes")
         return out
