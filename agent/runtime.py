@@ -26,6 +26,7 @@ from fastapi import FastAPI, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent import metrics, pages, prom
+from agent.calllog.redact import redact_handoff
 from agent.calllog.source import CombinedCallSource, DatabaseCallSource
 from agent.calllog.store import CallLog
 from agent.config import Config
@@ -522,7 +523,7 @@ def create_runtime_app(
         record = services.handoffs.get(call_sid)
         if record is None:
             raise HTTPException(status_code=404, detail=f"no handoff for call {call_sid}")
-        return record
+        return redact_handoff(record)  # as the call log stores it (a transfer error may quote the caller)
 
     # GET /calls and /calls/{call_sid}: JSON for API clients, HTML pages for browsers (agent/pages.py)
     source: pages.CallSource = pages.MemoryCallSource(services, simulated=lambda: simulated_llms(services))

@@ -40,8 +40,7 @@ from agent.calllog.source import DatabaseCallSource
 from agent.calllog.store import CallLog, make_engine
 from agent.config import load_config
 from agent.handoff import summarise
-from agent.pages import MemoryCallSource, OperatorAuth, add_call_routes
-from agent.runtime import build_router
+from agent.runtime import build_router, create_runtime_app
 from agent.services import Services
 from agent.session import CallSummary
 from agent.timeline import TurnRecord
@@ -463,7 +462,8 @@ def _services() -> Services:
     return Services(config, None, None, {}, build_router(config), mode="emulated")  # type: ignore[arg-type]
 
 
-async def test_operator_views_live_and_finished_are_redacted_as_stored(tmp_path: Path) -> None:
+async def test_operator_views_live_and_finished_are_redacted_as_stored(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("VOXROUTE_API_KEY", KEY)
     services = _services()
     sids = {}
     for i, case in enumerate(CORPUS):
@@ -473,15 +473,22 @@ async def test_operator_views_live_and_finished_are_redacted_as_stored(tmp_path:
             services.finished[sid] = _summary(sid, case)
         else:
             services.calls[sid] = _Live(_summary(sid, case, ended="in_progress"))  # type: ignore[assignment]
-    services.handoffs["CAview0"] = {"reason": joined(CORPUS[0]), "whisper": joined(CORPUS[1])}
-    app = FastAPI()
-    add_call_routes(app, MemoryCallSource(services), OperatorAuth(KEY))
+    services.handoffs["CAview0"] = {
+        "reason": joined(CORPUS[0]),
+        "whisper": joined(CORPUS[1]),
+        "error": "TransferError: caller +919812345670 said " + joined(CORPUS[2]),
+    }
+    app = create_runtime_app(services, dev=True)  # the runtime's own routes: pages, JSON, handoff
     headers = {"X-API-Key": KEY}
     views = {}
     async with serve_app(app) as url, httpx.AsyncClient(base_url=url, timeout=STEP) as http:
         listing = await http.get("/calls", headers={**headers, "Accept": "text/html"})
         assert listing.status_code == 200
         assert_clean(listing.text, "call list")
+        handoff = await http.get("/calls/CAview0/handoff", headers=headers)
+        assert handoff.status_code == 200 and handoff.json()["reason"] == "my card is [card] thanks"
+        assert_clean(handoff.text, "/calls/CAview0/handoff")
+        assert "9812345670" not in handoff.text
         for sid in sids:
             as_json = await http.get(f"/calls/{sid}", headers=headers)
             as_html = await http.get(f"/calls/{sid}", headers={**headers, "Accept": "text/html"})

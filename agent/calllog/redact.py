@@ -527,12 +527,25 @@ def redact_turns(turns: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def redact_handoff(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A handoff record (summary, transfer) redacted; its ``to`` is the configured human queue, the
+    business's own number, and stays."""
+    if not isinstance(record, dict):
+        return redact_json(record)
+    out = redact_json(record)
+    if "to" in record:
+        out["to"] = record["to"]
+    return out
+
+
 def redact_call(call: dict[str, Any], keep_number: bool = False) -> dict[str, Any]:
     """A call dict (``Services.call_json``) as an operator may see it, redacted as the call log stores
     it: transcripts as one conversation, every other string on its own (the LLM history's caller
     messages as one conversation too), and the caller's number in clear only if the call log keeps it
     raw (``keep_number``; else its last four digits). A new dict."""
     out = {k: (v if k in ("turns", "history") else redact_json(v)) for k, v in call.items()}
+    if "handoff" in call:
+        out["handoff"] = redact_handoff(call["handoff"])
     if "from_number" in call:
         number = call.get("from_number")
         out["from_number"] = number if keep_number or not number else mask_number(number)
@@ -602,6 +615,7 @@ __all__ = [
     "redact_async",
     "redact_call",
     "redact_call_async",
+    "redact_handoff",
     "redact_conversation",
     "redact_json",
     "redact_turns",

@@ -49,7 +49,13 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from agent.calllog.redact import ConversationRedactor, redact, redact_conversation, redact_json
+from agent.calllog.redact import (
+    ConversationRedactor,
+    redact,
+    redact_conversation,
+    redact_handoff,
+    redact_json,
+)
 from agent.calllog.schema import calls_table, turns_table
 from agent.config import CallLogConfig
 from agent.timeline import TIMELINE_NAMES
@@ -246,7 +252,7 @@ def call_totals(call: dict[str, Any]) -> dict[str, Any]:
         "turn_count": len(turns),
         "cost_usd": round(sum(float((t.get("usage") or {}).get("cost_usd") or 0.0) for t in turns), 8),
         "routing_class": routed[0]["route"]["class"] if routed else None,
-        "handoff": redact_json(call.get("handoff")),
+        "handoff": redact_handoff(call.get("handoff")),
     }
 
 
