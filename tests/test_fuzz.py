@@ -14,6 +14,7 @@ reading the parser while writing its target: a quadratic search, not a crash.)
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -21,6 +22,35 @@ from agent.providers import openai_protocol as oai
 from agent.providers import sarvam_protocol as sarvam
 from telephony.sip import message as sipmsg
 from telephony.sip import sdp
+from tests.fuzzing import BY_NAME, SEP, TARGETS, check, fuzz
+
+INPUTS = 10_000
+SEED = int(os.environ.get("VOXROUTE_FUZZ_SEED", "0"))
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=lambda t: t.name)
+def test_fuzz_target(target) -> None:
+    res = fuzz(target, INPUTS, SEED)
+    assert res.inputs == INPUTS
+    assert not res.bugs, f"{sum(res.bug_kinds.values())} inputs raised undocumented errors:\n" + "\n".join(
+        bug.report() for bug in res.bugs[:5]
+    )
+    # the mutator reached more than the first check: broken inputs fail in several distinct ways
+    assert len(res.outcomes) >= (2 if target.expected else 1), res.outcomes
+
+
+def test_seeds_parse_cleanly() -> None:
+    """The seeds are valid messages: were they not, the mutator would only explore error paths."""
+    for target in TARGETS:
+        for seed in target.seeds:
+            assert check(target, seed) is None, (target.name, seed[:120])
+
+
+def test_a_regression_input_reproduces_from_its_hex() -> None:
+    """What a failure prints is enough to replay it: the stream separator survives hex."""
+    data = SEP.join([b'{"event":"connected"}', b"{}"])
+    assert check(BY_NAME["twilio"], bytes.fromhex(data.hex())) is not None
+
 
 # ---------------------------------------------------------------- regressions found by fuzzing
 
