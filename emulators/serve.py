@@ -3,7 +3,8 @@
 A connection must deliver a whole request head (request line and headers; a websocket upgrade is
 one) within ``request_timeout_s`` of opening, or of the previous response: else it is closed. A
 client that opens a socket and sends half a request line cannot hold it open (uvicorn's own
-keep-alive timeout only starts after a first response).
+keep-alive timeout only starts after a first response). Each socket read is at most 16 KiB, so
+one read of a peer's flood of small websocket frames is parsed in a few ms, not 100.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 log = logging.getLogger(__name__)
 REQUEST_TIMEOUT_S = 10.0
+READ_CHUNK_BYTES = 16 * 1024  # one socket read; a websocket upgrade keeps the transport (and this)
 
 
 class _HeadTimeoutProtocol(H11Protocol):
@@ -48,6 +50,10 @@ class _HeadTimeoutProtocol(H11Protocol):
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        if hasattr(transport, "max_size"):
+            # asyncio reads up to 256 KiB at a time, and uvicorn parses every websocket frame of a
+            # read in one callback: 4,000 tiny frames from a flooding peer held the loop ~100 ms.
+            transport.max_size = READ_CHUNK_BYTES
         self._arm()
 
     def handle_events(self) -> None:
@@ -89,6 +95,7 @@ async def serve_app(
         port=port,
         log_level=log_level,
         lifespan="on",
+        access_log=False,  # a line per request (every /healthz probe) costs loop time; we log our own
         http=_protocol(request_timeout_s),
         ws="websockets-sansio",
         ws_max_size=1 << 20,

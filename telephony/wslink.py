@@ -22,6 +22,8 @@ from agent.link import CallStart, CarrierEvent
 
 log = logging.getLogger(__name__)
 
+YIELD_EVERY = 16  # messages read in a row before the link lets the event loop run other work
+
 
 class SocketClosed(Exception):
     """The carrier's side of the socket went away."""
@@ -39,6 +41,7 @@ class WebSocketLink:
         self.close_code: int | None = None  # how the carrier closed the socket
         self.silence_timeout_s: float | None = None  # no message for this long ends the call
         self.timed_out = False  # ended by the media-silence timeout
+        self._burst = 0  # messages received since the last pause for the loop
 
     @property
     def closed(self) -> bool:
@@ -64,6 +67,12 @@ class WebSocketLink:
             self._closed = True
             self.close_code = message.get("code")
             raise SocketClosed
+        self._burst += 1
+        if self._burst >= YIELD_EVERY:
+            # Messages already queued are returned without a pause: a peer that floods the socket
+            # would keep this strand running and every other call waiting. Let the loop run.
+            self._burst = 0
+            await asyncio.sleep(0)
         text = message.get("text")
         return text if text is not None else (message.get("bytes") or b"")
 
