@@ -14,7 +14,7 @@ without knowing the provider.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 FRAME_MS = 20
@@ -172,15 +172,3 @@ class TTSProvider(Protocol):
         """Whole-utterance synthesis (REST) to PCM16 8 kHz, used for cached bridge phrases and fallback."""
 
     async def aclose(self) -> None: ...
-
-
-@dataclass(slots=True)
-class AttemptRecord:
-    """One provider attempt as the turn log keeps it, successful or not."""
-
-    provider: str
-    model: str | None
-    kind: str | None = None  # a FaultKind when it failed
-    message: str | None = None
-    action: str | None = None  # what the runtime did next: retry, hedge, downgrade, apologise
-    extra: dict[str, Any] = field(default_factory=dict)

@@ -501,10 +501,6 @@ class SarvamTTS:
         spare = self._spares.get(key)
         return spare is not None and spare.ws.state is State.OPEN
 
-    def prewarm(self, language: str, voice: str | None = None, tag: str | None = None) -> None:
-        """Start connecting a spare socket for this language now (e.g. when a call starts)."""
-        self._schedule_warm(self._key(language, voice), tag)
-
     async def wait_warm(self, language: str, voice: str | None = None) -> None:
         """Pre-warm and wait until the spare is connected (bound it with ``asyncio.timeout``)."""
         key = self._key(language, voice)
