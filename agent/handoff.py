@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agent.calllog.redact import mask_number, redact, redact_json, redact_turns
+from agent.calllog.redact import mask_number, redact, redact_json, redact_turns_async
 from agent.providers.base import LLMProvider, LLMRequest, LLMToken, ProviderError
 from routing.router import ANGER, MONEY
 from routing.table import BUILTIN_CLASSES
@@ -1250,7 +1250,8 @@ async def summarise(
     log line saying why). Never raises (cancellation excepted). No card, phone number or e-mail address
     reaches the summary (nor its webhook): the turns are redacted as the call log stores them (a number
     split over turns too) before the model or the rules see them, and the summary is redacted again."""
-    summary = await _summarise(redact_turns(turns), call_language, llm, model, timeout_s, tag=tag)
+    redacted = await redact_turns_async(turns)  # a long call: in a thread
+    summary = await _summarise(redacted, call_language, llm, model, timeout_s, tag=tag)
     data = summary.model_dump(mode="json")
     entities = [
         {**e, "value": (mask_number(e["value"]) or "[phone]") if e["kind"] == "phone" else redact(e["value"])}

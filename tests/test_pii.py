@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
 from agent.calllog.redact import (
+    LOG_MAX_CHARS,
     ConversationRedactor,
     RedactingFilter,
     luhn_ok,
@@ -34,6 +35,8 @@ from agent.calllog.redact import (
     redact_call,
     redact_conversation,
     redact_json,
+    redact_turns,
+    redact_turns_async,
 )
 from agent.calllog.schema import calls_table, turns_table
 from agent.calllog.source import DatabaseCallSource
@@ -227,6 +230,13 @@ async def test_redact_async_gives_the_same_answer_off_the_loop() -> None:
     long = "my card is 4111 1111 1111 1111 " * 5000
     assert await redact_async(long) == redact(long)
     assert await redact_async("9800000001") == "[phone]"
+    turns = [
+        {"index": 1, "transcript": long},
+        {"index": 2, "transcript": "4111 1111"},
+        {"transcript": "1111 1111"},
+    ]
+    assert await redact_turns_async(turns) == redact_turns(turns)
+    assert [t["transcript"] for t in redact_turns(turns)[1:]] == ["[card]", "[card]"]
 
 
 # ---------------------------------------------------------------- the call log (SQLite, real writer)
@@ -353,6 +363,11 @@ def test_the_filter_alone() -> None:
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "from %s: %s", ("+91 98000 00001", "ok"), None)
     assert RedactingFilter().filter(record) and record.getMessage() == "from [phone]: ok"
     assert mask_number("+91 98000 00001") == "••••••••0001" and mask_number(None) == ""
+    long = logging.LogRecord("x", logging.INFO, __file__, 1, "%s", ("9800000001 " * 100_000,), None)
+    assert RedactingFilter().filter(long)  # cut before it is redacted: logging runs on the loop
+    message = long.getMessage()
+    assert len(message) < LOG_MAX_CHARS + 100 and message.endswith("(1100000 characters, cut)")
+    assert "9800000001" not in message
 
 
 # ---------------------------------------------------------------- webhook bodies (a real receiver)

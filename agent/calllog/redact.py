@@ -75,6 +75,7 @@ _INTERESTING = frozenset({*_DIGIT_WORDS, *_REPEAT, *_AT})  # words the scan look
 _FOLD = str.maketrans({"\u093c": None, "\u0901": "\u0902"})
 
 ASYNC_THRESHOLD = 32_768  # characters: above this, redact_async works in a thread
+LOG_MAX_CHARS = 16_384  # a log message longer than this is cut before it is redacted
 
 
 def luhn_ok(digits: str) -> bool:
@@ -527,6 +528,17 @@ def redact_turns(turns: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+async def redact_turns_async(turns: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``redact_turns`` off the event loop when the turns' text is long."""
+    turns = list(turns)
+    if (
+        sum(len(str(t.get("transcript") or "")) + len(str(t.get("reply") or "")) for t in turns)
+        > ASYNC_THRESHOLD
+    ):
+        return await asyncio.to_thread(redact_turns, turns)
+    return redact_turns(turns)
+
+
 def redact_handoff(record: dict[str, Any] | None) -> dict[str, Any] | None:
     """A handoff record (summary, transfer) redacted; its ``to`` is the configured human queue, the
     business's own number, and stays."""
@@ -584,10 +596,13 @@ def _str_or_none(value: Any) -> str | None:
 
 class RedactingFilter(logging.Filter):
     """A log handler's filter that masks cards, phone numbers and e-mail addresses in every record
-    it passes on: the message (arguments merged in), the exception's traceback and the stack."""
+    it passes on: the message (arguments merged in), the exception's traceback and the stack. A
+    message longer than ``LOG_MAX_CHARS`` is cut first: logging happens on the event loop."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
+        if len(message) > LOG_MAX_CHARS:  # redaction runs where the record is made: keep it short
+            message = f"{message[:LOG_MAX_CHARS]} ... ({len(message)} characters, cut)"
         masked = redact(message)
         if masked != message:
             record.msg, record.args = masked, None
@@ -619,4 +634,5 @@ __all__ = [
     "redact_conversation",
     "redact_json",
     "redact_turns",
+    "redact_turns_async",
 ]
