@@ -681,13 +681,15 @@ class TurnNumbers:
     def __init__(self) -> None:
         self.by_leg: dict[tuple[int, int], int] = {}
         self.taken: set[int] = set()
+        self.top = 0  # the highest number taken
 
     def number(self, leg: int, index: int) -> int:
         key = (leg, index)
         if key not in self.by_leg:
-            n = index if leg <= 1 and index not in self.taken else max(self.taken, default=0) + 1
+            n = index if leg <= 1 and index not in self.taken else self.top + 1
             self.by_leg[key] = n
             self.taken.add(n)
+            self.top = max(self.top, n)
         return self.by_leg[key]
 
 
