@@ -104,7 +104,10 @@ async def serve_app(
         timeout_graceful_shutdown=2,
     )
     server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # the owner handles signals
+    # The owner handles signals (voxroute serve drains on SIGTERM/SIGINT): uvicorn must neither take
+    # them (it would stop serving at once) nor raise them again when it stops.
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # uvicorn < 0.29
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
     async with asyncio.TaskGroup() as tg:
         task = tg.create_task(server.serve())
         while not server.started:

@@ -16,6 +16,7 @@ import base64
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -529,3 +530,122 @@ def _config_of(server: Server):
     from agent.config import load_config
 
     return load_config(server.config)
+
+
+# ---------------------------------------------------------------- the container
+
+REPO = Path(__file__).resolve().parent.parent
+NOBODY = 65534
+
+
+def dockerfile_instruction(name: str) -> list[str]:
+    """An exec-form instruction of the Dockerfile (``ENTRYPOINT``, ``HEALTHCHECK ... CMD``) as argv."""
+    text = (REPO / "Dockerfile").read_text().replace("\\\n", " ")
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return json.loads(line[line.index("[") :])
+    raise AssertionError(f"no {name} in the Dockerfile")
+
+
+def _as_nobody(argv: list[str], port: int) -> list[str]:
+    """The container's command on this machine: no container runtime here (podman cannot pull the
+    base image without network), so the same argv runs as an unprivileged user, with the venv's
+    ``voxroute`` and a free port instead of 8080. The venv's interpreter lives under /root (mode
+    700) here, so the process keeps one capability, CAP_DAC_READ_SEARCH: it may read any file but
+    write only where the user may (the data directory)."""
+    argv = [str(REPO / ".venv" / "bin" / "voxroute") if a == "voxroute" else a for a in argv]
+    argv = [str(port) if a == "8080" else a for a in argv]
+    if argv[0].endswith("tini") and not Path(argv[0]).exists():
+        argv = argv[argv.index("--") + 1 :]  # tini forwards signals; without it the process gets them itself
+    caps = ["--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
+    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *caps, *argv]
+
+
+def _uids(pid: int) -> dict[str, list[int]]:
+    def uids(*args: str) -> list[int]:
+        out = subprocess.run(["ps", "-o", "uid=", *args], capture_output=True, text=True).stdout
+        return [int(u) for u in out.split()]
+
+    return {"self": uids("-p", str(pid)), "children": uids("--ppid", str(pid))}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to an unprivileged user needs root")
+async def test_the_container_entrypoint_runs_unprivileged_serves_health_and_drains_on_sigterm(tmp_path):
+    entrypoint = dockerfile_instruction("ENTRYPOINT")
+    assert "--host" in entrypoint and "serve" in entrypoint
+    health = dockerfile_instruction("HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3")
+    data = tmp_path / "data"
+    data.mkdir()
+    os.chown(data, NOBODY, NOBODY)
+    env = _bare_env()
+    with _process(
+        [*VOXROUTE, "emulators", "--profile", "zero", "--quiet"], env, stdout=subprocess.PIPE, text=True
+    ) as emu:
+        urls = json.loads(emu.stdout.readline())  # type: ignore[union-attr]
+        port = _free_port()
+        config = production_config(tmp_path / "voxroute.yaml", port, urls)
+        cfg = yaml.safe_load(config.read_text())
+        cfg["shutdown"] = {"drain_s": 1.0, "closing_timeout_s": 8.0}
+        config.write_text(yaml.safe_dump(cfg, allow_unicode=True))
+        config.chmod(0o644)
+        env = {**env, **secrets_env(), "VOXROUTE_DATA_DIR": str(data), "VOXROUTE_CONFIG": str(config),
+               "HOME": str(data)}  # fmt: skip
+        log = tmp_path / "serve.log"
+        with (
+            log.open("w") as out,
+            _process(_as_nobody(entrypoint, port), env, stdout=out, stderr=subprocess.STDOUT) as proc,
+        ):
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 90
+            while "serving on" not in log.read_text():
+                assert proc.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, log.read_text()
+                await asyncio.sleep(0.2)
+            ps = await asyncio.to_thread(_uids, proc.pid)
+            assert ps["self"] == [NOBODY]
+            if "tini" in _as_nobody(entrypoint, port)[5]:
+                assert ps["children"] == [NOBODY]  # voxroute under tini, unprivileged too
+            probe = await asyncio.to_thread(
+                subprocess.run,
+                _as_nobody([a.replace("8080", str(port)) for a in health], port),
+                env=env,
+                timeout=30,
+            )
+            assert probe.returncode == 0  # the image's HEALTHCHECK passes
+
+            # a call in progress when SIGTERM comes: refused new calls, the closing phrase, exit 0
+            server = Server(base, config, proc, log)
+            async with httpx.AsyncClient(base_url=base, timeout=STEP) as http:
+                sid = "CAdrain" + "0" * 27
+                _, params = await _twilio_call(server, http, sid)
+                async with _twilio_stream(server, sid, params) as (ws, peer):
+                    await ws.send(peer.media_pcm(bytes(320)))
+                    while (await http.get("/healthz")).json()["active_calls"] < 1:  # noqa: ASYNC110
+                        await asyncio.sleep(0.05)
+                    proc.send_signal(signal.SIGTERM)
+                    while not (await http.get("/healthz")).json()["draining"]:  # noqa: ASYNC110
+                        await asyncio.sleep(0.05)
+                    assert (await http.get("/readyz")).status_code == 503
+                    resp, _ = await _twilio_call(server, http, "CAlate" + "0" * 28)
+                    assert ET.fromstring(resp.text).find("Reject") is not None
+                    audio = 0
+                    async with asyncio.timeout(20):
+                        with contextlib.suppress(ConnectionClosed):
+                            while True:  # the caller keeps sending; the agent says the closing phrase
+                                await ws.send(peer.media_pcm(bytes(320)))
+                                try:
+                                    async with asyncio.timeout(0.02):
+                                        msg = json.loads(await ws.recv())
+                                except TimeoutError:
+                                    continue
+                                if msg.get("event") == "media":
+                                    audio += len(base64.b64decode(msg["media"]["payload"]))
+                    assert ws.protocol.close_rcvd is not None and ws.protocol.close_rcvd.code == 1000
+            assert proc.wait(30) == 0
+    text = log.read_text()
+    assert "SIGTERM: draining" in text and "ending 1 call(s) with the closing phrase" in text
+    assert "voxroute stopped" in text
+    assert audio > 8000  # over a second of agent audio: greeting and closing phrase (8 kHz mu-law)
+    stored = list(data.iterdir())
+    assert any(p.name.startswith("voxroute.db") for p in stored), stored
+    assert all(p.stat().st_uid == NOBODY for p in stored)  # written by the unprivileged user
