@@ -157,6 +157,11 @@ def load_message(text: str | bytes, limit: int) -> dict:
         raise CarrierProtocolError(f"malformed JSON: {exc}") from None
     if not isinstance(msg, dict):
         raise CarrierProtocolError(f"message must be a JSON object, got {type(msg).__name__}")
+    if "\\ud" in text or "\\uD" in text:  # a surrogate escape: paired it is an emoji, alone it is no text
+        try:  # (an id with one could never be sent back, logged to a file or stored: UnicodeEncodeError)
+            json.dumps(msg, ensure_ascii=False).encode("utf-8")
+        except (UnicodeEncodeError, RecursionError):
+            raise CarrierProtocolError("message holds a lone surrogate escape: not Unicode text") from None
     return msg
 
 

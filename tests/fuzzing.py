@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import heapq
 import json
 import logging
@@ -418,10 +419,37 @@ def _reads(data: bytes) -> list[bytes]:
     return out
 
 
+def _unicode(value: object) -> None:
+    """What a codec hands out is logged, stored and sent back: it must be Unicode text (a lone
+    surrogate from a JSON escape is not, and fails only later, in ``encode``)."""
+    if isinstance(value, str):
+        value.encode("utf-8")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _unicode(k)
+            _unicode(v)
+    elif dataclasses.is_dataclass(value):
+        for f in dataclasses.fields(value):
+            _unicode(getattr(value, f.name))
+
+
 def _feed_codec(codec: object, data: bytes) -> None:
-    """A carrier stream: messages in order; a protocol error closes the stream, as the link does."""
+    """A carrier stream: messages in order; a protocol error closes the stream, as the link does.
+    Whatever came out, and whatever we would send back on the stream, must be Unicode text."""
+    error = None
     for msg in _messages(data):
-        codec.feed(_text_or_bytes(msg))  # type: ignore[attr-defined]
+        try:
+            for event in codec.feed(_text_or_bytes(msg)):  # type: ignore[attr-defined]
+                _unicode(event)
+        except CarrierProtocolError as exc:
+            error = exc
+            break
+    if codec.start is not None:  # type: ignore[attr-defined]
+        for text in (codec.media(bytes(640)), codec.mark("m"), codec.clear()):  # type: ignore[attr-defined]
+            for t in [text] if isinstance(text, str) else text:
+                t.encode("utf-8")
+    if error is not None:
+        raise error
 
 
 def run_twilio(data: bytes) -> None:

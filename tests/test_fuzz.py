@@ -20,6 +20,8 @@ import pytest
 
 from agent.providers import openai_protocol as oai
 from agent.providers import sarvam_protocol as sarvam
+from telephony import exotel, plivo, telnyx, twilio
+from telephony.mediastream import CarrierProtocolError
 from telephony.sip import message as sipmsg
 from telephony.sip import sdp
 from tests.fuzzing import BY_NAME, SEP, TARGETS, check, fuzz
@@ -198,3 +200,24 @@ def test_sse_lines_ended_by_cr_alone() -> None:
 )
 def test_openai_retry_after_out_of_range_is_unreadable(value: str) -> None:
     assert oai.parse_retry_after(value, now=0.0) is None
+
+
+@pytest.mark.parametrize(
+    ("make", "codec"),
+    [
+        (exotel.ExotelPeer, exotel.ExotelStream),
+        (plivo.PlivoPeer, plivo.PlivoStream),
+        (telnyx.TelnyxPeer, telnyx.TelnyxStream),
+        (twilio.TwilioPeer, twilio.TwilioStream),
+    ],
+)
+def test_carrier_ids_with_a_lone_surrogate_escape_are_protocol_errors(make, codec) -> None:
+    """``"\\ud800"`` is valid JSON but no Unicode text: an Exotel or Plivo stream id holding one went
+    back raw into every message we sent on the stream, which then failed to encode."""
+    lone = json.dumps(json.loads(make("S\ud800", "C").start()))  # ensure_ascii: the escape on the wire
+    with pytest.raises(CarrierProtocolError, match="lone surrogate"):
+        codec().feed(lone)
+    paired = json.dumps(json.loads(make("S\U0001f600", "C").start()))  # an emoji: "\ud83d\ude00"
+    assert "\\ud83d" in paired
+    (start,) = codec().feed(paired)
+    assert "S\U0001f600" in (getattr(start, "stream_id", None), getattr(start, "stream_sid", None))
