@@ -125,9 +125,10 @@ async def dial_calls(
         console.print(
             "To answer a real Twilio number: expose port 8080 (e.g. a tunnel), set "
             "telephony.public_base_url in a copy of examples/default.yaml, point the number's voice "
-            "webhook at PUBLIC_URL/twilio/voice, set TWILIO_AUTH_TOKEN (and SARVAM_API_KEY, "
-            "OPENROUTER_API_KEY for real speech and models), then run:\n"
-            "  .venv/bin/voxroute serve --local --config my.yaml --port 8080"
+            "webhook at PUBLIC_URL/twilio/voice, set TWILIO_AUTH_TOKEN, VOXROUTE_API_KEY (the operator "
+            "key), SARVAM_API_KEY and OPENROUTER_API_KEY (serve refuses to start without them), then run:\n"
+            "  .venv/bin/voxroute serve --config my.yaml --port 8080\n"
+            "(to try it on this machine without keys: .venv/bin/voxroute serve --dev --local)"
         )
         if keep_serving and sys.stdin.isatty():
             console.print("call pages stay up until you press Enter.")

@@ -645,6 +645,7 @@ async def test_the_container_entrypoint_runs_unprivileged_serves_health_and_drai
     text = log.read_text()
     assert "SIGTERM: draining" in text and "ending 1 call(s) with the closing phrase" in text
     assert "voxroute stopped" in text
+    assert -1 < text.find("Running upgrade") < text.find("serving on")  # migrations before serving
     assert audio > 8000  # over a second of agent audio: greeting and closing phrase (8 kHz mu-law)
     stored = list(data.iterdir())
     assert any(p.name.startswith("voxroute.db") for p in stored), stored
