@@ -428,6 +428,9 @@ def _unicode(value: object) -> None:
         for k, v in value.items():
             _unicode(k)
             _unicode(v)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            _unicode(v)
     elif dataclasses.is_dataclass(value):
         for f in dataclasses.fields(value):
             _unicode(getattr(value, f.name))
@@ -560,15 +563,16 @@ def run_audiosocket(data: bytes) -> None:
 
 
 def run_sarvam_realtime(data: bytes) -> None:
-    sarvam.parse_realtime(_text_or_bytes(data))
+    _unicode(sarvam.parse_realtime(_text_or_bytes(data)))  # transcripts are spoken, logged, stored
 
 
 def run_sarvam_legacy(data: bytes) -> None:
-    sarvam.parse_legacy(_text_or_bytes(data))
+    _unicode(sarvam.parse_legacy(_text_or_bytes(data)))
 
 
 def run_sarvam_tts(data: bytes) -> None:
     msg = sarvam.parse_tts(_text_or_bytes(data))
+    _unicode(msg)
     if isinstance(msg, sarvam.TtsAudio):
         sarvam.strip_riff(msg.audio)
 
@@ -589,14 +593,15 @@ def run_sarvam_rest(data: bytes) -> None:
 def run_openai_stream(data: bytes) -> None:
     decoder = oai.ChatStreamDecoder()
     for chunk in _reads(data):
-        decoder.feed(chunk)
+        for event in decoder.feed(chunk):
+            _unicode(event)  # the answer is spoken, logged and stored
 
 
 def run_openai_bodies(data: bytes) -> None:
     oai.parse_retry_after(data[:200].decode("latin-1"), now=0.0)  # a header: h11 caps its size
     for parse in (oai.parse_completion, oai.parse_error_body):
         try:
-            parse(data)
+            _unicode(parse(data))
         except oai.OpenAIProtocolError:
             pass
 

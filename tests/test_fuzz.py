@@ -221,3 +221,29 @@ def test_carrier_ids_with_a_lone_surrogate_escape_are_protocol_errors(make, code
     assert "\\ud83d" in paired
     (start,) = codec().feed(paired)
     assert "S\U0001f600" in (getattr(start, "stream_id", None), getattr(start, "stream_sid", None))
+
+
+def test_provider_text_with_a_lone_surrogate_escape_is_a_protocol_error() -> None:
+    """A transcript or an answer is spoken, logged and stored: one holding ``"\\ud800"`` (valid JSON,
+    no Unicode text) used to come out of the decoders and fail later, in ``encode``."""
+    lone, pair = '"a\\ud800"', '"a\\ud83d\\ude00"'  # the escapes as they are on the wire
+    realtime = '{"event":"transcript.final","utterance_idx":0,"text":%s}'
+    tts = '{"type":"error","data":{"message":%s}}'
+    completion, error = '{"choices":[{"message":{"content":%s}}]}', '{"error":{"message":%s}}'
+    with pytest.raises(sarvam.SarvamProtocolError, match="lone surrogate"):
+        sarvam.parse_realtime(realtime % lone)
+    assert sarvam.parse_realtime(realtime % pair).text == "a\U0001f600"
+    with pytest.raises(sarvam.SarvamProtocolError, match="lone surrogate"):
+        sarvam.parse_tts(tts % lone)
+    chunk = '{"choices":[{"index":0,"delta":{"content":%s}}]}'
+    with pytest.raises(oai.OpenAIProtocolError, match="lone surrogate"):
+        oai.ChatStreamDecoder().feed(b"data: " + (chunk % lone).encode() + b"\n")
+    assert oai.ChunkInterpreter().feed(chunk % pair) == [oai.ContentDelta("a\U0001f600")]
+    with pytest.raises(oai.OpenAIProtocolError, match="lone surrogate"):
+        oai.parse_completion((completion % lone).encode())
+    with pytest.raises(oai.OpenAIProtocolError, match="lone surrogate"):
+        oai.parse_error_body((error % lone).encode())
+    encoded = (error % '"\ud800"').encode("utf-8", "surrogatepass")  # json.loads(bytes) would take it
+    for parse in (oai.parse_error_body, oai.parse_completion):
+        with pytest.raises(oai.OpenAIProtocolError, match="not UTF-8"):
+            parse(encoded)

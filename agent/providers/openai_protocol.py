@@ -200,6 +200,26 @@ class KeepAlive:
 ChatEvent = ContentDelta | ReasoningDelta | Finish | Usage | StreamError
 
 
+def _loads(data: str | bytes, what: str) -> Any:
+    """JSON text -> value; OpenAIProtocolError when it is not JSON, nests deeper than the parser
+    takes, or escapes a lone surrogate (``"\\ud800"``: valid JSON, but no text to speak or store)."""
+    if not isinstance(data, str):  # strictly: json.loads would let encoded surrogates through
+        try:
+            data = bytes(data).decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise OpenAIProtocolError(f"{what}: not UTF-8: {data[:80]!r}") from e
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError) as e:
+        raise OpenAIProtocolError(f"{what}: not JSON: {data[:80]!r}") from e
+    if "\\ud" in data or "\\uD" in data:
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except (UnicodeEncodeError, RecursionError):
+            raise OpenAIProtocolError(f"{what}: a lone surrogate escape, not Unicode text") from None
+    return value
+
+
 def _obj(value: Any, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise OpenAIProtocolError(f"{what} is not an object: {value!r:.80}")
@@ -264,11 +284,7 @@ class ChunkInterpreter:
         self._tools: dict[int, dict[str, Any]] = {}
 
     def feed(self, data: str) -> list[ChatEvent]:
-        try:
-            chunk = json.loads(data)
-        except (ValueError, RecursionError) as e:  # RecursionError: nesting deeper than the parser takes
-            raise OpenAIProtocolError(f"chunk is not JSON: {data[:80]!r}") from e
-        return self.feed_obj(chunk)
+        return self.feed_obj(_loads(data, "chunk"))
 
     def feed_obj(self, chunk: Any) -> list[ChatEvent]:
         chunk = _obj(chunk, "chunk")
@@ -348,12 +364,7 @@ class ChunkInterpreter:
             if not slot["name"]:
                 raise OpenAIProtocolError(f"tool call {index} has no function name")
             text = "".join(slot["args"]).strip() or "{}"
-            try:
-                args = json.loads(text)
-            except (ValueError, RecursionError) as e:
-                raise OpenAIProtocolError(
-                    f"tool call {slot['name']} arguments are not JSON: {text[:80]!r}"
-                ) from e
+            args = _loads(text, f"tool call {slot['name']} arguments")
             if not isinstance(args, dict):
                 raise OpenAIProtocolError(f"tool call {slot['name']} arguments are not an object")
             calls.append(
@@ -406,11 +417,7 @@ class Completion:
 
 def parse_completion(body: bytes | str) -> Completion:
     """A non-streaming ``chat.completion`` (200). A choice with finish_reason "error" sets ``error``."""
-    try:
-        obj = json.loads(body)
-    except (ValueError, RecursionError) as e:
-        raise OpenAIProtocolError(f"response is not JSON: {body[:80]!r}") from e
-    obj = _obj(obj, "response")
+    obj = _obj(_loads(body, "response"), "response")
     if obj.get("error"):
         err = _error(obj["error"])
         return Completion("", "error", obj.get("model"), error=err)
@@ -452,11 +459,7 @@ class ErrorBody:
 
 
 def parse_error_body(body: bytes | str) -> ErrorBody:
-    try:
-        obj = json.loads(body)
-    except (ValueError, RecursionError) as e:
-        raise OpenAIProtocolError(f"error body is not JSON: {body[:80]!r}") from e
-    obj = _obj(obj, "error body")
+    obj = _obj(_loads(body, "error body"), "error body")
     err = obj.get("error")
     if isinstance(err, str):  # some gateways: {"error": "text"}
         return ErrorBody(message=err)

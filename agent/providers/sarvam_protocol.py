@@ -303,6 +303,11 @@ def _load_object(text: str | bytes) -> dict[str, Any]:
         raise SarvamProtocolError(f"message is not JSON: {exc}: {text[:80]!r}") from None
     if not isinstance(obj, dict):
         raise SarvamProtocolError(f"message is not a JSON object: {text[:80]!r}")
+    if "\\ud" in text or "\\uD" in text:  # a surrogate escape: paired it is an emoji, alone it is no text
+        try:  # (a transcript with one could not be logged, stored or spoken: UnicodeEncodeError)
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except (UnicodeEncodeError, RecursionError):
+            raise SarvamProtocolError("message holds a lone surrogate escape: not Unicode text") from None
     return obj
 
 
