@@ -212,7 +212,8 @@ async def test_a_deleted_database_file_is_noticed_and_the_backlog_written_after_
             log.turn_finished(call, _turn(1))
         await until(lambda: log.storage.fault is not None, 10, "the deleted file noticed")
         await asyncio.sleep(1.0)  # a few more tries: still one log line
-        assert not db.exists()  # not silently made again (empty) by the writer
+        assert await log.call_exists("CA-before") is None  # cannot be asked now
+        assert not db.exists()  # not silently made again (empty) by the writer or the question
         deleted = [r for r in caplog.records if "was deleted" in r.getMessage()]
         assert len(deleted) == 1, [r.getMessage() for r in caplog.records]
         assert len(_spooled_lines(tmp_path)) >= 6

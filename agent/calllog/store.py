@@ -1021,6 +1021,10 @@ class CallLog:
             if self.storage.failed(str(exc)):
                 log.error("call log: storage fault: %s; records wait in the spool", exc)
 
+    def _sqlite_deleted(self) -> bool:
+        """The SQLite file this writer wrote is no longer there (a stat: microseconds)."""
+        return self._db_identity is not None and not os.path.exists(self._sqlite_path)
+
     def _check_storage(self) -> None:
         """SQLite: the file the engine writes must still be the one at its path. A deleted file is
         not made again by this process (its connections would write into the unlinked one, or a new
@@ -1135,8 +1139,8 @@ class CallLog:
 
     async def call_exists(self, call_sid: str) -> bool | None:
         """Whether the database knows the call; None when it cannot be asked now."""
-        if self.storage.fault is not None and self._sqlite_path is not None:
-            return None  # (asking would make an empty file where the deleted one was)
+        if self._sqlite_deleted():
+            return None  # asking would make an empty file in place of the deleted one
         try:
             async with asyncio.timeout(2.0), self.engine.connect() as conn:
                 found = await conn.scalar(
