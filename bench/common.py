@@ -40,7 +40,8 @@ def processes(
     """The emulators (latency ``profile``) and one ``voxroute serve [serve_args]`` on 127.0.0.1;
     yields the server's base URL and pid."""
     env = dict(os.environ)
-    for key in ("SARVAM_API_KEY", "OPENROUTER_API_KEY", "TWILIO_AUTH_TOKEN"):
+    # --dev below: emulators for the keys, unsigned calls, and the operator routes (/debug/stats) open
+    for key in ("SARVAM_API_KEY", "OPENROUTER_API_KEY", "TWILIO_AUTH_TOKEN", "VOXROUTE_API_KEY"):
         env.pop(key, None)
     cli = [sys.executable, "-m", "agent.cli"]
     emu = subprocess.Popen(
