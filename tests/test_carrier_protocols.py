@@ -514,7 +514,9 @@ async def edge():
             if isinstance(ev, CallEnded):
                 break
 
-    settings_ = TelephonySettings(public_base_url="https://agent.example.com", carriers=("exotel", "plivo", "telnyx"))
+    settings_ = TelephonySettings(
+        public_base_url="https://agent.example.com", carriers=("exotel", "plivo", "telnyx")
+    )
     carriers = CarrierSettings(
         exotel_credentials=EXOTEL_CREDS,
         plivo_auth_token=PLIVO_TOKEN,
