@@ -509,6 +509,21 @@ def run_sip_message(data: bytes) -> None:
     msg.to_bytes()
 
 
+def run_sip_auth(data: bytes) -> None:
+    """Digest header values (RFC 3261 §22.4), as decoded from a message: the registrar's check
+    answers a user or None, a challenge parses or is a SipParseError."""
+    try:
+        value = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return  # the message parser refuses it before any header is read
+    for line in value.splitlines() or [""]:
+        auth.check_authorization(line, "REGISTER", "trunk", "n1", {"alice": "s3cret", "": ""})
+        try:
+            auth.parse_challenge(line)
+        except sipmsg.SipParseError:
+            pass
+
+
 def run_sip_stream(data: bytes) -> None:
     """A TCP byte stream cut into reads."""
     parser = sipmsg.StreamParser()
@@ -745,6 +760,16 @@ def _sip_seeds() -> list[bytes]:
     return [invite, ack, bye, ok, refer, options, _invite(OFFER6, b"[::1]")]
 
 
+def _sip_auth_seeds() -> list[bytes]:
+    challenge = auth.Challenge("trunk", "n1", "MD5", ("auth",), "op")
+    good = auth.authorization(challenge, "REGISTER", "sip:trunk", "alice", "s3cret", cnonce="c1", nc=1)
+    return [
+        good.encode(),
+        b'Digest realm="trunk", nonce="n1", qop="auth,auth-int", algorithm=SHA-256, opaque="o", stale=TRUE',
+        b'Digest username="alice", realm="trunk", nonce="n1", uri="sip:trunk", response="00", nc=0000000f',
+    ]
+
+
 def _rtp_seeds() -> list[bytes]:
     sender = rtp.RtpSender(0, dtmf_pt=101, ssrc=0x1234)
     audio = [sender.audio(bytes([0xFF]) * 160) for _ in range(4)]
@@ -855,6 +880,7 @@ def build_targets() -> list[Target]:
         Target("telnyx", run_telnyx, carrier, c["telnyx"], "json", stream=True),
         Target("carrier_peers", run_carrier_peers, (), c["peers"], "json"),
         Target("sip_message", run_sip_message, (sipmsg.SipParseError,), sip_seeds, "lines"),
+        Target("sip_auth", run_sip_auth, (), _sip_auth_seeds(), "lines"),
         Target("sip_stream", run_sip_stream, (sipmsg.SipParseError,), [b"\r\n".join(sip_seeds[:4])], "lines"),
         Target(
             "sip_ua", run_sip_ua, (), [SEP.join(sip_seeds[:3]), SEP.join(sip_seeds[3:])], "lines", stream=True

@@ -22,8 +22,8 @@ from agent.providers import openai_protocol as oai
 from agent.providers import sarvam_protocol as sarvam
 from telephony import exotel, plivo, telnyx, twilio
 from telephony.mediastream import CarrierProtocolError
+from telephony.sip import auth, sdp
 from telephony.sip import message as sipmsg
-from telephony.sip import sdp
 from tests.fuzzing import BY_NAME, SEP, TARGETS, check, fuzz
 
 INPUTS = 10_000
@@ -247,3 +247,13 @@ def test_provider_text_with_a_lone_surrogate_escape_is_a_protocol_error() -> Non
     for parse in (oai.parse_error_body, oai.parse_completion):
         with pytest.raises(oai.OpenAIProtocolError, match="not UTF-8"):
             parse(encoded)
+
+
+def test_digest_response_with_non_ascii_is_refused_not_a_crash() -> None:
+    """``hmac.compare_digest`` raises TypeError on str with non-ASCII characters; the registrar's
+    check compared the peer's ``response`` as str."""
+    value = 'Digest username="alice", realm="trunk", nonce="n1", uri="sip:trunk", response="é"'
+    assert auth.check_authorization(value, "REGISTER", "trunk", "n1", {"alice": "s3cret"}) is None
+    challenge = auth.Challenge("trunk", "n1")
+    good = auth.authorization(challenge, "REGISTER", "sip:trunk", "alice", "s3cret")
+    assert auth.check_authorization(good, "REGISTER", "trunk", "n1", {"alice": "s3cret"}) == "alice"

@@ -158,4 +158,5 @@ def check_authorization(
     want = digest_response(
         ch, method, p["uri"], user, passwords[user], cnonce=p.get("cnonce", ""), nc=nc, qop=qop
     )
-    return user if hmac.compare_digest(want, p["response"]) else None
+    # as bytes: compare_digest refuses str with non-ASCII characters (TypeError), and these are the peer's
+    return user if hmac.compare_digest(want.encode(), p["response"].encode()) else None
