@@ -22,6 +22,7 @@ from collections.abc import Callable
 log = logging.getLogger("voxroute.loop")
 
 STACK_FRAMES = 8  # innermost frames in the log line
+IDLE_FILES = ("selectors.py", "selector_events.py", "base_events.py")  # the loop's own code
 
 
 class LoopWatch:
@@ -82,10 +83,15 @@ class LoopWatch:
             frame = sys._current_frames().get(loop_thread)
             if frame is None:
                 continue
-            stack = "".join(traceback.format_stack(frame)[-STACK_FRAMES:]).rstrip()
+            summary = traceback.extract_stack(frame)
+            stack = "".join(traceback.format_list(summary[-STACK_FRAMES:])).rstrip()
             try:
                 task = asyncio.current_task(loop)
             except RuntimeError:
                 task = None
             name = task.get_name() if task is not None else "(no task: a callback)"
+            if summary and summary[-1].filename.endswith(IDLE_FILES):
+                # Caught between callbacks: no code of ours held the loop (the process was not
+                # scheduled, or the collector ran); any task name would be a leftover.
+                name = "(none: the loop itself, between callbacks)"
             self._captured = (due, name, stack)
