@@ -44,7 +44,7 @@ from telephony.sip import message as sipmsg
 from telephony.sip.ua import UserAgent
 
 SEP = b"\n\x00\xfe\x00\n"  # between the messages of one stream input (never inside a valid message)
-MAX_INPUT = 96 * 1024  # bigger than every parser's message cap, so the caps are exercised too
+MAX_INPUT = 96 * 1024  # over the SIP and Twilio message caps (64 kB), so those are exercised too
 
 # ---------------------------------------------------------------- the mutator
 
@@ -651,10 +651,6 @@ def run_g711(data: bytes) -> None:
 
 
 # ---------------------------------------------------------------- seeds
-
-
-def _j(*objs: object) -> bytes:
-    return SEP.join(json.dumps(o, separators=(",", ":"), ensure_ascii=False).encode() for o in objs)
 
 
 def _carrier_seeds() -> dict[str, list[bytes]]:
