@@ -576,18 +576,23 @@ def eval_router(
     tenant: Annotated[
         str | None, typer.Option(help="route as this tenant (default: the default tenant)")
     ] = None,
+    by: Annotated[
+        str | None, typer.Option("--by", help="also report every figure per value of this CSV column")
+    ] = None,
 ) -> None:
     """Route every row of a labelled CSV and print accuracy, high-stakes recall/precision, human recall,
-    escalation rate and decision time."""
+    escalation of routine and out-of-scope rows, decision time and CPU per turn (with --by COLUMN,
+    per value of that column too)."""
     import csv
 
     from agent.runtime import build_router
     from routing.classifier import read_labelled_csv
-    from routing.evaluate import metrics, predict
+    from routing.evaluate import metrics, metrics_by, predict, read_column
 
     try:
         cfg = load_config(config)
         rows = read_labelled_csv(data)
+        groups = read_column(data, by) if by else None
         router = build_router(cfg)
     except (ConfigError, ValueError, OSError) as exc:
         err.print(f"[red]error:[/] {exc}")
@@ -603,6 +608,16 @@ def eval_router(
     for key, value in figures.items():
         out.add_row(key, "-" if value is None else str(value))
     console.print(out)
+    if by and groups is not None:
+        per = metrics_by(preds, groups)
+        table = Table(title=f"by {by}", title_justify="left")
+        table.add_column(by)
+        for key in figures:
+            table.add_column(key, justify="right")
+        for value, fig in per.items():
+            table.add_row(value or "-", *("-" if v is None else str(v) for v in fig.values()))
+        console.print(table)
+        figures = figures | {"by": {"column": by, "values": per}}
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(figures, indent=2))

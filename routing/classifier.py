@@ -74,6 +74,99 @@ def bigram_features(words: list[str]) -> list[str]:
     return [f"b {a} {b}" for a, b in zip(words, words[1:], strict=False)]
 
 
+# Domain-independent cues, from what stakes are rather than from any one business: money moving
+# or owed, goods missing, wrong or damaged, account access and security, harm and legal matters,
+# cancellation, repeated failure; versus questions (what, how, which, is there). English, Hindi
+# and romanised Hindi. Each match adds the cue's feature CUE_REPEAT times, so that a cue weighs
+# about as much as a word, whose char n-grams add a dozen features.
+_CUES: dict[str, str] = {
+    "money_moved": r"\b(?:charged|charges?|debited|deducted|double charged|paid|payment|refund\w*|cashback|"
+    r"winnings?|credit(?:ed)?|withdraw\w*|balance|wallet|money|amount|premium|emi|recharged?|bill(?:ed)?)\b"
+    r"|\b(?:paise|paisa|rupaye|kat gaye|kat gaya|kata)\b|पैस|रिफ़ंड|रिफंड|कट ग|राशि|भुगतान",
+    "not_received": r"\bnot (?:yet )?(?:received|credited|reflect\w*|refunded|come|came|arrived|delivered|"
+    r"showing|updated?|updating|working|got|get|reached|returned)\b|\bnever (?:comes?|came|arrived?|received|got|"
+    r"credited|reached|replied)\b|\b(?:still|yet) (?:not|no|pending|waiting)\b|\bpending\b|\bstuck\b|"
+    r"\bmissing\b|\bhas ?n[o']?t (?:come|arrived|been|reached)|\bhave ?n[o']?t (?:got|received|been)|"
+    r"\bdid ?n[o']?t (?:get|receive|come|arrive|go through|happen|work)|\bnahi? (?:aaya|aayi|aaye|mila|"
+    r"mili|mile|hua|hui|ho raha|ho rahi|aa raha)\b|नहीं (?:आया|आई|आए|मिला|मिली|हुआ|हो रहा)|अटक",
+    "damaged_wrong": r"\b(?:broken|broke|damaged|torn|cracked|defective|faulty|expired|fake|leak\w*|"
+    r"wrong|incorrect|instead of|empty|not switch\w* on|stopped working|dead|spoilt|spoiled|used)\b|"
+    r"\b(?:galat|toota|tuta|phata|kharab|nakli)\b|टूट|फट|गलत|ख़राब|खराब|नकली|एक्सपायर",
+    "account_security": r"\b(?:hack\w*|blocked|suspended|locked|frozen|compromised|unauthori[sz]ed|"
+    r"without my (?:permission|consent|knowledge)|someone (?:else )?(?:used|logged|changed|withdrew)|"
+    r"sim swap|otp|(?:can ?not|can'?t|cannot|unable to|not able to) (?:log ?in|login|sign in|access))\b"
+    r"|ब्लॉक|हैक",
+    "harm_legal": r"\b(?:allerg\w*|rash\w*|vomit\w*|swallow\w*|side effects?|sick|hospital\w*|"
+    r"admitted|accident|injur\w*|police|court|legal|lawyer|fir|consumer forum|rejected|denied|"
+    r"harass\w*|passport)\b|उल्टी|एलर्जी|अस्पताल|रिजेक्ट|पुलिस",
+    "cancel": r"\b(?:cancel\w*|close my|disconnect|stop the|stop my|discontinue|reschedul\w*|"
+    r"change (?:my|the) (?:order|booking|plan|date|nominee|flight)|band (?:kar|karna|karo))\b|रद्द|बंद कर",
+    "failure_repeat": r"\b(?:again and again|(?:second|third|fourth|fifth|\d+(?:th|rd|nd)?) times?|"
+    r"every time|keeps? \w+ing|nobody|no one|no response|scam|cheat\w*|worst|pathetic|ridiculous|"
+    r"unacceptable|fed up|complain\w*)\b|baar baar|बार बार|तीसरी बार",
+    "question": r"^\s*(?:what|how|which|where|when|is|are|does|do|can|could|will|should|any)\b|\?\s*$|"
+    r"\b(?:kya|kaise|kitna|kitne|kitni|kaunsa|kab|kahan)\b|क्या|कैसे|कितन|कौन",
+    "buy": r"\b(?:buy|purchase|kharid\w*|want to order|book (?:a|me)|suggest|recommend|choose|pick|"
+    r"upgrade|add money|price|cost|offer|discount|coupon|plans?)\b|खरीद|कीमत",
+}
+_CUE_RES = [(name, re.compile(pattern, re.IGNORECASE)) for name, pattern in _CUES.items()]
+CUE_REPEAT = 6
+# Number types: an amount of money reads as stakes, a size, quantity, duration or reference
+# number does not (a "60 by 78" bed is not a billing dispute).
+_UNIT = (
+    r"inch(?:es)?|feet|foot|ft|cm|mm|kg|kgs|gm|grams?|gb|mb|mbps|tb|ml|litres?|liters?|mah|cc|"
+    r"seater|mg|size|kw|watts?|hp|"
+)
+_SPOKEN_DIGITS = (
+    "zero|oh|one|two|three|four|five|six|seven|eight|nine|double|triple|"
+    "ek|do|teen|char|chaar|paanch|panch|chhe|cheh|saat|aath|nau|shunya"
+)
+_HINDI_DIGITS = "शून्य|एक|दो|तीन|चार|पाँच|पांच|छह|छः|सात|आठ|नौ"
+_NUMBER_TYPES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("money", re.compile(
+        r"(?:₹|\brs\.?|\binr|\$)\s*\d|\d[\d,.]*\s*(?:rupees?|rs\b|inr\b|dollars?|lakhs?|crores?|k\b)"
+        r"|\d\s*(?:रुपये|रुपए|लाख)|\b(?:hundred|thousand|lakhs?|crores?|hazaa?r|sau)\s+(?:rupees?|rupaye|rs\b)"
+        r"|(?:सौ|हज़ार|हजार|लाख)\s*(?:रुपये|रुपए)", re.IGNORECASE)),
+    ("size", re.compile(
+        rf"\d\s*(?:x|by|\*|×)\s*\d|\d(?:\.\d+)?\s*(?:{_UNIT[:-1]})\b|\bsize \d|\d\s*(?:इंच|किलो)",
+        re.IGNORECASE)),
+    ("duration", re.compile(
+        r"(?:\d+|\b(?:a|one|two|three|four|five|six|seven|ten|few|several|many))\s*(?:days?|weeks?|months?|hours?|hrs?|minutes?|mins?|years?|din|mahine|ghante|दिन|हफ़्त|महीन)\b",
+        re.IGNORECASE)),
+    ("reference", re.compile(
+        r"\d{5,}|\b[a-z]+\d+[a-z\d]*\b|\d+-\d+|\b(?:order|id|number|no|pnr|claim|ticket)\.?\s*(?:id\s*|number\s*|no\.?\s*)?(?:is\s*)?\d"
+        # digits read out one by one, as a transcript of a spoken order or claim number has them
+        rf"|(?:\b(?:{_SPOKEN_DIGITS})\b[\s,.-]*){{3,}}|(?:(?:{_HINDI_DIGITS})[\s,।-]*){{3,}}",
+        re.IGNORECASE)),
+    ("date", re.compile(
+        r"\b(?:19|20)\d\d\b|\b\d{1,2}(?:st|nd|rd|th)\b|\b\d{1,2}[/.-]\d{1,2}(?:[/.-]\d{2,4})?\b"
+        r"|\b\w+(?:st|nd|rd|th) of (?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)\w*\b",
+        re.IGNORECASE)),
+    ("any", re.compile(r"\d")),
+)  # fmt: skip
+
+
+def cue_features(text: str) -> list[str]:
+    """Domain-independent cue and number-type features of one (raw) text, with repeats."""
+    text = unicodedata.normalize("NFKC", text[:_CUE_TEXT_MAX])
+    cues = {name for name, pattern in _CUE_RES if pattern.search(text)}
+    numbers = {name for name, pattern in _NUMBER_TYPES if pattern.search(text)}
+    # Pairs that mean more than their parts: money that has not arrived is owed; goods or money
+    # that have not come after days are overdue; an account the caller cannot get into.
+    if {"money_moved", "not_received"} <= cues:
+        cues.add("money_owed")
+    if "not_received" in cues and "duration" in numbers:
+        cues.add("overdue")
+    if "account_security" in cues and ({"not_received", "failure_repeat"} & cues):
+        cues.add("access_problem")
+    feats = [f"k {name}" for name in sorted(cues)] + [f"n {name}" for name in sorted(numbers)]
+    return feats * CUE_REPEAT
+
+
+# Cues are looked for in the first characters only: the regexes stay linear and cheap.
+_CUE_TEXT_MAX = 2000
+
+
 def text_features(text: str) -> list[str]:
     """All feature strings of one text, with repeats (a feature's value is its count)."""
     words = tokens(text)
@@ -81,6 +174,7 @@ def text_features(text: str) -> list[str]:
     for w in words:
         feats.extend(word_features(w))
     feats.extend(bigram_features(words))
+    feats.extend(cue_features(text))
     return feats
 
 
@@ -224,12 +318,18 @@ class StakesModel:
 
     def logits(self, text: str) -> np.ndarray:
         words = tokens(text)
-        if not words:
+        cues = cue_features(text)
+        if not words and not cues:
             return self._b.copy()
         rows = [self._word_row(w) for w in words]
-        total = sum(n for _, n in rows) + len(words) - 1  # every n-gram counts, in vocabulary or not
+        # every n-gram and cue counts, in vocabulary or not
+        total = sum(n for _, n in rows) + max(len(words) - 1, 0) + len(cues)
         get = self._index.get
         vecs = [r for r, _ in rows]
+        for f in cues:
+            i = get(f)
+            if i is not None:
+                vecs.append(self._w[i])
         for a, b in zip(words, words[1:], strict=False):
             i = get(f"b {a} {b}")
             if i is not None:

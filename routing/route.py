@@ -26,6 +26,7 @@ class Route:
     channel: str = "voice"
     decision_ms: float = 0.0
     signals: tuple[str, ...] = field(default_factory=tuple)
+    guidance: str = ""  # the class's instruction for the answering model (out of scope: a polite redirect)
 
     def as_dict(self) -> dict:
         return {

@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 
 from routing.classifier import Scores, StakesModel
+from routing.examples import ExampleIndex
 from routing.health import Health
 from routing.route import Route
 from routing.table import ClassRoute, ModelPath, RoutingTable
@@ -76,9 +77,14 @@ class Router:
         self.threshold = r.high_threshold or (model.high_threshold if model else 0.5)
         # The classes the model knows, by tenant stakes.
         self._high: dict[str, tuple[str, ...]] = {}
+        # Per tenant: its classes' example utterances, for nearest-neighbour recognition.
+        self.examples: dict[str, ExampleIndex] = {}
         for tenant in table.tenants:
             known = model.classes if model else ()
             self._high[tenant] = tuple(c for c in known if table.stakes(tenant, c) == "high")
+            examples = {c: d.examples for c, d in table.classes[tenant].items() if d.examples}
+            if examples:
+                self.examples[tenant] = ExampleIndex(examples)
 
     def conversation(self, tenant: str, channel: str = "voice") -> Conversation:
         return Conversation(self, self.table.tenant(tenant), channel)
@@ -170,6 +176,7 @@ class Conversation:
             budget_ms=cell.budget_ms,
             structured_extraction=cell.structured_extraction,
             fast_paths=cell.fast_ladder,
+            guidance=cell.guidance,
             tenant=self.tenant,
             group=cell.group,
             channel=self.channel,
@@ -263,7 +270,13 @@ class Conversation:
         for pattern, rule in r.table.rules[self.tenant]:
             if pattern.search(text):
                 return rule.routing_class, f"rule: {rule.label}"
+        index = r.examples.get(self.tenant)
+        match = index.nearest(text) if index is not None else None
+        if match is not None and match.similarity < sig.examples_min_similarity:
+            match = None
         if r.model is None:
+            if match is not None:
+                return match.routing_class, _example_reason(match)
             cls = self.last_class or "faq"
             return cls, "no classifier: keeps the conversation's class"
         scores, speculative = self._scores(text)
@@ -285,6 +298,12 @@ class Conversation:
         uncertain = conf < sig.context_min_confidence and self.last_class is not None
         if r.table.stakes(self.tenant, best) == "human" and not uncertain:
             return best, f"model{spec}: {best} p={conf:.2f}"
+        # A tenant class recognised by its examples; a low-stakes one does not hide a turn the
+        # model finds high-stakes (the safe side wins).
+        if match is not None and (
+            r.table.stakes(self.tenant, match.routing_class) != "low" or p_high < threshold
+        ):
+            return match.routing_class, _example_reason(match) + f"; model p_high={p_high:.2f}"
         if p_high >= threshold:
             if r.table.stakes(self.tenant, best) != "high":
                 best = max(high, key=scores.prob)
@@ -310,3 +329,7 @@ class Conversation:
         self._last_outcome = outcome
         if outcome in UNRESOLVED_OUTCOMES:
             self.unresolved += 1
+
+
+def _example_reason(match) -> str:
+    return f"examples: {match.routing_class} (nearest {match.example!r}, similarity {match.similarity:.2f})"

@@ -54,6 +54,17 @@ class ClassDef(_Model):
     step_down_after: int | None = Field(default=None, ge=1)  # routine turns before de-escalating
     bridge_then_escalate: bool = True  # the fast path acknowledges while the reasoning path answers
     ends_with_human: bool = False  # after the answer, the call goes to a person (e.g. regulated matters)
+    guidance: str = ""  # an instruction for the answering model on this class's turns (Route.guidance)
+    # Things callers say for this class: recognised by nearest neighbour, without retraining.
+    examples: list[str] = Field(default_factory=list, max_length=200)
+
+    @field_validator("examples")
+    @classmethod
+    def _examples(cls, v: list[str]) -> list[str]:
+        for i, text in enumerate(v):
+            if not text.strip() or len(text) > 500:
+                raise ValueError(f"examples.{i}: an example is 1-500 characters of what a caller says")
+        return v
 
 
 BUILTIN_CLASSES: dict[str, ClassDef] = {
@@ -61,7 +72,15 @@ BUILTIN_CLASSES: dict[str, ClassDef] = {
     "order_tracking": ClassDef(stakes="low", description="where is my order / card / transfer"),
     "sales_qualification": ClassDef(stakes="low", description="new products, plans, limits, upgrades"),
     "document_support": ClassDef(stakes="low", description="documents, statements, identity how-to"),
-    "out_of_scope": ClassDef(stakes="low", description="not about the business"),
+    "out_of_scope": ClassDef(
+        stakes="low",
+        description="not about the business",
+        guidance=(
+            "The caller asked about something outside this business. Do not answer it: say politely, "
+            "in one short sentence, that you can only help with this business's questions, and ask "
+            "what you can help with."
+        ),
+    ),
     "booking_change": ClassDef(
         stakes="high", description="change or cancel a booking", structured_extraction=True
     ),
@@ -152,6 +171,8 @@ class SignalConfig(_Model):
     low_confidence_factor: float = Field(default=0.6, gt=0, le=1)
     anger: bool = True
     context_min_confidence: float = Field(default=0.55, ge=0, le=1)  # below: a follow-up keeps its class
+    # a tenant class's examples decide when the nearest is at least this similar (cosine)
+    examples_min_similarity: float = Field(default=0.5, gt=0, le=1)
 
 
 class TenantConfig(_Model):
@@ -210,6 +231,7 @@ class ClassRoute:
     step_down_after: int | None
     bridge_then_escalate: bool
     ends_with_human: bool = False
+    guidance: str = ""
 
     def as_dict(self) -> dict:
         return {
@@ -342,6 +364,7 @@ def _resolve(
         step_down_after=o.step_down_after or cdef.step_down_after,
         bridge_then_escalate=cdef.bridge_then_escalate,
         ends_with_human=cdef.ends_with_human,
+        guidance=cdef.guidance,
     )
 
 

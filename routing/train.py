@@ -47,6 +47,9 @@ VAL_FRACTION = 0.15
 MIN_DF = 2
 C = 30.0  # scikit-learn's inverse L2 strength, on the summed weighted loss
 EXTRA_WEIGHT = 10.0  # hand-written rows cover classes the bank data lacks; few, so weigh them up
+CROSS_WEIGHT = 10.0  # cross-domain rows: few against 14k bank rows, and they carry the other businesses
+# Whole businesses held out of training: their rows are only ever a test (see data/router/README.md).
+HELD_OUT_DOMAINS = ("insurance", "health_products", "gaming")
 TARGET_VAL_RECALL = 0.965
 MAX_ITER = 3000
 HUMAN_VAL_RECALL = 1.0
@@ -58,6 +61,8 @@ DATA_FILES = (
     "intent_classes.csv",
     "extra_train.csv",
     "extra_test.csv",
+    "crossdomain.csv",
+    "crossdomain_intents.csv",
 )
 
 
@@ -96,18 +101,38 @@ def load_data() -> tuple[list[Example], dict[str, list[Example]]]:
             out.append(Example(r["text"], c, r["label"], f"extra:{c}", EXTRA_WEIGHT))
         return out
 
+    cross = cross_domain()
     clinc = _rows("clinc150_banking_credit.csv")
     train = (
         bank("banking77", _rows("banking77_train.csv"))
         + bank("clinc150", [r for r in clinc if r["split"] == "train"])
         + extra("extra_train.csv")
+        + [ex for d, exs in cross.items() if d not in HELD_OUT_DOMAINS for ex in exs]
     )
     tests = {
         "banking77_test": bank("banking77", _rows("banking77_test.csv")),
         "clinc150_test": bank("clinc150", [r for r in clinc if r["split"] == "test"]),
         "extra_test": extra("extra_test.csv"),
-    }
+    } | {f"heldout_{d}": cross[d] for d in HELD_OUT_DOMAINS}
     return train, tests
+
+
+def cross_domain() -> dict[str, list[Example]]:
+    """The cross-domain development set by domain, each intent's class from its mapping file.
+    A row's ``split`` column must agree with HELD_OUT_DOMAINS (test exactly for held-out domains)."""
+    mapping = {r["intent"]: r for r in _rows("crossdomain_intents.csv")}
+    out: dict[str, list[Example]] = {}
+    for r in _rows("crossdomain.csv"):
+        m = mapping.get(r["intent"])
+        if m is None or m["label"] != r["label"] or stakes_of(m["routing_class"]) != r["label"]:
+            raise ValueError(f"crossdomain.csv: {r['text']!r}: intent {r['intent']!r} / label {r['label']!r}")
+        if (r["split"] == "test") != (r["domain"] in HELD_OUT_DOMAINS):
+            raise ValueError(
+                f"crossdomain.csv: {r['text']!r}: split {r['split']!r} for domain {r['domain']!r}"
+            )
+        ex = Example(r["text"], m["routing_class"], r["label"], f"cross:{r['intent']}", CROSS_WEIGHT)
+        out.setdefault(r["domain"], []).append(ex)
+    return out
 
 
 def split_validation(train: list[Example], rng: np.random.Generator) -> tuple[list[Example], list[Example]]:
@@ -305,7 +330,11 @@ def main(argv: list[str] | None = None) -> int:
         "high_classes": list(HIGH_CLASSES),
         "high_threshold": threshold,
         "data_sha256": digest,
-        "features": "word unigrams+bigrams, char 2-5-grams within word boundaries; count/sqrt(total)",
+        "features": (
+            "word unigrams+bigrams, char 2-5-grams within word boundaries, domain-independent cues and "
+            "number types (x CUE_REPEAT); count/sqrt(total)"
+        ),
+        "held_out_domains": list(HELD_OUT_DOMAINS),
         "train": {
             "seed": SEED,
             "val_fraction": VAL_FRACTION,
@@ -313,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
             "c": args.c,
             "outputs": len(outputs),
             "extra_weight": EXTRA_WEIGHT,
+            "cross_weight": CROSS_WEIGHT,
             "target_val_recall": TARGET_VAL_RECALL,
             "human_logit_offset": human_offset,
             "fit_rows": len(fit),

@@ -139,9 +139,11 @@ def test_eval_router_cli(tmp_path):
     figures = json.loads(out.read_text())
     assert set(figures) == {
         "n", "accuracy", "high_stakes_recall", "high_stakes_precision", "human_recall",
-        "escalation_rate", "decision_ms_p50", "decision_ms_p99",
+        "escalation_rate", "routine_escalated", "out_of_scope_escalated", "decision_ms_p50",
+        "decision_ms_p99", "cpu_ms_per_turn",
     }  # fmt: skip
     assert figures["n"] == 4 and figures["human_recall"] == 1.0 and figures["high_stakes_recall"] == 1.0
+    assert figures["routine_escalated"] == 0.0 and figures["out_of_scope_escalated"] == 0.0
     rows = list(csv.DictReader(preds.open(encoding="utf-8")))
     assert [r["escalated"] for r in rows[:3]] == ["1", "0", "1"]
     assert rows[2]["predicted_class"] == "human_request"
@@ -164,3 +166,76 @@ def test_a_router_error_still_routes_the_turn(router, monkeypatch, caplog):
     assert r.reason.startswith("router error: RuntimeError")
     assert r.routing_class == "billing_dispute" and r.escalated and r.paths[0] == "reasoning"
     assert "routing failed" in caplog.text
+
+
+def test_eval_router_by_column(tmp_path):
+    src = tmp_path / "data.csv"
+    src.write_text(
+        "text,label,domain\n"
+        "I won 5000 in the contest but it is not credited,high_stakes,gaming\n"
+        "how do I create a team,routine,gaming\n"
+        "Is the whey protein vegetarian?,routine,health\n"
+        "let me speak to a human,human,health\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "m.json"
+    res = CliRunner().invoke(app, ["eval-router", str(src), "--by", "domain", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "by domain" in res.output and "gaming" in res.output and "health" in res.output
+    figures = json.loads(out.read_text())
+    assert figures["n"] == 4 and figures["by"]["column"] == "domain"
+    per = figures["by"]["values"]
+    assert set(per) == {"gaming", "health"}
+    assert set(per["gaming"]) == set(figures) - {"by"}  # every figure, per value
+    assert per["gaming"]["n"] == 2 and per["gaming"]["high_stakes_recall"] == 1.0
+    assert per["health"]["human_recall"] == 1.0 and per["health"]["high_stakes_recall"] is None
+    res = CliRunner().invoke(app, ["eval-router", str(src), "--by", "language"])
+    assert res.exit_code == 2 and "no column 'language'" in " ".join(res.output.split())
+
+
+def _tenant_examples_router(min_similarity: float = 0.5):
+    cfg = load_config()
+    data = cfg.model_dump(mode="python", by_alias=True)
+    data["routing"]["signals"]["examples_min_similarity"] = min_similarity
+    data["tenants"]["default"]["classes"] = {
+        "trial_period": {
+            "stakes": "low",
+            "description": "the 100-night home trial of a mattress",
+            "examples": [
+                "how long is the trial period",
+                "can I try the mattress at home first",
+                "is there a free trial",
+                "how many nights can I sleep on it before deciding",
+            ],
+        },
+        "warranty_claim": {
+            "stakes": "high",
+            "examples": [
+                "my mattress is sagging and I want to claim the warranty",
+                "warranty claim for a broken bed",
+            ],
+        },
+    }
+    return build_router(parse_config(data))
+
+
+def test_tenant_classes_from_examples_without_retraining():
+    router = _tenant_examples_router()
+    r = router.conversation("default").decide("Is there a free trial period for the mattress?", "en-IN")
+    assert r.routing_class == "trial_period" and r.tier == "fast" and not r.escalated
+    assert r.reason.startswith("examples: trial_period (nearest 'is there a free trial'"), r.reason
+    r = router.conversation("default").decide("I want to claim warranty, the bed is broken", "en-IN")
+    assert r.routing_class == "warranty_claim" and r.escalated and r.tier == "reasoning"
+    # Unrelated turns are left to the model; a low-stakes example class never hides a high-stakes turn.
+    r = router.conversation("default").decide("I was charged twice for my order last week.", "en-IN")
+    assert r.routing_class == "billing_dispute" and r.escalated
+    r = router.conversation("default").decide(
+        "the trial was cancelled but I was charged 15000 rupees twice", "en-IN"
+    )
+    assert r.escalated and r.routing_class != "trial_period", r.reason
+    # The minimum similarity is the tenant's dial: near 1 only an exact example matches.
+    strict = _tenant_examples_router(min_similarity=0.999)
+    r = strict.conversation("default").decide("Is there a free trial period for the mattress?", "en-IN")
+    assert r.routing_class != "trial_period"
+    r = strict.conversation("default").decide("Is there a free trial?", "en-IN")
+    assert r.routing_class == "trial_period"

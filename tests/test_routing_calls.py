@@ -10,9 +10,12 @@ emulators on 127.0.0.1, in real time, with the default config (examples/default.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from agent.config import load_config
+from routing.table import ClassDef
 
 CONFIG = load_config()
 TABLE = CONFIG.routing_table()
@@ -21,6 +24,7 @@ TIER = {mp.model: mp.tier for mp in MODELS.values()}
 REASONING = MODELS["reasoning"].model  # anthropic/claude-sonnet-4.5 on openrouter
 FAST = MODELS["fast"].model
 FRAME_MS = 20
+MIX = Path(__file__).resolve().parent.parent / "fixtures" / "audio" / "mix"
 
 
 def long_cooldown():
@@ -155,3 +159,23 @@ async def test_fast_provider_down(replay_call):
     for t in result.turns[1:]:
         kinds = [f["kind"] for f in llm_fallbacks(t)]
         assert kinds and set(kinds) == {"cooldown"}, t["fallbacks"]
+
+
+async def test_tenant_class_defined_only_by_examples_is_recognised_in_a_call(replay_call):
+    """A tenant class with no rule and no training, only example utterances in the config."""
+    cfg = load_config()
+    cfg.tenants["default"].classes["trial_period"] = ClassDef(
+        stakes="low",
+        description="the 100-night home trial",
+        examples=[
+            "how long is the trial period",
+            "can I try the mattress at home first",
+            "is there a free trial",
+            "how many nights can I sleep on it before I decide",
+        ],
+    )
+    result = await replay_call(str(MIX / "mix_trial_period.json"), profile="zero", config=cfg)
+    routes = [t["route"] for t in result.turns]
+    assert [r["class"] for r in routes[:2]] == ["trial_period", "trial_period"], routes
+    assert all(r["reason"].startswith("examples: trial_period") for r in routes[:2])
+    assert not any(r["escalated"] for r in routes) and all(r["tier"] == "fast" for r in routes)

@@ -206,3 +206,11 @@ def test_hedge_cap():
         allowed += h.may_hedge()
     assert 10 <= allowed <= 11
     assert h.hedges == allowed and h.hedges_refused == 100 - allowed
+
+
+def test_class_examples_validate():
+    cfg = parse_config(_minimal(classes={"trial": {"stakes": "low", "examples": ["is there a free trial"]}}))
+    assert cfg.routing_table().classes["default"]["trial"].examples == ["is there a free trial"]
+    for bad in ([""], ["   "], ["x" * 501]):
+        with pytest.raises(ConfigError, match=r"examples"):
+            parse_config(_minimal(classes={"trial": {"stakes": "low", "examples": bad}}))

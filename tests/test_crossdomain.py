@@ -1,0 +1,105 @@
+"""Escalation outside banking (issue 14): the cross-domain development set (data/router/crossdomain.csv),
+whose held-out businesses the shipped classifier never saw, routed through the whole router.
+
+Targets per held-out domain: high-stakes escalated >= 0.90, person requests recognised >= 0.95,
+routine escalated <= 0.15, out-of-scope escalated <= 0.15. Out-of-scope turns stay on the fast tier.
+Bad input (empty, 10,000 characters, mixed script, emoji only) gets a decision and never raises.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from agent.config import load_config
+from agent.runtime import build_router
+from routing.evaluate import metrics, metrics_by, predict
+
+DATA = Path(__file__).resolve().parent.parent / "data" / "router"
+
+
+def _rows() -> list[dict[str, str]]:
+    with (DATA / "crossdomain.csv").open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+ROWS = _rows()
+HELD_OUT = sorted({r["domain"] for r in ROWS if r["split"] == "test"})
+
+
+@pytest.fixture(scope="module")
+def router():
+    return build_router(load_config())
+
+
+@pytest.fixture(scope="module")
+def held_out_figures(router) -> dict[str, dict]:
+    rows = [r for r in ROWS if r["split"] == "test"]
+    preds = predict(router, [(r["text"], r["label"]) for r in rows])
+    per = metrics_by(preds, [r["domain"] for r in rows])
+    for domain, m in per.items():
+        print(domain, {k: m[k] for k in ("n", "high_stakes_recall", "human_recall", "routine_escalated",
+                                          "out_of_scope_escalated", "decision_ms_p99")})  # fmt: skip
+    return per
+
+
+def test_the_shipped_model_never_saw_the_held_out_domains(router):
+    assert len(HELD_OUT) >= 3
+    assert sorted(router.model.meta["held_out_domains"]) == HELD_OUT
+    mapping = {r["intent"] for r in csv.DictReader((DATA / "crossdomain_intents.csv").open(encoding="utf-8"))}
+    assert {r["intent"] for r in ROWS} <= mapping
+    for domain in HELD_OUT:
+        labels = [r["label"] for r in ROWS if r["domain"] == domain]
+        assert labels.count("high_stakes") >= 20 and labels.count("routine") >= 20, domain
+        assert labels.count("human") >= 8 and labels.count("out_of_scope") >= 5, domain
+
+
+@pytest.mark.parametrize("domain", HELD_OUT)
+def test_targets_per_held_out_domain(held_out_figures, domain):
+    m = held_out_figures[domain]
+    print(domain, m)
+    assert m["high_stakes_recall"] >= 0.90, m
+    assert m["human_recall"] >= 0.95, m
+    assert m["routine_escalated"] <= 0.15, m
+    assert m["out_of_scope_escalated"] <= 0.15, m
+
+
+def test_per_language_figures_are_reported(router):
+    rows = [r for r in ROWS if r["split"] == "test"]
+    preds = predict(router, [(r["text"], r["label"]) for r in rows])
+    per = metrics_by(preds, [r["language"] for r in rows])
+    print(per)
+    assert set(per) == {"en", "hi", "hinglish"}
+    assert sum(m["n"] for m in per.values()) == len(rows) == metrics(preds)["n"]
+
+
+def test_out_of_scope_stays_on_the_fast_tier(router):
+    for text in ("Tell me a joke.", "What's the weather in Mumbai today?", "aaj kya khana banau"):
+        r = router.conversation("default").decide(text, "en-IN")
+        assert r.routing_class == "out_of_scope" and r.tier == "fast" and not r.escalated, r
+        assert "politely" in r.guidance  # the answering model is told to redirect, not to answer
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "   ",
+        "refund " * 1428 + "ab",  # 10,000 characters
+        "x" * 10_000,
+        "मेरा refund अभी तक नहीं आया, it's been 10 days यार",
+        "😡😡😡",
+        "🙏",
+        "\u200b\u200d",
+        "₹₹₹ 0000000000000000000000000000000",
+    ],
+)
+def test_bad_input_gets_a_decision(router, text):
+    conv = router.conversation("default")
+    conv.speculate(text)
+    r = conv.decide(text, "hi-IN" if "मेरा" in text else "en-IN")
+    assert r.routing_class in router.table.classes["default"]
+    assert not r.reason.startswith("router error"), r.reason
+    assert r.tier in ("fast", "reasoning")
