@@ -16,9 +16,12 @@ real time: when a call ends, the next one is dialled. Meanwhile it samples
   lag is the scheduler's rather than voxroute's.
 
 After each call it reads the call back (``GET /calls/{sid}``: the live record) and notes its turns.
-At the end it stops the server with SIGTERM, waits for it to exit, and opens its database: every
-call the generator dialled (and the server accepted) and every turn the server showed must be
-there. Figures:
+At the end it stops the server with SIGTERM and waits for it to exit. What the database had not
+taken by then waits in the call log's write-ahead spool, which the next start writes: if the spool
+is not empty, the soak starts the server again on the same data directory until it is (the issue's
+own test of "nothing lost": a restart finds every call and turn), and reports both. Then it opens
+the database: every call the generator dialled (and the server accepted) and every turn the server
+showed must be there. Figures:
 
 - RSS growth after warm-up: ``(RSS at end - RSS at end of warm-up) / RSS at end of warm-up``, each
   the mean of the samples in the ``RSS_WINDOW_S`` seconds before that moment (a call lasts ~20 s,
@@ -55,6 +58,7 @@ from pathlib import Path
 
 import httpx
 
+from agent.calllog.store import SPOOL_DIR
 from agent.fixture import load
 from agent.metrics import _pct
 from agent.replay import operator_headers
@@ -271,6 +275,36 @@ def stored(db: Path) -> tuple[set[str], dict[str, set[int]], list[tuple]]:
     return calls, turns, latency
 
 
+def spool_pending_bytes(data: Path) -> int:
+    """Bytes of the call log's write-ahead spool (``calllog-spool/*.jsonl``) that its checkpoints
+    (``<file>.done``: the offset the database has taken) do not cover yet."""
+    pending = 0
+    for path in (data / SPOOL_DIR).glob("*.jsonl"):
+        done = path.with_name(path.name + ".done")
+        try:
+            offset = int(done.read_text().strip() or 0) if done.exists() else 0
+        except ValueError:
+            offset = 0
+        pending += max(0, path.stat().st_size - offset)
+    return pending
+
+
+def replay_spool(profile: str, data: Path, timeout_s: float) -> dict:
+    """What the server left in the spool at its stop (the database fell behind), written by the next
+    start, as the call log is designed to (agent/calllog/store.py): start ``serve`` again on the same
+    data directory, wait until the spool is consumed, stop it the same way."""
+    t = time.monotonic()
+    with processes(profile=profile, serve_args=serve_args()) as (_base, pid):
+        while spool_pending_bytes(data) > 0 and time.monotonic() - t < timeout_s:
+            time.sleep(1.0)
+        exit_code, _stop_s = stop_server(pid)
+    return {
+        "replay_s": round(time.monotonic() - t, 1),
+        "replay_exit_code": exit_code,
+        "spool_pending_bytes_after_replay": spool_pending_bytes(data),
+    }
+
+
 def lost_records(seen: Seen, calls: set[str], turns: dict[str, set[int]]) -> dict:
     lost_calls = [sid for sid, e in seen.calls.items() if e.get("accepted") and sid not in calls]
     lost_turns = [
@@ -381,6 +415,9 @@ def run(calls: int, duration_s: float, warmup_s: float, profile: str, pinned: bo
         phase = asyncio.run(load_phase(base, pid, calls, duration_s, warmup_s, seen))
         exit_code, stop_s = stop_server(pid)
     db = data / "voxroute.db"
+    at_stop_calls, at_stop_turns, _latency = stored(db)
+    pending = spool_pending_bytes(data)
+    replay = replay_spool(profile, data, timeout_s=max(120.0, duration_s / 4)) if pending else {}
     db_calls, db_turns, latency = stored(db)
     lost = lost_records(seen, db_calls, db_turns)
 
@@ -420,6 +457,10 @@ def run(calls: int, duration_s: float, warmup_s: float, profile: str, pinned: bo
         "calls_failed": len(entries) - completed,
         "failure_examples": sorted({err for e in entries for err in e.get("errors") or ()})[:5],
         "turns_seen": sum(len(e.get("turns") or ()) for e in entries),
+        "calls_stored_at_stop": len(at_stop_calls),
+        "turns_stored_at_stop": sum(len(v) for v in at_stop_turns.values()),
+        "spool_pending_bytes_at_stop": pending,
+        **replay,
         "calls_stored": len(db_calls),
         "turns_stored": sum(len(v) for v in db_turns.values()),
         **lost,
@@ -457,6 +498,7 @@ def run(calls: int, duration_s: float, warmup_s: float, profile: str, pinned: bo
         "top_at_warmup": phase.get("top_at_warmup"),
         "top_at_end": phase.get("top_at_end"),
         "data_dir": str(data),
+        "seen_turns": {sid: e.get("turns") for sid, e in seen.calls.items()},
     }
     result["targets"] = {
         "rss_growth_under_5pct": growth is not None and growth < RSS_GROWTH_LIMIT_PCT,
@@ -478,6 +520,15 @@ def table(r: dict) -> str:
             f"{r['calls_dialled']} dialled, {r['calls_completed']} completed, {r['calls_failed']} failed",
         ),
         ("turns", f"{r['turns_seen']} seen, {r['turns_stored']} stored ({r['calls_stored']} calls stored)"),
+        (
+            "at the stop",
+            f"{r['calls_stored_at_stop']} calls, {r['turns_stored_at_stop']} turns in the database; {r['spool_pending_bytes_at_stop']} bytes left in the spool"
+            + (
+                f" (written by a restart in {r['replay_s']} s, {r['spool_pending_bytes_after_replay']} bytes left)"
+                if "replay_s" in r
+                else ""
+            ),
+        ),
         (
             "lost records",
             f"{r['lost_records']} ({r['lost_calls']} calls, {r['lost_turns']} turns); server exit {r['server_exit_code']} after {r['server_stop_s']} s",

@@ -41,7 +41,7 @@ def test_soak_three_minutes(tmp_path):
     )
     assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
     r = json.loads(out.read_text())
-    summary = {k: v for k, v in r.items() if k != "rss_samples_mb"}
+    summary = {k: v for k, v in r.items() if k not in ("rss_samples_mb", "seen_turns")}
 
     # The load was the load asked for: calls kept coming and finished, the server showed their turns.
     assert r["calls_dialled"] >= 150, summary  # 50 slots x a 180 s run of ~20-40 s calls
