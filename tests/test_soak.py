@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.soak import Seen, bucket_pct, lag_buckets, lost_records, rss_at
+from agent.calllog.store import SPOOL_DIR
+from bench.soak import Seen, bucket_pct, lag_buckets, lost_records, rss_at, spool_pending_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,3 +107,16 @@ def test_lost_records_counts_calls_and_turns_missing_from_the_database():
     assert (
         lost_records(seen, calls={"CA1", "CA2"}, turns={"CA1": {0, 1, 2}, "CA2": {0, 5}})["lost_turns"] == 0
     )
+
+
+def test_spool_pending_bytes_are_what_the_checkpoints_do_not_cover(tmp_path):
+    spool = tmp_path / SPOOL_DIR
+    assert spool_pending_bytes(tmp_path) == 0  # no spool yet
+    spool.mkdir()
+    (spool / "1-a.jsonl").write_bytes(b"x" * 100)
+    (spool / "1-a.jsonl.done").write_text("60")
+    (spool / "2-b.jsonl").write_bytes(b"y" * 30)  # no checkpoint: nothing of it in the database
+    assert spool_pending_bytes(tmp_path) == 40 + 30
+    (spool / "1-a.jsonl.done").write_text("100")
+    (spool / "2-b.jsonl").unlink()
+    assert spool_pending_bytes(tmp_path) == 0
