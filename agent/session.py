@@ -19,7 +19,6 @@ Invariant: every turn puts agent audio on the wire within its budget, whatever t
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections import deque
@@ -29,7 +28,7 @@ from typing import Any
 from agent.bargein import BargeInPolicy
 from agent.chunker import SpeakableChunker
 from agent.endpointing import VoiceGate
-from agent.handoff import summarise, whisper_sentence
+from agent.handoff.flow import Handover
 from agent.ladder import LadderExhausted, LLMLadder
 from agent.link import CallEnded, CarrierLink, InboundAudio, InboundDtmf, MarkEcho
 from agent.metrics import InboundClock
@@ -133,8 +132,8 @@ class CallSession:
         self._end_marks: dict[str, asyncio.Event] = {}
         self._pending_faults: list[dict[str, Any]] = []  # STT faults, reported on the next turn
         # handoff to a person
-        self._tg: asyncio.TaskGroup | None = None
-        self._handoff_task: asyncio.Task | None = None
+        self.tg: asyncio.TaskGroup | None = None
+        self.handover = Handover(self)
         # STT
         self._stt: STTStream | None = None
         self._stt_ready = asyncio.Event()
@@ -154,7 +153,7 @@ class CallSession:
         self.services.register(self)
         try:
             async with asyncio.TaskGroup() as tg:
-                self._tg = tg
+                self.tg = tg
                 if self.resumed:
                     tg.create_task(self._after_failed_transfer(), name=f"{self.call_sid}:resume")
                 tg.create_task(self._stt_loop(), name=f"{self.call_sid}:stt")
@@ -362,8 +361,8 @@ class CallSession:
                 self._finalised_upto = self._frames_in
                 self._final_event.set()
             else:
-                self.routing.speculate(ev.text)
                 actions = self.taker.stt_partial(ev.text, now, playing)
+                self.routing.speculate(self.taker.partial)  # capped: a huge partial is cut first
             await self._act(actions)
 
     def _stt_fault(self, exc: ProviderError, action: str) -> None:
@@ -792,91 +791,15 @@ class CallSession:
     # ------------------------------------------------------------------ handoff to a person
 
     def _can_transfer(self) -> bool:
-        tenant = self.services.router.table.tenants[self.tenant]
-        control = self.services.call_control
-        return (
-            control is not None
-            and control.can_transfer(self.call_sid)
-            and bool(tenant.human_queue)
-            and self._tg is not None
-        )
+        return self.handover.can_transfer()
 
     async def _hand_to_person(self, turn: TurnRecord, why: str, phrase: str) -> None:
         """The turn ends in a handoff: transfer when the call can be, and say ``phrase``."""
         turn.handoff, turn.outcome = True, "handoff"
-        self._begin_handoff(turn, why)
+        self.handover.begin(turn, why)
         await self._speak_phrase(turn, phrase)
 
-    def _begin_handoff(self, turn: TurnRecord, why: str) -> None:
-        """Summarise and transfer in the call's own task group: the turn goes on speaking meanwhile."""
-        if self._handoff_task is not None or not self._can_transfer():
-            return
-        log.info("call %s turn %d: handing off (%s)", self.call_sid, turn.index, why)
-        turn_task = asyncio.current_task()
-        self._handoff_task = self._tg.create_task(
-            self._handoff(turn, why, turn_task), name=f"{self.call_sid}:handoff"
-        )
-
-    def _summary_model(self) -> tuple[Any, str]:
-        """The tenant's first reasoning path: it writes the summary (structured output)."""
-        table = self.services.router.table
-        cell = table.cell(self.tenant, table.group(self.tenant, self.language), "voice", "human_request")
-        mp = table.models[self.tenant][cell.ladder[0]]
-        return self.services.llms.get(mp.provider), mp.model
-
-    async def _handoff(self, turn: TurnRecord, why: str, turn_task: asyncio.Task | None) -> None:
-        h = self.config.handoff
-        tenant = self.services.router.table.tenants[self.tenant]
-        t0 = self.clock.now()
-        llm, model = self._summary_model()
-        summary = await summarise(
-            [t.as_dict() for t in self.turns],
-            self.language,
-            llm,
-            model,
-            timeout_s=h.summary_timeout_ms / 1000,
-            tag=f"{self.call_sid}:handoff",
-        )
-        record: dict[str, Any] = {
-            "trigger": why,
-            "turn": turn.index,
-            "to": tenant.human_queue,
-            "summary_ms": round(self.clock.now() - t0, 1),
-            "whisper": whisper_sentence(summary),
-            "transferred": False,
-            **summary.model_dump(mode="json"),
-        }
-        self.services.handoffs[self.call_sid] = record
-        if self.services.webhooks is not None and h.webhook_url:
-            body = {
-                "call_sid": self.call_sid,
-                "tenant": self.tenant,
-                "trigger": why,
-                "summary": summary.model_dump(mode="json"),
-            }
-            self.services.webhooks.submit(h.webhook_url, json.dumps(body, ensure_ascii=False).encode())
-        if turn_task is not None and turn_task is not asyncio.current_task():
-            await asyncio.wait([turn_task])  # the caller hears "connecting you" before the line changes
-        assert self.services.call_control is not None and tenant.human_queue
-        try:
-            ok = await self.services.call_control.transfer(
-                self.call_sid, tenant.human_queue, tenant.caller_id
-            )
-        except Exception as exc:  # the carrier refused: the caller stays with the agent
-            log.warning("call %s: transfer to %s failed: %s", self.call_sid, tenant.human_queue, exc)
-            record["error"] = f"{type(exc).__name__}: {exc}"[:300]
-            self._handoff_task = None
-            await self._play_phrase("callback")
-            return
-        record["transferred"] = ok
-        if not ok:  # the call had already ended
-            return
-        log.info("call %s: transferred to %s; closing the media stream", self.call_sid, tenant.human_queue)
-        self.ended = "handoff"
-        self.outcome, self.outcome_reason = "handoff", "transferred to a person"
-        await self.link.hangup()
-
-    async def _play_phrase(self, kind: str) -> None:
+    async def play_phrase(self, kind: str) -> None:
         """A phrase outside any turn (after a failed transfer): played and kept in the history."""
         pcm = await self.services.phrase(self.language, kind)
         self.player.play(pcm, None, kind)
@@ -884,7 +807,7 @@ class CallSession:
 
     async def _after_failed_transfer(self) -> None:
         log.info("call %s: back from a failed transfer", self.call_sid)
-        await self._play_phrase("callback")
+        await self.play_phrase("callback")
 
     # ------------------------------------------------------------------ end of call and logs
 

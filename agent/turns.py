@@ -232,6 +232,11 @@ class TurnTaker:
             return TakenTranscript(text, None, None, now)
         return None
 
+    @property
+    def partial(self) -> str:
+        """The STT's latest partial (capped at ``max_transcript_chars``)."""
+        return self._partial
+
     def has_final(self) -> bool:
         return bool(self._finals)
 

@@ -553,11 +553,6 @@ async def test_a_dtmf_flood_beside_a_real_time_call_stalls_nothing(server):
     assert p99 < 0.050, stalls
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the session classifies every STT partial in full on the loop (CallSession._stt_reader -> "
-    "Router.speculate on 1 MB: stalls of 1-1.6 s); passes once the session caps transcript length",
-)
 async def test_a_1_mb_transcript_beside_a_real_time_call_stalls_nothing(server):
     """The STT hands one stream a 1 MB transcript (card and phone numbers in it) while a real-time
     fixture call runs on another: /healthz stays fast, the other call's turns are within budget,
