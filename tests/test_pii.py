@@ -552,3 +552,11 @@ def test_redact_call_leaves_the_held_call_alone() -> None:
     )
     assert call["turns"][0]["transcript"] == "my card number is 4242 4242"  # the call's own record
     assert redact_json({"a": ["9800000001", 3]}) == {"a": ["[phone]", 3]}
+
+
+@pytest.mark.parametrize(
+    "identifier", ["CA9f8e7d6c5b4a39281716151413121110", "CAdrain0000000000000001", "MZ5551234567890123"]
+)
+def test_call_ids_in_log_lines_stay_readable(identifier):
+    """A number glued to letters is part of an identifier (a CallSid): operators need it in the logs."""
+    assert redact(f"call {identifier} ended; caller 9800000001") == f"call {identifier} ended; caller [phone]"

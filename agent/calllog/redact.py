@@ -258,7 +258,7 @@ class ConversationRedactor:
             nxt = tokens[i + 1] if i + 1 < n else None
             prev_letter = i > 0 and tokens[i - 1][0] == WORD and tokens[i - 1][2] == start
             next_letter = nxt is not None and nxt[0] == WORD and nxt[1] == end
-            if prev_letter and next_letter:  # inside an identifier ("CA12ab34")
+            if prev_letter or next_letter:  # part of an identifier ("CA12ab34", a CallSid, "A1745")
                 return None
             if (
                 nxt is not None
