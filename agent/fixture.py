@@ -1,4 +1,4 @@
-"""Fixture calls (format version 1, see DESIGN.md): a caller-side WAV plus a JSON script.
+"""Fixture calls (format version 1, see docs/design.md): a caller-side WAV plus a JSON script.
 
 The WAV is 8 kHz mu-law mono. Python's ``wave`` cannot read mu-law, so RIFF chunks are
 parsed here (sox writes an 18-byte ``fmt `` chunk and a ``fact`` chunk).

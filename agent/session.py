@@ -1,4 +1,4 @@
-"""One call: the core loop of DESIGN.md.
+"""One call: the core loop of docs/design.md.
 
 Four strands in one task group:
 

@@ -1,4 +1,4 @@
-"""The turn record: DESIGN.md's timeline names, the route, and what went wrong.
+"""The turn record: docs/design.md's timeline names, the route, and what went wrong.
 
 Times are monotonic milliseconds relative to the call's start (the carrier's ``start``).
 The same names appear in the log line, the replay JSON and (later) the call log.

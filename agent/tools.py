@@ -1,6 +1,6 @@
 """The tools the agent's LLM may call: hand the call to a person, mark the call resolved.
 
-The schemas follow the OpenAI ``tools`` format (``shared/reference/openai_compatible.md``). The
+The schemas follow the OpenAI ``tools`` format (``docs/reference/openai_compatible.md``). The
 runtime acts on the calls itself; no tool result goes back to the model, because a transfer ends
 the agent's part of the call and ``mark_resolved`` comes with the spoken closing.
 """

@@ -15,7 +15,7 @@ Sarvam is strict: any top-level field outside its allow-list (per version) gets 
 ``invalid_request_error`` naming the field in ``param``; so do a ``developer`` role and ``tool_choice``
 without ``tools``.
 
-Streams follow ``shared/reference/openai_compatible.md`` §3: a role chunk with empty content,
+Streams follow ``docs/reference/openai_compatible.md`` §3: a role chunk with empty content,
 content chunks (one word piece each: a word plus its trailing space), a finish chunk, a usage chunk
 with empty ``choices`` (OpenRouter always, with ``cost``; the others only with
 ``stream_options.include_usage``), ``data: [DONE]``. The openrouter flavor sends

@@ -1,6 +1,6 @@
 """Latency profiles and fault injection shared by every emulator.
 
-Numbers are DESIGN.md's "reference latency profile". A profile is deterministic given a
+Numbers are docs/design.md's "reference latency profile". A profile is deterministic given a
 seed: each emulator owns one :class:`Dice` (a seeded RNG) and draws per request.
 
 Faults can also be forced: an emulator keeps a queue of forced faults per service

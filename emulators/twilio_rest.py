@@ -1,7 +1,7 @@
 """Loopback stand-in of the Twilio REST API: the Calls resource that call control updates.
 
 ``POST /2010-04-01/Accounts/{AC}/Calls/{CA}.json`` takes the form fields Twilio's call update takes
-(``Status``, ``Twiml``, ``Url``, ``Method``, ...; reference/telephony.md §1.6) and answers with
+(``Status``, ``Twiml``, ``Url``, ``Method``, ...; docs/reference/telephony.md §1.6) and answers with
 Twilio's call resource JSON; ``GET`` of the same path fetches it. Like Twilio:
 
 - HTTP basic auth must be the account SID and its auth token, and the SID in the path must be that

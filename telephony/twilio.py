@@ -7,7 +7,7 @@ no sockets: the websocket layer (``telephony.app``) is a thin loop around it.
 :class:`TwilioPeer` is the other end (what Twilio sends, and parsing what we send), for the fake
 carrier and for tests.
 
-Wire facts (reference/telephony.md §1.2-1.3): ``sequenceNumber``, ``chunk`` and ``timestamp``
+Wire facts (docs/reference/telephony.md §1.2-1.3): ``sequenceNumber``, ``chunk`` and ``timestamp``
 arrive as strings, ``mediaFormat.sampleRate``/``channels`` as numbers, so integers are parsed
 leniently from either form. ``streamSid`` format is not validated (old streams used UUIDs).
 Unknown event types are ignored for forward compatibility; a known event that is malformed is

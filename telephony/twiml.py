@@ -1,7 +1,7 @@
 """TwiML for a bidirectional media stream, and Twilio request signatures.
 
 Twilio signs every webhook and the media-stream websocket upgrade with ``X-Twilio-Signature``
-over the URL *it* requested (reference/telephony.md §1.7). Behind TLS termination the app sees
+over the URL *it* requested (docs/reference/telephony.md §1.7). Behind TLS termination the app sees
 ``http://10.0.0.5:8000/...``, so URLs are rebuilt from a configured public base, never from
 the request's own scheme and host.
 """

@@ -12,7 +12,7 @@ any other exception (``IndexError``, ``KeyError``, a bare ``ValueError`` from ``
 Inputs are bytes, so a failure reproduces from its hex alone. Stream targets join their
 messages with :data:`SEP`; byte-stream targets cut their input into reads with sizes drawn from
 an RNG seeded by the input's CRC, so the cut is part of the input too. Generation is structure
-aware: valid seed messages (from ``shared/reference`` and the peers' own builders) are mutated
+aware: valid seed messages (from ``docs/reference`` and the peers' own builders) are mutated
 as JSON trees, as header lines or as binary header fields, plus plain byte havoc and random
 bytes, all from one ``random.Random(seed)``.
 """

@@ -197,7 +197,7 @@ async def test_database_source_rebuilds_the_call_and_its_turns(db_url, tmp_path)
     assert [t["index"] for t in got["turns"]] == [1, 2]
     for turn, original in zip(got["turns"], want["turns"], strict=True):
         assert turn["timeline"] == original["timeline"]  # every name, every value, from the *_ms columns
-        assert list(turn["timeline"]) == list(original["timeline"])  # in DESIGN.md's order
+        assert list(turn["timeline"]) == list(original["timeline"])  # in docs/design.md's order
         assert turn["route"] == redact_json(original["route"])
         for key in (
             "kind",

@@ -38,7 +38,7 @@ CALL = "CA00000000000000000000000000000003"
 FRAME = bytes(range(0, 160))  # 160 mu-law codes: one 20 ms frame
 FRAME_B64 = base64.b64encode(FRAME).decode()
 
-# reference/telephony.md §1.5: Twilio's echo sample, a live log (2020), re-typed message by message.
+# docs/reference/telephony.md §1.5: Twilio's echo sample, a live log (2020), re-typed message by message.
 CONNECTED = '{"event":"connected","protocol":"Call","version":"1.0.0"}'
 START = json.dumps(
     {

@@ -2,7 +2,7 @@
 
 The migrations in ``migrations/versions`` create exactly these tables; ``tests/test_calllog.py``
 checks that the two agree. Times of day are UTC (``started_at``, ``ended_at``); a turn's timeline is
-in milliseconds since the call started, one column per DESIGN.md name (``speech_end_ms`` ...).
+in milliseconds since the call started, one column per docs/design.md name (``speech_end_ms`` ...).
 Caller numbers are stored as an HMAC-SHA256 (``caller_hash``); text is redacted before it gets here.
 """
 
@@ -105,7 +105,7 @@ class TurnRow(Base):
     reply: Mapped[str | None] = mapped_column(Text)  # redacted
     heard: Mapped[str | None] = mapped_column(Text)  # redacted: the part the caller heard
     recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    # The timeline: ms since the call started (DESIGN.md's names)
+    # The timeline: ms since the call started (docs/design.md's names)
     speech_end_ms: Mapped[float | None] = mapped_column(Float)
     endpoint_ms: Mapped[float | None] = mapped_column(Float)
     stt_final_ms: Mapped[float | None] = mapped_column(Float)
@@ -121,7 +121,7 @@ class TurnRow(Base):
     done_ms: Mapped[float | None] = mapped_column(Float)
 
 
-# The timeline columns are DESIGN.md's names with _ms: TurnRow declares each of them.
+# The timeline columns are docs/design.md's names with _ms: TurnRow declares each of them.
 TIMELINE_COLUMNS = tuple(f"{name}_ms" for name in TIMELINE_NAMES)
 
 calls_table = CallRow.__table__

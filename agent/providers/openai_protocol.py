@@ -2,7 +2,7 @@
 
 Pure functions and small state machines over bytes/str and dataclasses; no sockets, no awaits.
 The asyncio client (``openai_compat.py``) and the emulator (``emulators/llm.py``) sit on top.
-Wire details: ``shared/reference/openai_compatible.md``.
+Wire details: ``docs/reference/openai_compatible.md``.
 
 Pieces:
 

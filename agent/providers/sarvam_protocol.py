@@ -3,7 +3,7 @@
 Pure functions over ``str``/``bytes`` and dataclasses; no sockets, no awaits. The asyncio
 clients in :mod:`agent.providers.sarvam` are thin layers over this module.
 
-Sockets covered (see ``shared/reference/sarvam.md``):
+Sockets covered (see ``docs/reference/sarvam.md``):
 
 - realtime STT ``/speech-to-text-realtime/ws``: underscore query keys, ``or-IN`` for Odia,
   ``auto`` for detection, JSON frames keyed by ``event``, mu-law 8 kHz accepted;
