@@ -46,6 +46,11 @@ CHAR_NGRAMS = (2, 3, 4, 5)
 _TOKEN_RE = re.compile(r"[\w\u0900-\u0963\u0966-\u097f]+")
 _DIGIT_RE = re.compile(r"\d")
 _APOSTROPHES = str.maketrans("", "", "'\u2019`")
+CLIP_CHARS = 500
+CLIP_HEAD = 300
+MAX_WORDS = 200
+MAX_WORD_CHARS = 32
+MAX_TEXT_CHARS = 20_000  # past this the text is not even normalised
 # Per-model cache of per-word rows; bounded so a stream of junk words cannot grow memory.
 _WORD_CACHE_MAX = 50_000
 
@@ -56,8 +61,25 @@ def normalize(text: str) -> str:
     return _DIGIT_RE.sub("0", text)
 
 
+def clip(text: str) -> str:
+    """A turn longer than CLIP_CHARS keeps its first CLIP_HEAD and last CLIP_CHARS - CLIP_HEAD
+    characters: a spoken turn is rarely that long, and a junk one (10,000 characters) must cost no
+    more than a long sentence. Applied by the router to every text it decides on."""
+    if len(text) <= CLIP_CHARS:
+        return text
+    return text[:CLIP_HEAD] + " " + text[-(CLIP_CHARS - CLIP_HEAD) :]
+
+
 def tokens(text: str) -> list[str]:
-    return _TOKEN_RE.findall(normalize(text))
+    """The words of a text. A very long turn keeps its first and last MAX_WORDS // 2 words, and a word
+    its first MAX_WORD_CHARS characters, so that junk input (10,000 characters, no spaces) costs
+    no more than a long sentence: the decision's time is bounded whatever the caller sends."""
+    words = _TOKEN_RE.findall(
+        normalize(text[:MAX_TEXT_CHARS]) if len(text) > MAX_TEXT_CHARS else normalize(text)
+    )
+    if len(words) > MAX_WORDS:
+        words = words[: MAX_WORDS // 2] + words[-(MAX_WORDS // 2) :]
+    return [w[:MAX_WORD_CHARS] for w in words]
 
 
 def word_features(word: str) -> list[str]:
@@ -148,7 +170,7 @@ _NUMBER_TYPES: tuple[tuple[str, re.Pattern[str]], ...] = (
 
 def cue_features(text: str) -> list[str]:
     """Domain-independent cue and number-type features of one (raw) text, with repeats."""
-    text = unicodedata.normalize("NFKC", text[:_CUE_TEXT_MAX])
+    text = unicodedata.normalize("NFKC", clip(text))
     cues = {name for name, pattern in _CUE_RES if pattern.search(text)}
     numbers = {name for name, pattern in _NUMBER_TYPES if pattern.search(text)}
     # Pairs that mean more than their parts: money that has not arrived is owed; goods or money
@@ -161,10 +183,6 @@ def cue_features(text: str) -> list[str]:
         cues.add("access_problem")
     feats = [f"k {name}" for name in sorted(cues)] + [f"n {name}" for name in sorted(numbers)]
     return feats * CUE_REPEAT
-
-
-# Cues are looked for in the first characters only: the regexes stay linear and cheap.
-_CUE_TEXT_MAX = 2000
 
 
 def text_features(text: str) -> list[str]:

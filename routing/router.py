@@ -23,7 +23,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from routing.classifier import Scores, StakesModel
+from routing.classifier import Scores, StakesModel, clip
 from routing.examples import ExampleIndex
 from routing.health import Health
 from routing.route import Route
@@ -122,6 +122,7 @@ class Conversation:
     def speculate(self, text: str) -> None:
         """Score a partial transcript now, off the critical path."""
         model = self.router.model
+        text = clip(text)
         if model is None or not text.strip():
             return
         if self._spec is None or self._spec.text != text:
@@ -149,7 +150,7 @@ class Conversation:
         """The route of one caller turn. A bug here must not cost the caller the turn: any error
         gives the conversation's current ladder with the error as the reason (and a log line)."""
         try:
-            return self._decide(text, language, budget_left_ms, stt_confidence, dtmf)
+            return self._decide(clip(text), language, budget_left_ms, stt_confidence, dtmf)
         except Exception as exc:
             log.exception("routing failed for %r; using the fallback route", text[:80])
             return self._fallback_route(language, f"router error: {exc!r}")

@@ -10,12 +10,18 @@ import pytest
 
 from routing.classifier import (
     CLASSES,
+    CLIP_CHARS,
     DEFAULT_MODEL_PATH,
+    MAX_WORD_CHARS,
+    MAX_WORDS,
     STAKES_LABELS,
     Scores,
     StakesModel,
+    clip,
+    cue_features,
     read_labelled_csv,
     stakes_of,
+    tokens,
 )
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "router"
@@ -134,3 +140,28 @@ def test_read_labelled_csv(tmp_path: Path) -> None:
     bad_label.write_text("text,label\nhello,routine\nrefund now,urgent\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"bad_label\.csv: row 3: label 'urgent'"):
         read_labelled_csv(bad_label)
+
+
+def test_junk_input_is_bounded() -> None:
+    """A 10,000-character turn is clipped to its head and tail; words and their count are capped."""
+    long = "refund " * 1428 + "ab"
+    assert len(clip(long)) == CLIP_CHARS + 1 and clip(long).endswith("ab")
+    assert clip("short turn") == "short turn"
+    assert tokens("x" * 10_000) == ["x" * MAX_WORD_CHARS]
+    assert len(tokens("a " * 5_000)) == MAX_WORDS
+
+
+def test_number_types_and_cues() -> None:
+    def feats(text: str) -> set[str]:
+        return set(cue_features(text))
+
+    assert "n size" in feats("Do you have a queen size bed, 60 by 78 inches?")
+    assert "n money" in feats("I was charged 2000 rupees twice") and "k money_moved" in feats(
+        "I was charged twice"
+    )
+    assert "n reference" in feats("It's A one seven four five.") and "n reference" in feats("order id 55821")
+    assert "n date" in feats("who won the world cup in 1998") and "n money" not in feats("who won in 1998")
+    owed = feats("My withdrawal has been pending for 7 days.")
+    assert {"k money_owed", "k overdue", "n duration"} <= owed
+    assert "k access_problem" in feats("I can't log in, the OTP never comes.")
+    assert feats("") == set() and feats("😀😀") == set()
