@@ -12,7 +12,7 @@ Four strands in one task group:
 4. watchdog - one per turn: at ``deadline - bridge_lead`` with no answer audio out, plays the
               cached bridge; keeps the line alive; at the hard cap plays the apology.
 
-Plus the STT reader, which turns STT events into transcript state and reconnects on failure.
+Plus the STT feed (agent/sttfeed.py), which sends frames, reads transcripts and reconnects on failure.
 Invariant: every turn puts agent audio on the wire within its budget, whatever the providers do.
 """
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,8 +32,9 @@ from agent.ladder import LadderExhausted, LLMLadder
 from agent.link import CallEnded, CarrierLink, InboundAudio, InboundDtmf, MarkEcho
 from agent.metrics import InboundClock
 from agent.player import Player
-from agent.providers.base import ProviderError, STTStream, Transcript
+from agent.providers.base import ProviderError, Transcript
 from agent.services import Services
+from agent.sttfeed import STTFeed
 from agent.timeline import Clock, TurnRecord
 from agent.tools import MARK_RESOLVED, TRANSFER_TO_HUMAN, ToolRequest, agent_tools, read_tool_calls
 from agent.turns import BargeIn, Commit, IgnoreOverlap, Merge, TurnAction, TurnPolicy, TurnTaker
@@ -45,7 +45,6 @@ log = logging.getLogger("voxroute.call")
 # Ends the heard part of a reply the caller talked over, so the model knows it was cut short.
 INTERRUPTED_MARK = "[interrupted by the caller]"
 MAX_REPLY_CHARS = 4000  # of one turn's reply; the model's max_tokens normally ends it long before
-STT_REPLAY_LIMIT = 750  # frames (15 s) of not-yet-finalised audio kept to replay after an STT reconnect
 
 
 class _CallOver(Exception):
@@ -135,14 +134,14 @@ class CallSession:
         self.tg: asyncio.TaskGroup | None = None
         self.handover = Handover(self)
         # STT
-        self._stt: STTStream | None = None
-        self._stt_ready = asyncio.Event()
-        self._audio: deque[tuple[bytes, bytes | None]] = deque(
-            maxlen=STT_REPLAY_LIMIT
-        )  # (pcm, carrier mu-law)
-        self._frames_in = 0  # frames received since the call began
-        self._finalised_upto = 0  # frames covered by the STT's last final (no need to replay them)
-        self._audio_ready = asyncio.Event()
+        self.stt = STTFeed(
+            services.stt,
+            self.language,
+            f"{self.call_sid}:stt",
+            self.clock,
+            self._on_transcript,
+            self._stt_fault,
+        )
 
     # ------------------------------------------------------------------ run
 
@@ -156,7 +155,7 @@ class CallSession:
                 self.tg = tg
                 if self.resumed:
                     tg.create_task(self._after_failed_transfer(), name=f"{self.call_sid}:resume")
-                tg.create_task(self._stt_loop(), name=f"{self.call_sid}:stt")
+                tg.create_task(self.stt.run(), name=f"{self.call_sid}:stt")
                 tg.create_task(self.player.run(), name=f"{self.call_sid}:outbound")
                 tg.create_task(self._turn_loop(tg), name=f"{self.call_sid}:turns")
                 tg.create_task(self._ticker(), name=f"{self.call_sid}:ticker")
@@ -168,7 +167,7 @@ class CallSession:
             self.ended, self.error = "error", "; ".join(repr(e) for e in group.exceptions)
             log.exception("call %s failed: %s", self.call_sid, self.error)
         finally:
-            await self._close_stt()
+            await self.stt.aclose()
             self._finish_turn_on_hangup()
             self.ended_wall = time.time()
             self.services.unregister(self)
@@ -206,9 +205,7 @@ class CallSession:
                 inbound_clock.frame(event.timestamp_ms)
                 voiced = self.vad.is_voiced(event.pcm)
                 await self._act(self.taker.frame(voiced, self.clock.now(), self.player.speaking))
-                self._audio.append((event.pcm, event.ulaw))
-                self._frames_in += 1
-                self._audio_ready.set()  # the STT strand sends it: a slow STT never holds up this strand
+                self.stt.push(event.pcm, event.ulaw)
             elif isinstance(event, InboundDtmf):
                 await self._act(self.taker.dtmf(event.digit, self.clock.now(), self.player.speaking))
             elif isinstance(event, MarkEcho):
@@ -301,69 +298,21 @@ class CallSession:
         if event is not None:
             event.set()
 
-    # ------------------------------------------------------------------ STT reader
+    # ------------------------------------------------------------------ STT
 
-    async def _stt_loop(self) -> None:
-        """Owns the STT session: a sender and a reader per connection; reconnects on failure and
-        replays the audio the failed session had not finalised yet."""
-        backoff = (0.0, 0.1, 0.3, 1.0, 2.0)
-        failures = 0
-        while True:
-            try:
-                stream = await self.services.stt.connect(self.language, tag=f"{self.call_sid}:stt")
-            except ProviderError as exc:
-                self._stt_fault(exc, "reconnect")
-                await asyncio.sleep(backoff[min(failures, len(backoff) - 1)])
-                failures += 1
-                continue
-            self._stt = stream
-            connected_at = self.clock.now()
-            start = max(self._finalised_upto, self._frames_in - len(self._audio))
-            try:
-                async with asyncio.TaskGroup() as tg:
-                    tg.create_task(self._stt_sender(stream, start))
-                    await self._stt_reader(stream)
-                    raise ProviderError(self.services.stt.name, "disconnected", "STT stream ended")
-            except* ProviderError as group:
-                exc = group.exceptions[0]
-                assert isinstance(exc, ProviderError)
-                self._stt = None
-                self._stt_fault(exc, "reconnect")
-                await self._close_stream(stream)
-                if self.clock.now() - connected_at > 5000:
-                    failures = 0  # it worked for a while: reconnect at once
-                await asyncio.sleep(backoff[min(failures, len(backoff) - 1)])
-                failures += 1
-
-    async def _stt_sender(self, stream: STTStream, position: int) -> None:
-        """Sends caller frames in order from ``position`` (a count of frames since the call began)."""
-        while True:
-            await self._audio_ready.wait()
-            self._audio_ready.clear()
-            while position < self._frames_in:
-                oldest = self._frames_in - len(self._audio)
-                position = max(position, oldest)
-                pcm, ulaw = self._audio[position - oldest]
-                position += 1
-                await stream.send_audio(pcm, ulaw)
-
-    async def _stt_reader(self, stream: STTStream) -> None:
-        async for ev in stream.events():
-            if not isinstance(ev, Transcript):
-                continue  # SpeechEnded: its final follows at once, unless our silence rule came first
-            now, playing = self.clock.now(), self.player.speaking
-            if ev.final:
-                log.debug("call %s: STT final %r", self.call_sid, ev.text)
-                actions = self.taker.stt_final(ev.text, ev.language, ev.confidence, now, playing)
-                if ev.text.strip():
-                    # Classify now, while the commit rules wait: the decision only confirms it.
-                    self.routing.speculate(self.taker.heard_text())
-                self._finalised_upto = self._frames_in
-                self._final_event.set()
-            else:
-                actions = self.taker.stt_partial(ev.text, now, playing)
-                self.routing.speculate(self.taker.partial)  # capped: a huge partial is cut first
-            await self._act(actions)
+    async def _on_transcript(self, ev: Transcript) -> None:
+        now, playing = self.clock.now(), self.player.speaking
+        if ev.final:
+            log.debug("call %s: STT final %r", self.call_sid, ev.text[:200])
+            actions = self.taker.stt_final(ev.text, ev.language, ev.confidence, now, playing)
+            if ev.text.strip():
+                # Classify now, while the commit rules wait: the decision only confirms it.
+                self.routing.speculate(self.taker.heard_text())
+            self._final_event.set()
+        else:
+            actions = self.taker.stt_partial(ev.text, now, playing)
+            self.routing.speculate(self.taker.partial)  # capped: a huge partial is cut first
+        await self._act(actions)
 
     def _stt_fault(self, exc: ProviderError, action: str) -> None:
         log.warning("call %s: STT %s: %s (%s)", self.call_sid, exc.kind, exc.message, action)
@@ -375,19 +324,6 @@ class CallSession:
             target.fallbacks.append(fault)
         else:
             self._pending_faults.append(fault)
-
-    async def _close_stt(self) -> None:
-        stream, self._stt = self._stt, None
-        if stream is not None:
-            await self._close_stream(stream)
-
-    @staticmethod
-    async def _close_stream(stream: STTStream) -> None:
-        try:
-            async with asyncio.timeout(1.0):
-                await stream.aclose()
-        except (ProviderError, TimeoutError, OSError):
-            pass
 
     # ------------------------------------------------------------------ turn strand
 
@@ -427,11 +363,7 @@ class CallSession:
         """Our endpointer committed before the STT's final: ask for it, wait briefly, else use the partial."""
         if turn.transcript or turn.kind == "dtmf":
             return
-        if self._stt is not None:
-            try:
-                await self._stt.flush()
-            except ProviderError:
-                pass
+        await self.stt.flush()
         try:
             async with asyncio.timeout(self.config.endpoint.stt_final_wait_ms / 1000):
                 while not self.taker.has_final():

@@ -1,0 +1,118 @@
+"""One call's speech-to-text session: caller frames in, transcripts out, reconnects on failure.
+
+A sender and a reader per connection. When the provider's socket fails, the feed reconnects (with a
+short backoff that resets once a connection has worked for a while) and replays the audio the failed
+session had not finalised yet, so no words are lost to a dropped socket. Faults are reported to the
+session, which puts them on the turn they hurt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+from agent.providers.base import ProviderError, STTProvider, STTStream, Transcript
+from agent.timeline import Clock
+
+STT_REPLAY_LIMIT = 750  # frames (15 s) of not-yet-finalised audio kept to replay after a reconnect
+BACKOFF_S = (0.0, 0.1, 0.3, 1.0, 2.0)
+
+
+class STTFeed:
+    def __init__(
+        self,
+        stt: STTProvider,
+        language: str,
+        tag: str,
+        clock: Clock,
+        on_transcript: Callable[[Transcript], Awaitable[None]],
+        on_fault: Callable[[ProviderError, str], None],
+    ) -> None:
+        self._stt = stt
+        self._language = language
+        self._tag = tag
+        self._clock = clock
+        self._on_transcript = on_transcript
+        self._on_fault = on_fault
+        self._stream: STTStream | None = None
+        self._audio: deque[tuple[bytes, bytes | None]] = deque(maxlen=STT_REPLAY_LIMIT)  # (pcm, mu-law)
+        self._frames_in = 0  # frames received since the call began
+        self._finalised_upto = 0  # frames covered by the STT's last final (no need to replay them)
+        self._ready = asyncio.Event()
+
+    def push(self, pcm: bytes, ulaw: bytes | None) -> None:
+        """A caller frame: the sender strand sends it, so a slow STT never holds up the inbound strand."""
+        self._audio.append((pcm, ulaw))
+        self._frames_in += 1
+        self._ready.set()
+
+    async def flush(self) -> None:
+        """Ask the STT to finalise what it holds (our endpointer committed before its final)."""
+        if self._stream is not None:
+            try:
+                await self._stream.flush()
+            except ProviderError:
+                pass
+
+    async def run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                stream = await self._stt.connect(self._language, tag=self._tag)
+            except ProviderError as exc:
+                self._on_fault(exc, "reconnect")
+                await asyncio.sleep(BACKOFF_S[min(failures, len(BACKOFF_S) - 1)])
+                failures += 1
+                continue
+            self._stream = stream
+            connected_at = self._clock.now()
+            start = max(self._finalised_upto, self._frames_in - len(self._audio))
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self._send(stream, start))
+                    await self._read(stream)
+                    raise ProviderError(self._stt.name, "disconnected", "STT stream ended")
+            except* ProviderError as group:
+                exc = group.exceptions[0]
+                assert isinstance(exc, ProviderError)
+                self._stream = None
+                self._on_fault(exc, "reconnect")
+                await _close(stream)
+                if self._clock.now() - connected_at > 5000:
+                    failures = 0  # it worked for a while: reconnect at once
+                await asyncio.sleep(BACKOFF_S[min(failures, len(BACKOFF_S) - 1)])
+                failures += 1
+
+    async def aclose(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            await _close(stream)
+
+    async def _send(self, stream: STTStream, position: int) -> None:
+        """Sends caller frames in order from ``position`` (a count of frames since the call began)."""
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            while position < self._frames_in:
+                oldest = self._frames_in - len(self._audio)
+                position = max(position, oldest)
+                pcm, ulaw = self._audio[position - oldest]
+                position += 1
+                await stream.send_audio(pcm, ulaw)
+
+    async def _read(self, stream: STTStream) -> None:
+        async for ev in stream.events():
+            if not isinstance(ev, Transcript):
+                continue  # SpeechEnded: its final follows at once, unless our silence rule came first
+            if ev.final:
+                self._finalised_upto = self._frames_in
+            await self._on_transcript(ev)
+
+
+async def _close(stream: STTStream) -> None:
+    try:
+        async with asyncio.timeout(1.0):
+            await stream.aclose()
+    except (ProviderError, TimeoutError, OSError):
+        pass
