@@ -118,6 +118,7 @@ async def run_policy(policy: str, base: Config, fixtures: list[Fixture], seed: i
             jobs = [tg.create_task(replay_fixture(f, stack.server_url, config=config)) for f in fixtures]
         calls = [j.result() for j in jobs]
     turns, high, high_on_reasoning, cost = [], 0, 0, 0.0
+    missed: list[str] = []  # high-stakes turns the reasoning tier did not answer, and why
     per_turn: dict[str, tuple[float, bool]] = {}  # fixture|transcript -> (cost, high stakes)
     models = table.models[table.default_tenant]
     tier_of = {mp.model: mp.tier for mp in models.values()}
@@ -134,7 +135,15 @@ async def run_policy(policy: str, base: Config, fixtures: list[Fixture], seed: i
             )
             if stakes in ("high", "human"):
                 high += 1
-                high_on_reasoning += handled_by_reasoning(t, tier_of)
+                if handled_by_reasoning(t, tier_of):
+                    high_on_reasoning += 1
+                else:
+                    usage = t.get("usage", {})
+                    missed.append(
+                        f"{fixture.name}: {t.get('transcript', '')!r} answered by {usage.get('model')} "
+                        f"(path {usage.get('path')}, outcome {t.get('outcome')}, fallbacks "
+                        f"{[(f.get('path'), f.get('kind')) for f in t.get('fallbacks', [])]})"
+                    )
     fa = sorted(t["first_audio_ms"] for t in turns if t.get("first_audio_ms") is not None)
     return {
         "calls": len(calls),
@@ -150,6 +159,7 @@ async def run_policy(policy: str, base: Config, fixtures: list[Fixture], seed: i
         "escalated_turns": sum(bool((t.get("route") or {}).get("escalated")) for t in turns),
         "fallbacks": sum(len(t.get("fallbacks", [])) for t in turns),
         "per_turn": per_turn,
+        "missed": missed,
     }
 
 
@@ -193,6 +203,9 @@ async def main_async(args) -> dict[str, Any]:
             f"escalated {r['escalated_turns']}",
             flush=True,
         )
+        if policy != "always_fast":
+            for line in r["missed"]:
+                print(f"  high-stakes turn not on the reasoning tier: {line}", flush=True)
     always = results["always_reasoning"]["cost_per_call"]
     ratio = results["router"]["cost_per_call"] / max(1e-12, always)
     oracle = oracle_cost_per_call(results["always_fast"], results["always_reasoning"])
@@ -210,6 +223,7 @@ async def main_async(args) -> dict[str, Any]:
     )
     for policy in POLICIES:
         results[policy].pop("per_turn")
+        results[policy].pop("missed")
     return results
 
 
