@@ -24,27 +24,23 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.answer import Answerer, Speaker
 from agent.bargein import BargeInPolicy
-from agent.chunker import SpeakableChunker
 from agent.endpointing import VoiceGate
 from agent.handoff.flow import Handover
-from agent.ladder import LadderExhausted, LLMLadder
 from agent.link import CallEnded, CarrierLink, InboundAudio, InboundDtmf, MarkEcho
 from agent.metrics import InboundClock
 from agent.player import Player
 from agent.providers.base import ProviderError, Transcript
 from agent.services import Services
 from agent.sttfeed import STTFeed
-from agent.timeline import Clock, TurnRecord
-from agent.tools import MARK_RESOLVED, TRANSFER_TO_HUMAN, ToolRequest, agent_tools, read_tool_calls
+from agent.timeline import Clock, TurnRecord, log_turn
 from agent.turns import BargeIn, Commit, IgnoreOverlap, Merge, TurnAction, TurnPolicy, TurnTaker
-from routing.router import health_key
 
 log = logging.getLogger("voxroute.call")
 
 # Ends the heard part of a reply the caller talked over, so the model knows it was cut short.
 INTERRUPTED_MARK = "[interrupted by the caller]"
-MAX_REPLY_CHARS = 4000  # of one turn's reply; the model's max_tokens normally ends it long before
 
 
 class _CallOver(Exception):
@@ -127,7 +123,8 @@ class CallSession:
         # turns
         self._turn_task: asyncio.Task | None = None
         self._active: TurnRecord | None = None
-        self._chunk_text: dict[str, tuple[TurnRecord, str]] = {}
+        self.speaker = Speaker(self)
+        self.answerer = Answerer(self)
         self._end_marks: dict[str, asyncio.Event] = {}
         self._pending_faults: list[dict[str, Any]] = []  # STT faults, reported on the next turn
         # handoff to a person
@@ -286,14 +283,7 @@ class CallSession:
         self._turn_task.cancel()
 
     def _on_mark(self, name: str) -> None:
-        heard = self.player.on_mark_echo(name)
-        entry = self._chunk_text.pop(name, None)
-        if entry is not None:
-            turn, text = entry
-            if heard:
-                turn.mark("first_audio_heard", self.clock.now())
-                if text:
-                    turn.heard = f"{turn.heard} {text}".strip()
+        self.speaker.heard(name, self.player.on_mark_echo(name), self.clock.now())
         event = self._end_marks.pop(name, None)
         if event is not None:
             event.set()
@@ -402,18 +392,18 @@ class CallSession:
                             "reason": "no transcript",
                         }
                         turn.outcome = "not_heard"
-                        await self._speak_phrase(turn, "not_heard")
+                        await self.speaker.phrase(turn, "not_heard")
                     else:
                         self.history.append(user_msg)
-                        if not await self._answer(turn):
+                        if not await self.answerer.run(turn):
                             if (turn.route or {}).get("on_failure") == "handoff":
-                                await self._hand_to_person(turn, "every model path failed", "handoff")
+                                await self.hand_to_person(turn, "every model path failed", "handoff")
                             else:
                                 turn.outcome = "apology"
-                                await self._speak_phrase(turn, "apology")
+                                await self.speaker.phrase(turn, "apology")
                     watchdog.cancel()
             except* _HardCap:
-                await self._speak_phrase(turn, "apology")
+                await self.speaker.phrase(turn, "apology")
             await self._wait_played(turn)
             turn.mark("done", self.clock.now())
         except asyncio.CancelledError:
@@ -438,7 +428,7 @@ class CallSession:
                         spoken = f"{spoken} {INTERRUPTED_MARK}"
                     if spoken:
                         self.history.append({"role": "assistant", "content": spoken})
-                self._log_turn(turn)
+                log_turn(self.call_sid, turn)
                 self.services.turn_finished(self, turn)
             self.taker.turn_ended(turn.index)
             if self._active is turn:
@@ -469,8 +459,7 @@ class CallSession:
             return
         turn.bridge, turn.bridge_kind = True, "cached"
         self.player.play(await self.services.phrase(turn.language, "bridge"), turn, "bridge")
-        self.player.mark(f"{turn.index}:bridge")
-        self._chunk_text[f"{turn.index}:bridge"] = (turn, "")
+        self.speaker.mark(turn, f"{turn.index}:bridge", "")
         hard_cap = speech_end + b.hard_cap_ms
         while not self.taker.answering(turn.index):
             wait = min(b.refill_ms, hard_cap - self.clock.now())
@@ -494,242 +483,13 @@ class CallSession:
             if source == "bridge":
                 owner.mark("bridge_out", t)
 
-    async def _speak_phrase(self, turn: TurnRecord, kind: str) -> None:
-        pcm = await self.services.phrase(turn.language, kind)
-        text = self.services.phrase_text(turn.language, kind)
-        self.taker.answer_started(turn.index)
-        self.player.play(pcm, turn, kind)
-        name = f"{turn.index}:{kind}"
-        self._chunk_text[name] = (turn, text)
-        self.player.mark(name)
-        turn.reply = f"{turn.reply} {text}".strip()
-
-    # ------------------------------------------------------------------ the answer
-
-    async def _answer(self, turn: TurnRecord) -> bool:
-        """Route, stream the LLM through the ladder, speak chunks as they come. False if nothing was said.
-
-        When the route says "bridge then escalate", the fast path speaks a short acknowledgement
-        first (instead of the cached bridge) while the reasoning path works on the answer."""
-        b = self.config.budget
-        speech_end = turn.timeline["speech_end"]
-        now = self.clock.now()
-        route = self.routing.decide(
-            turn.transcript,
-            turn.language,
-            budget_left_ms=speech_end + turn.budget_ms - now,
-            stt_confidence=turn.stt_confidence,
-            dtmf=turn.kind == "dtmf",
-        )
-        turn.budget_ms = route.budget_ms
-        turn.route = route.as_dict()
-        turn.handoff = route.handoff
-        turn.mark("route", self.clock.now())
-        digit = self.config.handoff.dtmf_digit
-        keyed_for_person = turn.kind == "dtmf" and digit is not None and turn.transcript.rstrip("#") == digit
-        if (route.handoff or keyed_for_person) and self._can_transfer():
-            why = "the caller asked for a person" if route.handoff else f"the caller pressed {digit}"
-            await self._hand_to_person(turn, why, "transfer")
-            return True
-        audio_by = speech_end + route.budget_ms - b.bridge_lead_ms  # answer audio out by then: no bridge
-        first_token_by: float | None = audio_by - b.tts_first_audio_ms
-        chunks: asyncio.Queue[str | None] = asyncio.Queue()
-        queues = [chunks]
-        wanted: list[ToolRequest] = []
-        chunker = SpeakableChunker()
-        room = [MAX_REPLY_CHARS]  # what a provider that ignores max_tokens may still make us say
-
-        def on_text(text: str) -> None:
-            text, room[0] = text[: max(0, room[0])], room[0] - len(text)
-            for chunk in chunker.feed(text):
-                turn.mark("first_chunk", self.clock.now())
-                chunks.put_nowait(chunk)
-
-        try:
-            async with asyncio.TaskGroup() as tg:
-                if route.bridge_first and self._fast_path_healthy(route):
-                    ack: asyncio.Queue[str | None] = asyncio.Queue()
-                    queues.insert(0, ack)
-                    tg.create_task(self._acknowledge(turn, route, ack, first_token_by))
-                    first_token_by = None  # the acknowledgement keeps the budget; the answer may take longer
-                speaker = tg.create_task(self._speak_chunks(turn, queues))
-                try:
-                    wanted = await self._run_ladder(turn, list(route.paths), on_text, first_token_by)
-                finally:
-                    for chunk in chunker.flush():
-                        turn.mark("first_chunk", self.clock.now())
-                        chunks.put_nowait(chunk)
-                    chunks.put_nowait(None)
-                await speaker
-        except* LadderExhausted:
-            pass
-        for tool in wanted:
-            if tool.name == MARK_RESOLVED:
-                log.info("call %s turn %d: the model marked the call resolved", self.call_sid, turn.index)
-                self.outcome, self.outcome_reason = "resolved", tool.argument or "marked by the agent"
-        if any(t.name == TRANSFER_TO_HUMAN for t in wanted):
-            reason = next(t.argument for t in wanted if t.name == TRANSFER_TO_HUMAN)
-            await self._hand_to_person(turn, f"the agent asked for a person: {reason}", "transfer")
-            return True
-        answered = self.taker.answering(turn.index) and bool(turn.reply_answer)
-        if answered and route.ends_with_human and self._can_transfer():
-            await self._hand_to_person(turn, f"{route.routing_class} calls end with a person", "transfer")
-        return answered
-
-    def _fast_path_healthy(self, route) -> bool:
-        models = self.services.router.models(self.tenant)
-        return any(
-            not self.services.router.health.in_cooldown(health_key(models[p])) for p in route.fast_paths
-        )
-
-    async def _acknowledge(
-        self, turn: TurnRecord, route, out: asyncio.Queue[str | None], by: float | None
-    ) -> None:
-        """The fast path's first sentence, queued before the answer: a contextual bridge."""
-        chunker = SpeakableChunker()
-        first: list[str] = []
-        got = asyncio.Event()
-
-        def on_text(text: str) -> None:
-            if not first:
-                first.extend(chunker.feed(text)[:1])
-                if first:
-                    got.set()
-
-        ladder = self._ladder(
-            turn,
-            ":ack",
-            first_token_by=by,
-            max_tokens=self.config.ladder.ack_max_tokens,
-            extra_messages=[{"role": "system", "content": self.config.agent.ack_prompt}],
-            hedging=False,
-            role="ack",
-        )
-        left = None if by is None else max(0.0, by - self.clock.now()) / 1000
-        try:
-            async with asyncio.timeout(left):
-                async with asyncio.TaskGroup() as tg:
-                    job = tg.create_task(ladder.run(list(route.fast_paths), on_text))
-                    waiter = tg.create_task(got.wait())
-                    await asyncio.wait([job, waiter], return_when=asyncio.FIRST_COMPLETED)
-                    job.cancel()
-                    waiter.cancel()
-            if not first:
-                first.extend(chunker.flush()[:1])
-        except* TimeoutError:
-            log.info("call %s turn %d: no acknowledgement in time", self.call_sid, turn.index)
-            ladder.abandoned("no acknowledgement in time", "cached bridge")
-        except* LadderExhausted:
-            log.info("call %s turn %d: no acknowledgement: the fast paths failed", self.call_sid, turn.index)
-        finally:
-            if first:
-                out.put_nowait(first[0])
-            out.put_nowait(None)
-
-    async def _speak_chunks(self, turn: TurnRecord, queues: list[asyncio.Queue[str | None]]) -> None:
-        """Speak the chunks of each queue in turn (the acknowledgement's, then the answer's)."""
-        index = 0
-        for queue in queues:
-            ack = queue is not queues[-1]
-            while (text := await queue.get()) is not None:
-                turn.chunks.append(text)
-                turn.reply = f"{turn.reply} {text}".strip()
-                if ack:
-                    turn.bridge, turn.bridge_kind = True, "ack"
-                else:
-                    turn.reply_answer = f"{turn.reply_answer} {text}".strip()
-                queued = await self._speak_chunk(turn, index, text, "bridge" if ack else "answer")
-                if queued:
-                    name = f"{turn.index}:{index}"
-                    self._chunk_text[name] = (turn, text)
-                    self.player.mark(name)
-                index += 1
-
-    async def _speak_chunk(self, turn: TurnRecord, index: int, text: str, source: str = "answer") -> bool:
-        """Stream one chunk through TTS into the player; fall back to REST; True if any audio queued."""
-        tts = self.services.tts
-        ladder = self.config.ladder
-        tag = f"{self.call_sid}:{turn.index}"
-        queued = False
-        turn.mark("tts_request", self.clock.now())
-        stream = None
-        try:
-            async with asyncio.timeout(ladder.tts_first_audio_timeout_ms / 1000) as cm:
-                stream = await tts.open(turn.language, tag=tag)
-                await stream.send_text(text)
-                await stream.flush()
-                async for pcm in stream.audio():
-                    if not queued:
-                        turn.mark("tts_first_audio", self.clock.now())
-                    queued = True
-                    self.taker.answer_started(turn.index)
-                    self.player.play(pcm, turn, source)
-                    cm.reschedule(asyncio.get_running_loop().time() + ladder.tts_gap_timeout_ms / 1000)
-            return queued
-        except (ProviderError, TimeoutError) as exc:
-            kind, msg = _fault_of(exc, "no TTS audio in time")
-            if stream is not None:
-                await _quietly(stream.cancel())
-            if queued:
-                turn.add_fallback(tts.name, kind, msg, "skip rest of chunk", service="tts")
-                return True
-            turn.add_fallback(tts.name, kind, msg, "tts rest fallback", service="tts")
-        except asyncio.CancelledError:
-            if stream is not None:
-                await _quietly(stream.cancel())
-            raise
-        for attempt in range(2):
-            try:
-                async with asyncio.timeout(2.0):
-                    pcm = await tts.synthesize(text, turn.language)
-                turn.mark("tts_first_audio", self.clock.now())
-                self.taker.answer_started(turn.index)
-                self.player.play(pcm, turn, source)
-                return True
-            except (ProviderError, TimeoutError) as exc:
-                kind, msg = _fault_of(exc, "REST TTS timed out")
-                action = "retry rest" if attempt == 0 else "drop chunk"
-                turn.add_fallback(tts.name, kind, msg, action, service="tts")
-        return False
-
-    def _ladder(self, turn: TurnRecord, tag_suffix: str = "", **kwargs) -> LLMLadder:
-        """A ladder for this turn over the tenant's model paths and the shared provider health."""
-        return LLMLadder(
-            self.config,
-            self.services.llms,
-            self.clock,
-            turn,
-            self.history,
-            f"{self.call_sid}:{turn.index}{tag_suffix}",
-            models=self.services.router.models(self.tenant),
-            health=self.services.router.health,
-            **kwargs,
-        )
-
-    async def _run_ladder(
-        self, turn: TurnRecord, paths: list[str], on_text, first_token_by: float | None
-    ) -> list[ToolRequest]:
-        """The answer's ladder, offering the agent's tools; returns the tools the model called."""
-        ladder = self._ladder(turn, first_token_by=first_token_by, tools=agent_tools(self._can_transfer()))
-        try:
-            await ladder.run(paths, on_text)
-        finally:
-            wanted, problems = read_tool_calls(ladder.tool_calls)
-            for problem in problems:
-                log.warning("call %s turn %d: ignoring a tool call: %s", self.call_sid, turn.index, problem)
-            turn.tools = [{"name": w.name, "argument": w.argument} for w in wanted]
-        return wanted
-
     # ------------------------------------------------------------------ handoff to a person
 
-    def _can_transfer(self) -> bool:
-        return self.handover.can_transfer()
-
-    async def _hand_to_person(self, turn: TurnRecord, why: str, phrase: str) -> None:
+    async def hand_to_person(self, turn: TurnRecord, why: str, phrase: str) -> None:
         """The turn ends in a handoff: transfer when the call can be, and say ``phrase``."""
         turn.handoff, turn.outcome = True, "handoff"
         self.handover.begin(turn, why)
-        await self._speak_phrase(turn, phrase)
+        await self.speaker.phrase(turn, phrase)
 
     async def play_phrase(self, kind: str) -> None:
         """A phrase outside any turn (after a failed transfer): played and kept in the history."""
@@ -750,52 +510,6 @@ class CallSession:
             if turn.outcome == "answered" and not turn.heard:
                 turn.outcome = "caller_hung_up"
 
-    def _log_turn(self, turn: TurnRecord) -> None:
-        tl = turn.timeline
-        route = turn.route or {}
-        log.info(
-            "turn call=%s index=%d class=%s escalated=%s model=%s answered_by=%s cost_usd=%s first_audio_ms=%s "
-            "budget_ms=%d within=%s bridge=%s fallbacks=%d outcome=%s reason=%r speech_end=%s endpoint=%s stt_final=%s llm_first_token=%s "
-            "tts_first_audio=%s first_audio_out=%s first_audio_heard=%s done=%s",
-            self.call_sid,
-            turn.index,
-            route.get("class"),
-            route.get("escalated"),
-            route.get("model"),
-            turn.usage.get("path"),
-            turn.usage.get("cost_usd"),
-            turn.first_audio_ms,
-            turn.budget_ms,
-            turn.within_budget,
-            turn.bridge,
-            len(turn.fallbacks),
-            turn.outcome,
-            route.get("reason"),
-            tl.get("speech_end"),
-            tl.get("endpoint"),
-            tl.get("stt_final"),
-            tl.get("llm_first_token"),
-            tl.get("tts_first_audio"),
-            tl.get("first_audio_out"),
-            tl.get("first_audio_heard"),
-            tl.get("done"),
-        )
-
 
 class _HardCap(Exception):
     """The watchdog's hard cap: the answer is abandoned and the apology plays."""
-
-
-def _fault_of(exc: Exception, timeout_message: str) -> tuple[str, str]:
-    """(kind, message) of a provider failure or of our own deadline running out."""
-    if isinstance(exc, ProviderError):
-        return exc.kind, exc.message
-    return "timeout", timeout_message
-
-
-async def _quietly(coro) -> None:
-    try:
-        async with asyncio.timeout(1.0):
-            await coro
-    except (ProviderError, TimeoutError, OSError):
-        pass

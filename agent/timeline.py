@@ -6,6 +6,7 @@ The same names appear in the log line, the replay JSON and (later) the call log.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -112,3 +113,39 @@ class TurnRecord:
             "tools": self.tools,
             "overlaps": self.overlaps,
         }
+
+
+_log = logging.getLogger("voxroute.call")
+
+
+def log_turn(call_sid: str, turn: TurnRecord) -> None:
+    """The turn's log line: its route, cost, first audio and the whole timeline."""
+    tl = turn.timeline
+    route = turn.route or {}
+    _log.info(
+        "turn call=%s index=%d class=%s escalated=%s model=%s answered_by=%s cost_usd=%s first_audio_ms=%s "
+        "budget_ms=%d within=%s bridge=%s fallbacks=%d outcome=%s reason=%r speech_end=%s endpoint=%s stt_final=%s llm_first_token=%s "
+        "tts_first_audio=%s first_audio_out=%s first_audio_heard=%s done=%s",
+        call_sid,
+        turn.index,
+        route.get("class"),
+        route.get("escalated"),
+        route.get("model"),
+        turn.usage.get("path"),
+        turn.usage.get("cost_usd"),
+        turn.first_audio_ms,
+        turn.budget_ms,
+        turn.within_budget,
+        turn.bridge,
+        len(turn.fallbacks),
+        turn.outcome,
+        route.get("reason"),
+        tl.get("speech_end"),
+        tl.get("endpoint"),
+        tl.get("stt_final"),
+        tl.get("llm_first_token"),
+        tl.get("tts_first_audio"),
+        tl.get("first_audio_out"),
+        tl.get("first_audio_heard"),
+        tl.get("done"),
+    )

@@ -1,0 +1,291 @@
+"""One turn's answer and the call's voice.
+
+:class:`Answerer` routes the turn, streams the LLM through the fallback ladder (with the fast path's
+acknowledgement first when the reasoning path cannot make the budget), cuts the text into speakable
+chunks and hands them to the :class:`Speaker`, which speaks them (and the cached phrases) through TTS
+into the player, each followed by a mark whose echo proves what the caller heard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from agent.chunker import SpeakableChunker
+from agent.ladder import LadderExhausted, LLMLadder
+from agent.providers.base import ProviderError
+from agent.timeline import TurnRecord
+from agent.tools import MARK_RESOLVED, TRANSFER_TO_HUMAN, ToolRequest, agent_tools, read_tool_calls
+from routing.router import health_key
+
+if TYPE_CHECKING:
+    from agent.session import CallSession
+
+log = logging.getLogger("voxroute.call")
+
+MAX_REPLY_CHARS = 4000  # of one turn's reply; the model's max_tokens normally ends it long before
+
+
+class Speaker:
+    def __init__(self, session: CallSession) -> None:
+        self.s = session
+        self.chunk_text: dict[str, tuple[TurnRecord, str]] = {}  # mark name -> what it proves was heard
+
+    def mark(self, turn: TurnRecord, name: str, text: str) -> None:
+        """A mark after what was just queued: its echo proves ``text`` played."""
+        self.chunk_text[name] = (turn, text)
+        self.s.player.mark(name)
+
+    def heard(self, name: str, played: bool, now: float) -> None:
+        """The carrier echoed mark ``name`` (``played``: not flushed by a barge-in)."""
+        entry = self.chunk_text.pop(name, None)
+        if entry is not None and played:
+            turn, text = entry
+            turn.mark("first_audio_heard", now)
+            if text:
+                turn.heard = f"{turn.heard} {text}".strip()
+
+    async def phrase(self, turn: TurnRecord, kind: str) -> None:
+        pcm = await self.s.services.phrase(turn.language, kind)
+        text = self.s.services.phrase_text(turn.language, kind)
+        self.s.taker.answer_started(turn.index)
+        self.s.player.play(pcm, turn, kind)
+        self.mark(turn, f"{turn.index}:{kind}", text)
+        turn.reply = f"{turn.reply} {text}".strip()
+
+    async def chunks(self, turn: TurnRecord, queues: list[asyncio.Queue[str | None]]) -> None:
+        """Speak the chunks of each queue in turn (the acknowledgement's, then the answer's)."""
+        index = 0
+        for queue in queues:
+            ack = queue is not queues[-1]
+            while (text := await queue.get()) is not None:
+                turn.chunks.append(text)
+                turn.reply = f"{turn.reply} {text}".strip()
+                if ack:
+                    turn.bridge, turn.bridge_kind = True, "ack"
+                else:
+                    turn.reply_answer = f"{turn.reply_answer} {text}".strip()
+                queued = await self.chunk(turn, index, text, "bridge" if ack else "answer")
+                if queued:
+                    self.mark(turn, f"{turn.index}:{index}", text)
+                index += 1
+
+    async def chunk(self, turn: TurnRecord, index: int, text: str, source: str = "answer") -> bool:
+        """Stream one chunk through TTS into the player; fall back to REST; True if any audio queued."""
+        tts = self.s.services.tts
+        ladder = self.s.config.ladder
+        tag = f"{self.s.call_sid}:{turn.index}"
+        queued = False
+        turn.mark("tts_request", self.s.clock.now())
+        stream = None
+        try:
+            async with asyncio.timeout(ladder.tts_first_audio_timeout_ms / 1000) as cm:
+                stream = await tts.open(turn.language, tag=tag)
+                await stream.send_text(text)
+                await stream.flush()
+                async for pcm in stream.audio():
+                    if not queued:
+                        turn.mark("tts_first_audio", self.s.clock.now())
+                    queued = True
+                    self.s.taker.answer_started(turn.index)
+                    self.s.player.play(pcm, turn, source)
+                    cm.reschedule(asyncio.get_running_loop().time() + ladder.tts_gap_timeout_ms / 1000)
+            return queued
+        except (ProviderError, TimeoutError) as exc:
+            kind, msg = _fault_of(exc, "no TTS audio in time")
+            if stream is not None:
+                await _quietly(stream.cancel())
+            if queued:
+                turn.add_fallback(tts.name, kind, msg, "skip rest of chunk", service="tts")
+                return True
+            turn.add_fallback(tts.name, kind, msg, "tts rest fallback", service="tts")
+        except asyncio.CancelledError:
+            if stream is not None:
+                await _quietly(stream.cancel())
+            raise
+        for attempt in range(2):
+            try:
+                async with asyncio.timeout(2.0):
+                    pcm = await tts.synthesize(text, turn.language)
+                turn.mark("tts_first_audio", self.s.clock.now())
+                self.s.taker.answer_started(turn.index)
+                self.s.player.play(pcm, turn, source)
+                return True
+            except (ProviderError, TimeoutError) as exc:
+                kind, msg = _fault_of(exc, "REST TTS timed out")
+                action = "retry rest" if attempt == 0 else "drop chunk"
+                turn.add_fallback(tts.name, kind, msg, action, service="tts")
+        return False
+
+
+class Answerer:
+    def __init__(self, session: CallSession) -> None:
+        self.s = session
+
+    async def run(self, turn: TurnRecord) -> bool:
+        """Route, stream the LLM through the ladder, speak chunks as they come. False if nothing was said.
+
+        When the route says "bridge then escalate", the fast path speaks a short acknowledgement
+        first (instead of the cached bridge) while the reasoning path works on the answer."""
+        b = self.s.config.budget
+        speech_end = turn.timeline["speech_end"]
+        now = self.s.clock.now()
+        route = self.s.routing.decide(
+            turn.transcript,
+            turn.language,
+            budget_left_ms=speech_end + turn.budget_ms - now,
+            stt_confidence=turn.stt_confidence,
+            dtmf=turn.kind == "dtmf",
+        )
+        turn.budget_ms = route.budget_ms
+        turn.route = route.as_dict()
+        turn.handoff = route.handoff
+        turn.mark("route", self.s.clock.now())
+        digit = self.s.config.handoff.dtmf_digit
+        keyed_for_person = turn.kind == "dtmf" and digit is not None and turn.transcript.rstrip("#") == digit
+        if (route.handoff or keyed_for_person) and self.s.handover.can_transfer():
+            why = "the caller asked for a person" if route.handoff else f"the caller pressed {digit}"
+            await self.s.hand_to_person(turn, why, "transfer")
+            return True
+        audio_by = speech_end + route.budget_ms - b.bridge_lead_ms  # answer audio out by then: no bridge
+        first_token_by: float | None = audio_by - b.tts_first_audio_ms
+        chunks: asyncio.Queue[str | None] = asyncio.Queue()
+        queues = [chunks]
+        wanted: list[ToolRequest] = []
+        chunker = SpeakableChunker()
+        room = [MAX_REPLY_CHARS]  # what a provider that ignores max_tokens may still make us say
+
+        def on_text(text: str) -> None:
+            text, room[0] = text[: max(0, room[0])], room[0] - len(text)
+            for chunk in chunker.feed(text):
+                turn.mark("first_chunk", self.s.clock.now())
+                chunks.put_nowait(chunk)
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                if route.bridge_first and self._fast_path_healthy(route):
+                    ack: asyncio.Queue[str | None] = asyncio.Queue()
+                    queues.insert(0, ack)
+                    tg.create_task(self._acknowledge(turn, route, ack, first_token_by))
+                    first_token_by = None  # the acknowledgement keeps the budget; the answer may take longer
+                speaker = tg.create_task(self.s.speaker.chunks(turn, queues))
+                try:
+                    wanted = await self._run_ladder(turn, list(route.paths), on_text, first_token_by)
+                finally:
+                    for chunk in chunker.flush():
+                        turn.mark("first_chunk", self.s.clock.now())
+                        chunks.put_nowait(chunk)
+                    chunks.put_nowait(None)
+                await speaker
+        except* LadderExhausted:
+            pass
+        for tool in wanted:
+            if tool.name == MARK_RESOLVED:
+                log.info("call %s turn %d: the model marked the call resolved", self.s.call_sid, turn.index)
+                self.s.outcome, self.s.outcome_reason = "resolved", tool.argument or "marked by the agent"
+        if any(t.name == TRANSFER_TO_HUMAN for t in wanted):
+            reason = next(t.argument for t in wanted if t.name == TRANSFER_TO_HUMAN)
+            await self.s.hand_to_person(turn, f"the agent asked for a person: {reason}", "transfer")
+            return True
+        answered = self.s.taker.answering(turn.index) and bool(turn.reply_answer)
+        if answered and route.ends_with_human and self.s.handover.can_transfer():
+            await self.s.hand_to_person(turn, f"{route.routing_class} calls end with a person", "transfer")
+        return answered
+
+    def _fast_path_healthy(self, route) -> bool:
+        models = self.s.services.router.models(self.s.tenant)
+        return any(
+            not self.s.services.router.health.in_cooldown(health_key(models[p])) for p in route.fast_paths
+        )
+
+    async def _acknowledge(
+        self, turn: TurnRecord, route, out: asyncio.Queue[str | None], by: float | None
+    ) -> None:
+        """The fast path's first sentence, queued before the answer: a contextual bridge."""
+        chunker = SpeakableChunker()
+        first: list[str] = []
+        got = asyncio.Event()
+
+        def on_text(text: str) -> None:
+            if not first:
+                first.extend(chunker.feed(text)[:1])
+                if first:
+                    got.set()
+
+        ladder = self._ladder(
+            turn,
+            ":ack",
+            first_token_by=by,
+            max_tokens=self.s.config.ladder.ack_max_tokens,
+            extra_messages=[{"role": "system", "content": self.s.config.agent.ack_prompt}],
+            hedging=False,
+            role="ack",
+        )
+        left = None if by is None else max(0.0, by - self.s.clock.now()) / 1000
+        try:
+            async with asyncio.timeout(left):
+                async with asyncio.TaskGroup() as tg:
+                    job = tg.create_task(ladder.run(list(route.fast_paths), on_text))
+                    waiter = tg.create_task(got.wait())
+                    await asyncio.wait([job, waiter], return_when=asyncio.FIRST_COMPLETED)
+                    job.cancel()
+                    waiter.cancel()
+            if not first:
+                first.extend(chunker.flush()[:1])
+        except* TimeoutError:
+            log.info("call %s turn %d: no acknowledgement in time", self.s.call_sid, turn.index)
+            ladder.abandoned("no acknowledgement in time", "cached bridge")
+        except* LadderExhausted:
+            log.info(
+                "call %s turn %d: no acknowledgement: the fast paths failed", self.s.call_sid, turn.index
+            )
+        finally:
+            if first:
+                out.put_nowait(first[0])
+            out.put_nowait(None)
+
+    def _ladder(self, turn: TurnRecord, tag_suffix: str = "", **kwargs) -> LLMLadder:
+        """A ladder for this turn over the tenant's model paths and the shared provider health."""
+        return LLMLadder(
+            self.s.config,
+            self.s.services.llms,
+            self.s.clock,
+            turn,
+            self.s.history,
+            f"{self.s.call_sid}:{turn.index}{tag_suffix}",
+            models=self.s.services.router.models(self.s.tenant),
+            health=self.s.services.router.health,
+            **kwargs,
+        )
+
+    async def _run_ladder(
+        self, turn: TurnRecord, paths: list[str], on_text, first_token_by: float | None
+    ) -> list[ToolRequest]:
+        """The answer's ladder, offering the agent's tools; returns the tools the model called."""
+        ladder = self._ladder(
+            turn, first_token_by=first_token_by, tools=agent_tools(self.s.handover.can_transfer())
+        )
+        try:
+            await ladder.run(paths, on_text)
+        finally:
+            wanted, problems = read_tool_calls(ladder.tool_calls)
+            for problem in problems:
+                log.warning("call %s turn %d: ignoring a tool call: %s", self.s.call_sid, turn.index, problem)
+            turn.tools = [{"name": w.name, "argument": w.argument} for w in wanted]
+        return wanted
+
+
+def _fault_of(exc: Exception, timeout_message: str) -> tuple[str, str]:
+    """(kind, message) of a provider failure or of our own deadline running out."""
+    if isinstance(exc, ProviderError):
+        return exc.kind, exc.message
+    return "timeout", timeout_message
+
+
+async def _quietly(coro) -> None:
+    try:
+        async with asyncio.timeout(1.0):
+            await coro
+    except (ProviderError, TimeoutError, OSError):
+        pass
