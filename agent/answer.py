@@ -171,7 +171,9 @@ class Answerer:
                     first_token_by = None  # the acknowledgement keeps the budget; the answer may take longer
                 speaker = tg.create_task(self.s.speaker.chunks(turn, queues))
                 try:
-                    wanted = await self._run_ladder(turn, list(route.paths), on_text, first_token_by)
+                    wanted = await self._run_ladder(
+                        turn, list(route.paths), on_text, first_token_by, route.guidance
+                    )
                 finally:
                     for chunk in chunker.flush():
                         turn.mark("first_chunk", self.s.clock.now())
@@ -245,14 +247,14 @@ class Answerer:
                 out.put_nowait(first[0])
             out.put_nowait(None)
 
-    def _ladder(self, turn: TurnRecord, tag_suffix: str = "", **kwargs) -> LLMLadder:
+    def _ladder(self, turn: TurnRecord, tag_suffix: str = "", history=None, **kwargs) -> LLMLadder:
         """A ladder for this turn over the tenant's model paths and the shared provider health."""
         return LLMLadder(
             self.s.config,
             self.s.services.llms,
             self.s.clock,
             turn,
-            self.s.history,
+            self.s.history if history is None else history,
             f"{self.s.call_sid}:{turn.index}{tag_suffix}",
             models=self.s.services.router.models(self.s.tenant),
             health=self.s.services.router.health,
@@ -260,11 +262,16 @@ class Answerer:
         )
 
     async def _run_ladder(
-        self, turn: TurnRecord, paths: list[str], on_text, first_token_by: float | None
+        self, turn: TurnRecord, paths: list[str], on_text, first_token_by: float | None, guidance: str = ""
     ) -> list[ToolRequest]:
-        """The answer's ladder, offering the agent's tools; returns the tools the model called."""
+        """The answer's ladder, offering the agent's tools; returns the tools the model called.
+        ``guidance``: the class's instruction (out of scope: a polite redirect), said just before the
+        caller's words so that the model reads it with them."""
         ladder = self._ladder(
-            turn, first_token_by=first_token_by, tools=agent_tools(self.s.handover.can_transfer())
+            turn,
+            first_token_by=first_token_by,
+            tools=agent_tools(self.s.handover.can_transfer()),
+            history=with_guidance(self.s.history, guidance),
         )
         try:
             await ladder.run(paths, on_text)
@@ -274,6 +281,13 @@ class Answerer:
                 log.warning("call %s turn %d: ignoring a tool call: %s", self.s.call_sid, turn.index, problem)
             turn.tools = [{"name": w.name, "argument": w.argument} for w in wanted]
         return wanted
+
+
+def with_guidance(history: list[dict], guidance: str) -> list[dict]:
+    """``history`` with the class's instruction as a system line just before the caller's last words."""
+    if not guidance or not history:
+        return history
+    return [*history[:-1], {"role": "system", "content": guidance}, history[-1]]
 
 
 def _fault_of(exc: Exception, timeout_message: str) -> tuple[str, str]:
