@@ -234,6 +234,8 @@ class CallLogConfig(_Model):
     queue_size: int = Field(default=10000, ge=10)  # records waiting for the writer
     memory_records: int = Field(default=2000, ge=10)  # records held while the database is down, then spilled
     spool_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)  # the on-disk spill file's cap
+    # Finished calls kept in memory (call pages, a leg back from a failed transfer) beside the database.
+    recent_calls: int = Field(default=1000, ge=1, le=1_000_000)
 
 
 class Config(_Model):

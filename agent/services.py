@@ -121,8 +121,9 @@ class Services:
                 self.calls[sid] = other
         self.finished[sid] = session.summary()
         self.finished.move_to_end(sid)
-        while len(self.finished) > 1000:
-            self.finished.popitem(last=False)
+        while len(self.finished) > self.config.call_log.recent_calls:
+            gone, _ = self.finished.popitem(last=False)
+            self.handoffs.pop(gone, None)  # bounded with the calls it belongs to
         self._notify("call_ended", ended)
 
     def turn_finished(self, session: CallSession, turn: Any) -> None:

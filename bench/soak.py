@@ -294,7 +294,7 @@ def replay_spool(profile: str, data: Path, timeout_s: float) -> dict:
     start, as the call log is designed to (agent/calllog/store.py): start ``serve`` again on the same
     data directory, wait until the spool is consumed, stop it the same way."""
     t = time.monotonic()
-    with processes(profile=profile, serve_args=serve_args()) as (_base, pid):
+    with processes(profile=profile, serve_args=serve_args(data, 50)) as (_base, pid):
         while spool_pending_bytes(data) > 0 and time.monotonic() - t < timeout_s:
             time.sleep(1.0)
         exit_code, _stop_s = stop_server(pid)
@@ -393,24 +393,30 @@ def git_state() -> str:
     return head.strip() + (f" + {changed} changed files" if changed else "")
 
 
-def serve_args() -> tuple[str, ...]:
-    """``--dev`` (no secrets: unsigned carrier traffic, emulated providers) when ``serve`` has the
-    flag and bench/common.py does not pass it already."""
-    import agent.cli
-    import bench.common
+def serve_args(data: Path, recent_calls: int) -> tuple[str, ...]:
+    """The default config with ``call_log.recent_calls`` set: the finished calls a server keeps in
+    memory are bounded by design, and the soak looks for growth beyond that bound, so the warm-up
+    must fill it (1,000 by default would need a warm-up of about 10 minutes at 50 calls)."""
+    import yaml
 
-    has_flag = '"--dev"' in Path(agent.cli.__file__).read_text()
-    passed = '"--dev"' in Path(bench.common.__file__).read_text()
-    return ("--dev",) if has_flag and not passed else ()
+    from agent.config import DEFAULT_CONFIG_PATH
+
+    cfg = yaml.safe_load(Path(os.environ.get("VOXROUTE_CONFIG", DEFAULT_CONFIG_PATH)).read_text())
+    cfg.setdefault("call_log", {})["recent_calls"] = recent_calls
+    path = data / "soak.yaml"
+    path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    return ("--config", str(path))
 
 
-def run(calls: int, duration_s: float, warmup_s: float, profile: str, pinned: bool) -> dict:
+def run(
+    calls: int, duration_s: float, warmup_s: float, profile: str, pinned: bool, recent_calls: int = 50
+) -> dict:
     seen = Seen()
     code = git_state()  # before the server imports it: what this run measured
     data = Path(tempfile.mkdtemp(prefix="voxroute-soak-"))
     os.environ["VOXROUTE_DATA_DIR"] = str(data)  # the server inherits it: a call log of its own
     os.environ.pop("VOXROUTE_DATABASE_URL", None)
-    with processes(pinned=pinned, profile=profile, serve_args=serve_args()) as (base, pid):
+    with processes(pinned=pinned, profile=profile, serve_args=serve_args(data, recent_calls)) as (base, pid):
         rss_start = rss_kb(pid)
         phase = asyncio.run(load_phase(base, pid, calls, duration_s, warmup_s, seen))
         exit_code, stop_s = stop_server(pid)
@@ -579,10 +585,13 @@ def main() -> None:
     ap.add_argument("--profile", default="zero")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--pin", action="store_true", help="server on a core of its own (see bench/common.pin)")
+    ap.add_argument(
+        "--recent-calls", type=int, default=50, help="finished calls the server keeps in memory (a bound)"
+    )
     args = ap.parse_args()
     if not 0 < args.warmup_s < args.duration_s:
         ap.error("--warmup-s must be between 0 and --duration-s")
-    result = run(args.calls, args.duration_s, args.warmup_s, args.profile, args.pin)
+    result = run(args.calls, args.duration_s, args.warmup_s, args.profile, args.pin, args.recent_calls)
     print(f"soak: {'PASS' if result['pass'] else 'FAIL'}")
     print(table(result), flush=True)
     if args.json:
