@@ -39,6 +39,7 @@ from agent.calllog.store import (
     make_engine,
     storage_fault,
 )
+from agent.config import CallLogConfig
 from agent.services import Services
 from agent.session import CallSummary
 from tests.test_calllog import _call, _count, _migrated, _postgres_url, _reset_postgres, _turn, running, until
@@ -307,7 +308,7 @@ class FakeSession:
 
 def _services() -> Services:
     router = SimpleNamespace(table=SimpleNamespace(policy_version="p1"))
-    return Services(SimpleNamespace(), None, None, {}, router)  # type: ignore[arg-type]
+    return Services(SimpleNamespace(call_log=CallLogConfig()), None, None, {}, router)  # type: ignore[arg-type]
 
 
 async def test_a_second_stream_with_the_same_call_sid_overwrites_and_unregisters_nothing(tmp_path):
