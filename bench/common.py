@@ -12,6 +12,16 @@ import xml.etree.ElementTree as ET
 
 import httpx
 
+# The fixture calls a load benchmark cycles through (one of each kind of call, both languages).
+LOAD_FIXTURES = [
+    "order_status",
+    "billing_dispute",
+    "booking_change",
+    "angry_complaint",
+    "dtmf_entry",
+    "hindi_order_status",
+]
+
 
 def _free_port() -> int:
     import socket

@@ -25,18 +25,11 @@ from pathlib import Path
 import httpx
 
 from agent.fixture import load
+from bench.common import LOAD_FIXTURES as FIXTURES
 from bench.common import processes, webhook_params
 from emulators.carrier import dial
 from emulators.serve import ws_url
 
-FIXTURES = [
-    "order_status",
-    "billing_dispute",
-    "booking_change",
-    "angry_complaint",
-    "dtmf_entry",
-    "hindi_order_status",
-]
 LIMIT_MS = 20.0
 
 

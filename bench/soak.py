@@ -62,18 +62,11 @@ from agent.calllog.store import SPOOL_DIR
 from agent.fixture import load
 from agent.metrics import _pct
 from agent.replay import operator_headers
+from bench.common import LOAD_FIXTURES as FIXTURES
 from bench.common import processes, webhook_params
 from emulators.carrier import dial
 from emulators.serve import ws_url
 
-FIXTURES = [
-    "order_status",
-    "billing_dispute",
-    "booking_change",
-    "angry_complaint",
-    "dtmf_entry",
-    "hindi_order_status",
-]
 SAMPLE_S = 2.0  # RSS sampling period
 PROBE_S = 0.5  # /healthz probing period
 TICK_S = 0.05  # the generator's own lag probe
