@@ -90,6 +90,19 @@ async def call_record(server_url: str, call_sid: str) -> dict:
 
 # --------------------------------------------------------------------------- sipp scenarios
 
+ACK = """
+  <send><![CDATA[
+      ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: sipp <sip:919800000001@[local_ip]:[local_port]>;tag=[pid]SIPpTag09[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+  ]]></send>
+"""
+
 INVITE = """
   <send retrans="500"><![CDATA[
       INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
@@ -116,17 +129,8 @@ INVITE = """
   <recv response="100" optional="true"/>
   <recv response="180" optional="true"/>
   <recv response="200" rtd="true"/>
-  <send><![CDATA[
-      ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: sipp <sip:919800000001@[local_ip]:[local_port]>;tag=[pid]SIPpTag09[call_number]
-      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
-      Call-ID: [call_id]
-      CSeq: 1 ACK
-      Max-Forwards: 70
-      Content-Length: 0
-  ]]></send>
 """
+INVITE += ACK
 
 BYE = """
   <send retrans="500"><![CDATA[
@@ -627,17 +631,7 @@ IPV6_OK = f"""
       <ereg regexp="c=IN IP6 ::1" search_in="body" check_it="true" assign_to="s"/>
     </action>
   </recv>
-  <send><![CDATA[
-      ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: sipp <sip:919800000001@[local_ip]:[local_port]>;tag=[pid]SIPpTag09[call_number]
-      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
-      Call-ID: [call_id]
-      CSeq: 1 ACK
-      Max-Forwards: 70
-      Content-Length: 0
-  ]]></send>
-  <recv request="BYE" timeout="10000">
+{ACK}  <recv request="BYE" timeout="10000">
     <action>
       <ereg regexp="SIP/2.0/UDP {BRACKETED};branch=" search_in="hdr" header="Via:" check_it="true" assign_to="v"/>
       <ereg regexp="&lt;sip:voxroute@{BRACKETED}&gt;" search_in="hdr" header="Contact:" check_it="true" assign_to="c2"/>
