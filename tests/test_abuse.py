@@ -492,20 +492,22 @@ async def test_idle_sockets_do_not_stall_healthz_and_half_requests_are_dropped(s
     assert "no complete request within 10 s, closed" in server.log.read_text()
 
 
+async def _poll_health(server, latencies: list[float], stop: asyncio.Event) -> None:
+    """/healthz every 20 ms until ``stop``: each answer's latency goes to ``latencies``."""
+    async with httpx.AsyncClient(base_url=server.base, timeout=STEP) as http:
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            assert (await http.get("/healthz")).status_code == 200
+            latencies.append(time.perf_counter() - t0)
+            await asyncio.sleep(0.02)
+
+
 async def test_a_dtmf_flood_beside_a_real_time_call_stalls_nothing(server):
     """20,000 keyed digits on one stream while a real-time fixture call runs on another: /healthz
     stays fast and the other call's turns are within their budgets."""
     fixture = load("order_status")
     latencies: list[float] = []
     stop = asyncio.Event()
-
-    async def poll_health() -> None:
-        async with httpx.AsyncClient(base_url=server.base, timeout=STEP) as http:
-            while not stop.is_set():
-                t0 = time.perf_counter()
-                assert (await http.get("/healthz")).status_code == 200
-                latencies.append(time.perf_counter() - t0)
-                await asyncio.sleep(0.02)
 
     async def flood() -> None:
         sid = "CAflood" + "0" * 27
@@ -523,7 +525,7 @@ async def test_a_dtmf_flood_beside_a_real_time_call_stalls_nothing(server):
     os.environ["VOXROUTE_API_KEY"] = OPERATOR_KEY  # replay reads the operator key from here
     try:
         async with asyncio.TaskGroup() as tg:
-            poller = tg.create_task(poll_health())
+            poller = tg.create_task(_poll_health(server, latencies, stop))
             call = tg.create_task(
                 replay_fixture(
                     fixture,
@@ -560,14 +562,6 @@ async def test_a_1_mb_transcript_beside_a_real_time_call_stalls_nothing(server):
     latencies: list[float] = []
     stop = asyncio.Event()
 
-    async def poll_health() -> None:
-        async with httpx.AsyncClient(base_url=server.base, timeout=STEP) as http:
-            while not stop.is_set():
-                t0 = time.perf_counter()
-                assert (await http.get("/healthz")).status_code == 200
-                latencies.append(time.perf_counter() - t0)
-                await asyncio.sleep(0.02)
-
     def dial(fixture):
         return replay_fixture(
             fixture,
@@ -581,7 +575,7 @@ async def test_a_1_mb_transcript_beside_a_real_time_call_stalls_nothing(server):
     os.environ["VOXROUTE_API_KEY"] = OPERATOR_KEY
     try:
         async with asyncio.TaskGroup() as tg:
-            poller = tg.create_task(poll_health())
+            poller = tg.create_task(_poll_health(server, latencies, stop))
             call = tg.create_task(dial(load("order_status")))
             await asyncio.sleep(1.0)
             flooded = await tg.create_task(dial(huge))
