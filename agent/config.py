@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from routing.table import ModelPath, RoutingConfig, RoutingTable, TenantConfig, check_references
+
+if TYPE_CHECKING:
+    from agent.agentdef import AgentDef
 
 __all__ = ["Config", "ConfigError", "ModelPath", "load_config", "parse_config"]
 
@@ -142,6 +145,56 @@ class AgentConfig(_Model):
     temperature: float = Field(default=0.3, ge=0, le=2)
 
 
+class TenantAgentConfig(_Model):
+    """A tenant's own agent (agent/agentdef.py): unset fields take the shared ``agent:`` section's.
+
+    ``system_prompt`` and ``greeting`` are templates: ``{tenant}``, ``{local_time}``, ``{local_date}``,
+    ``{caller}`` (the caller's number, masked to its last four digits) and ``{language}``. The knowledge
+    file (markdown, at most ``knowledge_max_bytes``, a relative path from the config file's folder) is
+    read at start and added to the prompt. ``greeting``: the agent speaks first at the stream's start
+    (a text, or one per language); None: the caller speaks first (the default, and what the fixtures
+    expect). ``voices``: the TTS speaker per language."""
+
+    system_prompt: str | None = Field(default=None, max_length=20_000)
+    greeting: str | dict[str, str] | None = None
+    voices: dict[str, str] = Field(default_factory=dict)
+    knowledge_file: str | None = None
+    knowledge_max_bytes: int = Field(default=32 * 1024, ge=256, le=1024 * 1024)
+    timezone: str = "Asia/Kolkata"  # the prompt's {local_time}
+
+
+class TenantChatConfig(_Model):
+    """The text channel, ``POST /v1/chat/completions`` with ``model`` = the tenant (agent/chat.py).
+    Outside ``voxroute serve --dev`` it needs ``Authorization: Bearer`` with the key in ``api_key_env``,
+    and serve refuses to start while a tenant enables chat without that key set."""
+
+    enabled: bool = False
+    api_key_env: str | None = None  # None: VOXROUTE_CHAT_KEY_<TENANT>
+
+
+class AgentTenantConfig(TenantConfig):
+    """A tenant of the routing table, plus its agent and its text channel."""
+
+    agent: TenantAgentConfig = TenantAgentConfig()
+    chat: TenantChatConfig = TenantChatConfig()
+
+    def chat_key_env(self, name: str) -> str:
+        return self.chat.api_key_env or "VOXROUTE_CHAT_KEY_" + "".join(
+            c if c.isalnum() else "_" for c in name.upper()
+        )
+
+
+class ChatConfig(_Model):
+    """Bounds of the text channel (every tenant's)."""
+
+    max_body_bytes: int = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024)
+    max_messages: int = Field(default=100, ge=1, le=10_000)  # in one request
+    max_message_chars: int = Field(default=8000, ge=50, le=1_000_000)  # of one message's text
+    max_sessions: int = Field(default=1000, ge=1, le=1_000_000)  # conversations kept in memory
+    max_turns: int = Field(default=200, ge=1, le=10_000)  # of one conversation
+    session_idle_s: float = Field(default=1800.0, gt=0)  # a quiet conversation is forgotten after this
+
+
 class HandoffConfig(_Model):
     """Handing a call to a person: the summary, its webhook, the Twilio transfer."""
 
@@ -244,7 +297,7 @@ class Config(_Model):
     models: dict[str, ModelPath] = Field(default_factory=dict)  # shared by every tenant
     ladder: LadderConfig = LadderConfig()
     routing: RoutingConfig = RoutingConfig()
-    tenants: dict[str, TenantConfig] = Field(min_length=1)
+    tenants: dict[str, AgentTenantConfig] = Field(min_length=1)
     sarvam: SarvamConfig = SarvamConfig()
     budget: BudgetConfig = BudgetConfig()
     endpoint: EndpointConfig = EndpointConfig()
@@ -254,6 +307,8 @@ class Config(_Model):
     handoff: HandoffConfig = HandoffConfig()
     call_log: CallLogConfig = CallLogConfig()
     shutdown: ShutdownConfig = ShutdownConfig()
+    chat: ChatConfig = ChatConfig()
+    _agents: dict[str, AgentDef] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _references(self) -> Config:
@@ -282,6 +337,23 @@ class Config(_Model):
             raise ValueError("; ".join(problems))
         return self
 
+    def agent_for(self, tenant: str) -> AgentDef:
+        """The tenant's agent (agent/agentdef.py), resolved when the config loaded (else now, with
+        knowledge files found from the working directory)."""
+        if not self._agents:
+            self.resolve_agents(None)
+        return self._agents[tenant]
+
+    def resolve_agents(self, base_dir: Path | None, source: str = "<config>") -> None:
+        """Build every tenant's agent; ``ConfigError`` naming each bad field."""
+        from agent.agentdef import build_agents
+
+        agents, problems = build_agents(self, base_dir)
+        if problems:
+            lines = "\n".join(f"  {p}" for p in problems)
+            raise ConfigError(f"{source}: invalid configuration\n{lines}")
+        self._agents = agents
+
     def routing_table(self) -> RoutingTable:
         return RoutingTable(self.routing, self.tenants, self.models, self.telephony.default_tenant)
 
@@ -302,11 +374,14 @@ def _format_errors(exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def parse_config(data: object, source: str = "<config>") -> Config:
+def parse_config(data: object, source: str = "<config>", base_dir: Path | None = None) -> Config:
+    """``base_dir``: where relative paths in the config (knowledge files) are found."""
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"{source}: invalid configuration\n{_format_errors(exc)}") from None
+    config.resolve_agents(base_dir, source)
+    return config
 
 
 def load_config(path: str | Path | None = None) -> Config:
@@ -317,4 +392,4 @@ def load_config(path: str | Path | None = None) -> Config:
         raise ConfigError(f"{p}: config file not found") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML: {exc}") from None
-    return parse_config(data, str(p))
+    return parse_config(data, str(p), p.resolve().parent)
