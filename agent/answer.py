@@ -71,6 +71,11 @@ class Speaker:
                     self.mark(turn, f"{turn.index}:{index}", text)
                 index += 1
 
+    def _voice(self, language: str) -> str | None:
+        """The tenant's speaker for ``language`` (agent/agentdef.py); None: the provider's default."""
+        agent = getattr(self.s, "agent", None)
+        return agent.voice(language) if agent is not None else None
+
     async def chunk(self, turn: TurnRecord, index: int, text: str, source: str = "answer") -> bool:
         """Stream one chunk through TTS into the player; fall back to REST; True if any audio queued."""
         tts = self.s.services.tts
@@ -81,7 +86,7 @@ class Speaker:
         stream = None
         try:
             async with asyncio.timeout(ladder.tts_first_audio_timeout_ms / 1000) as cm:
-                stream = await tts.open(turn.language, tag=tag)
+                stream = await tts.open(turn.language, voice=self._voice(turn.language), tag=tag)
                 await stream.send_text(text)
                 await stream.flush()
                 async for pcm in stream.audio():
@@ -107,7 +112,7 @@ class Speaker:
         for attempt in range(2):
             try:
                 async with asyncio.timeout(2.0):
-                    pcm = await tts.synthesize(text, turn.language)
+                    pcm = await tts.synthesize(text, turn.language, voice=self._voice(turn.language))
                 turn.mark("tts_first_audio", self.s.clock.now())
                 self.s.taker.answer_started(turn.index)
                 self.s.player.play(pcm, turn, source)

@@ -83,9 +83,11 @@ class CallSession:
         self.started_wall = time.time()
         self.turns: list[TurnRecord] = []
         self.merged: list[int] = []  # indices of turns the caller continued before they were answered
-        self.history: list[dict[str, Any]] = [{"role": "system", "content": self.config.agent.system_prompt}]
         self.routing = services.router.conversation(start.tenant, "voice")
         self.tenant = self.routing.tenant
+        self.agent = self.config.agent_for(self.tenant)  # the tenant's prompt, greeting, voices
+        prompt = self.agent.prompt(self.language, start.from_number)
+        self.history: list[dict[str, Any]] = [{"role": "system", "content": prompt}]
         self.voice_budget_ms = services.router.table.tenants[self.tenant].budgets.voice_ms
         ep = self.config.endpoint
         self.vad = VoiceGate(ep.vad_mode)
@@ -152,6 +154,8 @@ class CallSession:
                 self.tg = tg
                 if self.resumed:
                     tg.create_task(self._after_failed_transfer(), name=f"{self.call_sid}:resume")
+                elif greeting := self.agent.greeting_text(self.language, self.link.start.from_number):
+                    tg.create_task(self._greet(greeting), name=f"{self.call_sid}:greeting")
                 tg.create_task(self.stt.run(), name=f"{self.call_sid}:stt")
                 tg.create_task(self.player.run(), name=f"{self.call_sid}:outbound")
                 tg.create_task(self._turn_loop(tg), name=f"{self.call_sid}:turns")
@@ -496,6 +500,28 @@ class CallSession:
         pcm = await self.services.phrase(self.language, kind)
         self.player.play(pcm, None, kind)
         self.history.append({"role": "assistant", "content": self.services.phrase_text(self.language, kind)})
+
+    async def _greet(self, text: str) -> None:
+        """The agent speaks first: turn 0 (kind ``greeting``), timed from the stream's start, so its
+        ``first_audio_ms`` is the time to the greeting's first audio (budget: the voice budget)."""
+        turn = TurnRecord(index=0, kind="greeting", language=self.language, budget_ms=self.voice_budget_ms)
+        turn.mark("speech_end", 0.0)
+        turn.route = {"class": "greeting", "tier": "none", "model": None, "escalated": False,
+                      "reason": "the agent speaks first"}  # fmt: skip
+        self.turns.append(turn)
+        try:
+            if await self.speaker.chunk(turn, 0, text):
+                turn.chunks.append(text)
+                turn.reply = turn.reply_answer = text
+                self.speaker.mark(turn, "0:greeting", text)
+                self.history.append({"role": "assistant", "content": text})
+            else:
+                turn.outcome = "apology"  # no TTS at all: the caller speaks first after all
+            await self._wait_played(turn)
+            turn.mark("done", self.clock.now())
+        finally:
+            log_turn(self.call_sid, turn)
+            self.services.turn_finished(self, turn)
 
     async def _after_failed_transfer(self) -> None:
         log.info("call %s: back from a failed transfer", self.call_sid)
