@@ -3,6 +3,7 @@ configuration errors that name the dotted field."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -75,3 +76,57 @@ def test_chat_section_defaults_off_with_a_derived_key_name():
     config = parse_config(data)
     tenant = config.tenants["my-shop"]
     assert tenant.chat.enabled is False and tenant.chat_key_env("my-shop") == "VOXROUTE_CHAT_KEY_MY_SHOP"
+
+
+async def test_the_greeting_is_heard_within_a_second_of_the_stream_start(tmp_path):
+    """A real websocket into /twilio/stream: the first agent audio arrives within 1 s of ``start``; the
+    greeting is turn 0 on the timeline, and the tenant's prompt (with its knowledge) heads the history."""
+    import json
+    import time
+
+    from websockets.asyncio.client import connect
+
+    from agent.replay import local_stack
+    from emulators.carrier import connected_text, make_ids, mark_text, start_text, stop_text
+
+    (tmp_path / "kb.md").write_text("Open 9 to 6, Monday to Saturday.")
+    data = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
+    data["tenants"]["default"]["agent"] = {
+        "greeting": "Hello, you have reached {tenant}. How can I help?",
+        "system_prompt": "You answer calls for {tenant}.",
+        "knowledge_file": str(tmp_path / "kb.md"),
+    }
+    config = parse_config(data)
+    ids = make_ids()
+    async with local_stack("reference", 0, [], config) as stack:
+        url = stack.server_url.replace("http://", "ws://") + "/twilio/stream"
+        params = {"tenant": "default", "from": "+919800000001", "language": "en-IN"}
+        async with connect(url, proxy=None) as ws:
+            await ws.send(connected_text())
+            await ws.send(start_text(1, ids, params))
+            started = time.monotonic()
+            first_media = None
+            marks: list[str] = []
+            async with asyncio.timeout(10):
+                while "0:end" not in marks:
+                    message = json.loads(await ws.recv())
+                    if message["event"] == "media" and first_media is None:
+                        first_media = time.monotonic() - started
+                    elif message["event"] == "mark":
+                        marks.append(message["mark"]["name"])
+                        await ws.send(mark_text(2 + len(marks), ids.stream_sid, message["mark"]["name"]))
+            session = stack.services.calls[ids.call_sid]
+            async with asyncio.timeout(5):  # our echoes reach the session: the greeting is done
+                while "done" not in session.turns[0].timeline:  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+            greeting = session.turns[0].as_dict()
+            history = [dict(m) for m in session.history]
+            await ws.send(stop_text(99, ids))
+    assert first_media is not None and first_media <= 1.0, first_media
+    assert greeting["index"] == 0 and greeting["kind"] == "greeting" and greeting["within_budget"]
+    assert greeting["reply"] == "Hello, you have reached default. How can I help?"
+    assert greeting["heard"] == greeting["reply"]  # the mark after it was echoed
+    assert greeting["timeline"]["speech_end"] == 0.0 and greeting["first_audio_ms"] <= 1000
+    assert history[0]["content"].startswith("You answer calls for default.")
+    assert history[0]["content"].endswith("Open 9 to 6, Monday to Saturday.")
+    assert history[1] == {"role": "assistant", "content": greeting["reply"]}
