@@ -37,6 +37,9 @@ policy (``--policy``, the hash of the routing table in force during the call):
     window have had less time to be repeated: compare windows that ended at least 7 days ago.
 ``bridges_per_100_turns``, ``hedges_per_100_turns``
     Turns that played a bridge, and hedge requests started, per 100 ``turns``.
+``by_channel``
+    Channel (``voice``, ``chat``: the text endpoint) -> every figure above over that channel's calls
+    only. On the chat channel "first audio" is the time to the answer's first text.
 
 ``compare(policy_a, policy_b)`` gives the figures of each policy and ``b - a`` for every number.
 """
@@ -67,7 +70,7 @@ KEYS = (
     "repeat_contact_rate",
     "bridges_per_100_turns",
     "hedges_per_100_turns",
-)
+)  # the figures; ``report`` adds ``by_channel``: the same per channel
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,7 @@ CALL_COLUMNS = (
     "outcome",
     "policy",
     "routing_class",
+    "channel",
 )
 TURN_COLUMNS = (
     "call_sid",
@@ -263,9 +267,20 @@ def difference(a: Any, b: Any) -> Any:
     return round(b - a, 6)
 
 
+def with_channels(calls: list[dict], turns: list[dict], policy: str | None = None) -> dict[str, Any]:
+    """``figures`` over every call, and ``by_channel``: the same over each channel's calls."""
+    fig = figures(calls, turns, policy)
+    channels = sorted({c.get("channel") or "voice" for c in calls})
+    fig["by_channel"] = {
+        ch: figures([c for c in calls if (c.get("channel") or "voice") == ch], turns, policy)
+        for ch in channels
+    }
+    return fig
+
+
 async def report(engine: AsyncEngine, filters: Filters) -> dict[str, Any]:
     calls, turns = await load(engine, filters)
-    return figures(calls, turns, filters.policy)
+    return with_channels(calls, turns, filters.policy)
 
 
 async def compare(engine: AsyncEngine, policy_a: str, policy_b: str, filters: Filters) -> dict[str, Any]:
@@ -336,4 +351,16 @@ def _keyed_rows(fig: dict[str, Any]) -> list[tuple[str, Any, str]]:
         out.append((f"first audio {cls} turns", v.get("turns"), ""))
     for cls, v in ((fig.get("repeat_contact_rate") or {}).get("by_class") or {}).items():
         out.append((f"repeat contact {cls}", (v or {}).get("rate"), ""))
+    for channel, sub in (fig.get("by_channel") or {}).items():
+        sub = sub or {}
+        for key in ("calls", "turns", "cost_per_resolved", "containment"):
+            out.append((f"{channel}: {key.replace('_', ' ')}", sub.get(key), ""))
+        for cls, v in (sub.get("first_audio_ms_by_class") or {}).items():
+            out.append(
+                (
+                    f"{channel}: first audio {cls} p50 / p95",
+                    ((v or {}).get("p50"), (v or {}).get("p95")),
+                    " ms",
+                )
+            )
     return out
