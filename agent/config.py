@@ -191,6 +191,7 @@ class ChatConfig(_Model):
     max_messages: int = Field(default=100, ge=1, le=10_000)  # in one request
     max_message_chars: int = Field(default=8000, ge=50, le=1_000_000)  # of one message's text
     max_sessions: int = Field(default=1000, ge=1, le=1_000_000)  # conversations kept in memory
+    max_concurrent: int = Field(default=50, ge=1, le=10_000)  # requests answered at once (over: 429)
     max_turns: int = Field(default=200, ge=1, le=10_000)  # of one conversation
     session_idle_s: float = Field(default=1800.0, gt=0)  # a quiet conversation is forgotten after this
 
