@@ -440,6 +440,9 @@ def missing_secrets(config: Config, *, sip_registration: bool = True) -> list[tu
         needed.append((config.handoff.webhook_secret_env, "handoff webhook signing secret"))
     if sip_registration and config.sip.enabled and config.sip.registration is not None:
         needed.append((config.sip.registration.password_env, "SIP registration password"))
+    from agent.chat import missing_chat_keys
+
+    needed += missing_chat_keys(config)  # a tenant's text channel without its key: refuse
     missing: dict[str, list[str]] = {}
     for env, what in needed:
         if _key(env) is None:
@@ -516,6 +519,10 @@ def create_runtime_app(
                 detail="a valid API key is required",
                 headers={"WWW-Authenticate": 'Bearer realm="voxroute operator"'},
             )
+
+    from agent.chat import add_chat_routes
+
+    add_chat_routes(app, services, dev=dev)  # POST /v1/chat/completions: the text channel
 
     @app.get("/calls/{call_sid}/handoff")
     async def get_handoff(call_sid: str, request: Request) -> dict:

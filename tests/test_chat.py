@@ -1,0 +1,153 @@
+"""The text channel (agent/chat.py): ``POST /v1/chat/completions`` over a real socket on 127.0.0.1,
+with the official ``openai`` SDK as the client: the same router (the chat channel), ladder and call
+log as a voice call; auth outside dev; OpenAI-shaped errors for bad input."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import httpx
+import openai
+import pytest
+
+from agent.calllog.report import Filters, report
+from agent.calllog.store import CallLog
+from agent.config import load_config
+from agent.replay import local_stack
+from agent.runtime import build_services, create_runtime_app, missing_secrets
+from emulators.serve import serve_app
+from emulators.stack import run_emulators
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch):
+    """This test's own call log."""
+    monkeypatch.setenv("VOXROUTE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("VOXROUTE_DATABASE_URL", raising=False)
+    return tmp_path / "data"
+
+
+def client(url: str, key: str = "unused") -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=20)
+
+
+async def test_non_streaming_and_streaming_through_the_router_into_the_call_log(data_dir):
+    async with local_stack("zero", 0, [], load_config()) as stack:
+        chat = client(stack.server_url)
+        first = await chat.chat.completions.create(
+            model="default", user="widget-42",
+            messages=[{"role": "user", "content": "I was charged twice for my order"}],
+        )  # fmt: skip
+        assert first.model == "default" and first.object == "chat.completion"
+        assert first.choices[0].message.role == "assistant" and first.choices[0].finish_reason == "stop"
+        assert len(first.choices[0].message.content) > 20
+        assert first.usage.prompt_tokens > 0 and first.usage.completion_tokens > 0
+        ext = first.model_extra["voxroute"]
+        assert set(ext["route"]) == {"class", "tier", "model", "reason"}
+        assert ext["route"]["class"] == "billing_dispute" and ext["route"]["tier"] == "reasoning"
+        assert "charged twice" in ext["route"]["reason"]  # the keyword rule that decided it
+
+        # The same session (``user``), streamed: sticky escalation keeps the reasoning tier.
+        stream = await chat.chat.completions.create(
+            model="default", user="widget-42", stream=True,
+            messages=[
+                {"role": "user", "content": "I was charged twice for my order"},
+                {"role": "assistant", "content": first.choices[0].message.content},
+                {"role": "user", "content": "ok and what time do you open tomorrow"},
+            ],
+        )  # fmt: skip
+        pieces, finish, last = [], None, None
+        async for chunk in stream:
+            delta = chunk.choices[0].delta
+            if delta.content:
+                pieces.append(delta.content)
+            finish = chunk.choices[0].finish_reason or finish
+            last = chunk
+        assert len(pieces) >= 2 and finish == "stop"  # text as it came, not one block
+        streamed = last.model_extra["voxroute"]
+        assert streamed["conversation_id"] == ext["conversation_id"] and streamed["turn"] == 2
+        assert streamed["route"]["tier"] == "reasoning"  # escalation sticks across the conversation
+        assert "".join(pieces).strip() != ""
+
+        # Another session is another conversation.
+        other = await chat.chat.completions.create(
+            model="default",
+            user="widget-43",
+            messages=[{"role": "user", "content": "what are your opening hours"}],
+        )
+        assert other.model_extra["voxroute"]["conversation_id"] != ext["conversation_id"]
+        assert other.model_extra["voxroute"]["route"]["tier"] == "fast"
+
+        log = next(o for o in stack.services.observers if isinstance(o, CallLog))
+        await log.flush()
+        figures = await report(log.engine, Filters(tenant="default"))
+    chat_figures = figures["by_channel"]["chat"]
+    assert chat_figures["calls"] == 2 and chat_figures["turns"] == 3
+    by_class = chat_figures["first_audio_ms_by_class"]  # on chat: the time to the first text
+    assert by_class["billing_dispute"]["turns"] == 1 and sum(v["turns"] for v in by_class.values()) == 3
+    assert "voice" not in figures["by_channel"]  # no call was made: the figures are the chat's
+    assert figures["calls"] == 2
+
+
+async def test_bad_input_gets_an_openai_shaped_4xx_and_the_server_goes_on(data_dir):
+    config = load_config()
+    async with local_stack("zero", 0, [], config) as stack:
+        url = f"{stack.server_url}/v1/chat/completions"
+        ok = {"model": "default", "messages": [{"role": "user", "content": "hello"}]}
+        cases = [
+            (b"{not json", 400, "invalid_json"),
+            (json.dumps({**ok, "messages": [{"role": "tool", "content": "x", "tool_call_id": "1"}]}), 400,
+             "invalid_role"),
+            (json.dumps({**ok, "messages": [{"role": "wizard", "content": "x"}]}), 400, "invalid_request"),
+            (json.dumps({**ok, "messages": []}), 400, "invalid_request"),
+            (json.dumps({**ok, "messages": [{"role": "assistant", "content": "hi"}]}), 400, "invalid_messages"),
+            (json.dumps({**ok, "model": "nobody"}), 404, "model_not_found"),
+            (json.dumps({**ok, "messages": [{"role": "user", "content": "x" * 9000}]}), 400, "message_too_long"),
+            (b"{" + b" " * (config.chat.max_body_bytes + 10) + b"}", 413, "body_too_large"),
+        ]  # fmt: skip
+        async with httpx.AsyncClient(timeout=20) as http:
+            for body, status, code in cases:
+                r = await http.post(url, content=body, headers={"Content-Type": "application/json"})
+                assert r.status_code == status, (code, r.text)
+                error = r.json()["error"]
+                assert error["code"] == code and error["message"] and "type" in error, r.text
+            assert (await http.post(url, json=ok)).status_code == 200  # still answering
+        with pytest.raises(openai.NotFoundError):
+            await client(stack.server_url).chat.completions.create(model="nobody", messages=ok["messages"])
+
+
+@contextlib.asynccontextmanager
+async def production_server(config):
+    """The runtime app outside dev mode (its secrets from the environment), emulated providers."""
+    async with run_emulators("zero", 0, []) as emu:
+        async with build_services(config, emu.urls) as services:
+            app = create_runtime_app(services, dev=False)
+            async with serve_app(app) as url:
+                yield url
+
+
+async def test_outside_dev_the_tenant_chat_key_is_required(data_dir, monkeypatch):
+    config = load_config()
+    monkeypatch.delenv("VOXROUTE_CHAT_KEY", raising=False)
+    assert (
+        "VOXROUTE_CHAT_KEY",
+        "chat API key of tenant default (POST /v1/chat/completions)",
+    ) in missing_secrets(config)  # serve refuses to start without it
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", "twilio-secret")
+    monkeypatch.setenv("VOXROUTE_API_KEY", "operator-secret")
+    for name in ("OPENROUTER_API_KEY", "SARVAM_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    messages = [{"role": "user", "content": "what are your opening hours"}]
+    async with production_server(config) as url:
+        with pytest.raises(openai.AuthenticationError):  # no key configured: closed, whatever is sent
+            await client(url, "anything").chat.completions.create(model="default", messages=messages)
+        monkeypatch.setenv("VOXROUTE_CHAT_KEY", "chat-secret")
+        assert not [m for m in missing_secrets(config) if m[0] == "VOXROUTE_CHAT_KEY"]
+        with pytest.raises(openai.AuthenticationError) as info:
+            await client(url, "wrong").chat.completions.create(model="default", messages=messages)
+        assert info.value.status_code == 401 and info.value.code == "invalid_api_key"
+        with pytest.raises(openai.AuthenticationError):  # the operator key is not a chat key
+            await client(url, "operator-secret").chat.completions.create(model="default", messages=messages)
+        answer = await client(url, "chat-secret").chat.completions.create(model="default", messages=messages)
+        assert answer.choices[0].message.content
