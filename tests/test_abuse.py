@@ -67,6 +67,7 @@ def _bare_env() -> dict[str, str]:
         "SARVAM_API_KEY", "OPENROUTER_API_KEY", "TWILIO_AUTH_TOKEN", "VOXROUTE_API_KEY", "TWILIO_ACCOUNT_SID",
         "EXOTEL_STREAM_CREDENTIALS", "PLIVO_AUTH_TOKEN", "PLIVO_AUTH_ID", "TELNYX_PUBLIC_KEY",
         "TELNYX_STREAM_SECRET", "TELNYX_API_KEY", "VOXROUTE_WEBHOOK_SECRET", "VOXROUTE_CONFIG",
+        "VOXROUTE_CHAT_KEY",
     }  # fmt: skip
     return {k: v for k, v in os.environ.items() if k not in drop}
 
@@ -79,6 +80,7 @@ def secrets_env() -> dict[str, str]:
         "TELNYX_PUBLIC_KEY": _telnyx_public(),
         "TELNYX_STREAM_SECRET": TELNYX_SECRET,
         "VOXROUTE_API_KEY": OPERATOR_KEY,
+        "VOXROUTE_CHAT_KEY": "abuse-chat-key",
         "OPENROUTER_API_KEY": "abuse-openrouter-key",
         "SARVAM_API_KEY": "abuse-sarvam-key",
     }
@@ -360,12 +362,13 @@ def test_serve_without_secrets_exits_2_naming_every_missing_variable(tmp_path):
     expected = [
         "MY_TWILIO_TOKEN", "EXOTEL_STREAM_CREDENTIALS", "PLIVO_AUTH_TOKEN", "TELNYX_PUBLIC_KEY",
         "TELNYX_STREAM_SECRET", "VOXROUTE_API_KEY", "OPENROUTER_API_KEY", "SARVAM_API_KEY",
+        "VOXROUTE_CHAT_KEY",
     ]  # fmt: skip
     assert proc.stderr.count("error:") == 1  # one message
     for name in expected:
         assert name in proc.stderr, name
     assert "TWILIO_AUTH_TOKEN" not in proc.stderr
-    assert "8 environment variable(s) not set" in proc.stderr and "--dev" in proc.stderr
+    assert "9 environment variable(s) not set" in proc.stderr and "--dev" in proc.stderr
     # one secret set: it is no longer named, the others still are
     env = {**_bare_env(), "VOXROUTE_API_KEY": "k"}
     proc = subprocess.run(
