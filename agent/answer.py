@@ -12,11 +12,20 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from agent.calllog.redact import redact_json
 from agent.chunker import SpeakableChunker
 from agent.ladder import LadderExhausted, LLMLadder
 from agent.providers.base import ProviderError
 from agent.timeline import TurnRecord
-from agent.tools import MARK_RESOLVED, TRANSFER_TO_HUMAN, ToolRequest, agent_tools, read_tool_calls
+from agent.tools import (
+    BUILTIN_TOOLS,
+    MARK_RESOLVED,
+    TRANSFER_TO_HUMAN,
+    ToolRequest,
+    agent_tools,
+    read_tool_calls,
+)
+from agent.tools.run import ToolRunner, assistant_message
 from routing.router import health_key
 
 if TYPE_CHECKING:
@@ -25,6 +34,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("voxroute.call")
 
 MAX_REPLY_CHARS = 4000  # of one turn's reply; the model's max_tokens normally ends it long before
+
+
+class WaitingPhrase(str):
+    """A tool's waiting phrase in the answer's chunk queue: spoken as a bridge, not as the answer."""
 
 
 class Speaker:
@@ -58,12 +71,13 @@ class Speaker:
         """Speak the chunks of each queue in turn (the acknowledgement's, then the answer's)."""
         index = 0
         for queue in queues:
-            ack = queue is not queues[-1]
             while (text := await queue.get()) is not None:
+                ack = queue is not queues[-1] or isinstance(text, WaitingPhrase)
                 turn.chunks.append(text)
                 turn.reply = f"{turn.reply} {text}".strip()
                 if ack:
-                    turn.bridge, turn.bridge_kind = True, "ack"
+                    turn.bridge = True
+                    turn.bridge_kind = "tool" if isinstance(text, WaitingPhrase) else "ack"
                 else:
                     turn.reply_answer = f"{turn.reply_answer} {text}".strip()
                 queued = await self.chunk(turn, index, text, "bridge" if ack else "answer")
@@ -127,6 +141,15 @@ class Speaker:
 class Answerer:
     def __init__(self, session: CallSession) -> None:
         self.s = session
+        self.tools = ToolRunner(
+            session.config.tools.of(session.tenant),
+            call_sid=session.call_sid,
+            tenant=session.tenant,
+            now=session.clock.now,
+        )
+
+    async def aclose(self) -> None:
+        await self.tools.aclose()
 
     async def run(self, turn: TurnRecord) -> bool:
         """Route, stream the LLM through the ladder, speak chunks as they come. False if nothing was said.
@@ -167,6 +190,14 @@ class Answerer:
                 turn.mark("first_chunk", self.s.clock.now())
                 chunks.put_nowait(chunk)
 
+        def on_pause(waiting: str | None) -> None:
+            """A tool round starts: what was said so far is spoken; ``waiting``: a tool's phrase."""
+            for chunk in chunker.flush():
+                turn.mark("first_chunk", self.s.clock.now())
+                chunks.put_nowait(chunk)
+            if waiting:
+                chunks.put_nowait(WaitingPhrase(waiting))
+
         try:
             async with asyncio.TaskGroup() as tg:
                 if route.bridge_first and self._fast_path_healthy(route):
@@ -177,7 +208,7 @@ class Answerer:
                 speaker = tg.create_task(self.s.speaker.chunks(turn, queues))
                 try:
                     wanted = await self._run_ladder(
-                        turn, list(route.paths), on_text, first_token_by, route.guidance
+                        turn, route, on_text, first_token_by, on_pause, audio_by - b.tts_first_audio_ms
                     )
                 finally:
                     for chunk in chunker.flush():
@@ -267,25 +298,138 @@ class Answerer:
         )
 
     async def _run_ladder(
-        self, turn: TurnRecord, paths: list[str], on_text, first_token_by: float | None, guidance: str = ""
+        self,
+        turn: TurnRecord,
+        route,
+        on_text,
+        first_token_by: float | None,
+        on_pause=None,
+        waiting_by: float | None = None,
     ) -> list[ToolRequest]:
-        """The answer's ladder, offering the agent's tools; returns the tools the model called.
-        ``guidance``: the class's instruction (out of scope: a polite redirect), said just before the
-        caller's words so that the model reads it with them."""
-        ladder = self._ladder(
-            turn,
-            first_token_by=first_token_by,
-            tools=agent_tools(self.s.handover.can_transfer()),
-            history=with_guidance(self.s.history, guidance),
-        )
+        """The answer's ladder, offering the agent's tools; returns the built-in tools the model called.
+
+        The route's class guidance (out of scope: a polite redirect) is said just before the caller's
+        words so that the model reads it with them. Business tools run between rounds: each round
+        is a new ladder (only its winning attempt's calls run), and the results go back to the model
+        as tool messages; the last round (``tools.max_rounds``) offers no tools, so a model that keeps
+        calling them must answer. A call to a ``stakes: high`` tool from a fast-tier model is not
+        run: the round is asked again of the reasoning tier, and the escalation sticks.
+        ``on_pause(phrase)`` is called when a tool round starts (``phrase``: the tool's waiting
+        phrase, when the tool is not back by ``waiting_by``)."""
+        paths = list(route.paths)
+        history = with_guidance(self.s.history, route.guidance)
+        offered = agent_tools(self.s.handover.can_transfer()) + self.tools.offered()
+        wanted: list[ToolRequest] = []
+        max_rounds = self.s.config.tools.max_rounds if self.tools.tools else 0
+        rounds = 0
+        escalated_here = False
         try:
-            await ladder.run(paths, on_text)
+            while True:
+                last = rounds >= max_rounds and max_rounds > 0
+                ladder = self._ladder(
+                    turn,
+                    f":t{rounds}" if rounds else "",
+                    first_token_by=first_token_by,
+                    tools=None if last else offered,
+                    history=history,
+                )
+                try:
+                    await ladder.run(paths, on_text)
+                finally:
+                    found, problems = read_tool_calls(ladder.tool_calls)
+                    for problem in problems:
+                        log.warning(
+                            "call %s turn %d: ignoring a tool call: %s", self.s.call_sid, turn.index, problem
+                        )
+                    wanted += found
+                    turn.tools += [_builtin_record(w) for w in found]
+                calls = [c for c in ladder.tool_calls if c.name not in BUILTIN_TOOLS]
+                if not calls or last:
+                    if calls:
+                        log.warning(
+                            "call %s turn %d: tool calls after the round cap ignored",
+                            self.s.call_sid,
+                            turn.index,
+                        )
+                    break
+                high = [c.name for c in calls if self.tools.stakes(c.name) == "high"]
+                if high and not escalated_here and self._answered_by_tier(turn) != "reasoning":
+                    escalated_here = True
+                    paths = self._escalate(turn, route, high[0])
+                    rounds += 1
+                    continue  # the reasoning tier decides again; the fast tier's call is not run
+                rounds += 1
+                said = "".join(ladder.spoken)
+                outcomes = await self._tool_round(turn, ladder.tool_calls, on_pause, waiting_by)
+                results = [o.message() for o in outcomes]
+                results += [
+                    {"role": "tool", "tool_call_id": c.id, "content": '{"ok": true}'}
+                    for c in ladder.tool_calls
+                    if c.name in BUILTIN_TOOLS
+                ]
+                history = [*history, assistant_message(ladder.tool_calls, said), *results]
         finally:
-            wanted, problems = read_tool_calls(ladder.tool_calls)
-            for problem in problems:
-                log.warning("call %s turn %d: ignoring a tool call: %s", self.s.call_sid, turn.index, problem)
-            turn.tools = [{"name": w.name, "argument": w.argument} for w in wanted]
+            self.tools.forget(turn.index)
         return wanted
+
+    def _answered_by_tier(self, turn: TurnRecord) -> str | None:
+        path = turn.usage.get("path")
+        models = self.s.services.router.models(self.s.tenant)
+        return models[path].tier if path in models else None
+
+    def _escalate(self, turn: TurnRecord, route, tool: str) -> list[str]:
+        """A high-stakes tool call: this turn goes to the reasoning tier, and the conversation stays
+        escalated as after a high-stakes class (its class's ``step_down_after`` applies)."""
+        conv = self.s.routing
+        if not conv.escalated:
+            conv.escalated, conv.escalated_by = True, route.routing_class
+        conv.routine_since_escalation = 0
+        table = self.s.services.router.table
+        cell = table.cell(route.tenant, route.group, route.channel, route.routing_class)
+        paths = list(cell.escalated_ladder)
+        first = self.s.services.router.models(self.s.tenant)[paths[0]]
+        log.info(
+            "call %s turn %d: high-stakes tool %s: escalating to %s", self.s.call_sid, turn.index, tool, paths
+        )
+        if turn.route is not None:
+            turn.route = {
+                **turn.route,
+                "tier": first.tier,
+                "model": first.model,
+                "paths": paths,
+                "escalated": True,
+                "stakes": "high",
+                "reason": f"{turn.route.get('reason', '')}; high-stakes tool {tool} -> escalate",
+            }
+        return paths
+
+    async def _tool_round(self, turn: TurnRecord, calls, on_pause, waiting_by: float | None) -> list:
+        """Run one round of business tool calls. If they are not back by ``waiting_by`` (when the
+        answer's audio had to start), the first called tool's waiting phrase is spoken meanwhile
+        (once per turn); without one, the watchdog's bridge covers the budget."""
+        business = [c for c in calls if c.name not in BUILTIN_TOOLS]
+        turn.mark("tool_request", self.s.clock.now())
+        phrase = next((p for c in business if (p := self.tools.waiting_phrase(c.name, turn.language))), None)
+        if turn.reply_answer or turn.bridge_kind == "tool":
+            phrase = None
+        if on_pause is not None:
+            on_pause(None)
+        async with asyncio.TaskGroup() as tg:
+            job = tg.create_task(self.tools.run(turn.index, business))
+            if phrase and on_pause is not None:
+                wait = 0.0 if waiting_by is None else max(0.0, waiting_by - self.s.clock.now()) / 1000
+                done, _ = await asyncio.wait([job], timeout=wait)
+                if not done:
+                    on_pause(phrase)
+            outcomes = await job
+        turn.mark("tool_result", self.s.clock.now(), overwrite=True)
+        turn.tools += [o.record() for o in outcomes]
+        return outcomes
+
+
+def _builtin_record(w: ToolRequest) -> dict:
+    key = "reason" if w.name == TRANSFER_TO_HUMAN else "summary"
+    return {"name": w.name, "arguments": redact_json({key: w.argument}), "status": "ok", "latency_ms": 0.0}
 
 
 def with_guidance(history: list[dict], guidance: str) -> list[dict]:

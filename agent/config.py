@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from agent.tools.spec import ToolsConfig
 from routing.table import ModelPath, RoutingConfig, RoutingTable, TenantConfig, check_references
 
 if TYPE_CHECKING:
@@ -311,6 +312,7 @@ class Config(_Model):
     chat: ChatConfig = ChatConfig()
     _agents: dict[str, AgentDef] = PrivateAttr(default_factory=dict)
 
+    tools: ToolsConfig = ToolsConfig()  # business tools per tenant (agent/tools)
     @model_validator(mode="after")
     def _references(self) -> Config:
         problems = [
@@ -335,6 +337,7 @@ class Config(_Model):
         if self.telephony.default_tenant not in self.tenants:
             problems.append(f"telephony.default_tenant: no tenant {self.telephony.default_tenant!r}")
         if problems:
+        problems += [f"tools.tenants.{t}: no tenant {t!r}" for t in self.tools.tenants if t not in self.tenants]
             raise ValueError("; ".join(problems))
         return self
 

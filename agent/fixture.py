@@ -10,7 +10,7 @@ import json
 import os
 import struct
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -26,6 +26,16 @@ class FixtureError(ValueError):
     """A fixture file is missing or malformed; the message names the file and the field."""
 
 
+class ExpectTool(BaseModel):
+    """The tool call the caller's words should lead to: the LLM emulator makes it (scripted), and a
+    replay can check that the runtime ran it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64)
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
 class Utterance(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -34,6 +44,7 @@ class Utterance(BaseModel):
     text: str | None = None
     language: str | None = None
     expect_class: str | None = None
+    expect_tool: ExpectTool | None = None  # format 1, optional: the tool call these words lead to
     dtmf: str | None = Field(default=None, pattern=r"^[0-9*#A-D]+$")
     play: Literal["after_agent", "barge_in"] = "after_agent"
     gap_ms: int = Field(default=700, ge=0)

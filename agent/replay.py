@@ -35,10 +35,29 @@ class LocalStack:
     config: Config
     emulators: Any  # emulators.stack.EmulatorStack
     services: Any  # agent.services.Services
+    tool_apps: dict[str, Any] = dataclasses.field(default_factory=dict)  # tool stand-ins, by tenant.tool
 
 
 @contextlib.asynccontextmanager
 async def local_stack(
+    profile: str = "reference",
+    seed: int = 0,
+    fixtures: list[Fixture] | None = None,
+    config: Config | None = None,
+    **kwargs: Any,
+) -> AsyncIterator[LocalStack]:
+    """As :func:`_local_stack`, with the stand-ins of the config's HTTP tools (``stand_in``) served
+    on 127.0.0.1 and the tools pointed at them (``LocalStack.tool_apps``: the apps, by tenant.tool)."""
+    from agent.tools.standins import stand_ins
+
+    async with stand_ins(config or load_config()) as (config, tool_apps):
+        async with _local_stack(profile, seed, fixtures, config, **kwargs) as running:
+            running.tool_apps = tool_apps
+            yield running
+
+
+@contextlib.asynccontextmanager
+async def _local_stack(
     profile: str = "reference",
     seed: int = 0,
     fixtures: list[Fixture] | None = None,

@@ -170,6 +170,7 @@ class CallSession:
         finally:
             await self.stt.aclose()
             self._finish_turn_on_hangup()
+            await self.answerer.aclose()  # the tool runner's HTTP pool
             self.ended_wall = time.time()
             self.services.unregister(self)
         log.info("call %s ended: %s after %d turns", self.call_sid, self.ended, len(self.turns))

@@ -18,6 +18,8 @@ TIMELINE_NAMES = (
     "route",
     "llm_request",
     "llm_first_token",
+    "tool_request",  # the first business tool call of the turn went out (agent/tools)
+    "tool_result",  # the last tool result came back
     "first_chunk",
     "tts_request",
     "tts_first_audio",
@@ -62,7 +64,8 @@ class TurnRecord:
     outcome: str = "answered"  # answered, apology, handoff, not_heard, interrupted
     usage: dict[str, Any] = field(default_factory=dict)
     chunks: list[str] = field(default_factory=list)
-    tools: list[dict[str, str]] = field(default_factory=list)  # tool calls the model made ({name, argument})
+    # tool calls the model made: {name, arguments (masked), status ok|error|timeout, latency_ms, ...}
+    tools: list[dict[str, Any]] = field(default_factory=list)
     overlaps: list[dict[str, Any]] = field(
         default_factory=list
     )  # caller sounds over the agent that did not interrupt

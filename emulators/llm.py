@@ -41,7 +41,12 @@ Control endpoints: ``GET /_emulator/faults`` -> ``[FaultRecord.as_dict()...]`` (
 behave so until ``DELETE /_emulator/behaviour``: a slow model, a hung one, a provider that is down.
 
 Replies come from :func:`respond`, a pure template responder, and tool calls from
-:func:`plan_tool_calls`.
+:func:`plan_tool_calls`. Scripted tool calls (``emulators.scripted.ScriptedCall``: a fixture
+utterance's ``expect_tool``, or ``POST /_emulator/tools`` ``[{"match", "name", "arguments", "rounds",
+"offered_only"}]``, cleared by ``DELETE /_emulator/tools``) come first: the model calls that tool
+when the caller's last words contain ``match``, streamed as real providers do (the name in the
+first fragment, the arguments in pieces). Once tool results are back the model says what they hold
+(:func:`emulators.scripted.after_tools`).
 
 Run standalone: ``python -m emulators.llm --flavor openrouter --port 8101``.
 """
@@ -326,6 +331,11 @@ def _prompt_tokens(messages: list[dict[str, Any]]) -> int:
 # ---------------------------------------------------------------- the app
 
 
+def _arguments_text(args: dict[str, Any] | str) -> str:
+    """A call's arguments as the model sends them: JSON, or a scripted string as it is (broken JSON)."""
+    return args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
+
+
 def _sse(obj: Any) -> bytes:
     return b"data: " + json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
 
@@ -366,6 +376,7 @@ class LLMEmulator:
         reasoning_models: frozenset[str] | set[str] = frozenset(),
         keepalive_interval_s: float = 0.1,
         prices: dict[str, tuple[float, float]] | None = None,
+        tool_script: list[scripted.ScriptedCall] | None = None,
     ) -> None:
         if flavor not in EMULATOR_FLAVORS:
             raise ValueError(f"unknown flavor {flavor!r}; choose one of {EMULATOR_FLAVORS}")
@@ -384,6 +395,7 @@ class LLMEmulator:
         self._midstream_errors = 0
         self.model_requests: dict[str, int] = {}  # requests per model id
         self.behaviours: dict[str | None, Behaviour] = {}  # model (None = every model) -> behaviour
+        self.tool_script: list[scripted.ScriptedCall] = list(tool_script or [])
         self.keepalive = OPENROUTER_KEEPALIVE if flavor == "openrouter" else GENERIC_KEEPALIVE
         self.app = self._build_app()
 
@@ -431,6 +443,23 @@ class LLMEmulator:
         @app.delete("/_emulator/behaviour")
         async def clear_behaviour() -> JSONResponse:
             self.behaviours.clear()
+            return JSONResponse({"ok": True})
+
+        @app.post("/_emulator/tools")
+        async def script_tools(request: Request) -> JSONResponse:
+            try:
+                body = await request.json()
+                if not isinstance(body, list):
+                    raise TypeError("the body must be a JSON list")
+                self.tool_script.extend(scripted.ScriptedCall.from_json(item) for item in body)
+            except (ValueError, TypeError) as e:
+                log.warning("llm emulator: bad tool script: %r", e)
+                return JSONResponse({"error": f"bad tool script: {e}"}, 400)
+            return JSONResponse({"ok": True, "scripted": len(self.tool_script)})
+
+        @app.delete("/_emulator/tools")
+        async def clear_tools() -> JSONResponse:
+            self.tool_script.clear()
             return JSONResponse({"ok": True})
 
         @app.get("/_emulator/stats")
@@ -604,10 +633,18 @@ class LLMEmulator:
             if behaviour.tps is not None:
                 tps = behaviour.tps
         messages = body["messages"]
-        calls = plan_tool_calls(messages, body.get("tools"))
+        calls = scripted.scripted_calls(self.tool_script, messages, tool_names(body.get("tools")))
+        calls = calls or plan_tool_calls(messages, body.get("tools"))
         spoken = all(name in SPOKEN_TOOLS for name, _ in calls)
-        # A routing class from the runtime (the offline stack) picks a scripted reply, else the templates.
-        text = (scripted.reply(messages) or respond(model, messages, reasoning=reasoning)) if spoken else ""
+        # Tool results say what to answer; a routing class from the runtime (the offline stack) picks a
+        # scripted reply; else the templates.
+        text = (
+            scripted.after_tools(messages)
+            or scripted.reply(messages)
+            or respond(model, messages, reasoning=reasoning)
+            if spoken
+            else ""
+        )
         plan = _Plan(
             model=model,
             reasoning=reasoning,
@@ -784,7 +821,7 @@ class LLMEmulator:
             await self._break_stream(plan, send)
             return False
         for i, (_, args) in enumerate(plan.calls):
-            text = json.dumps(args, ensure_ascii=False)
+            text = _arguments_text(args)
             cut = max(1, len(text) // 2)
             for part in (text[:cut], text[cut:]):
                 await body(
@@ -822,7 +859,7 @@ class LLMEmulator:
                 {
                     "id": plan.call_id(self.flavor, i),
                     "type": "function",
-                    "function": {"name": name, "arguments": json.dumps(args, ensure_ascii=False)},
+                    "function": {"name": name, "arguments": _arguments_text(args)},
                 }
                 for i, (name, args) in enumerate(plan.calls)
             ]
@@ -865,7 +902,7 @@ class _Plan:
         self.model: str = kw["model"]
         self.reasoning: bool = kw["reasoning"]
         self.pieces: list[str] = kw["pieces"]
-        self.calls: list[tuple[str, dict[str, Any]]] = kw["calls"]
+        self.calls: list[tuple[str, dict[str, Any] | str]] = kw["calls"]
         self.prompt_tokens: int = kw["prompt_tokens"]
         self.ttft: float = kw["ttft"]
         self.gap: float = kw["gap"]

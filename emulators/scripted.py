@@ -13,7 +13,9 @@ Pure functions, deterministic in the conversation.
 
 from __future__ import annotations
 
+import json
 import re
+from dataclasses import dataclass
 from typing import Any
 
 MARKER = "voxroute-routing-class:"
@@ -167,3 +169,127 @@ def reply(messages: list[dict[str, Any]]) -> str | None:
         key = "thanks"
     options = table.get(key) or table.get("generic") or EN["faq"]
     return options[min(variant, len(options) - 1)]  # the conversation moves on; the last line repeats
+
+
+# ---------------------------------------------------------------- scripted tool calls
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptedCall:
+    """A tool call the emulated model makes when the caller's last words contain ``match``.
+
+    ``arguments``: a dict (sent as JSON, cut into fragments), or a string sent as it is (a model's
+    broken JSON). ``rounds``: how many tool rounds the model asks for after those words (more than
+    one: a model that loops). ``offered_only``: only when the request offers a tool of that name
+    (False: the model calls a tool that does not exist)."""
+
+    match: str
+    name: str
+    arguments: dict[str, Any] | str
+    rounds: int = 1
+    offered_only: bool = True
+
+    @classmethod
+    def from_json(cls, obj: Any) -> ScriptedCall:
+        if not isinstance(obj, dict):
+            raise TypeError("a scripted tool call is a JSON object")
+        args = obj.get("arguments", {})
+        if not isinstance(obj.get("match"), str) or not isinstance(obj.get("name"), str):
+            raise TypeError("match and name must be strings")
+        if not isinstance(args, dict | str):
+            raise TypeError("arguments must be an object or a string")
+        rounds = obj.get("rounds", 1)
+        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+            raise ValueError("rounds must be a positive integer")
+        return cls(normalise(obj["match"]), obj["name"], args, rounds, bool(obj.get("offered_only", True)))
+
+
+def normalise(text: str) -> str:
+    """Lower case, letters and digits only, single spaces: how scripted words are matched."""
+    return " ".join(re.findall(r"\w+", text.lower()))
+
+
+def script_from_fixtures(fixtures: Any) -> list[ScriptedCall]:
+    """The ``expect_tool`` of every fixture utterance (agent/fixture.py) as scripted calls on its words."""
+    out = []
+    for fixture in fixtures:
+        for utt in fixture.script.utterances:
+            expect = getattr(utt, "expect_tool", None)
+            if expect is not None and utt.text:
+                out.append(ScriptedCall(normalise(utt.text), expect.name, dict(expect.arguments)))
+    return out
+
+
+def _is_note(text: str) -> bool:
+    """A runtime's note in the user role ("(Your reply was cut off...)"), not the caller's words."""
+    text = text.strip()
+    return text.startswith("(") and text.endswith(")")
+
+
+def caller_words(messages: list[dict[str, Any]]) -> tuple[str, int]:
+    """The caller's last words, and the tool rounds the model took since the last user message."""
+    users = [i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "user"]
+    if not users:
+        return "", 0
+    last = users[-1]
+    rounds = sum(
+        1
+        for m in messages[last + 1 :]
+        if isinstance(m, dict) and m.get("role") == "assistant" and m.get("tool_calls")
+    )
+    for i in reversed(users):
+        text = _text(messages[i])
+        if not _is_note(text):
+            return text, rounds
+    return "", rounds
+
+
+def scripted_calls(
+    script: list[ScriptedCall], messages: list[dict[str, Any]], offered: set[str]
+) -> list[tuple[str, dict[str, Any] | str]]:
+    """The calls ``script`` makes for this request (none unless tools are offered, and none once the
+    entry's rounds are used up since the caller's words)."""
+    if not offered or not script or not messages or not isinstance(messages[-1], dict):
+        return []
+    if messages[-1].get("role") not in ("user", "tool"):
+        return []
+    words, rounds = caller_words(messages)
+    said = normalise(words)
+    return [
+        (c.name, c.arguments)
+        for c in script
+        if c.match and c.match in said and rounds < c.rounds and (c.name in offered or not c.offered_only)
+    ]
+
+
+def after_tools(messages: list[dict[str, Any]]) -> str | None:
+    """The reply once tool results came back (the last message is a tool message), or None: the
+    result's status is said ("Order A1745 is shipped"); an error result gets an apology."""
+    if not messages or not isinstance(messages[-1], dict) or messages[-1].get("role") != "tool":
+        return None
+    results: list[dict[str, Any]] = []
+    for m in reversed(messages):
+        if not isinstance(m, dict) or m.get("role") != "tool":
+            break
+        try:
+            value = json.loads(_text(m) or "{}")
+        except ValueError:
+            value = {"error": "unreadable"}
+        results.append(value if isinstance(value, dict) else {"result": value})
+    results.reverse()
+    if any("error" in r for r in results):
+        return "I'm sorry, I can't reach our order system right now. Shall I have someone call you back?"
+    parts = []
+    for r in results:
+        if "status" in r:
+            ident = r.get("order_id") or r.get("id")
+            part = f"Order {ident} is {r['status']}" if ident else f"It is {r['status']}"
+            if r.get("eta"):
+                part += f", arriving {r['eta']}"
+            parts.append(part + ".")
+        elif r.get("return_id"):
+            parts.append(f"I have started your return, reference {r['return_id']}.")
+        elif r:
+            key, value = next(iter(r.items()))
+            parts.append(f"Done: {key.replace('_', ' ')} {value}.")
+    return " ".join(parts) or "Done. Is there anything else I can help with?"

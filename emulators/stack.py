@@ -19,6 +19,7 @@ from typing import Any
 
 from agent.fixture import Fixture, all_fixture_names, load
 from agent.runtime import EmulatorURLs
+from emulators import scripted
 from emulators.carrier_rest import CarrierRestEmulator, emulated_plivo_token
 from emulators.llm import LLMEmulator
 from emulators.profiles import Dice, get_profile
@@ -114,9 +115,16 @@ async def run_emulators(
     library = fixture_library(fixtures)
     stt_app = create_stt_app(library, dice["stt"])
     tts_app = create_tts_app(dice["tts"])
-    sarvam_llm = LLMEmulator(dice["sarvam_llm"], "sarvam", reasoning_models=reasoning_models)
+    script = scripted.script_from_fixtures(library.fixtures)  # the utterances' expect_tool
+    sarvam_llm = LLMEmulator(
+        dice["sarvam_llm"], "sarvam", reasoning_models=reasoning_models, tool_script=script
+    )
     openrouter_llm = LLMEmulator(
-        dice["openrouter_llm"], "openrouter", reasoning_models=reasoning_models, prices=prices
+        dice["openrouter_llm"],
+        "openrouter",
+        reasoning_models=reasoning_models,
+        prices=prices,
+        tool_script=script,
     )
     sarvam = PathDispatch(
         [

@@ -229,7 +229,14 @@ async def test_the_model_hands_off_with_its_transfer_tool():
     assert raw["ended"] == "handoff", raw.get("error")
     last = raw["turns"][-1]
     assert last["route"]["class"] == "human_request" and not last["route"]["handoff"]
-    assert last["tools"] == [{"name": "transfer_to_human", "argument": "caller asked for a person"}]
+    assert last["tools"] == [
+        {
+            "name": "transfer_to_human",
+            "arguments": {"reason": "caller asked for a person"},
+            "status": "ok",
+            "latency_ms": 0.0,
+        }
+    ]
     assert last["outcome"] == "handoff" and last["reply"] == cfg.agent.transfer_phrases["en-IN"]
     assert raw["handoff"]["trigger"] == "the agent asked for a person: caller asked for a person"
     assert root.find("Dial/Number").text == "+918000000999"

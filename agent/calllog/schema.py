@@ -99,6 +99,7 @@ class TurnRow(Base):
     fallback_count: Mapped[int] = mapped_column(Integer, default=0)
     model_failures: Mapped[int] = mapped_column(Integer, default=0)  # fallbacks of the LLM ladder
     fallbacks: Mapped[list | None] = mapped_column(JSONType)  # each with its provider, kind, error, action
+    tools: Mapped[list | None] = mapped_column(JSONType)  # business and built-in tool calls, arguments masked
     handoff: Mapped[bool] = mapped_column(Boolean, default=False)
     barged_in: Mapped[bool] = mapped_column(Boolean, default=False)  # the caller talked over the reply
     outcome: Mapped[str | None] = mapped_column(String(24))  # answered, apology, handoff, not_heard, ...
@@ -112,6 +113,8 @@ class TurnRow(Base):
     route_ms: Mapped[float | None] = mapped_column(Float)
     llm_request_ms: Mapped[float | None] = mapped_column(Float)
     llm_first_token_ms: Mapped[float | None] = mapped_column(Float)
+    tool_request_ms: Mapped[float | None] = mapped_column(Float)
+    tool_result_ms: Mapped[float | None] = mapped_column(Float)
     first_chunk_ms: Mapped[float | None] = mapped_column(Float)
     tts_request_ms: Mapped[float | None] = mapped_column(Float)
     tts_first_audio_ms: Mapped[float | None] = mapped_column(Float)

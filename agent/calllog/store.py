@@ -294,6 +294,7 @@ def turn_row(call_sid: str, turn: dict[str, Any]) -> dict[str, Any]:
         "fallback_count": len(fallbacks),
         "model_failures": sum(is_model_failure(f) for f in fallbacks),
         "fallbacks": fallbacks,
+        "tools": redact_json(turn.get("tools")) or None,
         "handoff": bool(turn.get("handoff")),
         "barged_in": bool(turn.get("interrupted")),
         "outcome": turn.get("outcome"),

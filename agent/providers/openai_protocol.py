@@ -167,6 +167,9 @@ class ToolCall:
     name: str
     arguments: dict[str, Any]
     index: int = 0
+    # Lenient parsing only: why the arguments are not a JSON object (``arguments`` is then empty); the
+    # tool runner answers the model with an error result instead of failing the whole stream.
+    arguments_error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,10 +277,13 @@ def _error(raw: Any) -> StreamError:
 class ChunkInterpreter:
     """Turns the JSON of successive chunks into :data:`ChatEvent` s; keeps tool-call fragments per index.
 
-    Only choice index 0 is read (the router always asks for one choice).
+    Only choice index 0 is read (the router always asks for one choice). ``strict_tool_arguments``:
+    arguments that are not a JSON object raise :class:`OpenAIProtocolError` at finish; when False they
+    give a :class:`ToolCall` with ``arguments_error`` set (the model's mistake, not the stream's).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, strict_tool_arguments: bool = True) -> None:
+        self.strict_tool_arguments = strict_tool_arguments
         self.model: str | None = None  # the model that actually answered (OpenRouter fallback)
         self.finish_reason: str | None = None
         self.error: StreamError | None = None
@@ -364,11 +370,23 @@ class ChunkInterpreter:
             if not slot["name"]:
                 raise OpenAIProtocolError(f"tool call {index} has no function name")
             text = "".join(slot["args"]).strip() or "{}"
-            args = _loads(text, f"tool call {slot['name']} arguments")
-            if not isinstance(args, dict):
-                raise OpenAIProtocolError(f"tool call {slot['name']} arguments are not an object")
+            problem = None
+            try:
+                args = _loads(text, f"tool call {slot['name']} arguments")
+                if not isinstance(args, dict):
+                    raise OpenAIProtocolError(f"tool call {slot['name']} arguments are not an object")
+            except OpenAIProtocolError as exc:
+                if self.strict_tool_arguments:
+                    raise
+                args, problem = {}, str(exc)[:200]
             calls.append(
-                ToolCall(id=slot["id"] or f"call_{index}", name=slot["name"], arguments=args, index=index)
+                ToolCall(
+                    id=slot["id"] or f"call_{index}",
+                    name=slot["name"],
+                    arguments=args,
+                    index=index,
+                    arguments_error=problem,
+                )
             )
         self._tools.clear()
         return tuple(calls)
@@ -377,9 +395,9 @@ class ChunkInterpreter:
 class ChatStreamDecoder:
     """SSE framing plus chunk interpretation: ``feed(bytes)`` -> chat events, keep-alives and :class:`Done`."""
 
-    def __init__(self) -> None:
+    def __init__(self, strict_tool_arguments: bool = True) -> None:
         self.sse = SSEParser()
-        self.chunks = ChunkInterpreter()
+        self.chunks = ChunkInterpreter(strict_tool_arguments)
 
     @property
     def done(self) -> bool:

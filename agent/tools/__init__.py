@@ -1,8 +1,13 @@
-"""The tools the agent's LLM may call: hand the call to a person, mark the call resolved.
+"""The tools the agent's LLM may call.
 
-The schemas follow the OpenAI ``tools`` format (``docs/reference/openai_compatible.md``). The
-runtime acts on the calls itself; no tool result goes back to the model, because a transfer ends
-the agent's part of the call and ``mark_resolved`` comes with the spoken closing.
+Built in (this module): hand the call to a person, mark the call resolved. The runtime acts on
+these itself; no result goes back to the model, because a transfer ends the agent's part of the
+call and ``mark_resolved`` comes with the spoken closing.
+
+A tenant's business tools (``spec.py``: HTTP and Python tools from the config; ``run.py``: the
+:class:`~agent.tools.run.ToolRunner` that executes them) return results to the model.
+
+The schemas follow the OpenAI ``tools`` format (``docs/reference/openai_compatible.md``).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from typing import Any
 
 TRANSFER_TO_HUMAN = "transfer_to_human"
 MARK_RESOLVED = "mark_resolved"
+BUILTIN_TOOLS = frozenset({TRANSFER_TO_HUMAN, MARK_RESOLVED})
 
 
 def _function(name: str, description: str, properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
@@ -62,15 +68,15 @@ class ToolRequest:
 
 
 def read_tool_calls(calls: Any) -> tuple[list[ToolRequest], list[str]]:
-    """Our tool calls from a model's ``tool_calls`` (objects with ``name`` and ``arguments``), and a
-    problem line for each call that is unknown or malformed (logged by the caller, never raised)."""
+    """The built-in tool calls from a model's ``tool_calls`` (objects with ``name`` and ``arguments``),
+    and a problem line for each built-in call that is malformed (logged by the caller, never raised).
+    Other names are the business tools' (the tool runner answers them, unknown ones included)."""
     wanted: list[ToolRequest] = []
     problems: list[str] = []
     for call in calls or ():
         name = getattr(call, "name", None)
         args = getattr(call, "arguments", None)
-        if name not in (TRANSFER_TO_HUMAN, MARK_RESOLVED):
-            problems.append(f"unknown tool {name!r}")
+        if name not in BUILTIN_TOOLS:
             continue
         key = "reason" if name == TRANSFER_TO_HUMAN else "summary"
         value = args.get(key) if isinstance(args, dict) else None
