@@ -31,16 +31,14 @@ import os
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agent.answer import Answerer
+from agent.answer import Answerer, Speaker
 from agent.services import Services
-from agent.session import CallSummary
 from agent.timeline import Clock, TurnRecord, log_turn
 from routing.router import is_devanagari
 
@@ -145,11 +143,13 @@ class _TextTaker:
         return index in self.started
 
 
-class TextSpeaker:
-    """The voice's ``Speaker`` for text: chunks and phrases go to the client instead of TTS.
-    ``first_audio_out`` on the chat channel is when the answer's first text went out."""
+class TextSpeaker(Speaker):
+    """The voice's ``Speaker`` for text: what it would put through TTS goes to the client instead (its
+    ``chunks`` logic, acknowledgements and bridges included, is the voice's). ``first_audio_out`` on
+    the chat channel is when the answer's first text went out."""
 
     def __init__(self, conv: ChatConversation) -> None:
+        super().__init__(conv)  # type: ignore[arg-type]  # duck-typed: the answer's view of a call
         self.c = conv
         self.out: asyncio.Queue[str] | None = None  # the running request's text, as it comes
 
@@ -157,24 +157,20 @@ class TextSpeaker:
         turn.mark("first_audio_out", self.c.clock.now())
         self.c.taker.answer_started(turn.index)
         if self.out is not None:
-            self.out.put_nowait(text)
+            self.out.put_nowait(text if len(turn.chunks) <= 1 else " " + text)  # as ``reply`` joins them
+
+    def mark(self, turn: TurnRecord, name: str, text: str) -> None:
+        """No marks on text: what was sent is what the client got (``heard`` is set at the end)."""
+
+    async def chunk(self, turn: TurnRecord, index: int, text: str, source: str = "answer") -> bool:
+        self.say(turn, text)
+        return True
 
     async def phrase(self, turn: TurnRecord, kind: str) -> None:
         text = self.c.services.phrase_text(turn.language, kind)
         turn.reply = f"{turn.reply} {text}".strip()
+        turn.chunks.append(text)
         self.say(turn, text)
-
-    async def chunks(self, turn: TurnRecord, queues: list[asyncio.Queue[str | None]]) -> None:
-        for queue in queues:
-            ack = queue is not queues[-1]
-            while (text := await queue.get()) is not None:
-                turn.chunks.append(text)
-                turn.reply = f"{turn.reply} {text}".strip()
-                if ack:
-                    turn.bridge, turn.bridge_kind = True, "ack"
-                else:
-                    turn.reply_answer = f"{turn.reply_answer} {text}".strip()
-                self.say(turn, text if not turn.chunks[:-1] else " " + text)
 
 
 class ChatConversation:
@@ -244,26 +240,26 @@ class ChatConversation:
             log_turn(self.call_sid, turn)
         return turn
 
-    def summary(self) -> CallSummary:
-        return CallSummary(
-            call_sid=self.call_sid, stream_sid=self.call_sid, tenant=self.tenant, language=self.language,
-            started_at=self.started_wall, ended="completed", carrier="chat", channel="chat",
-            ended_at=time.time(), outcome=self.outcome, outcome_reason=self.outcome_reason,
-            turns=[t.as_dict() for t in self.turns], history=[dict(m) for m in self.history],
-        )  # fmt: skip
+    async def aclose(self) -> None:
+        """The conversation is forgotten: its answer's resources (the tool runner's HTTP pool) go."""
+        close = getattr(self.answerer, "aclose", None)
+        if close is not None:
+            await close()
 
     def call_json(self, *, ended: str, with_turns: bool) -> dict[str, Any]:
-        """The call as the call observers see it (agent/services.py ``call_json``'s shape)."""
-        s = self.summary()
+        """The conversation as the call observers see a call (agent/services.py ``call_json``'s shape)."""
         data = {
-            "call_sid": s.call_sid, "stream_sid": s.stream_sid, "tenant": s.tenant, "carrier": s.carrier,
-            "channel": "chat", "from_number": None, "to_number": None, "language": s.language,
-            "started_at": s.started_at, "ended_at": s.ended_at if ended != "in_progress" else None,
-            "ended": ended, "outcome": s.outcome, "outcome_reason": s.outcome_reason, "error": None,
+            "call_sid": self.call_sid, "stream_sid": self.call_sid, "tenant": self.tenant, "carrier": "chat",
+            "channel": "chat", "from_number": None, "to_number": None, "language": self.language,
+            "started_at": self.started_wall, "ended_at": None if ended == "in_progress" else time.time(),
+            "ended": ended, "outcome": self.outcome, "outcome_reason": self.outcome_reason, "error": None,
             "mode": self.services.mode, "policy": self.services.router.table.policy_version, "leg": 1,
         }  # fmt: skip
         if with_turns:
-            data.update(turns=s.turns, history=s.history, merged_turns=[], faults=[], handoff=None)
+            data.update(
+                turns=[t.as_dict() for t in self.turns], history=[dict(m) for m in self.history],
+                merged_turns=[], faults=[], handoff=None,
+            )  # fmt: skip
         return data
 
 
@@ -305,26 +301,30 @@ class ChatService:
                             "model_not_found", "model")  # fmt: skip
         return model
 
-    def conversation(self, tenant: str, key: str | None) -> ChatConversation:
+    async def conversation(self, tenant: str, key: str | None) -> ChatConversation:
+        """The conversation of ``key`` (a new one without a key, or when it was forgotten). Its id is
+        random: a key seen again after a restart or an idle spell starts a new call log record."""
         cfg = self.config.chat
         now = time.monotonic()
-        while self.conversations:  # forget idle conversations (oldest use first)
-            oldest = next(iter(self.conversations.values()))
-            if now - oldest.last_used < cfg.session_idle_s or oldest.lock.locked():
-                break
-            self.conversations.popitem(last=False)
-        seed = f"{tenant}\0{key}" if key else f"{tenant}\0{secrets.token_hex(16)}"
-        sid = "CH" + hashlib.sha256(seed.encode()).hexdigest()[:32]
-        conv = self.conversations.get(sid)
+        gone = [
+            k for k, c in self.conversations.items()
+            if now - c.last_used >= cfg.session_idle_s and not c.lock.locked()
+        ]  # fmt: skip
+        for k in gone:
+            await self.conversations.pop(k).aclose()
+        slot = hashlib.sha256(f"{tenant}\0{key}".encode()).hexdigest() if key else secrets.token_hex(16)
+        conv = self.conversations.get(slot)
         if conv is None:
-            language = (
-                self.config.tenants[tenant].languages[0] if self.config.tenants[tenant].languages else "en-IN"
+            languages = self.config.tenants[tenant].languages
+            sid = "CH" + secrets.token_hex(16)
+            conv = ChatConversation(
+                self.services, tenant, sid, languages[0] if languages else self.config.language
             )
-            conv = ChatConversation(self.services, tenant, sid, language)
-            self.conversations[sid] = conv
+            self.conversations[slot] = conv
             while len(self.conversations) > cfg.max_sessions:
-                self.conversations.popitem(last=False)
-        self.conversations.move_to_end(sid)
+                oldest = next(k for k, c in self.conversations.items() if not c.lock.locked())
+                await self.conversations.pop(oldest).aclose()
+        self.conversations.move_to_end(slot)
         if len(conv.turns) >= cfg.max_turns:
             raise ChatError(400, f"this conversation has reached its {cfg.max_turns} turns; start a new one",
                             "conversation_too_long")  # fmt: skip
@@ -359,7 +359,7 @@ class ChatService:
             if self.in_flight >= cfg.max_concurrent:
                 raise ChatError(429, "too many chat requests at once; retry shortly", "rate_limit_exceeded")
             key = request.headers.get(SESSION_HEADER) or (req.metadata or {}).get("session_id") or req.user
-            conv = self.conversation(tenant, key[:256] if key else None)
+            conv = await self.conversation(tenant, key[:256] if key else None)
         except ChatError as exc:
             log.warning("chat: %s %s refused (%d %s): %s", request.method, request.url.path, exc.status,
                         exc.code, exc.message)  # fmt: skip
@@ -373,51 +373,75 @@ class ChatService:
             )
         headers = {"X-Voxroute-Session-Id": conv.call_sid}
         if req.stream:
-            return StreamingResponse(self._stream(conv, req), media_type="text/event-stream", headers=headers)
-        out: asyncio.Queue[str] = asyncio.Queue()
-        turn = await self._turn(conv, req, out)
+            return _EventStream(lambda receive, send: self._stream(conv, req, headers, receive, send))
+        turn = await self._turn(conv, req, asyncio.Queue())
         return JSONResponse(self._completion(conv, req, turn), headers=headers)
 
     async def _turn(self, conv: ChatConversation, req: ChatRequest, out: asyncio.Queue[str]) -> TurnRecord:
+        """One turn of ``conv``, told to the call observers (the call log, /metrics) as a call of
+        channel chat: started, its turn, ended (a conversation at rest between messages is over; the
+        next message reopens the same record). A client gone mid-turn ends it as ``caller_hung_up``."""
         self.in_flight += 1
         try:
             async with conv.lock:
                 self.notify("call_started", conv.call_json(ended="in_progress", with_turns=False))
-                turn = await conv.answer(req.messages, out)
-                self.notify(
-                    "turn_finished", conv.call_json(ended="completed", with_turns=False), turn.as_dict()
-                )
-                self.notify("call_ended", conv.call_json(ended="completed", with_turns=True))
-                return turn
+                task = asyncio.current_task()
+                try:
+                    return await conv.answer(req.messages, out)
+                finally:
+                    turn = conv.turns[-1]
+                    ended = "completed"
+                    if task is not None and task.cancelling():
+                        turn.outcome, ended = "caller_hung_up", "caller_hung_up"
+                    self.notify(
+                        "turn_finished", conv.call_json(ended=ended, with_turns=False), turn.as_dict()
+                    )
+                    self.notify("call_ended", conv.call_json(ended=ended, with_turns=True))
         finally:
             self.in_flight -= 1
 
-    async def _stream(self, conv: ChatConversation, req: ChatRequest) -> AsyncIterator[bytes]:
+    async def _stream(self, conv: ChatConversation, req: ChatRequest, headers: dict[str, str],
+                      receive, send) -> None:  # fmt: skip
+        """Server-sent events in OpenAI's chunk format: the role, the text as it comes, the finish
+        (with the ``voxroute`` extension), ``[DONE]``. The client going away cancels the turn."""
         out: asyncio.Queue[str] = asyncio.Queue()
         ident, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
 
-        def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+        def event(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> dict[str, Any]:
             body = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": req.model,
                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}  # fmt: skip
-            return f"data: {json.dumps(body, ensure_ascii=False)}\n\n".encode()
+            data = f"data: {json.dumps(body, ensure_ascii=False)}\n\n".encode()
+            return {"type": "http.response.body", "body": data, "more_body": True}
 
-        yield chunk({"role": "assistant", "content": ""})
-        job = asyncio.create_task(self._turn(conv, req, out), name=f"{conv.call_sid}:chat-turn")
+        async def until_disconnect() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            raise _ClientGone
+
+        sse_headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache"),
+        ]
+        sse_headers += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+        await send({"type": "http.response.start", "status": 200, "headers": sse_headers})
+        await send(event({"role": "assistant", "content": ""}))
         try:
-            while not (job.done() and out.empty()):
-                getter = asyncio.ensure_future(out.get())
-                await asyncio.wait([getter, job], return_when=asyncio.FIRST_COMPLETED)
-                if getter.done():
-                    yield chunk({"content": getter.result()})
-                else:
-                    getter.cancel()
-            turn = job.result()
-            yield chunk({}, "stop", voxroute=self._extension(conv, turn))
-            yield b"data: [DONE]\n\n"
-        finally:  # the client went away: the turn stops too
-            if not job.done():
-                job.cancel()
-                await asyncio.gather(job, return_exceptions=True)
+            async with asyncio.TaskGroup() as tg:
+                watcher = tg.create_task(until_disconnect())
+                job = tg.create_task(self._turn(conv, req, out))
+                while not (job.done() and out.empty()):
+                    getter = tg.create_task(out.get())
+                    await asyncio.wait([getter, job], return_when=asyncio.FIRST_COMPLETED)
+                    if getter.done():
+                        await send(event({"content": getter.result()}))
+                    else:
+                        getter.cancel()
+                turn = job.result()
+                await send(event({}, "stop", voxroute=self._extension(conv, turn)))
+                await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+                watcher.cancel()
+        except* _ClientGone:
+            log.info("chat %s: the client went away mid-answer", conv.call_sid)
 
     def _extension(self, conv: ChatConversation, turn: TurnRecord) -> dict[str, Any]:
         route = turn.route or {}
@@ -451,6 +475,21 @@ class ChatService:
             },
             "voxroute": self._extension(conv, turn),
         }
+
+
+class _ClientGone(Exception):
+    """The client closed the connection of a streamed answer."""
+
+
+class _EventStream(Response):
+    """A response that drives ``send`` itself: the stream's tasks live in one task group."""
+
+    def __init__(self, run) -> None:
+        super().__init__()
+        self._run = run
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self._run(receive, send)
 
 
 def add_chat_routes(app: FastAPI, services: Services, *, dev: bool) -> ChatService:

@@ -4,6 +4,7 @@ log as a voice call; auth outside dev; OpenAI-shaped errors for bad input."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 
@@ -151,3 +152,51 @@ async def test_outside_dev_the_tenant_chat_key_is_required(data_dir, monkeypatch
             await client(url, "operator-secret").chat.completions.create(model="default", messages=messages)
         answer = await client(url, "chat-secret").chat.completions.create(model="default", messages=messages)
         assert answer.choices[0].message.content
+
+
+async def test_a_client_gone_mid_stream_ends_the_turn_and_a_busy_server_says_429(data_dir):
+    """Slow tokens: the client reads the first text and goes; the model's stream is cancelled and the
+    turn is logged as the caller hanging up. Meanwhile, over ``chat.max_concurrent``: 429."""
+    from sqlalchemy import select
+
+    from agent.calllog.schema import turns_table
+
+    config = load_config()
+    config.chat.max_concurrent = 1
+    async with local_stack("zero", 0, [], config) as stack:
+        for llm in stack.emulators.llm.values():
+            llm.behave(None, tps=4)  # about 4 words a second: a reply takes seconds
+        url = f"{stack.server_url}/v1/chat/completions"
+        body = {
+            "model": "default",
+            "stream": True,
+            "messages": [{"role": "user", "content": "I was charged twice"}],
+        }
+        async with httpx.AsyncClient(timeout=20) as http:
+            async with http.stream("POST", url, json=body) as response:
+                assert response.headers["content-type"].startswith("text/event-stream")
+                conversation = response.headers["x-voxroute-session-id"]
+                with pytest.raises(openai.RateLimitError):  # one request at a time here
+                    await client(stack.server_url).chat.completions.create(
+                        model="default", messages=body["messages"]
+                    )
+                async for line in response.aiter_lines():
+                    if line.startswith("data: ") and json.loads(line[6:])["choices"][0]["delta"].get(
+                        "content"
+                    ):
+                        break  # the first text: now go away
+        log = next(o for o in stack.services.observers if isinstance(o, CallLog))
+        async with asyncio.timeout(10):
+            while True:
+                await log.flush()
+                async with log.engine.connect() as db:
+                    rows = (
+                        await db.execute(select(turns_table).where(turns_table.c.call_sid == conversation))
+                    ).all()
+                if rows and rows[0]._mapping["outcome"] == "caller_hung_up":
+                    break
+                await asyncio.sleep(0.05)
+        async with asyncio.timeout(5):  # the model's stream was cancelled with the turn
+            while sum(llm.active for llm in stack.emulators.llm.values()):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        assert rows[0]._mapping["turn_index"] == 1 and rows[0]._mapping["reply"]  # the text sent before
