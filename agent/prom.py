@@ -155,7 +155,8 @@ class PromMetrics:
         tier = self.tier(route.get("tier"))
         self.turns.labels(tenant, klass, tier, self.outcome(turn.get("outcome"))).inc()
         first_audio = turn.get("first_audio_ms")
-        if isinstance(first_audio, int | float):
+        # Chat turns (agent/chat.py) time their first text, not audio: kept out of the audio histogram.
+        if isinstance(first_audio, int | float) and call.get("channel", "voice") == "voice":
             self.first_audio.labels(klass, tier).observe(first_audio / 1000.0)
             budget = turn.get("budget_ms")
             if isinstance(budget, int | float) and first_audio > budget:

@@ -80,9 +80,19 @@ async def test_non_streaming_and_streaming_through_the_router_into_the_call_log(
         assert other.model_extra["voxroute"]["conversation_id"] != ext["conversation_id"]
         assert other.model_extra["voxroute"]["route"]["tier"] == "fast"
 
+        async with httpx.AsyncClient() as http:
+            metrics = (await http.get(f"{stack.server_url}/metrics")).text
         log = next(o for o in stack.services.observers if isinstance(o, CallLog))
         await log.flush()
         figures = await report(log.engine, Filters(tenant="default"))
+
+    def total(name: str) -> float:
+        return sum(
+            float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith(name + "{")
+        )
+
+    assert total("voxroute_turns_total") == 3  # the chat's turns are counted ...
+    assert total("voxroute_first_audio_seconds_count") == 0  # ... but their text is not audio latency
     chat_figures = figures["by_channel"]["chat"]
     assert chat_figures["calls"] == 2 and chat_figures["turns"] == 3
     by_class = chat_figures["first_audio_ms_by_class"]  # on chat: the time to the first text
