@@ -27,6 +27,7 @@ class OrderService:
     def __init__(self, orders: dict[str, dict[str, Any]] | None = None) -> None:
         self.orders = dict(ORDERS if orders is None else orders)
         self.requests: list[dict[str, Any]] = []
+        self.requested = asyncio.Event()  # set at the first request
         self.mode = "ok"  # ok, hang, error, slow
         self.delay_s = 0.0
         self.app = FastAPI(title="example order service")
@@ -43,6 +44,7 @@ class OrderService:
                     "authorization": bool(request.headers.get("authorization")),
                 }
             )
+            self.requested.set()
             if self.mode == "hang":
                 await asyncio.Future()  # until the client goes away
             if self.mode == "error":
