@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from pathlib import Path
 
 import httpx
 import openai
@@ -135,7 +136,7 @@ async def production_server(config):
         async with build_services(config, emu.urls) as services:
             app = create_runtime_app(services, dev=False)
             async with serve_app(app) as url:
-                yield url
+                yield url, app
 
 
 async def test_outside_dev_the_tenant_chat_key_is_required(data_dir, monkeypatch):
@@ -150,7 +151,7 @@ async def test_outside_dev_the_tenant_chat_key_is_required(data_dir, monkeypatch
     for name in ("OPENROUTER_API_KEY", "SARVAM_API_KEY"):
         monkeypatch.delenv(name, raising=False)
     messages = [{"role": "user", "content": "what are your opening hours"}]
-    async with production_server(config) as url:
+    async with production_server(config) as (url, app):
         with pytest.raises(openai.AuthenticationError):  # no key configured: closed, whatever is sent
             await client(url, "anything").chat.completions.create(model="default", messages=messages)
         monkeypatch.setenv("VOXROUTE_CHAT_KEY", "chat-secret")
@@ -162,6 +163,7 @@ async def test_outside_dev_the_tenant_chat_key_is_required(data_dir, monkeypatch
             await client(url, "operator-secret").chat.completions.create(model="default", messages=messages)
         answer = await client(url, "chat-secret").chat.completions.create(model="default", messages=messages)
         assert answer.choices[0].message.content
+    assert app.state.chat.tool_http.is_closed and not app.state.chat.conversations  # closed with the app
 
 
 async def test_a_client_gone_mid_stream_ends_the_turn_and_a_busy_server_says_429(data_dir):
@@ -210,3 +212,53 @@ async def test_a_client_gone_mid_stream_ends_the_turn_and_a_busy_server_says_429
             while sum(llm.active for llm in stack.emulators.llm.values()):  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
         assert rows[0]._mapping["turn_index"] == 1 and rows[0]._mapping["reply"]  # the text sent before
+
+
+RETAIL = Path(__file__).resolve().parent.parent / "examples" / "retail.yaml"
+
+
+async def test_a_chat_session_uses_the_tenants_tools_and_high_stakes_ones_escalate(data_dir):
+    """examples/retail.yaml by text: ``lookup_order`` runs once against the order service stand-in (with
+    an idempotency key) and the reply carries its result; a ``stakes: high`` tool puts the turn on the
+    reasoning tier, and the next turn stays there."""
+    from emulators.scripted import ScriptedCall
+
+    async with local_stack("zero", 0, [], load_config(RETAIL)) as stack:
+        service = stack.tool_apps["shopfast.lookup_order"].state.service
+        chat = client(stack.server_url)
+        first = await chat.chat.completions.create(
+            model="shopfast",
+            user="buyer-7",
+            messages=[{"role": "user", "content": "where is my order A1745"}],
+        )
+        ext = first.model_extra["voxroute"]
+        assert [(t["name"], t["status"]) for t in ext["tools"]] == [("lookup_order", "ok")]
+        assert ext["tools"][0]["arguments"] == {"order_id": "A1745"}
+        assert len(service.requests) == 1 and service.requests[0]["path"] == "/orders/A1745"
+        assert service.requests[0]["idempotency_key"]  # exactly once, with its key
+        assert "shipped" in first.choices[0].message.content  # the model read the tool's result
+
+        for llm in stack.emulators.llm.values():
+            llm.tool_script.append(
+                ScriptedCall("take it back", "start_return", {"order_id": "A1745", "reason": "damaged"})
+            )
+        history = [
+            {"role": "user", "content": "where is my order A1745"},
+            {"role": "assistant", "content": first.choices[0].message.content},
+        ]
+        second = await chat.chat.completions.create(
+            model="shopfast", user="buyer-7",
+            messages=[*history, {"role": "user", "content": "can you take it back for me"}],
+        )  # fmt: skip
+        ext2 = second.model_extra["voxroute"]
+        assert [(t["name"], t["status"]) for t in ext2["tools"]] == [("start_return", "ok")]
+        assert (
+            ext2["route"]["tier"] == "reasoning"
+            and "high-stakes tool start_return" in ext2["route"]["reason"]
+        )
+        third = await chat.chat.completions.create(
+            model="shopfast", user="buyer-7",
+            messages=[*history, {"role": "user", "content": "what time do you open"}],
+        )  # fmt: skip
+        assert third.model_extra["voxroute"]["route"]["tier"] == "reasoning"  # the escalation sticks
+        assert len(service.requests) == 1
