@@ -75,6 +75,9 @@ class FixtureScript(BaseModel):
     language: str = "en-IN"
     tenant: str = "default"
     from_: str = Field(default="+919800000000", alias="from")
+    # format 1, optional: the agent speaks first (a tenant greeting): the first ``after_agent`` item
+    # starts ``gap_ms`` after the greeting has played, not after the call connects.
+    agent_first: bool = False
     utterances: list[Utterance] = Field(min_length=1)
 
     def language_of(self, utt: Utterance) -> str:

@@ -451,9 +451,9 @@ class FakeCarrierCall:
         w = self._watch
         start_at: float | None = None
         if utt.play == "after_agent":
-            if w.item is None:  # first item: gap after the call connects
+            if w.item is None and not self.fixture.script.agent_first:  # first item: gap after connecting
                 start_at = utt.gap_ms / 1000
-            elif w.reply_finished_at is not None:
+            elif w.reply_finished_at is not None:  # after the agent's reply (agent first: its greeting)
                 start_at = w.reply_finished_at + utt.gap_ms / 1000
         else:  # barge_in
             if w.reply_started_at is not None:

@@ -130,3 +130,27 @@ async def test_the_greeting_is_heard_within_a_second_of_the_stream_start(tmp_pat
     assert history[0]["content"].startswith("You answer calls for default.")
     assert history[0]["content"].endswith("Open 9 to 6, Monday to Saturday.")
     assert history[1] == {"role": "assistant", "content": greeting["reply"]}
+
+
+async def test_an_agent_first_fixture_waits_for_the_greeting_then_the_call_goes_on():
+    """Fixture format 1's ``agent_first``: the caller's first words come ``gap_ms`` after the greeting
+    has played. The greeting is turn 0; every caller turn after it is answered as without one."""
+    from agent.fixture import load
+    from agent.replay import local_stack, replay_fixture
+
+    fixture = load("order_status")
+    fixture.script = fixture.script.model_copy(update={"agent_first": True})
+    data = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
+    data["tenants"]["default"]["agent"] = {"greeting": "Thank you for calling. How can I help you today?"}
+    config = parse_config(data)
+    async with local_stack("reference", 0, [fixture], config) as stack:
+        raw = await replay_fixture(fixture, stack.server_url, config=stack.config)
+    turns, items = raw["turns"], raw["carrier"]["items"]
+    assert raw["ended"] == "completed" and not raw["carrier"]["errors"], raw["carrier"]["errors"]
+    assert [t["kind"] for t in turns] == ["greeting"] + ["speech"] * len(fixture.script.utterances)
+    greeting = turns[0]
+    assert greeting["within_budget"] and greeting["heard"] == greeting["reply"]
+    # On the carrier's clock: the caller began gap_ms after the greeting's end mark was echoed.
+    greeting_end = next(m["echoed_at"] for m in raw["carrier"]["marks"] if m["name"] == "0:end")
+    assert items[0]["started_at"] >= greeting_end + fixture.script.utterances[0].gap_ms / 1000 - 0.001
+    assert all(t["within_budget"] and t["outcome"] == "answered" and not t["interrupted"] for t in turns[1:])
