@@ -129,6 +129,8 @@ class CallSession:
         self.answerer = Answerer(self)
         self._end_marks: dict[str, asyncio.Event] = {}
         self._pending_faults: list[dict[str, Any]] = []  # STT faults, reported on the next turn
+        self._greeting: tuple[TurnRecord, asyncio.Task] | None = None  # while it plays: caller speech cuts it
+        self._greeting_cut_ms = ep.barge_in_min_voiced_ms
         # handoff to a person
         self.tg: asyncio.TaskGroup | None = None
         self.handover = Handover(self)
@@ -155,7 +157,9 @@ class CallSession:
                 if self.resumed:
                     tg.create_task(self._after_failed_transfer(), name=f"{self.call_sid}:resume")
                 elif greeting := self.agent.greeting_text(self.language, self.link.start.from_number):
-                    tg.create_task(self._greet(greeting), name=f"{self.call_sid}:greeting")
+                    turn = self._greeting_turn()
+                    task = tg.create_task(self._greet(greeting), name=f"{self.call_sid}:greeting")
+                    self._greeting = (turn, task)
                 tg.create_task(self.stt.run(), name=f"{self.call_sid}:stt")
                 tg.create_task(self.player.run(), name=f"{self.call_sid}:outbound")
                 tg.create_task(self._turn_loop(tg), name=f"{self.call_sid}:turns")
@@ -207,6 +211,8 @@ class CallSession:
                 inbound_clock.frame(event.timestamp_ms)
                 voiced = self.vad.is_voiced(event.pcm)
                 await self._act(self.taker.frame(voiced, self.clock.now(), self.player.speaking))
+                if self._greeting is not None and self.taker.voiced_run_ms >= self._greeting_cut_ms:
+                    await self._cut_greeting()
                 self.stt.push(event.pcm, event.ulaw)
             elif isinstance(event, InboundDtmf):
                 await self._act(self.taker.dtmf(event.digit, self.clock.now(), self.player.speaking))
@@ -504,25 +510,42 @@ class CallSession:
 
     async def _greet(self, text: str) -> None:
         """The agent speaks first: turn 0 (kind ``greeting``), timed from the stream's start, so its
-        ``first_audio_ms`` is the time to the greeting's first audio (budget: the voice budget)."""
-        turn = TurnRecord(index=0, kind="greeting", language=self.language, budget_ms=self.voice_budget_ms)
-        turn.mark("speech_end", 0.0)
-        turn.route = {"class": "greeting", "tier": "none", "model": None, "escalated": False,
-                      "reason": "the agent speaks first"}  # fmt: skip
-        self.turns.append(turn)
+        ``first_audio_ms`` is the time to the greeting's first audio (budget: the voice budget).
+        The caller speaking over it (``barge_in_min_voiced_ms`` of voice) cuts it (``_cut_greeting``)."""
+        turn = self.turns[0]
         try:
             if await self.speaker.chunk(turn, 0, text):
                 turn.chunks.append(text)
                 turn.reply = turn.reply_answer = text
                 self.speaker.mark(turn, "0:greeting", text)
-                self.history.append({"role": "assistant", "content": text})
             else:
                 turn.outcome = "apology"  # no TTS at all: the caller speaks first after all
             await self._wait_played(turn)
-            turn.mark("done", self.clock.now())
         finally:
+            self._greeting = None
+            turn.mark("done", self.clock.now())
+            spoken = f"{turn.heard} {INTERRUPTED_MARK}" if turn.interrupted and turn.heard else turn.heard
+            if spoken:  # after the system prompt: a caller turn may have begun meanwhile
+                self.history.insert(1, {"role": "assistant", "content": spoken})
             log_turn(self.call_sid, turn)
             self.services.turn_finished(self, turn)
+
+    def _greeting_turn(self) -> TurnRecord:
+        turn = TurnRecord(index=0, kind="greeting", language=self.language, budget_ms=self.voice_budget_ms)
+        turn.mark("speech_end", 0.0)
+        turn.route = {"class": "greeting", "tier": "none", "model": None, "escalated": False,
+                      "reason": "the agent speaks first"}  # fmt: skip
+        self.turns.append(turn)
+        return turn
+
+    async def _cut_greeting(self) -> None:
+        """The caller talks over the greeting: it stops (its TTS too), and what they say is turn 1."""
+        assert self._greeting is not None
+        (turn, task), self._greeting = self._greeting, None
+        log.info("call %s: the caller spoke over the greeting; stopping it", self.call_sid)
+        turn.interrupted, turn.outcome = True, "interrupted"
+        task.cancel()
+        await self.player.clear()
 
     async def _after_failed_transfer(self) -> None:
         log.info("call %s: back from a failed transfer", self.call_sid)
