@@ -154,3 +154,20 @@ async def test_an_agent_first_fixture_waits_for_the_greeting_then_the_call_goes_
     greeting_end = next(m["echoed_at"] for m in raw["carrier"]["marks"] if m["name"] == "0:end")
     assert items[0]["started_at"] >= greeting_end + fixture.script.utterances[0].gap_ms / 1000 - 0.001
     assert all(t["within_budget"] and t["outcome"] == "answered" and not t["interrupted"] for t in turns[1:])
+
+
+async def test_the_caller_speaking_over_the_greeting_cuts_it(replay_call):
+    """The committed fixtures' caller speaks 700 ms after connecting: over a long greeting, which
+    stops (a clear on the wire); the caller's words are turn 1, answered in budget; the model is not
+    told it said a greeting the caller never heard."""
+    data = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
+    data["tenants"]["default"]["agent"] = {
+        "greeting": "Thank you for calling our store. Your call may be recorded for quality and training "
+        "purposes. Please tell me, in a few words, how I can help you today."
+    }
+    result = await replay_call("order_status", config=parse_config(data), items=1)
+    greeting, first = result.turns[0], result.turns[1]
+    assert greeting["kind"] == "greeting" and greeting["interrupted"] and greeting["heard"] == ""
+    assert result.carrier["clears"]  # the greeting's audio was cleared at the carrier
+    assert first["transcript"] and first["outcome"] == "answered" and first["within_budget"]
+    assert not any("recorded for quality" in str(m.get("content")) for m in result.history)
