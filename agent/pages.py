@@ -57,6 +57,7 @@ WATERFALL_STAGES: tuple[tuple[str, str, str | None], ...] = (
     ("stt_final", "STT final", "speech_end"),
     ("route", "route", "endpoint"),
     ("llm_first_token", "LLM first token", "llm_request"),
+    ("tool_result", "tools", "tool_request"),  # the turn's tool calls, first request to last result
     ("first_chunk", "first chunk", "llm_first_token"),
     ("tts_first_audio", "TTS first audio", "tts_request"),
     ("first_audio_out", "first audio out", "speech_end"),
@@ -357,7 +358,13 @@ def turn_html(turn: dict[str, Any]) -> str:
         parts.append(f'<dt>bridge</dt><dd class="bridge">{e(turn.get("bridge_kind") or "played")}{when}</dd>')
     parts.append(f"<dt>outcome</dt><dd>{e(turn.get('outcome'))}</dd>")
     for tool in turn.get("tools") or []:
-        parts.append(f"<dt>tool</dt><dd><code>{e(tool.get('name'))}</code> {e(tool.get('argument'))}</dd>")
+        status = tool.get("status") or "ok"
+        css = "" if status == "ok" else ' class="bad"'
+        reused = ", reused" if tool.get("reused") else ""
+        parts.append(
+            f"<dt>tool</dt><dd{css}><code>{e(tool.get('name'))}</code> {e(tool.get('arguments'))}: "
+            f"{e(status)}, {e(tool.get('latency_ms'))} ms{reused}</dd>"
+        )
     parts.append("</dl>")
     if turn.get("fallbacks"):
         parts.append(f"<h4>Fallbacks ({len(turn['fallbacks'])})</h4>{_fallbacks_html(turn['fallbacks'])}")

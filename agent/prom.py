@@ -29,7 +29,11 @@ TURN_OUTCOMES = ("answered", "apology", "handoff", "not_heard", "interrupted", "
 CALL_ENDINGS = ("completed", "caller_hung_up", "handoff", "error")
 FALLBACK_REASONS = (*FAULT_KINDS, "cooldown")
 PROVIDER_KINDS = ("llm", "stt", "tts", "runtime")
-BRIDGE_KINDS = ("cached", "ack")
+BRIDGE_KINDS = ("cached", "ack", "tool")
+TOOL_STATUSES = ("ok", "error", "timeout")
+BUILTIN_TOOL_NAMES = ("transfer_to_human", "mark_resolved")
+# A tool's latency (agent/tools): an order lookup takes tens of ms, a hung one its timeout (seconds).
+TOOL_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 MAX_ACTIONS = 32  # fallback actions are code constants; this only guards against a surprise
 
 # Around the 1000 ms voice budget: fine steps below it, coarse ones above (seconds).
@@ -71,7 +75,9 @@ class PromMetrics:
     """A ``CallObserver`` (agent/services.py) that keeps Prometheus series. Every method is a few
     dictionary lookups and counter increments: it returns at once."""
 
-    def __init__(self, tenants: Iterable[str], classes: Iterable[str], process: bool = True) -> None:
+    def __init__(
+        self, tenants: Iterable[str], classes: Iterable[str], process: bool = True, tools: Iterable[str] = ()
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         if process:
             ProcessCollector(registry=self.registry)  # CPU, memory, open fds of this runtime
@@ -84,6 +90,8 @@ class PromMetrics:
         self.provider_kind = Labels(PROVIDER_KINDS)
         self.bridge_kind = Labels(BRIDGE_KINDS)
         self.action = FirstSeen(MAX_ACTIONS)
+        self.tool = Labels([*tools, *BUILTIN_TOOL_NAMES])  # a model's made-up tool name is "other"
+        self.tool_status = Labels(TOOL_STATUSES)
         self._active: set[str] = set()
         r = self.registry
         self.turns = Counter(
@@ -120,6 +128,19 @@ class PromMetrics:
         self.cost = Counter(
             "voxroute_cost_usd", "Model cost in US dollars", ["tenant", "class", "tier"], registry=r
         )
+        self.tool_calls = Counter(
+            "voxroute_tool_calls",
+            "Tool calls the runtime ran, by tool and status (ok, error, timeout); reused results not counted",
+            ["tenant", "tool", "status"],
+            registry=r,
+        )
+        self.tool_latency = Histogram(
+            "voxroute_tool_latency_seconds",
+            "How long a tool call took (to its result, its error or its timeout)",
+            ["tool"],
+            buckets=TOOL_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.active_calls = Gauge("voxroute_active_calls", "Calls in progress", registry=r)
         self.calls = Counter(
             "voxroute_calls", "Finished calls by how they ended", ["tenant", "ended"], registry=r
@@ -140,7 +161,8 @@ class PromMetrics:
         """Label sets from the config: its tenants and every routing class any tenant knows."""
         table = services.router.table
         classes = {name for per_tenant in table.classes.values() for name in per_tenant}
-        return cls(table.tenants, classes)
+        tools = {name for per_tenant in services.config.tools.tenants.values() for name in per_tenant}
+        return cls(table.tenants, classes, tools=tools)
 
     # ---- CallObserver
 
@@ -176,6 +198,14 @@ class PromMetrics:
         cost = usage.get("cost_usd")
         if isinstance(cost, int | float) and cost > 0:
             self.cost.labels(tenant, klass, tier).inc(cost)
+        for call in turn.get("tools") or []:
+            if not isinstance(call, dict) or call.get("reused"):
+                continue
+            tool = self.tool(call.get("name"))
+            self.tool_calls.labels(tenant, tool, self.tool_status(call.get("status"))).inc()
+            latency = call.get("latency_ms")
+            if isinstance(latency, int | float) and latency > 0:
+                self.tool_latency.labels(tool).observe(latency / 1000.0)
 
     def call_ended(self, call: dict[str, Any]) -> None:
         self._active.discard(call.get("call_sid") or "")

@@ -112,6 +112,7 @@ EXPECTED_P1 = {
     },
     "bridges_per_100_turns": 14.29,
     "hedges_per_100_turns": 14.29,
+    "tools": {},  # no tool calls in these turns (tests/test_tools.py covers the figure)
 }
 
 

@@ -301,3 +301,59 @@ def test_emulator_answers_from_tool_results() -> None:
     assert "A1745 is shipped" in after_tools(ok)
     assert "can't reach" in after_tools(err)
     assert after_tools(copy.deepcopy(base)) is None
+
+
+# ---------------------------------------------------------------- where tool calls are recorded
+
+
+def _tool_turn() -> dict[str, Any]:
+    return {
+        "index": 2,
+        "route": {"class": "order_tracking", "tier": "fast"},
+        "timeline": {"speech_end": 1000.0, "llm_first_token": 1300.0, "tool_request": 1310.0,
+                     "tool_result": 1450.0, "first_audio_out": 1700.0},
+        "first_audio_ms": 700.0,
+        "budget_ms": 1000,
+        "tools": [
+            {"name": "lookup_order", "arguments": {"order_id": "A1745"}, "status": "ok", "latency_ms": 140.0},
+            {"name": "lookup_order", "arguments": {"order_id": "A1745"}, "status": "ok", "latency_ms": 0.0,
+             "reused": True},
+            {"name": "lookup_order", "arguments": {"order_id": "B2"}, "status": "timeout", "latency_ms": 1500.0},
+            {"name": "made_up", "arguments": {}, "status": "error", "latency_ms": 0.5},
+        ],
+    }  # fmt: skip
+
+
+def test_report_gives_failures_and_p95_by_tool() -> None:
+    from agent.calllog.report import tool_figures
+
+    figs = tool_figures([_tool_turn(), {"tools": None}])
+    assert figs["lookup_order"] == {
+        "calls": 2,  # the reused result is not a call
+        "failures": 1,
+        "failure_rate": 0.5,
+        "p50_ms": 820.0,
+        "p95_ms": 1432.0,
+    }
+    assert figs["made_up"]["failures"] == 1
+
+
+def test_metrics_count_tool_calls_and_latency_by_tool() -> None:
+    from agent.prom import PromMetrics
+
+    m = PromMetrics(["shopfast"], ["order_tracking"], process=False, tools=["lookup_order"])
+    m.turn_finished({"tenant": "shopfast"}, _tool_turn())
+    text = m.exposition()[0].decode()
+    assert 'voxroute_tool_calls_total{status="ok",tenant="shopfast",tool="lookup_order"} 1.0' in text
+    assert 'voxroute_tool_calls_total{status="timeout",tenant="shopfast",tool="lookup_order"} 1.0' in text
+    assert 'voxroute_tool_calls_total{status="error",tenant="shopfast",tool="other"} 1.0' in text
+    assert 'voxroute_tool_latency_seconds_count{tool="lookup_order"} 2.0' in text
+
+
+def test_call_page_draws_the_tools_row_and_lists_each_call() -> None:
+    from agent.pages import turn_html, waterfall_svg
+
+    svg = waterfall_svg(_tool_turn())
+    assert 'data-stage="tool_result"' in svg and "tools: 140 ms after tool_request" in svg
+    html = turn_html(_tool_turn())
+    assert "<code>lookup_order</code>" in html and "timeout, 1500.0 ms" in html and "reused" in html

@@ -4,6 +4,7 @@ tools (examples/retail.yaml), the order-service stand-in and the emulators on 12
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,10 @@ async def _call(
             raw = await replay_fixture(fixture, stack.server_url, speed=speed, config=stack.config)
             if during is not None:
                 side.cancel()
+        async with httpx.AsyncClient(base_url=stack.server_url) as http:  # what operators see
+            raw["_metrics"] = (await http.get("/metrics")).text
+            page = await http.get(f"/calls/{raw['call_sid']}", headers={"Accept": "text/html"})
+            raw["_page"] = page.text
     assert raw["ended"] == "completed", raw.get("error")
     return raw, service
 
@@ -70,6 +75,9 @@ async def test_order_status_looks_up_the_order_once_and_says_its_status() -> Non
     assert [r["idempotency_key"] for r in service.requests] == [f"{raw['call_sid']}:{turn['index']}:0"]
     assert service.requests[0]["path"] == "/orders/A1745" and service.requests[0]["authorization"]
     assert "shipped" in turn["reply"]
+    ok_calls = r'voxroute_tool_calls_total\{status="ok",tenant="[\w]+",tool="lookup_order"\} 1\.0'
+    assert re.search(ok_calls, raw["_metrics"])
+    assert 'data-stage="tool_result"' in raw["_page"] and "<code>lookup_order</code>" in raw["_page"]
     tl = turn["timeline"]
     assert tl["llm_first_token"] <= tl["tool_request"] <= tl["tool_result"] <= tl["first_audio_out"]
     assert all(

@@ -37,6 +37,10 @@ policy (``--policy``, the hash of the routing table in force during the call):
     window have had less time to be repeated: compare windows that ended at least 7 days ago.
 ``bridges_per_100_turns``, ``hedges_per_100_turns``
     Turns that played a bridge, and hedge requests started, per 100 ``turns``.
+``tools``
+    Tool name -> ``{calls, failures, failure_rate, p50_ms, p95_ms}`` over the tool calls the runtime
+    ran in the counted turns (agent/tools): ``failures`` are calls whose status is ``error`` or
+    ``timeout``; a result reused within a turn is not a call. Latency percentiles as above.
 ``by_channel``
     Channel (``voice``, ``chat``: the text endpoint) -> every figure above over that channel's calls
     only. On the chat channel "first audio" is the time to the answer's first text.
@@ -70,6 +74,7 @@ KEYS = (
     "repeat_contact_rate",
     "bridges_per_100_turns",
     "hedges_per_100_turns",
+    "tools",
 )  # the figures; ``report`` adds ``by_channel``: the same per channel
 
 
@@ -133,6 +138,7 @@ TURN_COLUMNS = (
     "hedges",
     "model_failures",
     "handoff",
+    "tools",
 )
 
 
@@ -233,6 +239,7 @@ def figures(calls: list[dict], turns: list[dict], policy: str | None = None) -> 
 
     cost = sum(float(t["cost_usd"] or 0.0) for t in counted)
     n_calls, n_turns = len(population), len(counted)
+    tools = tool_figures(counted)
     known = sum(repeat_calls.values())
     return {
         "calls": n_calls,
@@ -254,7 +261,33 @@ def figures(calls: list[dict], turns: list[dict], policy: str | None = None) -> 
         "hedges_per_100_turns": round(100 * sum(int(t["hedges"] or 0) for t in counted) / n_turns, 2)
         if n_turns
         else None,
+        "tools": tools,
     }
+
+
+def tool_figures(turns: list[dict]) -> dict[str, dict[str, Any]]:
+    """Per tool: calls run, failures (error or timeout), their rate, and latency p50 / p95 (ms)."""
+    latency: dict[str, list[float]] = defaultdict(list)
+    failures: dict[str, int] = defaultdict(int)
+    for turn in turns:
+        for call in turn.get("tools") or []:
+            if not isinstance(call, dict) or call.get("reused") or not isinstance(call.get("name"), str):
+                continue
+            name = call["name"]
+            ms = call.get("latency_ms")
+            latency[name].append(float(ms) if isinstance(ms, int | float) else 0.0)
+            failures[name] += call.get("status") in ("error", "timeout")
+    out = {}
+    for name in sorted(latency):
+        values = sorted(latency[name])
+        out[name] = {
+            "calls": len(values),
+            "failures": failures[name],
+            "failure_rate": _rate(failures[name], len(values)),
+            "p50_ms": round(percentile(values, 50), 1),
+            "p95_ms": round(percentile(values, 95), 1),
+        }
+    return out
 
 
 def difference(a: Any, b: Any) -> Any:
@@ -351,6 +384,10 @@ def _keyed_rows(fig: dict[str, Any]) -> list[tuple[str, Any, str]]:
         out.append((f"first audio {cls} turns", v.get("turns"), ""))
     for cls, v in ((fig.get("repeat_contact_rate") or {}).get("by_class") or {}).items():
         out.append((f"repeat contact {cls}", (v or {}).get("rate"), ""))
+    for name, v in (fig.get("tools") or {}).items():
+        v = v or {}
+        out.append((f"tool {name} calls / failures", (v.get("calls"), v.get("failures")), ""))
+        out.append((f"tool {name} p95", v.get("p95_ms"), " ms"))
     for channel, sub in (fig.get("by_channel") or {}).items():
         sub = sub or {}
         for key in ("calls", "turns", "cost_per_resolved", "containment"):
