@@ -3,20 +3,20 @@
 - inbound lag: how late a caller frame is processed compared with the carrier's own media
   clock (its ``timestamp``), relative to the earliest frame of the same call.
 - outbound lateness: how late the player sent audio against its schedule (agent/player.py).
-Bounded deques: nothing grows with uptime.
+Fixed-size rings allocated at start (agent/samples.py): nothing grows with uptime.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
 
 from agent.player import PACING
+from agent.samples import SampleRing
 
 
 class LagStats:
     def __init__(self, keep: int = 500_000) -> None:
-        self.lag_ms: deque[float] = deque(maxlen=keep)
+        self.lag_ms = SampleRing(keep)  # allocated once: no growth while it fills
 
     def reset(self) -> None:
         self.lag_ms.clear()

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.link import CarrierLink
+from agent.samples import SampleRing
 
 BYTES_PER_MS = 16  # PCM16 at 8 kHz
 
@@ -34,7 +35,7 @@ class PacingStats:
     """Process-wide lateness of outbound sends against their schedule (for bench/)."""
 
     def __init__(self, keep: int = 200_000) -> None:
-        self.late_ms: deque[float] = deque(maxlen=keep)
+        self.late_ms = SampleRing(keep)  # allocated once: no growth while it fills
 
     def reset(self) -> None:
         self.late_ms.clear()
