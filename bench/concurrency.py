@@ -84,7 +84,7 @@ def passes(step: dict) -> bool:
     )
 
 
-async def run(steps: list[int], pinned: bool) -> dict:
+async def run(steps: list[int], pinned: bool, keep_going: bool = False) -> dict:
     rows = []
     best = None
     with processes(pinned) as (base, _pid):
@@ -101,7 +101,7 @@ async def run(steps: list[int], pinned: bool) -> dict:
             )
             if step["pass"]:
                 best = step
-            else:
+            elif not keep_going:
                 break
     return {
         "max_calls": best["calls"] if best else 0,
@@ -118,9 +118,14 @@ def main() -> None:
     ap.add_argument("--steps", default="25,50,75,100,150,200,250,300")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--no-pin", action="store_true", help="let the scheduler place all three processes")
+    ap.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="run every step even after one fails (repeat a step, e.g. --steps 50,50,50, for a median)",
+    )
     args = ap.parse_args()
     steps = [int(x) for x in args.steps.split(",")]
-    result = asyncio.run(run(steps, pinned=not args.no_pin))
+    result = asyncio.run(run(steps, pinned=not args.no_pin, keep_going=args.keep_going))
     result["pinned"] = not args.no_pin
     print(
         f"largest N within {LIMIT_MS:.0f} ms: {result['max_calls']} calls "
