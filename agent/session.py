@@ -142,6 +142,7 @@ class CallSession:
             self.clock,
             self._on_transcript,
             self._stt_fault,
+            batch_ms=self.config.sarvam.stt_batch_ms,
         )
 
     # ------------------------------------------------------------------ run

@@ -4,8 +4,10 @@ Thin asyncio layers over :mod:`agent.providers.sarvam_protocol` using the ``webs
 client and ``httpx``. The interfaces speak PCM16 8 kHz; conversion to and from mu-law happens here.
 
 - :class:`SarvamSTT` -> :class:`SarvamSTTStream`: the realtime socket gets the caller's audio as
-  mu-law 8 kHz (what Twilio sends) in ~40 ms ``audio_input`` batches; the legacy socket gets PCM
-  s16le with ``sample_rate=8000`` in the query.
+  mu-law 8 kHz (what Twilio sends) in ``audio_input`` messages of at least ``batch_ms`` (default
+  20 ms: one message per ``send_audio`` of whole frames; the STT feed, agent/sttfeed.py, joins
+  frames into batches of ``sarvam.stt_batch_ms``); the legacy socket gets PCM s16le with
+  ``sample_rate=8000`` in the query.
 - :class:`SarvamTTS` -> :class:`SarvamTTSStream`: one utterance per socket use. Bulbul has no
   cancel message, so barge-in closes the socket; to keep the next reply off the handshake path
   the provider keeps one spare socket per (language, speaker) connected and configured, warmed by
@@ -258,7 +260,7 @@ class SarvamSTT:
         silence_duration_ms: int | None = None,
         stream_type: str = "fast",
         high_vad_sensitivity: bool = True,
-        batch_ms: int = 40,
+        batch_ms: int = 20,
         connect_timeout_s: float = 5.0,
     ) -> None:
         if variant not in ("realtime", "legacy"):

@@ -1,0 +1,115 @@
+"""The STT feed's batched sends (agent/sttfeed.py) through the Sarvam client, over a real socket on
+127.0.0.1 to a server that records what arrives (the wire the provider would see)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+from pydantic import ValidationError
+from websockets.asyncio.server import ServerConnection, serve
+
+from agent.config import SarvamConfig
+from agent.providers.sarvam import SarvamSTT
+from agent.sttfeed import STTFeed
+from agent.timeline import Clock
+from telephony.audio import ulaw_to_pcm16
+
+FRAME_ULAW = 160
+
+
+class Recorder:
+    """What a websocket server on port 0 received: every JSON message, in order."""
+
+    def __init__(self) -> None:
+        self.received: list[dict] = []
+        self.flushed = asyncio.Event()
+        self._arrived = asyncio.Event()
+
+    async def handler(self, ws: ServerConnection) -> None:
+        async for raw in ws:
+            msg = json.loads(raw)
+            self.received.append(msg)
+            self._arrived.set()
+            if msg.get("event") == "flush":
+                self.flushed.set()
+
+    async def wait_for(self, predicate, timeout_s: float = 5.0) -> None:  # noqa: ANN001
+        async with asyncio.timeout(timeout_s):
+            while not predicate():
+                self._arrived.clear()
+                await self._arrived.wait()
+
+
+@contextlib.asynccontextmanager
+async def recorder() -> AsyncIterator[tuple[str, Recorder]]:
+    rec = Recorder()
+    async with serve(rec.handler, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        yield f"ws://127.0.0.1:{port}", rec
+
+
+def frame(i: int) -> tuple[bytes, bytes]:
+    ulaw = bytes([i % 256]) * FRAME_ULAW
+    return ulaw_to_pcm16(ulaw), ulaw
+
+
+def audio_inputs(received: list[dict]) -> list[bytes]:
+    return [base64.b64decode(m["audio"]) for m in received if m.get("event") == "audio_input"]
+
+
+async def test_frames_go_out_in_batches_and_flush_sends_the_rest_first() -> None:
+    async with recorder() as (url, rec):
+        received = rec.received
+        faults: list = []
+        feed = STTFeed(
+            SarvamSTT("k", url), "en-IN", "t", Clock(), lambda _t: asyncio.sleep(0),
+            lambda exc, _w: faults.append(exc), batch_ms=60,
+        )  # fmt: skip
+        async with asyncio.TaskGroup() as tg:
+            runner = tg.create_task(feed.run())
+            frames = [frame(i) for i in range(7)]
+            for pcm, ulaw in frames:
+                feed.push(pcm, ulaw)
+            # two whole batches of three frames go; the seventh waits for its batch
+            await rec.wait_for(lambda: len(audio_inputs(received)) == 2)
+            await asyncio.sleep(0.05)
+            assert [len(a) for a in audio_inputs(received)] == [3 * FRAME_ULAW, 3 * FRAME_ULAW]
+            await feed.flush()  # the endpointer committed: the partial batch goes first, then flush
+            await asyncio.wait_for(rec.flushed.wait(), 5)
+            runner.cancel()
+        await feed.aclose()
+    sent = audio_inputs(received)
+    assert [len(a) for a in sent] == [3 * FRAME_ULAW, 3 * FRAME_ULAW, FRAME_ULAW]
+    assert b"".join(sent) == b"".join(u for _p, u in frames)  # every frame once, in order
+    assert received[-1] == {"event": "flush"}
+    assert faults == []
+
+
+async def test_one_frame_batches_send_each_frame() -> None:
+    async with recorder() as (url, rec):
+        received = rec.received
+        feed = STTFeed(
+            SarvamSTT("k", url), "en-IN", "t", Clock(), lambda _t: asyncio.sleep(0),
+            lambda exc, _w: None, batch_ms=20,
+        )  # fmt: skip
+        async with asyncio.TaskGroup() as tg:
+            runner = tg.create_task(feed.run())
+            for i in range(4):
+                feed.push(*frame(i))
+            await rec.wait_for(lambda: len(audio_inputs(received)) == 4)
+            runner.cancel()
+        await feed.aclose()
+    assert [a[0] for a in audio_inputs(received)] == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("batch_ms", [0, 10, 30, 120])
+def test_batch_outside_20_to_100_ms_in_frames_is_refused(batch_ms: int) -> None:
+    with pytest.raises(ValidationError, match="stt_batch_ms"):
+        SarvamConfig(stt_batch_ms=batch_ms)
+    with pytest.raises(ValueError, match="batch_ms"):
+        STTFeed(SarvamSTT("k"), "en-IN", "t", Clock(), None, None, batch_ms=batch_ms)  # type: ignore[arg-type]
