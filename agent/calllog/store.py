@@ -313,16 +313,37 @@ def _dt(seconds: float | None) -> datetime | None:
     return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
 
 
-async def _upsert(conn: AsyncConnection, table, row: dict[str, Any], keys: tuple[str, ...]) -> None:
-    insert = sqlite_insert if conn.dialect.name == "sqlite" else pg_insert
-    stmt = insert(table).values(**row)
-    set_ = {c: stmt.excluded[c] for c in row if c not in keys}
+_UPSERTS: dict[tuple[str, str, tuple[str, ...]], Any] = {}  # (dialect, table, columns) -> statement
+
+
+def _upsert_statement(dialect: str, table, columns: tuple[str, ...], keys: tuple[str, ...]):
+    """The upsert of rows with these columns, built once per shape (building it costs ~100 us of
+    SQLAlchemy on the event loop; a batch of records executes it once, as an executemany)."""
+    cache_key = (dialect, table.name, columns)
+    stmt = _UPSERTS.get(cache_key)
+    if stmt is not None:
+        return stmt
+    insert = sqlite_insert(table) if dialect == "sqlite" else pg_insert(table)
+    new = insert.excluded
+    set_ = {c: new[c] for c in columns if c not in keys}
     if table is calls_table:  # a call with several legs: it began with the first, has the most legs
-        c, new = calls_table.c, stmt.excluded
+        c = calls_table.c
         set_["started_at"] = case((c.started_at < new.started_at, c.started_at), else_=new.started_at)
-        if "legs" in row:
+        if "legs" in columns:
             set_["legs"] = case((c.legs > new.legs, c.legs), else_=new.legs)
-    await conn.execute(stmt.on_conflict_do_update(index_elements=list(keys), set_=set_))
+    stmt = _UPSERTS[cache_key] = insert.on_conflict_do_update(index_elements=list(keys), set_=set_)
+    return stmt
+
+
+async def _upsert_many(
+    conn: AsyncConnection, table, rows: list[dict[str, Any]], keys: tuple[str, ...]
+) -> None:
+    """Rows as upserts, one executemany per shape (set of columns), rows of a shape in order."""
+    shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        shapes.setdefault(tuple(row), []).append(row)
+    for columns, same in shapes.items():
+        await conn.execute(_upsert_statement(conn.dialect.name, table, columns, keys), same)
 
 
 async def _call_totals_from_turns(conn: AsyncConnection, call_sid: str) -> None:
@@ -349,25 +370,57 @@ async def _call_totals_from_turns(conn: AsyncConnection, call_sid: str) -> None:
 
 async def write_record(conn: AsyncConnection, record: dict[str, Any]) -> None:
     """One record (``kind``: call, turn, outcome) as upserts: writing it again changes nothing."""
+    await write_records(conn, [record])
+
+
+async def write_records(conn: AsyncConnection, records: list[dict[str, Any]]) -> None:
+    """Records in order, as upserts (writing them again changes nothing), with a few statements per
+    batch instead of a few per record: the rows of a call and of a turn are folded in Python first,
+    exactly as the upserts one after another would leave them (a calls row keeps the columns of the
+    last record that had them, the earliest ``started_at`` and the most ``legs``; a turns row is its
+    last version). An ``outcome`` record is written where it stands: the rows before it go first."""
     now = datetime.now(UTC)
-    kind = record["kind"]
-    if kind in ("call", "turn"):
-        call = dict(record["call"])
-        call["started_at"], call["ended_at"] = _dt(call["started_at"]), _dt(call.get("ended_at"))
-        call["updated_at"] = now
-        await _upsert(conn, calls_table, call, ("call_sid",))
-        for turn in record.get("turns") or ():
-            await _upsert(conn, turns_table, {**turn, "recorded_at": now}, ("call_sid", "turn_index"))
-        if "turn_count" in call:  # the end of a leg: totals over all of the call's legs
-            await _call_totals_from_turns(conn, call["call_sid"])
-    elif kind == "outcome":
-        await conn.execute(
-            update(calls_table)
-            .where(calls_table.c.call_sid == record["call_sid"])
-            .values(outcome=record["outcome"], outcome_reason=record["reason"], updated_at=now)
-        )
-    else:
-        raise ValueError(f"unknown call log record kind {kind!r}")
+    calls: dict[str, dict[str, Any]] = {}
+    turns: dict[tuple[str, int], dict[str, Any]] = {}
+    totals: list[str] = []  # calls whose leg ended: totals over all of their legs
+
+    async def write_folded() -> None:
+        if calls:
+            await _upsert_many(conn, calls_table, list(calls.values()), ("call_sid",))
+        if turns:
+            await _upsert_many(conn, turns_table, list(turns.values()), ("call_sid", "turn_index"))
+        for sid in dict.fromkeys(totals):
+            await _call_totals_from_turns(conn, sid)
+        calls.clear()
+        turns.clear()
+        totals.clear()
+
+    for record in records:
+        kind = record["kind"]
+        if kind in ("call", "turn"):
+            call = dict(record["call"])
+            sid = call["call_sid"]
+            call["started_at"], call["ended_at"] = _dt(call["started_at"]), _dt(call.get("ended_at"))
+            call["updated_at"] = now
+            if (before := calls.get(sid)) is not None:
+                call = {**before, **call}  # later columns win; the first leg's start, the most legs
+                call["started_at"] = min(before["started_at"], call["started_at"])
+                call["legs"] = max(before.get("legs") or 1, call.get("legs") or 1)
+            calls[sid] = call
+            for turn in record.get("turns") or ():
+                turns[(sid, turn["turn_index"])] = {**turn, "recorded_at": now}
+            if "turn_count" in call and "turn_count" in record["call"]:
+                totals.append(sid)
+        elif kind == "outcome":
+            await write_folded()
+            await conn.execute(
+                update(calls_table)
+                .where(calls_table.c.call_sid == record["call_sid"])
+                .values(outcome=record["outcome"], outcome_reason=record["reason"], updated_at=now)
+            )
+        else:
+            raise ValueError(f"unknown call log record kind {kind!r}")
+    await write_folded()
 
 
 STORAGE_ERRORS = {  # SQLite's words for a storage fault -> what the log line calls it
@@ -1093,8 +1146,7 @@ class CallLog:
         in the rejected file, so one bad row never blocks the rest."""
         try:
             async with asyncio.timeout(self.write_timeout_s), self.engine.begin() as conn:
-                for record in records:
-                    await write_record(conn, record)
+                await write_records(conn, records)
             self.stats["written"] += len(records)
             return
         except Exception as exc:
