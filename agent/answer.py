@@ -62,7 +62,7 @@ class Speaker:
                 turn.heard = f"{turn.heard} {text}".strip()
 
     async def phrase(self, turn: TurnRecord, kind: str) -> None:
-        pcm = await self.s.services.phrase(turn.language, kind)
+        pcm = await self.s.services.phrase(turn.language, kind, self._voice(turn.language))
         text = self.s.services.phrase_text(turn.language, kind)
         self.s.taker.answer_started(turn.index)
         self.s.player.play(pcm, turn, kind)

@@ -617,10 +617,12 @@ async def drain(services: Services, gate: CallGate, *, drain_s: float, closing_t
         len(services.calls),
         drain_s,
     )
-    languages = {session.language for session in services.calls.values()}
+    voices = {(s.language, s.agent.voice(s.language)) for s in services.calls.values()}
     async with asyncio.TaskGroup() as tg:
-        for language in languages:  # ready before it is needed
-            tg.create_task(_quietly(services.phrase(language, "closing")), name=f"closing-phrase-{language}")
+        for language, voice in voices:  # ready before it is needed
+            tg.create_task(
+                _quietly(services.phrase(language, "closing", voice)), name=f"closing-phrase-{language}"
+            )
         # Polled: Services.calls has no event for "a call ended", and 100 ms is precise enough here.
         while services.calls and loop.time() < deadline and not (hurry is not None and hurry.is_set()):  # noqa: ASYNC110
             await asyncio.sleep(0.1)
@@ -657,7 +659,7 @@ async def _close_call(services: Services, session: CallSession, timeout_s: float
     """The closing phrase on a live call (after what is playing is cut), then hang up."""
     try:
         async with asyncio.timeout(timeout_s):
-            pcm = await services.phrase(session.language, "closing")
+            pcm = await services.phrase(session.language, "closing", session.agent.voice(session.language))
             await session.player.clear()
             session.player.play(pcm, None, "closing")
             await asyncio.sleep(0.05)

@@ -85,8 +85,8 @@ class Services:
         self.webhooks: WebhookSender | None = None  # the handoff webhook (runtime sets it)
         self.handoffs: dict[str, dict[str, Any]] = {}  # call sid -> handoff record (summary, transfer)
         self.observers: list[CallObserver] = []  # call log, metrics (runtime adds them)
-        self._phrases: dict[tuple[str, str], bytes] = {}
-        self._phrase_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._phrases: dict[tuple[str, str, str | None], bytes] = {}
+        self._phrase_locks: dict[tuple[str, str, str | None], asyncio.Lock] = {}
 
     # ---- calls
 
@@ -202,25 +202,27 @@ class Services:
         }
         return self.config.phrase(table[kind], language)
 
-    async def phrase(self, language: str, kind: str) -> bytes:
-        key = (language, kind)
+    async def phrase(self, language: str, kind: str, voice: str | None = None) -> bytes:
+        """The phrase's audio, synthesised once per (language, kind, voice); ``voice``: the tenant's
+        speaker for the language (agent/agentdef.py), None: the provider's default."""
+        key = (language, kind, voice)
         if key in self._phrases:
             return self._phrases[key]
         lock = self._phrase_locks.setdefault(key, asyncio.Lock())
         async with lock:
             if key not in self._phrases:
-                pcm = await self._synthesise(language, kind)
+                pcm = await self._synthesise(language, kind, voice)
                 if pcm is None:
                     return comfort_tone()  # not cached: the next call tries the TTS again
                 self._phrases[key] = pcm
         return self._phrases[key]
 
-    async def _synthesise(self, language: str, kind: str) -> bytes | None:
+    async def _synthesise(self, language: str, kind: str, voice: str | None = None) -> bytes | None:
         text = self.phrase_text(language, kind)
         for attempt in range(3):
             try:
                 async with asyncio.timeout(2.0):
-                    pcm = await self.tts.synthesize(text, language, tag="phrases")
+                    pcm = await self.tts.synthesize(text, language, voice=voice, tag="phrases")
                 if pcm:
                     return pcm
             except (ProviderError, TimeoutError) as exc:
@@ -230,7 +232,7 @@ class Services:
         log.error("using a comfort tone for the %s phrase in %s", kind, language)
         return None
 
-    async def warm_phrases(self, language: str) -> None:
+    async def warm_phrases(self, language: str, voice: str | None = None) -> None:
         """At call start: make sure the bridge and apology for the call's language are cached."""
         for kind in PHRASE_KINDS:
-            await self.phrase(language, kind)
+            await self.phrase(language, kind, voice)

@@ -165,7 +165,10 @@ class CallSession:
                 tg.create_task(self.player.run(), name=f"{self.call_sid}:outbound")
                 tg.create_task(self._turn_loop(tg), name=f"{self.call_sid}:turns")
                 tg.create_task(self._ticker(), name=f"{self.call_sid}:ticker")
-                tg.create_task(self.services.warm_phrases(self.language), name=f"{self.call_sid}:phrases")
+                tg.create_task(
+                    self.services.warm_phrases(self.language, self.agent.voice(self.language)),
+                    name=f"{self.call_sid}:phrases",
+                )
                 tg.create_task(self._inbound(), name=f"{self.call_sid}:inbound")
         except* _CallOver:
             pass
@@ -470,7 +473,7 @@ class CallSession:
         if self.taker.answering(turn.index) or "first_audio_out" in turn.timeline:
             return
         turn.bridge, turn.bridge_kind = True, "cached"
-        self.player.play(await self.services.phrase(turn.language, "bridge"), turn, "bridge")
+        self.player.play(await self._phrase(turn.language, "bridge"), turn, "bridge")
         self.speaker.mark(turn, f"{turn.index}:bridge", "")
         hard_cap = speech_end + b.hard_cap_ms
         while not self.taker.answering(turn.index):
@@ -481,7 +484,7 @@ class CallSession:
             if self.taker.answering(turn.index):
                 return
             if self.clock.now() < hard_cap and not self.player.speaking:
-                self.player.play(await self.services.phrase(turn.language, "bridge"), turn, "bridge")
+                self.player.play(await self._phrase(turn.language, "bridge"), turn, "bridge")
         if not self.taker.answering(turn.index):
             log.warning("call %s turn %d: hard cap reached; apologising", self.call_sid, turn.index)
             turn.add_fallback("runtime", "timeout", "no answer audio before the hard cap", "apologise")
@@ -505,9 +508,13 @@ class CallSession:
 
     async def play_phrase(self, kind: str) -> None:
         """A phrase outside any turn (after a failed transfer): played and kept in the history."""
-        pcm = await self.services.phrase(self.language, kind)
+        pcm = await self._phrase(self.language, kind)
         self.player.play(pcm, None, kind)
         self.history.append({"role": "assistant", "content": self.services.phrase_text(self.language, kind)})
+
+    async def _phrase(self, language: str, kind: str) -> bytes:
+        """A cached phrase in the tenant's voice for ``language``."""
+        return await self.services.phrase(language, kind, self.agent.voice(language))
 
     async def _greet(self, text: str) -> None:
         """The agent speaks first: turn 0 (kind ``greeting``), timed from the stream's start, so its
