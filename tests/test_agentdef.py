@@ -72,7 +72,8 @@ def test_configuration_errors_name_the_dotted_field(tmp_path, agent, field, why)
 
 def test_chat_section_defaults_off_with_a_derived_key_name():
     data = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
-    data["tenants"]["my-shop"] = {**data["tenants"]["default"], "numbers": []}
+    data["tenants"]["my-shop"] = {k: v for k, v in data["tenants"]["default"].items() if k != "chat"}
+    data["tenants"]["my-shop"]["numbers"] = []
     config = parse_config(data)
     tenant = config.tenants["my-shop"]
     assert tenant.chat.enabled is False and tenant.chat_key_env("my-shop") == "VOXROUTE_CHAT_KEY_MY_SHOP"
@@ -171,3 +172,39 @@ async def test_the_caller_speaking_over_the_greeting_cuts_it(replay_call):
     assert result.carrier["clears"]  # the greeting's audio was cleared at the carrier
     assert first["transcript"] and first["outcome"] == "answered" and first["within_budget"]
     assert not any("recorded for quality" in str(m.get("content")) for m in result.history)
+
+
+class _VoiceLog:
+    """The real TTS client (to the emulated Sarvam over its sockets), noting the voice of each request."""
+
+    def __init__(self, tts) -> None:
+        self.tts, self.voices = tts, []
+
+    def __getattr__(self, name: str):
+        return getattr(self.tts, name)
+
+    async def open(self, language: str, voice: str | None = None, tag: str | None = None):
+        self.voices.append(("stream", language, voice))
+        return await self.tts.open(language, voice=voice, tag=tag)
+
+    async def synthesize(self, text: str, language: str, voice: str | None = None, tag: str | None = None):
+        self.voices.append(("rest", language, voice))
+        return await self.tts.synthesize(text, language, voice=voice, tag=tag)
+
+
+async def test_the_tenants_voice_speaks_answers_phrases_and_the_greeting():
+    from agent.fixture import load
+    from agent.replay import local_stack, replay_fixture
+
+    fixture = load("order_status")
+    fixture.script = fixture.script.model_copy(
+        update={"agent_first": True, "utterances": fixture.script.utterances[:1]}
+    )
+    data = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
+    data["tenants"]["default"]["agent"] = {"greeting": "Hello.", "voices": {"en-IN": "priya"}}
+    async with local_stack("reference", 0, [fixture], parse_config(data)) as stack:
+        log = stack.services.tts = _VoiceLog(stack.services.tts)
+        raw = await replay_fixture(fixture, stack.server_url, config=stack.config)
+    assert raw["ended"] == "completed" and [t["outcome"] for t in raw["turns"]] == ["answered", "answered"]
+    assert {kind for kind, _, _ in log.voices} == {"stream", "rest"}  # answers streamed, phrases by REST
+    assert {(language, voice) for _, language, voice in log.voices} == {("en-IN", "priya")}
