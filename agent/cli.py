@@ -86,6 +86,11 @@ def print_call(call: dict) -> None:
             notes.append(f"{f.get('service', '')} {f['kind']}→{f['action']}".strip())
         if t.get("outcome") not in ("answered", None):
             notes.append(t["outcome"])
+        for tool in t.get("tools") or []:  # agent/tools: name(arguments) -> status, latency
+            args = ", ".join(f"{k}={v}" for k, v in (tool.get("arguments") or {}).items())
+            notes.append(
+                f"tool {tool.get('name')}({args}) {tool.get('status')} {_ms(tool.get('latency_ms'))} ms"
+            )
         table.add_row(
             str(position),
             t.get("transcript") or "",

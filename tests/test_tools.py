@@ -357,3 +357,14 @@ def test_call_page_draws_the_tools_row_and_lists_each_call() -> None:
     assert 'data-stage="tool_result"' in svg and "tools: 140 ms after tool_request" in svg
     html = turn_html(_tool_turn())
     assert "<code>lookup_order</code>" in html and "timeout, 1500.0 ms" in html and "reused" in html
+
+
+def test_the_call_log_keeps_tool_calls_with_masked_arguments() -> None:
+    from agent.calllog.store import turn_row
+    from agent.tools.run import ToolOutcome
+
+    out = ToolOutcome("c1", "call_back", {"phone": "+91 98000 00001", "when": "today"}, "ok", {}, 12.0, "k")
+    record = out.record()
+    assert "98000" not in json.dumps(record) and record["arguments"]["when"] == "today"
+    row = turn_row("CA1", {**_tool_turn(), "tools": [record]})
+    assert row["tools"] == [record] and row["tool_request_ms"] == 1310.0 and row["tool_result_ms"] == 1450.0

@@ -4,6 +4,7 @@ tools (examples/retail.yaml), the order-service stand-in and the emulators on 12
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -178,3 +179,28 @@ async def test_bad_tool_calls_get_error_results_or_the_round_cap(script, expect)
     assert turn["reply"] and turn["outcome"] == "answered"
     assert len(service.requests) == (1 if expect[0] == ("lookup_order", "ok") else 0)
     _in_budget(raw)
+
+
+def test_voxroute_replay_of_the_retail_example_serves_the_stand_in_and_shows_the_lookup(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from agent.cli import app
+
+    out = tmp_path / "replay.json"
+    args = [
+        "replay",
+        "order_status",
+        "--config",
+        str(RETAIL),
+        "--fast",
+        "--profile",
+        "zero",
+        "--json",
+        str(out),
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    turns = json.loads(out.read_text())["calls"][0]["turns"]
+    calls = [call for t in turns for call in t["tools"] if call["name"] == "lookup_order"]
+    assert len(calls) == 1 and calls[0]["arguments"] == {"order_id": "A1745"} and calls[0]["status"] == "ok"
+    assert isinstance(calls[0]["latency_ms"], float)
