@@ -262,3 +262,18 @@ async def test_a_chat_session_uses_the_tenants_tools_and_high_stakes_ones_escala
         )  # fmt: skip
         assert third.model_extra["voxroute"]["route"]["tier"] == "reasoning"  # the escalation sticks
         assert len(service.requests) == 1
+
+
+async def test_hindi_text_takes_the_indic_table_and_the_conversation_has_a_call_page(data_dir):
+    async with local_stack("zero", 0, [], load_config()) as stack:
+        reply = await client(stack.server_url).chat.completions.create(
+            model="default", messages=[{"role": "user", "content": "मेरा ऑर्डर कहाँ है"}]
+        )
+        ext = reply.model_extra["voxroute"]
+        assert ext["route"]["model"] == "sarvam-30b"  # the indic table's fast ladder starts with it
+        log = next(o for o in stack.services.observers if isinstance(o, CallLog))
+        await log.flush()
+        async with httpx.AsyncClient() as http:
+            page = (await http.get(f"{stack.server_url}/calls/{ext['conversation_id']}")).json()
+    assert page["channel"] == "chat" and page["ended"] == "completed"
+    assert page["turns"][0]["transcript"] == "मेरा ऑर्डर कहाँ है" and page["turns"][0]["language"] == "hi-IN"
