@@ -378,7 +378,8 @@ async def write_records(conn: AsyncConnection, records: list[dict[str, Any]]) ->
     batch instead of a few per record: the rows of a call and of a turn are folded in Python first,
     exactly as the upserts one after another would leave them (a calls row keeps the columns of the
     last record that had them, the earliest ``started_at`` and the most ``legs``; a turns row is its
-    last version). An ``outcome`` record is written where it stands: the rows before it go first."""
+    last version). An ``outcome`` record is written where it stands: the rows before it go first; so
+    are a call's totals at the end of a leg, before the turns of its next leg."""
     now = datetime.now(UTC)
     calls: dict[str, dict[str, Any]] = {}
     turns: dict[tuple[str, int], dict[str, Any]] = {}
@@ -400,6 +401,8 @@ async def write_records(conn: AsyncConnection, records: list[dict[str, Any]]) ->
         if kind in ("call", "turn"):
             call = dict(record["call"])
             sid = call["call_sid"]
+            if sid in totals and record.get("turns"):
+                await write_folded()  # the ended leg's totals before the next leg's turns, as in order
             call["started_at"], call["ended_at"] = _dt(call["started_at"]), _dt(call.get("ended_at"))
             call["updated_at"] = now
             if (before := calls.get(sid)) is not None:
@@ -409,7 +412,7 @@ async def write_records(conn: AsyncConnection, records: list[dict[str, Any]]) ->
             calls[sid] = call
             for turn in record.get("turns") or ():
                 turns[(sid, turn["turn_index"])] = {**turn, "recorded_at": now}
-            if "turn_count" in call and "turn_count" in record["call"]:
+            if "turn_count" in record["call"]:  # the end of a leg
                 totals.append(sid)
         elif kind == "outcome":
             await write_folded()
