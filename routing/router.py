@@ -3,10 +3,12 @@
 A turn's decision, in order (the first that applies decides the class):
 
 1. keyword/regex rules of the tenant, then the shared rules: a match always wins;
-2. the stakes classifier: ``human_request`` when it wins; a high-stakes class when the mass of
+2. a turn that only thanks, acknowledges or defers ("Thanks, I'll think it over") in a routine
+   conversation is ``faq`` (CLOSING);
+3. the stakes classifier: ``human_request`` when it wins; a high-stakes class when the mass of
    the high classes reaches the threshold (lowered when the caller names money or the STT was
    unsure); anger words make a low-stakes turn a ``complaint``;
-3. a follow-up the model is unsure of ("It's A one seven four five") keeps the previous class.
+4. a follow-up the model is unsure of ("It's A one seven four five") keeps the previous class.
 
 Then the conversation's state: a high-stakes or human turn escalates, and escalation is sticky
 (unless the class allows stepping down after N routine turns); repeated unresolved turns escalate
@@ -23,7 +25,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from routing.classifier import Scores, StakesModel, clip
+from routing.classifier import Scores, StakesModel, clip, tokens
 from routing.examples import ExampleIndex
 from routing.health import Health
 from routing.route import Route
@@ -44,8 +46,46 @@ MONEY = re.compile(
     r"\blakhs?\b|\bcrores?\b|रुपये|रुपए|रुपया|पैसे|पैसा",
     re.IGNORECASE,
 )
+# A turn that only closes, acknowledges or defers ("Okay, thank you", "I'll think about it", "theek
+# hai, baad mein call karunga") is routine whatever the model makes of it: there is nothing in it
+# but the phrases below, so it names no money, goods, account or complaint. The bank data the model
+# learnt from has "I think" mostly in fraud reports, so such a turn could escalate on its own.
+# Matched on the classifier's words (lower case, apostrophes dropped), the whole turn at once.
+_CLOSING_PHRASES = (
+    # thanks and goodbyes
+    r"thanks?(?: you)?(?: (?:so|very) much| a lot| again| for (?:the|your|all the) (?:help|time|information|info))?",
+    r"(?:good ?)?bye(?: bye)?|have a (?:nice|good|great) day|take care|see you",
+    r"(?:that|thats|that is|its|it is) (?:all|it)(?: for now| for today| i needed)?",
+    r"(?:nothing|no) (?:else|more)(?: questions?)?|no thanks|no thank you",
+    # acknowledgements
+    r"ok(?:ay)?|alright|all right|fine|sure|right|great|good|cool|perfect|nice|wonderful|excellent|lovely",
+    r"yes|yeah|yep|no|hmm+|oh|ah|so|and|then|i see|got it|understood|i understand|noted|makes sense",
+    r"sounds good|no problem|that helps|that answers my question",
+    # deferring: the caller will decide, call back or come later
+    r"(?:i|ill|i will|let me|i need to|i have to|ill have to) (?:think(?: about it| it over| about that)?|"
+    r"consider it|decide later|sleep on it)",
+    r"(?:i|ill|i will) (?:call|ring) (?:you )?back(?: later| tomorrow)?|(?:i|ill|i will) call (?:again|later)",
+    r"(?:(?:i|ill|i will) )?(?:get back to you|let you know)(?: later)?",
+    r"(?:maybe |may be )?later|not (?:right )?now|not today",
+    # Hinglish and Hindi
+    r"th?ee?k hai|ok ji|ji|haan|achh?a|dhanyavaa?d|dhanyawaa?d|shukriya|bas(?: itna hi)?|thank you ji",
+    r"(?:main |mai )?soch(?: ?ke| ?kar) bata(?:ta|ti|unga|ungi|enge)(?: hoon| hu| hun)?",
+    r"(?:main |mai )?baad mein(?: (?:call|phone) kar(?:unga|ungi|enge|ta hoon|ti hoon))?",
+    r"ठीक है|जी|हाँ|हां|अच्छा|धन्यवाद|शुक्रिया|बहुत|बस|इतना ही|थैंक यू|बाय",
+    r"(?:मैं )?सोच(?:कर| के) बता(?:ऊँगा|ऊंगा|ऊँगी|ऊंगी|एंगे|ता हूँ|ती हूँ)",
+    r"(?:मैं )?बाद में(?: (?:फ़ोन|फोन|कॉल) कर(?:ूँगा|ूंगा|ूँगी|ूंगी|ेंगे))?",
+)
+_CLOSING_ONE = "(?:" + "|".join(_CLOSING_PHRASES) + ")"
+CLOSING = re.compile(rf"{_CLOSING_ONE}(?: {_CLOSING_ONE})*")
+CLOSING_MAX_WORDS = 12  # a closing is short; the bound also keeps the match's backtracking small
 _WORDS = re.compile(r"\w+")
 UNRESOLVED_OUTCOMES = frozenset({"apology", "not_heard"})
+
+
+def is_closing(text: str) -> bool:
+    """The turn only thanks, acknowledges, says goodbye or defers (see CLOSING)."""
+    words = tokens(text)
+    return 0 < len(words) <= CLOSING_MAX_WORDS and CLOSING.fullmatch(" ".join(words)) is not None
 
 
 def is_devanagari(text: str) -> bool:
@@ -275,6 +315,14 @@ class Conversation:
         match = index.nearest(text) if index is not None else None
         if match is not None and match.similarity < sig.examples_min_similarity:
             match = None
+        # A closing in a routine conversation stays routine (a high-stakes one keeps its class below).
+        if (
+            sig.closings
+            and match is None
+            and (self.last_class is None or r.table.stakes(self.tenant, self.last_class) == "low")
+            and is_closing(text)
+        ):
+            return "faq", "closing: the caller thanks, acknowledges or defers"
         if r.model is None:
             if match is not None:
                 return match.routing_class, _example_reason(match)

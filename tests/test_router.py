@@ -15,6 +15,7 @@ from agent.config import load_config, parse_config
 from agent.runtime import build_router
 from routing.classifier import read_labelled_csv
 from routing.evaluate import metrics, predict
+from routing.router import is_closing, is_devanagari
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "router"
 
@@ -49,6 +50,59 @@ def test_order_tracking_stays_fast_and_a_follow_up_keeps_its_class(router):
     follow = conv.decide("It's A one seven four five.", "en-IN")
     assert follow.routing_class == "order_tracking" and not follow.escalated
     assert follow.reason.startswith("context: follows order_tracking")
+
+
+# Closings, acknowledgements and deferrals in wording of their own (none is a fixture's line); the
+# shipped model alone escalates most of them (p_high 0.34-0.73) or reads them as a request for a person.
+CLOSINGS = [
+    "I will think about it.",
+    "Hmm, okay, I will let you know.",
+    "No, nothing else, thanks.",
+    "Okay, I will call you back later.",
+    "Let me sleep on it, bye.",
+    "theek hai, main soch ke batata hoon",
+    "मैं सोचकर बताऊँगा।",
+]
+
+
+@pytest.mark.parametrize("text", CLOSINGS)
+def test_a_closing_in_a_routine_call_stays_on_the_fast_tier(router, text):
+    assert is_closing(text)
+    conv = router.conversation("default")
+    conv.decide("What time does your store close on weekdays?", "en-IN")
+    r = conv.decide(text, "hi-IN" if is_devanagari(text) else "en-IN")
+    assert r.routing_class == "faq" and r.tier == "fast" and not r.escalated and not r.handoff, r
+    assert r.reason.startswith("closing"), r.reason
+
+
+def test_the_model_alone_escalates_closings(router):
+    """Why the closing rule exists: without it most of CLOSINGS would reach the reasoning tier."""
+    model = router.model
+    assert sum(model.escalates(model.scores(t)) for t in CLOSINGS) >= 4
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Okay, but I still want my refund.",
+        "Thank you for nothing, I am filing a complaint.",
+        "Fine, then cancel my order.",
+        "Okay, I will think about it, but first return my money.",
+    ],
+)
+def test_closing_words_do_not_hide_stakes(router, text):
+    assert not is_closing(text)
+    conv = router.conversation("default")
+    conv.decide("What time does your store close on weekdays?", "en-IN")
+    r = conv.decide(text, "en-IN")
+    assert r.escalated and r.tier == "reasoning", r
+
+
+def test_a_closing_is_short_and_whole():
+    assert not is_closing("")
+    assert not is_closing("ok " * 3000)  # longer than any closing: not matched, and no backtracking
+    assert not is_closing("Okay. What are your opening hours then?")
+    assert is_closing("Okay, great. Thank you so much.")
 
 
 def test_step_down_after_routine_turns():
