@@ -389,7 +389,11 @@ class ChatService:
         headers = {"X-Voxroute-Session-Id": conv.call_sid}
         if req.stream:
             return _EventStream(lambda receive, send: self._stream(conv, req, headers, receive, send))
-        turn = await self._turn(conv, req, asyncio.Queue())
+        try:
+            turn = await self._turn(conv, req, asyncio.Queue())
+        except Exception:  # a bug: this request fails in OpenAI's shape, nothing else does
+            log.exception("chat %s: the turn failed", conv.call_sid)
+            return ChatError(500, "the agent failed to answer; try again", "server_error").response()
         return JSONResponse(self._completion(conv, req, turn), headers=headers)
 
     async def _turn(self, conv: ChatConversation, req: ChatRequest, out: asyncio.Queue[str]) -> TurnRecord:
@@ -400,17 +404,18 @@ class ChatService:
         try:
             async with conv.lock:
                 self.notify("call_started", conv.call_json(ended="in_progress", with_turns=False))
-                task = asyncio.current_task()
+                task, before = asyncio.current_task(), len(conv.turns)
                 try:
                     return await conv.answer(req.messages, out)
                 finally:
-                    turn = conv.turns[-1]
                     ended = "completed"
                     if task is not None and task.cancelling():
-                        turn.outcome, ended = "caller_hung_up", "caller_hung_up"
-                    self.notify(
-                        "turn_finished", conv.call_json(ended=ended, with_turns=False), turn.as_dict()
-                    )
+                        ended = "caller_hung_up"
+                    if len(conv.turns) > before:  # the turn began (a bug may stop it before)
+                        turn = conv.turns[-1]
+                        turn.outcome = "caller_hung_up" if ended == "caller_hung_up" else turn.outcome
+                        call = conv.call_json(ended=ended, with_turns=False)
+                        self.notify("turn_finished", call, turn.as_dict())
                     self.notify("call_ended", conv.call_json(ended=ended, with_turns=True))
         finally:
             self.in_flight -= 1
@@ -457,6 +462,12 @@ class ChatService:
                 watcher.cancel()
         except* _ClientGone:
             log.info("chat %s: the client went away mid-answer", conv.call_sid)
+        except* Exception:  # a bug: this stream ends with an error event, nothing else does
+            log.exception("chat %s: the turn failed", conv.call_sid)
+            error = {"error": {"message": "the agent failed to answer; try again", "type": "server_error",
+                               "param": None, "code": "server_error"}}  # fmt: skip
+            data = f"data: {json.dumps(error)}\n\ndata: [DONE]\n\n".encode()
+            await send({"type": "http.response.body", "body": data, "more_body": False})
 
     def _extension(self, conv: ChatConversation, turn: TurnRecord) -> dict[str, Any]:
         route = turn.route or {}

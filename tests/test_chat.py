@@ -277,3 +277,28 @@ async def test_hindi_text_takes_the_indic_table_and_the_conversation_has_a_call_
             page = (await http.get(f"{stack.server_url}/calls/{ext['conversation_id']}")).json()
     assert page["channel"] == "chat" and page["ended"] == "completed"
     assert page["turns"][0]["transcript"] == "मेरा ऑर्डर कहाँ है" and page["turns"][0]["language"] == "hi-IN"
+
+
+async def test_a_bug_in_a_turn_fails_that_request_in_openai_shape_only(data_dir, monkeypatch, caplog):
+    from agent.chat import ChatConversation
+
+    async def broken(self, messages, out):
+        raise RuntimeError("a bug in the answer")
+
+    messages = [{"role": "user", "content": "what are your hours"}]
+    async with local_stack("zero", 0, [], load_config()) as stack:
+        chat = client(stack.server_url)
+        monkeypatch.setattr(ChatConversation, "answer", broken)
+        with pytest.raises(openai.InternalServerError) as info:
+            await chat.chat.completions.create(model="default", messages=messages)
+        assert info.value.code == "server_error"
+        failures = [r for r in caplog.records if r.getMessage().endswith("the turn failed")]
+        assert failures and failures[-1].exc_info[0] is RuntimeError  # the bug itself is logged
+        with pytest.raises(openai.APIError, match="failed to answer"):
+            async for _ in await chat.chat.completions.create(
+                model="default", messages=messages, stream=True
+            ):
+                pass
+        monkeypatch.undo()
+        reply = await chat.chat.completions.create(model="default", messages=messages)
+        assert reply.choices[0].message.content  # the server goes on
