@@ -15,10 +15,12 @@ mid-stream failure) reuses the first result instead of running again.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import json
 import logging
 import re
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -122,13 +124,16 @@ class ToolRunner:
         self.call_sid = call_sid
         self.tenant = tenant
         self._own_http = http is None
-        self.http = http or httpx.AsyncClient()
+        self._pool = http
         self.now = now or (lambda: time.monotonic() * 1000)
         self._turns: dict[int, _Turn] = {}
+        self._offered: list[dict[str, Any]] | None = None
 
     def offered(self) -> list[dict[str, Any]]:
         """The tools in the OpenAI ``tools`` format."""
-        return [openai_tool(name, tool) for name, tool in self.tools.items()]
+        if self._offered is None:  # built once: a Python tool's schema comes from pydantic
+            self._offered = [openai_tool(name, tool) for name, tool in self.tools.items()]
+        return list(self._offered)
 
     def stakes(self, name: str) -> str:
         tool = self.tools.get(name)
@@ -138,9 +143,18 @@ class ToolRunner:
         tool = self.tools.get(name)
         return tool.phrase_for(language) if tool is not None else None
 
+    @property
+    def http(self) -> httpx.AsyncClient:
+        """The HTTP pool, made at the first HTTP tool call (most calls never need one: building a TLS
+        context costs 0.1-0.5 s of CPU, so it is made once per process)."""
+        if self._pool is None:
+            self._pool = httpx.AsyncClient(verify=_tls_context(), timeout=None)
+        return self._pool
+
     async def aclose(self) -> None:
-        if self._own_http:
-            await self.http.aclose()
+        if self._own_http and self._pool is not None:
+            await self._pool.aclose()
+            self._pool = None
 
     async def run(self, turn: int, calls: Sequence[Any]) -> list[ToolOutcome]:
         """Run one round of the model's tool calls (objects with ``id``, ``name``, ``arguments`` and
@@ -264,6 +278,11 @@ class ToolRunner:
         if isinstance(result, BaseModel):
             result = result.model_dump(mode="json")
         return "ok", result if isinstance(result, dict) else {"result": result}
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    return httpx.create_ssl_context()
 
 
 def _pick(content: dict[str, Any], fields: list[str] | None) -> dict[str, Any]:
