@@ -312,10 +312,10 @@ class Config(_Model):
     handoff: HandoffConfig = HandoffConfig()
     call_log: CallLogConfig = CallLogConfig()
     shutdown: ShutdownConfig = ShutdownConfig()
+    tools: ToolsConfig = ToolsConfig()  # business tools per tenant (agent/tools)
     chat: ChatConfig = ChatConfig()
     _agents: dict[str, AgentDef] = PrivateAttr(default_factory=dict)
 
-    tools: ToolsConfig = ToolsConfig()  # business tools per tenant (agent/tools)
     @model_validator(mode="after")
     def _references(self) -> Config:
         problems = [
@@ -337,10 +337,10 @@ class Config(_Model):
                 if self.budget.hard_cap_ms <= budget:
                     problems.append(f"tenants.{tname}.budgets.{channel}_ms: must be smaller than hard_cap_ms")
         problems += check_references(self.routing, self.tenants, self.models)
+        problems += [f"tools.tenants.{t}: no tenant {t!r}" for t in self.tools.tenants if t not in self.tenants]
         if self.telephony.default_tenant not in self.tenants:
             problems.append(f"telephony.default_tenant: no tenant {self.telephony.default_tenant!r}")
         if problems:
-        problems += [f"tools.tenants.{t}: no tenant {t!r}" for t in self.tools.tenants if t not in self.tenants]
             raise ValueError("; ".join(problems))
         return self
 
