@@ -1,8 +1,8 @@
 """The router's cost on the realistic mix (issue 14): ``bench.routing_cost --mix realistic`` replays
 the routine calls of fixtures/audio/mix/ and the main set's routine and high-stakes calls (about 70%
 of turns routine) under the ``reference`` profile, in real time on 127.0.0.1: every high-stakes turn
-answered by the reasoning tier (or, for a request for a person, handed to one). The issue's cost
-target (35% of always-reasoning) is printed by the benchmark; see the comment in the last test."""
+answered by the reasoning tier (or, for a request for a person, handed to one), and the router's
+cost at most 35% of always-reasoning (the issue's target)."""
 
 from __future__ import annotations
 
@@ -42,10 +42,6 @@ async def test_router_cost_on_the_realistic_mix():
     assert router["high_stakes_turns"] >= 9
     assert router["high_stakes_on_reasoning"] == router["high_stakes_turns"], router
     assert always["high_stakes_on_reasoning"] == always["high_stakes_turns"], always
-    # The cost target (35%) is met only at the edge (34.95% and 34.98% in two benchmark runs, 37.3%
-    # in a run of this test): one routine closing ("Okay, I will think about it.") escalates, and the
-    # fast path's acknowledgements vary with timing. Asserting it here would make a flaky test, so
-    # the test holds the router to what is deterministic: every high-stakes turn escalated, and
-    # the cost well under half of always-reasoning.
-    assert router["escalated_turns"] <= router["high_stakes_turns"] + 1, router
-    assert ratio <= 0.5, ratio
+    # Only the high-stakes turns (and the person request) escalate: no routine turn, closings included.
+    assert router["escalated_turns"] == router["high_stakes_turns"], router
+    assert ratio <= 0.35, ratio
