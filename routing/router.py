@@ -344,7 +344,8 @@ class Conversation:
             signals.append("low_stt_confidence")
         spec = " (speculative, confirmed)" if speculative else ""
         extra = f" ({', '.join(why)})" if why else ""
-        uncertain = conf < sig.context_min_confidence and self.last_class is not None
+        # An off-topic turn is no topic to follow: the caller's next turn is usually back on the business.
+        uncertain = conf < sig.context_min_confidence and self.last_class not in (None, "out_of_scope")
         if r.table.stakes(self.tenant, best) == "human" and not uncertain:
             return best, f"model{spec}: {best} p={conf:.2f}"
         # A tenant class recognised by its examples; a low-stakes one does not hide a turn the

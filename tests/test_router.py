@@ -105,6 +105,13 @@ def test_a_closing_is_short_and_whole():
     assert is_closing("Okay, great. Thank you so much.")
 
 
+def test_an_off_topic_turn_is_not_followed_as_context(router):
+    conv = router.conversation("default")
+    assert conv.decide("Tell me a joke.", "en-IN").routing_class == "out_of_scope"
+    r = conv.decide("Is there parking near the showroom?", "en-IN")  # the model is unsure of it
+    assert r.routing_class != "out_of_scope" and not r.reason.startswith("context"), r.reason
+
+
 def test_step_down_after_routine_turns():
     cfg = load_config()
     data = cfg.model_dump(mode="python", by_alias=True)
