@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench fixtures clean
+.PHONY: demo test soak lint bench fixtures clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,9 +17,16 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/voxroute demo order_status billing_dispute hindi_order_status --record-dir out/demo
 
+# Parallel workers for the suite (pytest-xdist), then the few tests that load the machine on
+# purpose, alone (tests/conftest.py: SERIAL). The 3-minute soak is `make soak` (a CI step).
+TEST_WORKERS ?= 3
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not serial and not soak"
+	$(BIN)/python -m pytest -q -m "serial and not soak"
+
+soak: $(STAMP)
+	$(BIN)/python -m pytest -q -m soak
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -18,6 +18,25 @@ from agent.fixture import load
 from agent.replay import local_stack, replay_fixture
 
 
+# `make test` runs the suite on parallel workers (pytest-xdist), then these alone: each puts many
+# calls on one process at once (or measures a process under load), so a second test beside it
+# would be measuring the machine, not the runtime. The 3-minute soak is a CI step of its own.
+SERIAL = {
+    "tests/test_carriers_replay.py::test_every_fixture_through_every_carrier_matches_twilio",
+    "tests/test_routing_cost.py::test_router_cost_on_the_realistic_mix",
+}
+SOAK = {"tests/test_soak.py::test_soak_three_minutes"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        test = item.nodeid.split("[")[0]
+        if test in SERIAL:
+            item.add_marker(pytest.mark.serial)
+        if test in SOAK:
+            item.add_marker(pytest.mark.soak)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _call_log_in_a_temporary_folder(tmp_path_factory):
     """Calls replayed by tests go to a call log of their own, never into ./data."""
