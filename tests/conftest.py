@@ -17,7 +17,6 @@ from agent.config import Config
 from agent.fixture import load
 from agent.replay import local_stack, replay_fixture
 
-
 # `make test` runs the suite on parallel workers (pytest-xdist), then these alone: each puts many
 # calls on one process at once (or measures a process under load), so a second test beside it
 # would be measuring the machine, not the runtime. The 3-minute soak is a CI step of its own.
