@@ -96,6 +96,7 @@ def is_devanagari(text: str) -> bool:
 class _Speculation:
     text: str
     scores: Scores
+    closing: bool  # is_closing(text), also worked out while the caller speaks
 
 
 class Router:
@@ -166,7 +167,11 @@ class Conversation:
         if model is None or not text.strip():
             return
         if self._spec is None or self._spec.text != text:
-            self._spec = _Speculation(text, model.scores(text))
+            self._spec = _Speculation(text, model.scores(text), is_closing(text))
+
+    def _is_closing(self, text: str) -> bool:
+        spec = self._spec
+        return spec.closing if spec is not None and spec.text == text else is_closing(text)
 
     def _scores(self, text: str) -> tuple[Scores, bool]:
         spec = self._spec
@@ -320,7 +325,7 @@ class Conversation:
             sig.closings
             and match is None
             and (self.last_class is None or r.table.stakes(self.tenant, self.last_class) == "low")
-            and is_closing(text)
+            and self._is_closing(text)
         ):
             return "faq", "closing: the caller thanks, acknowledges or defers"
         if r.model is None:

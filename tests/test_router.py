@@ -65,11 +65,14 @@ CLOSINGS = [
 ]
 
 
+@pytest.mark.parametrize("speculated", [False, True])
 @pytest.mark.parametrize("text", CLOSINGS)
-def test_a_closing_in_a_routine_call_stays_on_the_fast_tier(router, text):
+def test_a_closing_in_a_routine_call_stays_on_the_fast_tier(router, text, speculated):
     assert is_closing(text)
     conv = router.conversation("default")
     conv.decide("What time does your store close on weekdays?", "en-IN")
+    if speculated:  # the last partial was the whole turn: the decision reuses what it worked out
+        conv.speculate(text)
     r = conv.decide(text, "hi-IN" if is_devanagari(text) else "en-IN")
     assert r.routing_class == "faq" and r.tier == "fast" and not r.escalated and not r.handoff, r
     assert r.reason.startswith("closing"), r.reason
