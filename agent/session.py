@@ -243,7 +243,7 @@ class CallSession:
                 continue  # a timer moved earlier: look again
             except TimeoutError:
                 pass
-            await self._act(self.taker.tick(self.clock.now(), self.player.speaking))
+            await self._act(self.taker.tick(self.clock.now(), self.player.speaking, due=self._tick_at))
 
     async def _act(self, actions: list[TurnAction]) -> None:
         """Carry out what the turn core decided."""

@@ -24,6 +24,11 @@ The rules:
 - **End of speech is counted by the clock, not by frames.** ``silence_ms`` after the last voiced
   frame the turn may commit, whether frames keep arriving or not: SIP phones with silence
   suppression and Asterisk's AudioSocket send nothing while the caller is quiet.
+- **A timer that fires late looks again before it counts.** A tick more than ``LATE_MS`` after its
+  due time means this process was busy: the caller's frames that came meanwhile may not have been
+  read yet, and the clock alone would take them for a pause (a turn cut in two). The core then asks
+  to be woken one frame later, when they have been read; it does so again only if frames came in
+  between, so a quiet caller is still answered.
 - A turn commits on the STT's final (after ``COMMIT_SILENCE_MS`` of quiet) or on the pause,
   whichever comes first; a final that sounds unfinished ("... change my booking to") waits up to
   ``incomplete_hold_ms``. A pause with no final yet commits too; the turn then waits briefly for
@@ -47,6 +52,7 @@ from agent.chunker import looks_incomplete
 FRAME_MS = 20
 RESUME_MS = 60  # caller voice after a commit that merges into the unanswered turn
 COMMIT_SILENCE_MS = 60  # quiet that must follow the STT's final before we commit on it
+LATE_MS = 2 * FRAME_MS  # a timer this late: frames that came meanwhile may not have been read
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +123,9 @@ class TurnTaker:
         self.voiced_run_ms = 0  # consecutive voiced ms
         self._speech_ms = 0  # voiced ms in this stretch
         self.last_voice: float | None = None  # time of the last voiced frame
+        self._last_frame: float | None = None  # time the last frame (voiced or not) arrived
+        self._recheck_at: float | None = None  # a late timer's second look
+        self._rechecked_after: float | None = None  # the last frame before that second look
         self._stretch = False
         # the caller's pending utterance
         self._pending = False  # the caller spoke (or keyed) since the last commit
@@ -145,6 +154,7 @@ class TurnTaker:
 
     def frame(self, voiced: bool, now: float, playing: bool) -> list[TurnAction]:
         """One 20 ms frame of caller audio that arrived at ``now``."""
+        self._last_frame = now
         self._check_pause(now)
         acts: list[TurnAction] = []
         if voiced:
@@ -170,8 +180,13 @@ class TurnTaker:
             self._speech_end = self.last_voice
         return acts + self._evaluate(now, playing)
 
-    def tick(self, now: float, playing: bool) -> list[TurnAction]:
-        """Time passed: the silence and key timers."""
+    def tick(self, now: float, playing: bool, due: float | None = None) -> list[TurnAction]:
+        """Time passed: the silence and key timers. ``due``: when the timer was set for."""
+        if due is not None and now - due > LATE_MS and self._rechecked_after != self._last_frame:
+            self._rechecked_after = self._last_frame
+            self._recheck_at = now + FRAME_MS
+            return []  # busy until now: read what came meanwhile, then look again
+        self._recheck_at = None
         self._check_pause(now)
         return self._evaluate(now, playing)
 
@@ -257,6 +272,8 @@ class TurnTaker:
         if self.last_voice is not None and (self._stretch or self._pending):
             for wait in (COMMIT_SILENCE_MS, p.silence_ms, p.stt_final_wait_ms, p.incomplete_hold_ms):
                 due.append(self.last_voice + wait)
+        if self._recheck_at is not None:
+            due.append(self._recheck_at)
         future = [t for t in due if t > now]
         return min(future) if future else None
 

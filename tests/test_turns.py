@@ -27,7 +27,7 @@ class Line:
         """What the session's ticker does: wake the core at each due time up to ``until``."""
         while (due := self.core.next_wake(self.t)) is not None and due <= until:
             self.t = due
-            self.actions += self.core.tick(due, self.playing)
+            self.actions += self.core.tick(due, self.playing, due)
 
     def frames(self, ms: int, voiced: bool) -> Line:
         for _ in range(ms // 20):
@@ -39,6 +39,18 @@ class Line:
 
     def voice(self, ms: int) -> Line:
         return self.frames(ms, True)
+
+    def busy(self, ms: int, voiced: bool) -> Line:
+        """This process is busy for ``ms`` while the caller goes on: when it resumes, the timer that
+        fell due meanwhile fires first (late), then the frames that queued up are read."""
+        due = self.core.next_wake(self.t)
+        self.t += ms
+        if due is not None and due <= self.t:
+            self.actions += self.core.tick(self.t, self.playing, due)
+        for _ in range(ms // 20):
+            self.actions += self.core.frame(voiced, self.t, self.playing)
+        self._timers(self.t)
+        return self
 
     def quiet(self, ms: int) -> Line:
         return self.frames(ms, False)
@@ -109,6 +121,29 @@ def test_silence_suppression_commits_by_the_clock_when_no_frames_come(final_at):
     assert commit.speech_end == 600
     assert commit.endpoint == (600 + 300 if final_at is None else 600 + final_at)
     assert line.core.next_wake(line.t) is None  # nothing pending: the ticker sleeps
+
+
+@pytest.mark.parametrize("busy_ms", [400, 1500])
+def test_a_late_timer_reads_the_frames_that_came_meanwhile_before_it_counts_a_pause(busy_ms):
+    """Speech that queued up while the process was busy is not a pause: one turn, not two."""
+    line = Line().voice(600).busy(busy_ms, voiced=True).voice(400)
+    assert line.commits() == []
+    line.quiet(400)
+    (commit,) = line.commits()
+    assert commit.speech_end == 600 + busy_ms + 400
+
+
+def test_a_late_timer_still_ends_the_turn_of_a_caller_who_went_quiet():
+    line = Line().voice(600).busy(500, voiced=False)  # quiet frames queued up: a real pause
+    (commit,) = line.commits()  # as soon as they are read
+    assert commit.speech_end == 600 and commit.endpoint == 600 + 500
+    line = Line().voice(600)
+    line.t += 500  # no frames at all (silence suppression) and the process was busy too
+    assert line.core.tick(line.t, False, 900) == []  # first a second look ...
+    line.nothing(100)
+    (commit,) = line.commits()  # ... then the pause counts: one frame later
+    assert commit.endpoint == 600 + 500 + 20
+    assert line.core.next_wake(line.t) is None
 
 
 def test_an_unfinished_sentence_holds_the_commit_for_incomplete_hold_ms():
