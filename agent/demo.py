@@ -90,7 +90,10 @@ async def dial_calls(
     calls: list[dict[str, Any]] = []
     t_start = time.monotonic()
     console.print("starting the runtime with the embedded offline stack (no keys, no network) ...")
-    async with offline_server(config, port) as (url, services):
+    from agent.tools.standins import stand_ins
+
+    # The config's tool stand-ins (examples/retail.yaml's order service) are served beside the runtime.
+    async with stand_ins(config) as (config, _), offline_server(config, port) as (url, services):
         console.print(
             f"server up at {url} in {time.monotonic() - t_start:.1f} s; {services.stt.name} / {services.tts.name}"
         )

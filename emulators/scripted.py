@@ -205,8 +205,26 @@ class ScriptedCall:
 
 
 def normalise(text: str) -> str:
-    """Lower case, letters and digits only, single spaces: how scripted words are matched."""
-    return " ".join(re.findall(r"\w+", text.lower()))
+    """Lower case, letters and digits only, single spaces, digit words as digits and digit runs
+    joined ("It's A one seven four five" and "it's a 1745" both give "it s a 1745"): how scripted
+    words are matched, whoever transcribed them."""
+    out: list[str] = []
+    for word in re.findall(r"\w+", text.lower()):
+        digit = _DIGIT_WORDS.get(word) if word not in ("oh", "o") else None
+        word = digit or word
+        if word.isdigit() and out and out[-1].isdigit():
+            out[-1] += word
+        else:
+            out.append(word)
+    return " ".join(out)
+
+
+def conversation(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The messages without the runtime's trailing system lines (the routing-class marker)."""
+    end = len(messages)
+    while end and isinstance(messages[end - 1], dict) and messages[end - 1].get("role") == "system":
+        end -= 1
+    return messages[:end]
 
 
 def script_from_fixtures(fixtures: Any) -> list[ScriptedCall]:
@@ -249,6 +267,7 @@ def scripted_calls(
 ) -> list[tuple[str, dict[str, Any] | str]]:
     """The calls ``script`` makes for this request (none unless tools are offered, and none once the
     entry's rounds are used up since the caller's words)."""
+    messages = conversation(messages)
     if not offered or not script or not messages or not isinstance(messages[-1], dict):
         return []
     if messages[-1].get("role") not in ("user", "tool"):
@@ -258,13 +277,17 @@ def scripted_calls(
     return [
         (c.name, c.arguments)
         for c in script
-        if c.match and c.match in said and rounds < c.rounds and (c.name in offered or not c.offered_only)
+        if c.match
+        and normalise(c.match) in said
+        and rounds < c.rounds
+        and (c.name in offered or not c.offered_only)
     ]
 
 
 def after_tools(messages: list[dict[str, Any]]) -> str | None:
     """The reply once tool results came back (the last message is a tool message), or None: the
     result's status is said ("Order A1745 is shipped"); an error result gets an apology."""
+    messages = conversation(messages)
     if not messages or not isinstance(messages[-1], dict) or messages[-1].get("role") != "tool":
         return None
     results: list[dict[str, Any]] = []

@@ -21,7 +21,7 @@ from agent.tools.run import ToolRunner
 from agent.tools.spec import ToolConfig, ToolsConfig
 from emulators.llm import LLMEmulator
 from emulators.profiles import Dice, get_profile
-from emulators.scripted import ScriptedCall, after_tools
+from emulators.scripted import ScriptedCall, after_tools, normalise
 from emulators.serve import serve_app
 from examples.tools.order_service import OrderService
 
@@ -368,3 +368,15 @@ def test_the_call_log_keeps_tool_calls_with_masked_arguments() -> None:
     assert "98000" not in json.dumps(record) and record["arguments"]["when"] == "today"
     row = turn_row("CA1", {**_tool_turn(), "tools": [record]})
     assert row["tools"] == [record] and row["tool_request_ms"] == 1310.0 and row["tool_result_ms"] == 1450.0
+
+
+def test_scripted_calls_match_however_the_words_were_transcribed() -> None:
+    from emulators.scripted import scripted_calls
+
+    script = [ScriptedCall(normalise("It's A one seven four five."), "lookup_order", {"order_id": "A1745"})]
+    marker = {"role": "system", "content": "voxroute-routing-class: order_tracking"}  # the local stack's
+    for heard in ("It's A one seven four five.", "it's a 1745", "It’s A 17 45"):
+        messages = [{"role": "user", "content": heard}, marker]
+        assert scripted_calls(script, messages, {"lookup_order"}) == [("lookup_order", {"order_id": "A1745"})]
+    assert scripted_calls(script, [{"role": "user", "content": "order 1745"}], {"lookup_order"}) == []
+    assert scripted_calls(script, [{"role": "user", "content": "it's a 1745"}], {"other_tool"}) == []
