@@ -6,15 +6,23 @@ bodies and drains the queue within the deadline. When the queue is full the *old
 dropped with an error log line: the newest summary is the one an operator needs, and the call never
 waits for a slow receiver.
 
-Each POST carries::
+Each POST is signed the Standard Webhooks way (https://www.standardwebhooks.com), so any of its
+libraries verifies it (``standardwebhooks.Webhook(secret).verify(body, headers)``) and rejects a
+delivery replayed outside its tolerance window (5 minutes there)::
 
     Content-Type: application/json
+    webhook-id: <id, the same on every retry of one body: receivers de-duplicate on it>
+    webhook-timestamp: <unix seconds of this attempt>
+    webhook-signature: v1,<base64 HMAC-SHA256(key, "{id}.{timestamp}.{body}")>
+
+The secret is ``whsec_<base64 key>`` as Standard Webhooks libraries take it (a secret without the
+prefix is used as the key's raw bytes: receivers then pass it as bytes). The older voxroute headers
+are still sent for receivers written against them, but they do not stop a replay (their timestamp
+is not signed)::
+
     X-Voxroute-Signature: sha256=<hex HMAC-SHA256(secret, body)>
     X-Voxroute-Timestamp: <unix seconds of this attempt>
-    X-Voxroute-Delivery: <id, the same on every retry of one body: receivers de-duplicate on it>
-
-The signature covers the body only (the receiver checks it with :func:`verify_signature`); the
-timestamp lets a receiver reject stale deliveries but is not signed.
+    X-Voxroute-Delivery: <the webhook-id>
 
 Retried: connection errors, timeouts, 5xx and 429 (``attempts`` in all, delays ``base_delay_s * 2**n``
 capped at ``max_delay_s``). Not retried: other 4xx and 3xx (logged, given up).
@@ -23,12 +31,15 @@ capped at ``max_delay_s``). Not retried: other 4xx and 3xx (logged, given up).
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
 import hmac
 import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -42,6 +53,11 @@ SIGNATURE_HEADER = "X-Voxroute-Signature"
 TIMESTAMP_HEADER = "X-Voxroute-Timestamp"
 DELIVERY_HEADER = "X-Voxroute-Delivery"
 SIGNATURE_PREFIX = "sha256="
+# Standard Webhooks
+WEBHOOK_ID_HEADER = "webhook-id"
+WEBHOOK_TIMESTAMP_HEADER = "webhook-timestamp"
+WEBHOOK_SIGNATURE_HEADER = "webhook-signature"
+SECRET_PREFIX = "whsec_"
 
 
 def redact_body(body: bytes) -> bytes:
@@ -71,6 +87,46 @@ def verify_signature(body: bytes, secret: str | bytes, header: str | None) -> bo
     if not header or not header.startswith(SIGNATURE_PREFIX):
         return False
     return hmac.compare_digest(sign(body, secret).encode(), header.strip().encode("utf-8", "replace"))
+
+
+def signing_key(secret: str | bytes) -> bytes:
+    """The HMAC key of a Standard Webhooks secret: ``whsec_<base64>`` decoded, else the raw bytes.
+
+    A ``whsec_`` secret whose key is not valid base64 (or is empty) raises ``ValueError``: the
+    sender then refuses to start instead of signing with a key no receiver holds.
+    """
+    if isinstance(secret, bytes):
+        key = secret
+    elif secret.startswith(SECRET_PREFIX):
+        encoded = secret[len(SECRET_PREFIX) :].strip()
+        try:
+            key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("webhook secret starts with whsec_ but the rest is not base64") from None
+    else:
+        key = secret.encode()
+    if not key:
+        raise ValueError("webhook secret must not be empty")
+    return key
+
+
+def sign_standard(key: bytes, webhook_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` value: ``v1,<base64 HMAC-SHA256(key, "{id}.{timestamp}.{body}")>``."""
+    signed = b"%s.%d.%s" % (webhook_id.encode(), timestamp, body)
+    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+
+
+def signed_headers(secret: str | bytes, webhook_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    """Every header of one delivery attempt of ``body`` (Standard Webhooks and the older ones)."""
+    return {
+        "Content-Type": "application/json",
+        WEBHOOK_ID_HEADER: webhook_id,
+        WEBHOOK_TIMESTAMP_HEADER: str(timestamp),
+        WEBHOOK_SIGNATURE_HEADER: sign_standard(signing_key(secret), webhook_id, timestamp, body),
+        SIGNATURE_HEADER: sign(body, secret),
+        TIMESTAMP_HEADER: str(timestamp),
+        DELIVERY_HEADER: webhook_id,
+    }
 
 
 @dataclass(frozen=True)
@@ -104,12 +160,15 @@ class WebhookSender:
         queue_size: int = 100,
         concurrency: int = 4,
         client: httpx.AsyncClient | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if not secret:
             raise ValueError("webhook secret must not be empty")
+        signing_key(secret)  # a malformed whsec_ secret fails here, at start
         if attempts < 1 or queue_size < 1 or concurrency < 1 or timeout_s <= 0:
             raise ValueError("attempts, queue_size and concurrency must be >= 1, timeout_s > 0")
         self._secret = secret
+        self._clock = clock  # wall clock (unix seconds) for webhook-timestamp
         self.attempts = attempts
         self.base_delay_s = base_delay_s
         self.max_delay_s = max_delay_s
@@ -205,15 +264,10 @@ class WebhookSender:
                 self._queue.task_done()
 
     async def _deliver(self, client: httpx.AsyncClient, delivery: _Delivery) -> None:
-        signature = sign(delivery.body, self._secret)
         outcome = ""
         for attempt in range(1, self.attempts + 1):
-            headers = {
-                "Content-Type": "application/json",
-                SIGNATURE_HEADER: signature,
-                TIMESTAMP_HEADER: str(int(time.time())),
-                DELIVERY_HEADER: delivery.delivery_id,
-            }
+            # Signed afresh each attempt: the timestamp is part of what is signed.
+            headers = signed_headers(self._secret, delivery.delivery_id, int(self._clock()), delivery.body)
             retryable = True
             try:
                 async with asyncio.timeout(self.timeout_s):
