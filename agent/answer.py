@@ -420,7 +420,9 @@ class Answerer:
         if on_pause is not None:
             on_pause(None)
         async with asyncio.TaskGroup() as tg:
-            job = tg.create_task(self.tools.run(turn.index, business))
+            # Never past the turn's hard cap (the watchdog's apology no longer guards a turn that spoke).
+            left = turn.timeline["speech_end"] + self.s.config.budget.hard_cap_ms - self.s.clock.now()
+            job = tg.create_task(self.tools.run(turn.index, business, limit_ms=left))
             if phrase and on_pause is not None:
                 wait = 0.0 if waiting_by is None else max(0.0, waiting_by - self.s.clock.now()) / 1000
                 done, _ = await asyncio.wait([job], timeout=wait)

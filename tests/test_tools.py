@@ -167,6 +167,16 @@ async def test_a_hung_tool_times_out_without_delaying_the_others_in_its_round(or
     assert took < 1.0  # the round lasts the hung tool's timeout, not longer
 
 
+async def test_no_tool_waits_past_what_is_left_of_the_turn() -> None:
+    hung = OrderService()
+    hung.mode = "hang"
+    async with serve_app(hung.app) as url:
+        runner = ToolRunner({"hung": lookup(url, timeout_ms=5000)}, call_sid="CA1", tenant="t")
+        (out,) = await runner.run(1, [Call("a", "hung", {"order_id": "A1"})], limit_ms=150)
+        await runner.aclose()
+    assert out.status == "timeout" and "within 150 ms" in out.content["error"] and out.latency_ms < 1000
+
+
 async def test_failures_are_error_results_for_the_model(orders) -> None:
     service, url = orders
     runner = ToolRunner({"lookup_order": lookup(url)}, call_sid="CA1", tenant="t")

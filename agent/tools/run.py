@@ -156,10 +156,11 @@ class ToolRunner:
             await self._pool.aclose()
             self._pool = None
 
-    async def run(self, turn: int, calls: Sequence[Any]) -> list[ToolOutcome]:
+    async def run(self, turn: int, calls: Sequence[Any], limit_ms: float | None = None) -> list[ToolOutcome]:
         """Run one round of the model's tool calls (objects with ``id``, ``name``, ``arguments`` and
         optionally ``arguments_error``) for conversation turn ``turn``, all at once; the outcomes in
-        the calls' order. Never raises for a tool's failure."""
+        the calls' order. Never raises for a tool's failure. ``limit_ms``: no call waits longer
+        (what is left of the turn), whatever its own ``timeout_ms``."""
         state = self._turns.setdefault(turn, _Turn())
         jobs: list[asyncio.Task[ToolOutcome] | ToolOutcome] = []
         async with asyncio.TaskGroup() as tg:
@@ -176,7 +177,7 @@ class ToolRunner:
                     continue
                 key = f"{self.call_sid}:{turn}:{state.next_index}"
                 state.next_index += 1
-                jobs.append(tg.create_task(self._one(call, args, key)))
+                jobs.append(tg.create_task(self._one(call, args, key, limit_ms)))
         outcomes = [j if isinstance(j, ToolOutcome) else j.result() for j in jobs]
         for call, outcome in zip(calls, outcomes, strict=True):
             if not outcome.reused and not getattr(call, "arguments_error", None):
@@ -187,7 +188,7 @@ class ToolRunner:
         """The turn is over: its results are no longer reused."""
         self._turns.pop(turn, None)
 
-    async def _one(self, call: Any, args: dict[str, Any], key: str) -> ToolOutcome:
+    async def _one(self, call: Any, args: dict[str, Any], key: str, limit_ms: float | None) -> ToolOutcome:
         started = self.now()
         t0 = time.perf_counter()
 
@@ -204,13 +205,14 @@ class ToolRunner:
         if getattr(call, "arguments_error", None):
             return done("error", {"error": f"the arguments were not valid JSON: {call.arguments_error}"})
         try:
-            async with asyncio.timeout(tool.timeout_ms / 1000):
+            wait_ms = tool.timeout_ms if limit_ms is None else max(0.0, min(tool.timeout_ms, limit_ms))
+            async with asyncio.timeout(wait_ms / 1000):
                 if tool.kind == "http":
                     status, content = await self._http(tool, args, key)
                 else:
                     status, content = await self._python(tool, args, key, call)
         except TimeoutError:
-            return done("timeout", {"error": f"the tool did not answer within {tool.timeout_ms} ms"})
+            return done("timeout", {"error": f"the tool did not answer within {wait_ms:.0f} ms"})
         except Exception as exc:  # a tool's bug is the model's error result, never the caller's problem
             log.exception("call %s: tool %s raised", self.call_sid, call.name)
             return done("error", {"error": f"the tool failed: {type(exc).__name__}: {str(exc)[:200]}"})
