@@ -78,6 +78,8 @@ class FixtureScript(BaseModel):
     # format 1, optional: the agent speaks first (a tenant greeting): the first ``after_agent`` item
     # starts ``gap_ms`` after the greeting has played, not after the call connects.
     agent_first: bool = False
+    # format 1, optional: how the call should end (``voxroute replay --assert`` checks it)
+    expect_end: Literal["completed", "handoff"] | None = None
     utterances: list[Utterance] = Field(min_length=1)
 
     def language_of(self, utt: Utterance) -> str:
