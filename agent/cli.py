@@ -84,28 +84,14 @@ def _options(
     pass
 
 
-def _setup_logging(verbose: bool, log_file: Path | None = None) -> None:
-    level = logging.INFO if verbose else logging.WARNING
-    handlers: list[logging.Handler] = []
-    if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(log_file)
-        fh.setLevel(logging.INFO)
-        handlers.append(fh)
-    sh = logging.StreamHandler()
-    sh.setLevel(level)
-    handlers.append(sh)
-    logging.basicConfig(
-        level=logging.INFO if log_file else level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        handlers=handlers,
-    )
-    from agent.calllog.redact import RedactingFilter
+LogFormat = Literal["text", "json"]
+LOG_FORMAT_HELP = "log lines as text, or as JSON objects one per line (with call_sid and turn)"
 
-    for handler in handlers:  # no card, phone number or e-mail address in clear in any log line
-        handler.addFilter(RedactingFilter())
-    for noisy in ("httpx", "httpcore", "websockets", "uvicorn.access", "uvicorn.error"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+def _setup_logging(verbose: bool, log_file: Path | None = None, log_format: LogFormat = "text") -> None:
+    from agent.logs import setup_logging  # redacted (no caller number in clear), JSON or text
+
+    setup_logging(verbose, log_file, log_format)
 
 
 def _ms(value) -> str:
@@ -204,13 +190,22 @@ def replay(
         typer.Option("--local", help="embedded offline STT/TTS (voxroute[local]) instead of emulated Sarvam"),
     ] = False,
     carrier: Annotated[DialCarrier, typer.Option("--carrier", help="the fake carrier that dials")] = "twilio",
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--assert",
+            help="check each fixture's expectations (expect_class, expect_tool, expect_end); exit 1 "
+            "and print what differs when one fails",
+        ),
+    ] = False,
+    log_format: Annotated[LogFormat, typer.Option(help=LOG_FORMAT_HELP)] = "text",
 ) -> None:
     """Replay fixture calls through the whole stack and print every turn."""
     if local:
         require_extra("replay --local", "local")
     from agent.replay import replay as run_replay
 
-    _setup_logging(verbose)
+    _setup_logging(verbose, log_format=log_format)
     try:
         cfg = load_config(config)
         result = asyncio.run(
@@ -237,8 +232,27 @@ def replay(
             call.pop("carrier", None)
         json_path.write_text(json.dumps(result, indent=2, ensure_ascii=False))
         console.print(f"results: {json_path}")
-    if any(c["ended"] == "error" for c in result["calls"]):
+    failed = check and not _expectations_met(fixtures, result["calls"])
+    if failed or any(c["ended"] == "error" for c in result["calls"]):
         raise typer.Exit(1)
+
+
+def _expectations_met(fixtures: list[str], calls: list[dict]) -> bool:
+    """``replay --assert``: each call against its fixture's expectations; prints what differs."""
+    from agent.fixture import load
+    from agent.testing import fixture_failures
+
+    met = True
+    for name, call in zip(fixtures, calls, strict=True):
+        lines = fixture_failures(load(name), call)
+        if lines:
+            met = False
+            console.print(f"[red]FAIL[/] {call['fixture']}: expectations not met (- expected, + got)")
+            for line in lines:
+                console.print(f"  {line}", markup=False, highlight=False)
+        else:
+            console.print(f"[green]ok[/] {call['fixture']}: every expectation met")
+    return met
 
 
 @app.command()
@@ -276,6 +290,7 @@ def serve(
     audiosocket: Annotated[
         str | None, typer.Option(help="also accept Asterisk AudioSocket on this TCP host:port")
     ] = None,
+    log_format: Annotated[LogFormat, typer.Option(help=LOG_FORMAT_HELP)] = "text",
 ) -> None:
     """Answer calls: Twilio's voice webhook at /twilio/voice, media streams at /twilio/stream (and the
     other carriers listed in the config's telephony.carriers); SIP and Asterisk AudioSocket with --sip /
@@ -286,7 +301,7 @@ def serve(
     are refused, calls in progress get shutdown.drain_s to finish, then the closing phrase; exit 0."""
     if local:
         require_extra("serve --local", "local")
-    _setup_logging(not quiet)
+    _setup_logging(not quiet, log_format=log_format)
     try:
         cfg = load_config(config)
         cfg.sip.enabled = cfg.sip.enabled or sip is not None
@@ -466,13 +481,14 @@ def demo(
     ),
     config: Annotated[Path | None, typer.Option(help="config YAML (default examples/default.yaml)")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="keep the call pages up until Enter")] = False,
+    log_format: Annotated[LogFormat, typer.Option(help=LOG_FORMAT_HELP)] = "text",
 ) -> None:
     """The offline demo: a server on the embedded stack, three fixture calls dialled in real time."""
     require_extra("demo", "local")
     from agent.demo import dial_calls
     from agent.fixture import load
 
-    _setup_logging(False)
+    _setup_logging(False, log_format=log_format)
     names = fixtures or ["order_status", "billing_dispute", "hindi_order_status"]
     try:
         calls = asyncio.run(
