@@ -29,6 +29,7 @@ from agent.bargein import BargeInPolicy
 from agent.endpointing import VoiceGate
 from agent.handoff.flow import Handover
 from agent.link import CallEnded, CarrierLink, InboundAudio, InboundDtmf, MarkEcho
+from agent.logs import TURN, call_context
 from agent.metrics import InboundClock
 from agent.player import Player
 from agent.providers.base import ProviderError, Transcript
@@ -148,6 +149,10 @@ class CallSession:
     # ------------------------------------------------------------------ run
 
     async def run(self) -> CallSummary:
+        with call_context(self.call_sid):  # every log line of this call (and its tasks) names it
+            return await self._run()
+
+    async def _run(self) -> CallSummary:
         log.info(
             "call %s started (tenant=%s language=%s)", self.call_sid, self.link.start.tenant, self.language
         )
@@ -386,6 +391,7 @@ class CallSession:
     # ------------------------------------------------------------------ one turn
 
     async def _run_turn(self, turn: TurnRecord) -> None:
+        TURN.set(turn.index)  # this task's log lines name the turn (agent/logs.py)
         user_msg: dict[str, Any] | None = None
         try:
             try:
@@ -521,6 +527,7 @@ class CallSession:
         ``first_audio_ms`` is the time to the greeting's first audio (budget: the voice budget).
         The caller speaking over it (``barge_in_min_voiced_ms`` of voice) cuts it (``_cut_greeting``)."""
         turn = self.turns[0]
+        TURN.set(turn.index)
         try:
             if await self.speaker.chunk(turn, 0, text):
                 turn.chunks.append(text)

@@ -94,6 +94,9 @@ async def serve_app(
         host=host,
         port=port,
         log_level=log_level,
+        # A process that configured logging (the voxroute command: redacted text or JSON lines) gets
+        # uvicorn's lines through its own handlers, not uvicorn's plain-text ones.
+        log_config=None if logging.getLogger().handlers else uvicorn.config.LOGGING_CONFIG,
         lifespan="on",
         access_log=False,  # a line per request (every /healthz probe) costs loop time; we log our own
         http=_protocol(request_timeout_s),
