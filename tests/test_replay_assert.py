@@ -193,3 +193,23 @@ def test_replay_assert_fails_with_a_diff_on_a_wrong_expected_class(tmp_path):
     assert diff[head].endswith(": class")
     assert diff[head + 1 : head + 3] == ["    - order_tracking", "    + billing_dispute"]
     assert "call end" not in out  # the call itself ended as expected: only the class is reported
+
+
+# ---------------------------------------------------------------- the helpers on real replays
+
+
+async def test_helpers_on_a_replay_with_tools(replay_call):
+    retail = FIXTURES_DIR.parent.parent / "examples" / "retail.yaml"  # config= takes a YAML path
+    result = await replay_call("order_status", profile="zero", speed=4.0, config=str(retail))
+    assert_tool_called(result, "lookup_order", {"order_id": "A1745"}, turn=2)
+    assert_expectations(result)  # order_status's expect_class and expect_tool
+    msg = _message(assert_tool_called, result, "lookup_order", {"order_id": "B2000"})
+    assert '+ turn 2: lookup_order({"order_id": "A1745"}) ok' in msg
+
+
+async def test_helpers_on_a_replay_that_hands_off(replay_call):
+    result = await replay_call("angry_complaint", profile="zero", speed=4.0)
+    assert_handoff(result, to="+918000000999", routing_class="complaint")
+    assert_routed(result, turn=3, cls="human_request")
+    msg = _message(assert_handoff, result, entities={"order_ref": "A1745"})
+    assert "- order_ref: A1745" in msg and "+ order_ref: (none)" in msg

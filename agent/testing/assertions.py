@@ -59,6 +59,7 @@ def _fail(title: str, lines: Iterable[str]) -> AssertionError:
 
 
 def _turn(call: Mapping[str, Any], n: int) -> dict[str, Any]:
+    __tracebackhide__ = True
     for t in call.get("turns") or []:
         if t.get("index") == n:
             return t
@@ -76,6 +77,7 @@ def caller_turns(result: Any) -> list[dict[str, Any]]:
 
 def assert_within_budget(result: Any, turn: int | None = None) -> None:
     """Every turn (or turn ``turn``) had its first agent audio within the turn's latency budget."""
+    __tracebackhide__ = True  # pytest shows the test's line, not this helper's
     call = _call(result)
     turns = [_turn(call, turn)] if turn is not None else call.get("turns") or []
     late = [t for t in turns if not t.get("within_budget")]
@@ -98,6 +100,7 @@ def assert_routed(
     model: str | None = None,
 ) -> None:
     """Turn ``turn`` (1 = the caller's first) was routed to class ``cls`` on tier ``tier`` (and model)."""
+    __tracebackhide__ = True  # pytest shows the test's line, not this helper's
     call = _call(result)
     t = _turn(call, turn)
     route = t.get("route") or {}
@@ -117,6 +120,7 @@ def assert_routed(
 
 def assert_ended(result: Any, how: str) -> None:
     """The call ended ``how``: "completed" (the caller hung up) or "handoff" (passed to a person)."""
+    __tracebackhide__ = True  # pytest shows the test's line, not this helper's
     call = _call(result)
     if call.get("ended") != how:
         lines = [f"- ended {how}", f"+ ended {call.get('ended')}"]
@@ -138,6 +142,7 @@ def assert_handoff(
 ) -> None:
     """The call ended in a handoff to a person whose summary carries ``entities`` (kind -> value, or
     a list of values; others may be there too; case and spacing ignored), sent ``to`` that number."""
+    __tracebackhide__ = True  # pytest shows the test's line, not this helper's
     call = _call(result)
     h = call.get("handoff")
     name = call.get("fixture")
@@ -180,6 +185,7 @@ def assert_tool_called(
 ) -> None:
     """Tool ``name`` was called (in turn ``turn``, or any) with ``arguments`` (the keys given must
     match; others may be there) and ended with ``status`` ("ok" by default; None: any)."""
+    __tracebackhide__ = True  # pytest shows the test's line, not this helper's
     call = _call(result)
     turns = [_turn(call, turn)] if turn is not None else call.get("turns") or []
     calls = [(t, tool) for t in turns for tool in t.get("tools") or []]
@@ -233,6 +239,7 @@ def fixture_failures(fixture: Any, result: Any) -> list[str]:
 def assert_expectations(result: Any, fixture: Any = None) -> None:
     """The call met every expectation its fixture carries (``expect_class``, ``expect_tool``,
     ``expect_end``), as ``voxroute replay --assert`` checks them."""
+    __tracebackhide__ = True  # pytest shows the test's line, not this helper's
     from agent.fixture import load
 
     path = fixture if fixture is not None else getattr(result, "fixture_path", None)
