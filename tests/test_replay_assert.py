@@ -213,3 +213,15 @@ async def test_helpers_on_a_replay_that_hands_off(replay_call):
     assert_routed(result, turn=3, cls="human_request")
     msg = _message(assert_handoff, result, entities={"order_ref": "A1745"})
     assert "- order_ref: A1745" in msg and "+ order_ref: (none)" in msg
+
+
+def test_a_fixture_is_found_by_path_or_by_name_in_the_fixtures_folder(tmp_path):
+    from agent.testing.plugin import find_fixture
+
+    _user_fixture(tmp_path)
+    path = tmp_path / "billing_dispute.json"
+    assert find_fixture("billing_dispute", tmp_path) == path  # the folder comes before the default
+    assert find_fixture(str(path), None) == path
+    assert find_fixture("order_status", tmp_path) == FIXTURES_DIR / "order_status.json"
+    with pytest.raises(FixtureError, match=f"no fixture named 'nope' in {tmp_path}"):
+        find_fixture("nope", tmp_path)
