@@ -90,8 +90,10 @@ LOG_FORMAT_HELP = "log lines as text, or as JSON objects one per line (with call
 
 def _setup_logging(verbose: bool, log_file: Path | None = None, log_format: LogFormat = "text") -> None:
     from agent.logs import setup_logging  # redacted (no caller number in clear), JSON or text
+    from agent.tracing import configure_from_env
 
     setup_logging(verbose, log_file, log_format)
+    configure_from_env()  # OTLP traces when $OTEL_EXPORTER_OTLP_ENDPOINT is set (the otel extra)
 
 
 def _ms(value) -> str:

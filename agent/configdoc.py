@@ -74,6 +74,10 @@ ENV_DOCS: dict[str, str] = {
     "(`telephony.telnyx_stream_secret_env`).",
     "TELNYX_CODEC": "Telnyx stream codec (default `PCMU`).",
     "TELNYX_SAMPLE_RATE": "Telnyx stream sample rate (default 8000).",
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "OpenTelemetry collector (OTLP/HTTP, e.g. `http://collector:4318`): "
+    "with the `otel` extra, call and turn spans are exported there (agent/tracing.py).",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "The same for traces only (the full URL, `.../v1/traces`).",
+    "OTEL_SERVICE_NAME": "The service name on exported spans (default `voxroute`).",
 }
 
 

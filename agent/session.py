@@ -36,6 +36,7 @@ from agent.providers.base import ProviderError, Transcript
 from agent.services import Services
 from agent.sttfeed import STTFeed
 from agent.timeline import Clock, TurnRecord, log_turn
+from agent.tracing import CallTrace
 from agent.turns import BargeIn, Commit, IgnoreOverlap, Merge, TurnAction, TurnPolicy, TurnTaker
 
 log = logging.getLogger("voxroute.call")
@@ -81,6 +82,9 @@ class CallSession:
         self.call_sid = start.call_sid
         self.language = start.language or self.config.language
         self.clock = Clock()
+        self.trace = CallTrace(  # OpenTelemetry spans when the otel extra is installed (agent/tracing.py)
+            self.call_sid, self.clock, {"voxroute.tenant": start.tenant, "voxroute.carrier": start.carrier}
+        )
         self.started_wall = time.time()
         self.turns: list[TurnRecord] = []
         self.merged: list[int] = []  # indices of turns the caller continued before they were answered
@@ -149,8 +153,11 @@ class CallSession:
     # ------------------------------------------------------------------ run
 
     async def run(self) -> CallSummary:
-        with call_context(self.call_sid):  # every log line of this call (and its tasks) names it
-            return await self._run()
+        with call_context(self.call_sid), self.trace.active():  # every log line and span names the call
+            try:
+                return await self._run()
+            finally:
+                self.trace.end(self.ended, len(self.turns), self.error)
 
     async def _run(self) -> CallSummary:
         log.info(
@@ -392,6 +399,7 @@ class CallSession:
 
     async def _run_turn(self, turn: TurnRecord) -> None:
         TURN.set(turn.index)  # this task's log lines name the turn (agent/logs.py)
+        span = self.trace.start_turn(turn)  # and its provider calls are the turn span's children
         user_msg: dict[str, Any] | None = None
         try:
             try:
@@ -452,6 +460,7 @@ class CallSession:
                 log_turn(self.call_sid, turn)
                 self.services.turn_finished(self, turn)
             self.taker.turn_ended(turn.index)
+            self.trace.end_turn(span, turn)
             if self._active is turn:
                 self._active = None
 
@@ -528,6 +537,7 @@ class CallSession:
         The caller speaking over it (``barge_in_min_voiced_ms`` of voice) cuts it (``_cut_greeting``)."""
         turn = self.turns[0]
         TURN.set(turn.index)
+        span = self.trace.start_turn(turn)
         try:
             if await self.speaker.chunk(turn, 0, text):
                 turn.chunks.append(text)
@@ -544,6 +554,7 @@ class CallSession:
                 self.history.insert(1, {"role": "assistant", "content": spoken})
             log_turn(self.call_sid, turn)
             self.services.turn_finished(self, turn)
+            self.trace.end_turn(span, turn)
 
     def _greeting_turn(self) -> TurnRecord:
         turn = TurnRecord(index=0, kind="greeting", language=self.language, budget_ms=self.voice_budget_ms)
