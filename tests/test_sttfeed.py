@@ -113,3 +113,59 @@ def test_batch_outside_20_to_100_ms_in_frames_is_refused(batch_ms: int) -> None:
         SarvamConfig(stt_batch_ms=batch_ms)
     with pytest.raises(ValueError, match="batch_ms"):
         STTFeed(SarvamSTT("k"), "en-IN", "t", Clock(), None, None, batch_ms=batch_ms)  # type: ignore[arg-type]
+
+
+async def test_a_dropped_socket_replays_only_the_audio_after_the_last_final() -> None:
+    """The first connection gets frames 0-5, sends a final after the fourth and drops; the feed
+    reconnects and sends frames 4 on (not finalised), not 0-3 again; nothing held is older."""
+    connections: list[list[bytes]] = []
+    got_final = asyncio.Event()
+    dropped = asyncio.Event()
+    replayed = asyncio.Event()
+
+    async def handler(ws: ServerConnection) -> None:
+        audio: list[bytes] = []
+        connections.append(audio)
+        async for raw in ws:
+            msg = json.loads(raw)
+            if msg.get("event") != "audio_input":
+                continue
+            audio.append(base64.b64decode(msg["audio"]))
+            if len(connections) == 2 and len(audio) == 4:
+                replayed.set()
+            if len(connections) == 1 and len(audio) == 4:
+                await ws.send(json.dumps({"event": "transcript.final", "utterance_idx": 0, "text": "hello"}))
+            if len(connections) == 1 and len(audio) == 6:
+                await got_final.wait()
+                dropped.set()
+                return  # the socket closes: the feed reconnects
+
+    finals: list[str] = []
+
+    async def on_transcript(t) -> None:  # noqa: ANN001
+        finals.append(t.text)
+        got_final.set()
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        feed = STTFeed(
+            SarvamSTT("k", url), "en-IN", "t", Clock(), on_transcript, lambda e, w: None, batch_ms=20
+        )
+        frames = [frame(i) for i in range(8)]
+        async with asyncio.TaskGroup() as tg:
+            runner = tg.create_task(feed.run())
+            for pcm, ulaw in frames[:4]:
+                feed.push(pcm, ulaw)
+            await asyncio.wait_for(got_final.wait(), 5)
+            for pcm, ulaw in frames[4:6]:
+                feed.push(pcm, ulaw)
+            await asyncio.wait_for(dropped.wait(), 5)
+            for pcm, ulaw in frames[6:]:
+                feed.push(pcm, ulaw)
+            await asyncio.wait_for(replayed.wait(), 5)
+            runner.cancel()
+        await feed.aclose()
+    assert finals == ["hello"]
+    assert [a[0] for a in connections[0]] == [0, 1, 2, 3, 4, 5]
+    assert [a[0] for a in connections[1]] == [4, 5, 6, 7]  # the replay starts after the final
+    assert feed._held_from == 4 and len(feed._pcm) == 4 * 320  # finalised audio is not kept
