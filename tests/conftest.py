@@ -15,11 +15,13 @@ import pytest
 from agent.testing.plugin import emulator_faults  # noqa: F401 (tests import it from here)
 
 # `make test` runs the suite on parallel workers (pytest-xdist), then these alone: each puts many
-# calls on one process at once (or measures a process under load), so a second test beside it
-# would be measuring the machine, not the runtime. The 3-minute soak is a CI step of its own.
+# calls on one process at once, or runs the offline speech engines (Whisper, Piper) on every core
+# in real time, so a second test beside it would be measuring the machine, not the runtime. The
+# 3-minute soak is a CI step of its own.
 SERIAL = {
     "tests/test_carriers_replay.py::test_every_fixture_through_every_carrier_matches_twilio",
     "tests/test_routing_cost.py::test_router_cost_on_the_realistic_mix",
+    "tests/test_local_stack.py::test_a_call_through_the_server_on_the_local_stack",
 }
 SOAK = {"tests/test_soak.py::test_soak_three_minutes"}
 
