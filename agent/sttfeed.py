@@ -10,9 +10,10 @@ Sends are batched: the sender joins ``batch_ms`` of caller frames (20-100 ms, co
 so 40 ms batches halve the per-frame cost of 20 ms ones. ``flush`` (our endpointer committed) sends
 what a batch holds at once, so the batch never delays the end of a turn; it only delays partials.
 
-The audio kept for a replay (at most 15 s, none of it older than the last final) is two contiguous
-buffers (PCM16 and the carrier's mu-law), not a tuple of two small bytes objects per frame: 1,500
-objects per call, churned 50 times a second, fragmented the heap and grew the server's RSS.
+The audio kept for a replay (at most 15 s, none of it older than the last final) is two rings of
+fixed size allocated once per call (PCM16 and the carrier's mu-law), not a tuple of two small bytes
+objects per frame: 1,500 objects per call, churned 50 times a second, fragmented the heap and grew
+the server's RSS; rings of one size are recycled call after call.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from agent.providers.base import ProviderError, STTProvider, STTStream, Transcri
 from agent.timeline import Clock
 
 STT_REPLAY_LIMIT = 750  # frames (15 s) of not-yet-finalised audio kept to replay after a reconnect
-TRIM_EVERY = 50  # frames over the limit before the oldest are dropped (one memmove a second)
 FRAME_MS = 20
 PCM_FRAME = 320  # bytes of PCM16 8 kHz in a 20 ms frame (every carrier's audio is re-framed to it)
 ULAW_FRAME = 160
@@ -52,10 +52,10 @@ class STTFeed:
         self._on_transcript = on_transcript
         self._on_fault = on_fault
         self._stream: STTStream | None = None
-        # The audio not known to be finalised: frames [_held_from, _frames_in), as PCM16 and, while
-        # every frame came with it, as the carrier's mu-law
-        self._pcm = bytearray()
-        self._ulaw: bytearray | None = bytearray()
+        # The audio not known to be finalised: frames [_held_from, _frames_in), frame n at slot
+        # n % STT_REPLAY_LIMIT, as PCM16 and, while every frame came with it, as the carrier's mu-law
+        self._pcm = bytearray(STT_REPLAY_LIMIT * PCM_FRAME)
+        self._ulaw: bytearray | None = bytearray(STT_REPLAY_LIMIT * ULAW_FRAME)
         self._held_from = 0
         self._frames_in = 0  # frames received since the call began
         self._finalised_upto = 0  # frames covered by the STT's last final (no need to replay them)
@@ -67,28 +67,21 @@ class STTFeed:
         """A caller frame: the sender strand sends it, so a slow STT never holds up the inbound strand."""
         if len(pcm) != PCM_FRAME:  # not a 20 ms frame (no edge sends one): keep the frame count exact
             pcm = pcm[:PCM_FRAME].ljust(PCM_FRAME, b"\0")
-        self._pcm += pcm
+        slot = self._frames_in % STT_REPLAY_LIMIT
+        self._pcm[slot * PCM_FRAME : (slot + 1) * PCM_FRAME] = pcm  # in place: same length
         if self._ulaw is not None:
             if ulaw is not None and len(ulaw) == ULAW_FRAME:
-                self._ulaw += ulaw
+                self._ulaw[slot * ULAW_FRAME : (slot + 1) * ULAW_FRAME] = ulaw
             else:
                 self._ulaw = None  # the STT encodes from PCM from now on
         self._frames_in += 1
-        if self._frames_in - self._held_from > STT_REPLAY_LIMIT + TRIM_EVERY:
-            self._drop_before(self._frames_in - STT_REPLAY_LIMIT)
+        self._held_from = max(self._held_from, self._frames_in - STT_REPLAY_LIMIT)
         if self._frames_in - self._position >= self._batch:
             self._ready.set()
 
     def _drop_before(self, frame: int) -> None:
-        """Forget the audio before ``frame`` (a count since the call began); deleting from the front
-        of a bytearray moves its start, it does not copy the rest."""
-        n = frame - self._held_from
-        if n <= 0:
-            return
-        del self._pcm[: n * PCM_FRAME]
-        if self._ulaw is not None:
-            del self._ulaw[: n * ULAW_FRAME]
-        self._held_from = frame
+        """Forget the audio before ``frame`` (a count since the call began)."""
+        self._held_from = max(self._held_from, frame)
 
     async def flush(self) -> None:
         """Ask the STT to finalise what it holds (our endpointer committed before its final), after
@@ -151,9 +144,8 @@ class STTFeed:
             start = max(self._position, self._held_from)
             end = min(self._frames_in, start + self._batch)
             self._position = end
-            a, b = start - self._held_from, end - self._held_from
-            pcm = bytes(self._pcm[a * PCM_FRAME : b * PCM_FRAME])
-            ulaw = None if self._ulaw is None else bytes(self._ulaw[a * ULAW_FRAME : b * ULAW_FRAME])
+            pcm = _frames(self._pcm, PCM_FRAME, start, end)
+            ulaw = None if self._ulaw is None else _frames(self._ulaw, ULAW_FRAME, start, end)
             await stream.send_audio(pcm, ulaw)
 
     async def _read(self, stream: STTStream) -> None:
@@ -165,6 +157,14 @@ class STTFeed:
                 # sent and finalised: never replayed
                 self._drop_before(min(self._finalised_upto, self._position))
             await self._on_transcript(ev)
+
+
+def _frames(ring: bytearray, size: int, start: int, end: int) -> bytes:
+    """Frames ``[start, end)`` (counts since the call began, at most a ring's worth) of a ring."""
+    a, b = start % STT_REPLAY_LIMIT, end % STT_REPLAY_LIMIT
+    if a < b:
+        return bytes(ring[a * size : b * size])
+    return bytes(ring[a * size :]) + bytes(ring[: b * size])  # wrapped (or the whole ring)
 
 
 async def _close(stream: STTStream) -> None:
