@@ -13,9 +13,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # No keys, no network: a server on the embedded stack (the `local` extra: faster-whisper, Piper and
-# Silero with their model files, all from PyPI) answers three fixture calls in real time.
+# Silero with their model files, all from PyPI) answers three fixture calls in real time, as the
+# store of examples/retail.yaml: the order-status call looks the order up in its order service
+# (examples/tools/, started on 127.0.0.1 by the demo) and answers from the result.
 demo: $(STAMP)
-	$(BIN)/voxroute demo order_status billing_dispute hindi_order_status --record-dir out/demo
+	$(BIN)/voxroute demo order_status billing_dispute hindi_order_status --config examples/retail.yaml --record-dir out/demo
 
 # Parallel workers for the suite (pytest-xdist), then the few tests that load the machine on
 # purpose, alone (tests/conftest.py: SERIAL). The 3-minute soak is `make soak` (a CI step).
