@@ -192,6 +192,14 @@ def replay(
         typer.Option("--local", help="embedded offline STT/TTS (voxroute[local]) instead of emulated Sarvam"),
     ] = False,
     carrier: Annotated[DialCarrier, typer.Option("--carrier", help="the fake carrier that dials")] = "twilio",
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--assert",
+            help="check each fixture's expectations (expect_class, expect_tool, expect_end); exit 1 "
+            "and print what differs when one fails",
+        ),
+    ] = False,
     log_format: Annotated[LogFormat, typer.Option(help=LOG_FORMAT_HELP)] = "text",
 ) -> None:
     """Replay fixture calls through the whole stack and print every turn."""
@@ -226,8 +234,27 @@ def replay(
             call.pop("carrier", None)
         json_path.write_text(json.dumps(result, indent=2, ensure_ascii=False))
         console.print(f"results: {json_path}")
-    if any(c["ended"] == "error" for c in result["calls"]):
+    failed = check and not _expectations_met(fixtures, result["calls"])
+    if failed or any(c["ended"] == "error" for c in result["calls"]):
         raise typer.Exit(1)
+
+
+def _expectations_met(fixtures: list[str], calls: list[dict]) -> bool:
+    """``replay --assert``: each call against its fixture's expectations; prints what differs."""
+    from agent.fixture import load
+    from agent.testing import fixture_failures
+
+    met = True
+    for name, call in zip(fixtures, calls, strict=True):
+        lines = fixture_failures(load(name), call)
+        if lines:
+            met = False
+            console.print(f"[red]FAIL[/] {call['fixture']}: expectations not met (- expected, + got)")
+            for line in lines:
+                console.print(f"  {line}", markup=False, highlight=False)
+        else:
+            console.print(f"[green]ok[/] {call['fixture']}: every expectation met")
+    return met
 
 
 @app.command()
