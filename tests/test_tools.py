@@ -135,6 +135,51 @@ async def test_http_tool_sends_an_idempotency_key_and_shows_only_the_result_fiel
     assert out.record()["arguments"] == {"order_id": "A1745"} and out.record()["status"] == "ok"
 
 
+@pytest.mark.parametrize("idempotent", [True, False])
+async def test_a_dropped_connection_is_retried_once_with_the_same_key_only_for_an_idempotent_tool(
+    idempotent,
+) -> None:
+    """A server that reads the first request and hangs up without answering, then answers."""
+    keys: list[str] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        keys.extend(
+            line.split(":", 1)[1].strip()
+            for line in head.split("\r\n")
+            if line.lower().startswith("idempotency-key:")
+        )
+        if len(keys) > 1:
+            body = b'{"order_id": "A1745", "status": "shipped"}'
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                + f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
+                + body
+            )
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    runner = ToolRunner(
+        {"lookup_order": lookup(f"http://127.0.0.1:{port}", idempotent=idempotent)},
+        call_sid="CA1",
+        tenant="t",
+    )
+    try:
+        (out,) = await runner.run(4, [Call("c1", "lookup_order", {"order_id": "A1745"})])
+    finally:
+        await runner.aclose()
+        server.close()
+        await server.wait_closed()
+    if idempotent:
+        assert out.status == "ok" and out.content["status"] == "shipped"
+        assert keys == ["CA1:4:0", "CA1:4:0"]  # asked twice, with the same key
+    else:
+        assert out.status == "error" and "could not reach the tool" in out.content["error"]
+        assert keys == ["CA1:4:0"]  # a tool that is not idempotent is never asked twice
+
+
 async def test_a_repeated_call_in_the_turn_reuses_the_result_and_a_new_turn_runs_again(orders) -> None:
     service, url = orders
     runner = ToolRunner({"lookup_order": lookup(url)}, call_sid="CA1", tenant="t")
