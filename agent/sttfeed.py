@@ -9,16 +9,12 @@ Sends are batched: the sender joins ``batch_ms`` of caller frames (20-100 ms, co
 ``sarvam.stt_batch_ms``) into one ``send_audio``: each send is a websocket message of base64 in JSON,
 so 40 ms batches halve the per-frame cost of 20 ms ones. ``flush`` (our endpointer committed) sends
 what a batch holds at once, so the batch never delays the end of a turn; it only delays partials.
-
-The audio kept for a replay (at most 15 s, none of it older than the last final) is two rings of
-fixed size allocated once per call (PCM16 and the carrier's mu-law), not a tuple of two small bytes
-objects per frame: 1,500 objects per call, churned 50 times a second, fragmented the heap and grew
-the server's RSS; rings of one size are recycled call after call.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 from agent.providers.base import ProviderError, STTProvider, STTStream, Transcript
@@ -26,8 +22,6 @@ from agent.timeline import Clock
 
 STT_REPLAY_LIMIT = 750  # frames (15 s) of not-yet-finalised audio kept to replay after a reconnect
 FRAME_MS = 20
-PCM_FRAME = 320  # bytes of PCM16 8 kHz in a 20 ms frame (every carrier's audio is re-framed to it)
-ULAW_FRAME = 160
 DEFAULT_BATCH_MS = 40
 BACKOFF_S = (0.0, 0.1, 0.3, 1.0, 2.0)
 
@@ -52,11 +46,7 @@ class STTFeed:
         self._on_transcript = on_transcript
         self._on_fault = on_fault
         self._stream: STTStream | None = None
-        # The audio not known to be finalised: frames [_held_from, _frames_in), frame n at slot
-        # n % STT_REPLAY_LIMIT, as PCM16 and, while every frame came with it, as the carrier's mu-law
-        self._pcm = bytearray(STT_REPLAY_LIMIT * PCM_FRAME)
-        self._ulaw: bytearray | None = bytearray(STT_REPLAY_LIMIT * ULAW_FRAME)
-        self._held_from = 0
+        self._audio: deque[tuple[bytes, bytes | None]] = deque(maxlen=STT_REPLAY_LIMIT)  # (pcm, mu-law)
         self._frames_in = 0  # frames received since the call began
         self._finalised_upto = 0  # frames covered by the STT's last final (no need to replay them)
         self._batch = batch_ms // FRAME_MS  # frames per send
@@ -65,23 +55,10 @@ class STTFeed:
 
     def push(self, pcm: bytes, ulaw: bytes | None) -> None:
         """A caller frame: the sender strand sends it, so a slow STT never holds up the inbound strand."""
-        if len(pcm) != PCM_FRAME:  # not a 20 ms frame (no edge sends one): keep the frame count exact
-            pcm = pcm[:PCM_FRAME].ljust(PCM_FRAME, b"\0")
-        slot = self._frames_in % STT_REPLAY_LIMIT
-        self._pcm[slot * PCM_FRAME : (slot + 1) * PCM_FRAME] = pcm  # in place: same length
-        if self._ulaw is not None:
-            if ulaw is not None and len(ulaw) == ULAW_FRAME:
-                self._ulaw[slot * ULAW_FRAME : (slot + 1) * ULAW_FRAME] = ulaw
-            else:
-                self._ulaw = None  # the STT encodes from PCM from now on
+        self._audio.append((pcm, ulaw))
         self._frames_in += 1
-        self._held_from = max(self._held_from, self._frames_in - STT_REPLAY_LIMIT)
         if self._frames_in - self._position >= self._batch:
             self._ready.set()
-
-    def _drop_before(self, frame: int) -> None:
-        """Forget the audio before ``frame`` (a count since the call began)."""
-        self._held_from = max(self._held_from, frame)
 
     async def flush(self) -> None:
         """Ask the STT to finalise what it holds (our endpointer committed before its final), after
@@ -106,7 +83,7 @@ class STTFeed:
                 continue
             self._stream = stream
             connected_at = self._clock.now()
-            self._position = max(self._finalised_upto, self._held_from)
+            self._position = max(self._finalised_upto, self._frames_in - len(self._audio))
             self._ready.set()  # the replay, if any, goes at once
             try:
                 async with asyncio.TaskGroup() as tg:
@@ -141,11 +118,16 @@ class STTFeed:
         full batches; the rest waits for more frames). The position moves before each await, so the
         sender and ``flush`` never send a frame twice."""
         while (left := self._frames_in - self._position) > 0 and (left >= self._batch or not whole):
-            start = max(self._position, self._held_from)
+            oldest = self._frames_in - len(self._audio)
+            start = max(self._position, oldest)
             end = min(self._frames_in, start + self._batch)
             self._position = end
-            pcm = _frames(self._pcm, PCM_FRAME, start, end)
-            ulaw = None if self._ulaw is None else _frames(self._ulaw, ULAW_FRAME, start, end)
+            if end - start == 1:
+                pcm, ulaw = self._audio[start - oldest]
+            else:
+                frames = [self._audio[i - oldest] for i in range(start, end)]
+                pcm = b"".join(p for p, _ in frames)
+                ulaw = None if any(u is None for _, u in frames) else b"".join(u for _, u in frames)
             await stream.send_audio(pcm, ulaw)
 
     async def _read(self, stream: STTStream) -> None:
@@ -154,17 +136,7 @@ class STTFeed:
                 continue  # SpeechEnded: its final follows at once, unless our silence rule came first
             if ev.final:
                 self._finalised_upto = self._frames_in
-                # sent and finalised: never replayed
-                self._drop_before(min(self._finalised_upto, self._position))
             await self._on_transcript(ev)
-
-
-def _frames(ring: bytearray, size: int, start: int, end: int) -> bytes:
-    """Frames ``[start, end)`` (counts since the call began, at most a ring's worth) of a ring."""
-    a, b = start % STT_REPLAY_LIMIT, end % STT_REPLAY_LIMIT
-    if a < b:
-        return bytes(ring[a * size : b * size])
-    return bytes(ring[a * size :]) + bytes(ring[: b * size])  # wrapped (or the whole ring)
 
 
 async def _close(stream: STTStream) -> None:

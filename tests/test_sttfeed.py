@@ -15,7 +15,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from agent.config import SarvamConfig
 from agent.providers.sarvam import SarvamSTT
-from agent.sttfeed import STT_REPLAY_LIMIT, STTFeed, _frames
+from agent.sttfeed import STTFeed
 from agent.timeline import Clock
 from telephony.audio import ulaw_to_pcm16
 
@@ -117,7 +117,7 @@ def test_batch_outside_20_to_100_ms_in_frames_is_refused(batch_ms: int) -> None:
 
 async def test_a_dropped_socket_replays_only_the_audio_after_the_last_final() -> None:
     """The first connection gets frames 0-5, sends a final after the fourth and drops; the feed
-    reconnects and sends frames 4 on (not finalised), not 0-3 again; nothing held is older."""
+    reconnects and sends frames 4 on (not finalised), not 0-3 again."""
     connections: list[list[bytes]] = []
     got_final = asyncio.Event()
     dropped = asyncio.Event()
@@ -168,19 +168,3 @@ async def test_a_dropped_socket_replays_only_the_audio_after_the_last_final() ->
     assert finals == ["hello"]
     assert [a[0] for a in connections[0]] == [0, 1, 2, 3, 4, 5]
     assert [a[0] for a in connections[1]] == [4, 5, 6, 7]  # the replay starts after the final
-    assert feed._held_from == 4  # finalised audio is not kept
-
-
-def test_the_replay_ring_keeps_the_last_15_s_in_order_across_its_wrap() -> None:
-    feed = STTFeed(SarvamSTT("k"), "en-IN", "t", Clock(), None, None)  # type: ignore[arg-type]
-    frames = [frame(i) for i in range(STT_REPLAY_LIMIT + 5)]
-    for pcm, ulaw in frames:
-        feed.push(pcm, ulaw)
-    assert feed._held_from == 5  # the oldest five were overwritten
-    wrapped = range(STT_REPLAY_LIMIT - 3, STT_REPLAY_LIMIT + 5)  # slots 747-749, then 0-4
-    assert _frames(feed._ulaw, 160, wrapped.start, wrapped.stop) == b"".join(frames[i][1] for i in wrapped)
-    assert _frames(feed._pcm, 320, wrapped.start, wrapped.stop) == b"".join(frames[i][0] for i in wrapped)
-    everything = _frames(feed._ulaw, 160, 5, STT_REPLAY_LIMIT + 5)
-    assert everything == b"".join(u for _p, u in frames[5:])
-    feed.push(bytes(320), None)  # a frame without mu-law: the rest goes as PCM only
-    assert feed._ulaw is None
