@@ -176,11 +176,25 @@ class TenantChatConfig(_Model):
     api_key_env: str | None = None  # None: VOXROUTE_CHAT_KEY_<TENANT>
 
 
+class TenantRecordingConfig(_Model):
+    """Call recording (agent/recording.py), off by default: each call's audio as an 8 kHz WAV under
+    ``$VOXROUTE_DATA_DIR/recordings/<tenant>/`` with a JSON sidecar of the turn boundaries.
+    ``channels``: ``caller`` (mono) or ``both`` (stereo: left the caller, right the agent). Files
+    older than ``retention_days`` are deleted by a background task. A call is recorded up to
+    ``max_minutes`` (the audio is held in memory until the call ends: 16 KB per second per channel)."""
+
+    enabled: bool = False  # record this tenant's calls
+    channels: Literal["caller", "both"] = "caller"  # caller: mono; both: stereo, left caller, right agent
+    retention_days: int = Field(default=30, ge=1, le=3650)  # recordings older than this are deleted
+    max_minutes: int = Field(default=60, ge=1, le=240)  # a longer call's recording stops here
+
+
 class AgentTenantConfig(TenantConfig):
     """A tenant of the routing table, plus its agent and its text channel."""
 
     agent: TenantAgentConfig = TenantAgentConfig()
     chat: TenantChatConfig = TenantChatConfig()
+    recording: TenantRecordingConfig = TenantRecordingConfig()
 
     def chat_key_env(self, name: str) -> str:
         return self.chat.api_key_env or "VOXROUTE_CHAT_KEY_" + "".join(

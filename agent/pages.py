@@ -398,6 +398,14 @@ def handoff_html(handoff: dict[str, Any] | None) -> str:
     return f'<h2>Handoff</h2><dl class="handoff">{items}</dl>'
 
 
+def _recording_note(call: dict[str, Any]) -> str:
+    """Whether the call was recorded (its tenant's ``recording``; agent/recording.py), and where."""
+    from agent.recording import find_recording
+
+    path = find_recording(call.get("tenant"), call.get("call_sid"))
+    return f"recorded: <code>{e(path.name)}</code>" if path is not None else "not recorded"
+
+
 def call_page(call: dict[str, Any]) -> str:
     """One call: header, transcript, then per turn its waterfall, route, reason, fallbacks, bridge."""
     turns = call.get("turns") or []
@@ -429,6 +437,7 @@ def call_page(call: dict[str, Any]) -> str:
         f"<dt>worst first audio</dt><dd>{_first_audio_cell(s['worst_first_audio_ms'], s['worst_budget_ms'])}"
         f" · {s['budget_misses']} of {len(turns)} turns over budget</dd>"
         f"<dt>routing policy</dt><dd><code>{e(call.get('policy'))}</code></dd>"
+        f"<dt>recording</dt><dd>{_recording_note(call)}</dd>"
     )
     if call.get("error"):
         body.append(f'<dt>error</dt><dd class="bad">{e(call.get("error"))}</dd>')

@@ -25,7 +25,7 @@ import httpx
 from fastapi import FastAPI, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent import metrics, pages, prom
+from agent import metrics, pages, prom, recording
 from agent.calllog.redact import redact_handoff
 from agent.calllog.source import CombinedCallSource, DatabaseCallSource
 from agent.calllog.store import CallLog
@@ -182,9 +182,12 @@ async def build_services(
                 tg.create_task(webhooks.run(), name="handoff-webhooks")
             if call_log is not None:
                 tg.create_task(call_log.run(), name="call-log")
+            # Deletes call recordings past their tenant's retention_days (agent/recording.py).
+            retention = tg.create_task(recording.retention_loop(config), name="recording-retention")
             try:
                 yield services
             finally:
+                retention.cancel()
                 try:
                     if webhooks is not None:
                         await webhooks.aclose()

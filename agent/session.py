@@ -33,6 +33,7 @@ from agent.logs import TURN, call_context
 from agent.metrics import InboundClock
 from agent.player import Player
 from agent.providers.base import ProviderError, Transcript
+from agent.recording import CallRecorder
 from agent.services import Services
 from agent.sttfeed import STTFeed
 from agent.timeline import Clock, TurnRecord, log_turn
@@ -117,7 +118,15 @@ class CallSession:
             BargeInPolicy(ep.barge_in_min_voiced_ms, ep.barge_in_confirm_ms, ep.backchannels),
             first_index=first_index,
         )
-        self.player = Player(link, self._on_first_send)
+        tenant_config = self.config.tenants.get(self.tenant)
+        self.recorder = (  # the tenant's opt-in call recording (agent/recording.py)
+            CallRecorder.for_call(tenant_config.recording, self.tenant, self.call_sid, self.clock)
+            if tenant_config is not None
+            else None
+        )
+        self.player = Player(
+            self.recorder.tap(link) if self.recorder is not None else link, self._on_first_send
+        )
         self.ended = "in_progress"
         self.ended_wall: float | None = None
         self.error: str | None = None
@@ -192,7 +201,11 @@ class CallSession:
             self._finish_turn_on_hangup()
             await self.answerer.aclose()  # the tool runner's HTTP pool
             self.ended_wall = time.time()
-            self.services.unregister(self)
+            try:
+                if self.recorder is not None:  # written by a worker thread
+                    await self.recorder.save([t.as_dict() for t in self.turns], self.language)
+            finally:
+                self.services.unregister(self)
         log.info("call %s ended: %s after %d turns", self.call_sid, self.ended, len(self.turns))
         return self.summary()
 
@@ -230,6 +243,8 @@ class CallSession:
                 if self._greeting is not None and self.taker.voiced_run_ms >= self._greeting_cut_ms:
                     await self._cut_greeting()
                 self.stt.push(event.pcm, event.ulaw)
+                if self.recorder is not None:
+                    self.recorder.caller(event.pcm)
             elif isinstance(event, InboundDtmf):
                 await self._act(self.taker.dtmf(event.digit, self.clock.now(), self.player.speaking))
             elif isinstance(event, MarkEcho):
