@@ -594,6 +594,45 @@ def report(
         console.print(rep.render(result, f"call log report{': ' + scope if scope else ''}"))
 
 
+fixture_app = typer.Typer(no_args_is_help=True, help="Make fixture calls from recordings.")
+app.add_typer(fixture_app, name="fixture")
+
+
+@fixture_app.command("from-wav")
+def fixture_from_wav_command(
+    wav: Annotated[Path, typer.Argument(help="a recording: mono or stereo, any rate, PCM, float or mu-law")],
+    channel: Annotated[
+        int, typer.Option(help="the caller's channel (0: left); a stereo file's other is the agent")
+    ] = 0,
+    out: Annotated[Path, typer.Option(help="where NAME.json and NAME.wav are written")] = Path("."),
+    name: Annotated[str | None, typer.Option(help="the fixture's name (default: the file's)")] = None,
+    language: Annotated[str, typer.Option(help="the caller's language")] = "en-IN",
+    pause_ms: Annotated[int, typer.Option(help="a shorter pause does not end an utterance")] = 700,
+    config: Annotated[Path | None, typer.Option(help="config YAML (its endpoint.vad_mode)")] = None,
+) -> None:
+    """A recording -> a fixture (format v1, reviewed: false): utterances cut by the runtime's voice
+    gate, transcribed by the offline Whisper, timed after the agent's words (agent/fixturegen.py)."""
+    require_extra("fixture from-wav", "local")
+    from agent.fixturegen import from_wav
+
+    _setup_logging(False)
+    try:
+        vad_mode = load_config(config).endpoint.vad_mode if config else 2
+        path = from_wav(
+            wav, out, channel=channel, name=name, language=language, pause_ms=pause_ms, vad_mode=vad_mode
+        )
+    except (ConfigError, FixtureError, OSError, RuntimeError) as exc:  # RuntimeError: the model files
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    script = json.loads(path.read_text(encoding="utf-8"))
+    console.print(f"{path}: {len(script['utterances'])} utterance(s), reviewed: false")
+    for utt in script["utterances"]:
+        console.print(
+            f"  {utt['start_ms']:>7} - {utt['end_ms']:>7} ms  gap {utt['gap_ms']:>5}  {utt['text']}",
+            markup=False,
+        )
+
+
 config_app = typer.Typer(no_args_is_help=True, help="Check configuration files.")
 app.add_typer(config_app, name="config")
 

@@ -80,6 +80,9 @@ class FixtureScript(BaseModel):
     agent_first: bool = False
     # format 1, optional: how the call should end (``voxroute replay --assert`` checks it)
     expect_end: Literal["completed", "handoff"] | None = None
+    # format 1, optional: False for a fixture made from a recording (agent/fixturegen.py) whose
+    # transcripts and expectations no person has checked yet; absent: written by hand
+    reviewed: bool | None = None
     utterances: list[Utterance] = Field(min_length=1)
 
     def language_of(self, utt: Utterance) -> str:
