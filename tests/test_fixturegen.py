@@ -143,3 +143,41 @@ def test_a_stereo_16k_recording_infers_the_gaps_after_the_agent(tmp_path):
         w.writeframes(np.stack([r16, l16], axis=1).astype("<i2").tobytes())
     again = load(from_wav(swapped, tmp_path / "out", channel=1))
     assert [(u.start_ms, u.gap_ms) for u in again.script.utterances] == [(u.start_ms, u.gap_ms) for u in got]
+
+
+@pytest.mark.local
+async def test_a_recorded_call_comes_back_as_a_fixture_that_replays_alike(tmp_path, monkeypatch):
+    """Issue 17's round trip: a fixture replayed on the offline stack with stereo recording on; the
+    recording through from-wav; the new fixture replayed: as many turns, the same routes, and the
+    caller's words within 15 % word error of the original script."""
+    pytest.importorskip("faster_whisper", reason="the voxroute[local] extra is not installed")
+    pytest.importorskip("piper", reason="the voxroute[local] extra is not installed")
+    import asyncio
+
+    import yaml
+
+    from agent.config import DEFAULT_CONFIG_PATH, parse_config
+    from agent.fixturegen import from_wav
+    from agent.replay import local_stack, replay_fixture
+    from tests.test_local_stack import wer
+
+    monkeypatch.setenv("VOXROUTE_DATA_DIR", str(tmp_path))
+    data = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
+    data["tenants"]["default"]["recording"] = {"enabled": True, "channels": "both"}
+    config = parse_config(data)
+    original = load("order_status")
+    async with local_stack(fixtures=[original], config=config, stack="local") as stack:
+        first = await replay_fixture(original, stack.server_url, config=stack.config)
+    assert first["ended"] == "completed", first.get("error")
+    recorded = tmp_path / "recordings" / "default" / f"{first['call_sid']}.wav"
+    made = load(await asyncio.to_thread(from_wav, recorded, tmp_path / "fixtures", name="round_trip"))
+    said = made.script.utterances
+    assert len(said) == len(original.script.utterances) and not made.script.agent_first
+    rate = wer(" ".join(u.text for u in original.script.utterances), " ".join(u.text for u in said))
+    assert rate <= 0.15, (rate, [u.text for u in said])
+
+    async with local_stack(fixtures=[made], config=config, stack="local") as stack:
+        second = await replay_fixture(made, stack.server_url, config=stack.config)
+    assert second["ended"] == "completed", second.get("error")
+    assert len(second["turns"]) == len(first["turns"])
+    assert [t["route"]["class"] for t in second["turns"]] == [t["route"]["class"] for t in first["turns"]]
