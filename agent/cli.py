@@ -633,6 +633,37 @@ def fixture_from_wav_command(
         )
 
 
+@fixture_app.command("from-call")
+def fixture_from_call_command(
+    call_sid: Annotated[str, typer.Argument(help="a call recorded by its tenant's recording settings")],
+    out: Annotated[Path, typer.Option(help="where NAME.json and NAME.wav are written")] = Path("."),
+    name: Annotated[str | None, typer.Option(help="the fixture's name (default: the call's id)")] = None,
+    pause_ms: Annotated[int, typer.Option(help="a shorter pause does not end an utterance")] = 700,
+    config: Annotated[Path | None, typer.Option(help="config YAML (its endpoint.vad_mode)")] = None,
+) -> None:
+    """A recorded call ($VOXROUTE_DATA_DIR/recordings) -> a fixture, as from-wav, with each
+    utterance's expect_class from the route its turn took (reviewed: false)."""
+    require_extra("fixture from-call", "local")
+    from agent.fixturegen import from_call
+
+    _setup_logging(False)
+    try:
+        vad_mode = load_config(config).endpoint.vad_mode if config else 2
+        path, paired = from_call(call_sid, out, name=name, pause_ms=pause_ms, vad_mode=vad_mode)
+    except (ConfigError, FixtureError, OSError, RuntimeError) as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    script = json.loads(path.read_text(encoding="utf-8"))
+    console.print(f"{path}: {len(script['utterances'])} utterance(s), reviewed: false")
+    for utt in script["utterances"]:
+        console.print(
+            f"  {utt['start_ms']:>7} - {utt['end_ms']:>7} ms  {utt.get('expect_class') or '-':<18} {utt['text']}",
+            markup=False,
+        )
+    if not paired:
+        err.print("note: the utterances found do not pair with the call's turns: no expect_class was set")
+
+
 config_app = typer.Typer(no_args_is_help=True, help="Check configuration files.")
 app.add_typer(config_app, name="config")
 

@@ -188,3 +188,43 @@ def from_wav(
     write_ulaw_wav(wav_out, pcm16_to_ulaw(caller))
     json_out.write_text(json.dumps(script, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return json_out
+
+
+def from_call(
+    call_sid: str, out_dir: Path, *, root: Path | None = None, name: str | None = None, **options: Any
+) -> tuple[Path, bool]:
+    """A recorded call (agent/recording.py) as a fixture: :func:`from_wav` on its recording, the
+    language and tenant from its sidecar, and each utterance's ``expect_class`` from the class its
+    turn was routed to (the sidecar holds the call log's turns). (the JSON's path, whether the
+    caller's spoken turns and the utterances found paired one to one: if not, no expectations)."""
+    from agent.recording import recording_path, recordings_dir
+
+    root = root or recordings_dir()
+    found = sorted(root.glob(f"*/{recording_path(root, '_', call_sid).name}")) if root.is_dir() else []
+    if not found:
+        raise FixtureError(f"no recording of call {call_sid} under {root} (is recording on for its tenant?)")
+    wav = found[0]
+    try:
+        sidecar = json.loads(wav.with_suffix(".json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise FixtureError(
+            f"{wav.with_suffix('.json')}: the recording's sidecar is unreadable: {exc}"
+        ) from None
+    json_path = from_wav(
+        wav,
+        out_dir,
+        name=name or wav.stem,
+        language=sidecar.get("language") or "en-IN",
+        tenant=sidecar.get("tenant") or "default",
+        **options,
+    )
+    script = json.loads(json_path.read_text(encoding="utf-8"))
+    spoken = [t for t in sidecar.get("turns", []) if t.get("kind") == "speech"]
+    paired = len(spoken) == len(script["utterances"])
+    if paired:
+        for utt, turn in zip(script["utterances"], spoken, strict=True):
+            if turn.get("class"):
+                utt["expect_class"] = turn["class"]
+        FixtureScript.model_validate(script)
+        json_path.write_text(json.dumps(script, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return json_path, paired

@@ -148,17 +148,21 @@ def test_a_stereo_16k_recording_infers_the_gaps_after_the_agent(tmp_path):
 @pytest.mark.local
 async def test_a_recorded_call_comes_back_as_a_fixture_that_replays_alike(tmp_path, monkeypatch):
     """Issue 17's round trip: a fixture replayed on the offline stack with stereo recording on; the
-    recording through from-wav; the new fixture replayed: as many turns, the same routes, and the
-    caller's words within 15 % word error of the original script."""
+    recording through from-wav (the caller's words within 15 % word error of the original script)
+    and from-call (the same, with the routes as expect_class); that fixture replayed: as many
+    turns, the same routes, every expectation met."""
     pytest.importorskip("faster_whisper", reason="the voxroute[local] extra is not installed")
     pytest.importorskip("piper", reason="the voxroute[local] extra is not installed")
     import asyncio
 
     import yaml
+    from typer.testing import CliRunner
 
+    from agent.cli import app
     from agent.config import DEFAULT_CONFIG_PATH, parse_config
     from agent.fixturegen import from_wav
     from agent.replay import local_stack, replay_fixture
+    from agent.testing import fixture_failures
     from tests.test_local_stack import wer
 
     monkeypatch.setenv("VOXROUTE_DATA_DIR", str(tmp_path))
@@ -176,8 +180,34 @@ async def test_a_recorded_call_comes_back_as_a_fixture_that_replays_alike(tmp_pa
     rate = wer(" ".join(u.text for u in original.script.utterances), " ".join(u.text for u in said))
     assert rate <= 0.15, (rate, [u.text for u in said])
 
-    async with local_stack(fixtures=[made], config=config, stack="local") as stack:
-        second = await replay_fixture(made, stack.server_url, config=stack.config)
+    # fixture from-call: the same, found by the call's id, with the routes as expectations.
+    out = tmp_path / "from_call"
+    cli = await asyncio.to_thread(
+        CliRunner().invoke, app, ["fixture", "from-call", first["call_sid"], "--out", str(out)]
+    )
+    assert cli.exit_code == 0, cli.output
+    logged = load(out / f"{first['call_sid']}.json")
+    assert logged.script.reviewed is False
+    assert [(u.start_ms, u.end_ms, u.text) for u in logged.script.utterances] == [
+        (u.start_ms, u.end_ms, u.text) for u in said
+    ]
+    assert [u.expect_class for u in logged.script.utterances] == [t["route"]["class"] for t in first["turns"]]
+
+    async with local_stack(fixtures=[logged], config=config, stack="local") as stack:
+        second = await replay_fixture(logged, stack.server_url, config=stack.config)
     assert second["ended"] == "completed", second.get("error")
     assert len(second["turns"]) == len(first["turns"])
     assert [t["route"]["class"] for t in second["turns"]] == [t["route"]["class"] for t in first["turns"]]
+    assert fixture_failures(logged, second) == []  # what voxroute replay --assert checks
+
+
+def test_from_call_names_what_is_missing(tmp_path):
+    from agent.fixture import FixtureError
+    from agent.fixturegen import from_call
+
+    with pytest.raises(FixtureError, match=r"no recording of call CA404 under .* \(is recording on"):
+        from_call("CA404", tmp_path / "out", root=tmp_path / "recordings")
+    (tmp_path / "recordings" / "default").mkdir(parents=True)
+    (tmp_path / "recordings" / "default" / "CA1.wav").write_bytes(b"RIFF")
+    with pytest.raises(FixtureError, match="sidecar is unreadable"):
+        from_call("CA1", tmp_path / "out", root=tmp_path / "recordings")
