@@ -37,9 +37,10 @@ The rules:
   ``max_dtmf_digits`` digits of an entry are kept.
 - Caller voice for ``RESUME_MS`` after a commit, before any answer audio: the caller was not done
   (:class:`Merge`).
-- Caller sound while the agent talks is judged by :class:`agent.bargein.BargeInPolicy`; an
-  utterance that began over the agent becomes a turn only if it has words that are not a
-  backchannel.
+- Caller sound over the agent's audio is judged by :class:`agent.bargein.BargeInPolicy` (barge in
+  or not). An utterance that began while the agent had the floor (from its turn's first audio until
+  that turn ends, lulls between a bridge and the answer included) becomes a turn only if it has
+  words that are not a backchannel.
 """
 
 from __future__ import annotations
@@ -165,7 +166,7 @@ class TurnTaker:
             if not self.in_speech and self._speech_ms >= self.policy.min_speech_ms:
                 self.in_speech = True
                 self._pending = True
-                self._began_over_agent = self._agent_talking(playing)
+                self._began_over_agent = self._agent_has_floor()
         else:
             self.voiced_run_ms = 0
         if self.voiced_run_ms == RESUME_MS and self.active is not None and not self._answer_started:
@@ -282,6 +283,12 @@ class TurnTaker:
     def _agent_talking(self, playing: bool) -> bool:
         return self.active is not None and self._answer_started and playing
 
+    def _agent_has_floor(self) -> bool:
+        """The agent's turn has begun to answer (an answer, a bridge or a waiting phrase) and has not
+        ended, even in a lull of its audio (between a bridge and the answer, or while a tool is
+        called): an "mm-hm" or a cough then is no more a turn than one over the audio itself."""
+        return self.active is not None and self._answer_started
+
     def _check_pause(self, now: float) -> None:
         """``silence_ms`` since the last voiced frame ends the stretch (by the clock)."""
         if self._stretch and self.last_voice is not None and now - self.last_voice >= self.policy.silence_ms:
@@ -342,7 +349,7 @@ class TurnTaker:
         kind = self._ready(now)
         if kind is None:
             return []
-        if kind == "speech" and (self._agent_talking(playing) or self._began_over_agent):
+        if kind == "speech" and (self._agent_has_floor() or self._began_over_agent):
             # Sound that began over the agent is a turn only if it has words (agent/bargein.py).
             text = self.heard_text()
             if not self.barge.has_content(text):

@@ -224,6 +224,20 @@ def test_a_backchannel_over_the_answer_is_ignored():
     assert len(line.commits()) == 1
 
 
+def test_a_backchannel_or_a_cough_in_a_lull_of_the_agents_turn_is_ignored():
+    """Between the bridge and the answer no audio plays, but the agent still has the floor."""
+    line = Line().voice(700).quiet(400).answer()
+    line.playing = False  # the bridge has played; the answer is not out yet
+    line.voice(300).quiet(40).final("Okay.").quiet(400)
+    line.voice(200).quiet(600)  # a cough: no words come
+    assert line.of(BargeIn) == []
+    assert [(i.kind, i.text) for i in line.of(IgnoreOverlap)] == [("backchannel", "Okay."), ("noise", "")]
+    assert len(line.commits()) == 1
+    line.core.turn_ended(1)  # once the agent's turn is over, the caller's "Okay." is a turn
+    line.voice(300).quiet(40).final("Okay.").quiet(100)
+    assert len(line.commits()) == 2 and line.commits()[1].transcript == "Okay."
+
+
 def test_a_cough_over_the_answer_waits_for_words_then_is_ignored():
     line = Line().voice(700).quiet(400).answer()
     line.voice(200).quiet(300)  # pause detected; the STT has said nothing yet: wait
