@@ -133,15 +133,15 @@ class CallRecorder:
         if len(self._agent) > at:
             del self._agent[at:]
 
-    def tap(self, link: CarrierLink) -> _RecordingLink:
-        """``link`` for the player: the agent audio it sends is recorded on the way."""
-        return _RecordingLink(link, self)
+    def tap(self, link: CarrierLink) -> CarrierLink:
+        """``link`` for the player: the agent audio it sends is recorded on the way (stereo only)."""
+        return _RecordingLink(link, self) if self.stereo else link
 
     # -- when the call ends
 
     async def save(self, turns: list[dict[str, Any]], language: str) -> Path | None:
         """Write the WAV and its sidecar in a worker thread; None (and a log line) if that fails."""
-        caller, agent = bytes(self._caller), bytes(self._agent)
+        caller, agent = self._caller, self._agent  # handed to the thread, not copied
         self._caller, self._agent = bytearray(), bytearray()
         sidecar = {
             "version": SIDECAR_VERSION,
@@ -156,14 +156,14 @@ class CallRecorder:
             "turns": [turn_boundaries(t) for t in turns],
         }
         try:
-            await asyncio.to_thread(
+            path = await asyncio.to_thread(
                 write_recording, self.path, caller, agent if self.stereo else None, sidecar
             )
         except OSError as exc:
             log.error("call %s: recording not written to %s: %s", self.call_sid, self.path, exc)
             return None
-        log.info("call %s recorded: %s (%d ms)", self.call_sid, self.path, sidecar["duration_ms"])
-        return self.path
+        log.info("call %s recorded: %s (%d ms)", self.call_sid, path, sidecar["duration_ms"])
+        return path
 
 
 class _RecordingLink:
@@ -202,19 +202,28 @@ def turn_boundaries(turn: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def write_recording(path: Path, caller: bytes, agent: bytes | None, sidecar: dict[str, Any]) -> None:
+def write_recording(
+    path: Path, caller: bytes | bytearray, agent: bytes | bytearray | None, sidecar: dict[str, Any]
+) -> Path:
     """The WAV (mono, or stereo interleaved: left ``caller``, right ``agent``) and its sidecar, each
-    written to a temporary name and renamed (a reader never sees half a file)."""
+    written to a temporary name and renamed (a reader never sees half a file). A call's later leg
+    (back from a failed transfer, the same call id) goes to ``CALLSID.2.wav``, and so on. The WAV's
+    path."""
     import numpy as np
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    leg = 1
+    first = path
+    while path.exists():
+        leg += 1
+        path = first.with_name(f"{first.stem}.{leg}.wav")
     if agent is None:
         frames, channels = caller, 1
     else:
         n = max(len(caller), len(agent)) // 2
         both = np.zeros((n, 2), "<i2")
-        both[: len(caller) // 2, 0] = np.frombuffer(caller[: len(caller) // 2 * 2], "<i2")
-        both[: len(agent) // 2, 1] = np.frombuffer(agent[: len(agent) // 2 * 2], "<i2")
+        both[: len(caller) // 2, 0] = np.frombuffer(memoryview(caller)[: len(caller) // 2 * 2], "<i2")
+        both[: len(agent) // 2, 1] = np.frombuffer(memoryview(agent)[: len(agent) // 2 * 2], "<i2")
         frames, channels = both.tobytes(), 2
     tmp = path.with_suffix(".wav.part")
     with wave.open(str(tmp), "wb") as w:
@@ -227,6 +236,7 @@ def write_recording(path: Path, caller: bytes, agent: bytes | None, sidecar: dic
     tmp_side = path.with_suffix(".json.part")
     tmp_side.write_text(json.dumps(sidecar, indent=1), encoding="utf-8")
     os.replace(tmp_side, side)
+    return path
 
 
 # ---------------------------------------------------------------------------- retention

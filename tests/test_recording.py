@@ -163,3 +163,20 @@ async def test_the_retention_loop_sweeps_at_start(tmp_path):
         await asyncio.sleep(0.01)
     task.cancel()
     assert not path.exists()
+
+
+async def test_a_later_leg_of_the_same_call_does_not_overwrite_the_first(tmp_path):
+    """A call back from a failed transfer keeps its call id: its recording is CALLSID.2.wav."""
+    paths = []
+    for leg in (1, 2):
+        rec = recording.CallRecorder(
+            tmp_path / "t" / "CA1.wav", _FakeClock(), stereo=False, max_minutes=1, tenant="t", call_sid="CA1"
+        )
+        rec.caller(bytes([leg, 0]) * 800)
+        paths.append(await rec.save([], "en-IN"))
+    assert paths == [tmp_path / "t" / "CA1.wav", tmp_path / "t" / "CA1.2.wav"]
+    for leg, path in enumerate(paths, 1):
+        with wave.open(str(path), "rb") as w:
+            assert w.readframes(1) == bytes([leg, 0])
+        assert json.loads(path.with_suffix(".json").read_text())["duration_ms"] == 100
+    assert recording.find_recording("t", "CA1", tmp_path) == paths[0]
