@@ -24,7 +24,13 @@ from agent.replay import local_stack, replay_fixture
 from emulators.carriers import CARRIERS, CarrierNotWired, FakeCarrierSecrets, dial_fixture
 from tests.test_replay import _norm, expected_end, expected_items
 
-CARRIERS_UNDER_TEST = ("exotel", "plivo", "telnyx", "sip")
+# SIP is not among them: RTP has no marks, so the fake SIP phone (emulators/sip_carrier.py) takes
+# 1.5 s of agent silence for the end of a reply and speaks its next line into the lull between a
+# bridge and a slow answer, which a Twilio caller (who waits for the end mark) never does: its
+# turns then differ from Twilio's by timing, not by anything the runtime did. SIP calls are
+# compared with Twilio fixture by fixture in tests/test_sip_calls.py and with real peers in
+# tests/test_sip_peers.py.
+CARRIERS_UNDER_TEST = ("exotel", "plivo", "telnyx")
 STAGGER_S = 0.3  # between call starts
 TELNYX_SEED = bytes(range(7, 39))
 SECRETS = FakeCarrierSecrets(
@@ -134,7 +140,7 @@ async def test_every_fixture_through_every_carrier_matches_twilio(carrier_secret
                 out[(carrier, name)] = found
         return out
 
-    async with local_stack("reference", 1, list(fixtures.values()), sip=True) as stack:
+    async with local_stack("reference", 1, list(fixtures.values())) as stack:
         calls = await asyncio.gather(*(dial(i, c, n) for i, (c, n) in enumerate(jobs)))
         by = dict(zip(jobs, calls, strict=True))
         problems = judge(by)
@@ -142,7 +148,7 @@ async def test_every_fixture_through_every_carrier_matches_twilio(carrier_secret
         wrong = FakeCarrierSecrets(
             exotel_credentials="replaykey:wrong", plivo_auth_token="WRONG", telnyx_private_key=bytes(32)
         )
-        for carrier in ("exotel", "plivo", "telnyx"):  # SIP: allow-listed addresses (tests/test_sip.py)
+        for carrier in CARRIERS_UNDER_TEST:  # SIP: allow-listed addresses (tests/test_sip.py)
             with pytest.raises(httpx.HTTPStatusError) as refused:
                 await replay_fixture(
                     fixtures[names[0]],
