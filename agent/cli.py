@@ -7,8 +7,9 @@ import importlib.util
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import typer
 from rich.console import Console
@@ -594,6 +595,23 @@ def report(
         console.print(rep.render(result, f"call log report{': ' + scope if scope else ''}"))
 
 
+def _make_fixture(
+    config: Path | None, make: Callable[[int], tuple[Path, bool]]
+) -> tuple[dict[str, Any], bool]:
+    """Runs a fixture maker with the config's VAD mode and prints what it wrote; a clear error and
+    exit 2 when it cannot (RuntimeError: the model files)."""
+    _setup_logging(False)
+    try:
+        vad_mode = load_config(config).endpoint.vad_mode if config else 2
+        path, paired = make(vad_mode)
+    except (ConfigError, FixtureError, OSError, RuntimeError) as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    script = json.loads(path.read_text(encoding="utf-8"))
+    console.print(f"{path}: {len(script['utterances'])} utterance(s), reviewed: false")
+    return script, paired
+
+
 fixture_app = typer.Typer(no_args_is_help=True, help="Make fixture calls from recordings.")
 app.add_typer(fixture_app, name="fixture")
 
@@ -615,17 +633,15 @@ def fixture_from_wav_command(
     require_extra("fixture from-wav", "local")
     from agent.fixturegen import from_wav
 
-    _setup_logging(False)
-    try:
-        vad_mode = load_config(config).endpoint.vad_mode if config else 2
-        path = from_wav(
-            wav, out, channel=channel, name=name, language=language, pause_ms=pause_ms, vad_mode=vad_mode
-        )
-    except (ConfigError, FixtureError, OSError, RuntimeError) as exc:  # RuntimeError: the model files
-        err.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
-    script = json.loads(path.read_text(encoding="utf-8"))
-    console.print(f"{path}: {len(script['utterances'])} utterance(s), reviewed: false")
+    script, _ = _make_fixture(
+        config,
+        lambda vad_mode: (
+            from_wav(
+                wav, out, channel=channel, name=name, language=language, pause_ms=pause_ms, vad_mode=vad_mode
+            ),
+            True,
+        ),
+    )
     for utt in script["utterances"]:
         console.print(
             f"  {utt['start_ms']:>7} - {utt['end_ms']:>7} ms  gap {utt['gap_ms']:>5}  {utt['text']}",
@@ -646,15 +662,9 @@ def fixture_from_call_command(
     require_extra("fixture from-call", "local")
     from agent.fixturegen import from_call
 
-    _setup_logging(False)
-    try:
-        vad_mode = load_config(config).endpoint.vad_mode if config else 2
-        path, paired = from_call(call_sid, out, name=name, pause_ms=pause_ms, vad_mode=vad_mode)
-    except (ConfigError, FixtureError, OSError, RuntimeError) as exc:
-        err.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
-    script = json.loads(path.read_text(encoding="utf-8"))
-    console.print(f"{path}: {len(script['utterances'])} utterance(s), reviewed: false")
+    script, paired = _make_fixture(
+        config, lambda vad_mode: from_call(call_sid, out, name=name, pause_ms=pause_ms, vad_mode=vad_mode)
+    )
     for utt in script["utterances"]:
         console.print(
             f"  {utt['start_ms']:>7} - {utt['end_ms']:>7} ms  {utt.get('expect_class') or '-':<18} {utt['text']}",
