@@ -281,7 +281,8 @@ class TurnTaker:
     # ------------------------------------------------------------------ rules
 
     def _agent_talking(self, playing: bool) -> bool:
-        return self.active is not None and self._answer_started and playing
+        """The agent has the floor and its audio is playing now."""
+        return playing and self._agent_has_floor()
 
     def _agent_has_floor(self) -> bool:
         """The agent's turn has begun to answer (an answer, a bridge or a waiting phrase) and has not
