@@ -1,0 +1,1 @@
+"""voxroute's parts for other voice frameworks (each an optional extra; the core never imports them)."""
