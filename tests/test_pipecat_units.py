@@ -280,3 +280,41 @@ async def test_pipecat_function_calls_pass_through_the_routed_service():
     messages = context.get_messages()
     assert messages[-1]["role"] == "assistant" and messages[-1]["content"].startswith("It has shipped.")
     assert any(m.get("role") == "tool" for m in messages)
+
+
+# ---------------------------------------------------------------- the budget processor's wiring
+
+
+def short_phrases():
+    from agent.integrations.pipecat import Phrase
+
+    return {
+        "bridge": Phrase("One moment.", b"\x01\x00" * 800),
+        "apology": Phrase("Sorry.", b"\x02\x00" * 400),
+    }
+
+
+async def test_the_budget_processor_bridges_then_apologises_when_no_answer_audio_comes():
+    from pipecat.frames.frames import TTSAudioRawFrame, UserStoppedSpeakingFrame
+
+    from agent.integrations.pipecat import TurnBudgetProcessor
+
+    budget = TurnBudgetProcessor(short_phrases(), budget_ms=200, bridge_lead_ms=100, hard_cap_ms=400)
+    down, _ = await run_test(budget, frames_to_send=[UserStoppedSpeakingFrame(), SleepFrame(0.7)])
+    audio = b"".join(f.audio for f in down if isinstance(f, TTSAudioRawFrame))
+    assert (budget.bridges, budget.apologies) == (1, 1)
+    assert audio == b"\x01\x00" * 800 + b"\x02\x00" * 400  # the bridge, then the apology, in 20 ms frames
+    assert max(len(f.audio) for f in down if isinstance(f, TTSAudioRawFrame)) == 320  # 20 ms at most
+
+
+async def test_answer_audio_before_the_deadline_keeps_the_budget_processor_quiet():
+    from pipecat.frames.frames import TTSAudioRawFrame, UserStoppedSpeakingFrame
+
+    from agent.integrations.pipecat import TurnBudgetProcessor
+
+    budget = TurnBudgetProcessor(short_phrases(), budget_ms=300, bridge_lead_ms=100, hard_cap_ms=500)
+    answer = TTSAudioRawFrame(b"\x07\x00" * 160, 8000, 1)
+    frames = [UserStoppedSpeakingFrame(), SleepFrame(0.05), answer, SleepFrame(0.7)]
+    down, _ = await run_test(budget, frames_to_send=frames)
+    assert (budget.bridges, budget.apologies) == (0, 0)
+    assert [f.audio for f in down if isinstance(f, TTSAudioRawFrame)] == [answer.audio]

@@ -183,7 +183,9 @@ class TurnBudgetProcessor(FrameProcessor):
         voice budget unless given."""
         if budget_ms is None:
             table = config.routing_table()
-            budget_ms = table.cell("default", "default", "voice", "faq").budget_ms
+            budget_ms = table.cell(
+                "default", table.group("default", config.language), "voice", "faq"
+            ).budget_ms
         b = config.budget
         return cls(
             phrases,

@@ -148,6 +148,8 @@ class HeardTextProcessor(FrameProcessor):
         self._heard_in_response: list[str] = []
         self.heard: list[str] = []  # every chunk the caller heard, in order
         self.interruptions: list[dict[str, Any]] = []  # {"heard": text, "dropped": text} per clear
+        self._register_event_handler("on_chunk_heard")  # (processor, text): its mark came back
+        self._register_event_handler("on_interrupted")  # (processor, {"heard", "dropped"})
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
@@ -201,6 +203,7 @@ class HeardTextProcessor(FrameProcessor):
             if isinstance(frame, TTSTextFrame):
                 self.heard.append(frame.text)
                 self._heard_in_response.append(frame.text)
+                await self._call_event_handler("on_chunk_heard", frame.text)
             self._note(frame)
             await self.push_frame(frame)
 
@@ -211,8 +214,10 @@ class HeardTextProcessor(FrameProcessor):
         self._held = []
         heard = " ".join(t.strip() for t in self._heard_in_response)
         if dropped or heard:
-            self.interruptions.append({"heard": heard, "dropped": " ".join(t.strip() for t in dropped)})
+            report = {"heard": heard, "dropped": " ".join(t.strip() for t in dropped)}
+            self.interruptions.append(report)
             log.info("interrupted: the caller heard %r; dropped %d chunk(s) not heard", heard, len(dropped))
+            await self._call_event_handler("on_interrupted", report)
         self._heard_in_response = []
         return heard
 
