@@ -146,7 +146,8 @@ class TurnBudgetProcessor(FrameProcessor):
     """Keeps each turn's latency budget in a Pipecat pipeline, whatever the LLM and TTS services.
 
     Put it after the TTS service and before ``transport.output()``. A turn starts at the user's end
-    of speech (``VADUserStoppedSpeakingFrame``, else ``UserStoppedSpeakingFrame``) and is answered
+    of speech (the turn's ``UserStoppedSpeakingFrame``, dated by the ``VADUserStoppedSpeakingFrame``
+    before it when there is one) and is answered
     by the first ``TTSAudioRawFrame`` coming from the TTS. ``budget_ms``: the turn's budget unless
     the routed LLM service's route (a ``RouteMetricsData`` in a ``MetricsFrame``) gives its class's
     budget. ``bridges`` and ``apologies`` count what was played (for tests and benchmarks)."""
@@ -176,6 +177,7 @@ class TurnBudgetProcessor(FrameProcessor):
         self.apologies = 0
         self._timer: asyncio.Task | None = None
         self._phrase_until_ms = 0.0  # when the phrase we pushed last has played
+        self._voice_end: float | None = None  # the VAD's end of voice in the user's current turn
 
     @classmethod
     def from_config(cls, config: Config, phrases: dict[str, Phrase], budget_ms: float | None = None, **kw):
@@ -198,11 +200,16 @@ class TurnBudgetProcessor(FrameProcessor):
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
-        if isinstance(frame, VADUserStoppedSpeakingFrame | UserStoppedSpeakingFrame):
-            # The VAD frame comes first and knows when speech ended; the turn's stop frame follows.
-            if self.deadline is None or self.deadline.over or isinstance(frame, VADUserStoppedSpeakingFrame):
-                await self._start_turn(speech_end_ms(frame, self.clock))
+        if isinstance(frame, VADUserStoppedSpeakingFrame):
+            # The VAD knows when the voice stopped; the user's turn ends with the stop frame after it
+            # (a pause inside the turn, or a backchannel over the bot, is no turn).
+            self._voice_end = speech_end_ms(frame, self.clock)
+        elif isinstance(frame, UserStoppedSpeakingFrame):
+            end = self._voice_end if self._voice_end is not None else self.clock.now()
+            self._voice_end = None
+            await self._start_turn(end)
         elif isinstance(frame, UserStartedSpeakingFrame | InterruptionFrame):
+            self._voice_end = None
             await self._stop_turn()  # the user has the floor: no bridge over them
         elif isinstance(frame, EndFrame | CancelFrame):
             await self._stop_turn()

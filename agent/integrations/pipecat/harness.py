@@ -13,6 +13,7 @@ from pipecat.frames.frames import (
     LLMTextFrame,
     MetricsFrame,
     TTSAudioRawFrame,
+    TTSTextFrame,
     UserStoppedSpeakingFrame,
 )
 from pipecat.pipeline.pipeline import Pipeline
@@ -46,7 +47,7 @@ class Stopwatch(FrameProcessor):
         now = time.monotonic()
         if isinstance(frame, UserStoppedSpeakingFrame) and self.speech_end is None:
             self.speech_end = now
-        elif isinstance(frame, LLMTextFrame):
+        elif isinstance(frame, LLMTextFrame | TTSTextFrame):  # the LLM's text, or the TTS's after it
             self.first_text = self.first_text or now
             self.text.append(frame.text)
         elif isinstance(frame, TTSAudioRawFrame) and direction == FrameDirection.DOWNSTREAM:
@@ -104,3 +105,146 @@ async def emulated(
     async with run_emulators(profile, seed, **emulator_options(config)) as stack:
         async with build_services(config, stack.urls) as services:
             yield stack, services
+
+
+# ---------------------------------------------------------------- a whole Pipecat phone bot
+
+SYSTEMS = ("pipecat", "pipecat_voxroute")
+EMULATED_KEY = "emulated"
+
+
+class PipecatBot:
+    """A Pipecat phone bot on a Twilio media stream route (``call``: a FastAPI websocket endpoint),
+    its speech services pointed at the Sarvam emulator.
+
+    ``system="pipecat"``: plain Pipecat as its documentation recommends (its Twilio serializer, Silero
+    VAD, an ``LLMSwitcher`` with the failover strategy over the OpenAI-compatible fast model and a
+    Sarvam backup). ``system="pipecat_voxroute"``: the same pipeline with voxroute's mark-aware
+    serializer, the routed LLM service and the turn-budget processor. Per call it keeps the routed
+    service's turns (``turns``), the budget processor's bridges and the LLM usage reported in
+    Pipecat's metrics frames (``usage``: model, prompt and completion tokens)."""
+
+    def __init__(
+        self, services, sarvam_url: str, openrouter_url: str, system: str = "pipecat_voxroute"
+    ) -> None:
+        if system not in SYSTEMS:
+            raise ValueError(f"unknown system {system!r}; choose one of {SYSTEMS}")
+        self.services = services
+        self.sarvam_url = sarvam_url
+        self.openrouter_url = openrouter_url
+        self.system = system
+        self.calls: list[dict] = []  # per call: {"turns", "bridges", "usage"}
+
+    def _llm(self):
+        from pipecat.pipeline.llm_switcher import LLMSwitcher
+        from pipecat.pipeline.service_switcher import ServiceSwitcherStrategyFailover
+        from pipecat.services.openai.llm import OpenAILLMService
+        from pipecat.services.sarvam.llm import SarvamLLMService
+
+        from agent.integrations.pipecat.llm import RoutedLLMService
+
+        if self.system == "pipecat_voxroute":
+            return RoutedLLMService(self.services)
+        primary = OpenAILLMService(
+            api_key=EMULATED_KEY,
+            base_url=f"{self.openrouter_url}/api/v1",
+            settings=OpenAILLMService.Settings(model=FAST),
+        )
+        backup = SarvamLLMService(
+            api_key=EMULATED_KEY,
+            base_url=f"{self.sarvam_url}/v2",
+            settings=SarvamLLMService.Settings(model="sarvam-105b"),
+        )
+        return LLMSwitcher([primary, backup], strategy_type=ServiceSwitcherStrategyFailover)
+
+    async def call(self, websocket) -> None:
+        import aiohttp
+        from pipecat.audio.vad.silero import SileroVADAnalyzer
+        from pipecat.metrics.metrics import LLMUsageMetricsData
+        from pipecat.pipeline.worker import PipelineParams
+        from pipecat.processors.aggregators.llm_context import LLMContext
+        from pipecat.processors.aggregators.llm_response_universal import (
+            LLMContextAggregatorPair,
+            LLMUserAggregatorParams,
+        )
+        from pipecat.serializers.twilio import TwilioFrameSerializer
+        from pipecat.services.sarvam.stt import SarvamRealtimeSTTService
+        from pipecat.services.sarvam.tts import SarvamHttpTTSService
+        from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPIWebsocketTransport
+
+        from agent.integrations.pipecat.budget import TurnBudgetProcessor, cached_phrases
+        from agent.integrations.pipecat.twilio import TwilioMarkSerializer
+        from emulators.serve import ws_url
+
+        voxroute = self.system == "pipecat_voxroute"
+        await websocket.accept()
+        marks = await TwilioMarkSerializer.accept(websocket)
+        serializer = (
+            marks
+            if voxroute
+            else TwilioFrameSerializer(
+                marks.stream_sid, marks.call_sid, params=TwilioFrameSerializer.InputParams(auto_hang_up=False)
+            )
+        )
+        transport = FastAPIWebsocketTransport(
+            websocket,
+            FastAPIWebsocketParams(
+                audio_in_enabled=True, audio_out_enabled=True, add_wav_header=False, serializer=serializer
+            ),
+        )
+        config = self.services.config
+        context = LLMContext(
+            [{"role": "system", "content": config.agent_for("default").prompt(config.language)}]
+        )
+        pair = LLMContextAggregatorPair(
+            context, user_params=LLMUserAggregatorParams(vad_analyzer=SileroVADAnalyzer())
+        )
+        stt = SarvamRealtimeSTTService(
+            api_key=EMULATED_KEY,
+            base_url=f"{ws_url(self.sarvam_url)}/speech-to-text-realtime/ws",
+            sample_rate=8000,
+        )
+        llm = self._llm()
+        usage = Stopwatch()  # after the LLM: its metrics frames (the usage of plain Pipecat's services)
+        record = {"turns": [], "bridges": 0, "usage": []}
+        self.calls.append(record)
+        async with aiohttp.ClientSession() as http:
+            tts = SarvamHttpTTSService(
+                api_key=EMULATED_KEY,
+                aiohttp_session=http,
+                base_url=self.sarvam_url,
+                settings=SarvamHttpTTSService.Settings(model="bulbul:v3", voice="shubh", language="en-IN"),
+            )
+            processors = [transport.input(), stt, pair.user(), llm, usage, tts]
+            budget = None
+            if voxroute:
+                budget = TurnBudgetProcessor.from_config(
+                    config, await cached_phrases(self.services, config.language)
+                )
+                processors += [budget, transport.output(), marks.heard_text_processor(), pair.assistant()]
+            else:
+                processors += [transport.output(), pair.assistant()]
+            params = PipelineParams(
+                audio_in_sample_rate=8000,
+                audio_out_sample_rate=8000,
+                enable_metrics=True,
+                enable_usage_metrics=True,
+            )
+            worker = PipelineWorker(Pipeline(processors), params=params, cancel_on_idle_timeout=False)
+
+            @transport.event_handler("on_client_disconnected")
+            async def _gone(transport, websocket) -> None:
+                await worker.cancel()
+
+            runner = WorkerRunner(handle_sigint=False)
+            await runner.add_workers(worker)
+            try:
+                await runner.run()
+            finally:
+                record["turns"] = [t.as_dict() for t in getattr(llm, "turns", [])]
+                record["bridges"] = budget.bridges if budget is not None else 0
+                record["usage"] = [
+                    (d.model, d.value.prompt_tokens, d.value.completion_tokens)
+                    for d in usage.metrics
+                    if isinstance(d, LLMUsageMetricsData)
+                ]

@@ -28,6 +28,7 @@ from pipecat.frames.frames import (
     LLMFullResponseStartFrame,
     LLMTextFrame,
     MetricsFrame,
+    UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
@@ -90,7 +91,10 @@ class RoutedLLMService(LLMService):
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
-        if isinstance(frame, VADUserStoppedSpeakingFrame):
+        # The turn's deadline counts from the end of the user's voice (the VAD's, else the turn's end).
+        if isinstance(frame, UserStartedSpeakingFrame):
+            self._speech_end = None
+        elif isinstance(frame, VADUserStoppedSpeakingFrame):
             self._speech_end = speech_end_ms(frame, self.clock)
         elif isinstance(frame, UserStoppedSpeakingFrame) and self._speech_end is None:
             self._speech_end = speech_end_ms(frame, self.clock)

@@ -148,6 +148,7 @@ class HeardTextProcessor(FrameProcessor):
         self._heard_in_response: list[str] = []
         self.heard: list[str] = []  # every chunk the caller heard, in order
         self.interruptions: list[dict[str, Any]] = []  # {"heard": text, "dropped": text} per clear
+        self._register_event_handler("on_chunk_sent")  # (processor, text): its audio went out, a mark follows
         self._register_event_handler("on_chunk_heard")  # (processor, text): its mark came back
         self._register_event_handler("on_interrupted")  # (processor, {"heard", "dropped"})
 
@@ -175,6 +176,7 @@ class HeardTextProcessor(FrameProcessor):
             await self.push_frame(
                 OutputTransportMessageUrgentFrame(message={MARK_KEY: name}), FrameDirection.UPSTREAM
             )
+            await self._call_event_handler("on_chunk_sent", frame.text)
         elif isinstance(frame, SystemFrame | AudioRawFrame) or not self._held:
             self._note(frame)
             await self.push_frame(frame, direction)
