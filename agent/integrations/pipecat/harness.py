@@ -8,6 +8,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
 
+from fastapi import WebSocket
 from pipecat.frames.frames import (
     Frame,
     LLMTextFrame,
@@ -157,7 +158,7 @@ class PipecatBot:
         )
         return LLMSwitcher([primary, backup], strategy_type=ServiceSwitcherStrategyFailover)
 
-    async def call(self, websocket) -> None:
+    async def call(self, websocket: WebSocket) -> None:
         import aiohttp
         from pipecat.audio.vad.silero import SileroVADAnalyzer
         from pipecat.metrics.metrics import LLMUsageMetricsData

@@ -35,6 +35,7 @@ from pipecat.frames.frames import (
 from pipecat.metrics.metrics import LLMTokenUsage, LLMUsageMetricsData, MetricsData
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.llm_service import LLMService
+from pipecat.services.settings import LLMSettings
 
 from agent.answer import with_guidance
 from agent.integrations.pipecat.budget import speech_end_ms
@@ -77,7 +78,14 @@ class RoutedLLMService(LLMService):
     model paths. One instance serves one conversation (its escalation is sticky, as in a call)."""
 
     def __init__(self, services: Services, *, tenant: str = "default", channel: str = "voice", **kwargs):
-        super().__init__(**kwargs)
+        # Pipecat's settings: the model paths, temperature and max tokens come from voxroute's config.
+        settings = LLMSettings(
+            model=None, system_instruction=None, temperature=services.config.agent.temperature,
+            max_tokens=services.config.agent.max_tokens, top_p=None, top_k=None, frequency_penalty=None,
+            presence_penalty=None, seed=None, filter_incomplete_user_turns=False,
+            user_turn_completion_config=None,
+        )  # fmt: skip
+        super().__init__(settings=kwargs.pop("settings", settings), **kwargs)
         self.services = services
         self.config = services.config
         self.tenant = tenant
