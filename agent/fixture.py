@@ -12,7 +12,7 @@ import struct
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 FIXTURES_DIR = Path(
     os.environ.get("VOXROUTE_FIXTURES", Path(__file__).resolve().parent.parent / "fixtures" / "audio")
@@ -20,6 +20,7 @@ FIXTURES_DIR = Path(
 
 WAVE_FORMAT_PCM = 1
 WAVE_FORMAT_MULAW = 7
+STT_MODES = ("audio", "transcripts")  # a script's ``stt``: how the emulated STT finds the words
 
 
 class FixtureError(ValueError):
@@ -83,7 +84,23 @@ class FixtureScript(BaseModel):
     # format 1, optional: False for a fixture made from a recording (agent/fixturegen.py) whose
     # transcripts and expectations no person has checked yet; absent: written by hand
     reviewed: bool | None = None
+    # format 1, optional: what the emulated STT says. "audio" (the default): it recognises the
+    # fixture's audio by matching its bytes. "transcripts": the replayer hands it the utterances'
+    # texts and timing for this call, and it says them as the utterances' speech arrives (a recorded
+    # call replays with its reviewed words; its audio is unknown to the matcher).
+    stt: Literal["audio", "transcripts"] = "audio"
     utterances: list[Utterance] = Field(min_length=1)
+
+    @field_validator("stt", mode="before")
+    @classmethod
+    def _stt_mode(cls, value: Any) -> Any:
+        if value not in STT_MODES:
+            raise ValueError(
+                f"stt must be one of {', '.join(repr(m) for m in STT_MODES)} "
+                f"('transcripts': replay the utterances' texts by timing; 'audio', the default: "
+                f"recognise the audio), got {value!r}"
+            )
+        return value
 
     def language_of(self, utt: Utterance) -> str:
         return utt.language or self.language

@@ -9,7 +9,9 @@ Each utterance is transcribed by the offline STT (faster-whisper, agent/provider
 ``play`` mode is ``after_agent``; with a stereo file the other channel is the agent, and ``gap_ms``
 is how long after the agent last spoke the utterance's slice begins (as a replay plays it; mono:
 the format's default 700 ms). The fixture (format v1, ``reviewed: false`` until a person checks the transcripts) is
-written with its audio as 8 kHz mu-law mono.
+written with its audio as 8 kHz mu-law mono, and ``stt: transcripts``: a replay through the
+emulated Sarvam says those transcripts (as reviewed) by timing, since no audio of the emulator's
+scripts matches a recording's.
 """
 
 from __future__ import annotations
@@ -167,6 +169,8 @@ def from_wav(
         "language": language,
         "tenant": tenant,
         "reviewed": False,
+        # Replayed with these words (reviewed), said by timing: the emulated STT knows no such audio.
+        "stt": "transcripts",
         "agent_first": segments[0].after_agent_audio,  # a greeting before the caller's first words
         "utterances": [
             {

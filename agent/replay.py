@@ -3,6 +3,12 @@
 With no server URL, ``local_stack`` starts the emulators and a runtime server in this process,
 on 127.0.0.1. Each fixture is dialled the way Twilio does it: the voice webhook first (its TwiML
 gives the stream parameters), then the media stream.
+
+A fixture marked ``stt: transcripts`` (a recorded call) is replayed with its reviewed words: once
+the carrier has given the call its id, and before the media stream opens, the replayer registers
+the call's utterances (text, language, timing) with the STT emulator under that call SID, and
+forgets them when the call is over. The emulator is the local stack's (found by the server's URL)
+or ``stt_emulator``; with neither (``--server`` with real providers) the STT hears the audio.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import logging
 import ssl
 import statistics
 import xml.etree.ElementTree as ET
@@ -18,6 +25,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -27,6 +35,13 @@ from agent.runtime import EmulatorURLs, build_services, create_runtime_app, emul
 from emulators.carriers import FakeCarrierSecrets, check_dialable, dial_fixture
 from emulators.serve import serve_app
 from telephony.carriers import CARRIERS
+
+log = logging.getLogger(__name__)
+
+
+# The STT emulator's control URL behind each running local stack's server (a replay only knows the
+# server's URL); entries live as long as their stack, and each server has a port of its own.
+_STT_CONTROL: dict[str, str] = {}
 
 
 @dataclass
@@ -92,9 +107,11 @@ async def _local_stack(
                     # collector's full passes during the calls do not walk it (they stall the loop).
                     gc.collect()
                     gc.freeze()
+                    _STT_CONTROL[url] = f"{emu.sarvam_url}/_emulator/stt"
                     try:
                         yield LocalStack(url, config, emu, services)
                     finally:
+                        _STT_CONTROL.pop(url, None)
                         gc.unfreeze()  # a test process runs many stacks: let their objects go
 
 
@@ -143,27 +160,35 @@ async def replay_fixture(
     auth_token: str | None = None,
     carrier: str = "twilio",
     carrier_secrets: FakeCarrierSecrets | None = None,
+    stt_emulator: str | None = None,
 ) -> dict[str, Any]:
     """One call: the carrier's call set-up (Twilio: the voice webhook), its media stream, then the
-    runtime's own turn records. ``carrier``: one of ``emulators.carriers.CARRIERS``."""
+    runtime's own turn records. ``carrier``: one of ``emulators.carriers.CARRIERS``.
+    ``stt_emulator``: the STT emulator's control URL (``.../_emulator/stt``) for a fixture marked
+    ``stt: transcripts``, when the server is not a local stack's."""
     config = config or load_config()
     fake_secrets = carrier_secrets or FakeCarrierSecrets()
     if auth_token:
         fake_secrets = dataclasses.replace(fake_secrets, twilio_auth_token=auth_token)
+    words = _ReviewedWords.of(fixture, stt_emulator or _STT_CONTROL.get(server_url))
     async with httpx.AsyncClient(base_url=server_url, timeout=10, verify=_tls_context()) as http:
         record_path = record_dir / f"{fixture.name}.agent.wav" if record_dir else None
         if record_dir:
             await asyncio.to_thread(record_dir.mkdir, parents=True, exist_ok=True)
-        result = await dial_fixture(
-            carrier,
-            fixture,
-            server_url,
-            http=http,
-            public_base_url=config.telephony.public_base_url,
-            speed=speed,
-            record_path=record_path,
-            secrets=fake_secrets,
-        )
+        try:
+            result = await dial_fixture(
+                carrier,
+                fixture,
+                server_url,
+                http=http,
+                public_base_url=config.telephony.public_base_url,
+                speed=speed,
+                record_path=record_path,
+                secrets=fake_secrets,
+                before_stream=functools.partial(words.register, http) if words else None,
+            )
+        finally:
+            stt_words = await words.forget(http) if words else None
         call: dict[str, Any] = {}
         for _ in range(100):
             r = await http.get(f"/calls/{result.call_sid}", headers=operator_headers(config))
@@ -173,6 +198,11 @@ async def replay_fixture(
                     break
             await asyncio.sleep(0.05)
     errors = list(result.errors)
+    if words and words.call_sid is None:
+        errors.append(
+            f"stt: transcripts: the {carrier} dialler gave no call id before the stream, so the STT "
+            "emulator matched the audio instead of saying the fixture's words"
+        )
     if call.get("error"):
         errors.append(f"runtime: {call['error']}")
     if not call:
@@ -194,6 +224,8 @@ async def replay_fixture(
     }
     if call.get("handoff"):
         out["handoff"] = call["handoff"]
+    if stt_words is not None:
+        out["stt_transcripts"] = stt_words  # utterances registered, said in full, finals sent
     if ended == "error":
         out["error"] = (
             "; ".join(errors) or f"carrier did not complete the call (runtime ended={call.get('ended')})"
@@ -201,6 +233,46 @@ async def replay_fixture(
     if record_path:
         out["recording"] = str(record_path)
     return out
+
+
+@dataclass
+class _ReviewedWords:
+    """A ``stt: transcripts`` fixture's utterances, registered with the STT emulator for one call."""
+
+    control_url: str
+    plan: list[dict[str, Any]]
+    call_sid: str | None = None
+
+    @classmethod
+    def of(cls, fixture: Fixture, control_url: str | None) -> _ReviewedWords | None:
+        if fixture.script.stt != "transcripts":
+            return None
+        if control_url is None:
+            log.info(
+                "%s: stt: transcripts, but no STT emulator is known: the STT hears the audio", fixture.name
+            )
+            return None
+        from emulators.transcripts import timed_plan
+
+        return cls(control_url.rstrip("/"), [u.as_json() for u in timed_plan(fixture)])
+
+    async def register(self, http: httpx.AsyncClient, call_sid: str) -> None:
+        r = await http.post(
+            f"{self.control_url}/transcripts", json={"call_sid": call_sid, "utterances": self.plan}
+        )
+        r.raise_for_status()
+        self.call_sid = call_sid
+
+    async def forget(self, http: httpx.AsyncClient) -> dict[str, Any] | None:
+        """Unregister the call; what the emulator said of it (None if it was never registered)."""
+        if self.call_sid is None:
+            return None
+        try:
+            r = await http.delete(f"{self.control_url}/transcripts/{quote(self.call_sid, safe='')}")
+        except httpx.HTTPError as exc:
+            log.warning("call %s: could not unregister its transcripts: %r", self.call_sid, exc)
+            return None
+        return r.json() if r.status_code == 200 else None
 
 
 def _turn_json(t: dict[str, Any]) -> dict[str, Any]:

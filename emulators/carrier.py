@@ -37,6 +37,7 @@ import json
 import logging
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -59,6 +60,8 @@ MAX_ERRORS = 100  # a runtime that gets every frame wrong must not grow the resu
 MAX_LOGGED_ERRORS = 10
 TWILIO_USER_AGENT = "Twilio.TmeWs/1.0"
 _EPS = 1e-9
+
+BeforeStream = Callable[[str], Awaitable[None]]  # awaited with the call's id before its stream opens
 
 
 # --------------------------------------------------------------------------- ids and signature
@@ -682,12 +685,14 @@ async def dial(
     custom_parameters: dict | None = None,
     agent_wait_s: float = 20.0,
     call_sid: str | None = None,
+    before_stream: BeforeStream | None = None,
 ) -> CarrierResult:
     """Dial ``fixture`` into the runtime's Twilio stream endpoint at ``ws_url`` and play it out.
 
     ``speed`` > 1 runs the carrier clock faster than real time. ``agent_wait_s`` is wall-clock
     time to wait for the agent before moving on (an error note is recorded). A rejected upgrade
     returns a result with ``closed_by="handshake"`` and the HTTP status as ``close_code``.
+    ``before_stream``: see :func:`run_fake_call`.
     """
     if speed <= 0:
         raise ValueError("speed must be > 0")
@@ -706,6 +711,7 @@ async def dial(
         speed=speed,
         agent_wait_s=agent_wait_s,
         record_path=record_path,
+        before_stream=before_stream,
     )
 
 
@@ -718,11 +724,16 @@ async def run_fake_call(
     speed: float = 1.0,
     agent_wait_s: float = 20.0,
     record_path: Path | None = None,
+    before_stream: BeforeStream | None = None,
 ) -> CarrierResult:
-    """The asyncio layer for any :class:`FakeCarrierCall`: connect, pace, receive, stop, record."""
+    """The asyncio layer for any :class:`FakeCarrierCall`: connect, pace, receive, stop, record.
+    ``before_stream(call_sid)`` is awaited before the media stream opens, with the id the runtime
+    will know the call by (the replayer tells the STT emulator the call's words with it)."""
     if speed <= 0:
         raise ValueError("speed must be > 0")
     ids = call.ids
+    if before_stream is not None:
+        await before_stream(ids.call_sid)
     log.info(
         "fake carrier dialling %s into %s (call %s, speed %g)", call.fixture.name, ws_url, ids.call_sid, speed
     )

@@ -42,6 +42,7 @@ from agent.fixture import Fixture
 from emulators.carrier import (
     SILENCE_FRAME,
     TWILIO_USER_AGENT,
+    BeforeStream,
     CallIds,
     CarrierResult,
     FakeCarrierCall,
@@ -362,6 +363,7 @@ async def _dial_exotel(
     speed: float = 1.0,
     agent_wait_s: float = 20.0,
     record_path: Path | None = None,
+    before_stream: BeforeStream | None = None,
     **_: Any,
 ) -> CarrierResult:
     call_sid = secrets.token_hex(16)
@@ -400,6 +402,7 @@ async def _dial_exotel(
         speed=speed,
         agent_wait_s=agent_wait_s,
         record_path=record_path,
+        before_stream=before_stream,
     )
 
 
@@ -413,6 +416,7 @@ async def _dial_plivo(
     speed: float = 1.0,
     agent_wait_s: float = 20.0,
     record_path: Path | None = None,
+    before_stream: BeforeStream | None = None,
     **_: Any,
 ) -> CarrierResult:
     call_uuid = str(uuid.uuid4())
@@ -456,6 +460,7 @@ async def _dial_plivo(
         speed=speed,
         agent_wait_s=agent_wait_s,
         record_path=record_path,
+        before_stream=before_stream,
     )
 
 
@@ -477,6 +482,7 @@ async def _dial_telnyx(
     speed: float = 1.0,
     agent_wait_s: float = 20.0,
     record_path: Path | None = None,
+    before_stream: BeforeStream | None = None,
     **_: Any,
 ) -> CarrierResult:
     call_control_id = "v3:" + secrets.token_hex(20)
@@ -519,6 +525,7 @@ async def _dial_telnyx(
         speed=speed,
         agent_wait_s=agent_wait_s,
         record_path=record_path,
+        before_stream=before_stream,
     )
 
 
@@ -550,8 +557,11 @@ async def dial_fixture(
     record_path: Path | None = None,
     agent_wait_s: float = 20.0,
     secrets: FakeCarrierSecrets | None = None,
+    before_stream: BeforeStream | None = None,
 ) -> CarrierResult:
-    """Set up a call the way ``carrier`` does (``http`` talks to ``server_url``), then stream it."""
+    """Set up a call the way ``carrier`` does (``http`` talks to ``server_url``), then stream it.
+    ``before_stream(call_sid)``: awaited once the call's id is known, before its media stream
+    opens (the web carriers; the SIP dialer does not call it)."""
     check_dialable(carrier)
     return await DIALERS[carrier](
         fixture,
@@ -562,6 +572,7 @@ async def dial_fixture(
         speed=speed,
         record_path=record_path,
         agent_wait_s=agent_wait_s,
+        before_stream=before_stream,
     )
 
 

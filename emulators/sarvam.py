@@ -3,7 +3,9 @@
 - :func:`create_stt_app`: ``WS /speech-to-text-realtime/ws`` (realtime: mu-law 8 kHz, partials,
   VAD events), ``WS /speech-to-text/ws`` (legacy: PCM s16le, START/END_SPEECH, one ``data`` per
   segment) and a minimal ``WS /speech-to-text-translate/ws``. Transcripts come from fixture
-  scripts (:mod:`emulators.transcripts`); unknown audio gives ``(unrecognised speech)``.
+  scripts (:mod:`emulators.transcripts`); unknown audio gives ``(unrecognised speech)``. A call
+  whose utterances were registered (``POST /_emulator/transcripts``, below) gets those words by
+  timing instead, whatever its audio.
 - :func:`create_tts_app`: ``POST /text-to-speech`` and ``WS /text-to-speech/ws``. The "speech"
   is a soft two-tone pattern, about 65 ms per character (at least 300 ms).
 - :func:`create_app`: both on one host, like ``api.sarvam.ai`` (one base URL for the SDK).
@@ -12,7 +14,13 @@ Both apps take a :class:`~emulators.profiles.Dice` for latency and faults, requi
 ``api-subscription-key`` header (403 ``invalid_api_key_error`` otherwise), and serve
 ``GET /_emulator/faults`` (every injected fault, attributed with the client's ``X-Voxroute-Tag``
 header), ``POST /_emulator/force`` (``{"service", "fault"}`` -> ``dice.force``) and
-``GET /_emulator/stats`` (handshake counts, which connection served each TTS utterance).
+``GET /_emulator/stats`` (handshake counts, which connection served each TTS utterance). The STT
+app also serves ``POST /_emulator/transcripts`` (``{"call_sid", "utterances": [...]}``, a
+:func:`~emulators.transcripts.timed_plan` as JSON: the replayer's words for one call of a fixture
+marked ``stt: transcripts``) and ``DELETE /_emulator/transcripts/{call_sid}`` (forget it; the
+answer says how many finals and whole utterances were said). A connection belongs to the call its
+``X-Voxroute-Tag`` names: the runtime tags its STT sockets ``<call sid>:stt``. The wire protocol
+of the STT sockets is Sarvam's either way.
 
 Choices where the docs disagree (reference §9): the TTS socket defaults to ``model=bulbul:v3``
 and ``send_completion_event=false``; realtime STT defaults to ``encoding=linear16`` at 16 kHz.
@@ -36,6 +44,7 @@ import logging
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,9 +58,12 @@ from emulators.profiles import Dice, FaultRecord
 from emulators.transcripts import (
     SegmentEnded,
     SegmentStarted,
+    TimedTranscripts,
+    TimedTranscriptSession,
     TranscriptLibrary,
     TranscriptSession,
     VadSegmenter,
+    parse_plan,
 )
 from telephony.audio import alaw_to_pcm16, pcm16_to_alaw, pcm16_to_ulaw, ulaw_to_pcm16
 
@@ -78,6 +90,7 @@ REALTIME_MODELS = {"saaras:v3-realtime", "saaras:v4"}
 LEGACY_MODELS = {"saaras:v4", "saaras:v3", "saarika:v2.5", "saarika:v2", "saaras:v2.5"}
 STT_MODES = {"transcribe", "translate", "verbatim", "translit", "codemix"}
 MS_PER_CHAR = 65  # synthetic speech per character of text
+MAX_TIMED_CALLS = 10_000  # registered calls kept at once (the oldest go first)
 
 
 def request_id() -> str:
@@ -99,6 +112,7 @@ class EmulatorState:
         self.faults: list[FaultRecord] = []
         self.handshakes: Counter[str] = Counter()
         self.tts_utterances: list[dict[str, Any]] = []
+        self.timed: dict[str, TimedTranscripts] = {}  # call SID -> its words, by timing
 
     def record(self, service: str, fault: str, tag: str | None) -> None:
         log.info("emulator: injecting %s on %s (tag %s)", fault, service, tag)
@@ -127,6 +141,35 @@ def _add_control_routes(app: FastAPI, state: EmulatorState) -> None:
     @app.get("/_emulator/stats")
     async def stats() -> dict:
         return {"handshakes": dict(state.handshakes), "tts_utterances": state.tts_utterances}
+
+
+def _add_transcript_routes(app: FastAPI, state: EmulatorState) -> None:
+    @app.post("/_emulator/transcripts")
+    async def register(request: Request) -> JSONResponse:
+        try:
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise ValueError("the body must be a JSON object")
+            call_sid = body.get("call_sid")
+            if not isinstance(call_sid, str) or not 0 < len(call_sid) <= 128:
+                raise ValueError("call_sid must be a string of 1-128 characters")
+            plan = parse_plan(body.get("utterances"))
+        except ValueError as exc:
+            log.info("emulator stt: bad transcripts registration: %s", exc)
+            return JSONResponse({"error": f"bad transcripts registration: {exc}"}, status_code=400)
+        state.timed.pop(call_sid, None)
+        while len(state.timed) >= MAX_TIMED_CALLS:
+            state.timed.pop(next(iter(state.timed)))
+        state.timed[call_sid] = TimedTranscripts(plan)
+        return JSONResponse({"ok": True, "utterances": len(plan)})
+
+    @app.delete("/_emulator/transcripts/{call_sid}")
+    async def forget(call_sid: str) -> JSONResponse:
+        plan = state.timed.pop(call_sid, None)
+        if plan is None:
+            return JSONResponse({"error": f"no transcripts registered for {call_sid!r}"}, status_code=404)
+        return JSONResponse({"ok": True, "utterances": len(plan.utterances), "said": plan.said,
+                             "finals": plan.finals})  # fmt: skip
 
 
 async def _ws_auth(ws: WebSocket, state: EmulatorState, allow_subprotocol: bool = False) -> str | None | bool:
@@ -375,9 +418,12 @@ class _SttConnection:
         self.tag = tag
         self.vad = VadSegmenter(silence_ms=cfg.silence_ms)
         self.session = TranscriptSession(library, _our_language(cfg.language))
+        self.call_sid = tag.rpartition(":")[0] or tag if tag else None  # the runtime's tag: "<sid>:stt"
+        self.timed: TimedTranscriptSession | None = None  # the call's registered words, once found
         self.request_id = request_id()
         self.utt_idx = 0
-        self.pending: list[tuple[float, dict]] = []  # (due monotonic, message) finals waiting for latency
+        # (due monotonic, message, what to do once sent) finals waiting for latency
+        self.pending: list[tuple[float, dict, Callable[[], None] | None]] = []
         self.next_partial_s = 0.0
         self.last_partial = ""
         self.manual: bytearray | None = None
@@ -390,6 +436,14 @@ class _SttConnection:
     @property
     def realtime(self) -> bool:
         return self.cfg.flavour == "realtime"
+
+    def _find_timed(self) -> TimedTranscriptSession | None:
+        """The call's registered words (looked up at each speech start until found)."""
+        if self.timed is None and self.call_sid is not None:
+            plan = self.state.timed.get(self.call_sid)
+            if plan is not None:
+                self.timed = plan.session(_our_language(self.cfg.language))
+        return self.timed
 
     async def send(self, msg: dict) -> None:
         await self.ws.send_text(json.dumps(msg, ensure_ascii=False))
@@ -434,17 +488,27 @@ class _SttConnection:
 
     # -- VAD results
 
-    async def _speech_started(self) -> None:
+    async def _speech_started(self, at_s: float) -> None:
         self.next_partial_s = self.dice.profile.stt_partial_every_s
         self.last_partial = ""
+        timed = self._find_timed()
+        if timed is not None:
+            timed.begin(at_s)
         if self.realtime and self.cfg.endpointing == "vad":
             await self.send({"event": "vad.speech_start", "utterance_idx": self.utt_idx, "confidence": 0.93})
         elif not self.realtime and self.cfg.vad_signals:
             await self.send(self._signal("START_SPEECH"))
 
-    async def _speech_ended(self, audio: bytes, now: bool) -> None:
-        """A segment is complete: VAD end (final after the latency) or flush (final now)."""
-        text, language = self.session.final(audio)
+    async def _speech_ended(self, audio: bytes, now: bool, end_s: float) -> None:
+        """A segment is complete: VAD end (final after the latency) or flush (final now).
+        ``end_s``: audio time of the end of its last voiced frame."""
+        commit = None
+        timed = self._find_timed()
+        if timed is not None:
+            text, language = timed.final(audio, end_s)
+            commit = timed.checkpoint()
+        else:
+            text, language = self.session.final(audio)
         if self.realtime and self.cfg.endpointing == "vad":
             await self.send({"event": "vad.speech_end", "utterance_idx": self.utt_idx, "confidence": 0.88})
         elif not self.realtime and self.cfg.vad_signals:
@@ -453,15 +517,17 @@ class _SttConnection:
         self.utt_idx += 1
         self.utterances += 1
         delay = 0.0 if now else max(0.0, self.dice.profile.stt_final_s - self.cfg.silence_ms / 1000)
-        self.pending.append((time.monotonic() + delay, msg))
+        self.pending.append((time.monotonic() + delay, msg, commit))
         if now:
             await self._send_due(force=True)
 
     async def _send_due(self, force: bool = False) -> None:
         now = time.monotonic()
         while self.pending and (force or self.pending[0][0] <= now):
-            _, msg = self.pending.pop(0)
+            _, msg, commit = self.pending.pop(0)
             await self.send(msg)
+            if commit is not None:
+                commit()  # sent: a replacement connection carries on after these words
 
     async def _partial(self) -> None:
         every = self.dice.profile.stt_partial_every_s
@@ -471,7 +537,7 @@ class _SttConnection:
             return
         while self.next_partial_s <= self.vad.speech_s:
             self.next_partial_s += every
-        got = self.session.partial(self.vad.current())
+        got = (self.timed or self.session).partial(self.vad.current())
         if got and got[0] != self.last_partial:
             self.last_partial = got[0]
             msg: dict[str, Any] = {
@@ -490,21 +556,21 @@ class _SttConnection:
             if self.cfg.endpointing == "manual":
                 continue
             if isinstance(ev, SegmentStarted):
-                await self._speech_started()
+                await self._speech_started(ev.at_s)
             elif isinstance(ev, SegmentEnded):
-                await self._speech_ended(ev.audio, now=False)
+                await self._speech_ended(ev.audio, now=False, end_s=ev.at_s)
         if self.cfg.endpointing == "vad":
             await self._partial()
 
     async def _finalise_now(self) -> None:
         if self.cfg.endpointing == "manual":
             if self.manual:
-                await self._speech_ended(bytes(self.manual), now=True)
+                await self._speech_ended(bytes(self.manual), now=True, end_s=self.vad.audio_s)
             self.manual = None
             return
         seg = self.vad.force_end()
         if seg is not None:
-            await self._speech_ended(seg.audio, now=True)
+            await self._speech_ended(seg.audio, now=True, end_s=seg.at_s)
         else:
             await self._send_due(force=True)
 
@@ -547,7 +613,7 @@ class _SttConnection:
                 if self.vad.in_speech and time.monotonic() - last_rx >= self.IDLE_END_S:
                     seg = self.vad.force_end()
                     if seg is not None:
-                        await self._speech_ended(seg.audio, now=False)
+                        await self._speech_ended(seg.audio, now=False, end_s=seg.at_s)
                 continue
             last_rx = time.monotonic()
             if message["type"] == "websocket.disconnect":
@@ -591,6 +657,9 @@ class _SttConnection:
         elif event == "speech_start":
             if self.cfg.endpointing == "manual":
                 self.manual = bytearray()
+                timed = self._find_timed()
+                if timed is not None:
+                    timed.begin(self.vad.audio_s)
         elif event == "speech_end":
             if self.cfg.endpointing == "manual":
                 await self._finalise_now()
@@ -641,6 +710,8 @@ class _SttConnection:
         if lang is not None:
             self.cfg.language = lang
             self.session.default_language = _our_language(lang)
+            if self.timed is not None:
+                self.timed.default_language = _our_language(lang)
         if st is not None:
             self.cfg.stream_type = st
         if sil is not None:
@@ -686,6 +757,7 @@ def create_stt_app(library: TranscriptLibrary, dice: Dice, *, api_key: str | Non
     state = EmulatorState(dice, api_key)
     app.state.emulator = state
     _add_control_routes(app, state)
+    _add_transcript_routes(app, state)
     add_stt_routes(app, library, state)
     return app
 
@@ -704,6 +776,7 @@ def create_app(
     state = EmulatorState(dice, api_key)
     app.state.emulator = state
     _add_control_routes(app, state)
+    _add_transcript_routes(app, state)
     add_stt_routes(app, library, state)
     add_tts_routes(app, state, pace=pace, idle_timeout_s=idle_timeout_s, hang_s=hang_s)
     return app

@@ -13,6 +13,12 @@ the segment covers. The covered fraction of the utterance's voiced time picks th
 to word boundaries, so that a caller who pauses mid-sentence (two segments) gets two finals that
 concatenate to exactly the scripted text (:func:`split_words`, :class:`TranscriptSession`).
 
+A fixture marked ``stt: transcripts`` (a recorded call, whose audio no script produced) is not
+matched: the replayer registers the call's utterances (reviewed text, language, and where the
+speech lies in each slice, :func:`timed_plan`) for its call SID, and :class:`TimedTranscripts`
+says them by timing: a segment that starts after the current utterance's slice has passed is the
+next utterance; within one utterance, the words follow the share of its voiced time heard so far.
+
 Everything here is sans-I/O and synchronous.
 """
 
@@ -20,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +53,12 @@ __all__ = [
     "synthetic_speech",
     "SegmentEnded",
     "SegmentStarted",
+    "TimedCursor",
+    "TimedTranscriptSession",
+    "TimedTranscripts",
+    "TimedUtterance",
+    "parse_plan",
+    "timed_plan",
 ]
 
 UNRECOGNISED = "(unrecognised speech)"
@@ -341,6 +353,223 @@ class TranscriptSession:
             return None
         text = self._span(m, False)
         return (text, m.language) if text else None
+
+
+# ---------------------------------------------------------------- reviewed transcripts by timing
+
+TIMING_SLACK_S = 0.05  # a VAD frame or two of disagreement about where speech starts or ends
+MAX_PLAN_UTTERANCES = 2000
+MAX_PLAN_TEXT = 10_000  # characters per utterance
+MAX_PLAN_MS = 3_600_000  # an utterance's slice: at most an hour
+
+
+@dataclass(frozen=True)
+class TimedUtterance:
+    """One utterance of a call replayed by timing: its reviewed words, and where speech lies in its
+    slice of the fixture's audio as this module's VAD hears it (ms from the slice's start)."""
+
+    text: str
+    language: str | None
+    duration_ms: int  # the slice
+    speech_ms: tuple[int, int]  # start of the first voiced frame, end of the last
+    voiced_ms: int  # voiced frames in the slice (0: the emulator will not hear it)
+
+    @classmethod
+    def of(cls, ulaw: bytes, text: str, language: str | None) -> TimedUtterance:
+        voiced = np.flatnonzero(voiced_mask(canonical_ulaw(ulaw)))
+        duration = len(ulaw) // 8
+        if not len(voiced):
+            return cls(text, language, duration, (0, duration), 0)
+        span = (int(voiced[0]) * 10, (int(voiced[-1]) + 1) * 10)
+        return cls(text, language, duration, span, len(voiced) * 10)
+
+    def as_json(self) -> dict:
+        return {
+            "text": self.text,
+            "language": self.language,
+            "duration_ms": self.duration_ms,
+            "speech_ms": list(self.speech_ms),
+            "voiced_ms": self.voiced_ms,
+        }
+
+
+def timed_plan(fixture: Fixture) -> list[TimedUtterance]:
+    """The fixture's audio utterances (not its keypad items), in the order the caller plays them."""
+    script = fixture.script
+    return [
+        TimedUtterance.of(fixture.utterance_audio(u), u.text or "", script.language_of(u))
+        for u in script.utterances
+        if not u.is_dtmf
+    ]
+
+
+def _ms(value: object, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_PLAN_MS:
+        raise ValueError(f"{what} must be an integer of milliseconds in 0-{MAX_PLAN_MS}, got {value!r}")
+    return value
+
+
+def parse_plan(items: object) -> list[TimedUtterance]:
+    """A plan as JSON (a list of :meth:`TimedUtterance.as_json`) -> utterances; ValueError saying
+    which field of which item is wrong."""
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_PLAN_UTTERANCES:
+        raise ValueError(f"utterances must be a list of 1-{MAX_PLAN_UTTERANCES} objects")
+    out = []
+    for i, item in enumerate(items):
+        where = f"utterances[{i}]"
+        if not isinstance(item, dict):
+            raise ValueError(f"{where} must be an object")
+        text, language = item.get("text"), item.get("language")
+        if not isinstance(text, str) or len(text) > MAX_PLAN_TEXT:
+            raise ValueError(f"{where}.text must be a string of at most {MAX_PLAN_TEXT} characters")
+        if language is not None and (not isinstance(language, str) or not 0 < len(language) <= 16):
+            raise ValueError(f"{where}.language must be a language code or null")
+        duration = _ms(item.get("duration_ms"), f"{where}.duration_ms")
+        span = item.get("speech_ms")
+        if not isinstance(span, list) or len(span) != 2:
+            raise ValueError(f"{where}.speech_ms must be [start, end]")
+        start, end = (_ms(v, f"{where}.speech_ms") for v in span)
+        voiced = _ms(item.get("voiced_ms"), f"{where}.voiced_ms")
+        if not start <= end <= duration or voiced > end - start:
+            raise ValueError(f"{where}: speech_ms and voiced_ms must lie within duration_ms")
+        out.append(TimedUtterance(text, language, duration, (start, end), voiced))
+    return out
+
+
+@dataclass(frozen=True)
+class TimedCursor:
+    """How far a call's transcripts have gone: the utterance being said, and of it the words and
+    voiced time that finals have covered, and where in its slice the last final ended."""
+
+    utterance: int = 0
+    words: int = 0
+    voiced_ms: int = 0
+    position_ms: int | None = None  # None: no final of this utterance yet
+
+
+class TimedTranscripts:
+    """One call's reviewed words, said by timing; shared by the call's STT connections (a socket
+    that drops is replaced, and the new one carries on from the last final the old one sent)."""
+
+    def __init__(self, utterances: list[TimedUtterance]) -> None:
+        self.utterances = utterances
+        self.committed = TimedCursor()
+        self.finals = 0
+
+    def session(self, default_language: str | None = None) -> TimedTranscriptSession:
+        return TimedTranscriptSession(self, default_language)
+
+    def commit(self, cursor: TimedCursor) -> None:
+        """A final was sent: a later connection starts from here."""
+        self.finals += 1
+        key = (cursor.utterance, cursor.words, cursor.voiced_ms)
+        if key >= (self.committed.utterance, self.committed.words, self.committed.voiced_ms):
+            self.committed = cursor
+
+    @property
+    def said(self) -> int:
+        """Utterances whose every word has been sent in a final."""
+        c = self.committed
+        if c.position_ms is None:  # no final sent yet
+            return 0
+        done = c.utterance
+        if done < len(self.utterances) and c.words >= len(self.utterances[done].text.split()):
+            done += 1
+        return done
+
+
+def _voiced_ms(ulaw: bytes | np.ndarray) -> int:
+    return int(voiced_mask(canonical_ulaw(ulaw)).sum()) * 10
+
+
+class TimedTranscriptSession:
+    """One STT connection's view of a :class:`TimedTranscripts`. Times are the connection's audio
+    time (seconds of audio received), as :class:`VadSegmenter` reports them."""
+
+    def __init__(self, plan: TimedTranscripts, default_language: str | None = None) -> None:
+        self.plan = plan
+        self.default_language = default_language
+        self.cursor = plan.committed
+        self.anchor_s: float | None = None  # where the current utterance's slice began, in audio time
+        self.in_segment = False
+
+    def _skip_unheard(self) -> None:
+        utts = self.plan.utterances
+        while self.cursor.utterance < len(utts) and utts[self.cursor.utterance].voiced_ms == 0:
+            self.cursor = TimedCursor(self.cursor.utterance + 1)
+
+    def current(self) -> TimedUtterance | None:
+        i = self.cursor.utterance
+        return (
+            self.plan.utterances[i] if self.anchor_s is not None and i < len(self.plan.utterances) else None
+        )
+
+    def begin(self, at_s: float) -> None:
+        """A speech segment starts at ``at_s``: the current utterance's, or the next one's."""
+        self.in_segment = True
+        c = self.cursor
+        utts = self.plan.utterances
+        if c.utterance >= len(utts):
+            return
+        u = utts[c.utterance]
+        if self.anchor_s is not None and at_s < self.anchor_s + u.duration_ms / 1000 + TIMING_SLACK_S:
+            return  # its slice is still playing: a pause inside the utterance
+        if self.anchor_s is None and c.position_ms is not None and c.words < len(u.text.split()):
+            # A new connection in the middle of an utterance (the runtime replays the audio after
+            # the last final it got): carry on from where that final ended.
+            self.anchor_s = at_s - c.position_ms / 1000
+            return
+        if c.position_ms is not None:  # that utterance was said: this is the next one
+            if c.words < len(u.text.split()):
+                log.info("transcripts: utterance %d ended with words unsaid", c.utterance)
+            self.cursor = TimedCursor(c.utterance + 1)
+        self._skip_unheard()
+        if self.cursor.utterance >= len(utts):
+            self.anchor_s = None
+            return
+        self.anchor_s = at_s - utts[self.cursor.utterance].speech_ms[0] / 1000
+
+    def _words(self, u: TimedUtterance, covered_ms: int, last: bool, final: bool) -> tuple[int, int]:
+        n = len(u.text.split())
+        start = self.cursor.words
+        if last:
+            end = n
+        else:
+            end = _round_index(min(1.0, covered_ms / u.voiced_ms) if u.voiced_ms else 1.0, n)
+        return start, min(n, max(end, start + 1 if final else start))
+
+    def final(self, ulaw: bytes | np.ndarray, end_s: float) -> tuple[str, str | None]:
+        """(text, language) of a finished segment whose last voiced frame ended at ``end_s``."""
+        if not self.in_segment:  # a flush without a segment start (manual endpointing)
+            self.begin(max(0.0, end_s - len(ulaw) / 8000))
+        self.in_segment = False
+        u = self.current()
+        if u is None:
+            return UNRECOGNISED, self.default_language
+        assert self.anchor_s is not None
+        covered = self.cursor.voiced_ms + _voiced_ms(ulaw)
+        last = (
+            end_s >= self.anchor_s + u.speech_ms[1] / 1000 - TIMING_SLACK_S
+            or covered >= u.voiced_ms - TIMING_SLACK_S * 1000
+        )
+        start, end = self._words(u, covered, last, final=True)
+        position = max(0, round((end_s - self.anchor_s) * 1000))
+        self.cursor = TimedCursor(self.cursor.utterance, end, min(covered, u.voiced_ms), position)
+        return " ".join(u.text.split()[start:end]), u.language or self.default_language
+
+    def partial(self, ulaw: bytes | np.ndarray) -> tuple[str, str | None] | None:
+        """(text so far, language) of the segment in progress; None before its first words."""
+        u = self.current()
+        if u is None:
+            return None
+        start, end = self._words(u, self.cursor.voiced_ms + _voiced_ms(ulaw), last=False, final=False)
+        text = " ".join(u.text.split()[start:end])
+        return (text, u.language or self.default_language) if text else None
+
+    def checkpoint(self) -> Callable[[], None]:
+        """What to call once the final just made has been sent."""
+        cursor = self.cursor
+        return lambda: self.plan.commit(cursor)
 
 
 # ---------------------------------------------------------------- server-side VAD
