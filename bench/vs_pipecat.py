@@ -145,7 +145,9 @@ async def run_pipecat(
             async with serve_app(app) as url:
                 for name in names:
                     result = await dial(load(name), f"{ws_url(url)}/twilio/stream", agent_wait_s=8)
-                    record = bot.calls[-1] if bot.calls else {"turns": [], "usage": []}
+                    record = bot.calls[-1] if bot.calls else {"turns": [], "usage": [], "done": None}
+                    if record["done"] is not None:  # the bot's pipeline ends a moment after the call
+                        await asyncio.wait_for(record["done"].wait(), 10)
                     if system == "pipecat_voxroute":
                         cost = sum(t["usage"].get("cost_usd", 0.0) for t in record["turns"])
                     else:

@@ -134,7 +134,7 @@ class PipecatBot:
         self.sarvam_url = sarvam_url
         self.openrouter_url = openrouter_url
         self.system = system
-        self.calls: list[dict] = []  # per call: {"turns", "bridges", "usage"}
+        self.calls: list[dict] = []  # per call: {"turns", "bridges", "usage", "done": set once filled}
 
     def _llm(self):
         from pipecat.pipeline.llm_switcher import LLMSwitcher
@@ -207,7 +207,7 @@ class PipecatBot:
         )
         llm = self._llm()
         usage = Stopwatch()  # after the LLM: its metrics frames (the usage of plain Pipecat's services)
-        record = {"turns": [], "bridges": 0, "usage": []}
+        record = {"turns": [], "bridges": 0, "usage": [], "done": asyncio.Event()}
         self.calls.append(record)
         async with aiohttp.ClientSession() as http:
             tts = SarvamHttpTTSService(
@@ -249,3 +249,4 @@ class PipecatBot:
                     for d in usage.metrics
                     if isinstance(d, LLMUsageMetricsData)
                 ]
+                record["done"].set()
