@@ -127,43 +127,33 @@ async def run_voxroute(names: list[str], profile: str, seed: int, config: Config
 async def run_pipecat(
     names: list[str], profile: str, seed: int, config: Config, budget: int, system: str
 ) -> list[dict]:
-    from fastapi import FastAPI
-
-    from agent.integrations.pipecat.harness import PipecatBot
-    from agent.runtime import build_services, emulator_options
+    from agent.integrations.pipecat.harness import served_bot
     from emulators.carrier import dial
-    from emulators.serve import serve_app, ws_url
-    from emulators.stack import run_emulators
 
     prices = _prices(config)
     calls = []
-    async with run_emulators(profile, seed, **emulator_options(config)) as stack:
-        async with build_services(config, stack.urls) as services:
-            bot = PipecatBot(services, stack.sarvam_url, stack.openrouter_url, system=system)
-            app = FastAPI()
-            app.add_api_websocket_route("/twilio/stream", bot.call)
-            async with serve_app(app) as url:
-                for name in names:
-                    result = await dial(load(name), f"{ws_url(url)}/twilio/stream", agent_wait_s=8)
-                    record = bot.calls[-1] if bot.calls else {"turns": [], "usage": [], "done": None}
-                    if record["done"] is not None:  # the bot's pipeline ends a moment after the call
-                        await asyncio.wait_for(record["done"].wait(), 10)
-                    if system == "pipecat_voxroute":
-                        cost = sum(t["usage"].get("cost_usd", 0.0) for t in record["turns"])
-                    else:
-                        cost = sum(
-                            (p * prices.get(m, (0, 0))[0] + c * prices.get(m, (0, 0))[1]) / 1e6
-                            for m, p, c in record["usage"]
-                        )
-                    calls.append(
-                        {
-                            "fixture": name,
-                            "turns": carrier_turns(result.as_dict(), budget),
-                            "completed": result.completed and result.closed_by == "carrier",
-                            "duration_s": result.duration_s,
-                            "cost_usd": cost,
-                        }
-                    )
+    async with served_bot(system, profile, seed, config) as (bot, stream):
+        for name in names:
+            result = await dial(load(name), stream, agent_wait_s=8)
+            record = bot.calls[-1] if bot.calls else {"turns": [], "usage": [], "done": None}
+            if record["done"] is not None:  # the bot's pipeline ends a moment after the call
+                await asyncio.wait_for(record["done"].wait(), 10)
+            if system == "pipecat_voxroute":
+                cost = sum(t["usage"].get("cost_usd", 0.0) for t in record["turns"])
+            else:
+                cost = sum(
+                    (p * prices.get(m, (0, 0))[0] + c * prices.get(m, (0, 0))[1]) / 1e6
+                    for m, p, c in record["usage"]
+                )
+            calls.append(
+                {
+                    "fixture": name,
+                    "turns": carrier_turns(result.as_dict(), budget),
+                    "completed": result.completed and result.closed_by == "carrier",
+                    "duration_s": result.duration_s,
+                    "cost_usd": cost,
+                }
+            )
     return calls
 
 

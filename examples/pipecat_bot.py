@@ -33,29 +33,18 @@ import argparse
 import asyncio
 import logging
 
-from fastapi import FastAPI
-
 from agent.config import load_config
 from agent.fixture import load
-from agent.integrations.pipecat.harness import SYSTEMS, PipecatBot
-from agent.runtime import build_services, emulator_options
+from agent.integrations.pipecat.harness import SYSTEMS, served_bot
 from emulators.carrier import dial
-from emulators.serve import serve_app, ws_url
-from emulators.stack import run_emulators
 
 
 async def main(fixture: str, profile: str, seed: int, system: str) -> None:
     config = load_config()
     config.call_log.enabled = False
-    async with run_emulators(profile, seed, **emulator_options(config)) as stack:
-        async with build_services(config, stack.urls) as services:
-            bot = PipecatBot(services, stack.sarvam_url, stack.openrouter_url, system=system)
-            app = FastAPI()
-            app.add_api_websocket_route("/twilio/stream", bot.call)
-            async with serve_app(app) as url:
-                stream = f"{ws_url(url)}/twilio/stream"
-                print(f"{system} bot on {stream}; dialling {fixture} ({profile}, seed {seed})")
-                result = await dial(load(fixture), stream, agent_wait_s=8)
+    async with served_bot(system, profile, seed, config) as (bot, stream):
+        print(f"{system} bot on {stream}; dialling {fixture} ({profile}, seed {seed})")
+        result = await dial(load(fixture), stream, agent_wait_s=8)
     call = bot.calls[0] if bot.calls else {"turns": [], "bridges": 0}
     for turn in call["turns"]:
         route = turn["route"] or {}

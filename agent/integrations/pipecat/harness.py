@@ -108,6 +108,24 @@ async def emulated(
             yield stack, services
 
 
+@contextlib.asynccontextmanager
+async def served_bot(
+    system: str, profile: str = "zero", seed: int = 0, config: Config | None = None
+) -> AsyncIterator[tuple[PipecatBot, str]]:
+    """A :class:`PipecatBot` on the emulators, served on 127.0.0.1 (port 0): yields the bot and the
+    websocket URL of its Twilio media stream route."""
+    from fastapi import FastAPI
+
+    from emulators.serve import serve_app, ws_url
+
+    async with emulated(profile, seed, config) as (stack, services):
+        bot = PipecatBot(services, stack.sarvam_url, stack.openrouter_url, system=system)
+        app = FastAPI()
+        app.add_api_websocket_route("/twilio/stream", bot.call)
+        async with serve_app(app) as url:
+            yield bot, f"{ws_url(url)}/twilio/stream"
+
+
 # ---------------------------------------------------------------- a whole Pipecat phone bot
 
 SYSTEMS = ("pipecat", "pipecat_voxroute")
