@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from agent.fixture import Fixture, write_ulaw_wav
-from emulators.carrier import FRAME_MS, CallIds, CarrierResult, FakeTwilioCall
+from emulators.carrier import FRAME_MS, BeforeStream, CallIds, CarrierResult, FakeTwilioCall
 from telephony.audio import ULAW_DEC
 from telephony.sip import rtp, sdp
 from telephony.sip.message import parse_uri
@@ -47,6 +47,7 @@ from telephony.sip.ua import (
     IncomingRefer,
     Send,
     UserAgent,
+    new_call_id,
 )
 
 log = logging.getLogger(__name__)
@@ -206,11 +207,12 @@ class SipPhone:
         on_packet: Callable[[rtp.RtpPacket, float], None] | None = None,
         codecs: list[tuple[int, str]] | None = None,
         offer_port: int | None = None,
+        call_id: str | None = None,
     ) -> PhoneCall:
         """INVITE ``target`` (``sip:user@host:port``); returns once the INVITE is sent.
 
         ``offer_port``: offer another local RTP port than the call's own socket (the benchmark
-        receives on sockets of its own)."""
+        receives on sockets of its own). ``call_id``: the Call-ID to use (``new_call_id``)."""
         loop = asyncio.get_running_loop()
         uri = parse_uri(target)
         proto = _Rtp()
@@ -224,6 +226,7 @@ class SipPhone:
             loop.time(),
             from_user=from_user,
             headers=list(headers),
+            call_id=call_id,
         )
         pc = PhoneCall(self, call, transport, on_packet)
         proto.call = pc
@@ -287,12 +290,14 @@ async def dial(
     custom_parameters: dict | None = None,
     agent_wait_s: float = 20.0,
     call_sid: str | None = None,
+    before_stream: BeforeStream | None = None,
 ) -> CarrierResult:
     """Dial ``fixture`` into the runtime's SIP UA at ``sip_url`` (``sip:agent@127.0.0.1:5060``).
 
     The same signature and result as ``emulators.carrier.dial``; ``auth_token``, ``public_url`` and
     ``call_sid`` have no SIP meaning (the runtime's call sid derives from our Call-ID). RTP is real
-    time, so ``speed`` other than 1 is refused.
+    time, so ``speed`` other than 1 is refused. ``before_stream(call_sid)`` is awaited with the
+    runtime's call id before the INVITE goes out (the Call-ID is chosen first for that).
     """
     if speed != 1.0:
         raise ValueError("the SIP carrier plays RTP in real time only (speed 1)")
@@ -312,12 +317,16 @@ async def dial(
             inbound.put_nowait(packet.payload)
 
     async with SipPhone.running() as phone:
+        call_id = new_call_id(phone.host)
+        if before_stream is not None:
+            await before_stream(call_sid_for(call_id))
         pc = await phone.call(
             sip_url,
             from_user=fixture.script.from_.lstrip("+") or "caller",
             headers=headers,
             on_packet=on_packet,
             codecs=[(0, "PCMU")],
+            call_id=call_id,
         )
         state["call"] = pc
         ids = CallIds(call_sid=call_sid_for(pc.call.call_id), stream_sid=pc.call.call_id, account_sid="SIP")
@@ -409,10 +418,17 @@ async def dial_for_replay(
     speed: float = 1.0,
     record_path: Path | None = None,
     agent_wait_s: float = 20.0,
+    before_stream: BeforeStream | None = None,
     **_carrier_setup: Any,  # http, public_base_url, secrets_: the web carriers' call set-up; SIP has none
 ) -> CarrierResult:
     """``emulators.carriers.DIALERS["sip"]``: the replay's dialer signature, over SIP/RTP.
     RTP plays in real time: a faster ``speed`` (``replay --fast``) is logged and not applied."""
     if speed != 1.0:
         log.info("SIP replay of %s: RTP plays in real time, ignoring speed %.1f", fixture.name, speed)
-    return await dial(fixture, sip_url_for(server_url), record_path=record_path, agent_wait_s=agent_wait_s)
+    return await dial(
+        fixture,
+        sip_url_for(server_url),
+        record_path=record_path,
+        agent_wait_s=agent_wait_s,
+        before_stream=before_stream,
+    )

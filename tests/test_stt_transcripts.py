@@ -320,3 +320,22 @@ async def test_two_recorded_calls_at_once_each_get_their_own_words(tmp_path):
         )
     for call, fixture in zip(calls, fixtures, strict=True):
         assert_replayed_with_its_words(call, fixture, fixture)
+
+
+async def test_a_recorded_call_replays_with_its_words_over_sip(tmp_path):
+    """The SIP dialler chooses its Call-ID first, so the runtime's call id is known and the
+    words registered before the INVITE: the same turns and routes as over Twilio."""
+    source = load("order_status")
+    fixture = recorded_copy("order_status", tmp_path, seed=5)
+    fixture.script = fixture.script.model_copy(update={"utterances": fixture.script.utterances[:2]})
+    from agent.replay import local_stack, replay_fixture
+
+    async with local_stack("reference", 0, [fixture], sip=True) as stack:
+        result = await replay_fixture(fixture, stack.server_url, config=stack.config, carrier="sip")
+        call = stack.services.call_json(result["call_sid"])
+    assert result["carrier"]["completed"] and not result["carrier"]["errors"], result["carrier"]["errors"]
+    assert result["stt_transcripts"]["said"] == 2, result["stt_transcripts"]
+    assert call is not None and call["carrier"] == "sip" and call["ended"] == "completed"
+    texts, classes = expected(source)
+    assert [" ".join(t["transcript"].split()) for t in call["turns"]] == texts[:2]
+    assert [t["route"]["class"] for t in call["turns"]] == classes[:2]

@@ -634,11 +634,13 @@ class UserAgent:
         *,
         from_user: str = "caller",
         headers: list[tuple[str, str]] = (),
+        call_id: str | None = None,
     ) -> tuple[Call, list[Action]]:  # type: ignore[assignment]
-        """Place a call (uac) to ``target`` via ``addr`` with an SDP offer ``body``."""
+        """Place a call (uac) to ``target`` via ``addr`` with an SDP offer ``body``.
+        ``call_id``: one chosen beforehand (:func:`new_call_id`), when the caller must know it first."""
         host, port = self.local_addr
         call = Call(
-            call_id=new_call_id(host),
+            call_id=call_id or new_call_id(host),
             role="uac",
             local=NameAddr("", f"sip:{from_user}@{host_port(host, port)}", {"tag": new_tag()}),
             remote=NameAddr("", target, {}),
