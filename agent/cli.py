@@ -193,6 +193,13 @@ def replay(
         typer.Option("--local", help="embedded offline STT/TTS (voxroute[local]) instead of emulated Sarvam"),
     ] = False,
     carrier: Annotated[DialCarrier, typer.Option("--carrier", help="the fake carrier that dials")] = "twilio",
+    stt_emulator: Annotated[
+        str | None,
+        typer.Option(
+            help="with --server: the Sarvam emulator that server uses (its base URL), so fixtures marked "
+            "'stt: transcripts' are said with their reviewed words"
+        ),
+    ] = None,
     check: Annotated[
         bool,
         typer.Option(
@@ -223,6 +230,7 @@ def replay(
                 on_call_done=print_call,
                 stack="local" if local else "emulated",
                 carrier=carrier,
+                stt_emulator=stt_emulator,
             )
         )
     except (ConfigError, FixtureError, ValueError, RuntimeError) as exc:

@@ -332,7 +332,11 @@ async def replay(
     on_call_done=None,
     stack: str = "emulated",
     carrier: str = "twilio",
+    stt_emulator: str | None = None,
 ) -> dict[str, Any]:
+    """Replay ``names`` through ``server`` (or a local stack started here). ``stt_emulator``: with
+    ``server``, the base URL of the Sarvam emulator that server uses (``serve --dev --emulators``),
+    so that fixtures marked ``stt: transcripts`` are said with their reviewed words."""
     check_dialable(carrier)  # a clear error before anything starts
     fixtures = [load(n) for n in names]
     config = config or load_config()
@@ -342,7 +346,13 @@ async def replay(
     async def run_all(url: str) -> None:
         for fixture in fixtures:
             call = await replay_fixture(
-                fixture, url, speed=speed, record_dir=record_dir, config=config, carrier=carrier
+                fixture,
+                url,
+                speed=speed,
+                record_dir=record_dir,
+                config=config,
+                carrier=carrier,
+                stt_emulator=f"{stt_emulator.rstrip('/')}/_emulator/stt" if stt_emulator and server else None,
             )
             calls.append(call)
             if on_call_done is not None:

@@ -339,3 +339,22 @@ async def test_a_recorded_call_replays_with_its_words_over_sip(tmp_path):
     texts, classes = expected(source)
     assert [" ".join(t["transcript"].split()) for t in call["turns"]] == texts[:2]
     assert [t["route"]["class"] for t in call["turns"]] == classes[:2]
+
+
+async def test_a_server_started_elsewhere_gets_the_words_through_stt_emulator(tmp_path, monkeypatch):
+    """``voxroute replay --server URL --stt-emulator SARVAM_URL``: the replayer knows the server
+    only by its URL, and the Sarvam emulator it uses only from the option."""
+    from agent import replay as replay_module
+
+    fixture = recorded_copy("order_status", tmp_path, seed=9)
+    async with replay_module.local_stack("reference", 0, [fixture]) as stack:
+        monkeypatch.setattr(replay_module, "_STT_CONTROL", {})  # as if the server ran elsewhere
+        result = await replay_module.replay(
+            [str(fixture.json_path)],
+            server=stack.server_url,
+            fast=True,
+            config=stack.config,
+            stt_emulator=stack.emulators.sarvam_url,
+        )
+    [call] = result["calls"]
+    assert_replayed_with_its_words(call, fixture, load("order_status"))
