@@ -23,7 +23,9 @@ When is the agent "done"? The runtime names its marks ``"<turn>:<chunk>"`` and s
 ``"<turn>:end"`` after a reply's last audio. A reply to caller item *i* has finished when the
 carrier echoes a mark ending in ``":end"`` after item *i* finished playing; it began when agent
 audio starts playing after item *i* finished (audio queued after that moment, or audio after
-the buffer was idle).
+the buffer was idle). A bot that sends no marks (Pipecat's own Twilio serializer) can be dialled
+with ``end_silence_s``: its reply is over when nothing has played for that long, as the fake SIP
+phone decides (a caller who hears the line fall quiet).
 """
 
 from __future__ import annotations
@@ -283,10 +285,13 @@ class FakeCarrierCall:
         ids: CallIds,
         custom_parameters: dict[str, str] | None = None,
         agent_wait_s: float = 20.0,
+        end_silence_s: float | None = None,
     ) -> None:
         self.fixture = fixture
         self.ids = ids
         self.agent_wait_s = agent_wait_s  # carrier seconds
+        self.end_silence_s = end_silence_s  # None: a reply ends with its ":end" mark only
+        self._quiet_s = 0.0  # carrier seconds since agent audio last played
         script = fixture.script
         self.custom_parameters = {
             "tenant": script.tenant,
@@ -439,6 +444,17 @@ class FakeCarrierCall:
         if n < FRAME_BYTES:
             self._recording += bytes([SILENCE_BYTE]) * (FRAME_BYTES - n)
         self._playing = n > 0
+        if self.end_silence_s is not None:
+            self._quiet_s = 0.0 if n else self._quiet_s + FRAME_MS / 1000
+            w = self._watch
+            if (
+                w.reply_started_at is not None
+                and w.reply_finished_at is None
+                and self._quiet_s + _EPS >= self.end_silence_s
+            ):
+                w.reply_finished_at = t
+                if w.item is not None:
+                    w.item.reply_finished_at = t
         # 4. end of the script
         if self._tail_until is None and self._script_done(t):
             self._tail_until = t + TAIL_S
@@ -686,19 +702,25 @@ async def dial(
     agent_wait_s: float = 20.0,
     call_sid: str | None = None,
     before_stream: BeforeStream | None = None,
+    end_silence_s: float | None = None,
 ) -> CarrierResult:
     """Dial ``fixture`` into the runtime's Twilio stream endpoint at ``ws_url`` and play it out.
 
     ``speed`` > 1 runs the carrier clock faster than real time. ``agent_wait_s`` is wall-clock
     time to wait for the agent before moving on (an error note is recorded). A rejected upgrade
     returns a result with ``closed_by="handshake"`` and the HTTP status as ``close_code``.
-    ``before_stream``: see :func:`run_fake_call`.
+    ``before_stream``: see :func:`run_fake_call`. ``end_silence_s``: for a bot that sends no marks,
+    the carrier seconds of quiet that end its reply.
     """
     if speed <= 0:
         raise ValueError("speed must be > 0")
     ids = make_ids(call_sid)
     call = FakeTwilioCall(
-        fixture, ids=ids, custom_parameters=custom_parameters, agent_wait_s=agent_wait_s * speed
+        fixture,
+        ids=ids,
+        custom_parameters=custom_parameters,
+        agent_wait_s=agent_wait_s * speed,
+        end_silence_s=end_silence_s,
     )
     headers: dict[str, str] = {}
     if auth_token:

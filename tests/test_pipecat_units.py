@@ -114,6 +114,10 @@ def test_the_serializer_needs_a_started_stream():
 # ---------------------------------------------------------------- heard text, into Pipecat's context
 
 
+def sent_marks(up) -> list[str]:
+    return [f.message["voxroute_mark"] for f in up if isinstance(f, OutputTransportMessageUrgentFrame)]
+
+
 def tts_text(text: str) -> TTSTextFrame:
     frame = TTSTextFrame(text, text_type="sentence")
     frame.append_to_context = True
@@ -139,8 +143,8 @@ async def test_after_an_interruption_the_context_keeps_only_the_chunks_whose_mar
         MarkEchoFrame(mark="heard-3"),
     ]
     down, up = await run_test(Pipeline([heard, pair.assistant()]), frames_to_send=frames)
-    marks = [f.message["voxroute_mark"] for f in up if isinstance(f, OutputTransportMessageUrgentFrame)]
-    assert marks == ["heard-1", "heard-2", "heard-3"]
+    # the whole reply had gone out (its end came through the output transport): its end mark too
+    assert sent_marks(up) == ["heard-1", "heard-2", "heard-3", "reply-1:end"]
     assert context.get_messages()[-1] == {
         "role": "assistant",
         "content": f"Order A17 has shipped. {INTERRUPTED_MARK}",
@@ -164,9 +168,11 @@ async def test_without_an_interruption_the_reply_goes_to_the_context_once_heard(
         MarkEchoFrame(mark="heard-1"),
         MarkEchoFrame(mark="heard-2"),
     ]
-    down, _ = await run_test(Pipeline([heard, pair.assistant()]), frames_to_send=frames)
+    down, up = await run_test(Pipeline([heard, pair.assistant()]), frames_to_send=frames)
     assert context.get_messages()[-1] == {"role": "assistant", "content": "Hello. How can I help?"}
     assert heard.interruptions == []
+    # after the reply's last audio, the end mark the fake carrier (and voxroute's player) use
+    assert sent_marks(up) == ["heard-1", "heard-2", "reply-1:end"]
 
 
 async def test_nothing_heard_leaves_no_assistant_message():
@@ -180,9 +186,11 @@ async def test_nothing_heard_leaves_no_assistant_message():
         InterruptionFrame(),
         SleepFrame(0.05),
         MarkEchoFrame(mark="heard-1"),
+        LLMFullResponseEndFrame(),
     ]
-    down, _ = await run_test(Pipeline([heard, pair.assistant()]), frames_to_send=frames)
+    down, up = await run_test(Pipeline([heard, pair.assistant()]), frames_to_send=frames)
     assert context.get_messages() == [{"role": "user", "content": "Hi"}]
+    assert sent_marks(up) == ["heard-1"]  # a cut reply has no end, even if its end frame comes late
     assert not any(isinstance(f, LLMMessagesTransformFrame) for f in down)
     assert heard.interruptions == [{"heard": "", "dropped": "Hello."}]
 

@@ -13,6 +13,9 @@ that was still in Twilio's buffer when ``clear`` threw it away. Here:
   it does when the audio has played. When an interruption clears the buffer, the text whose mark
   had not come back is dropped, and what was heard goes to the context followed by voxroute's
   ``[interrupted by the caller]``, as in voxroute's own calls. ``interruptions`` reports each one.
+  After a response's last audio it asks for a mark named ``"reply-<n>:end"``, as voxroute's player
+  ends a turn with ``"<turn>:end"``: its echo says the whole reply played (the fake carrier's
+  caller speaks again then).
 """
 
 from __future__ import annotations
@@ -145,6 +148,8 @@ class HeardTextProcessor(FrameProcessor):
         super().__init__(**kwargs)
         self._held: list[tuple[str | None, Frame]] = []  # (mark name of a chunk's text, frame) in order
         self._count = 0
+        self._replies = 0
+        self._in_response = False  # a response started and neither ended nor interrupted
         self._heard_in_response: list[str] = []
         self.heard: list[str] = []  # every chunk the caller heard, in order
         self.interruptions: list[dict[str, Any]] = []  # {"heard": text, "dropped": text} per clear
@@ -159,6 +164,7 @@ class HeardTextProcessor(FrameProcessor):
         elif isinstance(frame, MarkEchoFrame):
             await self._echoed(frame.mark)
         elif isinstance(frame, InterruptionFrame):
+            self._in_response = False  # cut: no end mark for it
             heard = await self._interrupted()
             await self.push_frame(frame, direction)
             if heard:
@@ -171,17 +177,31 @@ class HeardTextProcessor(FrameProcessor):
             self._count += 1
             name = f"heard-{self._count}"
             self._held.append((name, frame))
-            # Upstream to the output transport, which sends urgent messages at once: right after the
-            # audio it had sent before this chunk's text.
-            await self.push_frame(
-                OutputTransportMessageUrgentFrame(message={MARK_KEY: name}), FrameDirection.UPSTREAM
-            )
+            await self._send_mark(name)
             await self._call_event_handler("on_chunk_sent", frame.text)
-        elif isinstance(frame, SystemFrame | AudioRawFrame) or not self._held:
+        else:
+            if isinstance(frame, LLMFullResponseStartFrame):
+                self._in_response = True
+            elif isinstance(frame, LLMFullResponseEndFrame) and self._in_response:
+                # The output transport passes the response's end after its last audio went out.
+                self._in_response = False
+                self._replies += 1
+                await self._send_mark(f"reply-{self._replies}:end")
+            await self._pass_or_hold(frame, direction)
+
+    async def _pass_or_hold(self, frame: Frame, direction: FrameDirection) -> None:
+        if isinstance(frame, SystemFrame | AudioRawFrame) or not self._held:
             self._note(frame)
             await self.push_frame(frame, direction)
         else:
             self._held.append((None, frame))
+
+    async def _send_mark(self, name: str) -> None:
+        # Upstream to the output transport, which sends urgent messages at once: right after the
+        # audio it had sent before the frame that asked for the mark.
+        await self.push_frame(
+            OutputTransportMessageUrgentFrame(message={MARK_KEY: name}), FrameDirection.UPSTREAM
+        )
 
     def _note(self, frame: Frame) -> None:
         if isinstance(frame, LLMFullResponseStartFrame | LLMFullResponseEndFrame):
