@@ -44,6 +44,34 @@ class PacingStats:
 PACING = PacingStats()
 
 
+class MarkLedger:
+    """Sans-I/O: the marks sent and not yet echoed. A ``clear`` throws away the audio they follow,
+    and the carrier still echoes them, so their echoes then prove nothing. Shared by the player and
+    the Pipecat integration's heard-text processor (agent/integrations/pipecat/twilio.py)."""
+
+    __slots__ = ("_pending", "_flushed")
+
+    def __init__(self) -> None:
+        self._pending: set[str] = set()
+        self._flushed: set[str] = set()
+
+    def sent(self, name: str) -> None:
+        self._pending.add(name)
+
+    def cleared(self) -> None:
+        """The carrier was told to clear: every pending mark is flushed, not heard."""
+        self._flushed |= self._pending
+        self._pending.clear()
+
+    def echoed(self, name: str) -> bool:
+        """True if the echo proves the audio before the mark played; False if a clear flushed it."""
+        if name in self._flushed:
+            self._flushed.discard(name)
+            return False
+        self._pending.discard(name)
+        return True
+
+
 class Player:
     def __init__(
         self,
@@ -60,8 +88,7 @@ class Player:
         self._wake = asyncio.Event()
         self._played_until = 0.0  # monotonic s when everything sent so far has played
         self._generation = 0
-        self._pending_marks: set[str] = set()
-        self._flushed_marks: set[str] = set()
+        self._marks = MarkLedger()
         self._started: set[tuple[int, str]] = set()
 
     # -- what the session calls
@@ -88,18 +115,13 @@ class Player:
         """Barge-in: drop what is queued here and at the carrier; pending marks become unheard."""
         self._queue.clear()
         self._generation += 1
-        self._flushed_marks |= self._pending_marks
-        self._pending_marks.clear()
+        self._marks.cleared()
         self._played_until = time.monotonic()
         await self._link.clear()
 
     def on_mark_echo(self, name: str) -> bool:
         """True if the mark proves its audio played; False if ``clear`` flushed it."""
-        if name in self._flushed_marks:
-            self._flushed_marks.discard(name)
-            return False
-        self._pending_marks.discard(name)
-        return True
+        return self._marks.echoed(name)
 
     # -- the strand
 
@@ -110,7 +132,7 @@ class Player:
             while self._queue:
                 item = self._queue.popleft()
                 if isinstance(item, _Mark):
-                    self._pending_marks.add(item.name)
+                    self._marks.sent(item.name)
                     await self._link.send_mark(item.name)
                 else:
                     await self._send_audio(item)

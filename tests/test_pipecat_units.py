@@ -30,6 +30,7 @@ from agent.integrations.pipecat import (  # noqa: E402
     TurnDeadline,
     TwilioMarkSerializer,
 )
+from agent.player import MarkLedger  # noqa: E402
 from agent.session import INTERRUPTED_MARK  # noqa: E402
 from telephony.twilio import OutboundClear, OutboundMark, OutboundMedia, TwilioPeer, TwilioStream  # noqa: E402
 
@@ -326,3 +327,14 @@ async def test_answer_audio_before_the_deadline_keeps_the_budget_processor_quiet
     down, _ = await run_test(budget, frames_to_send=frames)
     assert (budget.bridges, budget.apologies) == (0, 0)
     assert [f.audio for f in down if isinstance(f, TTSAudioRawFrame)] == [answer.audio]
+
+
+def test_the_mark_ledger_the_player_and_the_heard_text_processor_share():
+    marks = MarkLedger()
+    marks.sent("1:0")
+    marks.sent("1:1")
+    assert marks.echoed("1:0") is True  # played
+    marks.cleared()  # barge-in: 1:1 was still queued at the carrier
+    assert marks.echoed("1:1") is False  # Twilio echoes what a clear flushed: not heard
+    marks.sent("2:0")
+    assert marks.echoed("2:0") is True  # a new reply after the clear is heard again

@@ -46,6 +46,7 @@ from pipecat.frames.frames import (
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor, FrameProcessorSetup
 from pipecat.serializers.base_serializer import FrameSerializer
 
+from agent.player import MarkLedger
 from agent.session import INTERRUPTED_MARK
 from telephony.twilio import Dtmf, Mark, Media, TwilioProtocolError, TwilioStream
 
@@ -147,6 +148,7 @@ class HeardTextProcessor(FrameProcessor):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self._held: list[tuple[str | None, Frame]] = []  # (mark name of a chunk's text, frame) in order
+        self._marks = MarkLedger()  # voxroute's player's bookkeeping: sent, flushed by a clear
         self._count = 0
         self._replies = 0
         self._in_response = False  # a response started and neither ended nor interrupted
@@ -197,6 +199,7 @@ class HeardTextProcessor(FrameProcessor):
             self._held.append((None, frame))
 
     async def _send_mark(self, name: str) -> None:
+        self._marks.sent(name)
         # Upstream to the output transport, which sends urgent messages at once: right after the
         # audio it had sent before the frame that asked for the mark.
         await self.push_frame(
@@ -208,9 +211,10 @@ class HeardTextProcessor(FrameProcessor):
             self._heard_in_response = []
 
     async def _echoed(self, name: str) -> None:
-        names = [n for n, _ in self._held if n is not None]
-        if name not in names:
-            return  # a mark a clear flushed, or not ours
+        if not self._marks.echoed(name):
+            return  # a clear flushed it: its chunk was not heard
+        if not any(n == name for n, _ in self._held):
+            return  # an end mark, or not ours
         # Marks come back in order: this one and every chunk before it played.
         upto = next(i for i, (n, _) in enumerate(self._held) if n == name)
         for i, (n, f) in enumerate(self._held[: upto + 1]):
@@ -231,6 +235,7 @@ class HeardTextProcessor(FrameProcessor):
 
     async def _interrupted(self) -> str:
         """A clear is about to empty Twilio's buffer: chunks whose marks are out were not heard."""
+        self._marks.cleared()
         dropped = [f.text for n, f in self._held if n is not None and isinstance(f, TTSTextFrame)]
         # The context's other frames behind them (the response's end) belong to the cut response.
         self._held = []
