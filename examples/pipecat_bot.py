@@ -44,7 +44,10 @@ async def main(fixture: str, profile: str, seed: int, system: str) -> None:
     config.call_log.enabled = False
     async with served_bot(system, profile, seed, config) as (bot, stream):
         print(f"{system} bot on {stream}; dialling {fixture} ({profile}, seed {seed})")
-        result = await dial(load(fixture), stream, agent_wait_s=8)
+        # plain Pipecat sends no marks: the caller takes 1.5 s of quiet for the end of a reply (as in
+        # bench/vs_pipecat.py); voxroute's serializer ends each reply with an ":end" mark
+        quiet = 1.5 if system == "pipecat" else None
+        result = await dial(load(fixture), stream, end_silence_s=quiet)
     call = bot.calls[0] if bot.calls else {"turns": [], "bridges": 0}
     for turn in call["turns"]:
         route = turn["route"] or {}

@@ -180,14 +180,20 @@ class TurnBudgetProcessor(FrameProcessor):
         self._voice_end: float | None = None  # the VAD's end of voice in the user's current turn
 
     @classmethod
-    def from_config(cls, config: Config, phrases: dict[str, Phrase], budget_ms: float | None = None, **kw):
+    def from_config(
+        cls,
+        config: Config,
+        phrases: dict[str, Phrase],
+        budget_ms: float | None = None,
+        language: str | None = None,
+        **kw,
+    ):
         """The budget settings of a voxroute config (``budget:``); ``budget_ms``: the default tenant's
-        voice budget unless given."""
+        voice budget for ``language`` (the config's unless given) unless given."""
         if budget_ms is None:
             table = config.routing_table()
-            budget_ms = table.cell(
-                "default", table.group("default", config.language), "voice", "faq"
-            ).budget_ms
+            group = table.group("default", language or config.language)
+            budget_ms = table.cell("default", group, "voice", "faq").budget_ms
         b = config.budget
         return cls(
             phrases,

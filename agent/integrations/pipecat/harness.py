@@ -1,10 +1,17 @@
 """Running one turn through a real Pipecat pipeline against voxroute's emulators on 127.0.0.1: what
-the tests (tests/test_pipecat_*.py), bench/vs_pipecat.py and examples/pipecat_bot.py share."""
+the tests (tests/test_pipecat_*.py), bench/vs_pipecat.py and examples/pipecat_bot.py share.
+
+``python -m agent.integrations.pipecat.harness --system pipecat --emulators JSON --port P`` serves a
+:class:`PipecatBot` in a process of its own (bench/vs_pipecat.py's capacity ramp), with
+``/healthz`` and voxroute's ``/debug/stats`` figures: inbound lag (caller frames against their media
+clock) and outbound lateness (the output transport's paced sends against their schedule)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import re
 import time
 from collections.abc import AsyncIterator, Sequence
 
@@ -25,6 +32,8 @@ from pipecat.workers.runner import WorkerRunner
 from agent.config import Config, load_config
 from agent.runtime import build_services, emulator_options
 from emulators.stack import EmulatorStack, run_emulators
+
+log = logging.getLogger("voxroute.pipecat")
 
 CONFIG = load_config()
 MODELS = CONFIG.routing_table().models["default"]
@@ -114,21 +123,71 @@ async def served_bot(
 ) -> AsyncIterator[tuple[PipecatBot, str]]:
     """A :class:`PipecatBot` on the emulators, served on 127.0.0.1 (port 0): yields the bot and the
     websocket URL of its Twilio media stream route."""
-    from fastapi import FastAPI
-
     from emulators.serve import serve_app, ws_url
 
     async with emulated(profile, seed, config) as (stack, services):
         bot = PipecatBot(services, stack.sarvam_url, stack.openrouter_url, system=system)
-        app = FastAPI()
-        app.add_api_websocket_route("/twilio/stream", bot.call)
-        async with serve_app(app) as url:
+        async with serve_app(bot_app(bot)) as url:
             yield bot, f"{ws_url(url)}/twilio/stream"
+
+
+def bot_app(bot: PipecatBot, stats: bool = False):
+    """A FastAPI app with the bot's Twilio media stream route (``/twilio/stream``); ``stats``: also
+    ``/healthz`` and voxroute's ``/debug/stats`` and ``/debug/stats/reset`` (agent/metrics.py)."""
+    from fastapi import FastAPI
+
+    from agent import metrics
+
+    app = FastAPI()
+    app.add_api_websocket_route("/twilio/stream", bot.call)
+    if stats:
+        app.add_api_route("/healthz", lambda: {"ok": True})
+        app.add_api_route("/debug/stats", metrics.snapshot)
+        app.add_api_route("/debug/stats/reset", lambda: metrics.reset() or {"ok": True}, methods=["POST"])
+    return app
+
+
+_TIMESTAMP = re.compile(r'"timestamp"\s*:\s*"?(\d+)')
+
+
+def measure_inbound(serializer) -> None:
+    """Record each caller frame's lag against its media timestamp (voxroute's ``InboundClock``) as
+    the transport deserializes it."""
+    from agent.metrics import InboundClock
+
+    clock = InboundClock()
+    deserialize = serializer.deserialize
+
+    async def measured(data):
+        if isinstance(data, str) and (m := _TIMESTAMP.search(data)):
+            clock.frame(int(m.group(1)))
+        return await deserialize(data)
+
+    serializer.deserialize = measured
+
+
+def measure_pacing(output) -> None:
+    """Record how late the websocket output transport's paced audio sends wake against their schedule
+    (into voxroute's ``PACING``, as the Player's own sends are). Pipecat 1.14's transport sleeps to
+    ``_next_send_time`` after each chunk it writes."""
+    from agent.player import PACING
+
+    sleep = output._write_audio_sleep
+
+    async def measured() -> None:
+        due = output._next_send_time
+        waits = due > time.monotonic()
+        await sleep()
+        if waits:
+            PACING.late_ms.append((time.monotonic() - due) * 1000)
+
+    output._write_audio_sleep = measured
 
 
 # ---------------------------------------------------------------- a whole Pipecat phone bot
 
 SYSTEMS = ("pipecat", "pipecat_voxroute")
+LANGUAGES = ("en-IN", "hi-IN")  # what the Sarvam services here are set up to speak
 EMULATED_KEY = "emulated"
 
 
@@ -144,10 +203,16 @@ class PipecatBot:
     Pipecat's metrics frames (``usage``: model, prompt and completion tokens)."""
 
     def __init__(
-        self, services, sarvam_url: str, openrouter_url: str, system: str = "pipecat_voxroute"
+        self,
+        services,
+        sarvam_url: str,
+        openrouter_url: str,
+        system: str = "pipecat_voxroute",
+        measure: bool = False,
     ) -> None:
         if system not in SYSTEMS:
             raise ValueError(f"unknown system {system!r}; choose one of {SYSTEMS}")
+        self.measure = measure  # inbound lag and outbound lateness into agent/metrics.py's figures
         self.services = services
         self.sarvam_url = sarvam_url
         self.openrouter_url = openrouter_url
@@ -189,6 +254,7 @@ class PipecatBot:
         from pipecat.serializers.twilio import TwilioFrameSerializer
         from pipecat.services.sarvam.stt import SarvamRealtimeSTTService
         from pipecat.services.sarvam.tts import SarvamHttpTTSService
+        from pipecat.transcriptions.language import Language
         from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPIWebsocketTransport
 
         from agent.integrations.pipecat.budget import TurnBudgetProcessor, cached_phrases
@@ -211,10 +277,16 @@ class PipecatBot:
                 audio_in_enabled=True, audio_out_enabled=True, add_wav_header=False, serializer=serializer
             ),
         )
+        if self.measure:
+            measure_inbound(serializer)
+            measure_pacing(transport.output())
         config = self.services.config
-        context = LLMContext(
-            [{"role": "system", "content": config.agent_for("default").prompt(config.language)}]
-        )
+        # The call's language, as a Pipecat bot reads it from the stream's custom parameters
+        language = marks.stream.start.custom_parameters.get("language", config.language)
+        if language not in LANGUAGES:
+            log.warning("call %s: language %r not served; %s", marks.call_sid, language, config.language)
+            language = config.language
+        context = LLMContext([{"role": "system", "content": config.agent_for("default").prompt(language)}])
         pair = LLMContextAggregatorPair(
             context, user_params=LLMUserAggregatorParams(vad_analyzer=SileroVADAnalyzer())
         )
@@ -222,6 +294,7 @@ class PipecatBot:
             api_key=EMULATED_KEY,
             base_url=f"{ws_url(self.sarvam_url)}/speech-to-text-realtime/ws",
             sample_rate=8000,
+            settings=SarvamRealtimeSTTService.Settings(language=Language(language)),
         )
         llm = self._llm()
         usage = Stopwatch()  # after the LLM: its metrics frames (the usage of plain Pipecat's services)
@@ -232,13 +305,15 @@ class PipecatBot:
                 api_key=EMULATED_KEY,
                 aiohttp_session=http,
                 base_url=self.sarvam_url,
-                settings=SarvamHttpTTSService.Settings(model="bulbul:v3", voice="shubh", language="en-IN"),
+                settings=SarvamHttpTTSService.Settings(
+                    model="bulbul:v3", voice="shubh", language=Language(language)
+                ),
             )
             processors = [transport.input(), stt, pair.user(), llm, usage, tts]
             budget = None
             if voxroute:
                 budget = TurnBudgetProcessor.from_config(
-                    config, await cached_phrases(self.services, config.language)
+                    config, await cached_phrases(self.services, language), language=language
                 )
                 processors += [budget, transport.output(), marks.heard_text_processor(), pair.assistant()]
             else:
@@ -268,3 +343,46 @@ class PipecatBot:
                     if isinstance(d, LLMUsageMetricsData)
                 ]
                 record["done"].set()
+
+
+async def _serve(system: str, urls: dict, port: int) -> None:
+    from agent.runtime import EmulatorURLs
+    from emulators.serve import serve_app, ws_url
+
+    config = quiet_config()
+    sarvam, openrouter = urls["sarvam"].rstrip("/"), urls["openrouter"].rstrip("/")
+    emulators = EmulatorURLs(
+        llm={"sarvam": f"{sarvam}/v1", "openrouter": f"{openrouter}/api/v1"},
+        sarvam_ws=ws_url(sarvam),
+        sarvam_rest=sarvam,
+    )  # as `voxroute serve --emulators` builds them
+    async with build_services(config, emulators) as services:
+        bot = PipecatBot(services, sarvam, openrouter, system=system, measure=True)
+        async with serve_app(bot_app(bot, stats=True), port=port):
+            await asyncio.Event().wait()
+
+
+def main() -> None:
+    import argparse
+    import json
+    import sys
+
+    from loguru import logger
+
+    ap = argparse.ArgumentParser(description="a Pipecat phone bot on running emulators (bench/vs_pipecat.py)")
+    ap.add_argument("--system", choices=SYSTEMS, default="pipecat_voxroute")
+    ap.add_argument(
+        "--emulators",
+        required=True,
+        help='what `voxroute emulators` prints: {"sarvam": URL, "openrouter": URL}',
+    )
+    ap.add_argument("--port", type=int, required=True)
+    args = ap.parse_args()
+    logger.remove()  # Pipecat logs every frame event at DEBUG: a deployment keeps warnings
+    logger.add(sys.stderr, level="WARNING")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(args.system, json.loads(args.emulators), args.port))
+
+
+if __name__ == "__main__":
+    main()
