@@ -122,7 +122,14 @@ async def test_chaos_profile_keeps_every_turn_in_budget(seed):
             continue
         assert tag in by_tag, (seed, fault)
         kinds = {f["kind"] for f in by_tag[tag] if f.get("service") == "llm"}
-        assert kinds & FAULT_KINDS[fault["fault"]], (seed, fault, by_tag[tag])
+        expected = FAULT_KINDS[fault["fault"]]
+        if fault["tag"].endswith(":ack"):
+            # The acknowledgement has a deadline of its own (a few hundred ms, then the cached
+            # bridge): a fault whose response comes after it (a busy machine delays any response)
+            # finds the attempt abandoned, recorded as a timeout. The answer's ladder (same code,
+            # no such deadline) must show every fault it met, above.
+            expected = expected | {"timeout"}
+        assert kinds & expected, (seed, fault, by_tag[tag])
     # STT faults are per call socket; TTS faults are per synthesis: count them against the fallbacks.
     all_fallbacks = [f for fb in by_tag.values() for f in fb] + [f for c in calls for f in c["faults"]]
     # STT faults are per call socket and always seen by the session: all of them must be there.
