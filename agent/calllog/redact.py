@@ -416,7 +416,8 @@ class ConversationRedactor:
         label = run.label()
         for n, t in self._texts.items():
             if label is not None and n in run.pieces:
-                t.spans.append((*run.pieces[n], label))
+                start, end = run.pieces[n]
+                t.spans.append((start, end, label))
             shown = _apply(t.text, t.spans)
             if shown != t.shown:
                 out.append((t.key, shown))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, MetaData, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, MetaData, String, Table, Text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -127,8 +127,16 @@ class TurnRow(Base):
 # The timeline columns are docs/design.md's names with _ms: TurnRow declares each of them.
 TIMELINE_COLUMNS = tuple(f"{name}_ms" for name in TIMELINE_NAMES)
 
-calls_table = CallRow.__table__
-turns_table = TurnRow.__table__
+
+def _table_of(row: type[Base]) -> Table:
+    """The Table a declarative class made (SQLAlchemy types ``__table__`` as any FromClause)."""
+    table = row.__table__
+    assert isinstance(table, Table), f"{row.__name__} is not mapped to a Table"
+    return table
+
+
+calls_table = _table_of(CallRow)
+turns_table = _table_of(TurnRow)
 
 missing = set(TIMELINE_COLUMNS) - set(turns_table.c.keys())
 assert not missing, f"TurnRow lacks timeline columns {missing}"  # a new timeline name needs a column

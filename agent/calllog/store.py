@@ -39,11 +39,12 @@ import threading
 import time
 import uuid
 from collections import OrderedDict, deque
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import case, event, func, select, update
+from sqlalchemy import ColumnElement, Table, case, event, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -77,12 +78,12 @@ SQLITE_BUSY_MS = 2000  # how long SQLite waits for another writer's lock before 
 # ---------------------------------------------------------------- where the database is
 
 
-def data_dir(env: dict[str, str] | None = None) -> Path:
+def data_dir(env: Mapping[str, str] | None = None) -> Path:
     env = os.environ if env is None else env
     return Path(env.get("VOXROUTE_DATA_DIR") or "data")
 
 
-def database_url(env: dict[str, str] | None = None) -> str:
+def database_url(env: Mapping[str, str] | None = None) -> str:
     """``VOXROUTE_DATABASE_URL`` (made async: asyncpg, aiosqlite), else SQLite in the data directory."""
     env = os.environ if env is None else env
     url = (env.get("VOXROUTE_DATABASE_URL") or "").strip()
@@ -180,7 +181,7 @@ def _locked(path: str):
     return f
 
 
-def caller_salt(directory: Path, env: dict[str, str] | None = None) -> bytes:
+def caller_salt(directory: Path, env: Mapping[str, str] | None = None) -> bytes:
     """``VOXROUTE_CALLER_SALT``, else a random salt kept in the data directory (created once; every
     process sharing the directory uses it). Deployments on several hosts set the variable."""
     env = os.environ if env is None else env
@@ -316,7 +317,7 @@ def _dt(seconds: float | None) -> datetime | None:
 _UPSERTS: dict[tuple[str, str, tuple[str, ...]], Any] = {}  # (dialect, table, columns) -> statement
 
 
-def _upsert_statement(dialect: str, table, columns: tuple[str, ...], keys: tuple[str, ...]):
+def _upsert_statement(dialect: str, table: Table, columns: tuple[str, ...], keys: tuple[str, ...]):
     """The upsert of rows with these columns, built once per shape (building it costs ~100 us of
     SQLAlchemy on the event loop; a batch of records executes it once, as an executemany)."""
     cache_key = (dialect, table.name, columns)
@@ -325,7 +326,7 @@ def _upsert_statement(dialect: str, table, columns: tuple[str, ...], keys: tuple
         return stmt
     insert = sqlite_insert(table) if dialect == "sqlite" else pg_insert(table)
     new = insert.excluded
-    set_ = {c: new[c] for c in columns if c not in keys}
+    set_: dict[str, ColumnElement[Any]] = {c: new[c] for c in columns if c not in keys}
     if table is calls_table:  # a call with several legs: it began with the first, has the most legs
         c = calls_table.c
         set_["started_at"] = case((c.started_at < new.started_at, c.started_at), else_=new.started_at)
@@ -336,7 +337,7 @@ def _upsert_statement(dialect: str, table, columns: tuple[str, ...], keys: tuple
 
 
 async def _upsert_many(
-    conn: AsyncConnection, table, rows: list[dict[str, Any]], keys: tuple[str, ...]
+    conn: AsyncConnection, table: Table, rows: list[dict[str, Any]], keys: tuple[str, ...]
 ) -> None:
     """Rows as upserts, one executemany per shape (set of columns), rows of a shape in order."""
     shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
@@ -534,9 +535,7 @@ class Spool:
         lines were kept. On a write error the file is cut back to its last whole line and the error
         raised: nothing half-written stays."""
         with self._lock:
-            if self._own_fd is None:
-                self._open_own()
-            path = self.own_path
+            path, fd = self._own_file()
             used = self.bytes_pending()
             kept: list[bytes] = []
             for line in lines:
@@ -548,10 +547,10 @@ class Spool:
             try:
                 view = memoryview(data)
                 while view:
-                    view = view[os.write(self._own_fd, view) :]
+                    view = view[os.write(fd, view) :]
             except OSError:
                 with contextlib.suppress(OSError):
-                    os.ftruncate(self._own_fd, self._sizes[path])
+                    os.ftruncate(fd, self._sizes[path])
                 raise
             self._sizes[path] += len(data)
             return len(kept)
@@ -559,14 +558,21 @@ class Spool:
     def sync(self) -> None:
         """Everything appended so far is on disk once this returns."""
         with self._lock:
-            if self._own_fd is None:
+            path, fd = self.own_path, self._own_fd
+            if path is None or fd is None:
                 return
-            size = self._sizes[self.own_path]
-            if self._synced[self.own_path] < size:
-                os.fsync(self._own_fd)
-                self._synced[self.own_path] = size
+            size = self._sizes[path]
+            if self._synced[path] < size:
+                os.fsync(fd)
+                self._synced[path] = size
 
-    def _open_own(self) -> None:
+    def _own_file(self) -> tuple[Path, int]:
+        """Our spool file and its descriptor, opened on the first append."""
+        if self.own_path is not None and self._own_fd is not None:
+            return self.own_path, self._own_fd
+        return self._open_own()
+
+    def _open_own(self) -> tuple[Path, int]:
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"{os.getpid()}-{uuid.uuid4().hex[:12]}.jsonl"
         # Locked under a name adopt() ignores, then renamed: nobody can adopt it in between.
@@ -581,6 +587,7 @@ class Spool:
             raise
         self.own_path, self._own_fd = path, fd
         self._sizes[path] = self._synced[path] = self._offsets[path] = 0
+        return path, fd
 
     def read(self, path: Path, limit: int) -> tuple[list[dict[str, Any]], int]:
         """Up to ``limit`` records from where the database left the file (synced bytes only);
@@ -608,7 +615,7 @@ class Spool:
         with self._lock:
             self._offsets[path] = offset
             whole = offset >= self._sizes.get(path, 0)
-            if path == self.own_path:
+            if self._own_fd is not None and path == self.own_path:
                 if whole and offset >= self.rotate_bytes:
                     os.close(self._own_fd)
                     self._own_fd, self.own_path = None, None
@@ -645,7 +652,7 @@ class Spool:
             self.sync()
         with self._lock:
             files = list(self._handles.items())
-            if self._own_fd is not None:
+            if self.own_path is not None and self._own_fd is not None:
                 files.append((self.own_path, None))
             for path, handle in files:
                 left = self._sizes.get(path, 0) - self._offsets.get(path, 0)
@@ -804,7 +811,7 @@ class CallLog:
         self.stats = {"written": 0, "failures": 0, "spooled": 0, "dropped": 0, "rejected": 0, "syncs": 0}
 
     @classmethod
-    def from_environment(cls, settings: CallLogConfig, env: dict[str, str] | None = None, **kw) -> CallLog:
+    def from_environment(cls, settings: CallLogConfig, env: Mapping[str, str] | None = None, **kw) -> CallLog:
         """The database of ``VOXROUTE_DATABASE_URL`` or the SQLite file in ``VOXROUTE_DATA_DIR``."""
         directory = data_dir(env)
         url = database_url(env)
@@ -1080,7 +1087,11 @@ class CallLog:
 
     def _sqlite_deleted(self) -> bool:
         """The SQLite file this writer wrote is no longer there (a stat: microseconds)."""
-        return self._db_identity is not None and not os.path.exists(self._sqlite_path)
+        return (
+            self._sqlite_path is not None
+            and self._db_identity is not None
+            and not os.path.exists(self._sqlite_path)
+        )
 
     def _check_storage(self) -> None:
         """SQLite: the file the engine writes must still be the one at its path. A deleted file is
