@@ -45,7 +45,8 @@ ENV_DOCS: dict[str, str] = {
     "VOXROUTE_DATABASE_URL": "The call log database (`postgresql://...` or `sqlite:///...`); "
     "default SQLite in `$VOXROUTE_DATA_DIR`.",
     "VOXROUTE_CALLER_SALT": "Salt of the caller-number hash in the call log. Default: a random salt "
-    "created once in the data directory; set it when several hosts share one database.",
+    "created once in the data directory. Required by `serve` whenever `VOXROUTE_DATABASE_URL` is set "
+    "(every host of that database must hash a caller alike, or repeat contacts do not match).",
     "VOXROUTE_FIXTURES": "Directory of fixture calls (`name.json` + audio) that `replay` and `demo` "
     "find by name (default `fixtures/audio` of the source tree).",
     "VOXROUTE_CHAT_KEY_<TENANT>": "A tenant's key for the chat completions endpoint, when its "

@@ -446,6 +446,10 @@ def missing_secrets(config: Config, *, sip_registration: bool = True) -> list[tu
     from agent.chat import missing_chat_keys
 
     needed += missing_chat_keys(config)  # a tenant's text channel without its key: refuse
+    if _key("VOXROUTE_DATABASE_URL"):  # a database other hosts may share: one salt for them all
+        needed.append(
+            ("VOXROUTE_CALLER_SALT", "caller-number hash salt, the same on every host of the database")
+        )
     missing: dict[str, list[str]] = {}
     for env, what in needed:
         if _key(env) is None:

@@ -67,7 +67,7 @@ def _bare_env() -> dict[str, str]:
         "SARVAM_API_KEY", "OPENROUTER_API_KEY", "TWILIO_AUTH_TOKEN", "VOXROUTE_API_KEY", "TWILIO_ACCOUNT_SID",
         "EXOTEL_STREAM_CREDENTIALS", "PLIVO_AUTH_TOKEN", "PLIVO_AUTH_ID", "TELNYX_PUBLIC_KEY",
         "TELNYX_STREAM_SECRET", "TELNYX_API_KEY", "VOXROUTE_WEBHOOK_SECRET", "VOXROUTE_CONFIG",
-        "VOXROUTE_CHAT_KEY",
+        "VOXROUTE_CHAT_KEY", "VOXROUTE_DATABASE_URL", "VOXROUTE_CALLER_SALT",
     }  # fmt: skip
     return {k: v for k, v in os.environ.items() if k not in drop}
 
@@ -378,6 +378,33 @@ def test_serve_without_secrets_exits_2_naming_every_missing_variable(tmp_path):
     assert (
         proc.returncode == 2 and "VOXROUTE_API_KEY" not in proc.stderr and "PLIVO_AUTH_TOKEN" in proc.stderr
     )
+
+
+def test_serve_with_a_database_url_needs_the_caller_salt(tmp_path, monkeypatch):
+    """Several hosts on one database must hash a caller's number alike: without
+    VOXROUTE_CALLER_SALT each would make a salt of its own, and repeat contacts would not match."""
+    from agent.config import load_config
+    from agent.runtime import missing_secrets
+
+    config = production_config(tmp_path / "voxroute.yaml", 8080, None)
+    env = {
+        **_bare_env(),
+        **secrets_env(),
+        "VOXROUTE_DATABASE_URL": "postgresql://voxroute@db.invalid/voxroute",
+    }
+    proc = subprocess.run(
+        [*VOXROUTE, "serve", "--config", str(config), "--port", str(_free_port())],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "1 environment variable(s) not set" in proc.stderr and "VOXROUTE_CALLER_SALT" in proc.stderr
+    for name, value in {**secrets_env(), "VOXROUTE_DATABASE_URL": "postgresql://db.invalid/v"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("VOXROUTE_CALLER_SALT", "one salt for every host")
+    assert missing_secrets(load_config(config)) == []
+    monkeypatch.delenv("VOXROUTE_DATABASE_URL")  # one host's SQLite file: its own salt file will do
+    monkeypatch.delenv("VOXROUTE_CALLER_SALT")
+    assert missing_secrets(load_config(config)) == []
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.1"])
