@@ -27,8 +27,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.config import Config
-from agent.providers.base import LLMProvider, LLMRequest, LLMToken, LLMUsage, ProviderError
-from agent.providers.openai_compat import LLMToolCalls
+from agent.providers.base import (
+    LLMProvider,
+    LLMRequest,
+    LLMToken,
+    LLMToolCalls,
+    LLMUsage,
+    ProviderError,
+)
 from agent.timeline import Clock, TurnRecord
 from routing.health import Health
 from routing.router import health_key

@@ -19,7 +19,7 @@ import os
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 from fastapi import FastAPI, HTTPException, Request
@@ -31,6 +31,7 @@ from agent.calllog.source import CombinedCallSource, DatabaseCallSource
 from agent.calllog.store import CallLog
 from agent.config import Config
 from agent.link import CarrierLink
+from agent.providers.base import LLMProvider
 from agent.providers.openai_compat import OpenAICompatLLM
 from agent.providers.sarvam import SarvamSTT, SarvamTTS
 from agent.services import Services
@@ -49,6 +50,9 @@ from telephony.carrier_control import (
 )
 from telephony.carriers import SECRETS_OF, CarrierSettings
 from telephony.twiml import public_url
+
+if TYPE_CHECKING:
+    from agent.providers.local import ByLanguageSTT, ByLanguageTTS
 
 log = logging.getLogger("voxroute.runtime")
 
@@ -89,7 +93,7 @@ async def build_services(
         endpoint = config.endpoint.model_copy(update={"stt_final_wait_ms": LOCAL_STT_FINAL_WAIT_MS})
         config = config.model_copy(update={"endpoint": endpoint})
     modes: list[str] = []
-    llms: dict[str, OpenAICompatLLM] = {}
+    llms: dict[str, LLMProvider] = {}
     stall_s = config.ladder.stall_timeout_ms / 1000
     for name, prov in config.providers.items():
         key = _key(prov.api_key_env)
@@ -128,11 +132,11 @@ async def build_services(
     stt_kwargs = {"variant": s.stt_variant, "silence_duration_ms": s.stt_silence_ms}
     if s.stt_model:
         stt_kwargs["model"] = s.stt_model
-    stt = SarvamSTT(sarvam_key, ws_base_url=ws_base, **stt_kwargs)
+    stt: SarvamSTT | ByLanguageSTT = SarvamSTT(sarvam_key, ws_base_url=ws_base, **stt_kwargs)
     # Built here, at start: its SSL context costs ~100 ms of loop time, which the first call's audio
     # would otherwise pay for (the phrases are synthesised over REST).
     tts_http = httpx.AsyncClient()
-    tts = SarvamTTS(
+    tts: SarvamTTS | ByLanguageTTS = SarvamTTS(
         sarvam_key,
         ws_base_url=ws_base,
         rest_base_url=rest_base,
@@ -158,14 +162,14 @@ async def build_services(
         # WebhookSender refuses an empty secret: say which setting is missing, at start.
         raise RuntimeError(f"handoff.webhook_url is set but ${h.webhook_secret_env} holds no signing secret")
     webhooks = WebhookSender(secret) if h.webhook_url and secret else None
-    async with contextlib.AsyncExitStack() as stack:
-        stack.push_async_callback(tts_http.aclose)
-        await stack.enter_async_context(tts)
+    async with contextlib.AsyncExitStack() as exits:
+        exits.push_async_callback(tts_http.aclose)
+        await exits.enter_async_context(tts)
         for llm in llms.values():
-            stack.push_async_callback(llm.aclose)
-        stack.push_async_callback(call_control.aclose)
-        if offline and hasattr(stt, "aclose"):
-            stack.push_async_callback(stt.aclose)  # the Whisper worker pool
+            exits.push_async_callback(llm.aclose)
+        exits.push_async_callback(call_control.aclose)
+        if not isinstance(stt, SarvamSTT):
+            exits.push_async_callback(stt.aclose)  # ByLanguageSTT: the offline Whisper worker pool
         services = Services(
             config, stt, tts, llms, router, mode="local" if offline and mode == "emulated" else mode
         )
@@ -212,8 +216,14 @@ async def _migrate_early(call_log: CallLog, timeout_s: float = 30.0) -> None:
 
 
 def _local_engines(
-    config: Config, stt, tts, llms: dict, sarvam_emulated: bool, services_ref: list, modes: list[str]
-):
+    config: Config,
+    sarvam_stt: SarvamSTT,
+    sarvam_tts: SarvamTTS,
+    llms: dict[str, LLMProvider],
+    sarvam_emulated: bool,
+    services_ref: list[Services],
+    modes: list[str],
+) -> tuple[SarvamSTT | ByLanguageSTT, SarvamTTS | ByLanguageTTS, dict[str, LLMProvider]]:
     """The offline stack: Whisper/Piper for the languages they know when Sarvam has no key (Sarvam,
     emulated, keeps the rest, and says so); emulated LLMs answer by routing class."""
     from agent.providers.local import (
@@ -225,9 +235,11 @@ def _local_engines(
         class_lookup,
     )
 
+    stt: SarvamSTT | ByLanguageSTT = sarvam_stt
+    tts: SarvamTTS | ByLanguageTTS = sarvam_tts
     if sarvam_emulated:
-        stt = ByLanguageSTT(LocalWhisperSTT(), stt)
-        tts = ByLanguageTTS(LocalPiperTTS(), tts)
+        stt = ByLanguageSTT(LocalWhisperSTT(), sarvam_stt)
+        tts = ByLanguageTTS(LocalPiperTTS(), sarvam_tts)
         modes.append(
             "STT: embedded faster-whisper tiny.en for English; other languages have no offline model: "
             f"emulated Sarvam (set ${config.sarvam.api_key_env} for real)"

@@ -37,7 +37,7 @@ import re
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 # Tokens: digits (any script), words (letters and Indic vowel signs), one other visible character.
 # Spaces are no tokens: they are what lies between two tokens.
@@ -540,6 +540,10 @@ async def redact_turns_async(turns: Iterable[dict[str, Any]]) -> list[dict[str, 
     return redact_turns(turns)
 
 
+@overload
+def redact_handoff(record: dict[str, Any]) -> dict[str, Any]: ...
+@overload
+def redact_handoff(record: None) -> None: ...
 def redact_handoff(record: dict[str, Any] | None) -> dict[str, Any] | None:
     """A handoff record (summary, transfer) redacted; its ``to`` is the configured human queue, the
     business's own number, and stays."""

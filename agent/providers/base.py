@@ -87,12 +87,15 @@ class STTStream(Protocol):
     async def send_audio(self, pcm: bytes, ulaw: bytes | None = None) -> None:
         """Send one or more 20 ms PCM16 8 kHz frames. ``ulaw``: the same audio as the carrier's
         mu-law bytes, when it has them; an STT that takes mu-law can skip encoding."""
+        ...
 
     async def flush(self) -> None:
         """Ask the STT to finalise whatever it has buffered now (our endpointer decided)."""
+        ...
 
     def events(self) -> AsyncIterator[STTEvent]:
         """Events in arrival order. Raises ProviderError if the session fails."""
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -100,8 +103,10 @@ class STTStream(Protocol):
 class STTProvider(Protocol):
     name: str
 
-    async def connect(self, language: str) -> STTStream:
-        """Open a session for a call whose expected language is ``language`` ("en-IN", "hi-IN", ...)."""
+    async def connect(self, language: str, tag: str | None = None) -> STTStream:
+        """Open a session for a call whose expected language is ``language`` ("en-IN", "hi-IN", ...).
+        ``tag`` ("CALLSID:TURN" or a purpose) names the session to emulators, which attribute faults by it."""
+        ...
 
 
 # ---------------------------------------------------------------- LLM
@@ -126,13 +131,34 @@ class LLMToken:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One tool call the model asked for, its arguments parsed."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any]
+    index: int = 0
+    # Lenient parsing only: why the arguments are not a JSON object (``arguments`` is then empty); the
+    # tool runner answers the model with an error result instead of failing the whole stream.
+    arguments_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LLMToolCalls:
+    """The model asked for tool calls (arguments parsed). Yielded at finish, before the usage."""
+
+    calls: tuple[ToolCall, ...]
+    model: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class LLMUsage:
     prompt_tokens: int
     completion_tokens: int
     cost_usd: float | None = None  # as reported by the provider (OpenRouter); None otherwise
 
 
-LLMEvent = LLMToken | LLMUsage
+LLMEvent = LLMToken | LLMToolCalls | LLMUsage
 
 
 class LLMProvider(Protocol):
@@ -140,6 +166,7 @@ class LLMProvider(Protocol):
 
     def stream(self, request: LLMRequest) -> AsyncIterator[LLMEvent]:
         """Stream the reply. Raises ProviderError (after_first tells whether tokens flowed)."""
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -154,21 +181,29 @@ class TTSStream(Protocol):
 
     async def flush(self) -> None:
         """No more text for this utterance; the stream ends after the last audio."""
+        ...
 
     def audio(self) -> AsyncIterator[bytes]:
         """PCM16 8 kHz chunks (any size) until the utterance is complete. Raises ProviderError."""
+        ...
 
     async def cancel(self) -> None:
         """Barge-in: stop now, drop what is pending (closes the socket where the protocol has no cancel)."""
+        ...
 
 
 class TTSProvider(Protocol):
     name: str
 
-    async def open(self, language: str, voice: str | None = None) -> TTSStream:
-        """Start an utterance (a pre-warmed connection is used when one is ready)."""
+    async def open(self, language: str, voice: str | None = None, tag: str | None = None) -> TTSStream:
+        """Start an utterance (a pre-warmed connection is used when one is ready). ``tag`` as for
+        :meth:`STTProvider.connect`."""
+        ...
 
-    async def synthesize(self, text: str, language: str, voice: str | None = None) -> bytes:
+    async def synthesize(
+        self, text: str, language: str, voice: str | None = None, tag: str | None = None
+    ) -> bytes:
         """Whole-utterance synthesis (REST) to PCM16 8 kHz, used for cached bridge phrases and fallback."""
+        ...
 
     async def aclose(self) -> None: ...

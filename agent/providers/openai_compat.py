@@ -31,13 +31,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
-from agent.providers.base import LLMEvent, LLMRequest, LLMToken, LLMUsage, ProviderError
+from agent.providers.base import (
+    LLMEvent,
+    LLMRequest,
+    LLMToken,
+    LLMToolCalls,
+    LLMUsage,
+    ProviderError,
+)
 from agent.providers.openai_protocol import (
     FLAVORS,
     ChatStreamDecoder,
@@ -47,7 +53,6 @@ from agent.providers.openai_protocol import (
     KeepAlive,
     OpenAIProtocolError,
     StreamError,
-    ToolCall,
     Usage,
     allowed_extras,
     build_body,
@@ -59,14 +64,6 @@ log = logging.getLogger(__name__)
 
 MAX_ERROR_BODY = 64 * 1024
 DRAIN_AFTER_DONE_S = 1.0  # read the rest of the body after [DONE] so the connection goes back to the pool
-
-
-@dataclass(frozen=True, slots=True)
-class LLMToolCalls:
-    """The model asked for tool calls (arguments parsed). Yielded at finish, before the usage."""
-
-    calls: tuple[ToolCall, ...]
-    model: str | None = None
 
 
 class OpenAICompatLLM:

@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from agent.providers.base import LLMRequest
+from agent.providers.base import LLMRequest, ToolCall
 
 log = logging.getLogger(__name__)
 
@@ -159,17 +159,6 @@ class ContentDelta:
 @dataclass(frozen=True, slots=True)
 class ReasoningDelta:
     text: str  # `reasoning` / `reasoning_content`: never speak it, never count it as the first token
-
-
-@dataclass(frozen=True, slots=True)
-class ToolCall:
-    id: str
-    name: str
-    arguments: dict[str, Any]
-    index: int = 0
-    # Lenient parsing only: why the arguments are not a JSON object (``arguments`` is then empty); the
-    # tool runner answers the model with an error result instead of failing the whole stream.
-    arguments_error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -291,7 +291,7 @@ RealtimeMessage = (
 )
 
 
-def _load_object(text: str | bytes) -> dict[str, Any]:
+def _load_object(text: str | bytes | bytearray) -> dict[str, Any]:
     if isinstance(text, bytes | bytearray | memoryview):
         try:
             text = bytes(text).decode("utf-8")
@@ -692,7 +692,7 @@ class RestError:
     request_id: str | None = None
 
 
-def parse_rest_error(body: str | bytes) -> RestError:
+def parse_rest_error(body: str | bytes | bytearray) -> RestError:
     """The REST error envelope ``{"error": {"message", "code", "request_id"}}``; lenient (never raises)."""
     try:
         obj = _load_object(body)
