@@ -103,8 +103,9 @@ def _deterministic(turns: list[dict[str, Any]], call_language: str) -> HandoffSu
     dtmf_keyed: list[str] = []
     failures: dict[str, int] = {}
     for pos, t in enumerate(good):
-        idx = t.get("index") if isinstance(t.get("index"), int) and t.get("index") >= 0 else pos
-        route = t.get("route") if isinstance(t.get("route"), dict) else {}
+        index, raw_route = t.get("index"), t.get("route")
+        idx = index if isinstance(index, int) and index >= 0 else pos
+        route: dict[str, Any] = raw_route if isinstance(raw_route, dict) else {}
         cls = as_text(route.get("class"))
         stakes = _class_stakes(route) if cls else "low"
         text = as_text(t.get("transcript"))
@@ -123,7 +124,8 @@ def _deterministic(turns: list[dict[str, Any]], call_language: str) -> HandoffSu
             entities += extract_entities(text, idx, as_text(t.get("language")) or call_language)
             anger += len(ANGER.findall(text))
             frustration += len(_FRUSTRATED.findall(text))
-        signals = route.get("signals") if isinstance(route.get("signals"), list) else []
+        raw_signals = route.get("signals")
+        signals = raw_signals if isinstance(raw_signals, list) else []
         if "anger" in signals and not ANGER.search(text):
             anger += 1
         if "repeated request" in signals:
@@ -137,7 +139,8 @@ def _deterministic(turns: list[dict[str, Any]], call_language: str) -> HandoffSu
             interrupted += 1
         if t.get("handoff") is True or stakes == "human" or route.get("handoff") is True:
             human_turns.append(idx)
-        for fb in t.get("fallbacks") if isinstance(t.get("fallbacks"), list) else []:
+        fallbacks = t.get("fallbacks")
+        for fb in fallbacks if isinstance(fallbacks, list) else []:
             if not isinstance(fb, dict):
                 continue
             what = as_text(fb.get("model")) or as_text(fb.get("provider")) or "provider"

@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from agent.handoff.summary import ENTITY_KINDS, Entity
+from agent.handoff.summary import Entity, EntityKind
 
 log = logging.getLogger("voxroute.handoff")
 
@@ -403,7 +403,10 @@ def _dtmf_entities(text: str, turn: int, hint: str | None) -> list[Entity]:
     digits = re.sub(r"[^0-9]", "", text)
     if len(digits) < 2:
         return []  # "0" for an operator, "1" for a menu: not an entity
-    kind = hint if hint in ENTITY_KINDS and hint not in ("amount", "date", "name") else "order_ref"
+    # a kind keyed digits can be (not an amount, a date or a name)
+    kind = (
+        hint if hint in ("order_ref", "booking_ref", "card_last4", "account_last4", "phone") else "order_ref"
+    )
     if kind in ("card_last4", "account_last4") and len(digits) != 4:
         kind = "order_ref"
     return [Entity(kind=kind, value=digits[:40], turn=turn)]
@@ -427,8 +430,8 @@ def _extract(text: str, turn: int, hint: str | None) -> list[Entity]:
     out: list[Entity] = []
     used: set[int] = set()  # token indexes already part of an entity
 
-    def ent(kind: str, value: str, span: Iterable[int] = ()) -> None:
-        out.append(Entity(kind=kind, value=value, turn=turn))  # type: ignore[arg-type]
+    def ent(kind: EntityKind, value: str, span: Iterable[int] = ()) -> None:
+        out.append(Entity(kind=kind, value=value, turn=turn))
         used.update(span)
 
     def near(i: int, words: set[str], before: int = 5) -> bool:
@@ -479,7 +482,11 @@ def _extract(text: str, turn: int, hint: str | None) -> list[Entity]:
             if prev is not None and len(prev.raw) == 1 and prev.raw.isascii() and prev.raw.isalpha()
             else None
         )
-        if letter and (prev.raw.isupper() or near(r.start - 1, _ORDER_WORDS | _BOOKING_WORDS, 3)):
+        if (
+            letter
+            and prev is not None
+            and (prev.raw.isupper() or near(r.start - 1, _ORDER_WORDS | _BOOKING_WORDS, 3))
+        ):
             if len(digits) >= 3:
                 kind = "booking_ref" if near(r.start - 1, _BOOKING_WORDS, 4) else "order_ref"
                 ent(kind, letter + digits, range(r.start - 1, r.end))

@@ -7,7 +7,7 @@ import contextlib
 import json
 import logging
 import re
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from pydantic import ValidationError
 
@@ -70,7 +70,8 @@ def _conversation_text(turns: list[dict[str, Any]]) -> str:
         if not isinstance(t, dict):
             continue
         idx = t.get("index", pos)
-        route = t.get("route") if isinstance(t.get("route"), dict) else {}
+        raw_route = t.get("route")
+        route: dict[str, Any] = raw_route if isinstance(raw_route, dict) else {}
         said = as_text(t.get("transcript"))
         if t.get("kind") == "dtmf":
             said = f"[keypad] {said}"
@@ -140,10 +141,19 @@ def parse_llm_summary(text: str) -> HandoffSummary:
     return HandoffSummary(**fields.model_dump(), source="llm")
 
 
+@runtime_checkable
+class _Closeable(Protocol):
+    """A stream that can be closed early (an async generator): ``isinstance`` checks for ``aclose``."""
+
+    async def aclose(self) -> None: ...
+
+
 async def _collect(llm: LLMProvider, request: LLMRequest) -> str:
     stream = llm.stream(request)
     parts: list[str] = []
-    closing = contextlib.aclosing(stream) if hasattr(stream, "aclose") else contextlib.nullcontext(stream)
+    closing = (
+        contextlib.aclosing(stream) if isinstance(stream, _Closeable) else contextlib.nullcontext(stream)
+    )
     async with closing as events:
         async for ev in events:
             if isinstance(ev, LLMToken):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -13,7 +13,7 @@ log = logging.getLogger("voxroute.handoff")
 EntityKind = Literal[
     "order_ref", "booking_ref", "amount", "date", "card_last4", "account_last4", "name", "phone"
 ]
-ENTITY_KINDS: tuple[str, ...] = EntityKind.__args__  # type: ignore[attr-defined]
+ENTITY_KINDS: tuple[str, ...] = get_args(EntityKind)
 
 
 # ---------------------------------------------------------------- the summary model

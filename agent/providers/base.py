@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 FRAME_MS = 20
 SAMPLE_RATE = 8000
@@ -32,7 +32,7 @@ FaultKind = Literal[
     "malformed",  # a chunk / message that is not valid protocol
     "disconnected",  # the socket or connection dropped
 ]
-FAULT_KINDS: tuple[str, ...] = FaultKind.__args__  # type: ignore[attr-defined]
+FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 
 
 class ProviderError(Exception):
