@@ -15,7 +15,9 @@ table) and the CPU time per turn:
 Texts: the cross-domain development set and the Banking77 test split (data/router/).
 Targets: p99 <= 5 ms from cold text, <= 1 ms for a confirmed partial.
 
-    python -m bench.router_decision [--json PATH] [--rows N]
+    python -m bench.router_decision [--json PATH] [--rows N] [--config CFG]
+
+(``--config``: a config whose ``routing.classifier`` names another artifact, e.g. an experiment's.)
 """
 
 from __future__ import annotations
@@ -85,8 +87,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--rows", type=int, default=3000, help="texts to time (default 3000)")
+    ap.add_argument("--config", type=Path, default=None, help="config YAML (default: examples/default.yaml)")
     args = ap.parse_args()
-    router = build_router(load_config())
+    router = build_router(load_config(args.config))
     items = texts(args.rows)
     for text in items[:50]:  # warm up: imports, first allocations
         router.conversation("default").decide(text, "en-IN")

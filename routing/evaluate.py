@@ -5,8 +5,9 @@ Each row is routed as the first turn of a fresh conversation of the default tena
 channel, in ``hi-IN`` when the text is in Devanagari and ``en-IN`` otherwise. ``escalated`` means
 the route goes to the reasoning tier or to a human. The predicted label is ``human`` for a human
 class, ``high_stakes`` when escalated, ``out_of_scope`` for that class, else ``routine``.
-``decision_ms`` is the whole decision (rules, classifier, signals, table), timed per row (wall
-clock); ``cpu_ms`` the CPU time of the same call (this thread's).
+``routine_as_out_of_scope`` counts routine turns taken for out of scope (answered with the polite
+redirect instead of an answer). ``decision_ms`` is the whole decision (rules, classifier, signals,
+table), timed per row (wall clock); ``cpu_ms`` the CPU time of the same call (this thread's).
 
 ``metrics_by`` gives every figure per value of a column of the input (``voxroute eval-router --by
 domain``): a domain, a language, a split.
@@ -84,6 +85,10 @@ def metrics(preds: list[Prediction]) -> dict:
         "escalation_rate": _ratio(sum(p.escalated for p in preds), n),
         "routine_escalated": _ratio(sum(p.escalated for p in routine), len(routine)),
         "out_of_scope_escalated": _ratio(sum(p.escalated for p in oos), len(oos)),
+        # routine turns taken for out of scope: the caller gets the polite redirect, not an answer
+        "routine_as_out_of_scope": _ratio(
+            sum(p.predicted_label == "out_of_scope" for p in routine), len(routine)
+        ),
         "decision_ms_p50": round(float(np.percentile(ms, 50)), 4),
         "decision_ms_p99": round(float(np.percentile(ms, 99)), 4),
         "cpu_ms_per_turn": round(float(cpu.mean()), 4),

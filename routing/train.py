@@ -4,12 +4,16 @@ Deterministic (fixed seed, sorted vocabulary, full-batch L-BFGS): the same data 
 artifact. Training uses scikit-learn and scipy (``pip install -e '.[train]'``); inference
 (routing/classifier.py) needs numpy only. Data comes from ``data/router/`` (see its README):
 
-- train: Banking77 train, CLINC150 banking/credit ``train`` rows, ``extra_train.csv``;
+- train: Banking77 train, CLINC150 banking/credit ``train`` rows, ``extra_train.csv``, the
+  cross-domain set's training domains and the public sets not held out (none by default);
   a stratified 15% of it is held out as the validation split that tunes the threshold,
   and the shipped model is the one fitted on the other 85% (so the threshold is calibrated
   for exactly the weights that ship).
 - test (reported, never used for fitting or tuning): Banking77 test, CLINC150 ``test`` rows
-  (including the out-of-scope sample), ``extra_test.csv``.
+  (including the out-of-scope sample), ``extra_test.csv``, and the held-out domains
+  (``--held-out``: by default the cross-domain set's ``test`` domains and the public sets,
+  PUBLIC_HELD_OUT). Holding a public domain out measures how the router does on a set no one at
+  voxroute wrote; ``--held-out`` without one of them trains on it (the leave-one-out experiments).
 
 Writes ``routing/model/stakes.npz`` (float16 weights, bias, vocabulary) and ``stakes.json``
 (classes, threshold, version, data hash, metrics).
@@ -26,10 +30,9 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy import sparse
-from sklearn.linear_model import LogisticRegression
 
 from routing.classifier import (
     CLASSES,
@@ -40,6 +43,9 @@ from routing.classifier import (
     text_features,
 )
 
+if TYPE_CHECKING:  # the train extra (scikit-learn, scipy) is needed only to fit
+    from scipy import sparse
+
 REPO = Path(__file__).resolve().parent.parent
 DATA_DIR = REPO / "data" / "router"
 SEED = 20240601
@@ -48,8 +54,20 @@ MIN_DF = 2
 C = 30.0  # scikit-learn's inverse L2 strength, on the summed weighted loss
 EXTRA_WEIGHT = 10.0  # hand-written rows cover classes the bank data lacks; few, so weigh them up
 CROSS_WEIGHT = 10.0  # cross-domain rows: few against 14k bank rows, and they carry the other businesses
+PUBLIC_WEIGHT = 1.0  # public rows (Bitext, HWU64): plentiful, as the bank rows
+# Public sets, each a domain of its own (see data/router/README.md): domain -> (source, file).
+PUBLIC_DOMAINS = {
+    "customer_service": ("bitext", "bitext_customer_service.csv"),
+    "assistant": ("hwu64", "hwu64_sample.csv"),
+}
 # Whole businesses held out of training: their rows are only ever a test (see data/router/README.md).
 HELD_OUT_DOMAINS = ("insurance", "health_products", "gaming")
+# Public domains held out of the shipped model as well, as checks on phrasing no one at voxroute
+# wrote (data/router/README.md has the leave-one-out figures). Trained on, Bitext's customer
+# service lowered the hand-written held-out domains' and extra_test's high-stakes recall below
+# target (0.875-0.885 and 0.933), and HWU64 taught the model to take routine questions for out of
+# scope (a polite redirect instead of an answer: Bitext's routine turns 0.02 -> 0.21).
+PUBLIC_HELD_OUT = ("customer_service", "assistant")
 TARGET_VAL_RECALL = 0.965
 MAX_ITER = 3000
 HUMAN_VAL_RECALL = 1.0
@@ -63,6 +81,9 @@ DATA_FILES = (
     "extra_test.csv",
     "crossdomain.csv",
     "crossdomain_intents.csv",
+    "public_intents.csv",
+    "bitext_customer_service.csv",
+    "hwu64_sample.csv",
 )
 
 
@@ -80,7 +101,9 @@ def _rows(name: str) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def load_data() -> tuple[list[Example], dict[str, list[Example]]]:
+def load_data(
+    held_out: tuple[str, ...] = HELD_OUT_DOMAINS + PUBLIC_HELD_OUT,
+) -> tuple[list[Example], dict[str, list[Example]]]:
     mapping = {(r["source"], r["intent"]): r for r in _rows("intent_classes.csv")}
 
     def bank(source: str, rows: list[dict[str, str]]) -> list[Example]:
@@ -101,19 +124,19 @@ def load_data() -> tuple[list[Example], dict[str, list[Example]]]:
             out.append(Example(r["text"], c, r["label"], f"extra:{c}", EXTRA_WEIGHT))
         return out
 
-    cross = cross_domain()
+    cross = cross_domain() | public_domains()
     clinc = _rows("clinc150_banking_credit.csv")
     train = (
         bank("banking77", _rows("banking77_train.csv"))
         + bank("clinc150", [r for r in clinc if r["split"] == "train"])
         + extra("extra_train.csv")
-        + [ex for d, exs in cross.items() if d not in HELD_OUT_DOMAINS for ex in exs]
+        + [ex for d, exs in cross.items() if d not in held_out for ex in exs]
     )
     tests = {
         "banking77_test": bank("banking77", _rows("banking77_test.csv")),
         "clinc150_test": bank("clinc150", [r for r in clinc if r["split"] == "test"]),
         "extra_test": extra("extra_test.csv"),
-    } | {f"heldout_{d}": cross[d] for d in HELD_OUT_DOMAINS}
+    } | {f"heldout_{d}": cross[d] for d in held_out}
     return train, tests
 
 
@@ -132,6 +155,21 @@ def cross_domain() -> dict[str, list[Example]]:
             )
         ex = Example(r["text"], m["routing_class"], r["label"], f"cross:{r['intent']}", CROSS_WEIGHT)
         out.setdefault(r["domain"], []).append(ex)
+    return out
+
+
+def public_domains() -> dict[str, list[Example]]:
+    """The public sets by domain, each row's class from the reviewed mapping (public_intents.csv;
+    ``*`` stands for every other intent of its source)."""
+    mapping = {(r["source"], r["intent"]): r for r in _rows("public_intents.csv")}
+    out: dict[str, list[Example]] = {}
+    for domain, (source, name) in PUBLIC_DOMAINS.items():
+        for r in _rows(name):
+            m = mapping.get((source, r["intent"])) or mapping.get((source, "*"))
+            if m is None or m["label"] != r["label"] or stakes_of(m["routing_class"]) != r["label"]:
+                raise ValueError(f"{name}: {r['text']!r}: intent {r['intent']!r} / label {r['label']!r}")
+            ex = Example(r["text"], m["routing_class"], r["label"], f"{source}:{r['intent']}", PUBLIC_WEIGHT)
+            out.setdefault(domain, []).append(ex)
     return out
 
 
@@ -158,6 +196,8 @@ def build_vocab(examples: list[Example]) -> list[str]:
 
 
 def featurize(examples: list[Example], index: dict[str, int]) -> sparse.csr_matrix:
+    from scipy import sparse
+
     rows, cols, vals = [], [], []
     for r, ex in enumerate(examples):
         feats = text_features(ex.text)
@@ -176,6 +216,8 @@ def featurize(examples: list[Example], index: dict[str, int]) -> sparse.csr_matr
 
 def fit_softmax(x: sparse.csr_matrix, y: np.ndarray, sw: np.ndarray, n_outputs: int, c: float):
     """Weighted multinomial logistic regression (scikit-learn's L-BFGS); returns (V, K) weights, bias."""
+    from sklearn.linear_model import LogisticRegression
+
     clf = LogisticRegression(C=c, max_iter=MAX_ITER, tol=1e-6)
     clf.fit(x, y, sample_weight=sw)
     if list(clf.classes_) != list(range(n_outputs)):
@@ -278,10 +320,22 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, default=DEFAULT_MODEL_PATH, help="artifact path (.npz; .json beside it)"
     )
     ap.add_argument("--c", type=float, default=C, help="inverse L2 strength (scikit-learn's C)")
+    ap.add_argument(
+        "--held-out",
+        default=",".join(HELD_OUT_DOMAINS + PUBLIC_HELD_OUT),
+        help="comma-separated domains kept out of training (an experiment: write it with --out elsewhere)",
+    )
     args = ap.parse_args(argv)
+    held_out = tuple(d for d in args.held_out.split(",") if d)
+    known = set(cross_domain()) | set(PUBLIC_DOMAINS)
+    if not set(HELD_OUT_DOMAINS) <= set(held_out) or not set(held_out) <= known:
+        ap.error(
+            f"--held-out must name known domains ({', '.join(sorted(known))}) and keep "
+            f"{', '.join(HELD_OUT_DOMAINS)} (test rows are never trained on)"
+        )
 
     t0 = time.perf_counter()
-    train, tests = load_data()
+    train, tests = load_data(held_out)
     fit, val = split_validation(train, np.random.default_rng(SEED))
     vocab = build_vocab(fit)
     index = {f: i for i, f in enumerate(vocab)}
@@ -334,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
             "word unigrams+bigrams, char 2-5-grams within word boundaries, domain-independent cues and "
             "number types (x CUE_REPEAT); count/sqrt(total)"
         ),
-        "held_out_domains": list(HELD_OUT_DOMAINS),
+        "held_out_domains": list(held_out),
         "train": {
             "seed": SEED,
             "val_fraction": VAL_FRACTION,
@@ -343,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
             "outputs": len(outputs),
             "extra_weight": EXTRA_WEIGHT,
             "cross_weight": CROSS_WEIGHT,
+            "public_weight": PUBLIC_WEIGHT,
             "target_val_recall": TARGET_VAL_RECALL,
             "human_logit_offset": human_offset,
             "fit_rows": len(fit),

@@ -40,7 +40,7 @@ async def test_router_cost_on_the_realistic_mix():
     )
     assert router["calls"] == always["calls"] == len(fixtures)
     assert router["high_stakes_turns"] >= 9
-    assert router["high_stakes_on_reasoning"] == router["high_stakes_turns"], router
+    assert router["high_stakes_on_reasoning"] == router["high_stakes_turns"], router["missed"]
     assert always["high_stakes_on_reasoning"] == always["high_stakes_turns"], always
     # Only the high-stakes turns (and the person request) escalate: no routine turn, closings included.
     assert router["escalated_turns"] == router["high_stakes_turns"], router
