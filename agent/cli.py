@@ -111,16 +111,13 @@ def print_call(call: dict) -> None:
     elif call.get("mode") == "local":
         title += "  [dim](embedded offline STT/TTS; simulated LLM)[/]"
     table = Table(title=title, title_justify="left", show_lines=False)
-    for col, kw in (
-        ("#", {"justify": "right"}),
-        ("caller said", {"max_width": 38}),
-        ("route", {"max_width": 26}),
-        ("agent said", {"max_width": 44}),
-        ("first audio", {"justify": "right"}),
-        ("budget", {"justify": "right"}),
-        ("notes", {"max_width": 30}),
-    ):
-        table.add_column(col, **kw)
+    table.add_column("#", justify="right")
+    table.add_column("caller said", max_width=38)
+    table.add_column("route", max_width=26)
+    table.add_column("agent said", max_width=44)
+    table.add_column("first audio", justify="right")
+    table.add_column("budget", justify="right")
+    table.add_column("notes", max_width=30)
     for position, t in enumerate(call["turns"], 1):
         route = t.get("route") or {}
         fa = t.get("first_audio_ms")

@@ -55,7 +55,10 @@ CarrierEvent = InboundAudio | InboundDtmf | MarkEcho | CallEnded
 class CarrierLink(Protocol):
     """One live call on a carrier. ``events()`` yields CallEnded last and then stops."""
 
-    start: CallStart
+    @property
+    def start(self) -> CallStart:
+        """How the call began (read only: a wrapper may hand out its inner link's)."""
+        ...
 
     def events(self) -> AsyncIterator[CarrierEvent]: ...
 

@@ -21,6 +21,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import inspect
 import logging
 import math
 from collections.abc import Callable
@@ -637,7 +638,8 @@ def add_call_routes(app: FastAPI, source: CallSource, auth: OperatorAuth, banner
         ):
             detail = "" if exc.detail == "Not Found" else str(exc.detail)
             return html_response(not_found_page(request.url.path.removeprefix("/calls/"), detail), 404)
-        return await default_http_error(request, exc)
+        response = default_http_error(request, exc)  # FastAPI's (async), or one set before (maybe sync)
+        return await response if inspect.isawaitable(response) else response
 
     app.add_exception_handler(StarletteHTTPException, not_found)
 

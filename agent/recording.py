@@ -23,7 +23,7 @@ import os
 import re
 import time
 import wave
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +31,7 @@ from agent.calllog.store import data_dir
 
 if TYPE_CHECKING:
     from agent.config import Config, TenantRecordingConfig
-    from agent.link import CarrierLink
+    from agent.link import CallStart, CarrierEvent, CarrierLink
     from agent.timeline import Clock
 
 log = logging.getLogger("voxroute.recording")
@@ -172,6 +172,16 @@ class _RecordingLink:
     def __init__(self, link: CarrierLink, recorder: CallRecorder) -> None:
         self._link = link
         self._recorder = recorder
+
+    @property
+    def start(self) -> CallStart:
+        return self._link.start
+
+    def events(self) -> AsyncIterator[CarrierEvent]:
+        return self._link.events()
+
+    async def hangup(self) -> None:
+        await self._link.hangup()
 
     async def send_audio(self, pcm: bytes) -> None:
         self._recorder.agent(pcm)

@@ -295,34 +295,36 @@ class CallSession:
         if turn is not None:
             turn.overlaps.append({"kind": action.kind, "text": action.text, "at": round(action.at, 1)})
 
-    def _turn(self, index: int) -> TurnRecord | None:
-        """The running turn, if it is turn ``index``."""
-        turn = self._active
-        if turn is None or turn.index != index or self._turn_task is None or self._turn_task.done():
+    def _running(self, index: int) -> tuple[TurnRecord, asyncio.Task] | None:
+        """The running turn and its task, if it is turn ``index``."""
+        turn, task = self._active, self._turn_task
+        if turn is None or turn.index != index or task is None or task.done():
             return None
-        return turn
+        return turn, task
 
     async def _merge(self, index: int) -> None:
         """The caller went on talking before turn ``index`` was answered: cancel it; the turn core
         has put its words back, to be merged with what follows (a mid-sentence pause)."""
-        turn = self._turn(index)
-        if turn is None:
+        running = self._running(index)
+        if running is None:
             return
+        turn, task = running
         log.info("call %s turn %d: caller resumed before the answer; merging", self.call_sid, turn.index)
         if self.player.speaking:  # only a bridge can be playing: stop it, the caller is talking
             await self.player.clear()
         turn.outcome = "merged"
-        self._turn_task.cancel()
+        task.cancel()  # this turn's task: the turn loop may have started the next one during the clear
 
     async def _barge_in(self, index: int, why: str) -> None:
-        turn = self._turn(index)
-        if turn is None:
+        running = self._running(index)
+        if running is None:
             return
+        turn, task = running
         log.info("call %s turn %d: barge-in (%s)", self.call_sid, turn.index, why)
         turn.interrupted = True
         turn.outcome = "interrupted"
         await self.player.clear()
-        self._turn_task.cancel()
+        task.cancel()  # (as in _merge)
 
     def _on_mark(self, name: str) -> None:
         self.speaker.heard(name, self.player.on_mark_echo(name), self.clock.now())

@@ -127,7 +127,8 @@ class STTFeed:
             else:
                 frames = [self._audio[i - oldest] for i in range(start, end)]
                 pcm = b"".join(p for p, _ in frames)
-                ulaw = None if any(u is None for _, u in frames) else b"".join(u for _, u in frames)
+                ulaws = [u for _, u in frames if u is not None]
+                ulaw = b"".join(ulaws) if len(ulaws) == len(frames) else None  # all frames or none
             await stream.send_audio(pcm, ulaw)
 
     async def _read(self, stream: STTStream) -> None:

@@ -62,6 +62,7 @@ def configure_from_env() -> bool:
             exc,
         )
         return False
+    assert trace is not None  # the SDK just imported requires the API
     service = os.environ.get("OTEL_SERVICE_NAME") or TRACER_NAME
     tracer_provider = TracerProvider(resource=Resource.create({"service.name": service}))
     tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
@@ -95,7 +96,7 @@ class CallTrace:
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
         """The call's span is current inside (tasks created inside inherit it); it ends on the way out."""
-        if self.span is None:
+        if self.span is None or trace is None:  # (no span without the otel extra)
             yield
             return
         with trace.use_span(
@@ -104,7 +105,7 @@ class CallTrace:
             yield
 
     def end(self, ended: str, turns: int, error: str | None = None) -> None:
-        if self.span is None:
+        if self.span is None or trace is None:
             return
         self.span.set_attribute("voxroute.call.ended", ended)
         self.span.set_attribute("voxroute.call.turns", turns)
@@ -115,7 +116,7 @@ class CallTrace:
     def start_turn(self, turn: TurnRecord) -> Any:
         """The turn's span, made current for the rest of the calling task (the turn's own task): the
         provider calls it makes are its children. Starts at the turn's ``speech_end`` when known."""
-        if self.span is None:
+        if self.span is None or trace is None or otel_context is None:
             return None
         start = turn.timeline.get("speech_end", self.clock.now())
         span = self._tracer.start_span(

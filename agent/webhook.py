@@ -264,7 +264,8 @@ class WebhookSender:
                 self._queue.task_done()
 
     async def _deliver(self, client: httpx.AsyncClient, delivery: _Delivery) -> None:
-        outcome = ""
+        # attempts >= 1 (checked at start): the loop sets all three before they are read after it
+        outcome, retryable, attempt = "", True, 0
         for attempt in range(1, self.attempts + 1):
             # Signed afresh each attempt: the timestamp is part of what is signed.
             headers = signed_headers(self._secret, delivery.delivery_id, int(self._clock()), delivery.body)

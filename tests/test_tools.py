@@ -73,7 +73,7 @@ def test_retail_example_loads_its_tools_and_their_schemas() -> None:
     tools = cfg.tools.of("shopfast")
     assert set(tools) == {"lookup_order", "start_return"}
     assert tools["start_return"].stakes == "high" and tools["lookup_order"].stakes == "low"
-    schema = tools["start_return"].schema()
+    schema = tools["start_return"].arguments_schema()
     # From the type hints; the ``context`` parameter is the runtime's, not the model's.
     assert schema["required"] == ["order_id", "reason"] and "context" not in schema["properties"]
     assert "damaged" in schema["properties"]["reason"]["enum"]

@@ -472,6 +472,10 @@ def _apply(text: str, spans: list[tuple[int, int, str]]) -> str:
 # ---------------------------------------------------------------- the public functions
 
 
+@overload
+def redact(text: str) -> str: ...
+@overload
+def redact(text: None) -> None: ...
 def redact(text: str | None) -> str | None:
     """``text`` with card numbers, phone numbers and e-mail addresses masked (None stays None)."""
     if not text:

@@ -16,6 +16,7 @@ default. Calls go to a call log in a temporary folder unless ``VOXROUTE_DATA_DIR
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,9 +98,9 @@ def replay_call(request: pytest.FixtureRequest, _voxroute_call_log):
         seed: int = 0,
         speed: float = 1.0,
         config: Any = None,
-        force: list[tuple[str, str]] = (),
+        force: Sequence[tuple[str, str]] = (),
         items: int | None = None,
-        behave: list[tuple[str, str | None, dict]] = (),
+        behave: Sequence[tuple[str, str | None, dict[str, Any]]] = (),
         carrier: str = "twilio",
     ) -> ReplayResult:
         """``config``: an ``agent.config.Config`` or a YAML path. ``profile``: the emulators' latency

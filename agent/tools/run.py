@@ -204,8 +204,8 @@ class ToolRunner:
             return done("error", {"error": f"there is no tool named {call.name!r}"})
         if getattr(call, "arguments_error", None):
             return done("error", {"error": f"the arguments were not valid JSON: {call.arguments_error}"})
+        wait_ms = tool.timeout_ms if limit_ms is None else max(0.0, min(tool.timeout_ms, limit_ms))
         try:
-            wait_ms = tool.timeout_ms if limit_ms is None else max(0.0, min(tool.timeout_ms, limit_ms))
             async with asyncio.timeout(wait_ms / 1000):
                 if tool.kind == "http":
                     status, content = await self._http(tool, args, key)
@@ -240,7 +240,8 @@ class ToolRunner:
             kwargs["params"] = {k: v if isinstance(v, str) else json.dumps(v) for k, v in rest.items()}
         else:
             kwargs["json"] = rest
-        for attempt in range(2 if tool.idempotent else 1):
+        retries = 1 if tool.idempotent else 0  # an idempotent tool may be asked twice (same key)
+        while True:
             try:
                 async with self.http.stream(tool.method, url, **kwargs) as response:
                     body = b""
@@ -250,8 +251,9 @@ class ToolRunner:
                             return "error", {"error": "the tool's response was too large"}
                 break
             except httpx.TransportError as exc:
-                if attempt == 0 and tool.idempotent:
-                    continue  # an idempotent tool may be asked twice (same key)
+                if retries > 0:
+                    retries -= 1
+                    continue
                 return "error", {"error": f"could not reach the tool: {type(exc).__name__}"}
         if response.status_code >= 400:
             return "error", {"error": f"the tool answered HTTP {response.status_code}"}

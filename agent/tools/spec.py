@@ -116,7 +116,9 @@ class ToolConfig(_Model):
             return phrase.get(language) or next(iter(phrase.values()), None)
         return phrase
 
-    def schema(self) -> dict[str, Any]:
+    def arguments_schema(self) -> dict[str, Any]:
+        """The JSON schema of the tool's arguments, as the model sees it. (Not ``schema``: that name is
+        pydantic's deprecated class method, which this model would otherwise override.)"""
         if self.kind == "http":
             assert self.parameters is not None
             return self.parameters
@@ -228,7 +230,7 @@ def openai_tool(name: str, tool: ToolConfig) -> dict[str, Any]:
     """The tool in the OpenAI ``tools`` format."""
     return {
         "type": "function",
-        "function": {"name": name, "description": tool.description, "parameters": tool.schema()},
+        "function": {"name": name, "description": tool.description, "parameters": tool.arguments_schema()},
     }
 
 
