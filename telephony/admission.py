@@ -13,6 +13,11 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from agent.link import CallStart, CarrierEvent, CarrierLink
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +84,7 @@ class SilenceGuard:
     Asterisk send nothing for a while, but never for this long on a live call). Everything else is
     the wrapped link's."""
 
-    def __init__(self, link, timeout_s: float) -> None:
+    def __init__(self, link: CarrierLink, timeout_s: float) -> None:
         self._link = link
         self._timeout_s = timeout_s
         self.timed_out = False
@@ -87,12 +92,28 @@ class SilenceGuard:
     def __getattr__(self, name: str):
         return getattr(self._link, name)
 
+    @property
+    def start(self) -> CallStart:
+        return self._link.start
+
     def events(self) -> _GuardedEvents:
         return _GuardedEvents(self, self._link.events())
 
+    async def send_audio(self, pcm: bytes) -> None:
+        await self._link.send_audio(pcm)
+
+    async def send_mark(self, name: str) -> None:
+        await self._link.send_mark(name)
+
+    async def clear(self) -> None:
+        await self._link.clear()
+
+    async def hangup(self) -> None:
+        await self._link.hangup()
+
 
 class _GuardedEvents:
-    def __init__(self, guard: SilenceGuard, inner) -> None:
+    def __init__(self, guard: SilenceGuard, inner: AsyncIterator[CarrierEvent]) -> None:
         self._guard = guard
         self._inner = inner
         self._over = False
@@ -100,7 +121,7 @@ class _GuardedEvents:
     def __aiter__(self) -> _GuardedEvents:
         return self
 
-    async def __anext__(self):
+    async def __anext__(self) -> CarrierEvent:
         from agent.link import CallEnded
 
         if self._over:

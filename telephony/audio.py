@@ -37,7 +37,11 @@ def _int16_domain() -> np.ndarray:
 
 
 def _segment(mag: np.ndarray, bounds: tuple[int, ...]) -> np.ndarray:
-    return sum((mag > b).astype(np.int32) for b in bounds)
+    """How many of ``bounds`` each magnitude exceeds."""
+    seg = np.zeros(mag.shape, dtype=np.int32)
+    for b in bounds:
+        seg += mag > b
+    return seg
 
 
 def _ulaw_tables() -> tuple[np.ndarray, np.ndarray]:

@@ -329,6 +329,7 @@ class TwilioCallControl:
             raise error
         calls = self._sdk().calls(call_sid)
         last: CallControlError | None = None
+        attempt = 0  # attempts >= 1 (checked at start): the loop sets it
         for attempt in range(1, self.attempts + 1):
             retryable = False
             try:

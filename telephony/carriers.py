@@ -28,7 +28,7 @@ import hmac
 import ipaddress
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from fastapi import FastAPI, Request, WebSocket
@@ -100,7 +100,7 @@ class CarrierSettings(BaseModel):
 
     @classmethod
     def from_env(
-        cls, env: dict[str, str] | None = None, names: dict[str, str] | None = None
+        cls, env: Mapping[str, str] | None = None, names: dict[str, str] | None = None
     ) -> CarrierSettings:
         """``names``: the environment variable of each secret field, when not the default
         (``exotel_credentials``, ``plivo_auth_token``, ``telnyx_public_key``, ``telnyx_stream_secret``)."""
@@ -113,10 +113,13 @@ class CarrierSettings(BaseModel):
             "telnyx_codec": env.get("TELNYX_CODEC"),
             "telnyx_sample_rate": env.get("TELNYX_SAMPLE_RATE"),
         }
-        return cls(
-            exotel_allowed_networks=nets,
-            **{field: (env.get(name) or "").strip() or None for field, name in names.items()},
-            **{k: v for k, v in choices.items() if v},
+        # validated from strings as the environment holds them (pydantic converts the sample rates)
+        return cls.model_validate(
+            {
+                "exotel_allowed_networks": nets,
+                **{field: (env.get(name) or "").strip() or None for field, name in names.items()},
+                **{k: v for k, v in choices.items() if v},
+            }
         )
 
 

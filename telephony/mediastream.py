@@ -24,7 +24,7 @@ import binascii
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal, overload
 
 import numpy as np
 import orjson
@@ -178,6 +178,10 @@ def get_obj(d: dict, key: str, where: str, *, required: bool = True) -> dict:
     return value
 
 
+@overload
+def get_str(d: dict, key: str, where: str, *, required: Literal[True] = True) -> str: ...
+@overload
+def get_str(d: dict, key: str, where: str, *, required: bool) -> str | None: ...
 def get_str(d: dict, key: str, where: str, *, required: bool = True) -> str | None:
     value = d.get(key)
     if value is None and not required:
@@ -187,6 +191,10 @@ def get_str(d: dict, key: str, where: str, *, required: bool = True) -> str | No
     return value
 
 
+@overload
+def get_int(d: dict, key: str, where: str, *, required: Literal[True]) -> int: ...
+@overload
+def get_int(d: dict, key: str, where: str, *, required: bool = False) -> int | None: ...
 def get_int(d: dict, key: str, where: str, *, required: bool = False) -> int | None:
     """An unsigned integer sent as a number or as a string of digits (carriers do both)."""
     value = d.get(key)

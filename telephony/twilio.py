@@ -238,7 +238,7 @@ class TwilioStream:
         self._sid_json = json.dumps(sid)
         return start
 
-    def _media(self, msg: dict) -> list[Media]:
+    def _media(self, msg: dict) -> list[TwilioEvent]:
         seq = get_int(msg, "sequenceNumber", "media")
         body = get_obj(msg, "media", "message")
         payload = _b64(body.get("payload"), "media.payload")

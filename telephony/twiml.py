@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 from twilio.request_validator import RequestValidator, get_signature_algorithm
-from twilio.twiml.voice_response import Connect, VoiceResponse
+from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
 
 SIGNATURE_HEADER = "X-Twilio-Signature"
 SIGNATURE_SETTINGS_HEADER = "X-Twilio-Webhooks-Signature-Settings"
@@ -38,13 +38,10 @@ def connect_stream_twiml(
         raise ValueError(f"Twilio drops query strings from <Stream url>: use parameters, got {stream_url!r}")
     response = VoiceResponse()
     connect = Connect(action=action_url) if action_url else Connect()
-    stream = (
-        connect.stream(url=stream_url, status_callback=status_callback)
-        if status_callback
-        else connect.stream(url=stream_url)
-    )
+    stream = Stream(url=stream_url, status_callback=status_callback or None)  # None: no attribute
     for name, value in parameters.items():
         stream.parameter(name=name, value=value)
+    connect.append(stream)
     response.append(connect)
     return str(response)
 

@@ -18,6 +18,7 @@ import asyncio
 import logging
 
 from fastapi import WebSocket
+from starlette.types import Message
 from starlette.websockets import WebSocketDisconnect
 
 from agent.link import CallStart, CarrierEvent
@@ -60,6 +61,7 @@ class WebSocketLink:
             self._silence_timer = loop.call_at(loop.time() + self.silence_timeout_s, self._check_silence)
         self._receiver = task = asyncio.current_task()
         self._waiting_since = loop.time()
+        message: Message
         try:
             message = await self._ws.receive()
         except asyncio.CancelledError:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from telephony.sip import auth, sdp
@@ -287,9 +287,9 @@ class UserAgent:
         *,
         reason: str | None = None,
         call: Call | None = None,
-        headers: list[tuple[str, str]] = (),
+        headers: Sequence[tuple[str, str]] = (),
         body: bytes = b"",
-    ) -> Send:  # type: ignore[assignment]
+    ) -> Send:
         hdrs = [("Server", USER_AGENT), *headers]
         if body:
             hdrs.append(("Content-Type", "application/sdp"))
@@ -542,9 +542,9 @@ class UserAgent:
         method: str,
         *,
         cseq: int | None = None,
-        headers: list[tuple[str, str]] = (),
+        headers: Sequence[tuple[str, str]] = (),
         body: bytes = b"",
-    ) -> SipMessage:  # type: ignore[assignment]
+    ) -> SipMessage:
         if cseq is None:
             call.local_cseq += 1
             cseq = call.local_cseq
@@ -633,9 +633,9 @@ class UserAgent:
         now: float,
         *,
         from_user: str = "caller",
-        headers: list[tuple[str, str]] = (),
+        headers: Sequence[tuple[str, str]] = (),
         call_id: str | None = None,
-    ) -> tuple[Call, list[Action]]:  # type: ignore[assignment]
+    ) -> tuple[Call, list[Action]]:
         """Place a call (uac) to ``target`` via ``addr`` with an SDP offer ``body``.
         ``call_id``: one chosen beforehand (:func:`new_call_id`), when the caller must know it first."""
         host, port = self.local_addr
