@@ -394,7 +394,8 @@ class LLMLadder:
         self.turn.mark("llm_first_token", now)
         if not att.got_token:
             self.health.success(att.key, now - att.started)
-        self.turn.usage.update(model=att.model, provider=att.provider, path=att.path, rung=att.rung)
+        if self.role == "answer":  # an acknowledgement that wins its race is not the turn's model
+            self.turn.usage.update(model=att.model, provider=att.provider, path=att.path, rung=att.rung)
         for other in self._running():
             if other.ident != att.ident:
                 self._cancel(other)

@@ -161,3 +161,20 @@ async def test_usage_and_cost_per_path(path):
     assert per.get("estimated", False) == (path == "fast_backup")
     if path == "fast_backup":
         assert per["completion_tokens"] == len(text.split())  # one streamed piece per word
+
+
+async def test_an_acknowledgement_is_not_the_turns_model():
+    """The fast path's acknowledgement (role "ack") runs beside the answer on the same turn: when its
+    first token comes after the answer's, the turn's model stays the answer's (bench.routing_cost
+    counted such a high-stakes turn as answered by the fast tier); its cost still counts."""
+    async with ladder_env() as (config, emu, llms):
+        turn = TurnRecord(index=1)
+        history = [{"role": "user", "content": "I was charged twice."}]
+        models = config.routing_table().models["default"]
+        for path, role in (("reasoning", "answer"), ("fast_backup", "ack")):
+            ladder = LLMLadder(
+                config, llms, Clock(), turn, history, f"t:1:{role}", models=models, health=Health(), role=role
+            )
+            await ladder.run([path], lambda _: None)
+    assert turn.usage["model"] == config.models["reasoning"].model and turn.usage["path"] == "reasoning"
+    assert set(turn.usage["by_path"]) == {"reasoning", "fast_backup"}
