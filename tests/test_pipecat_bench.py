@@ -91,3 +91,15 @@ def test_a_caller_without_marks_takes_quiet_for_the_end_of_a_reply(end_silence_s
         assert first.reply_finished_at == pytest.approx(first.ended_at + 0.5 + end_silence_s, abs=0.05)
         assert second.started_at == pytest.approx(first.reply_finished_at + gap_s, abs=0.05)
     assert call.result.errors == []
+
+
+@pytest.mark.slow
+async def test_one_ramp_step_reads_a_pipecat_servers_own_figures():
+    """The ramp's machinery on one call: a Pipecat bot in a server process of its own reports voxroute's
+    figures (inbound lag, outbound lateness of its paced sends, its CPU) at /debug/stats."""
+    with vs_pipecat.server_process("pipecat_voxroute") as base:
+        step = await vs_pipecat.ramp_step("pipecat_voxroute", base, 1)
+    assert step["completed"] == 1, step["errors"]
+    assert step["lag_p99_ms"] is not None and step["jitter_p99_ms"] is not None
+    assert step["cpu_ms_per_call_second"] > 0
+    assert isinstance(vs_pipecat.passes(step), bool)
