@@ -30,6 +30,7 @@ TEST_WORKERS ?= 6
 export PYTHONDONTWRITEBYTECODE :=
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/pyright
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not serial and not soak"
 	$(BIN)/python -m pytest -q -m "serial and not soak"
 
@@ -39,6 +40,7 @@ soak: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/pyright
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.overhead

@@ -351,7 +351,9 @@ class Config(_Model):
                 if self.budget.hard_cap_ms <= budget:
                     problems.append(f"tenants.{tname}.budgets.{channel}_ms: must be smaller than hard_cap_ms")
         problems += check_references(self.routing, self.tenants, self.models)
-        problems += [f"tools.tenants.{t}: no tenant {t!r}" for t in self.tools.tenants if t not in self.tenants]
+        problems += [
+            f"tools.tenants.{t}: no tenant {t!r}" for t in self.tools.tenants if t not in self.tenants
+        ]
         if self.telephony.default_tenant not in self.tenants:
             problems.append(f"telephony.default_tenant: no tenant {self.telephony.default_tenant!r}")
         if problems:

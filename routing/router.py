@@ -373,7 +373,7 @@ class Conversation:
         if sig.anger and (m := ANGER.search(text)):
             signals.append("anger")
             return "complaint", f"signal: anger ({m.group(0).lower()!r}); model p_high={p_high:.2f}"
-        if uncertain:
+        if uncertain and self.last_class is not None:  # uncertain implies a last class
             return self.last_class, f"context: follows {self.last_class} (model {best} p={conf:.2f})"
         return best, f"model{spec}: {best} p={conf:.2f}, p_high={p_high:.2f} < {threshold:.2f}{extra}"
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -254,7 +255,7 @@ class RoutingTable:
     def __init__(
         self,
         routing: RoutingConfig,
-        tenants: dict[str, TenantConfig],
+        tenants: Mapping[str, TenantConfig],
         shared_models: dict[str, ModelPath],
         default_tenant: str,
     ) -> None:
@@ -370,7 +371,7 @@ def _resolve(
 
 
 def check_references(
-    routing: RoutingConfig, tenants: dict[str, TenantConfig], shared_models: dict[str, ModelPath]
+    routing: RoutingConfig, tenants: Mapping[str, TenantConfig], shared_models: dict[str, ModelPath]
 ) -> list[str]:
     """Every dangling name in the routing sections, as dotted paths with a message."""
     problems: list[str] = []

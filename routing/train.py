@@ -222,7 +222,7 @@ def fit_softmax(x: sparse.csr_matrix, y: np.ndarray, sw: np.ndarray, n_outputs: 
     clf.fit(x, y, sample_weight=sw)
     if list(clf.classes_) != list(range(n_outputs)):
         raise ValueError("every output needs training rows")
-    return clf.coef_.T.copy(), clf.intercept_.copy()
+    return clf.coef_.T.copy(), np.asarray(clf.intercept_).copy()
 
 
 def tune_threshold(p_high: np.ndarray, human: np.ndarray, is_high: np.ndarray, target: float) -> float:
@@ -315,7 +315,7 @@ def save(
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "Train the stakes classifier.").splitlines()[0])
     ap.add_argument(
         "--out", type=Path, default=DEFAULT_MODEL_PATH, help="artifact path (.npz; .json beside it)"
     )

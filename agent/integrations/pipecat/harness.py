@@ -14,6 +14,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from fastapi import WebSocket
 from pipecat.frames.frames import (
@@ -222,6 +223,7 @@ class PipecatBot:
     def _llm(self):
         from pipecat.pipeline.llm_switcher import LLMSwitcher
         from pipecat.pipeline.service_switcher import ServiceSwitcherStrategyFailover
+        from pipecat.services.llm_service import LLMService
         from pipecat.services.openai.llm import OpenAILLMService
         from pipecat.services.sarvam.llm import SarvamLLMService
 
@@ -239,7 +241,8 @@ class PipecatBot:
             base_url=f"{self.sarvam_url}/v2",
             settings=SarvamLLMService.Settings(model="sarvam-105b"),
         )
-        return LLMSwitcher([primary, backup], strategy_type=ServiceSwitcherStrategyFailover)
+        llms: list[LLMService[Any]] = [primary, backup]  # each with its own adapter type
+        return LLMSwitcher(llms, strategy_type=ServiceSwitcherStrategyFailover)
 
     async def call(self, websocket: WebSocket) -> None:
         import aiohttp
@@ -282,7 +285,9 @@ class PipecatBot:
             measure_pacing(transport.output())
         config = self.services.config
         # The call's language, as a Pipecat bot reads it from the stream's custom parameters
-        language = marks.stream.start.custom_parameters.get("language", config.language)
+        start = marks.stream.start  # TwilioMarkSerializer.accept returns once the start is read
+        assert start is not None
+        language = start.custom_parameters.get("language", config.language)
         if language not in LANGUAGES:
             log.warning("call %s: language %r not served; %s", marks.call_sid, language, config.language)
             language = config.language
