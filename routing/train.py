@@ -44,7 +44,7 @@ from routing.classifier import (
 )
 
 if TYPE_CHECKING:  # the train extra (scikit-learn, scipy) is needed only to fit
-    from scipy import sparse
+    from scipy import sparse  # pyright: ignore[reportMissingImports] (the train extra)
 
 REPO = Path(__file__).resolve().parent.parent
 DATA_DIR = REPO / "data" / "router"
@@ -196,7 +196,7 @@ def build_vocab(examples: list[Example]) -> list[str]:
 
 
 def featurize(examples: list[Example], index: dict[str, int]) -> sparse.csr_matrix:
-    from scipy import sparse
+    from scipy import sparse  # pyright: ignore[reportMissingImports] (the train extra)
 
     rows, cols, vals = [], [], []
     for r, ex in enumerate(examples):
@@ -216,7 +216,7 @@ def featurize(examples: list[Example], index: dict[str, int]) -> sparse.csr_matr
 
 def fit_softmax(x: sparse.csr_matrix, y: np.ndarray, sw: np.ndarray, n_outputs: int, c: float):
     """Weighted multinomial logistic regression (scikit-learn's L-BFGS); returns (V, K) weights, bias."""
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.linear_model import LogisticRegression  # pyright: ignore[reportMissingImports] (the train extra)
 
     clf = LogisticRegression(C=c, max_iter=MAX_ITER, tol=1e-6)
     clf.fit(x, y, sample_weight=sw)
