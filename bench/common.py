@@ -108,3 +108,28 @@ async def webhook_params(http: httpx.AsyncClient, call_sid: str) -> dict:
     )
     r.raise_for_status()
     return {p.get("name"): p.get("value") for p in ET.fromstring(r.text).iter("Parameter")}
+
+
+def step_result(n: int, results: list, before: dict, after: dict, wall_s: float) -> dict:
+    """One load step's figures: the fake carrier's ``CarrierResult``s (or the exceptions that ended
+    them) and the server's ``/debug/stats`` before and after (lag, jitter, CPU)."""
+    ok = [r for r in results if not isinstance(r, BaseException)]
+    completed = sum(1 for r in ok if r.completed and not r.errors)
+    call_seconds = sum(r.duration_s or 0 for r in ok)
+    cpu_ms = (after["cpu_s"] - before["cpu_s"]) * 1000
+    return {
+        "calls": n,
+        "completed": completed,
+        "failed": n - completed,
+        "wall_s": round(wall_s, 1),
+        "lag_p50_ms": after["inbound_lag_ms_p50"],
+        "lag_p99_ms": after["inbound_lag_ms_p99"],
+        "jitter_p50_ms": after["outbound_late_ms_p50"],
+        "jitter_p99_ms": after["outbound_late_ms_p99"],
+        "cpu_ms_per_call_second": round(cpu_ms / call_seconds, 2) if call_seconds else None,
+        "generator_max_lag_ms": max((r.max_lag_ms or 0) for r in ok) if ok else None,
+        "errors": sorted(
+            {str(e) for r in ok for e in r.errors}
+            | {repr(r) for r in results if isinstance(r, BaseException)}
+        )[:5],
+    }

@@ -26,7 +26,7 @@ import httpx
 
 from agent.fixture import load
 from bench.common import LOAD_FIXTURES as FIXTURES
-from bench.common import processes, webhook_params
+from bench.common import processes, step_result, webhook_params
 from emulators.carrier import dial
 from emulators.serve import ws_url
 
@@ -52,27 +52,7 @@ async def run_step(base: str, n: int) -> dict:
         results = await asyncio.gather(*(one(i) for i in range(n)), return_exceptions=True)
         wall = time.monotonic() - t0
         after = (await http.get("/debug/stats")).json()
-    ok = [r for r in results if not isinstance(r, BaseException)]
-    completed = sum(1 for r in ok if r.completed and not r.errors)
-    call_seconds = sum(r.duration_s or 0 for r in ok)
-    cpu_ms = (after["cpu_s"] - before["cpu_s"]) * 1000
-    gen_lag = max((r.max_lag_ms or 0) for r in ok) if ok else None
-    return {
-        "calls": n,
-        "completed": completed,
-        "failed": n - completed,
-        "wall_s": round(wall, 1),
-        "lag_p50_ms": after["inbound_lag_ms_p50"],
-        "lag_p99_ms": after["inbound_lag_ms_p99"],
-        "jitter_p50_ms": after["outbound_late_ms_p50"],
-        "jitter_p99_ms": after["outbound_late_ms_p99"],
-        "cpu_ms_per_call_second": round(cpu_ms / call_seconds, 2) if call_seconds else None,
-        "generator_max_lag_ms": gen_lag,
-        "errors": sorted(
-            {str(e) for r in ok for e in r.errors}
-            | {repr(r) for r in results if isinstance(r, BaseException)}
-        )[:5],
-    }
+    return step_result(n, results, before, after, wall)
 
 
 def passes(step: dict) -> bool:

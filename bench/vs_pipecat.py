@@ -64,7 +64,7 @@ import httpx
 
 from agent.config import Config, load_config
 from agent.fixture import load
-from bench.common import LOAD_FIXTURES, pin, webhook_params
+from bench.common import LOAD_FIXTURES, pin, step_result, webhook_params
 from bench.concurrency import LIMIT_MS, passes
 
 SYSTEMS = ("pipecat", "pipecat_voxroute", "voxroute")
@@ -302,25 +302,7 @@ async def ramp_step(system: str, base: str, n: int) -> dict[str, Any]:
         results = await asyncio.gather(*(one(i) for i in range(n)), return_exceptions=True)
         wall = time.monotonic() - t0
         after = (await http.get("/debug/stats")).json()
-    ok = [r for r in results if not isinstance(r, BaseException)]
-    completed = sum(1 for r in ok if r.completed and not r.errors)
-    call_s = sum(r.duration_s or 0 for r in ok)
-    cpu_ms = (after["cpu_s"] - before["cpu_s"]) * 1000
-    return {
-        "calls": n,
-        "completed": completed,
-        "failed": n - completed,
-        "wall_s": round(wall, 1),
-        "lag_p50_ms": after["inbound_lag_ms_p50"],
-        "lag_p99_ms": after["inbound_lag_ms_p99"],
-        "jitter_p50_ms": after["outbound_late_ms_p50"],
-        "jitter_p99_ms": after["outbound_late_ms_p99"],
-        "cpu_ms_per_call_second": round(cpu_ms / call_s, 1) if call_s else None,
-        "generator_max_lag_ms": max((r.max_lag_ms or 0) for r in ok) if ok else None,
-        "errors": sorted({str(e) for r in ok for e in r.errors} | {repr(r) for r in results if r not in ok})[
-            :5
-        ],
-    }
+    return step_result(n, results, before, after, wall)
 
 
 def next_load(n: int, passed: bool, lo: int, hi: int | None, cap: int) -> tuple[int | None, int, int | None]:
