@@ -27,6 +27,7 @@ NONE = "none"  # a turn without a route (DTMF before routing, a turn cut short)
 TIERS = ("fast", "reasoning")
 TURN_OUTCOMES = ("answered", "apology", "handoff", "not_heard", "interrupted", "merged")
 CALL_ENDINGS = ("completed", "caller_hung_up", "handoff", "error")
+CALL_OUTCOMES = ("resolved", "unresolved", "handoff", "unknown")  # agent/session.py CallSession.outcome
 FALLBACK_REASONS = (*FAULT_KINDS, "cooldown")
 PROVIDER_KINDS = ("llm", "stt", "tts", "runtime")
 BRIDGE_KINDS = ("cached", "ack", "tool")
@@ -86,6 +87,7 @@ class PromMetrics:
         self.tier = Labels(TIERS)
         self.outcome = Labels(TURN_OUTCOMES)
         self.ended = Labels(CALL_ENDINGS)
+        self.call_outcome = Labels(CALL_OUTCOMES)
         self.reason = Labels(FALLBACK_REASONS)
         self.provider_kind = Labels(PROVIDER_KINDS)
         self.bridge_kind = Labels(BRIDGE_KINDS)
@@ -144,6 +146,15 @@ class PromMetrics:
         self.active_calls = Gauge("voxroute_active_calls", "Calls in progress", registry=r)
         self.calls = Counter(
             "voxroute_calls", "Finished calls by how they ended", ["tenant", "ended"], registry=r
+        )
+        # The business figures of `voxroute report` as rates (deploy/grafana): cost per resolved call
+        # and containment need the outcome (set by mark_resolved, a handoff, or the operator before
+        # the call ended) together with how the call ended.
+        self.call_outcomes = Counter(
+            "voxroute_call_outcomes",
+            "Finished calls by outcome (resolved, unresolved, handoff, unknown) and how they ended",
+            ["tenant", "outcome", "ended"],
+            registry=r,
         )
         self.loop_lag = Histogram(
             "voxroute_event_loop_lag_seconds",
@@ -210,7 +221,9 @@ class PromMetrics:
     def call_ended(self, call: dict[str, Any]) -> None:
         self._active.discard(call.get("call_sid") or "")
         self.active_calls.set(len(self._active))
-        self.calls.labels(self.tenant(call.get("tenant")), self.ended(call.get("ended"))).inc()
+        tenant, ended = self.tenant(call.get("tenant")), self.ended(call.get("ended"))
+        self.calls.labels(tenant, ended).inc()
+        self.call_outcomes.labels(tenant, self.call_outcome(call.get("outcome")), ended).inc()
 
     # ---- exposition
 

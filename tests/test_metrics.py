@@ -135,6 +135,31 @@ def test_unknown_label_values_fold_into_other():
     assert value(s, "voxroute_calls_total", tenant=OTHER, ended=OTHER) == 1
 
 
+def test_call_outcomes_with_how_calls_ended():
+    """deploy/grafana's cost per resolved call and containment read this series."""
+    m = PromMetrics(["default", "acme"], CLASSES, process=False)
+    ends = [
+        ("CA1", "acme", "resolved", "completed"),
+        ("CA2", "acme", "resolved", "completed"),
+        ("CA3", "acme", "handoff", "handoff"),
+        ("CA4", "default", "resolved", "caller_hung_up"),
+        ("CA5", "default", "unknown", "error"),
+        ("CA6", "default", "made-up", "completed"),
+    ]
+    for sid, tenant, outcome, ended in ends:
+        m.call_started({"call_sid": sid, "tenant": tenant})
+        m.call_ended({"call_sid": sid, "tenant": tenant, "outcome": outcome, "ended": ended})
+    s = scrape(m.exposition()[0].decode())
+    name = "voxroute_call_outcomes_total"
+    assert value(s, name, tenant="acme", outcome="resolved", ended="completed") == 2
+    assert value(s, name, tenant="acme", outcome="handoff", ended="handoff") == 1
+    assert value(s, name, tenant="default", outcome="resolved", ended="caller_hung_up") == 1
+    assert value(s, name, tenant="default", outcome="unknown", ended="error") == 1
+    assert value(s, name, tenant="default", outcome=OTHER, ended="completed") == 1
+    assert total(s, name) == total(s, "voxroute_calls_total") == len(ends)
+    assert total(s, name, outcome="resolved") == 3
+
+
 def test_free_text_actions_are_capped():
     action = FirstSeen(MAX_ACTIONS)
     assert action("next rung; path cooling down 30 s") == "next rung"
@@ -183,5 +208,9 @@ async def test_metrics_after_a_replayed_call_match_its_turns(monkeypatch, tmp_pa
     assert total(s, "voxroute_budget_misses_total") == misses
     assert total(s, "voxroute_bridges_total") == sum(bool(t["bridge"]) for t in turns)
     assert value(s, "voxroute_calls_total", tenant="default", ended="completed") == 1
+    assert (
+        value(s, "voxroute_call_outcomes_total", tenant="default", outcome=call["outcome"], ended="completed")
+        == 1
+    )
     assert value(s, "voxroute_active_calls") == 0
     assert value(s, "process_cpu_seconds_total") > 0
