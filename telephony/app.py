@@ -8,8 +8,10 @@
 Fail closed: each enabled carrier needs its secret (Twilio's auth token here; the others' in
 ``telephony.carriers``), else building the app raises, unless ``allow_unsigned`` (``voxroute serve
 --dev`` and in-process test stacks say so explicitly). A carrier that is not enabled has no routes
-(404). Every call takes a slot of one :class:`~telephony.admission.CallGate`; over its cap or while
-draining, the carrier gets its busy answer.
+(404). Every call takes a slot of one :class:`~telephony.admission.CallGate`; over its cap the
+carrier gets its busy answer; while draining for shutdown, a new call's webhook gets 503 and a stream
+upgrade is refused with 503, so a proxy in front retries the next worker (Twilio, with none left: the
+number's Voice Fallback URL).
 
 Each websocket handler owns its call and starts no tasks: ``on_call`` runs inside it, and the
 link reads the socket only when ``on_call`` iterates ``link.events()``. A protocol error ends
@@ -32,7 +34,7 @@ from starlette.datastructures import MultiDict
 
 from agent.calllog.redact import mask_number
 from agent.link import CallEnded, CallStart, CarrierEvent, CarrierLink, InboundAudio, InboundDtmf, MarkEcho
-from telephony.admission import WS_TRY_AGAIN_LATER, CallGate
+from telephony.admission import DRAINING, WS_TRY_AGAIN_LATER, CallGate
 from telephony.call_control import (
     DialResult,
     dial_action_result,
@@ -44,9 +46,11 @@ from telephony.carriers import (
     CARRIERS,
     CarrierSettings,
     add_carrier_routes,
+    draining_answer,
     error_response,
     peer_of,
     read_body,
+    refuse_upgrade_if_draining,
 )
 from telephony.twilio import (
     MAX_MESSAGE_BYTES,
@@ -317,8 +321,10 @@ def create_app(
         if not call_sid:
             log.warning("voice webhook from %s: no CallSid", peer_of(request))
             return error_response(400, "CallSid is required")
-        if gate.check("twilio", call_sid) is not None:
-            return Response(BUSY_TWIML, media_type="application/xml")
+        if (refused := gate.check("twilio", call_sid)) is not None:
+            if refused == DRAINING:  # <Reject> would end the call: 503 lets a proxy try the next worker
+                return draining_answer()
+            return Response(BUSY_TWIML, media_type="application/xml")  # full: the caller hears busy
         from_number, to_number = form.get("From", ""), form.get("To", "")
         parameters = stream_parameters(call_sid, from_number, to_number)
         log.info(
@@ -377,6 +383,8 @@ def create_app(
                 )
                 await websocket.close(code=1008)  # before accept: the handshake fails with HTTP 403
                 return
+        if await refuse_upgrade_if_draining(websocket, gate, "twilio"):
+            return
         await websocket.accept()
         link = TwilioLink(
             websocket,

@@ -14,7 +14,9 @@ Secrets come from the environment (:meth:`CarrierSettings.from_env`, variable na
 config's ``telephony`` section). Fail closed: an enabled carrier without its secret is an error at
 start (:func:`missing_secrets`), unless ``allow_unsigned`` (dev only: its check is off and a
 warning says so). A carrier that is not enabled has no routes (404). Over the call cap or while
-draining (``telephony.admission``), set-ups get the carrier's busy answer and streams close 1013.
+draining (``telephony.admission``), set-ups get the carrier's busy answer and streams close 1013;
+while the process drains for shutdown, set-ups get HTTP 503 and stream upgrades are refused with 503
+before they are accepted (:func:`draining_answer`), so a proxy in front retries the next worker.
 Any bad input from the network ends only its own call: close 1008 and one log line.
 """
 
@@ -38,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from agent.calllog.redact import mask_number
 from agent.link import CallEnded, CallStart, CarrierEvent, CarrierLink, InboundAudio, InboundDtmf, MarkEcho
 from telephony import plivo, telnyx
-from telephony.admission import WS_TRY_AGAIN_LATER, CallGate
+from telephony.admission import DRAINING, WS_TRY_AGAIN_LATER, CallGate
 from telephony.exotel import ExotelStream
 from telephony.mediastream import (
     Audio,
@@ -250,6 +252,29 @@ def error_response(status: int, detail: str) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status)
 
 
+def draining_answer() -> JSONResponse:
+    """A new call's set-up (or stream upgrade) while this process drains for shutdown: 503, not the
+    carrier's busy markup, which would end the call. A proxy in front (deploy/nginx) retries the
+    next worker; with none left the carrier takes its fallback (Twilio: the number's Voice Fallback
+    URL, Plivo: the application's fallback_answer_url, Telnyx: the TeXML application's
+    voice_fallback_url, Exotel: the applet's failure branch)."""
+    return JSONResponse(
+        {"detail": "draining: this worker is shutting down, try another"},
+        status_code=503,
+        headers={"Retry-After": "1"},
+    )
+
+
+async def refuse_upgrade_if_draining(websocket: WebSocket, gate: CallGate, carrier: str) -> bool:
+    """While draining: refuse a stream upgrade with HTTP 503 before accepting it (counted, logged),
+    so a proxy can hand it to another worker; True when refused."""
+    if not gate.draining:
+        return False
+    gate.check(carrier)
+    await websocket.send_denial_response(draining_answer())
+    return True
+
+
 async def read_body(request: Request, what: str) -> bytes | Response:
     """A webhook's body, or a 413 once it passes MAX_WEBHOOK_BYTES (logged)."""
     body = bytearray()
@@ -341,6 +366,8 @@ def add_carrier_routes(
         websocket: WebSocket, codec: MediaStreamCodec, check: Callable[[CallStart], str | None]
     ) -> None:
         peer = peer_of(websocket)
+        if await refuse_upgrade_if_draining(websocket, gate, codec.carrier):
+            return
         await websocket.accept()
         link = MediaStreamLink(websocket, codec, default_tenant=default_tenant)
         try:
@@ -419,7 +446,9 @@ def add_carrier_routes(
             return error_response(403, "forbidden")
         q = request.query_params
         if gate.check("exotel", q.get("CallSid")) is not None:
-            return error_response(503, "busy")  # the flow goes on to the applet's failure branch
+            # 503 (at the cap and while draining): a proxy in front retries the next worker; with
+            # none left, the flow goes on to the applet's failure branch
+            return error_response(503, "busy")
         to_number = q.get("CallTo") or q.get("To") or ""
         params = {"sample-rate": str(s.exotel_sample_rate)}
         if tenant_for is not None and to_number:
@@ -475,7 +504,9 @@ def add_carrier_routes(
         if not call_uuid:
             log.warning("Plivo answer webhook from %s: no CallUUID", peer_of(request))
             return error_response(400, "CallUUID is required")
-        if gate.check("plivo", call_uuid) is not None:
+        if (refused := gate.check("plivo", call_uuid)) is not None:
+            if refused == DRAINING:
+                return draining_answer()
             return Response(PLIVO_BUSY_XML, media_type="application/xml")
         from_number, to_number = form.get("From", ""), form.get("To", "")
         headers = {"from": _alnum(from_number), "to": _alnum(to_number)}
@@ -563,7 +594,9 @@ def add_carrier_routes(
         if not call_sid:
             log.warning("Telnyx TeXML webhook from %s: no CallSid", peer_of(request))
             return error_response(400, "CallSid is required")
-        if gate.check("telnyx", call_sid) is not None:
+        if (refused := gate.check("telnyx", call_sid)) is not None:
+            if refused == DRAINING:
+                return draining_answer()
             return Response(TELNYX_BUSY_TEXML, media_type="application/xml")
         from_number, to_number = form.get("From", ""), form.get("To", "")
         params = {"from": from_number, "to": to_number}

@@ -520,10 +520,37 @@ async def test_over_the_call_cap_webhooks_answer_busy_and_streams_close_1013(rec
         assert gate.refused[("twilio", "busy")] == 2 and gate.active == 0
         assert (await http.get("/readyz")).json()["ready"] is True
         gate.draining = True  # shutting down: refused whatever the count
-        reject = ET.fromstring((await http.post(VOICE_PATH, data=VOICE_FORM)).text).find("Reject")
-        assert reject is not None and gate.refused[("twilio", "draining")] == 1
         assert (await http.get("/readyz")).json() == {"ready": False, "active_calls": 0, "max_calls": 1,
                                                       "reason": "draining"}  # fmt: skip
+
+
+async def test_while_draining_new_calls_get_503_so_a_proxy_retries_another_worker(recorder):
+    """Not the busy answer, which ends the call: 503 on every carrier's set-up and on stream upgrades
+    (before they are accepted), so nginx's proxy_next_upstream http_503 tries the next worker."""
+    gate = CallGate(5)
+    settings = TelephonySettings(public_base_url=BASE, allow_unsigned=True)  # every carrier
+    async with (
+        serve_app(create_app(settings, recorder, gate=gate)) as url,
+        httpx.AsyncClient(base_url=url) as http,
+    ):
+        assert (await http.post(VOICE_PATH, data=VOICE_FORM)).status_code == 200
+        gate.draining = True
+        setups = {
+            "twilio": await http.post(VOICE_PATH, data=VOICE_FORM),
+            "plivo": await http.post("/plivo/answer", data={"CallUUID": "u1", "From": "1", "To": "2"}),
+            "telnyx": await http.post("/telnyx/texml", data={"CallSid": "v3:x", "From": "1", "To": "2"}),
+            "exotel": await http.get("/exotel/voicebot", params={"CallSid": "e1"}),
+        }
+        for carrier, answer in setups.items():
+            assert answer.status_code == 503, (carrier, answer.text)
+            assert "Reject" not in answer.text and "Hangup" not in answer.text
+        for path in (STREAM_PATH, "/plivo/stream", "/telnyx/stream", "/exotel/stream"):
+            with pytest.raises(InvalidStatus) as info:
+                async with connect(ws_url(url) + path):
+                    pass
+            assert info.value.response.status_code == 503, path
+        assert gate.refused[("twilio", "draining")] == 2 and gate.refused[("plivo", "draining")] == 2
+        assert recorder.starts == {}
 
 
 async def test_no_media_for_the_silence_timeout_ends_the_call(recorder, caplog):
