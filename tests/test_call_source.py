@@ -53,7 +53,7 @@ async def db_url(request, tmp_path) -> str:
     url = url.replace("postgresql://", "postgresql+asyncpg://", 1)
     engine = make_engine(url)
     async with engine.begin() as conn:
-        await conn.execute(text("DROP TABLE IF EXISTS turns, calls, alembic_version CASCADE"))
+        await conn.execute(text("DROP TABLE IF EXISTS call_state, turns, calls, alembic_version CASCADE"))
     await engine.dispose()
     return url
 

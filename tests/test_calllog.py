@@ -62,7 +62,7 @@ def _postgres_url() -> str:
 async def _reset_postgres(url: str) -> None:
     engine = make_engine(url)
     async with engine.begin() as conn:
-        await conn.execute(text("DROP TABLE IF EXISTS turns, calls, alembic_version CASCADE"))
+        await conn.execute(text("DROP TABLE IF EXISTS call_state, turns, calls, alembic_version CASCADE"))
     await engine.dispose()
 
 
@@ -213,7 +213,7 @@ async def test_migrations_create_exactly_the_models(db_url):
                 assert await conn.scalar(text("PRAGMA journal_mode")) == "wal"
                 assert await conn.scalar(text("PRAGMA mmap_size")) == 0  # no SIGBUS on a storage fault
         assert diff == [], diff
-        assert version == "0003"
+        assert version == "0004"
     finally:
         await engine.dispose()
 

@@ -124,6 +124,20 @@ class TurnRow(Base):
     done_ms: Mapped[float | None] = mapped_column(Float)
 
 
+class CallStateRow(Base):
+    """State of a call that requests to several processes need (agent/calllog/state.py): the
+    conversation a leg back from a failed transfer continues, the handoff record, the human leg's
+    dial result, Plivo's pending transfer, the operator's outcome. One row per (call, kind), as JSON;
+    unredacted (the conversation goes on with it), and deleted after a few hours."""
+
+    __tablename__ = "call_state"
+
+    call_sid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(24), primary_key=True)
+    value: Mapped[dict] = mapped_column(JSONType)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
 # The timeline columns are docs/design.md's names with _ms: TurnRow declares each of them.
 TIMELINE_COLUMNS = tuple(f"{name}_ms" for name in TIMELINE_NAMES)
 
@@ -137,6 +151,7 @@ def _table_of(row: type[Base]) -> Table:
 
 calls_table = _table_of(CallRow)
 turns_table = _table_of(TurnRow)
+call_state_table = _table_of(CallStateRow)
 
 missing = set(TIMELINE_COLUMNS) - set(turns_table.c.keys())
 assert not missing, f"TurnRow lacks timeline columns {missing}"  # a new timeline name needs a column
