@@ -299,6 +299,24 @@ def serve(
         str | None, typer.Option(help="also accept Asterisk AudioSocket on this TCP host:port")
     ] = None,
     log_format: Annotated[LogFormat, typer.Option(help=LOG_FORMAT_HELP)] = "text",
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="server processes on the one port, each with its own event loop (SIP and AudioSocket "
+            "run in the first); more than one wants PostgreSQL (VOXROUTE_DATABASE_URL)",
+        ),
+    ] = 1,
+    worker_ports: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="--workers: worker i also listens on this port + i, for its own /metrics, /readyz and "
+            "/debug/stats",
+        ),
+    ] = None,
+    listen_fd: Annotated[int | None, typer.Option(hidden=True)] = None,  # a worker: the shared socket
+    worker_index: Annotated[int, typer.Option(hidden=True)] = 0,
 ) -> None:
     """Answer calls: Twilio's voice webhook at /twilio/voice, media streams at /twilio/stream (and the
     other carriers listed in the config's telephony.carriers); SIP and Asterisk AudioSocket with --sip /
@@ -306,7 +324,10 @@ def serve(
 
     Fails closed: without every enabled carrier's secret, the operator key ($VOXROUTE_API_KEY) and
     every provider key it exits 2 and names what is missing, unless --dev. SIGTERM or SIGINT: new calls
-    are refused, calls in progress get shutdown.drain_s to finish, then the closing phrase; exit 0."""
+    are refused, calls in progress get shutdown.drain_s to finish, then the closing phrase; exit 0.
+
+    --workers N: a supervisor binds the port and runs N worker processes on it (agent/workers.py);
+    a signal drains every worker; a worker that dies is restarted (exit 1 if it dies at start)."""
     if local:
         require_extra("serve --local", "local")
     _setup_logging(not quiet, log_format=log_format)
@@ -324,7 +345,54 @@ def serve(
         print(f"error: {problem}", file=sys.stderr, flush=True)
         raise typer.Exit(2)
     host = host or ("127.0.0.1" if dev else "0.0.0.0")
-    asyncio.run(_serve(cfg, host, port, profile, external, stack="local" if local else "emulated", dev=dev))
+    if workers > 1 and listen_fd is None:
+        options = {"--config": config, "--sip": sip, "--audiosocket": audiosocket, "--emulators": emulators_at,
+                   "--worker-ports": worker_ports, "--dev": dev, "--quiet": quiet, "--local": local}  # fmt: skip
+        raise typer.Exit(_supervise(workers, host, port, cfg, profile, log_format, options))
+    sockets = None
+    if listen_fd is not None:  # a worker of `serve --workers`: the supervisor's socket, maybe our own
+        import socket
+
+        from agent.workers import inherited_listener
+
+        sockets = [inherited_listener(listen_fd)]
+        if worker_ports is not None:
+            own = socket.create_server((host, worker_ports + worker_index), reuse_port=False)
+            own.setblocking(False)
+            sockets.append(own)
+        if worker_index > 0:  # SIP and AudioSocket are worker 0's (agent/workers.py says why)
+            cfg.sip.enabled, cfg.sip.audiosocket_bind = False, None
+    asyncio.run(
+        _serve(
+            cfg,
+            host,
+            port,
+            profile,
+            external,
+            stack="local" if local else "emulated",
+            dev=dev,
+            sockets=sockets,
+        )
+    )
+
+
+def _supervise(count: int, host: str, port: int, cfg, profile: str, log_format: str, options: dict) -> int:
+    """``serve --workers N``: the supervisor (agent/workers.py). ``options``: the flags each worker
+    gets as given (a value, True for a switch; None or False: not given)."""
+    from agent.runtime import keys_missing
+    from agent.workers import supervise
+
+    args = ["--host", host, "--profile", profile, "--log-format", log_format]
+    for flag, value in options.items():
+        if value is True:
+            args.append(flag)
+        elif value is not None and value is not False:
+            args += [flag, str(value)]
+    shared = None
+    if options["--dev"] and options["--emulators"] is None and keys_missing(cfg):
+        config = options["--config"]
+        shared = (profile, str(config) if config is not None else None)
+    return supervise(count, host, port, args, emulators=shared)
 
 
 def _is_loopback(host: str) -> bool:
@@ -376,6 +444,7 @@ async def _serve(
     external: dict | None = None,
     stack: str = "emulated",
     dev: bool = False,
+    sockets: list | None = None,
 ) -> None:
     import gc
     import signal
@@ -430,7 +499,7 @@ async def _serve(
                 watcher = tg.create_task(watch.run(), name="loop-watch")
                 async with (
                     serve_app(app, host=host, port=port, log_level="info",
-                              request_timeout_s=cfg.telephony.request_timeout_s) as url,
+                              request_timeout_s=cfg.telephony.request_timeout_s, sockets=sockets) as url,
                     sip_edge(
                         services,
                         sip=cfg.sip.bind if cfg.sip.enabled else None,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator
 
 import h11
@@ -84,8 +85,11 @@ async def serve_app(
     port: int = 0,
     log_level: str = "warning",
     request_timeout_s: float = REQUEST_TIMEOUT_S,
+    sockets: list[socket.socket] | None = None,
 ) -> AsyncIterator[str]:
     """Run ``app`` with uvicorn on ``host:port`` (0 = a free port) and yield ``http://host:port``.
+    ``sockets``: listen on these instead (``voxroute serve --workers``: the supervisor's shared
+    socket, first, and the worker's own); the URL is the first one's.
 
     The server task belongs to a task group that is left only after the server shut down.
     """
@@ -112,7 +116,7 @@ async def serve_app(
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # uvicorn < 0.29
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
     async with asyncio.TaskGroup() as tg:
-        task = tg.create_task(server.serve())
+        task = tg.create_task(server.serve(sockets=sockets))
         while not server.started:
             if task.done():
                 raise RuntimeError(f"server for {app!r} failed to start")
