@@ -31,8 +31,8 @@ export PYTHONDONTWRITEBYTECODE :=
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/pyright
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not serial and not soak"
-	$(BIN)/python -m pytest -q -m "serial and not soak"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not serial and not soak" --durations=15
+	$(BIN)/python -m pytest -q -m "serial and not soak" --durations=5
 
 soak: $(STAMP)
 	$(BIN)/python -m pytest -q -m soak
