@@ -284,7 +284,9 @@ def serve(
     emulators_at: Annotated[
         str | None,
         typer.Option(
-            "--emulators", help='--dev: use emulators already running: {"sarvam": URL, "openrouter": URL}'
+            "--emulators",
+            help='--dev: use emulators already running: {"sarvam": URL, "openrouter": URL} (and "twilio", '
+            '"carrier": the call-control stand-ins), as `voxroute emulators` prints them',
         ),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="warnings only")] = False,
@@ -327,7 +329,7 @@ def serve(
     are refused, calls in progress get shutdown.drain_s to finish, then the closing phrase; exit 0.
 
     --workers N: a supervisor binds the port and runs N worker processes on it (agent/workers.py);
-    a signal drains every worker; a worker that dies is restarted (exit 1 if it dies at start)."""
+    a signal drains every worker; a worker that dies is restarted (exit 1 if that one dies at start)."""
     if local:
         require_extra("serve --local", "local")
     _setup_logging(not quiet, log_format=log_format)
@@ -535,6 +537,9 @@ async def _serve(
                     llm={"sarvam": f"{sarvam}/v1", "openrouter": f"{openrouter}/api/v1"},
                     sarvam_ws=ws_url(sarvam),
                     sarvam_rest=sarvam,
+                    # the carriers' REST stand-ins, when given (`voxroute emulators` prints them)
+                    twilio_api=external.get("twilio"),
+                    carrier_api=external.get("carrier"),
                 )
             )
         elif dev and keys_missing(cfg):
@@ -887,7 +892,9 @@ def emulators(
 
         cfg = load_config(config)
         async with run_emulators(profile, seed, **emulator_options(cfg)) as emu:
-            print(json.dumps({"sarvam": emu.sarvam_url, "openrouter": emu.openrouter_url}), flush=True)
+            urls = {"sarvam": emu.sarvam_url, "openrouter": emu.openrouter_url,
+                    "twilio": emu.urls.twilio_api, "carrier": emu.urls.carrier_api}  # fmt: skip
+            print(json.dumps(urls), flush=True)
             await asyncio.Event().wait()
 
     asyncio.run(run())
