@@ -18,9 +18,10 @@ of one call may land on different workers: with more than one worker, use Postgr
   calls refused with 503, calls in progress get ``shutdown.drain_s``, then the closing phrase);
   a second signal is passed on too (the workers end their calls at once). The supervisor exits 0
   when every worker stopped cleanly, else 1.
-- A worker that dies is logged with its exit status and restarted, unless it died within
-  ``CRASH_LOOP_S`` of its start (a bad config, a port in use, a missing extra): then the supervisor
-  stops the other workers and exits 1 instead of restarting a process that cannot run.
+- A worker that dies is logged with its exit status and restarted (its calls are lost; new calls
+  find a live process). If the restarted process dies within ``CRASH_LOOP_S`` of its start too (a
+  fault at start: a database that refuses it, a missing extra), the supervisor stops the other
+  workers and exits 1 rather than restart a process that cannot run.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ def bind_listener(host: str, port: int) -> socket.socket:
 class Worker:
     index: int
     proc: subprocess.Popen
+    restarted: bool = False  # started in place of one that died
     started: float = field(default_factory=time.monotonic)
 
 
@@ -75,13 +77,13 @@ class Supervisor:
         self.stopping = False
         self.failed = False
 
-    def _spawn(self, index: int) -> None:
+    def _spawn(self, index: int, restarted: bool = False) -> None:
         # A session of its own: a Ctrl-C at the terminal reaches the supervisor only, which passes it
         # on once (two would make the worker end its calls at once instead of draining them).
         proc = subprocess.Popen(
             self.command(index), pass_fds=self.pass_fds, start_new_session=True, preexec_fn=_die_with_parent
         )
-        self.workers[index] = Worker(index, proc)
+        self.workers[index] = Worker(index, proc, restarted)
         log.warning("worker %d started (pid %d)", index, proc.pid)
 
     def _signal_all(self, signum: int) -> None:
@@ -123,15 +125,15 @@ class Supervisor:
                     code,
                     lived,
                 )
-                if lived < CRASH_LOOP_S:
-                    log.error("worker %d died within %.0f s of its start: stopping every worker", index,
-                              CRASH_LOOP_S)  # fmt: skip
+                if worker.restarted and lived < CRASH_LOOP_S:
+                    log.error("worker %d died again within %.0f s of its restart: stopping every worker",
+                              index, CRASH_LOOP_S)  # fmt: skip
                     self.failed = True
                     live.discard(index)
                     self.stopping = True
                     self._signal_all(signal.SIGTERM)
                     continue
-                self._spawn(index)  # its calls are lost; new calls find a live process again
+                self._spawn(index, restarted=True)
         return 1 if self.failed else 0
 
 
