@@ -464,6 +464,7 @@ async def _serve(
     from emulators.serve import serve_app, ws_url
     from telephony.admission import CallGate
     from telephony.sip.service import sip_edge
+    from telephony.wsserver import media_edge
 
     log = logging.getLogger("voxroute")
     if dev:
@@ -502,6 +503,8 @@ async def _serve(
                 async with (
                     serve_app(app, host=host, port=port, log_level="info",
                               request_timeout_s=cfg.telephony.request_timeout_s, sockets=sockets) as url,
+                    media_edge(app, host, cfg.telephony.media_port,
+                               open_timeout_s=cfg.telephony.request_timeout_s),
                     sip_edge(
                         services,
                         sip=cfg.sip.bind if cfg.sip.enabled else None,

@@ -63,6 +63,9 @@ ENV_DOCS: dict[str, str] = {
     "EXOTEL_STREAM_CREDENTIALS": "Exotel `KEY:TOKEN`, Basic auth on the stream upgrade "
     "(`telephony.exotel_credentials_env`).",
     "EXOTEL_ALLOWED_NETWORKS": "Comma-separated networks (CIDR) Exotel streams may come from.",
+    "FORWARDED_ALLOW_IPS": "Comma-separated addresses or networks of the reverse proxies trusted to "
+    "name the client in `X-Forwarded-For` (`*`: every peer; default `127.0.0.1`): uvicorn's setting, "
+    "applied alike on `telephony.media_port`.",
     "EXOTEL_SAMPLE_RATE": "Exotel stream sample rate: 8000, 16000 or 24000 (default 8000).",
     "PLIVO_AUTH_ID": "Plivo auth ID for the REST transfer of a handoff.",
     "PLIVO_AUTH_TOKEN": "Plivo auth token: webhook signatures, stream tokens, REST "

@@ -133,3 +133,27 @@ def step_result(n: int, results: list, before: dict, after: dict, wall_s: float)
             | {repr(r) for r in results if isinstance(r, BaseException)}
         )[:5],
     }
+
+
+@contextlib.contextmanager
+def stream_server_args(kind: str):
+    """``kind`` "media": the server's streams on the websockets media server (``telephony.media_port``
+    in a copy of the default config); "asgi": on the main port. Yields ``(serve_args, ws_base)``;
+    ``ws_base`` None means the main port's."""
+    if kind == "asgi":
+        yield (), None
+        return
+    import tempfile
+    from pathlib import Path
+
+    import yaml
+
+    from agent.config import DEFAULT_CONFIG_PATH
+
+    data = yaml.safe_load(Path(os.environ.get("VOXROUTE_CONFIG", DEFAULT_CONFIG_PATH)).read_text())
+    port = _free_port()
+    data.setdefault("telephony", {})["media_port"] = port
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.yaml"
+        path.write_text(yaml.safe_dump(data))
+        yield ("--config", str(path)), f"ws://127.0.0.1:{port}"

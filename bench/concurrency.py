@@ -26,18 +26,30 @@ import httpx
 
 from agent.fixture import load
 from bench.common import LOAD_FIXTURES as FIXTURES
-from bench.common import processes, step_result, webhook_params
+from bench.common import processes, step_result, stream_server_args, webhook_params
 from emulators.carrier import dial
 from emulators.serve import ws_url
 
 LIMIT_MS = 20.0
 
 
-async def run_step(base: str, n: int) -> dict:
+async def server_stats(http: httpx.AsyncClient, workers: list[str] | None, reset: bool = False) -> dict:
+    """``/debug/stats`` of the server; with ``--workers``, of each worker on its own port, merged:
+    CPU summed, each percentile the worst worker's (every worker must hold the limit)."""
+    bases = workers or [str(http.base_url)]
+    if reset:
+        for base in bases:
+            await http.post(base.rstrip("/") + "/debug/stats/reset")
+    each = [(await http.get(base.rstrip("/") + "/debug/stats")).json() for base in bases]
+    merged = {key: max((s[key] for s in each if s[key] is not None), default=None) for key in each[0]}
+    merged["cpu_s"] = sum(s["cpu_s"] for s in each)
+    return merged
+
+
+async def run_step(base: str, n: int, stream_base: str | None = None, workers: list[str] | None = None) -> dict:
     fixtures = [load(FIXTURES[i % len(FIXTURES)]) for i in range(n)]
     async with httpx.AsyncClient(base_url=base, timeout=30) as http:
-        await http.post("/debug/stats/reset")
-        before = (await http.get("/debug/stats")).json()
+        before = await server_stats(http, workers, reset=True)
         t0 = time.monotonic()
 
         async def one(i: int):
@@ -46,12 +58,15 @@ async def run_step(base: str, n: int) -> dict:
             params = await webhook_params(http, sid)
             params["language"] = fixtures[i].script.language
             return await dial(
-                fixtures[i], ws_url(base) + "/twilio/stream", custom_parameters=params, call_sid=sid
+                fixtures[i],
+                (stream_base or ws_url(base)) + "/twilio/stream",
+                custom_parameters=params,
+                call_sid=sid,
             )
 
         results = await asyncio.gather(*(one(i) for i in range(n)), return_exceptions=True)
         wall = time.monotonic() - t0
-        after = (await http.get("/debug/stats")).json()
+        after = await server_stats(http, workers)
     return step_result(n, results, before, after, wall)
 
 
@@ -64,12 +79,15 @@ def passes(step: dict) -> bool:
     )
 
 
-async def run(steps: list[int], pinned: bool, keep_going: bool = False) -> dict:
+async def run(steps: list[int], pinned: bool, keep_going: bool = False, stream_server: str = "media") -> dict:
     rows = []
     best = None
-    with processes(pinned) as (base, _pid):
+    with (
+        stream_server_args(stream_server) as (serve_args, stream_base),
+        processes(pinned, serve_args=serve_args) as (base, _pid),
+    ):
         for n in steps:
-            step = await run_step(base, n)
+            step = await run_step(base, n, stream_base)
             step["pass"] = passes(step)
             rows.append(step)
             print(
@@ -97,6 +115,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", default="25,50,75,100,150,200,250,300")
     ap.add_argument("--json", type=Path)
+    ap.add_argument(
+        "--stream-server",
+        choices=("media", "asgi"),
+        default="media",
+        help="media: the streams on the websockets server (telephony.media_port); asgi: on the main port",
+    )
     ap.add_argument("--no-pin", action="store_true", help="let the scheduler place all three processes")
     ap.add_argument(
         "--keep-going",
@@ -105,7 +129,10 @@ def main() -> None:
     )
     args = ap.parse_args()
     steps = [int(x) for x in args.steps.split(",")]
-    result = asyncio.run(run(steps, pinned=not args.no_pin, keep_going=args.keep_going))
+    result = asyncio.run(
+        run(steps, pinned=not args.no_pin, keep_going=args.keep_going, stream_server=args.stream_server)
+    )
+    result["stream_server"] = args.stream_server
     result["pinned"] = not args.no_pin
     print(
         f"largest N within {LIMIT_MS:.0f} ms: {result['max_calls']} calls "

@@ -21,7 +21,6 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from agent.link import CallEnded, InboundAudio, InboundDtmf, MarkEcho
 from emulators.carriers import sign_telnyx
-from emulators.serve import serve_app, ws_url
 from telephony import plivo, telnyx
 from telephony.app import TelephonySettings, create_app
 from telephony.audio import InboundFramer, Reframer, pcm16_to_ulaw, ulaw_to_pcm16
@@ -39,6 +38,7 @@ from telephony.mediastream import (
     StreamStart,
 )
 from telephony.twiml import call_token
+from tests.streamedge import STREAM_SERVERS, serve_edge, ws_url
 
 EXOTEL_START = (
     '{"event":"start","sequence_number":"1","stream_sid":"a1b2c3","start":{"stream_sid":"a1b2c3",'
@@ -498,9 +498,10 @@ def _telnyx_public() -> str:
     return base64.b64encode(key.public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
 
 
-@pytest.fixture
-async def edge():
-    """The telephony app with every carrier's check on; on_call echoes DTMF as a mark and audio back."""
+@pytest.fixture(params=STREAM_SERVERS)
+async def edge(request):
+    """The telephony app with every carrier's check on; on_call echoes DTMF as a mark and audio back.
+    Its streams are served on the ASGI port and (second run) on the websockets media server."""
     calls: list[dict] = []
 
     async def on_call(link) -> None:
@@ -529,7 +530,7 @@ async def edge():
         tenant_for_number=lambda n: "acme" if n.endswith("2222") else None,
         carriers=carriers,
     )
-    async with serve_app(app) as url:
+    async with serve_edge(app, request.param) as url:
         yield url, calls
 
 

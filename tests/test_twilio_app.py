@@ -18,7 +18,6 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from agent.link import CallEnded, CallStart, InboundAudio, InboundDtmf, MarkEcho
-from emulators.serve import serve_app, ws_url
 from telephony.admission import CallGate
 from telephony.app import STREAM_PATH, VOICE_PATH, TelephonySettings, create_app
 from telephony.audio import pcm16_to_ulaw, ulaw_to_pcm16
@@ -32,6 +31,7 @@ from telephony.twiml import (
     public_ws_url,
     validate_signature,
 )
+from tests.streamedge import STREAM_SERVERS, serve_edge, ws_url
 
 TOKEN = "12345678901234567890123456789012"
 BASE = "https://agent.example.com"
@@ -180,16 +180,22 @@ def recorder() -> Recorder:
     return Recorder()
 
 
+@pytest.fixture(params=STREAM_SERVERS)
+def stream_server(request) -> str:
+    """Each stream test runs on the ASGI port and on the websockets media server."""
+    return request.param
+
+
 @pytest.fixture
-async def server(recorder):
+async def server(recorder, stream_server):
     settings = TelephonySettings(public_base_url=BASE, twilio_auth_token=TOKEN, carriers=("twilio",))
     app = create_app(settings, recorder, tenant_for_number={"+15550002222": "acme"}.get)
-    async with serve_app(app) as url:
+    async with serve_edge(app, stream_server) as url:
         yield url
 
 
 @pytest.fixture
-async def open_server(recorder):
+async def open_server(recorder, stream_server):
     settings = TelephonySettings(
         public_base_url=BASE,
         default_tenant="walkin",
@@ -197,7 +203,7 @@ async def open_server(recorder):
         carriers=("twilio",),
         allow_unsigned=True,
     )
-    async with serve_app(create_app(settings, recorder)) as url:
+    async with serve_edge(create_app(settings, recorder), stream_server) as url:
         yield url
 
 
@@ -429,7 +435,7 @@ async def test_unsigned_app_hangup_and_on_call_failure(open_server, recorder):
         assert (await client.get("/healthz")).json() == {"status": "ok", "active_calls": 0, "draining": False}
 
 
-async def test_send_audio_any_even_length_is_one_media_message(open_server):
+async def test_send_audio_any_even_length_is_one_media_message(stream_server):
     async def on_call(link):
         await link.send_audio(bytes(16000))  # 1 s in one message, as Twilio's own sample does
         await link.send_audio(b"\x01\x00")
@@ -439,7 +445,7 @@ async def test_send_audio_any_even_length_is_one_media_message(open_server):
                 return
 
     settings = TelephonySettings(public_base_url=BASE, carriers=("twilio",), allow_unsigned=True)
-    async with serve_app(create_app(settings, on_call)) as url:
+    async with serve_edge(create_app(settings, on_call), stream_server) as url:
         peer = TwilioPeer("MZ1", "CA1")
         async with connect(ws_url(url) + STREAM_PATH) as ws:
             await ws.send(peer.connected())
@@ -491,11 +497,11 @@ async def test_carriers_that_are_not_enabled_have_no_routes(server):
     assert info.value.response.status_code in (403, 404)
 
 
-async def test_over_the_call_cap_webhooks_answer_busy_and_streams_close_1013(recorder):
+async def test_over_the_call_cap_webhooks_answer_busy_and_streams_close_1013(recorder, stream_server):
     gate = CallGate(1)
     settings = TelephonySettings(public_base_url=BASE, carriers=("twilio",), allow_unsigned=True)
     async with (
-        serve_app(create_app(settings, recorder, gate=gate)) as url,
+        serve_edge(create_app(settings, recorder, gate=gate), stream_server) as url,
         httpx.AsyncClient(base_url=url) as http,
     ):
         first = TwilioPeer("MZ1", "CA1")
@@ -524,13 +530,13 @@ async def test_over_the_call_cap_webhooks_answer_busy_and_streams_close_1013(rec
                                                       "reason": "draining"}  # fmt: skip
 
 
-async def test_while_draining_new_calls_get_503_so_a_proxy_retries_another_worker(recorder):
+async def test_while_draining_new_calls_get_503_so_a_proxy_retries_another_worker(recorder, stream_server):
     """Not the busy answer, which ends the call: 503 on every carrier's set-up and on stream upgrades
     (before they are accepted), so nginx's proxy_next_upstream http_503 tries the next worker."""
     gate = CallGate(5)
     settings = TelephonySettings(public_base_url=BASE, allow_unsigned=True)  # every carrier
     async with (
-        serve_app(create_app(settings, recorder, gate=gate)) as url,
+        serve_edge(create_app(settings, recorder, gate=gate), stream_server) as url,
         httpx.AsyncClient(base_url=url) as http,
     ):
         assert (await http.post(VOICE_PATH, data=VOICE_FORM)).status_code == 200
@@ -553,11 +559,11 @@ async def test_while_draining_new_calls_get_503_so_a_proxy_retries_another_worke
         assert recorder.starts == {}
 
 
-async def test_no_media_for_the_silence_timeout_ends_the_call(recorder, caplog):
+async def test_no_media_for_the_silence_timeout_ends_the_call(recorder, caplog, stream_server):
     settings = TelephonySettings(
         public_base_url=BASE, carriers=("twilio",), allow_unsigned=True, media_silence_timeout_s=0.3
     )
-    async with serve_app(create_app(settings, recorder)) as url:
+    async with serve_edge(create_app(settings, recorder), stream_server) as url:
         peer = TwilioPeer("MZ1", "CA1")
         async with connect(ws_url(url) + STREAM_PATH) as ws:
             await ws.send(peer.connected())
