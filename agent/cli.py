@@ -286,7 +286,7 @@ def serve(
         typer.Option(
             "--emulators",
             help='--dev: use emulators already running: {"sarvam": URL, "openrouter": URL} (and "twilio", '
-            '"carrier": the call-control stand-ins), as `voxroute emulators` prints them',
+            '"carrier": the call-control stand-ins), as `voxroute emulators [--call-control]` prints them',
         ),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="warnings only")] = False,
@@ -884,6 +884,14 @@ def emulators(
     config: Annotated[
         Path | None, typer.Option(help="config whose reasoning-tier models get the reasoning latency")
     ] = None,
+    call_control: Annotated[
+        bool,
+        typer.Option(
+            "--call-control",
+            help='also the carriers\' call-control stand-ins ("twilio", "carrier" URLs): a server given '
+            "them with --emulators transfers calls to them",
+        ),
+    ] = False,
 ) -> None:
     """Run the provider emulators alone (for a server started elsewhere, or for benchmarks).
     Prints one JSON line with their URLs."""
@@ -895,8 +903,9 @@ def emulators(
 
         cfg = load_config(config)
         async with run_emulators(profile, seed, **emulator_options(cfg)) as emu:
-            urls = {"sarvam": emu.sarvam_url, "openrouter": emu.openrouter_url,
-                    "twilio": emu.urls.twilio_api, "carrier": emu.urls.carrier_api}  # fmt: skip
+            urls = {"sarvam": emu.sarvam_url, "openrouter": emu.openrouter_url}
+            if call_control:
+                urls.update(twilio=emu.urls.twilio_api, carrier=emu.urls.carrier_api)
             print(json.dumps(urls), flush=True)
             await asyncio.Event().wait()
 

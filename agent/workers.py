@@ -148,7 +148,7 @@ def _die_with_parent() -> None:
 @contextlib.contextmanager
 def shared_emulators(profile: str, config: str | None):
     """One set of provider emulators (``voxroute emulators``) for every worker; yields their URLs."""
-    cmd = [sys.executable, "-m", "agent.cli", "emulators", "--profile", profile, "--quiet"]
+    cmd = [sys.executable, "-m", "agent.cli", "emulators", "--profile", profile, "--quiet", "--call-control"]
     if config:
         cmd += ["--config", config]
     # its own process group: a Ctrl-C at the terminal reaches the workers, which drain using the

@@ -11,6 +11,10 @@ figures (``GET /debug/stats``):
 
 The answer is the largest N at which both p99s stay under 20 ms (and every call completes).
 
+``--workers 2``: the box figure. The server is ``voxroute serve --workers 2`` on this machine with
+the emulators and the load generator beside it, unpinned; the figures are read from each worker's
+own port (``--worker-ports``) and merged: CPU summed, lag and jitter the worst worker's.
+
     python -m bench.concurrency [--steps 25,50,100,150,200,250] [--json PATH]
 """
 
@@ -46,7 +50,9 @@ async def server_stats(http: httpx.AsyncClient, workers: list[str] | None, reset
     return merged
 
 
-async def run_step(base: str, n: int, stream_base: str | None = None, workers: list[str] | None = None) -> dict:
+async def run_step(
+    base: str, n: int, stream_base: str | None = None, workers: list[str] | None = None
+) -> dict:
     fixtures = [load(FIXTURES[i % len(FIXTURES)]) for i in range(n)]
     async with httpx.AsyncClient(base_url=base, timeout=30) as http:
         before = await server_stats(http, workers, reset=True)
@@ -79,15 +85,21 @@ def passes(step: dict) -> bool:
     )
 
 
-async def run(steps: list[int], pinned: bool, keep_going: bool = False, stream_server: str = "media") -> dict:
+async def run(
+    steps: list[int], pinned: bool, keep_going: bool = False, stream_server: str = "media", workers: int = 1
+) -> dict:
     rows = []
     best = None
+    own = _worker_ports(workers) if workers > 1 else None  # each worker's own port, for its stats
     with (
         stream_server_args(stream_server) as (serve_args, stream_base),
-        processes(pinned, serve_args=serve_args) as (base, _pid),
+        processes(pinned, serve_args=(*serve_args, *_workers_args(workers, own))) as (base, _pid),
     ):
+        worker_bases = [f"http://127.0.0.1:{own + i}" for i in range(workers)] if own else None
+        if worker_bases:
+            await _wait_ready(worker_bases)
         for n in steps:
-            step = await run_step(base, n, stream_base)
+            step = await run_step(base, n, stream_base, worker_bases)
             step["pass"] = passes(step)
             rows.append(step)
             print(
@@ -111,6 +123,45 @@ async def run(steps: list[int], pinned: bool, keep_going: bool = False, stream_s
     }
 
 
+def _workers_args(workers: int, own: int | None) -> tuple[str, ...]:
+    """``voxroute serve --workers N``: N processes on the one port (the box figure)."""
+    return ("--workers", str(workers), "--worker-ports", str(own)) if workers > 1 else ()
+
+
+def _worker_ports(count: int) -> int:
+    """The first of ``count`` consecutive free ports on 127.0.0.1."""
+    import socket
+
+    for _ in range(100):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            first = probe.getsockname()[1]
+        try:
+            for port in range(first, first + count):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
+async def _wait_ready(bases: list[str], timeout_s: float = 60) -> None:
+    """Until every worker answers on its own port (the shared one answers with the first)."""
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient(timeout=1) as http:
+        for base in bases:
+            while True:
+                try:
+                    if (await http.get(base + "/healthz")).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"worker {base} did not start")
+                await asyncio.sleep(0.2)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", default="25,50,75,100,150,200,250,300")
@@ -123,17 +174,32 @@ def main() -> None:
     )
     ap.add_argument("--no-pin", action="store_true", help="let the scheduler place all three processes")
     ap.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="the box figure: the server is `voxroute serve --workers N` (unpinned, beside the load "
+        "generator and the emulators); lag and jitter are the worst worker's",
+    )
+    ap.add_argument(
         "--keep-going",
         action="store_true",
         help="run every step even after one fails (repeat a step, e.g. --steps 50,50,50, for a median)",
     )
     args = ap.parse_args()
     steps = [int(x) for x in args.steps.split(",")]
+    pinned = not args.no_pin and args.workers == 1  # several workers: the scheduler places them
     result = asyncio.run(
-        run(steps, pinned=not args.no_pin, keep_going=args.keep_going, stream_server=args.stream_server)
+        run(
+            steps,
+            pinned=pinned,
+            keep_going=args.keep_going,
+            stream_server=args.stream_server,
+            workers=args.workers,
+        )
     )
     result["stream_server"] = args.stream_server
-    result["pinned"] = not args.no_pin
+    result["pinned"] = pinned
+    result["workers"] = args.workers
     print(
         f"largest N within {LIMIT_MS:.0f} ms: {result['max_calls']} calls "
         f"(lag p99 {result['lag_p99_ms']} ms, jitter p99 {result['jitter_p99_ms']} ms, "
