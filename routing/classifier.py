@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from routing.embed import StaticEmbeddings
+
 CLASSES: tuple[str, ...] = (
     "faq",
     "order_tracking",
@@ -260,10 +262,14 @@ class StakesModel:
         meta: dict | None = None,
         outputs: tuple[str, ...] | None = None,
         output_class: np.ndarray | None = None,
+        embeddings: StaticEmbeddings | None = None,
+        dense_weights: np.ndarray | None = None,
+        embed_scale: float = 1.0,
     ) -> None:
         """``outputs``/``output_class``: the model's own (finer) outputs, e.g. intents, and the class
         index each one belongs to; a class's probability is the sum of its outputs'. Without them
-        the outputs are the classes."""
+        the outputs are the classes. ``embeddings``/``dense_weights`` (D, outputs): a distilled
+        sentence vector (routing/embed.py) times ``embed_scale`` adds its own term to the logits."""
         outputs = outputs or classes
         if output_class is None:
             output_class = np.arange(len(classes))
@@ -287,6 +293,12 @@ class StakesModel:
         self._b = bias.astype(np.float64)
         self._oov = len(vocab)
         self._word_rows: dict[str, tuple[np.ndarray, int]] = {}
+        self.embeddings = embeddings
+        self._dense: np.ndarray | None = None
+        if embeddings is not None:
+            if dense_weights is None or dense_weights.shape != (embeddings.dim, len(outputs)):
+                raise ValueError(f"dense weights do not fit {embeddings.dim}-d embeddings and the outputs")
+            self._dense = dense_weights.astype(np.float64) * float(embed_scale)
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> StakesModel:
@@ -308,7 +320,10 @@ class StakesModel:
             vocab_blob = z["vocab"].tobytes().decode("utf-8")
             outputs = tuple(z["outputs"].tobytes().decode("utf-8").split("\n")) if "outputs" in z else None
             output_class = z["output_class"] if "output_class" in z else None
+            dense_weights = z["dense_weights"] if "dense_weights" in z else None
         vocab = vocab_blob.split("\n") if vocab_blob else []
+        emb_meta = meta.get("embeddings")
+        embeddings = StaticEmbeddings.load(path.parent / emb_meta["file"]) if emb_meta else None
         return cls(
             classes=tuple(meta["classes"]),
             vocab=vocab,
@@ -320,6 +335,9 @@ class StakesModel:
             meta=meta,
             outputs=outputs,
             output_class=output_class,
+            embeddings=embeddings,
+            dense_weights=dense_weights,
+            embed_scale=emb_meta["scale"] if emb_meta else 1.0,
         )
 
     def _word_row(self, word: str) -> tuple[np.ndarray, int]:
@@ -337,8 +355,9 @@ class StakesModel:
     def logits(self, text: str) -> np.ndarray:
         words = tokens(text)
         cues = cue_features(text)
+        dense = self._dense_logits(text)
         if not words and not cues:
-            return self._b.copy()
+            return self._b + dense
         rows = [self._word_row(w) for w in words]
         # every n-gram and cue counts, in vocabulary or not
         total = sum(n for _, n in rows) + max(len(words) - 1, 0) + len(cues)
@@ -352,7 +371,12 @@ class StakesModel:
             i = get(f"b {a} {b}")
             if i is not None:
                 vecs.append(self._w[i])
-        return np.add.reduce(vecs) * (1.0 / np.sqrt(total)) + self._b
+        return np.add.reduce(vecs) * (1.0 / np.sqrt(total)) + self._b + dense
+
+    def _dense_logits(self, text: str) -> np.ndarray | float:
+        if self.embeddings is None or self._dense is None:
+            return 0.0
+        return self.embeddings.encode(text) @ self._dense
 
     def scores(self, text: str) -> Scores:
         z = self.logits(text)

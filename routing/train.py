@@ -26,6 +26,7 @@ import csv
 import datetime as dt
 import hashlib
 import json
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from routing.classifier import (
     stakes_of,
     text_features,
 )
+from routing.embed import StaticEmbeddings
 
 if TYPE_CHECKING:  # the train extra (scikit-learn, scipy) is needed only to fit
     from scipy import sparse  # pyright: ignore[reportMissingImports] (the train extra)
@@ -55,6 +57,9 @@ C = 30.0  # scikit-learn's inverse L2 strength, on the summed weighted loss
 EXTRA_WEIGHT = 10.0  # hand-written rows cover classes the bank data lacks; few, so weigh them up
 CROSS_WEIGHT = 10.0  # cross-domain rows: few against 14k bank rows, and they carry the other businesses
 PUBLIC_WEIGHT = 1.0  # public rows (Bitext, HWU64): plentiful, as the bank rows
+# The distilled sentence vector (routing/embed.py), when training with --embed: its columns are
+# the unit vector times EMBED_SCALE beside the sparse features (whose rows have norm about 1).
+EMBED_SCALE = 2.0
 # Public sets, each a domain of its own (see data/router/README.md): domain -> (source, file).
 PUBLIC_DOMAINS = {
     "customer_service": ("bitext", "bitext_customer_service.csv"),
@@ -195,7 +200,14 @@ def build_vocab(examples: list[Example]) -> list[str]:
     return sorted(f for f, n in df.items() if n >= MIN_DF)
 
 
-def featurize(examples: list[Example], index: dict[str, int]) -> sparse.csr_matrix:
+def featurize(
+    examples: list[Example],
+    index: dict[str, int],
+    embeddings: StaticEmbeddings | None = None,
+    embed_scale: float = EMBED_SCALE,
+) -> sparse.csr_matrix:
+    """Sparse features (as StakesModel.logits computes them), then the scaled sentence vector's
+    columns when ``embeddings`` are given."""
     from scipy import sparse  # pyright: ignore[reportMissingImports] (the train extra)
 
     rows, cols, vals = [], [], []
@@ -211,7 +223,11 @@ def featurize(examples: list[Example], index: dict[str, int]) -> sparse.csr_matr
             rows.append(r)
             cols.append(c)
             vals.append(counts[c] * scale)
-    return sparse.csr_matrix((vals, (rows, cols)), shape=(len(examples), len(index)))
+    x = sparse.csr_matrix((vals, (rows, cols)), shape=(len(examples), len(index)))
+    if embeddings is None:
+        return x
+    dense = embeddings.encode_many([ex.text for ex in examples]) * embed_scale
+    return sparse.csr_matrix(sparse.hstack([x, sparse.csr_matrix(dense)]))
 
 
 def fit_softmax(x: sparse.csr_matrix, y: np.ndarray, sw: np.ndarray, n_outputs: int, c: float):
@@ -235,23 +251,18 @@ def tune_threshold(p_high: np.ndarray, human: np.ndarray, is_high: np.ndarray, t
     return float(ph[min(need, len(ph)) - 1])
 
 
-def tune_human_boost(
-    vocab: list[str], weights16: np.ndarray, bias: np.ndarray, val: list[Example], outputs, output_class
-) -> np.ndarray:
+def tune_human_boost(make, bias: np.ndarray, val: list[Example], output_class) -> np.ndarray:
     """A logit offset for human_request: missing a request for a person costs more than a rare
     false one, and the class has few (hand-written) rows. The smallest offset on the grid that
     catches HUMAN_VAL_RECALL of the validation human requests while at most HUMAN_MAX_FALSE of
-    the other validation rows turn into human_request."""
+    the other validation rows turn into human_request. ``make(bias)`` builds the model to try."""
     is_human = np.array([ex.label == "human" for ex in val])
     h = output_class == CLASSES.index("human_request")
     best = np.zeros_like(bias)
     for boost in np.arange(0.0, 3.01, 0.25):
         offset = np.zeros_like(bias)
         offset[h] = boost
-        m = StakesModel(
-            CLASSES, vocab, weights16, (bias + offset).astype(np.float32), 0.5, HIGH_CLASSES, "t",
-            outputs=outputs, output_class=output_class,
-        )  # fmt: skip
+        m = make(bias + offset)
         pred = np.array([m.scores(ex.text).best()[0] == "human_request" for ex in val])
         if pred[~is_human].mean() > HUMAN_MAX_FALSE:
             break
@@ -298,17 +309,26 @@ def _blob(strings) -> np.ndarray:
 
 
 def save(
-    path: Path, vocab: list[str], weights: np.ndarray, bias: np.ndarray, meta: dict, outputs, output_class
+    path: Path,
+    vocab: list[str],
+    weights: np.ndarray,
+    bias: np.ndarray,
+    meta: dict,
+    outputs,
+    output_class,
+    dense_weights: np.ndarray | None = None,
 ) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(
-        path,
-        weights=weights.astype(np.float16),
-        bias=bias.astype(np.float32),
-        vocab=_blob(vocab),
-        outputs=_blob(outputs),
-        output_class=np.asarray(output_class, dtype=np.int16),
-    )
+    arrays = {
+        "weights": weights.astype(np.float16),
+        "bias": bias.astype(np.float32),
+        "vocab": _blob(vocab),
+        "outputs": _blob(outputs),
+        "output_class": np.asarray(output_class, dtype=np.int16),
+    }
+    if dense_weights is not None:
+        arrays["dense_weights"] = dense_weights.astype(np.float16)
+    np.savez_compressed(path, **arrays)
     path.with_suffix(".json").write_text(
         json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
     )
@@ -325,6 +345,14 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(HELD_OUT_DOMAINS + PUBLIC_HELD_OUT),
         help="comma-separated domains kept out of training (an experiment: write it with --out elsewhere)",
     )
+    ap.add_argument(
+        "--embed",
+        type=Path,
+        default=None,
+        help="a distilled embedding table (python -m routing.embed): its sentence vector becomes features "
+        "too, and the table is copied beside the artifact as embed.npz",
+    )
+    ap.add_argument("--embed-scale", type=float, default=EMBED_SCALE, help="the sentence vector's scale")
     args = ap.parse_args(argv)
     held_out = tuple(d for d in args.held_out.split(",") if d)
     known = set(cross_domain()) | set(PUBLIC_DOMAINS)
@@ -339,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     fit, val = split_validation(train, np.random.default_rng(SEED))
     vocab = build_vocab(fit)
     index = {f: i for i, f in enumerate(vocab)}
-    x = featurize(fit, index)
+    embeddings = StaticEmbeddings.load(args.embed) if args.embed else None
+    x = featurize(fit, index, embeddings, args.embed_scale)
     # The model's outputs are the fine intents (source:intent, or extra:class for hand-written rows);
     # a routing class's probability is the sum of its intents'. Intents separate better than the
     # ten broad classes they fold into.
@@ -356,14 +385,20 @@ def main(argv: list[str] | None = None) -> int:
     weights, bias = fit_softmax(x, y, sw, len(outputs), args.c)
     raw_bias = bias.copy()
     # Tune on the weights as they ship (float16), so the threshold matches inference exactly.
-    weights16 = weights.astype(np.float16)
-    bias = bias + tune_human_boost(vocab, weights16, bias, val, outputs, output_class)
+    weights16 = weights[: len(vocab)].astype(np.float16)
+    dense16 = weights[len(vocab) :].astype(np.float16) if embeddings is not None else None
+
+    def make(b: np.ndarray, threshold: float = 0.5, version: str = "tuning") -> StakesModel:
+        return StakesModel(
+            CLASSES, vocab, weights16, b.astype(np.float32), threshold, HIGH_CLASSES, version,
+            outputs=outputs, output_class=output_class, embeddings=embeddings, dense_weights=dense16,
+            embed_scale=args.embed_scale,
+        )  # fmt: skip
+
+    bias = bias + tune_human_boost(make, bias, val, output_class)
 
     def build(threshold: float, version: str) -> StakesModel:
-        return StakesModel(
-            CLASSES, vocab, weights16, bias.astype(np.float32), threshold, HIGH_CLASSES, version,
-            outputs=outputs, output_class=output_class,
-        )  # fmt: skip
+        return make(bias, threshold, version)
 
     model = build(0.5, "tuning")
     val_scores = [model.scores(ex.text) for ex in val]
@@ -389,6 +424,11 @@ def main(argv: list[str] | None = None) -> int:
             "number types (x CUE_REPEAT); count/sqrt(total)"
         ),
         "held_out_domains": list(held_out),
+        "embeddings": (
+            {"file": "embed.npz", "scale": args.embed_scale} | (embeddings.meta if embeddings else {})
+            if embeddings is not None
+            else None
+        ),
         "train": {
             "seed": SEED,
             "val_fraction": VAL_FRACTION,
@@ -406,7 +446,9 @@ def main(argv: list[str] | None = None) -> int:
         },
         "metrics": metrics,
     }
-    save(args.out, vocab, weights16, bias, meta, outputs, output_class)
+    save(args.out, vocab, weights16, bias, meta, outputs, output_class, dense16)
+    if args.embed is not None and args.embed.resolve() != (args.out.parent / "embed.npz").resolve():
+        shutil.copyfile(args.embed, args.out.parent / "embed.npz")
     print(f"threshold {threshold:.4f}  ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     for name, m in metrics.items():
         print(
