@@ -150,6 +150,9 @@ class TurnTaker:
         self._awaiting = False  # the active turn committed without a transcript and waits for one
         self._taken: list[tuple[str, str | None]] = []  # what the active turn's transcript is made of
         self._last_index: int | None = None
+        self._committed_voice: float | None = None  # the last voiced frame a speech commit took in
+        self._took = "finals"  # what that turn's transcript is: "finals", "partial" or "nothing"
+        self.late_finals = 0  # finals dropped: their speech was a turn already (see stt_final)
 
     # ------------------------------------------------------------------ events
 
@@ -201,6 +204,21 @@ class TurnTaker:
         self, text: str, language: str | None, confidence: float | None, now: float, playing: bool
     ) -> list[TurnAction]:
         text = text.strip()[: max(0, self.policy.max_transcript_chars - self._finals_chars)]
+        if (
+            text
+            and not self._awaiting
+            and self.last_voice is not None
+            and self.last_voice == self._committed_voice
+            and (self._took == "partial" or (self._took == "nothing" and not self._unanswered()))
+        ):
+            # The caller has said nothing since a turn committed on this speech and gave up waiting
+            # for its final: it took the partial, or took nothing and said so ("not heard"). As a
+            # turn of its own this final would answer words already answered, timed from a long-past
+            # end of speech (its deadline gone before it began). (A turn that took nothing and has
+            # not spoken yet is answered again with these words: the merge below.)
+            self.late_finals += 1
+            self._partial = ""
+            return []
         if text:
             self._finals.append((text, language))
             self._finals_chars += len(text) + 1
@@ -241,11 +259,14 @@ class TurnTaker:
             return None
         self._awaiting = False
         if self._finals:
+            self._took = "finals"
             return self._take_finals(self._final_at if self._final_at is not None else now)
         if self._partial:
             text, self._partial = self._partial, ""
             self._taken = [(text, None)]
+            self._took = "partial"
             return TakenTranscript(text, None, None, now)
+        self._took = "nothing"
         return None
 
     @property
@@ -279,6 +300,10 @@ class TurnTaker:
         return min(future) if future else None
 
     # ------------------------------------------------------------------ rules
+
+    def _unanswered(self) -> bool:
+        """A turn is committed and nothing of its answer has played yet."""
+        return self.active is not None and not self._answer_started
 
     def _agent_talking(self, playing: bool) -> bool:
         """The agent has the floor and its audio is playing now."""
@@ -385,6 +410,7 @@ class TurnTaker:
             self._taken = []
         else:
             speech_end = self.last_voice if self.last_voice is not None else now
+            self._committed_voice, self._took = self.last_voice, "finals"
             self._taken = []
             if self._finals:
                 taken = self._take_finals(self._final_at if self._final_at is not None else now)

@@ -1,0 +1,324 @@
+"""The offline STT's decoding while the caller speaks (agent/providers/local.py, ``Redecoder`` and
+``LocalWhisperStream``) on a fake clock with a fake engine, and what the turn core does with a final
+that comes after its turn gave up on it (agent/turns.py). No model runs here: the real Whisper is in
+tests/test_local_stack.py."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import pytest
+
+from agent.bargein import BargeInPolicy
+from agent.fixture import load
+from agent.providers.base import SpeechEnded, SpeechStarted, Transcript
+from agent.providers.local import (
+    Decode,
+    Ended,
+    Heard,
+    LocalWhisperStream,
+    Lost,
+    Redecoder,
+    unloop,
+)
+from agent.turns import Commit, TurnPolicy, TurnTaker
+from telephony.audio import silence_pcm, ulaw_to_pcm16
+
+FRAME = 20
+
+
+@dataclass
+class FakeEngine:
+    """Decodes take ``decode_ms`` each, one worker per ``workers``; a decode of N frames "hears" the
+    words the caller had said by then: ``w1 w2 ...`` one word per 10 frames."""
+
+    decode_ms: float = 150
+    workers: int = 2
+    started: list[tuple[float, Decode]] = field(default_factory=list)
+    running: list[tuple[float, Decode]] = field(default_factory=list)  # (done at, job)
+    busy_always: bool = False
+
+    @property
+    def busy(self) -> bool:
+        return self.busy_always or len(self.running) >= self.workers
+
+    def start(self, now: float, job: Decode) -> None:
+        self.started.append((now, job))
+        free_at = now if len(self.running) < self.workers else min(t for t, _ in self.running)
+        self.running.append((free_at + self.decode_ms, job))
+
+    def due(self, now: float) -> list[Decode]:
+        done = sorted((r for r in self.running if r[0] <= now), key=lambda r: r[0])
+        self.running = [r for r in self.running if r[0] > now]
+        return [job for _, job in done]
+
+
+def text_of(frames: int) -> str:
+    return " ".join(f"w{i}" for i in range(1, frames // 10 + 1))
+
+
+class Caller:
+    """Drives a Redecoder with 20 ms frames on a fake clock and the fake engine; collects actions."""
+
+    def __init__(self, engine: FakeEngine | None = None, **kw) -> None:
+        self.plan = Redecoder(**kw)
+        self.engine = engine or FakeEngine()
+        self.t = 0.0
+        self.actions: list[tuple[float, object]] = []
+        self.last_voice: float | None = None
+
+    def _handle(self, acts: list) -> None:
+        for a in acts:
+            self.actions.append((self.t, a))
+            if isinstance(a, Decode):
+                self.engine.start(self.t, a)
+
+    def _finish_due(self) -> None:
+        for job in self.engine.due(self.t):
+            self._handle(self.plan.done(job, text_of(job.frames), 0.9))
+
+    def frames(self, ms: int, voiced: bool) -> Caller:
+        for _ in range(ms // FRAME):
+            self.t += FRAME
+            self._finish_due()
+            self._handle(self.plan.frame(voiced, self.t, self.engine.busy))
+            if voiced:
+                self.last_voice = self.t
+        return self
+
+    def voice(self, ms: int) -> Caller:
+        return self.frames(ms, True)
+
+    def quiet(self, ms: int) -> Caller:
+        return self.frames(ms, False)
+
+    def of(self, kind: type) -> list:
+        return [a for _, a in self.actions if isinstance(a, kind)]
+
+    def finals(self) -> list[tuple[float, Heard]]:
+        return [(t, a) for t, a in self.actions if isinstance(a, Heard) and a.final]
+
+
+def test_partials_while_the_caller_speaks_one_decode_at_a_time_at_the_interval():
+    c = Caller(FakeEngine(decode_ms=150)).quiet(100).voice(2400)
+    starts = [t for t, _ in c.engine.started]
+    assert len(starts) >= 4  # 2.4 s of speech: a decode every 400 ms or so
+    assert all(b - a >= 400 for a, b in zip(starts, starts[1:], strict=False))
+    partials = [a.text for a in c.of(Heard) if not a.final]
+    assert partials and all(p.startswith("w1") for p in partials)
+    assert [len(p.split()) for p in partials] == sorted(len(p.split()) for p in partials)  # they grow
+
+
+def test_the_final_is_ready_within_250_ms_of_the_end_of_speech():
+    """The decode that starts at the pause is the final: not a whole decode after the 200 ms that
+    end the utterance (the old way: 200 ms + the decode, and later still on a loaded machine)."""
+    c = Caller(FakeEngine(decode_ms=180)).quiet(100).voice(2500).quiet(600)
+    ((at, final),) = c.finals()
+    assert c.last_voice is not None and at - c.last_voice <= 250
+    assert final.text == text_of(c.plan.frames - 10)  # holds every voiced frame (the decode at the pause)
+    assert sum(1 for a in c.of(Decode)) == len(c.engine.started)  # no decode after the end
+
+
+def test_the_last_result_is_reused_as_the_final_when_it_holds_all_the_voice():
+    c = Caller(FakeEngine(decode_ms=20)).quiet(100).voice(1500).quiet(100)
+    decodes = len(c.of(Decode))
+    c.quiet(200)  # the utterance ends: its final is the result in hand, at once
+    ((at, final),) = c.finals()
+    assert len(c.of(Decode)) == decodes
+    (ended_at,) = [t for t, a in c.actions if isinstance(a, Ended)]
+    assert at == ended_at and final.text == text_of(final_frames := c.engine.started[-1][1].frames)
+    assert final_frames >= 1500 // FRAME
+
+
+def test_a_busy_engine_gets_no_partials_but_the_final_is_always_decoded():
+    c = Caller(FakeEngine(busy_always=True)).quiet(100).voice(2000).quiet(300)
+    (job,) = c.of(Decode)  # the one at the end
+    assert job.frames == c.plan.frames
+    (ended,) = c.of(Ended)
+    assert ended.final and c.finals() == []  # on its way
+    c.engine.busy_always = False
+    c.quiet(200)
+    ((_, final),) = c.finals()
+    assert final.text == text_of(job.frames)
+
+
+@pytest.mark.parametrize("seconds", [6, 12, 24])
+def test_decoding_stays_linear_in_the_utterance_however_it_is_paced(seconds):
+    """A caller who pauses just long enough for a decode, again and again, on an instant engine."""
+    c = Caller(FakeEngine(decode_ms=0, workers=8))
+    for _ in range(seconds * 1000 // 120):
+        c.voice(60).quiet(60)
+    c.quiet(400)
+    (ended,) = c.of(Ended)
+    frames = seconds * 1000 // FRAME
+    total = sum(job.frames for job in c.of(Decode))
+    assert total <= 4 * frames + 150  # DECODE_WORK (3) times the frames, the allowance, the final
+    assert total >= frames  # it did decode as it went
+
+
+def test_a_click_is_not_decoded_and_has_no_final():
+    c = Caller().quiet(100).voice(60).quiet(400)
+    assert c.of(Decode) == [] and c.finals() == []
+    (ended,) = c.of(Ended)
+    assert not ended.final
+
+
+def test_a_result_that_comes_after_a_newer_one_or_after_the_end_is_dropped():
+    plan = Redecoder()
+    for i in range(40):
+        plan.frame(True, i * 20.0, busy=False)
+    old, new = Decode(plan.utterance, 10), Decode(plan.utterance, 30)
+    plan._in_flight |= {old, new}
+    assert plan.done(new, "a b c", 0.9) == [Heard(1, "a b c", 0.9, final=False)]
+    assert plan.done(old, "a", 0.9) == []  # older than the result in hand
+    acts = plan.flush()  # ends: the result holds every voiced frame up to 30, not 40: a new decode
+    assert isinstance(acts[-1], Decode) and acts[-1].frames == 40
+    assert plan.failed(acts[-1]) == [Lost(1)]
+
+
+def test_unloop_cuts_a_repeated_sentence():
+    assert unloop("It's a 1745. It's a 1745. It's a") == ("It's a 1745.", True)
+    assert unloop("Hi, can you tell me where my order is? Hi, can you") == (
+        "Hi, can you tell me where my order is?",
+        True,
+    )
+    assert unloop("No. No, I said the other one.") == ("No. No, I said the other one.", False)
+    assert unloop("Okay, great. Thank you so much.") == ("Okay, great. Thank you so much.", False)
+
+
+# ---------------------------------------------------------------- the stream, on the asyncio side
+
+
+class FutureEngine:
+    """The engine seam LocalWhisperStream uses (``submit``, ``busy``): each decode is a future the
+    test resolves, with the words of the frames it was given."""
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[bytes, asyncio.Future]] = []
+        self.busy = False
+
+    def submit(self, method: str, pcm: bytes) -> asyncio.Future:
+        assert method == "transcribe"
+        future = asyncio.get_running_loop().create_future()
+        self.jobs.append((pcm, future))
+        return future
+
+    def finish_all(self) -> None:
+        for pcm, future in self.jobs:
+            if not future.done():
+                future.set_result((text_of(len(pcm) // 320), 0.9))
+
+
+async def test_the_stream_puts_partials_and_the_final_in_order():
+    engine = FutureEngine()
+    clock = [0.0]
+    stream = LocalWhisperStream(engine, "en-IN", clock=lambda: clock[0])  # type: ignore[arg-type]
+    fixture = load("order_status")
+    utt = fixture.script.utterances[0]
+    pcm = silence_pcm(200) + ulaw_to_pcm16(fixture.utterance_audio(utt)) + silence_pcm(400)
+    for i in range(0, len(pcm) - 319, 320):
+        clock[0] += FRAME
+        await stream.send_audio(pcm[i : i + 320])
+        if i % 3200 == 0:  # the worker answers now and then
+            engine.finish_all()
+            await asyncio.sleep(0)
+    engine.finish_all()
+    await asyncio.sleep(0)
+    await stream.aclose()
+    events = [e async for e in stream.events()]
+    kinds = [type(e).__name__ + (":final" if isinstance(e, Transcript) and e.final else "") for e in events]
+    assert kinds[0] == "SpeechStarted" and kinds[-2:] == ["SpeechEnded", "Transcript:final"]
+    assert "Transcript" in kinds  # partials came while the caller spoke
+    final = events[-1]
+    assert isinstance(final, Transcript) and final.language == "en-IN" and final.text.startswith("w1 w2")
+    assert isinstance(events[0], SpeechStarted) and isinstance(events[-2], SpeechEnded)
+
+
+async def test_a_failed_final_decode_is_a_provider_fault():
+    from agent.providers.base import ProviderError
+
+    engine = FutureEngine()
+    engine.busy = True  # no partials: the one decode is the final's
+    stream = LocalWhisperStream(engine, "en-IN", clock=lambda: 0.0)  # type: ignore[arg-type]
+    fixture = load("order_status")
+    pcm = ulaw_to_pcm16(fixture.utterance_audio(fixture.script.utterances[0])) + silence_pcm(400)
+    for i in range(0, len(pcm) - 319, 320):
+        await stream.send_audio(pcm[i : i + 320])
+    ((_, future),) = engine.jobs
+    future.set_exception(RuntimeError("worker died"))
+    await asyncio.sleep(0)
+    with pytest.raises(ProviderError, match="worker died"):
+        async for _ in stream.events():
+            pass
+
+
+# ---------------------------------------------------------------- the turn core and a late final
+
+
+def taker() -> TurnTaker:
+    return TurnTaker(TurnPolicy(), BargeInPolicy(300, 700, ()))
+
+
+def speak(core: TurnTaker, start: float, ms: int, quiet_ms: int) -> tuple[list, float]:
+    acts, t = [], start
+    for _ in range(ms // FRAME):
+        t += FRAME
+        acts += core.frame(True, t, False)
+    for _ in range(quiet_ms // FRAME):
+        t += FRAME
+        acts += core.frame(False, t, False)
+    return acts, t
+
+
+def test_a_final_after_its_turn_gave_up_on_it_is_not_a_second_turn():
+    """The phantom turn: the turn committed at the pause, waited for the final, gave up ("not
+    heard"); the final came after. It was a second turn, timed from the first one's end of speech,
+    so its deadline had passed before it began: the bridge went out at once, ~1.9 s late."""
+    core = taker()
+    acts, t = speak(core, 0, 1200, 400)
+    (commit,) = [a for a in acts if isinstance(a, Commit)]
+    assert commit.transcript == ""
+    assert core.take_transcript(commit.index, t + 1500) is None  # the session's wait ran out
+    core.answer_started(commit.index)
+    assert core.stt_final("Where is my order?", "en-IN", 0.9, t + 1700, True) == []
+    for step in range(1, 40):  # and no timer makes it a turn later either
+        assert [a for a in core.tick(t + 1700 + step * 20, True) if isinstance(a, Commit)] == []
+    assert core.late_finals == 1
+
+
+def test_a_final_after_the_turn_took_the_partial_is_not_a_second_turn():
+    core = taker()
+    acts, t = speak(core, 0, 1200, 100)
+    core.stt_partial("Where is my order", t, False)
+    more, t = speak(core, t, 0, 300)
+    (commit,) = [a for a in acts + more if isinstance(a, Commit)]
+    taken = core.take_transcript(commit.index, t + 400)
+    assert taken is not None and taken.text == "Where is my order"
+    assert core.stt_final("Where is my order?", "en-IN", 0.9, t + 600, False) == []
+    assert [a for a in core.tick(t + 700, False) if isinstance(a, Commit)] == []
+
+
+def test_a_final_for_new_speech_after_a_turn_is_still_a_turn():
+    core = taker()
+    acts, t = speak(core, 0, 1200, 400)
+    (first,) = [a for a in acts if isinstance(a, Commit)]
+    core.take_transcript(first.index, t)
+    core.turn_ended(first.index)
+    _, t = speak(core, t + 500, 800, 40)  # the caller speaks again
+    acts = core.stt_final("It's A1745.", "en-IN", 0.9, t, False)
+    acts += core.tick(t + 60, False)
+    (second,) = [a for a in acts if isinstance(a, Commit)]
+    assert second.transcript == "It's A1745." and second.index == first.index + 1
+
+
+def test_a_final_before_the_not_heard_turn_speaks_answers_it_after_all():
+    """Took nothing, but nothing has played yet: the turn is answered again, with the words."""
+    core = taker()
+    acts, t = speak(core, 0, 1200, 400)
+    (first,) = [a for a in acts if isinstance(a, Commit)]
+    assert core.take_transcript(first.index, t + 1500) is None
+    acts = core.stt_final("Where is my order?", "en-IN", 0.9, t + 1510, False)
+    (again,) = [a for a in acts if isinstance(a, Commit)]
+    assert again.previous == "merge" and again.previous_index == first.index
+    assert again.transcript == "Where is my order?" and again.speech_end == first.speech_end
