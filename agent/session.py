@@ -204,6 +204,7 @@ class CallSession:
             try:
                 if self.recorder is not None:  # written by a worker thread
                     await self.recorder.save([t.as_dict() for t in self.turns], self.language)
+                await self.services.take_outcome(self)  # an operator's verdict given through another process
             finally:
                 self.services.unregister(self)
         log.info("call %s ended: %s after %d turns", self.call_sid, self.ended, len(self.turns))
