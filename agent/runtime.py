@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from agent import metrics, pages, prom, recording
 from agent.calllog.redact import redact_handoff
 from agent.calllog.source import CombinedCallSource, DatabaseCallSource
+from agent.calllog.state import CallState
 from agent.calllog.store import CallLog
 from agent.config import Config
 from agent.link import CarrierLink
@@ -181,11 +182,15 @@ async def build_services(
             services.observers.append(call_log)
         if call_log is not None:
             await _migrate_early(call_log)
+            # State other processes of the database need (agent/calllog/state.py), on its own engine.
+            services.state = CallState.from_environment(migrated=call_log._migrated)
+            _share_plivo_transfers(call_control, services.state)
         async with asyncio.TaskGroup() as tg:
             if webhooks is not None:
                 tg.create_task(webhooks.run(), name="handoff-webhooks")
             if call_log is not None:
                 tg.create_task(call_log.run(), name="call-log")
+                tg.create_task(services.state.run(), name="call-state")
             # Deletes call recordings past their tenant's retention_days (agent/recording.py).
             retention = tg.create_task(recording.retention_loop(config), name="recording-retention")
             try:
@@ -197,6 +202,7 @@ async def build_services(
                         await webhooks.aclose()
                 finally:
                     if call_log is not None:
+                        await services.state.aclose()
                         await call_log.aclose()
 
 
@@ -263,30 +269,43 @@ def simulated_llms(services: Services) -> set[str]:
     return {n for n, llm in services.llms.items() if isinstance(llm, ClassTaggedLLM)}
 
 
+def _plivo_control(control: Any) -> PlivoCallControl | None:
+    while control is not None and not isinstance(control, CarrierTransfers):
+        control = getattr(control, "fallback", None)  # SipTransfers wraps the carriers' control
+    plivo = control.controls.get("plivo") if control is not None else None
+    return plivo if isinstance(plivo, PlivoCallControl) else None
+
+
+def _share_plivo_transfers(control: Any, state: CallState) -> None:
+    """Plivo fetches a transfer's XML from whichever process its request reaches: the pending
+    transfer goes to the shared call state too."""
+    plivo = _plivo_control(control)
+    if plivo is not None and state.shared:
+        plivo.shared = state
+
+
 class _HandoffHooks:
-    """The telephony edge asks about transfers in progress: the whisper, how the human leg ended."""
+    """The telephony edge asks about transfers in progress: the whisper, how the human leg ended.
+    Any process may be asked (behind a load balancer): the answers come from the shared call state
+    (``Services.handoff_record``, ``dial_result``), reads bounded in time."""
 
     def __init__(self, services: Services) -> None:
         self.services = services
 
-    def whisper_for(self, call_sid: str) -> str | None:
-        return (self.services.handoffs.get(call_sid) or {}).get("whisper")
+    async def whisper_for(self, call_sid: str) -> str | None:
+        return ((await self.services.handoff_record(call_sid)) or {}).get("whisper")
 
-    def plivo_transfer_xml(self, call_uuid: str) -> str | None:
-        control = self.services.call_control
-        while control is not None and not isinstance(control, CarrierTransfers):
-            control = getattr(control, "fallback", None)  # SipTransfers wraps the carriers' control
-        plivo = control.controls.get("plivo") if control is not None else None
-        return plivo.pending(call_uuid) if isinstance(plivo, PlivoCallControl) else None
+    async def plivo_transfer_xml(self, call_uuid: str) -> str | None:
+        plivo = _plivo_control(self.services.call_control)
+        return await plivo.take_pending(call_uuid) if plivo is not None else None
 
-    def on_dial_result(self, call_sid: str, result) -> None:
-        record = self.services.handoffs.get(call_sid)
-        if record is not None:
-            record["human_leg"] = {
-                "status": result.dial_status,
-                "connected": result.connected,
-                "duration_s": result.duration_s,
-            }
+    async def on_dial_result(self, call_sid: str, result) -> None:
+        human_leg = {
+            "status": result.dial_status,
+            "connected": result.connected,
+            "duration_s": result.duration_s,
+        }
+        await self.services.dial_result(call_sid, human_leg)
 
 
 class TwilioTransfers:
@@ -507,6 +526,7 @@ def create_runtime_app(
     )
 
     async def on_call(link: CarrierLink) -> None:
+        await services.before_call(link.start)  # a leg back from a failed transfer: its conversation
         await CallSession(link, services).run()
 
     app = create_app(
@@ -546,7 +566,7 @@ def create_runtime_app(
     @app.get("/calls/{call_sid}/handoff")
     async def get_handoff(call_sid: str, request: Request) -> dict:
         operator(request)
-        record = services.handoffs.get(call_sid)
+        record = await services.handoff_record(call_sid)  # from whichever process wrote it
         if record is None:
             raise HTTPException(status_code=404, detail=f"no handoff for call {call_sid}")
         return redact_handoff(record)  # as the call log stores it (a transfer error may quote the caller)
@@ -576,6 +596,8 @@ def create_runtime_app(
         for record in (live, finished):
             if record is not None:
                 record.outcome, record.outcome_reason = body.outcome, body.reason
+        if live is None:  # the call may be live on another process: it takes the verdict at its end
+            await services.share_outcome(call_sid, body.outcome, body.reason)
         if call_log is not None:
             call_log.set_outcome(call_sid, body.outcome, body.reason)
         log.info("call %s: outcome %s set by the operator (%s)", call_sid, body.outcome, body.reason)

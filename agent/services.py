@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
+import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from agent.calllog.redact import redact_call_async
+from agent.calllog.state import CallState
 from agent.config import Config
 from agent.providers.base import LLMProvider, ProviderError, STTProvider, TTSProvider
 from routing.router import Router
 
 if TYPE_CHECKING:
+    from agent.link import CallStart
     from agent.session import CallSession, CallSummary
     from agent.webhook import WebhookSender
 
@@ -85,6 +89,10 @@ class Services:
         self.webhooks: WebhookSender | None = None  # the handoff webhook (runtime sets it)
         self.handoffs: dict[str, dict[str, Any]] = {}  # call sid -> handoff record (summary, transfer)
         self.observers: list[CallObserver] = []  # call log, metrics (runtime adds them)
+        # What other processes of the database must see (the resumed leg's conversation, the handoff
+        # record, the human leg, the operator's outcome): the runtime gives the call log database's
+        # store; without one (no call log) this process's memory is the only state.
+        self.state = CallState(None)
         self._phrases: dict[tuple[str, str, str | None], bytes] = {}
         self._phrase_locks: dict[tuple[str, str, str | None], asyncio.Lock] = {}
 
@@ -113,6 +121,7 @@ class Services:
         if id(session) not in self.streams:
             return  # not registered (or already gone)
         ended = self.call_json(sid, session=session)
+        leg = self._leg(session)
         del self.streams[id(session)]
         if self.calls.get(sid) is session:
             del self.calls[sid]
@@ -124,7 +133,105 @@ class Services:
         while len(self.finished) > self.config.call_log.recent_calls:
             gone, _ = self.finished.popitem(last=False)
             self.handoffs.pop(gone, None)  # bounded with the calls it belongs to
+        if session.ended == "handoff":  # the caller may come back, to any process: the leg as it ended
+            self.state.put_nowait(sid, "call", self._conversation(self.finished[sid], leg))
         self._notify("call_ended", ended)
+
+    # ---- state shared with the other processes of the database (agent/calllog/state.py)
+
+    @staticmethod
+    def _conversation(summary: CallSummary, leg: int) -> dict[str, Any]:
+        return {"leg": leg, "summary": dataclasses.asdict(summary)}
+
+    async def save_conversation(self, session: CallSession) -> None:
+        """Before a transfer is asked for: the conversation so far, for the process that the caller's
+        stream reaches if the human leg fails (bounded wait; a failure is logged, the transfer goes on)."""
+        if self.state.shared:
+            await self.state.put(
+                session.call_sid, "call", self._conversation(session.summary(), self._leg(session))
+            )
+
+    async def before_call(self, start: CallStart) -> None:
+        """A stream is about to become a call session. A caller back from a failed transfer
+        (``resume=transfer_failed``) continues the earlier leg's conversation, which another process
+        may have held: it comes from the shared store into ``finished`` (what the session continues)
+        with its leg number. The read is bounded; without an answer, what this process knows."""
+        if not self.state.shared or start.parameters.get("resume") != "transfer_failed":
+            return
+        sid = start.call_sid
+        value = await self.state.get(sid, "call")
+        if value is None:
+            return
+        from agent.session import CallSummary
+
+        try:
+            leg = int(value["leg"])
+            summary = CallSummary(**value["summary"])
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("call %s: the stored conversation is unreadable (%s); starting afresh", sid, exc)
+            return
+        if self._legs.get(sid, 0) > leg:  # this process saw a later leg than the store did
+            return
+        self.finished[sid] = summary
+        self.finished.move_to_end(sid)
+        self._legs[sid] = leg
+        log.info(
+            "call %s: leg %d's conversation (%d turns) from the shared call state",
+            sid,
+            leg,
+            len(summary.turns),
+        )
+
+    async def save_handoff(self, call_sid: str, record: dict[str, Any]) -> None:
+        """The handoff record (summary, whisper, transfer): here, and for every process (bounded wait)."""
+        self.handoffs[call_sid] = record
+        await self.state.put(call_sid, "handoff", record)
+
+    async def handoff_record(self, call_sid: str) -> dict[str, Any] | None:
+        """The call's handoff record with the human leg's result, as any process last wrote them;
+        this process's own when the store has none or does not answer in time."""
+        local = self.handoffs.get(call_sid)
+        stored = await self.state.get_many(call_sid, ("handoff", "human_leg")) if self.state.shared else None
+        if not stored or "handoff" not in stored:
+            return local
+        record = dict(stored["handoff"])
+        if "human_leg" in stored:
+            record["human_leg"] = stored["human_leg"]
+        return record
+
+    async def dial_result(self, call_sid: str, human_leg: dict[str, Any]) -> None:
+        """How the human leg of a transfer ended (the carrier's dial action, on any process). Not
+        connected: the caller comes back, maybe here, and that leg's record carries the handoff."""
+        record = self.handoffs.get(call_sid)
+        if record is None and self.state.shared and not human_leg.get("connected"):
+            stored = await self.state.get(call_sid, "handoff")
+            if stored is not None:  # the transfer was asked for by another process
+                record = self.handoffs[call_sid] = dict(stored)
+                while len(self.handoffs) > 2 * self.config.call_log.recent_calls:
+                    self.handoffs.pop(next(iter(self.handoffs)))
+        if record is not None:
+            record["human_leg"] = human_leg
+        if self.state.shared:
+            await self.state.put(call_sid, "human_leg", human_leg)
+            if human_leg.get("connected"):  # the caller is with a person: no leg will continue
+                await self.state.delete(call_sid, "call")
+
+    async def share_outcome(self, call_sid: str, outcome: str, reason: str | None) -> None:
+        """The operator's verdict, for the process that holds the live call (``take_outcome``)."""
+        await self.state.put(call_sid, "outcome", {"outcome": outcome, "reason": reason, "at": time.time()})
+
+    async def take_outcome(self, session: CallSession) -> None:
+        """The end of a leg: an operator's verdict given during it through another process becomes
+        the session's (its end record carries it to the call log). Bounded; never raises."""
+        if not self.state.shared:
+            return
+        value = await self.state.get(session.call_sid, "outcome")
+        if value is None or float(value.get("at") or 0) < session.started_wall:
+            return
+        if value.get("outcome") != session.outcome:
+            log.info("call %s: outcome %s set by the operator through another process", session.call_sid,
+                     value.get("outcome"))  # fmt: skip
+        session.outcome, session.outcome_reason = value.get("outcome") or session.outcome, value.get("reason")
 
     def turn_finished(self, session: CallSession, turn: Any) -> None:
         call = self.call_json(session.call_sid, with_turns=False, session=session)

@@ -198,11 +198,11 @@ class TwilioLink(WebSocketLink):
 class HandoffHooks(Protocol):
     """What the edge asks the core about a transfer in progress."""
 
-    def whisper_for(self, call_sid: str) -> str | None: ...
+    async def whisper_for(self, call_sid: str) -> str | None: ...
 
-    def on_dial_result(self, call_sid: str, result: DialResult) -> None: ...
+    async def on_dial_result(self, call_sid: str, result: DialResult) -> None: ...
 
-    def plivo_transfer_xml(self, call_uuid: str) -> str | None:
+    async def plivo_transfer_xml(self, call_uuid: str) -> str | None:
         """The XML Plivo runs for a call we asked it to transfer, None if there is none."""
         ...
 
@@ -341,7 +341,7 @@ def create_app(
         sentence = None
         if handoff is not None:
             try:
-                sentence = handoff.whisper_for(call_sid)
+                sentence = await handoff.whisper_for(call_sid)
             except Exception:
                 log.exception("call %s: whisper lookup failed", call_sid)
         sentence = sentence or "A caller is being transferred to you from the voice agent."
@@ -356,7 +356,7 @@ def create_app(
         result = dial_action_result(form)
         if handoff is not None:
             try:
-                handoff.on_dial_result(call_sid, result)
+                await handoff.on_dial_result(call_sid, result)
             except Exception:
                 log.exception("call %s: dial result hook failed", call_sid)
         if result.connected:

@@ -27,7 +27,7 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from xml.sax.saxutils import escape, quoteattr
 
 import httpx
@@ -72,6 +72,15 @@ class PendingTransfer:
     to: str
     caller_id: str | None
     say: str | None
+
+
+class SharedState(Protocol):
+    """Where a pending transfer waits for Plivo's fetch, which any process may receive
+    (agent/calllog/state.py's ``CallState``)."""
+
+    async def put(self, call_sid: str, kind: str, value: dict[str, Any]) -> bool: ...
+
+    async def take(self, call_sid: str, kind: str) -> dict[str, Any] | None: ...
 
 
 class _RestControl:
@@ -139,6 +148,7 @@ class PlivoCallControl(_RestControl):
         self.public_base_url = public_base_url
         self.dial_timeout_s = dial_timeout_s
         self._pending: dict[str, PendingTransfer] = {}
+        self.shared: SharedState | None = None  # several processes: the pending transfer there too
 
     def _path(self, call_uuid: str) -> str:
         return f"/v1/Account/{self.auth_id}/Call/{call_uuid}/"
@@ -150,9 +160,21 @@ class PlivoCallControl(_RestControl):
             return None
         return transfer_xml(p.to, p.caller_id, p.say, self.dial_timeout_s)
 
+    async def take_pending(self, call_uuid: str) -> str | None:
+        """:meth:`pending`, or the transfer another process asked for (from the shared state)."""
+        xml = self.pending(call_uuid)
+        if self.shared is None:
+            return xml
+        stored = await self.shared.take(call_uuid, "plivo_transfer")  # handed out once, here or there
+        if xml is None and stored is not None:
+            xml = transfer_xml(stored["to"], stored.get("caller_id"), stored.get("say"), self.dial_timeout_s)
+        return xml
+
     async def transfer(self, call_sid: str, to: str, caller_id: str | None, say: str | None = None) -> bool:
         transfer_xml(to, caller_id, say)  # a bad target fails here, before Plivo is asked
         self._pending[call_sid] = PendingTransfer(to, caller_id, say)
+        if self.shared is not None:  # before Plivo is asked: its fetch may reach another process
+            await self.shared.put(call_sid, "plivo_transfer", {"to": to, "caller_id": caller_id, "say": say})
         body = {
             "legs": "aleg",
             "aleg_url": public_url(self.public_base_url, f"{PLIVO_TRANSFER_PATH}/{call_sid}"),

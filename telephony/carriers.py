@@ -343,7 +343,7 @@ def add_carrier_routes(
     start_timeout_s: float = 10.0,
     gate: CallGate | None = None,
     silence_timeout_s: float | None = None,
-    plivo_transfer_xml: Callable[[str], str | None] | None = None,
+    plivo_transfer_xml: Callable[[str], Awaitable[str | None]] | None = None,
 ) -> None:
     """Mount the routes of the ``enabled`` carriers among Exotel, Plivo and Telnyx on ``app``;
     ``on_call(link)`` runs one call. Raises ``ValueError`` when an enabled carrier lacks its
@@ -556,7 +556,7 @@ def add_carrier_routes(
         form = await plivo_form(request, "Plivo transfer URL request")
         if isinstance(form, Response):
             return form
-        xml = plivo_transfer_xml(call_uuid) if plivo_transfer_xml is not None else None
+        xml = await plivo_transfer_xml(call_uuid) if plivo_transfer_xml is not None else None
         if xml is None:
             log.warning("Plivo transfer URL for call %s from %s: no transfer pending (404)", call_uuid,
                         peer_of(request))  # fmt: skip

@@ -750,7 +750,11 @@ class TurnNumbers:
     def number(self, leg: int, index: int) -> int:
         key = (leg, index)
         if key not in self.by_leg:
-            n = index if leg <= 1 and index not in self.taken else self.top + 1
+            # A later leg whose session continued the earlier legs' numbering (it knew them, maybe
+            # through another process: agent/calllog/state.py) keeps its numbers: this writer may
+            # not have seen the earlier legs' turns.
+            fresh = index not in self.taken and (leg <= 1 or index > self.top)
+            n = index if fresh else self.top + 1
             self.by_leg[key] = n
             self.taken.add(n)
             self.top = max(self.top, n)

@@ -80,7 +80,8 @@ class Handover:
             "transferred": False,
             **summary.model_dump(mode="json"),
         }
-        s.services.handoffs[s.call_sid] = record
+        # For every process: the whisper and the dial action may reach another (bounded wait).
+        await s.services.save_handoff(s.call_sid, record)
         if s.services.webhooks is not None and h.webhook_url:
             body = {
                 "call_sid": s.call_sid,
@@ -92,15 +93,19 @@ class Handover:
         if turn_task is not None and turn_task is not asyncio.current_task():
             await asyncio.wait([turn_task])  # the caller hears "connecting you" before the line changes
         assert s.services.call_control is not None and tenant.human_queue
+        # The caller comes back to whichever process the carrier reaches if the human leg fails.
+        await s.services.save_conversation(s)
         try:
             ok = await s.services.call_control.transfer(s.call_sid, tenant.human_queue, tenant.caller_id)
         except Exception as exc:  # the carrier refused: the caller stays with the agent
             log.warning("call %s: transfer to %s failed: %s", s.call_sid, tenant.human_queue, exc)
             record["error"] = f"{type(exc).__name__}: {exc}"[:300]
             self.task = None
+            await s.services.save_handoff(s.call_sid, record)
             await s.play_phrase("callback")
             return
         record["transferred"] = ok
+        await s.services.save_handoff(s.call_sid, record)
         if not ok:  # the call had already ended
             return
         log.info("call %s: transferred to %s; closing the media stream", s.call_sid, tenant.human_queue)
