@@ -304,6 +304,66 @@ def _sid() -> str:
 # ---------------------------------------------------------------- the tests
 
 
+async def test_a_call_moves_between_workers_behind_nginx_and_keeps_its_history(tmp_path):
+    async with cluster(tmp_path) as c, httpx.AsyncClient(base_url=c.proxy, timeout=10) as http:
+        sid = _sid()
+        voice = await http.post("/twilio/voice", data={"CallSid": sid, **CALLER})
+        assert voice.status_code == 200, voice.text
+        params = _parameters(voice.text)
+        # The caller says one thing, then keys 0 over the answer: a request for a person.
+        first_leg = load("dtmf_entry")
+        items = first_leg.script.utterances
+        keyed = next(u for u in items if u.dtmf)
+        keyed = keyed.model_copy(update={"dtmf": "0#", "play": "barge_in", "offset_ms": 500})
+        first_leg.script = first_leg.script.model_copy(update={"utterances": [items[0], keyed]})
+        first = await dial(first_leg, ws_url(c.proxy) + "/twilio/stream",
+                           custom_parameters=params, call_sid=sid, speed=2.0)  # fmt: skip
+        # The caller asked for a person: the worker of the stream transferred the call with <Dial>.
+        updates = [r.form["Twiml"] for r in c.emulators.twilio.for_call(sid) if r.form.get("Twiml")]  # type: ignore[union-attr]
+        assert len(updates) == 1 and "<Dial" in updates[0], updates
+        assert first.closed_by == "server", first.as_dict()
+        # The handoff record from either worker (round robin: one request each).
+        records = [await http.get(f"/calls/{sid}/handoff") for _ in range(2)]
+        # The human leg fails: Twilio calls the <Dial action>; its TwiML brings the caller back.
+        back = await http.post(
+            f"/twilio/dial-action/{sid}", data={"CallSid": sid, "DialCallStatus": "no-answer", **CALLER}
+        )
+        assert back.status_code == 200, back.text
+        after = await http.get(f"/calls/{sid}/handoff")  # the dial result, from the other worker
+        resume = _parameters(back.text)
+        assert resume.get("resume") == "transfer_failed"
+        again = _first(load("order_status"), 1)
+        second = await dial(again, ws_url(c.proxy) + "/twilio/stream", custom_parameters=resume, call_sid=sid,
+                            speed=2.0)  # fmt: skip
+        assert second.completed, second.as_dict()
+
+        (webhook,) = c.served("POST", "/twilio/voice")
+        streams = c.served("GET", "/twilio/stream")
+        assert len(streams) == 2
+        assert webhook != streams[0], "the webhook and the stream of the call landed on one worker"
+        (dial_action,) = c.served("POST", f"/twilio/dial-action/{sid}")
+        assert dial_action != streams[0] and streams[1] != streams[0], (
+            "the dial action and the resumed stream must reach the worker that did not run the first leg"
+        )
+        assert sorted(c.served("GET", f"/calls/{sid}/handoff")[:2]) == [0, 1]
+        for record in records:
+            assert record.status_code == 200, record.text
+            assert record.json()["transferred"] is True and record.json()["to"] == "+918000000999"
+        assert records[0].json()["whisper"] == records[1].json()["whisper"]
+        assert after.status_code == 200 and after.json()["human_leg"]["status"] == "no-answer"
+
+        # The resumed leg continues the first leg's conversation: its turns are numbered after the
+        # first leg's (the worker knew them only through the database), leg 2.
+        async def both_legs():
+            rows = await _turns(c.database, sid)
+            return rows if any(row[2] == 2 for row in rows) else None
+
+        rows = await _until(both_legs, 10, "the resumed leg's turns in the call log")
+        one = [i for _, i, leg, _ in rows if leg == 1]
+        two = [i for _, i, leg, _ in rows if leg == 2]
+        assert len(one) >= 2 and two == list(range(max(one) + 1, max(one) + 1 + len(two)))
+
+
 async def test_sigterm_drains_a_worker_the_call_finishes_and_new_calls_go_to_the_other(tmp_path):
     async with cluster(tmp_path, drain_s=30) as c, httpx.AsyncClient(base_url=c.proxy, timeout=10) as http:
         fixture, later = _first(load("order_status"), 2), _first(load("booking_change"), 1)
