@@ -40,7 +40,7 @@ import pytest
 import yaml
 from sqlalchemy import text
 
-from agent.config import DEFAULT_CONFIG_PATH
+from agent.config import DEFAULT_CONFIG_PATH, load_config
 from agent.fixture import Fixture, load
 from emulators.carrier import dial
 from emulators.serve import ws_url
@@ -359,6 +359,11 @@ async def test_a_call_moves_between_workers_behind_nginx_and_keeps_its_history(t
             return rows if any(row[2] == 2 for row in rows) else None
 
         rows = await _until(both_legs, 10, "the resumed leg's turns in the call log")
+        # The resumed leg's worker, which never carried the first leg, holds its whole conversation.
+        resumed = (await http.get(c.workers[streams[1]].base + f"/calls/{sid}")).json()
+        said = [m["content"] for m in resumed["history"] if m["role"] == "user"]
+        assert said == [items[0].text, "(keypad) 0#", again.script.utterances[0].text], said
+        assert load_config().agent.callback_phrases["en-IN"] in [m["content"] for m in resumed["history"]]
         one = [i for _, i, leg, _ in rows if leg == 1]
         two = [i for _, i, leg, _ in rows if leg == 2]
         assert len(one) >= 2 and two == list(range(max(one) + 1, max(one) + 1 + len(two)))
