@@ -133,8 +133,9 @@ class Services:
         while len(self.finished) > self.config.call_log.recent_calls:
             gone, _ = self.finished.popitem(last=False)
             self.handoffs.pop(gone, None)  # bounded with the calls it belongs to
-        if session.ended == "handoff":  # the caller may come back, to any process: the leg as it ended
-            self.state.put_nowait(sid, "call", self._conversation(self.finished[sid], leg))
+        summary = self.finished[sid]
+        if summary.ended == "handoff" and self.state.shared:  # the caller may come back, to any process
+            self.state.put_nowait(sid, "call", self._conversation(summary, leg))
         self._notify("call_ended", ended)
 
     # ---- state shared with the other processes of the database (agent/calllog/state.py)

@@ -150,7 +150,10 @@ async def test_a_database_away_bounds_reads_and_writes_and_the_caller_goes_on(tm
         assert await store.get("CA1", "call") is None
         assert await store.put("CA1", "call", {"history": []}) is False
         assert loop.time() - t0 < 1.5
-    assert store.stats["read_failures"] == 1 and store.stats["failed"] == 1
+        t1 = loop.time()  # known to be failing now: a write no longer waits at all
+        assert await store.put("CA1", "handoff", {"whisper": "w"}) is False
+        assert loop.time() - t1 < 0.05
+    assert store.stats["read_failures"] == 1 and store.stats["failed"] == 2
     assert "call state: reading call of call CA1 failed" in caplog.text
     assert "not written" in caplog.text
 

@@ -19,7 +19,7 @@ carrier's request), so a value is replaced whole and never read-modified-written
 
 Writes never make a call wait on the database: ``put_nowait`` queues; ``put`` queues and waits at most
 ``write_timeout_s`` for the write (used where the next request depends on it, e.g. before a transfer
-is asked for). One writer task (``run``, owned by the runtime's task group) writes in order, in
+is asked for), and not at all while the database is known to be failing. One writer task (``run``, owned by the runtime's task group) writes in order, in
 batches, retrying a failed batch for up to ``retry_s``; a write that fails is logged and the call goes
 on. Reads are bounded by ``read_timeout_s`` and return None when the database cannot answer in time
 (the caller of ``get`` falls back to what its own process knows). Rows are deleted ``ttl_s`` after
@@ -127,6 +127,9 @@ class CallState:
 
     async def _wait(self, write: _Write) -> bool:
         if self.engine is None:
+            return False
+        if self._fault is not None:  # known to be failing: queued for the retries, nobody waits on it
+            self._enqueue(write)
             return False
         write.done = asyncio.get_running_loop().create_future()
         if not self._enqueue(write):
