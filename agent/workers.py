@@ -19,7 +19,8 @@ of one call may land on different workers: with more than one worker, use Postgr
   a second signal is passed on too (the workers end their calls at once). The supervisor exits 0
   when every worker stopped cleanly, else 1.
 - A worker that dies is logged with its exit status and restarted (its calls are lost; new calls
-  find a live process). If the restarted process dies within ``CRASH_LOOP_S`` of its start too (a
+  find a live process). SIGTERM to one worker's pid drains that worker alone, and a fresh one
+  takes its place: a rolling restart, one worker at a time. If the restarted process dies within ``CRASH_LOOP_S`` of its start too (a
   fault at start: a database that refuses it, a missing extra), the supervisor stops the other
   workers and exits 1 rather than restart a process that cannot run.
 """
@@ -40,7 +41,7 @@ from dataclasses import dataclass, field
 
 log = logging.getLogger("voxroute.workers")
 
-CRASH_LOOP_S = 10.0  # a worker dead sooner than this after its start is not restarted
+CRASH_LOOP_S = 10.0  # a restarted worker that ends sooner than this stops the supervisor
 POLL_S = 0.1
 BACKLOG = 2048
 
@@ -102,6 +103,8 @@ class Supervisor:
     def run(self) -> int:
         """Until every worker stopped: 0 if each stopped cleanly after a signal, else 1."""
         for index in range(self.count):
+            if self.stopping:  # a signal while the workers start: those started get it
+                break
             self._spawn(index)
         live = set(self.workers)
         while live:
@@ -118,13 +121,9 @@ class Supervisor:
                     log.warning("worker %d (pid %d) stopped, exit status %d", index, worker.proc.pid, code)
                     continue
                 lived = time.monotonic() - worker.started
-                log.error(
-                    "worker %d (pid %d) died, exit status %d, after %.1f s",
-                    index,
-                    worker.proc.pid,
-                    code,
-                    lived,
-                )
+                # a crash, or a worker drained on its own (SIGTERM to its pid): a fresh one takes its place
+                log.error("worker %d (pid %d) ended, exit status %d, after %.1f s: restarting it", index,
+                          worker.proc.pid, code, lived)  # fmt: skip
                 if worker.restarted and lived < CRASH_LOOP_S:
                     log.error("worker %d died again within %.0f s of its restart: stopping every worker",
                               index, CRASH_LOOP_S)  # fmt: skip

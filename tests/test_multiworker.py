@@ -463,7 +463,7 @@ def test_serve_workers_two_processes_on_one_port(tmp_path):
         while log.read_text().count("serving on") < 3:
             assert time.monotonic() < deadline + 30, log.read_text()
             time.sleep(0.1)
-        assert re.search(rf"worker 1 \(pid {dict(pids)['1']}\) died, exit status -9", log.read_text())
+        assert re.search(rf"worker 1 \(pid {dict(pids)['1']}\) ended, exit status -9", log.read_text())
         assert len(re.findall(r"worker 1 started", log.read_text())) == 2
         assert httpx.get(f"http://127.0.0.1:{own + 1}/readyz").status_code == 200
         proc.send_signal(signal.SIGTERM)
