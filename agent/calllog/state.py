@@ -220,7 +220,7 @@ class CallState:
         prune_at = loop.time() + 5.0
         try:
             while True:
-                batch: list[_Write] = []
+                batch: list[_Write | None] = []
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(max(0.0, prune_at - loop.time())):
                         batch.append(await self._queue.get())
