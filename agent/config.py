@@ -49,8 +49,9 @@ class SarvamConfig(_Model):
     stt_model: str | None = None
     stt_silence_ms: int = Field(default=200, ge=50, le=2000)
     # Caller audio per STT message (agent/sttfeed.py joins 20 ms frames; any STT provider): fewer,
-    # larger sends cost less CPU; only partial transcripts wait for a batch (flush sends it at once).
-    stt_batch_ms: int = Field(default=40, ge=20, le=100, multiple_of=20)
+    # larger sends cost less CPU. Not where it costs latency: once speech stops, frames go one by one
+    # for twice stt_silence_ms (the STT hears the end of an utterance at once), and flush sends a batch.
+    stt_batch_ms: int = Field(default=100, ge=20, le=100, multiple_of=20)
     tts_model: str = "bulbul:v3"
     speakers: dict[str, str] = Field(default_factory=lambda: {"en-IN": "shubh", "hi-IN": "ritu"})
 

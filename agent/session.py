@@ -157,6 +157,7 @@ class CallSession:
             self._on_transcript,
             self._stt_fault,
             batch_ms=self.config.sarvam.stt_batch_ms,
+            hurry_ms=2 * self.config.sarvam.stt_silence_ms,  # the STT's end-of-speech silence, twice
         )
 
     # ------------------------------------------------------------------ run
@@ -243,7 +244,7 @@ class CallSession:
                 await self._act(self.taker.frame(voiced, self.clock.now(), self.player.speaking))
                 if self._greeting is not None and self.taker.voiced_run_ms >= self._greeting_cut_ms:
                     await self._cut_greeting()
-                self.stt.push(event.pcm, event.ulaw)
+                self.stt.push(event.pcm, event.ulaw, voiced)
                 if self.recorder is not None:
                     self.recorder.caller(event.pcm)
             elif isinstance(event, InboundDtmf):

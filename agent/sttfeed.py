@@ -6,9 +6,13 @@ session had not finalised yet, so no words are lost to a dropped socket. Faults 
 session, which puts them on the turn they hurt.
 
 Sends are batched: the sender joins ``batch_ms`` of caller frames (20-100 ms, config
-``sarvam.stt_batch_ms``) into one ``send_audio``: each send is a websocket message of base64 in JSON,
-so 40 ms batches halve the per-frame cost of 20 ms ones. ``flush`` (our endpointer committed) sends
-what a batch holds at once, so the batch never delays the end of a turn; it only delays partials.
+``sarvam.stt_batch_ms``) into one ``send_audio``: each send is a websocket message of base64 in JSON
+(with its syscall and mask), so 100 ms batches send a fifth of the messages of 20 ms ones. Where a
+batch would cost latency it is skipped: when speech stops (a voiced frame, then an unvoiced one) the
+next ``hurry_ms`` of frames (session: twice ``sarvam.stt_silence_ms``) go one at a time, as they arrive, so the STT hears the silence that ends
+an utterance (and finalises it) as soon as with no batching; and ``flush`` (our endpointer
+committed) sends what a batch holds at once. Speech itself and long silences go in batches.
+Batching counts frames (the caller's media clock), not wall time.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from agent.timeline import Clock
 
 STT_REPLAY_LIMIT = 750  # frames (15 s) of not-yet-finalised audio kept to replay after a reconnect
 FRAME_MS = 20
-DEFAULT_BATCH_MS = 40
+DEFAULT_BATCH_MS = 100
+HURRY_MS = 400  # after speech stops, frames go one by one this long (twice the default STT silence)
 BACKOFF_S = (0.0, 0.1, 0.3, 1.0, 2.0)
 
 
@@ -36,6 +41,7 @@ class STTFeed:
         on_transcript: Callable[[Transcript], Awaitable[None]],
         on_fault: Callable[[ProviderError, str], None],
         batch_ms: int = DEFAULT_BATCH_MS,
+        hurry_ms: int = HURRY_MS,
     ) -> None:
         if not FRAME_MS <= batch_ms <= 100 or batch_ms % FRAME_MS:
             raise ValueError(f"batch_ms must be 20-100 ms in steps of 20, got {batch_ms}")
@@ -51,12 +57,28 @@ class STTFeed:
         self._finalised_upto = 0  # frames covered by the STT's last final (no need to replay them)
         self._batch = batch_ms // FRAME_MS  # frames per send
         self._position = 0  # frames handed to the current connection (a count since the call began)
+        self._hurry_frames = max(0, hurry_ms // FRAME_MS)
+        self._hurry = 0  # unvoiced frames still to send at once since speech stopped
+        self._speaking = False  # the last frame pushed was voiced
+        self._urgent = False  # the sender sends what it holds, whole batch or not
         self._ready = asyncio.Event()
 
-    def push(self, pcm: bytes, ulaw: bytes | None) -> None:
-        """A caller frame: the sender strand sends it, so a slow STT never holds up the inbound strand."""
+    def push(self, pcm: bytes, ulaw: bytes | None, voiced: bool | None = None) -> None:
+        """A caller frame: the sender strand sends it, so a slow STT never holds up the inbound strand.
+        ``voiced`` (our VAD's verdict, None: unknown) starts the hurry after speech stops."""
         self._audio.append((pcm, ulaw))
         self._frames_in += 1
+        if voiced:
+            self._speaking = True
+        elif voiced is not None:
+            if self._speaking:
+                self._speaking = False
+                self._hurry = self._hurry_frames
+            if self._hurry:
+                self._hurry -= 1
+                self._urgent = True
+                self._ready.set()
+                return
         if self._frames_in - self._position >= self._batch:
             self._ready.set()
 
@@ -111,7 +133,8 @@ class STTFeed:
         while True:
             await self._ready.wait()
             self._ready.clear()
-            await self._send_pending(stream, whole=True)
+            urgent, self._urgent = self._urgent, False
+            await self._send_pending(stream, whole=not urgent)
 
     async def _send_pending(self, stream: STTStream, whole: bool = False) -> None:
         """Sends the frames not handed to ``stream`` yet, ``batch_ms`` per message (``whole``: only

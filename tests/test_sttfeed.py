@@ -168,3 +168,41 @@ async def test_a_dropped_socket_replays_only_the_audio_after_the_last_final() ->
     assert finals == ["hello"]
     assert [a[0] for a in connections[0]] == [0, 1, 2, 3, 4, 5]
     assert [a[0] for a in connections[1]] == [4, 5, 6, 7]  # the replay starts after the final
+
+
+async def test_when_speech_stops_frames_go_one_by_one_for_the_hurry_then_batch_again() -> None:
+    """Batching must not delay the silence that ends an utterance: after a voiced frame, the next
+    ``hurry_ms`` of unvoiced frames go as they arrive; speech and long silences go in batches."""
+    async with recorder() as (url, rec):
+        received = rec.received
+        feed = STTFeed(
+            SarvamSTT("k", url), "en-IN", "t", Clock(), lambda _t: asyncio.sleep(0),
+            lambda exc, _w: None, batch_ms=100, hurry_ms=60,
+        )  # fmt: skip
+        sizes = lambda: [len(a) // FRAME_ULAW for a in audio_inputs(received)]  # noqa: E731
+
+        async def push(i: int, voiced: bool, then: list[int]) -> None:
+            feed.push(*frame(i), voiced)
+            if then != sizes():
+                await rec.wait_for(lambda: sizes() == then)
+
+        async with asyncio.TaskGroup() as tg:
+            runner = tg.create_task(feed.run())
+            for i in range(4):
+                await push(i, False, [])  # silence before the caller speaks: batched
+            await push(4, True, [5])  # the fifth frame completes a batch
+            for i in range(5, 9):
+                await push(i, True, [5])  # speech: batched
+            await push(9, False, [5, 5])  # speech stopped; the batch was already whole
+            await push(10, False, [5, 5, 1])  # the hurry (three frames, 60 ms): each at once
+            await push(11, False, [5, 5, 1, 1])
+            for i in range(12, 16):
+                await push(i, False, [5, 5, 1, 1])  # past the hurry: batched again
+            await asyncio.sleep(0.05)
+            assert sizes() == [5, 5, 1, 1]
+            await push(16, False, [5, 5, 1, 1, 5])
+            await push(17, True, [5, 5, 1, 1, 5])
+            await push(18, False, [5, 5, 1, 1, 5, 2])  # stopped again: what the batch held goes at once
+            runner.cancel()
+        await feed.aclose()
+    assert b"".join(audio_inputs(received)) == b"".join(frame(i)[1] for i in range(19))
