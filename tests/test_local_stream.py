@@ -15,6 +15,7 @@ from agent.fixture import load
 from agent.providers.base import SpeechEnded, SpeechStarted, Transcript
 from agent.providers.local import (
     Decode,
+    Drop,
     Ended,
     Heard,
     LocalWhisperStream,
@@ -73,10 +74,12 @@ class Caller:
             self.actions.append((self.t, a))
             if isinstance(a, Decode):
                 self.engine.start(self.t, a)
+            elif isinstance(a, Drop):  # cancelled: its result never comes
+                self.engine.running = [r for r in self.engine.running if r[1] != a.job]
 
     def _finish_due(self) -> None:
         for job in self.engine.due(self.t):
-            self._handle(self.plan.done(job, text_of(job.frames), 0.9))
+            self._handle(self.plan.done(job, text_of(job.frames), 0.9, self.t))
 
     def frames(self, ms: int, voiced: bool) -> Caller:
         for _ in range(ms // FRAME):
@@ -108,6 +111,16 @@ def test_partials_while_the_caller_speaks_one_decode_at_a_time_at_the_interval()
     partials = [a.text for a in c.of(Heard) if not a.final]
     assert partials and all(p.startswith("w1") for p in partials)
     assert [len(p.split()) for p in partials] == sorted(len(p.split()) for p in partials)  # they grow
+
+
+def test_slow_decodes_space_the_partials_out():
+    """A loaded machine: each decode takes 500 ms, so partials come at most every 1.5 s (a third of
+    a worker's time), and the decode at the pause still goes at once."""
+    c = Caller(FakeEngine(decode_ms=500)).quiet(100).voice(5000)
+    starts = [t for t, _ in c.engine.started]
+    assert len(starts) >= 3 and all(b - a >= 1500 for a, b in zip(starts[1:], starts[2:], strict=False))
+    c.quiet(60)
+    assert c.engine.started[-1][0] == c.t - 20  # 40 ms of quiet: the pause's decode
 
 
 def test_the_final_is_ready_within_250_ms_of_the_end_of_speech():
@@ -173,8 +186,10 @@ def test_a_result_that_comes_after_a_newer_one_or_after_the_end_is_dropped():
     assert plan.done(new, "a b c", 0.9) == [Heard(1, "a b c", 0.9, final=False)]
     assert plan.done(old, "a", 0.9) == []  # older than the result in hand
     acts = plan.flush()  # ends: the result holds every voiced frame up to 30, not 40: a new decode
-    assert isinstance(acts[-1], Decode) and acts[-1].frames == 40
-    assert plan.failed(acts[-1]) == [Lost(1)]
+    (final,) = [a for a in acts if isinstance(a, Decode)]
+    assert final.frames == 40
+    assert [a.job.frames for a in acts if isinstance(a, Drop)] == [20]  # the partial under way
+    assert plan.failed(final) == [Lost(1)]
 
 
 def test_unloop_cuts_a_repeated_sentence():
@@ -322,3 +337,43 @@ def test_a_final_before_the_not_heard_turn_speaks_answers_it_after_all():
     (again,) = [a for a in acts if isinstance(a, Commit)]
     assert again.previous == "merge" and again.previous_index == first.index
     assert again.transcript == "Where is my order?" and again.speech_end == first.speech_end
+
+
+# ---------------------------------------------------------------- the engine pool's queue
+
+
+class Gated:
+    """An engine whose jobs wait for a gate, and say in which order they ran."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.gate = threading.Event()
+        self.ran: list[str] = []
+
+    def work(self, name: str) -> tuple[str, dict]:
+        self.gate.wait(5)
+        self.ran.append(name)
+        return name, {}
+
+
+async def test_work_that_can_wait_never_stands_before_urgent_work(monkeypatch):
+    """The phrase cache's sentences queue in the pool only when a worker is free: an answer's
+    sentence submitted after them runs first; one cancelled before it began never runs."""
+    from agent.providers import local
+
+    monkeypatch.setitem(local._ENGINES, "gated", Gated)
+    pool = local.EnginePool("gated", processes=0)
+    try:
+        first = pool.submit("work", "answer 1")
+        phrases = [pool.submit("work", f"phrase {i}", wait=True) for i in (1, 2)]
+        second = pool.submit("work", "answer 2")
+        phrases[1].cancel()  # timed out before it began
+        pool._local.gate.set()
+        assert await first == "answer 1" and await second == "answer 2"
+        assert await phrases[0] == "phrase 1"
+        await asyncio.sleep(0.05)
+        assert pool._local.ran == ["answer 1", "answer 2", "phrase 1"]
+        assert pool.in_flight == 0 and not pool.busy
+    finally:
+        pool.close()

@@ -19,6 +19,7 @@ error, never a silently different model.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import hashlib
@@ -329,7 +330,7 @@ class _Whisper:
         )
         self.tokenizer = tok
         self.prompt = self.model.get_prompt(tok, tok.encode(" " + DOMAIN_PROMPT), without_timestamps=True)
-        self.suppress = list(get_suppressed_tokens(tok, [-1]))
+        self.suppress = list(get_suppressed_tokens(tok, (-1,)) or ())  # faster-whisper's default set
         self.transcribe(bytes(SAMPLE_RATE * 2))  # one decode now: the first caller's is not the cold one
 
     def transcribe(self, pcm: bytes) -> tuple[tuple[str, float | None], dict[str, tuple[float, float]]]:
@@ -468,7 +469,8 @@ class EnginePool:
         self.kind = kind
         self._local: Any = None
         self.workers = max(1, processes)
-        self.in_flight = 0  # jobs submitted and not finished
+        self.in_flight = 0  # jobs in the pool and not finished
+        self._waiting: deque[tuple[str, Any, asyncio.Future]] = deque()  # work that can wait
         if processes > 0:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
@@ -487,32 +489,54 @@ class EnginePool:
             self.pool = engine_pool(1, kind)
             self._local = self.pool.submit(_ENGINES[kind], *args).result()
 
-    def submit(self, method: str, arg: Any) -> asyncio.Future:
-        """Run ``engine.method(arg)`` in the pool; the future's result is its value (CPU is counted)."""
-        loop = asyncio.get_running_loop()
-        if self._local is None:
-            inner = loop.run_in_executor(self.pool, _worker_call, method, arg)
+    def submit(self, method: str, arg: Any, *, wait: bool = False) -> asyncio.Future:
+        """Run ``engine.method(arg)`` in the pool; the future's result is its value (CPU is counted).
+        ``wait``: work that can wait (a phrase to cache) queues here until a worker is free, so it
+        never stands in the pool's queue in front of urgent work (an answer's sentence). Cancelling
+        the future drops the job if it has not started."""
+        out = asyncio.get_running_loop().create_future()
+        if wait and self.in_flight >= self.workers:
+            self._waiting.append((method, arg, out))
         else:
-            inner = loop.run_in_executor(self.pool, getattr(self._local, method), arg)
-        out = loop.create_future()
-        self.in_flight += 1
+            self._start(method, arg, out)
+        return out
 
-        def done(f: asyncio.Future) -> None:
-            self.in_flight -= 1
-            if out.done():
-                return
+    def _start(self, method: str, arg: Any, out: asyncio.Future) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            if self._local is None:
+                job = self.pool.submit(_worker_call, method, arg)
+            else:
+                job = self.pool.submit(getattr(self._local, method), arg)
+        except RuntimeError as exc:  # a broken or closed pool
+            out.set_exception(exc)
+            return
+        self.in_flight += 1
+        out.add_done_callback(lambda o: job.cancel() if o.cancelled() else None)
+
+        def done(f: concurrent.futures.Future) -> None:
+            self.in_flight -= 1  # the worker is free: a cancelled job had not started
             if f.cancelled():
                 out.cancel()
             elif (exc := f.exception()) is not None:
-                out.set_exception(exc)
+                if not out.done():
+                    out.set_exception(exc)
             else:
                 value, cpu = f.result()
                 for engine, (cpu_s, audio_s) in cpu.items():
                     CPU[engine].add(cpu_s, audio_s)
-                out.set_result(value)
+                if not out.done():
+                    out.set_result(value)
+            while self._waiting and self.in_flight < self.workers:
+                method, arg, waiting = self._waiting.popleft()
+                if not waiting.done():
+                    self._start(method, arg, waiting)
 
-        inner.add_done_callback(done)
-        return out
+        def finished(f: concurrent.futures.Future) -> None:  # in the pool's thread
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(done, f)
+
+        job.add_done_callback(finished)
 
     @property
     def busy(self) -> bool:
@@ -558,6 +582,13 @@ class Decode:
 
 
 @dataclass(frozen=True, slots=True)
+class Drop:
+    """A decode under way is of no use any more (its utterance ended with another final): cancel it."""
+
+    job: Decode
+
+
+@dataclass(frozen=True, slots=True)
 class Heard:
     """A transcript of utterance ``utterance``: a partial, or its final."""
 
@@ -574,7 +605,7 @@ class Lost:
     utterance: int
 
 
-RecognitionAction = Began | Ended | Decode | Heard | Lost
+RecognitionAction = Began | Ended | Decode | Drop | Heard | Lost
 
 
 class Redecoder:
@@ -585,8 +616,8 @@ class Redecoder:
     before it, so onsets are not clipped) and ends after ``silence_ms`` of quiet or at ``max_s``.
     While it grows, the whole utterance so far is decoded again:
 
-    - every ``interval_ms`` at most, when ``interval_ms`` of new audio came, one decode at a time;
-      each result is a partial;
+    - every ``interval_ms`` at most (three times the last decode's time, when that is longer), when
+      ``interval_ms`` of new audio came, one decode at a time; each result is a partial;
     - at once when ``pause_ms`` of quiet follow the voice (the caller may be done): a decode of
       every voiced frame heard, so when the utterance ends its final is ready or nearly so;
     - none while the engine is ``busy`` (its workers all have work: finals come first), and none
@@ -632,6 +663,8 @@ class Redecoder:
         self._best: Heard | None = None  # the open utterance's latest result ...
         self._best_frames = 0  # ... and the frames it holds
         self._in_flight: set[Decode] = set()
+        self._started: dict[Decode, float] = {}  # when each decode under way began
+        self._decode_ms = 0.0  # how long the last decode took, start to result
         self._finals: dict[int, Decode] = {}  # ended utterance -> the decode under way that gives its final
 
     # ------------------------------------------------------------------ events
@@ -659,9 +692,14 @@ class Redecoder:
         """End the open utterance now (the session's endpointer decided first)."""
         return self._end() if self.in_speech else []
 
-    def done(self, job: Decode, text: str, confidence: float | None) -> list[RecognitionAction]:
-        """A decode finished with ``text``."""
+    def done(
+        self, job: Decode, text: str, confidence: float | None, now: float | None = None
+    ) -> list[RecognitionAction]:
+        """A decode finished with ``text`` at ``now`` (then it is timed: see ``_due``)."""
         self._in_flight.discard(job)
+        started = self._started.pop(job, None)
+        if now is not None and started is not None:
+            self._decode_ms = now - started
         if self._finals.get(job.utterance) == job:
             del self._finals[job.utterance]
             return [Heard(job.utterance, text, confidence, final=True)]
@@ -674,6 +712,7 @@ class Redecoder:
     def failed(self, job: Decode) -> list[RecognitionAction]:
         """A decode failed (its worker died): a loss only if it was to give a final."""
         self._in_flight.discard(job)
+        self._started.pop(job, None)
         if self._finals.get(job.utterance) == job:
             del self._finals[job.utterance]
             return [Lost(job.utterance)]
@@ -710,7 +749,10 @@ class Redecoder:
         # Partials leave room for the decode at the pause: one more decode of the whole utterance.
         if after > (self._work - 1) * self.frames + self._allowance:
             return None
-        if mine or (self._last_start is not None and now - self._last_start < self._interval_ms):
+        # Slow decodes (a loaded machine) space the partials out: a worker spends at most a third
+        # of its time on this call's partials.
+        interval = max(self._interval_ms, 3 * self._decode_ms)
+        if mine or (self._last_start is not None and now - self._last_start < interval):
             return None
         if (self.frames - self._last_frames) * FRAME_MS < self._interval_ms:
             return None
@@ -719,6 +761,7 @@ class Redecoder:
     def _start(self, now: float) -> Decode:
         job = Decode(self.utterance, self.frames)
         self._in_flight.add(job)
+        self._started[job] = now
         self.decoded += self.frames
         self._last_start, self._last_frames = now, self.frames
         return job
@@ -726,20 +769,29 @@ class Redecoder:
     def _end(self) -> list[RecognitionAction]:
         self.in_speech = False
         self._lead = 0
+        mine = [d for d in self._in_flight if d.utterance == self.utterance]
         if self.voiced < self._min:
-            return [Ended(self.utterance, final=False)]
+            return [Ended(self.utterance, final=False), *self._drop(mine)]
         ended = Ended(self.utterance, final=True)
         if self._best is not None and self._best_frames >= self._heard_upto:
             best = self._best
-            return [ended, Heard(self.utterance, best.text, best.confidence, final=True)]
+            return [ended, Heard(self.utterance, best.text, best.confidence, final=True), *self._drop(mine)]
         covering = self._covering()
-        if covering:  # the one started first finishes first
-            self._finals[self.utterance] = min(covering, key=lambda d: d.frames)
-            return [ended]
+        if covering:
+            source = min(covering, key=lambda d: d.frames)  # started first: done first
+            self._finals[self.utterance] = source
+            return [ended, *self._drop([d for d in mine if d != source])]
         job = Decode(self.utterance, self.frames)
         self._in_flight.add(job)
         self._finals[self.utterance] = job
-        return [ended, job]
+        return [ended, job, *self._drop(mine)]
+
+    def _drop(self, jobs: list[Decode]) -> list[RecognitionAction]:
+        """The ended utterance's other decodes: their results would go unused."""
+        self._in_flight.difference_update(jobs)
+        for job in jobs:
+            self._started.pop(job, None)
+        return [Drop(job) for job in jobs]
 
 
 class LocalWhisperStream:
@@ -764,6 +816,7 @@ class LocalWhisperStream:
         # Events and finals in order; a Future stands for a final still being computed.
         self._out: asyncio.Queue[STTEvent | asyncio.Future | None] = asyncio.Queue()
         self._finals: dict[int, asyncio.Future] = {}
+        self._jobs: dict[Decode, asyncio.Future] = {}  # decodes under way
         self._closed = False
 
     async def send_audio(self, pcm: bytes, ulaw: bytes | None = None) -> None:
@@ -793,7 +846,11 @@ class LocalWhisperStream:
                 self._out.put_nowait(SpeechStarted())
             elif isinstance(act, Decode):
                 future = self.engine.submit("transcribe", b"".join(self._buf[: act.frames]))
+                self._jobs[act] = future
                 future.add_done_callback(lambda f, job=act: self._decoded(job, f))
+            elif isinstance(act, Drop):
+                if (future := self._jobs.pop(act.job, None)) is not None:
+                    future.cancel()  # dropped from the pool's queue if it has not begun
             elif isinstance(act, Ended):
                 self._lead.clear()
                 self._out.put_nowait(SpeechEnded())
@@ -809,6 +866,8 @@ class LocalWhisperStream:
                 self._out.put_nowait(Transcript(act.text, False, self.language, act.confidence))
 
     def _decoded(self, job: Decode, future: asyncio.Future) -> None:
+        if self._jobs.pop(job, None) is None:
+            return  # dropped
         if future.cancelled() or future.exception() is not None:
             for act in self._plan.failed(job):
                 assert isinstance(act, Lost)
@@ -818,7 +877,7 @@ class LocalWhisperStream:
                     final.set_exception(exc or ProviderError(STT_NAME, "stream_error", "decode cancelled"))
             return
         text, confidence = future.result()
-        self._act(self._plan.done(job, text, confidence))
+        self._act(self._plan.done(job, text, confidence, self._clock()))
 
     async def flush(self) -> None:
         """The session's endpointer decided first: the final of what we hold, now."""
@@ -979,10 +1038,12 @@ class LocalPiperTTS:
         prefix = language.lower().split("-")[0]
         return prefix == "en" or (prefix in ESPEAK_VOICES and self.espeak is not None)
 
-    def synth_future(self, text: str, language: str) -> asyncio.Future:
+    def synth_future(self, text: str, language: str, wait: bool = False) -> asyncio.Future:
+        """``wait``: the audio is not for a caller waiting now (a phrase to cache): an answer's
+        sentences go first."""
         prefix = language.lower().split("-")[0]
         if prefix == "en":
-            return self.engine.submit("synth", text)
+            return self.engine.submit("synth", text, wait=wait)
         if prefix in ESPEAK_VOICES and self.espeak is not None:
             return asyncio.ensure_future(espeak_synth(text, ESPEAK_VOICES[prefix]))
         raise ProviderError(
@@ -1000,8 +1061,13 @@ class LocalPiperTTS:
     async def synthesize(
         self, text: str, language: str, voice: str | None = None, tag: str | None = None
     ) -> bytes:
-        parts = [self.synth_future(s, language) for s in sentences(text) or [text]]
-        return b"".join([await _speech(p) for p in parts])
+        wait = tag == "phrases"  # the phrase cache (agent/services.py) fills while calls go on
+        parts = [self.synth_future(s, language, wait) for s in sentences(text) or [text]]
+        try:
+            return b"".join([await _speech(p) for p in parts])
+        finally:
+            for p in parts:
+                p.cancel()  # timed out: the sentences not begun are dropped, not left in the queue
 
     async def __aenter__(self) -> LocalPiperTTS:
         return self
