@@ -37,7 +37,8 @@ RUN apt-get update \
 VOLUME ["/data"]
 USER 10001:10001
 
-EXPOSE 8080
+# 8090: the carrier media streams when the config sets telephony.media_port: 8090 (README, Deploy)
+EXPOSE 8080 8090
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)"]
