@@ -183,10 +183,16 @@ class Services:
             len(summary.turns),
         )
 
-    async def save_handoff(self, call_sid: str, record: dict[str, Any]) -> None:
-        """The handoff record (summary, whisper, transfer): here, and for every process (bounded wait)."""
+    async def save_handoff(self, call_sid: str, record: dict[str, Any], *, wait: bool = True) -> None:
+        """The handoff record (summary, whisper, transfer): here, and for every process (``wait``: until
+        it is written, bounded; else queued)."""
         self.handoffs[call_sid] = record
-        await self.state.put(call_sid, "handoff", record)
+        if not self.state.shared:
+            return
+        if wait:
+            await self.state.put(call_sid, "handoff", record)
+        else:
+            self.state.put_nowait(call_sid, "handoff", record)
 
     async def handoff_record(self, call_sid: str) -> dict[str, Any] | None:
         """The call's handoff record with the human leg's result, as any process last wrote them;

@@ -101,11 +101,11 @@ class Handover:
             log.warning("call %s: transfer to %s failed: %s", s.call_sid, tenant.human_queue, exc)
             record["error"] = f"{type(exc).__name__}: {exc}"[:300]
             self.task = None
-            await s.services.save_handoff(s.call_sid, record)
+            await s.services.save_handoff(s.call_sid, record, wait=False)
             await s.play_phrase("callback")
             return
         record["transferred"] = ok
-        await s.services.save_handoff(s.call_sid, record)
+        await s.services.save_handoff(s.call_sid, record, wait=False)  # no wait: the call ends now
         if not ok:  # the call had already ended
             return
         log.info("call %s: transferred to %s; closing the media stream", s.call_sid, tenant.human_queue)
