@@ -567,6 +567,8 @@ def create_runtime_app(
     async def get_handoff(call_sid: str, request: Request) -> dict:
         operator(request)
         record = await services.handoff_record(call_sid)  # from whichever process wrote it
+        if record is None and call_log is not None:  # an older call: as the call log keeps it
+            record = await _logged_handoff(call_log, call_sid)
         if record is None:
             raise HTTPException(status_code=404, detail=f"no handoff for call {call_sid}")
         return redact_handoff(record)  # as the call log stores it (a transfer error may quote the caller)
@@ -632,6 +634,20 @@ def create_runtime_app(
         return {"ok": True}
 
     return app
+
+
+async def _logged_handoff(call_log: CallLog, call_sid: str, timeout_s: float = 0.5) -> dict | None:
+    """The handoff record the call log kept for a call (redacted), or None (none, or no answer in time)."""
+    from sqlalchemy import select
+
+    from agent.calllog.schema import calls_table
+
+    try:
+        async with asyncio.timeout(timeout_s), call_log.engine.connect() as conn:
+            return await conn.scalar(select(calls_table.c.handoff).where(calls_table.c.call_sid == call_sid))
+    except Exception as exc:
+        log.warning("call %s: the call log's handoff record could not be read: %s", call_sid, exc)
+        return None
 
 
 def _carrier_envs(config: Config, enabled: tuple[str, ...]) -> set[str]:

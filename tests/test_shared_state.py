@@ -243,6 +243,14 @@ async def test_a_failed_transfer_resumes_on_the_other_server_with_its_history(sh
             from_a = await http.get(f"{a.server_url}/calls/{sid}/handoff", headers=OPERATOR)
             from_b = await http.get(f"{url_b}/calls/{sid}/handoff", headers=OPERATOR)
             denied = await http.get(f"{url_b}/calls/{sid}/handoff")
+            # A day later (the shared rows pruned) and after a restart (A's memory gone): the call log's.
+            await _call_log(a.services).flush()
+            await _call_log(services_b).flush()
+            assert await a.services.state.delete(sid, "handoff") and await a.services.state.delete(
+                sid, "human_leg"
+            )
+            a.services.handoffs.clear()
+            logged = await http.get(f"{a.server_url}/calls/{sid}/handoff", headers=OPERATOR)
         await _call_log(a.services).flush()
         await _call_log(services_b).flush()
         assert a.services.call_json(sid, with_turns=False)["leg"] == 1  # A saw leg 1 only
@@ -270,6 +278,8 @@ async def test_a_failed_transfer_resumes_on_the_other_server_with_its_history(sh
     assert record["whisper"] == h["whisper"] and record["transferred"] is True
     assert record["human_leg"] == {"status": "no-answer", "connected": False, "duration_s": None}
     assert resumed["handoff"]["human_leg"] == record["human_leg"]  # B's leg carries the handoff
+    assert logged.status_code == 200 and logged.json()["whisper"] == h["whisper"]
+    assert logged.json()["human_leg"] == record["human_leg"]  # leg 2's end record, written by B
     # The call log: both legs, the second's turns after the first's.
     engine = make_engine(shared_db)
     try:
