@@ -17,6 +17,10 @@ artifact. Training uses scikit-learn and scipy (``pip install -e '.[train]'``); 
 
 Writes ``routing/model/stakes.npz`` (float16 weights, bias, vocabulary) and ``stakes.json``
 (classes, threshold, version, data hash, metrics).
+
+``--embed TABLE`` (an experiment, not the shipped recipe): a static sentence-embedding table
+distilled by ``python -m routing.embed`` adds the text's sentence vector as features; the table is
+copied beside the artifact, which names it. data/router/README.md has what it did.
 """
 
 from __future__ import annotations
