@@ -29,6 +29,7 @@ import numpy as np
 
 MAX_WORD_CHARS = 100  # BERT's WordPiece: a longer word is [UNK]
 MAX_TOKENS = 256  # a turn's first tokens; a spoken turn is far shorter
+MAX_TEXT_CHARS = 2_000  # past this a text is not even split into words: the cost stays bounded
 _WORD_CACHE_MAX = 50_000
 
 
@@ -135,7 +136,7 @@ class WordPiece:
     def ids(self, text: str, limit: int = MAX_TOKENS) -> list[int]:
         """Token ids of a text (no [CLS]/[SEP]), at most ``limit``."""
         out: list[int] = []
-        for word in basic_words(text):
+        for word in basic_words(text[:MAX_TEXT_CHARS]):
             out.extend(self.word_ids(word))
             if len(out) >= limit:
                 return out[:limit]

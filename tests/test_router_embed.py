@@ -51,6 +51,7 @@ def test_wordpiece_greedy_longest_match():
     assert wp.tokens("x" * 101) == ["[UNK]"]  # longer than BERT's 100 characters
     assert wp.tokens("I was charged twice!") == ["i", "was", "charged", "twice", "!"]
     assert len(wp.ids("i " * 1000)) == 256  # a turn's first MAX_TOKENS tokens only
+    assert wp.ids("x" * 10_000 + " i") == [VOCAB.index("[UNK]")]  # only the first MAX_TEXT_CHARS are read
 
 
 def test_wordpiece_matches_the_reference_tokenizer():
