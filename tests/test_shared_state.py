@@ -225,6 +225,7 @@ async def test_a_failed_transfer_resumes_on_the_other_server_with_its_history(sh
         raw = await replay_fixture(fixture, a.server_url, speed=4.0, config=cfg)
         sid = raw["call_sid"]
         async with httpx.AsyncClient(base_url=url_b, timeout=10) as b:
+            at_once = await b.get(f"/calls/{sid}/handoff", headers=OPERATOR)  # as soon as leg 1 is over
             whisper = await b.post(f"/twilio/whisper/{sid}", data={"CallSid": "CA" + "1" * 32})
             back = await b.post(
                 f"/twilio/dial-action/{sid}",
@@ -258,6 +259,7 @@ async def test_a_failed_transfer_resumes_on_the_other_server_with_its_history(sh
 
     assert raw["ended"] == "handoff" and raw["handoff"]["transferred"], raw.get("error")
     h = raw["handoff"]
+    assert at_once.status_code == 200 and at_once.json()["transferred"] is True  # B knows of the transfer
     # B speaks A's whisper to the human.
     say = ET.fromstring(whisper.text).find("Say")
     assert say is not None and say.text == h["whisper"]

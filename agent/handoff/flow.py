@@ -105,10 +105,11 @@ class Handover:
             await s.play_phrase("callback")
             return
         record["transferred"] = ok
-        await s.services.save_handoff(s.call_sid, record, wait=False)  # no wait: the call ends now
         if not ok:  # the call had already ended
+            await s.services.save_handoff(s.call_sid, record, wait=False)
             return
         log.info("call %s: transferred to %s; closing the media stream", s.call_sid, tenant.human_queue)
-        s.ended = "handoff"
+        s.ended = "handoff"  # first: the far end may hang up while the record is written
         s.outcome, s.outcome_reason = "handoff", "transferred to a person"
+        await s.services.save_handoff(s.call_sid, record)  # the transfer, for the next request anywhere
         await s.link.hangup()
