@@ -145,6 +145,9 @@ class CallSession:
         self._pending_faults: list[dict[str, Any]] = []  # STT faults, reported on the next turn
         self._greeting: tuple[TurnRecord, asyncio.Task] | None = None  # while it plays: caller speech cuts it
         self._greeting_cut_ms = ep.barge_in_min_voiced_ms
+        # A phrase played outside any turn (the callback offer after a failed transfer): caller speech
+        # cuts it as it cuts the greeting, else the caller's next answer would queue behind it.
+        self._aside: tuple[str, dict[str, Any]] | None = None  # (its end mark, its history message)
         # handoff to a person
         self.tg: asyncio.TaskGroup | None = None
         self.handover = Handover(self)
@@ -242,8 +245,11 @@ class CallSession:
                 inbound_clock.frame(event.timestamp_ms)
                 voiced = self.vad.is_voiced(event.pcm)
                 await self._act(self.taker.frame(voiced, self.clock.now(), self.player.speaking))
-                if self._greeting is not None and self.taker.voiced_run_ms >= self._greeting_cut_ms:
-                    await self._cut_greeting()
+                if self.taker.voiced_run_ms >= self._greeting_cut_ms:
+                    if self._greeting is not None:
+                        await self._cut_greeting()
+                    elif self._aside is not None:
+                        await self._cut_aside()
                 self.stt.push(event.pcm, event.ulaw, voiced)
                 if self.recorder is not None:
                     self.recorder.caller(event.pcm)
@@ -278,6 +284,8 @@ class CallSession:
         """Carry out what the turn core decided."""
         for action in actions:
             if isinstance(action, Commit):
+                if self._aside is not None:  # a turn to answer: the phrase must not hold its answer back
+                    await self._cut_aside()
                 self._commits.put_nowait(action)
             elif isinstance(action, Merge):
                 await self._merge(action.index)
@@ -329,6 +337,8 @@ class CallSession:
         task.cancel()  # (as in _merge)
 
     def _on_mark(self, name: str) -> None:
+        if self._aside is not None and name == self._aside[0]:
+            self._aside = None  # played out
         self.speaker.heard(name, self.player.on_mark_echo(name), self.clock.now())
         event = self._end_marks.pop(name, None)
         if event is not None:
@@ -541,10 +551,21 @@ class CallSession:
         await self.speaker.phrase(turn, phrase)
 
     async def play_phrase(self, kind: str) -> None:
-        """A phrase outside any turn (after a failed transfer): played and kept in the history."""
+        """A phrase outside any turn (after a failed transfer): played and kept in the history; the
+        caller speaking over it cuts it (``_cut_aside``)."""
         pcm = await self._phrase(self.language, kind)
+        message = {"role": "assistant", "content": self.services.phrase_text(self.language, kind)}
+        self.history.append(message)
         self.player.play(pcm, None, kind)
-        self.history.append({"role": "assistant", "content": self.services.phrase_text(self.language, kind)})
+        self._aside = (f"aside:{kind}:{len(self.history)}", message)
+        self.player.mark(self._aside[0])
+
+    async def _cut_aside(self) -> None:
+        assert self._aside is not None
+        (_, message), self._aside = self._aside, None
+        log.info("call %s: the caller spoke over a phrase; stopping it", self.call_sid)
+        message["content"] = f"{message['content']} {INTERRUPTED_MARK}"
+        await self.player.clear()
 
     async def _phrase(self, language: str, kind: str) -> bytes:
         """A cached phrase in the tenant's voice for ``language``."""

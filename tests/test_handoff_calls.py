@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from agent.config import load_config
 from agent.fixture import load
 from agent.replay import local_stack, replay_fixture
+from agent.session import INTERRUPTED_MARK
 from agent.webhook import SIGNATURE_HEADER, verify_signature
 from emulators.carrier import dial
 from emulators.serve import serve_app, ws_url
@@ -132,8 +133,13 @@ async def test_angry_caller_is_transferred_and_a_failed_human_leg_comes_back(mon
     assert resumed["handoff"]["human_leg"] == {"status": "no-answer", "connected": False, "duration_s": None}
     history = [m["content"] for m in resumed["history"]]
     assert "I want to talk to a real person, right now." in history
-    assert cfg.agent.callback_phrases["en-IN"] in history
+    # the callback offer, which the caller talked over (the fixture's caller speaks at once)
+    assert f"{cfg.agent.callback_phrases['en-IN']} {INTERRUPTED_MARK}" in history
     assert result.completed
+    # The caller who talks over the callback phrase cuts it: their turn is answered within budget,
+    # not after the phrase (it played outside any turn, so the answer queued behind it).
+    print([(t["index"], t.get("first_audio_ms"), t.get("within_budget")) for t in resumed["turns"]])
+    assert all(t["within_budget"] for t in resumed["turns"]), resumed["turns"]
 
     # The call log keeps both legs: the resumed leg's turns continue the first leg's numbering.
     with sqlite3.connect(tmp_path / "voxroute.db") as db:

@@ -363,7 +363,8 @@ async def test_a_call_moves_between_workers_behind_nginx_and_keeps_its_history(t
         resumed = (await http.get(c.workers[streams[1]].base + f"/calls/{sid}")).json()
         said = [m["content"] for m in resumed["history"] if m["role"] == "user"]
         assert said == [items[0].text, "(keypad) 0#", again.script.utterances[0].text], said
-        assert load_config().agent.callback_phrases["en-IN"] in [m["content"] for m in resumed["history"]]
+        offer = load_config().agent.callback_phrases["en-IN"]  # (cut short if the caller talked over it)
+        assert any(m["content"].startswith(offer) for m in resumed["history"]), resumed["history"]
         one = [i for _, i, leg, _ in rows if leg == 1]
         two = [i for _, i, leg, _ in rows if leg == 2]
         assert len(one) >= 2 and two == list(range(max(one) + 1, max(one) + 1 + len(two)))
