@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -190,6 +191,33 @@ async def test_the_next_start_writes_the_spool_and_a_replay_changes_nothing(tmp_
         {k: v for k, v in r.items() if k != "recorded_at"} for r in first_rows
     ]
     assert not list((tmp_path / SPOOL_DIR).glob("*.jsonl"))
+
+
+async def test_another_live_process_spool_is_not_ours_at_shutdown(tmp_path, caplog):
+    """Workers of one host share the data folder: at shutdown each speaks of its own spool only, not
+    of a live neighbour's file (which the neighbour writes to its database itself)."""
+    db = tmp_path / "voxroute.db"
+    url = f"sqlite+aiosqlite:///{db}"
+    await _migrated(url)
+    (tmp_path / SPOOL_DIR).mkdir()
+    neighbour = open(tmp_path / SPOOL_DIR / "4242-neighbour.jsonl", "wb")  # noqa: SIM115, ASYNC230
+    neighbour.write(b'{"kind": "call"}\n' * 50)
+    neighbour.flush()
+    fcntl.flock(neighbour, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held, as a live process holds its own
+    caplog.set_level(logging.WARNING, logger="voxroute.calllog")
+    try:
+        log = CallLog(make_engine(url), salt=b"s", directory=tmp_path)
+        async with running(log):
+            call = _call("CA-own")
+            log.call_started(call)
+            log.turn_finished(call, _turn(1))
+            await log.flush()
+        assert await _count(url, turns_table) == 1
+        waiting = [r.getMessage() for r in caplog.records if "wait in the spool" in r.getMessage()]
+        assert waiting == []
+        assert (tmp_path / SPOOL_DIR / "4242-neighbour.jsonl").stat().st_size == 17 * 50  # untouched
+    finally:
+        neighbour.close()
 
 
 async def test_a_deleted_database_file_is_noticed_and_the_backlog_written_after_restore(tmp_path, caplog):

@@ -970,22 +970,17 @@ class CallLog:
                     self._spool_lines(self._encode(items))
             except Exception:
                 log.exception("call log: could not spool %d records", len(self._unspooled))
+            # This process's files only: another process's live spool in the same folder is its own.
+            left = self.spool.bytes_pending()
             try:
                 self.spool.close()
             except Exception:
                 log.exception("call log: could not close the spool")
-            if left := self.spool_left():
+            if left:
                 log.warning("call log: %d bytes of records wait in the spool for the next start", left)
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(1.0):
                     await self.engine.dispose()
-
-    def spool_left(self) -> int:
-        """Bytes of spool files left in the directory (after ``run`` ended)."""
-        try:
-            return sum(p.stat().st_size for p in (self.directory / SPOOL_DIR).glob("*.jsonl"))
-        except OSError:
-            return 0
 
     async def _spooler(self) -> None:
         """Queue -> rows -> spool (fsynced, paced) until ``aclose`` and the queue is empty."""
