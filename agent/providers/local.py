@@ -331,7 +331,7 @@ class _Whisper:
         self.tokenizer = tok
         self.prompt = self.model.get_prompt(tok, tok.encode(" " + DOMAIN_PROMPT), without_timestamps=True)
         self.suppress = list(get_suppressed_tokens(tok, (-1,)) or ())  # faster-whisper's default set
-        self.transcribe(bytes(SAMPLE_RATE * 2))  # one decode now: the first caller's is not the cold one
+        self._decode_window(np.zeros(16000, dtype=np.float32))  # now: the first caller's is not the cold one
 
     def transcribe(self, pcm: bytes) -> tuple[tuple[str, float | None], dict[str, tuple[float, float]]]:
         """((text, confidence), {engine: (cpu seconds, audio seconds)}) of one utterance of PCM16 8 kHz."""
