@@ -80,6 +80,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _bare_env() -> dict[str, str]:
     env = dict(os.environ)
     for key in ("SARVAM_API_KEY", "OPENROUTER_API_KEY", "TWILIO_AUTH_TOKEN", "VOXROUTE_API_KEY",
@@ -438,13 +444,13 @@ async def test_sigterm_drains_a_worker_the_call_finishes_and_new_calls_go_to_the
 
 
 def test_serve_workers_two_processes_on_one_port(tmp_path):
-    port, own = _free_port(), _free_port()
+    port, own, sip, audiosocket = _free_port(), _free_port(), _free_udp_port(), _free_port()
     env = {**_bare_env(), "VOXROUTE_DATA_DIR": str(tmp_path)}
     log = tmp_path / "supervisor.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
             [*VOXROUTE, "serve", "--dev", "--workers", "2", "--port", str(port), "--worker-ports", str(own),
-             "--profile", "zero"],
+             "--profile", "zero", "--sip", f"127.0.0.1:{sip}", "--audiosocket", f"127.0.0.1:{audiosocket}"],
             env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
@@ -458,6 +464,10 @@ def test_serve_workers_two_processes_on_one_port(tmp_path):
         for i in (0, 1):  # each worker on its own port too, and the shared one answers
             assert httpx.get(f"http://127.0.0.1:{own + i}/readyz").json()["ready"] is True
         assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+        # SIP and AudioSocket in worker 0 only: one UDP port cannot be split by dialog.
+        assert log.read_text().count(f"SIP listening on udp 127.0.0.1:{sip}") == 1
+        with socket.create_connection(("127.0.0.1", audiosocket), timeout=5):
+            pass
         # A worker that dies is logged and restarted.
         os.kill(int(dict(pids)["1"]), signal.SIGKILL)
         deadline = time.monotonic() + START_S
@@ -467,6 +477,7 @@ def test_serve_workers_two_processes_on_one_port(tmp_path):
         assert re.search(rf"worker 1 \(pid {dict(pids)['1']}\) ended, exit status -9", log.read_text())
         assert len(re.findall(r"worker 1 started", log.read_text())) == 2
         assert httpx.get(f"http://127.0.0.1:{own + 1}/readyz").status_code == 200
+        assert log.read_text().count("SIP listening on udp") == 1  # the new worker 1 runs none either
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, log.read_text()
         text_ = log.read_text()
