@@ -89,8 +89,9 @@ async def build_services(
     if stack not in STACKS:
         raise RuntimeError(f"unknown stack {stack!r}; choose one of {STACKS}")
     if stack == "local" and "stt_final_wait_ms" not in config.endpoint.model_fields_set:
-        # Whisper finalises ~0.5 s after the utterance (not 250 ms as Sarvam): wait for it, else the
-        # turn would be "not heard" and the late final a second turn.
+        # Whisper decodes while the caller speaks; its final comes 0.2-0.7 s after the utterance
+        # (later on a loaded machine; Sarvam's ~250 ms): a turn waits up to this long for it before
+        # taking the partial or saying "not heard" (a final later still is not a second turn).
         endpoint = config.endpoint.model_copy(update={"stt_final_wait_ms": LOCAL_STT_FINAL_WAIT_MS})
         config = config.model_copy(update={"endpoint": endpoint})
     modes: list[str] = []
