@@ -51,6 +51,7 @@ VOXROUTE = [sys.executable, "-m", "agent.cli"]
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "nginx"
 PG_URL_ENV = "VOXROUTE_TEST_POSTGRES_URL"
 CALLER = {"From": "+919800000001", "To": "+918000000000"}
+TOKEN = "twilio-auth-token-of-this-test"
 START_S = 60.0  # a worker's start on a loaded machine (imports, the classifier, phrases)
 
 
@@ -233,9 +234,10 @@ def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
 
 
 @contextlib.asynccontextmanager
-async def cluster(tmp_path: Path, **shutdown) -> AsyncIterator[Cluster]:
+async def cluster(tmp_path: Path, twilio_token: str | None = None, **shutdown) -> AsyncIterator[Cluster]:
     """nginx on a free port in front of two ``voxroute serve --dev`` workers (providers at the
-    emulators of this process), one PostgreSQL database."""
+    emulators of this process), one PostgreSQL database. ``twilio_token``: the workers check Twilio's
+    signatures with it."""
     nginx = _nginx()
     proxy_port, ports = _free_port(), [_free_port(), _free_port()]
     data = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
@@ -249,6 +251,8 @@ async def cluster(tmp_path: Path, **shutdown) -> AsyncIterator[Cluster]:
     async with _postgres_database() as database, run_emulators("zero") as emu:
         urls = {"sarvam": emu.sarvam_url, "openrouter": emu.openrouter_url, "twilio": emu.urls.twilio_api}
         env = {**_bare_env(), "VOXROUTE_DATABASE_URL": database, "VOXROUTE_CALLER_SALT": "salt-of-this-test"}
+        if twilio_token:
+            env["TWILIO_AUTH_TOKEN"] = twilio_token
         workers: list[Worker] = []
         proxy = _start_nginx(nginx, conf, nginx_dir)
         try:
@@ -303,6 +307,14 @@ def _first(fixture: Fixture, n: int) -> Fixture:
     return fixture
 
 
+def _signed(c: Cluster, path: str, form: dict[str, str]) -> dict:
+    """A Twilio webhook's form and signature, over the public URL (nginx's) as Twilio signs it."""
+    from twilio.request_validator import RequestValidator
+
+    signature = RequestValidator(TOKEN).compute_signature(c.proxy + path, form)
+    return {"data": form, "headers": {"X-Twilio-Signature": signature}}
+
+
 def _sid() -> str:
     return "CA" + uuid.uuid4().hex
 
@@ -311,9 +323,14 @@ def _sid() -> str:
 
 
 async def test_a_call_moves_between_workers_behind_nginx_and_keeps_its_history(tmp_path):
-    async with cluster(tmp_path) as c, httpx.AsyncClient(base_url=c.proxy, timeout=10) as http:
+    """With Twilio's signatures checked: they are over the public URL (nginx's), which the workers
+    rebuild from telephony.public_base_url and the path nginx passes unchanged."""
+    async with (
+        cluster(tmp_path, twilio_token=TOKEN) as c,
+        httpx.AsyncClient(base_url=c.proxy, timeout=10) as http,
+    ):
         sid = _sid()
-        voice = await http.post("/twilio/voice", data={"CallSid": sid, **CALLER})
+        voice = await http.post("/twilio/voice", **_signed(c, "/twilio/voice", {"CallSid": sid, **CALLER}))
         assert voice.status_code == 200, voice.text
         params = _parameters(voice.text)
         # The caller says one thing, then keys 0 over the answer: a request for a person.
@@ -322,8 +339,10 @@ async def test_a_call_moves_between_workers_behind_nginx_and_keeps_its_history(t
         keyed = next(u for u in items if u.dtmf)
         keyed = keyed.model_copy(update={"dtmf": "0#", "play": "barge_in", "offset_ms": 500})
         first_leg.script = first_leg.script.model_copy(update={"utterances": [items[0], keyed]})
-        first = await dial(first_leg, ws_url(c.proxy) + "/twilio/stream",
-                           custom_parameters=params, call_sid=sid, speed=2.0)  # fmt: skip
+        stream = ws_url(c.proxy) + "/twilio/stream"
+        assert params.get("call_token")  # the per-call HMAC a signed set-up carries
+        first = await dial(first_leg, stream, custom_parameters=params, call_sid=sid, speed=2.0,
+                           auth_token=TOKEN, public_url=stream)  # fmt: skip
         # The caller asked for a person: the worker of the stream transferred the call with <Dial>.
         updates = [r.form["Twiml"] for r in c.emulators.twilio.for_call(sid) if r.form.get("Twiml")]  # type: ignore[union-attr]
         assert len(updates) == 1 and "<Dial" in updates[0], updates
@@ -331,16 +350,17 @@ async def test_a_call_moves_between_workers_behind_nginx_and_keeps_its_history(t
         # The handoff record from either worker (round robin: one request each).
         records = [await http.get(f"/calls/{sid}/handoff") for _ in range(2)]
         # The human leg fails: Twilio calls the <Dial action>; its TwiML brings the caller back.
+        dial_form = {"CallSid": sid, "DialCallStatus": "no-answer", **CALLER}
         back = await http.post(
-            f"/twilio/dial-action/{sid}", data={"CallSid": sid, "DialCallStatus": "no-answer", **CALLER}
+            f"/twilio/dial-action/{sid}", **_signed(c, f"/twilio/dial-action/{sid}", dial_form)
         )
         assert back.status_code == 200, back.text
         after = await http.get(f"/calls/{sid}/handoff")  # the dial result, from the other worker
         resume = _parameters(back.text)
         assert resume.get("resume") == "transfer_failed"
         again = _first(load("order_status"), 1)
-        second = await dial(again, ws_url(c.proxy) + "/twilio/stream", custom_parameters=resume, call_sid=sid,
-                            speed=2.0)  # fmt: skip
+        second = await dial(again, stream, custom_parameters=resume, call_sid=sid, speed=2.0,
+                            auth_token=TOKEN, public_url=stream)  # fmt: skip
         assert second.completed, second.as_dict()
 
         (webhook,) = c.served("POST", "/twilio/voice")
