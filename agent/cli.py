@@ -903,7 +903,7 @@ def emulators(
 
         cfg = load_config(config)
         async with run_emulators(profile, seed, **emulator_options(cfg)) as emu:
-            urls = {"sarvam": emu.sarvam_url, "openrouter": emu.openrouter_url}
+            urls: dict[str, str | None] = {"sarvam": emu.sarvam_url, "openrouter": emu.openrouter_url}
             if call_control:
                 urls.update(twilio=emu.urls.twilio_api, carrier=emu.urls.carrier_api)
             print(json.dumps(urls), flush=True)
