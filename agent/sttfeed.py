@@ -12,7 +12,9 @@ batch would cost latency it is skipped: when speech stops (a voiced frame, then 
 next ``hurry_ms`` of frames (session: twice ``sarvam.stt_silence_ms``) go one at a time, as they arrive, so the STT hears the silence that ends
 an utterance (and finalises it) as soon as with no batching; and ``flush`` (our endpointer
 committed) sends what a batch holds at once. Speech itself and long silences go in batches.
-Batching counts frames (the caller's media clock), not wall time.
+Batching counts frames (the caller's media clock), not wall time, with one exception: when no frame
+has come for ``stall_ms`` (a phone with silence suppression stops sending after the caller's words)
+what a batch holds goes at once, else the end of the utterance would wait for frames that never come.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ STT_REPLAY_LIMIT = 750  # frames (15 s) of not-yet-finalised audio kept to repla
 FRAME_MS = 20
 DEFAULT_BATCH_MS = 100
 HURRY_MS = 400  # after speech stops, frames go one by one this long (twice the default STT silence)
+STALL_MS = 60  # no frame for this long (three frame times): the frames a batch holds go at once
 BACKOFF_S = (0.0, 0.1, 0.3, 1.0, 2.0)
 
 
@@ -42,6 +45,7 @@ class STTFeed:
         on_fault: Callable[[ProviderError, str], None],
         batch_ms: int = DEFAULT_BATCH_MS,
         hurry_ms: int = HURRY_MS,
+        stall_ms: int = STALL_MS,
     ) -> None:
         if not FRAME_MS <= batch_ms <= 100 or batch_ms % FRAME_MS:
             raise ValueError(f"batch_ms must be 20-100 ms in steps of 20, got {batch_ms}")
@@ -61,6 +65,8 @@ class STTFeed:
         self._hurry = 0  # unvoiced frames still to send at once since speech stopped
         self._speaking = False  # the last frame pushed was voiced
         self._urgent = False  # the sender sends what it holds, whole batch or not
+        self._stall_s = stall_ms / 1000
+        self._last_frame_at = 0.0  # clock ms of the last frame pushed
         self._ready = asyncio.Event()
 
     def push(self, pcm: bytes, ulaw: bytes | None, voiced: bool | None = None) -> None:
@@ -68,6 +74,9 @@ class STTFeed:
         ``voiced`` (our VAD's verdict, None: unknown) starts the hurry after speech stops."""
         self._audio.append((pcm, ulaw))
         self._frames_in += 1
+        self._last_frame_at = self._clock.now()
+        if self._frames_in - self._position == 1:
+            self._ready.set()  # a batch begins: the sender arms its stall timer
         if voiced:
             self._speaking = True
         elif voiced is not None:
@@ -129,12 +138,25 @@ class STTFeed:
             await _close(stream)
 
     async def _send(self, stream: STTStream) -> None:
-        """Sends caller frames in order, a batch at a time, as they arrive."""
+        """Sends caller frames in order, a batch at a time, as they arrive; what a batch holds goes
+        at once when the frames stop (``stall_ms``)."""
         while True:
-            await self._ready.wait()
+            timeout = None
+            if self._frames_in > self._position:  # a batch is gathering: until the frames stall
+                timeout = max(0.0, self._stall_s - self._quiet_s())
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._ready.wait()
+            except TimeoutError:
+                if self._quiet_s() < self._stall_s:
+                    continue  # a frame came meanwhile: the batch goes on gathering
+                self._urgent = True  # no frame for stall_ms: the caller's side stopped sending
             self._ready.clear()
             urgent, self._urgent = self._urgent, False
             await self._send_pending(stream, whole=not urgent)
+
+    def _quiet_s(self) -> float:
+        return (self._clock.now() - self._last_frame_at) / 1000
 
     async def _send_pending(self, stream: STTStream, whole: bool = False) -> None:
         """Sends the frames not handed to ``stream`` yet, ``batch_ms`` per message (``whole``: only

@@ -20,6 +20,7 @@ from agent.timeline import Clock
 from telephony.audio import ulaw_to_pcm16
 
 FRAME_ULAW = 160
+NO_STALL = 600_000  # ms: tests of the batching by frames, which a stall must not cut short on a slow machine
 
 
 class Recorder:
@@ -68,7 +69,7 @@ async def test_frames_go_out_in_batches_and_flush_sends_the_rest_first() -> None
         faults: list = []
         feed = STTFeed(
             SarvamSTT("k", url), "en-IN", "t", Clock(), lambda _t: asyncio.sleep(0),
-            lambda exc, _w: faults.append(exc), batch_ms=60,
+            lambda exc, _w: faults.append(exc), batch_ms=60, stall_ms=NO_STALL,
         )  # fmt: skip
         async with asyncio.TaskGroup() as tg:
             runner = tg.create_task(feed.run())
@@ -177,7 +178,7 @@ async def test_when_speech_stops_frames_go_one_by_one_for_the_hurry_then_batch_a
         received = rec.received
         feed = STTFeed(
             SarvamSTT("k", url), "en-IN", "t", Clock(), lambda _t: asyncio.sleep(0),
-            lambda exc, _w: None, batch_ms=100, hurry_ms=60,
+            lambda exc, _w: None, batch_ms=100, hurry_ms=60, stall_ms=NO_STALL,
         )  # fmt: skip
         sizes = lambda: [len(a) // FRAME_ULAW for a in audio_inputs(received)]  # noqa: E731
 
@@ -206,3 +207,29 @@ async def test_when_speech_stops_frames_go_one_by_one_for_the_hurry_then_batch_a
             runner.cancel()
         await feed.aclose()
     assert b"".join(audio_inputs(received)) == b"".join(frame(i)[1] for i in range(19))
+
+
+async def test_when_the_frames_stop_what_a_batch_holds_goes_without_a_flush() -> None:
+    """A phone with silence suppression sends nothing after the caller's words: the tail of the
+    utterance that a batch was gathering goes once no frame has come for ``stall_ms``, without
+    waiting for frames that never come (or for our endpointer's flush)."""
+    async with recorder() as (url, rec):
+        received = rec.received
+        feed = STTFeed(
+            SarvamSTT("k", url), "en-IN", "t", Clock(), lambda _t: asyncio.sleep(0),
+            lambda exc, _w: None, batch_ms=100, stall_ms=40,
+        )  # fmt: skip
+        async with asyncio.TaskGroup() as tg:
+            runner = tg.create_task(feed.run())
+            for i in range(5):
+                feed.push(*frame(i), True)
+            await rec.wait_for(lambda: len(audio_inputs(received)) == 1)  # a whole batch
+            for i in range(5, 7):
+                feed.push(*frame(i), True)  # more speech, then the phone stops sending
+            await rec.wait_for(lambda: sum(len(a) for a in audio_inputs(received)) == 7 * FRAME_ULAW)
+            runner.cancel()
+        await feed.aclose()
+    sent = audio_inputs(received)
+    assert [len(a) // FRAME_ULAW for a in sent] == [5, 2]  # the whole batch, then the held tail
+    assert not any(m.get("event") == "flush" for m in received)
+    assert b"".join(sent) == b"".join(frame(i)[1] for i in range(7))
