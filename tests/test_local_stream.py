@@ -21,6 +21,7 @@ from agent.providers.local import (
     LocalWhisperStream,
     Lost,
     Redecoder,
+    stutters,
     unloop,
 )
 from agent.turns import Commit, TurnPolicy, TurnTaker
@@ -377,3 +378,11 @@ async def test_work_that_can_wait_never_stands_before_urgent_work(monkeypatch):
         assert pool.in_flight == 0 and not pool.busy
     finally:
         pool.close()
+
+
+def test_a_short_sentence_said_three_times_is_a_loop_to_decode_again():
+    # seen on pause_mid_sentence under load: six "Hello?" before the words (word error 0.42)
+    assert stutters("Hello? Hello? Hello? Hello? I both the flight with you last month.")
+    assert not stutters("Hello? Hello? I booked a flight.")  # a caller may say it twice
+    assert not stutters("No, no, no, no.")  # one sentence
+    assert not stutters("I booked a flight with you last month.")

@@ -304,6 +304,14 @@ def unloop(text: str) -> tuple[str, bool]:
     return text, False
 
 
+def stutters(text: str) -> bool:
+    """Whisper's other loop on a short window: one short sentence said three times or more in a row
+    ("Hello? Hello? Hello? Hello? I booked..."), which ``unloop`` keeps (a caller may say "Hello?
+    Hello?")."""
+    words = [re.sub(r"[^\w\s]", "", p).lower().split() for p in _SENTENCE_BREAK.split(text)]
+    return any(words[i] and words[i] == words[i - 1] == words[i - 2] for i in range(2, len(words)))
+
+
 class _Whisper:
     """What one worker process holds: the model and its Silero gate (one session, all calls).
 
@@ -378,8 +386,8 @@ class _Whisper:
         )[0]
         tokens = [t for t in result.sequences_ids[0] if t < self.tokenizer.eot]
         text, looped = unloop(self.tokenizer.decode(tokens).strip())
-        if (len(tokens) >= most and not looped) or get_compression_ratio(text) > 2.4:
-            return None
+        if (len(tokens) >= most and not looped) or get_compression_ratio(text) > 2.4 or stutters(text):
+            return None  # decoded again on the full window
         avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)  # as faster-whisper reckons it
         if not text or (result.no_speech_prob > 0.6 and avg_logprob < -1.0):
             return "", None  # faster-whisper's rule for a window without speech
