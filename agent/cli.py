@@ -89,11 +89,13 @@ LogFormat = Literal["text", "json"]
 LOG_FORMAT_HELP = "log lines as text, or as JSON objects one per line (with call_sid and turn)"
 
 
-def _setup_logging(verbose: bool, log_file: Path | None = None, log_format: LogFormat = "text") -> None:
+def _setup_logging(
+    verbose: bool, log_file: Path | None = None, log_format: LogFormat = "text", worker: int | None = None
+) -> None:
     from agent.logs import setup_logging  # redacted (no caller number in clear), JSON or text
     from agent.tracing import configure_from_env
 
-    setup_logging(verbose, log_file, log_format)
+    setup_logging(verbose, log_file, log_format, worker)
     configure_from_env()  # OTLP traces when $OTEL_EXPORTER_OTLP_ENDPOINT is set (the otel extra)
 
 
@@ -332,7 +334,8 @@ def serve(
     a signal drains every worker; a worker that dies is restarted (exit 1 if that one dies at start)."""
     if local:
         require_extra("serve --local", "local")
-    _setup_logging(not quiet, log_format=log_format)
+    # a worker of `serve --workers` names itself on every line
+    _setup_logging(not quiet, log_format=log_format, worker=worker_index if listen_fd is not None else None)
     try:
         cfg = load_config(config)
         cfg.sip.enabled = cfg.sip.enabled or sip is not None

@@ -28,6 +28,7 @@ from agent.calllog.redact import RedactingFilter
 
 LogFormat = Literal["text", "json"]
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+WORKER_TEXT_FORMAT = "%(asctime)s %(levelname)s worker %(worker)d %(name)s: %(message)s"  # serve --workers
 NOISY = ("httpx", "httpcore", "websockets", "uvicorn.access", "uvicorn.error")
 
 CALL_SID: ContextVar[str | None] = ContextVar("voxroute_call_sid", default=None)
@@ -53,6 +54,18 @@ class CallContextFilter(logging.Filter):
         return True
 
 
+class WorkerFilter(logging.Filter):
+    """Puts the ``serve --workers`` worker's index on the record (``record.worker``)."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.index
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per record, on one line (newlines in the message are escaped by JSON)."""
 
@@ -65,6 +78,9 @@ class JsonFormatter(logging.Formatter):
             "call_sid": getattr(record, "call_sid", None),
             "turn": getattr(record, "turn", None),
         }
+        worker = getattr(record, "worker", None)
+        if worker is not None:
+            entry["worker"] = worker
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:  # already redacted by RedactingFilter
@@ -74,17 +90,26 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
-def configure_handler(handler: logging.Handler, log_format: LogFormat = "text") -> logging.Handler:
-    """``handler`` with the format and filters every voxroute log handler has."""
-    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+def configure_handler(
+    handler: logging.Handler, log_format: LogFormat = "text", worker: int | None = None
+) -> logging.Handler:
+    """``handler`` with the format and filters every voxroute log handler has; ``worker``: the index of
+    a ``serve --workers`` worker, named on every line."""
+    text = TEXT_FORMAT if worker is None else WORKER_TEXT_FORMAT
+    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(text))
+    if worker is not None:
+        handler.addFilter(WorkerFilter(worker))
     # Redaction first: no card, phone number or e-mail address in clear in any log line.
     handler.addFilter(RedactingFilter())
     handler.addFilter(CallContextFilter())
     return handler
 
 
-def setup_logging(verbose: bool, log_file: Path | None = None, log_format: LogFormat = "text") -> None:
-    """Root logging for a command: stderr at INFO (``verbose``) or WARNING, and ``log_file`` at INFO."""
+def setup_logging(
+    verbose: bool, log_file: Path | None = None, log_format: LogFormat = "text", worker: int | None = None
+) -> None:
+    """Root logging for a command: stderr at INFO (``verbose``) or WARNING, and ``log_file`` at INFO;
+    ``worker``: a ``serve --workers`` worker's index, on every line."""
     level = logging.INFO if verbose else logging.WARNING
     handlers: list[logging.Handler] = []
     if log_file is not None:
@@ -96,7 +121,7 @@ def setup_logging(verbose: bool, log_file: Path | None = None, log_format: LogFo
     sh.setLevel(level)
     handlers.append(sh)
     for handler in handlers:
-        configure_handler(handler, log_format)
+        configure_handler(handler, log_format, worker)
     logging.basicConfig(level=logging.INFO if log_file else level, handlers=handlers)
     for noisy in NOISY:
         logging.getLogger(noisy).setLevel(logging.WARNING)

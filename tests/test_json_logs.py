@@ -92,3 +92,24 @@ def test_json_lines_are_redacted_and_carry_the_context():
     assert "exc" in entries[2] and "ValueError" in entries[2]["exc"] and "4111 1111" not in text
     assert entries[0]["level"] == "WARNING" and entries[0]["logger"] == "voxroute.test_json_logs"
     assert entries[0]["time"].endswith("Z")
+
+
+def test_a_worker_of_serve_workers_names_itself_on_every_line():
+    for log_format, expect in (("text", " worker 3 voxroute.x: hello"), ("json", '"worker": 3')):
+        stream = io.StringIO()
+        handler = configure_handler(logging.StreamHandler(stream), log_format, worker=3)
+        logger = logging.getLogger("voxroute.x")
+        logger.addHandler(handler)
+        try:
+            logger.warning("hello")
+        finally:
+            logger.removeHandler(handler)
+        assert expect in stream.getvalue(), stream.getvalue()
+    plain = io.StringIO()
+    handler = configure_handler(logging.StreamHandler(plain), "json")
+    logging.getLogger("voxroute.x").addHandler(handler)
+    try:
+        logging.getLogger("voxroute.x").warning("hello")
+    finally:
+        logging.getLogger("voxroute.x").removeHandler(handler)
+    assert "worker" not in json.loads(plain.getvalue())  # one process: no worker key
