@@ -4,6 +4,8 @@ call's own turn records."""
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -183,7 +185,15 @@ async def test_metrics_after_a_replayed_call_match_its_turns(monkeypatch, tmp_pa
     async with local_stack("reference", 0, [fixture]) as stack:
         raw = await replay_fixture(fixture, stack.server_url, speed=2.0, config=stack.config)
         async with httpx.AsyncClient(base_url=stack.server_url, timeout=10) as http:
-            r = await http.get("/metrics")
+            # The server ends its side of the call after the carrier hangs up (the end record, the
+            # shared outcome): wait for it, bounded.
+            deadline = asyncio.get_running_loop().time() + 10
+            while True:
+                r = await http.get("/metrics")
+                if value(scrape(r.text), "voxroute_active_calls") == 0:
+                    break
+                assert asyncio.get_running_loop().time() < deadline, "the call never ended on the server"
+                await asyncio.sleep(0.05)
             om = await http.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
             call = (
                 await http.get(f"/calls/{raw['call_sid']}", headers=operator_headers(stack.config))
