@@ -18,6 +18,8 @@ import sqlite3
 import subprocess
 import tempfile
 import time
+import uuid
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
@@ -57,6 +59,22 @@ def _postgres_url() -> str:
             pytest.fail(reason)
         pytest.skip(reason)
     return url.replace("postgresql://", "postgresql+asyncpg://", 1)
+
+
+@asynccontextmanager
+async def _postgres_database(prefix: str) -> AsyncIterator[str]:
+    """A database of the calling test's own on the test server (others run in parallel), dropped after."""
+    base = _postgres_url()
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = make_engine(base).execution_options(isolation_level="AUTOCOMMIT")
+    async with admin.connect() as conn:
+        await conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield base.rsplit("/", 1)[0] + "/" + name
+    finally:
+        async with admin.connect() as conn:
+            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await admin.dispose()
 
 
 async def _reset_postgres(url: str) -> None:

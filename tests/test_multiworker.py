@@ -46,10 +46,10 @@ from emulators.carrier import dial
 from emulators.serve import ws_url
 from emulators.stack import EmulatorStack, run_emulators
 from tests.conftest import services_required
+from tests.test_calllog import _postgres_database
 
 VOXROUTE = [sys.executable, "-m", "agent.cli"]
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "nginx"
-PG_URL_ENV = "VOXROUTE_TEST_POSTGRES_URL"
 CALLER = {"From": "+919800000001", "To": "+918000000000"}
 TOKEN = "twilio-auth-token-of-this-test"
 START_S = 60.0  # a worker's start on a loaded machine (imports, the classifier, phrases)
@@ -66,13 +66,6 @@ def _nginx() -> str:
     if found is None:
         _required("nginx not installed (Debian: apt-get install nginx)")
     return found  # type: ignore[return-value]
-
-
-def _postgres_url() -> str:
-    url = os.environ.get(PG_URL_ENV, "").strip()
-    if not url:
-        _required(f'PostgreSQL not configured: set ${PG_URL_ENV} (eval "$(.ci/postgres.sh)")')
-    return url.replace("postgresql://", "postgresql+asyncpg://", 1)
 
 
 def _free_port() -> int:
@@ -96,24 +89,6 @@ def _bare_env() -> dict[str, str]:
 
 
 # ---------------------------------------------------------------- the services
-
-
-@contextlib.asynccontextmanager
-async def _postgres_database() -> AsyncIterator[str]:
-    """A database of this test's own (other tests use the server in parallel), dropped after."""
-    from agent.calllog.store import make_engine
-
-    base = _postgres_url()
-    name = f"voxroute_workers_{uuid.uuid4().hex[:12]}"
-    admin = make_engine(base).execution_options(isolation_level="AUTOCOMMIT")
-    async with admin.connect() as conn:
-        await conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield base.rsplit("/", 1)[0] + "/" + name
-    finally:
-        async with admin.connect() as conn:
-            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        await admin.dispose()
 
 
 def render_nginx(directory: Path, port: int, workers: list[int]) -> Path:
@@ -248,7 +223,7 @@ async def cluster(tmp_path: Path, twilio_token: str | None = None, **shutdown) -
     nginx_dir = tmp_path / "nginx"
     nginx_dir.mkdir()
     conf = render_nginx(nginx_dir, proxy_port, ports)
-    async with _postgres_database() as database, run_emulators("zero") as emu:
+    async with _postgres_database("voxroute_workers") as database, run_emulators("zero") as emu:
         urls = {"sarvam": emu.sarvam_url, "openrouter": emu.openrouter_url, "twilio": emu.urls.twilio_api}
         env = {**_bare_env(), "VOXROUTE_DATABASE_URL": database, "VOXROUTE_CALLER_SALT": "salt-of-this-test"}
         if twilio_token:

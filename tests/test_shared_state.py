@@ -10,8 +10,6 @@ resumed stream reach B, and the conversation goes on with its history.
 from __future__ import annotations
 
 import asyncio
-import os
-import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,7 +17,7 @@ from contextlib import asynccontextmanager
 import httpx
 import pytest
 import websockets
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from agent.calllog.schema import calls_table, turns_table
 from agent.calllog.state import CallState
@@ -32,40 +30,11 @@ from agent.services import Services
 from emulators.carrier import connected_text, dial, make_ids, start_text, stop_text
 from emulators.serve import serve_app, ws_url
 from telephony.carriers import CARRIERS
-from tests.conftest import services_required
+from tests.test_calllog import _postgres_database
 from tests.test_carrier_transfers import QUEUE, keyed_zero
 from tests.test_carriers_replay import SECRETS, carrier_secrets_in_env  # noqa: F401  (a fixture)
 
-PG_URL_ENV = "VOXROUTE_TEST_POSTGRES_URL"
-
-
 # ---------------------------------------------------------------- databases
-
-
-def _postgres_url() -> str:
-    url = os.environ.get(PG_URL_ENV, "").strip()
-    if not url:
-        reason = f'PostgreSQL not configured: set ${PG_URL_ENV} (eval "$(.ci/postgres.sh)")'
-        if services_required():
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return url.replace("postgresql://", "postgresql+asyncpg://", 1)
-
-
-@asynccontextmanager
-async def _postgres_database() -> AsyncIterator[str]:
-    """A database of this test's own on the test server (others run in parallel), dropped after."""
-    base = _postgres_url()
-    name = f"voxroute_state_{uuid.uuid4().hex[:12]}"
-    admin = make_engine(base).execution_options(isolation_level="AUTOCOMMIT")
-    async with admin.connect() as conn:
-        await conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield base.rsplit("/", 1)[0] + "/" + name
-    finally:
-        async with admin.connect() as conn:
-            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        await admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -76,7 +45,7 @@ async def db_url(request, tmp_path) -> AsyncIterator[str]:
         await _migrated(url)
         yield url
         return
-    async with _postgres_database() as url:
+    async with _postgres_database("voxroute_state") as url:
         await _migrated(url)
         yield url
 
@@ -186,7 +155,7 @@ async def shared_db(request, tmp_path, monkeypatch) -> AsyncIterator[str]:
         monkeypatch.delenv("VOXROUTE_DATABASE_URL", raising=False)
         yield f"sqlite+aiosqlite:///{tmp_path / 'voxroute.db'}"
         return
-    async with _postgres_database() as url:
+    async with _postgres_database("voxroute_state") as url:
         monkeypatch.setenv("VOXROUTE_DATABASE_URL", url)
         yield url
 
