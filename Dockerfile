@@ -19,6 +19,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY voxroute ./voxroute
 COPY agent ./agent
 COPY telephony ./telephony
 COPY routing ./routing

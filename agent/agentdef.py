@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from agent.calllog.redact import mask_number
+from voxroute.agent.calllog.redact import mask_number
 
 if TYPE_CHECKING:
-    from agent.config import Config
+    from voxroute.agent.config import Config
 
 TEMPLATE_FIELDS = ("tenant", "local_time", "local_date", "caller", "language")
 KNOWLEDGE_HEADING = "## What you know about this business\n\n"

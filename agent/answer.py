@@ -13,13 +13,12 @@ import logging
 from typing import TYPE_CHECKING
 
 import httpx
-
-from agent.calllog.redact import redact_json
-from agent.chunker import SpeakableChunker
-from agent.ladder import LadderExhausted, LLMLadder
-from agent.providers.base import ProviderError
-from agent.timeline import TurnRecord
-from agent.tools import (
+from voxroute.agent.calllog.redact import redact_json
+from voxroute.agent.chunker import SpeakableChunker
+from voxroute.agent.ladder import LadderExhausted, LLMLadder
+from voxroute.agent.providers.base import ProviderError
+from voxroute.agent.timeline import TurnRecord
+from voxroute.agent.tools import (
     BUILTIN_TOOLS,
     MARK_RESOLVED,
     TRANSFER_TO_HUMAN,
@@ -27,11 +26,11 @@ from agent.tools import (
     agent_tools,
     read_tool_calls,
 )
-from agent.tools.run import ToolRunner, assistant_message
-from routing.router import health_key
+from voxroute.agent.tools.run import ToolRunner, assistant_message
+from voxroute.routing.router import health_key
 
 if TYPE_CHECKING:
-    from agent.session import CallSession
+    from voxroute.agent.session import CallSession
 
 log = logging.getLogger("voxroute.call")
 

@@ -37,11 +37,10 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from agent.answer import Answerer, Speaker
-from agent.services import Services
-from agent.timeline import Clock, TurnRecord, log_turn
-from routing.router import is_devanagari
+from voxroute.agent.answer import Answerer, Speaker
+from voxroute.agent.services import Services
+from voxroute.agent.timeline import Clock, TurnRecord, log_turn
+from voxroute.routing.router import is_devanagari
 
 log = logging.getLogger("voxroute.chat")
 

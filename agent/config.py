@@ -13,12 +13,11 @@ from typing import TYPE_CHECKING, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
-
-from agent.tools.spec import ToolsConfig
-from routing.table import ModelPath, RoutingConfig, RoutingTable, TenantConfig, check_references
+from voxroute.agent.tools.spec import ToolsConfig
+from voxroute.routing.table import ModelPath, RoutingConfig, RoutingTable, TenantConfig, check_references
 
 if TYPE_CHECKING:
-    from agent.agentdef import AgentDef
+    from voxroute.agent.agentdef import AgentDef
 
 __all__ = ["Config", "ConfigError", "ModelPath", "load_config", "parse_config"]
 
@@ -374,7 +373,7 @@ class Config(_Model):
 
     def resolve_agents(self, base_dir: Path | None, source: str = "<config>") -> None:
         """Build every tenant's agent; ``ConfigError`` naming each bad field."""
-        from agent.agentdef import build_agents
+        from voxroute.agent.agentdef import build_agents
 
         agents, problems = build_agents(self, base_dir)
         if problems:

@@ -7,8 +7,7 @@ The rules that turn voiced and unvoiced frames into turns live in the sans-I/O t
 from __future__ import annotations
 
 import webrtcvad
-
-from agent.providers.base import FRAME_BYTES, SAMPLE_RATE
+from voxroute.agent.providers.base import FRAME_BYTES, SAMPLE_RATE
 
 
 class VoiceGate:

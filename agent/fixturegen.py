@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from voxroute.agent.endpointing import VoiceGate
+from voxroute.agent.fixture import FixtureError, FixtureScript, read_wav, write_ulaw_wav
 
-from agent.endpointing import VoiceGate
-from agent.fixture import FixtureError, FixtureScript, read_wav, write_ulaw_wav
-from telephony.audio import FRAME_BYTES, pcm16_to_ulaw, ulaw_to_pcm16
+from voxroute.audio import FRAME_BYTES, pcm16_to_ulaw, ulaw_to_pcm16
 
 FRAME_MS = 20
 LEAD_MS = 100  # silence kept before an utterance's first voiced frame (as the committed fixtures)
@@ -71,7 +71,7 @@ def read_channels(path: Path) -> tuple[int, np.ndarray]:
 
 def to_8k(samples: np.ndarray, rate: int) -> bytes:
     """One channel -> PCM16 8 kHz, padded to whole 20 ms frames."""
-    from agent.providers.local import resample_any
+    from voxroute.agent.providers.local import resample_any
 
     pcm = resample_any(np.clip(np.rint(samples), -32768, 32767).astype("<i2").tobytes(), rate, 8000)
     return pcm + b"\x00" * (-len(pcm) % FRAME_BYTES)
@@ -119,7 +119,7 @@ def segment(
 
 async def transcribe(pieces: list[bytes]) -> list[str]:
     """Each piece (PCM16 8 kHz) through the offline Whisper, in one worker process."""
-    from agent.providers.local import WhisperEngine
+    from voxroute.agent.providers.local import WhisperEngine
 
     engine = WhisperEngine(processes=1)
     try:
@@ -201,7 +201,7 @@ def from_call(
     language and tenant from its sidecar, and each utterance's ``expect_class`` from the class its
     turn was routed to (the sidecar holds the call log's turns). (the JSON's path, whether the
     caller's spoken turns and the utterances found paired one to one: if not, no expectations)."""
-    from agent.recording import recording_path, recordings_dir
+    from voxroute.agent.recording import recording_path, recordings_dir
 
     root = root or recordings_dir()
     found = sorted(root.glob(f"*/{recording_path(root, '_', call_sid).name}")) if root.is_dir() else []

@@ -26,8 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agent.config import Config
-from agent.providers.base import (
+from voxroute.agent.config import Config
+from voxroute.agent.providers.base import (
     LLMProvider,
     LLMRequest,
     LLMToken,
@@ -35,10 +35,10 @@ from agent.providers.base import (
     LLMUsage,
     ProviderError,
 )
-from agent.timeline import Clock, TurnRecord
-from routing.health import Health
-from routing.router import health_key
-from routing.table import ModelPath
+from voxroute.agent.timeline import Clock, TurnRecord
+from voxroute.routing.health import Health
+from voxroute.routing.router import health_key
+from voxroute.routing.table import ModelPath
 
 log = logging.getLogger("voxroute.ladder")
 

@@ -4,7 +4,7 @@ A transport (Twilio websocket today; Exotel, Plivo, SIP later) turns its carrier
 these events and implements :class:`CarrierLink`. ``CallSession`` never knows which carrier it is.
 Audio is 20 ms PCM16 at 8 kHz (320 bytes) in both directions: whatever packet size a carrier
 sends (RTP at 10-60 ms, 100 ms Exotel chunks, a stray odd byte), its link re-frames it with
-``telephony.audio.InboundFramer`` so that every :class:`InboundAudio` is exactly one 20 ms frame,
+``voxroute.audio.InboundFramer`` so that every :class:`InboundAudio` is exactly one 20 ms frame,
 delivered when the packet that completes it arrives.
 """
 

@@ -2,7 +2,7 @@
 
 ``--log-format json`` writes one JSON object per line::
 
-    {"time": "2026-12-03T16:30:00.123Z", "level": "INFO", "logger": "agent.session",
+    {"time": "2026-12-03T16:30:00.123Z", "level": "INFO", "logger": "voxroute.agent.session",
      "message": "call CA1 started (tenant=default language=en-IN)", "call_sid": "CA1", "turn": 2}
 
 ``call_sid`` and ``turn`` come from context variables the call session sets (:func:`call_context` around
@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from agent.calllog.redact import RedactingFilter
+from voxroute.agent.calllog.redact import RedactingFilter
 
 LogFormat = Literal["text", "json"]
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

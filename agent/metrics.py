@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import time
 
-from agent.player import PACING
-from agent.samples import SampleRing
+from voxroute.agent.player import PACING
+from voxroute.agent.samples import SampleRing
 
 
 class LagStats:

@@ -401,7 +401,7 @@ def handoff_html(handoff: dict[str, Any] | None) -> str:
 
 def _recording_note(call: dict[str, Any]) -> str:
     """Whether the call was recorded (its tenant's ``recording``; agent/recording.py), and where."""
-    from agent.recording import find_recording
+    from voxroute.agent.recording import find_recording
 
     path = find_recording(call.get("tenant"), call.get("call_sid"))
     return f"recorded: <code>{e(path.name)}</code>" if path is not None else "not recorded"

@@ -13,8 +13,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agent.link import CarrierLink
-from agent.samples import SampleRing
+from voxroute.agent.link import CarrierLink
+from voxroute.agent.samples import SampleRing
 
 BYTES_PER_MS = 16  # PCM16 at 8 kHz
 
@@ -47,7 +47,7 @@ PACING = PacingStats()
 class MarkLedger:
     """Sans-I/O: the marks sent and not yet echoed. A ``clear`` throws away the audio they follow,
     and the carrier still echoes them, so their echoes then prove nothing. Shared by the player and
-    the Pipecat integration's heard-text processor (agent/integrations/pipecat/twilio.py)."""
+    the Pipecat integration's heard-text processor (voxroute/integrations/pipecat/twilio.py)."""
 
     __slots__ = ("_pending", "_flushed")
 

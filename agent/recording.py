@@ -27,12 +27,12 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.calllog.store import data_dir
+from voxroute.agent.calllog.store import data_dir
 
 if TYPE_CHECKING:
-    from agent.config import Config, TenantRecordingConfig
-    from agent.link import CallStart, CarrierEvent, CarrierLink
-    from agent.timeline import Clock
+    from voxroute.agent.config import Config, TenantRecordingConfig
+    from voxroute.agent.link import CallStart, CarrierEvent, CarrierLink
+    from voxroute.agent.timeline import Clock
 
 log = logging.getLogger("voxroute.recording")
 

@@ -11,17 +11,16 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-
-from agent.calllog.redact import redact_call_async
-from agent.calllog.state import CallState
-from agent.config import Config
-from agent.providers.base import LLMProvider, ProviderError, STTProvider, TTSProvider
-from routing.router import Router
+from voxroute.agent.calllog.redact import redact_call_async
+from voxroute.agent.calllog.state import CallState
+from voxroute.agent.config import Config
+from voxroute.agent.providers.base import LLMProvider, ProviderError, STTProvider, TTSProvider
+from voxroute.routing.router import Router
 
 if TYPE_CHECKING:
-    from agent.link import CallStart
-    from agent.session import CallSession, CallSummary
-    from agent.webhook import WebhookSender
+    from voxroute.agent.link import CallStart
+    from voxroute.agent.session import CallSession, CallSummary
+    from voxroute.agent.webhook import WebhookSender
 
 
 log = logging.getLogger("voxroute.services")
@@ -163,7 +162,7 @@ class Services:
         value = await self.state.get(sid, "call")
         if value is None:
             return
-        from agent.session import CallSummary
+        from voxroute.agent.session import CallSummary
 
         try:
             leg = int(value["leg"])

@@ -24,21 +24,21 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.answer import Answerer, Speaker
-from agent.bargein import BargeInPolicy
-from agent.endpointing import VoiceGate
-from agent.handoff.flow import Handover
-from agent.link import CallEnded, CarrierLink, InboundAudio, InboundDtmf, MarkEcho
-from agent.logs import TURN, call_context
-from agent.metrics import InboundClock
-from agent.player import Player
-from agent.providers.base import ProviderError, Transcript
-from agent.recording import CallRecorder
-from agent.services import Services
-from agent.sttfeed import STTFeed
-from agent.timeline import Clock, TurnRecord, log_turn
-from agent.tracing import CallTrace
-from agent.turns import BargeIn, Commit, IgnoreOverlap, Merge, TurnAction, TurnPolicy, TurnTaker
+from voxroute.agent.answer import Answerer, Speaker
+from voxroute.agent.bargein import BargeInPolicy
+from voxroute.agent.endpointing import VoiceGate
+from voxroute.agent.handoff.flow import Handover
+from voxroute.agent.link import CallEnded, CarrierLink, InboundAudio, InboundDtmf, MarkEcho
+from voxroute.agent.logs import TURN, call_context
+from voxroute.agent.metrics import InboundClock
+from voxroute.agent.player import Player
+from voxroute.agent.providers.base import ProviderError, Transcript
+from voxroute.agent.recording import CallRecorder
+from voxroute.agent.services import Services
+from voxroute.agent.sttfeed import STTFeed
+from voxroute.agent.timeline import Clock, TurnRecord, log_turn
+from voxroute.agent.tracing import CallTrace
+from voxroute.agent.turns import BargeIn, Commit, IgnoreOverlap, Merge, TurnAction, TurnPolicy, TurnTaker
 
 log = logging.getLogger("voxroute.call")
 

@@ -23,8 +23,8 @@ import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
 
-from agent.providers.base import ProviderError, STTProvider, STTStream, Transcript
-from agent.timeline import Clock
+from voxroute.agent.providers.base import ProviderError, STTProvider, STTStream, Transcript
+from voxroute.agent.timeline import Clock
 
 STT_REPLAY_LIMIT = 750  # frames (15 s) of not-yet-finalised audio kept to replay after a reconnect
 FRAME_MS = 20

@@ -30,7 +30,7 @@ except ImportError:  # the otel extra is not installed
     otel_context = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
-    from agent.timeline import Clock, TurnRecord
+    from voxroute.agent.timeline import Clock, TurnRecord
 
 log = logging.getLogger(__name__)
 

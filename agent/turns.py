@@ -37,7 +37,7 @@ The rules:
   ``max_dtmf_digits`` digits of an entry are kept.
 - Caller voice for ``RESUME_MS`` after a commit, before any answer audio: the caller was not done
   (:class:`Merge`).
-- Caller sound over the agent's audio is judged by :class:`agent.bargein.BargeInPolicy` (barge in
+- Caller sound over the agent's audio is judged by :class:`voxroute.agent.bargein.BargeInPolicy` (barge in
   or not). An utterance that began while the agent had the floor (from its turn's first audio until
   that turn ends, lulls between a bridge and the answer included) becomes a turn only if it has
   words that are not a backchannel.
@@ -47,8 +47,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.bargein import BargeInPolicy
-from agent.chunker import looks_incomplete
+from voxroute.agent.bargein import BargeInPolicy
+from voxroute.agent.chunker import looks_incomplete
 
 FRAME_MS = 20
 RESUME_MS = 60  # caller voice after a commit that merges into the unanswered turn

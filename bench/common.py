@@ -53,7 +53,7 @@ def processes(
     # --dev below: emulators for the keys, unsigned calls, and the operator routes (/debug/stats) open
     for key in ("SARVAM_API_KEY", "OPENROUTER_API_KEY", "TWILIO_AUTH_TOKEN", "VOXROUTE_API_KEY"):
         env.pop(key, None)
-    cli = [sys.executable, "-m", "agent.cli"]
+    cli = [sys.executable, "-m", "voxroute.cli"]
     emu = subprocess.Popen(
         [*cli, "emulators", "--profile", profile, "--quiet"], stdout=subprocess.PIPE, env=env, text=True
     )
@@ -147,8 +147,7 @@ def stream_server_args(kind: str):
     from pathlib import Path
 
     import yaml
-
-    from agent.config import DEFAULT_CONFIG_PATH
+    from voxroute.agent.config import DEFAULT_CONFIG_PATH
 
     data = yaml.safe_load(Path(os.environ.get("VOXROUTE_CONFIG", DEFAULT_CONFIG_PATH)).read_text())
     port = _free_port()

@@ -27,12 +27,12 @@ import time
 from pathlib import Path
 
 import httpx
+from voxroute.agent.fixture import load
+from voxroute.emulators.carrier import dial
 
-from agent.fixture import load
 from bench.common import LOAD_FIXTURES as FIXTURES
 from bench.common import processes, step_result, stream_server_args, webhook_params
-from emulators.carrier import dial
-from emulators.serve import ws_url
+from voxroute.server import ws_url
 
 LIMIT_MS = 20.0
 

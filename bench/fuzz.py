@@ -28,10 +28,11 @@ import sys
 import time
 from collections.abc import Callable
 
-from agent.providers import openai_protocol as oai
-from telephony import audiosocket, twilio
-from telephony.sip import auth, sdp
-from telephony.sip import message as sipmsg
+from voxroute.agent.providers import openai_protocol as oai
+from voxroute.telephony import audiosocket, twilio
+from voxroute.telephony.sip import auth, sdp
+from voxroute.telephony.sip import message as sipmsg
+
 from tests.fuzzing import BY_NAME, TARGETS, Fuzzer, Result
 
 

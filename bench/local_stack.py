@@ -23,8 +23,8 @@ import json
 from pathlib import Path
 
 import httpx
+from voxroute.agent.metrics import _pct
 
-from agent.metrics import _pct
 from bench.common import processes
 from bench.concurrency import LIMIT_MS, run_step
 

@@ -25,13 +25,13 @@ import json
 from pathlib import Path
 
 import httpx
+from voxroute.agent.fixture import all_fixture_names, load
+from voxroute.agent.metrics import _pct
+from voxroute.emulators.carrier import dial
 
-from agent.fixture import all_fixture_names, load
-from agent.metrics import _pct
-from agent.replay import operator_headers
 from bench.common import processes, webhook_params
-from emulators.carrier import dial
-from emulators.serve import ws_url
+from voxroute.replay import operator_headers
+from voxroute.server import ws_url
 
 PARTS = (
     "to_llm_request",

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.calllog.redact import redact
+from voxroute.agent.calllog.redact import redact
 
 PROSE = (
     "hello my order is A 1745 and I paid 2,400 rupees, call me at nine eight zero. card 4111 1111 1111 1111 "

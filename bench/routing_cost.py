@@ -41,9 +41,10 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from agent.config import Config, load_config
-from agent.fixture import Fixture, all_fixture_names, load
-from agent.replay import _percentile, local_stack, replay_fixture
+from voxroute.agent.config import Config, load_config
+from voxroute.agent.fixture import Fixture, all_fixture_names, load
+
+from voxroute.replay import _percentile, local_stack, replay_fixture
 
 POLICIES = ("always_fast", "always_reasoning", "router")
 MIX_DIR = Path(__file__).resolve().parent.parent / "fixtures" / "audio" / "mix"

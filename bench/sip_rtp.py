@@ -2,7 +2,7 @@
 
 Two processes on 127.0.0.1:
 
-- the agent: ``SipServer`` (the runtime's SIP UA, ``telephony.sip``) whose calls play a tone
+- the agent: ``SipServer`` (the runtime's SIP UA, ``voxroute.telephony.sip``) whose calls play a tone
   without pause, so every call sends 20 ms PCMU packets on its paced sender, and read the
   caller's audio through the jitter buffer;
 - this load generator: places N calls with ``SipPhone`` (our UAC), sends each call's inbound RTP
@@ -43,7 +43,7 @@ SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 
 
 async def agent_main(port: int) -> None:
-    from telephony.sip.transport import SipServer, serving
+    from voxroute.telephony.sip.transport import SipServer, serving
 
     t = np.arange(8000) / 8000
     tone = (np.sin(2 * math.pi * 440 * t) * 6000).astype("<i2").tobytes()
@@ -126,7 +126,7 @@ def send_inbound(
     socks: list[socket.socket], dests: list[tuple[str, int] | None], stop: threading.Event
 ) -> None:
     """The callers' RTP: one PCMU packet per call every 20 ms, on an absolute schedule."""
-    from telephony.sip.rtp import RtpSender
+    from voxroute.telephony.sip.rtp import RtpSender
 
     senders = [RtpSender(0) for _ in socks]
     payload = b"\xff" * 160
@@ -146,7 +146,7 @@ def send_inbound(
 
 
 async def step(target: str, n: int, seconds: float) -> dict:
-    from emulators.sip_carrier import SipPhone
+    from voxroute.emulators.sip_carrier import SipPhone
 
     socks = []
     for _ in range(n):

@@ -57,15 +57,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from voxroute.agent.calllog.store import SPOOL_DIR
+from voxroute.agent.fixture import load
+from voxroute.agent.metrics import _pct
+from voxroute.emulators.carrier import dial
 
-from agent.calllog.store import SPOOL_DIR
-from agent.fixture import load
-from agent.metrics import _pct
-from agent.replay import operator_headers
 from bench.common import LOAD_FIXTURES as FIXTURES
 from bench.common import processes, webhook_params
-from emulators.carrier import dial
-from emulators.serve import ws_url
+from voxroute.replay import operator_headers
+from voxroute.server import ws_url
 
 SAMPLE_S = 2.0  # RSS sampling period
 PROBE_S = 0.5  # /healthz probing period
@@ -391,8 +391,7 @@ def serve_args(data: Path, recent_calls: int) -> tuple[str, ...]:
     memory are bounded by design, and the soak looks for growth beyond that bound, so the warm-up
     must fill it (1,000 by default would need a warm-up of about 10 minutes at 50 calls)."""
     import yaml
-
-    from agent.config import DEFAULT_CONFIG_PATH
+    from voxroute.agent.config import DEFAULT_CONFIG_PATH
 
     cfg = yaml.safe_load(Path(os.environ.get("VOXROUTE_CONFIG", DEFAULT_CONFIG_PATH)).read_text())
     cfg.setdefault("call_log", {})["recent_calls"] = recent_calls

@@ -6,7 +6,7 @@ Three systems answer the same calls on 127.0.0.1:
    Silero VAD, Pipecat's Sarvam STT and TTS services, and an ``LLMSwitcher`` with the failover
    strategy over the fast model (OpenAI-compatible, the OpenRouter emulator) and a Sarvam backup;
 2. ``pipecat_voxroute``: the same pipeline with voxroute's mark-aware serializer, routed LLM service
-   and turn-budget processor (agent/integrations/pipecat/);
+   and turn-budget processor (voxroute/integrations/pipecat/);
 3. ``voxroute``: voxroute's own runtime (``voxroute replay``'s local stack).
 
 **The calls** (one at a time, in real time). Each system gets fresh emulators with the same
@@ -28,7 +28,7 @@ whose serializer sends no marks (the fake SIP phone's rule).
   per second of call.
 
 **Calls per core** (the ramp; ``--no-ramp`` skips it). Per system, the server alone in a process
-pinned to one core (``voxroute serve``, or a Pipecat bot from agent/integrations/pipecat/harness.py),
+pinned to one core (``voxroute serve``, or a Pipecat bot from voxroute/integrations/pipecat/harness.py),
 the emulators (profile ``zero``, as bench.concurrency) and this load generator on the other core.
 N calls at once (the fixtures above but the DTMF one, which neither Pipecat pipeline answers), N
 doubling from ``--ramp-start`` while a step passes, then bisected between the largest pass and the
@@ -61,9 +61,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from voxroute.agent.config import Config, load_config
+from voxroute.agent.fixture import load
 
-from agent.config import Config, load_config
-from agent.fixture import load
 from bench.common import LOAD_FIXTURES, pin, step_result, webhook_params
 from bench.concurrency import LIMIT_MS, passes
 
@@ -141,7 +141,7 @@ def _prices(config: Config) -> dict[str, tuple[float, float]]:
 
 
 async def run_voxroute(names: list[str], profile: str, seed: int, config: Config) -> list[dict]:
-    from agent.replay import local_stack, replay_fixture
+    from voxroute.replay import local_stack, replay_fixture
 
     calls = []
     async with local_stack(profile, seed, config=config) as stack:
@@ -163,8 +163,9 @@ async def run_voxroute(names: list[str], profile: str, seed: int, config: Config
 
 
 async def run_pipecat(names: list[str], profile: str, seed: int, config: Config, system: str) -> list[dict]:
-    from agent.integrations.pipecat.harness import served_bot
-    from emulators.carrier import dial
+    from voxroute.emulators.carrier import dial
+
+    from voxroute.integrations.pipecat.harness import served_bot
 
     prices = _prices(config)
     calls = []
@@ -233,7 +234,7 @@ def server_process(system: str, start_timeout_s: float = 90):
     env = dict(os.environ)
     for key in ("SARVAM_API_KEY", "OPENROUTER_API_KEY", "TWILIO_AUTH_TOKEN", "VOXROUTE_API_KEY"):
         env.pop(key, None)  # emulators in place of every provider, unsigned carrier traffic
-    cli = [sys.executable, "-m", "agent.cli"]
+    cli = [sys.executable, "-m", "voxroute.cli"]
     affinity = os.sched_getaffinity(0)
     emu = server = None
     try:
@@ -249,7 +250,7 @@ def server_process(system: str, start_timeout_s: float = 90):
             cmd = [*cli, "serve", "--dev", "--host", "127.0.0.1", "--port", str(port), "--quiet"]
             cmd += ["--emulators", urls.strip()]
         else:
-            cmd = [sys.executable, "-m", "agent.integrations.pipecat.harness", "--system", system]
+            cmd = [sys.executable, "-m", "voxroute.integrations.pipecat.harness", "--system", system]
             cmd += ["--port", str(port), "--emulators", urls.strip()]
         server = subprocess.Popen(cmd, env=env)
         base = f"http://127.0.0.1:{port}"
@@ -272,8 +273,9 @@ def server_process(system: str, start_timeout_s: float = 90):
 async def ramp_step(system: str, base: str, n: int) -> dict[str, Any]:
     """``n`` calls at once (starts spread over one second) into the server at ``base``; its inbound
     lag and outbound jitter p99, and its CPU per call-second, as bench.concurrency reads them."""
-    from emulators.carrier import dial
-    from emulators.serve import ws_url
+    from voxroute.emulators.carrier import dial
+
+    from voxroute.server import ws_url
 
     fixtures = [load(RAMP_FIXTURES[i % len(RAMP_FIXTURES)]) for i in range(n)]
     quiet = END_SILENCE_S if system == "pipecat" else None

@@ -37,9 +37,8 @@ from urllib.parse import urlsplit
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-
-from emulators.twilio_rest import parse_basic_auth
-from telephony import plivo
+from voxroute.emulators.twilio_rest import parse_basic_auth
+from voxroute.telephony import plivo
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Loopback Exotel, Plivo and Telnyx: dial a fixture call into the runtime over each protocol.
 
 The caller script, the playback buffer, marks and the result are
-:class:`emulators.carrier.FakeCarrierCall`'s (the same engine as the fake Twilio); each class
+:class:`voxroute.emulators.carrier.FakeCarrierCall`'s (the same engine as the fake Twilio); each class
 here adds only its carrier's wire format, built and parsed by the peer classes of
 ``telephony/exotel.py``, ``plivo.py`` and ``telnyx.py``:
 
@@ -37,9 +37,8 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import httpx
-
-from agent.fixture import Fixture
-from emulators.carrier import (
+from voxroute.agent.fixture import Fixture
+from voxroute.emulators.carrier import (
     SILENCE_FRAME,
     TWILIO_USER_AGENT,
     BeforeStream,
@@ -50,13 +49,14 @@ from emulators.carrier import (
     make_ids,
     run_fake_call,
 )
-from emulators.serve import ws_url as ws_base
-from emulators.sip_carrier import dial_for_replay
-from telephony import plivo, telnyx
-from telephony.audio import StreamResampler, pcm16_to_ulaw, ulaw_to_pcm16
-from telephony.exotel import MIN_CHUNK, ExotelPeer
-from telephony.mediastream import AudioFormat, CarrierProtocolError, native_to_pcm, pcm_to_native
-from telephony.twiml import public_ws_url
+from voxroute.emulators.sip_carrier import dial_for_replay
+from voxroute.telephony import plivo, telnyx
+from voxroute.telephony.exotel import MIN_CHUNK, ExotelPeer
+from voxroute.telephony.mediastream import AudioFormat, CarrierProtocolError, native_to_pcm, pcm_to_native
+from voxroute.telephony.twiml import public_ws_url
+
+from voxroute.audio import StreamResampler, pcm16_to_ulaw, ulaw_to_pcm16
+from voxroute.server import ws_url as ws_base
 
 TO_NUMBER = "+918000000000"
 

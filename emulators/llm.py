@@ -24,7 +24,7 @@ models (the name contains "reason", or listed in ``reasoning_models``) first str
 (``reasoning`` on OpenRouter, ``reasoning_content`` elsewhere) and answer a little longer.
 
 Timing comes from ``dice.llm_timing(reasoning)``; faults from ``dice.request_fault("llm")`` (see
-:data:`emulators.profiles.EMULATED_FAULTS`): ``http_500``, ``http_429`` (Retry-After: 1),
+:data:`voxroute.emulators.profiles.EMULATED_FAULTS`): ``http_500``, ``http_429`` (Retry-After: 1),
 ``error_midstream`` (a few tokens, then an error chunk: top-level ``error`` plus
 ``finish_reason: "error"``; the code alternates int 502 / string "server_error"), ``hang`` (no byte
 until the client goes away), ``stall`` (keep-alive comments only, forever), ``malformed`` (a
@@ -41,14 +41,14 @@ Control endpoints: ``GET /_emulator/faults`` -> ``[FaultRecord.as_dict()...]`` (
 behave so until ``DELETE /_emulator/behaviour``: a slow model, a hung one, a provider that is down.
 
 Replies come from :func:`respond`, a pure template responder, and tool calls from
-:func:`plan_tool_calls`. Scripted tool calls (``emulators.scripted.ScriptedCall``: a fixture
+:func:`plan_tool_calls`. Scripted tool calls (``voxroute.emulators.scripted.ScriptedCall``: a fixture
 utterance's ``expect_tool``, or ``POST /_emulator/tools`` ``[{"match", "name", "arguments", "rounds",
 "offered_only"}]``, cleared by ``DELETE /_emulator/tools``) come first: the model calls that tool
 when the caller's last words contain ``match``, streamed as real providers do (the name in the
 first fragment, the arguments in pieces). Once tool results are back the model says what they hold
-(:func:`emulators.scripted.after_tools`).
+(:func:`voxroute.emulators.scripted.after_tools`).
 
-Run standalone: ``python -m emulators.llm --flavor openrouter --port 8101``.
+Run standalone: ``python -m voxroute.emulators.llm --flavor openrouter --port 8101``.
 """
 
 from __future__ import annotations
@@ -69,9 +69,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
-
-from emulators import scripted
-from emulators.profiles import EMULATED_FAULTS, Dice, FaultRecord, Latency
+from voxroute.emulators import scripted
+from voxroute.emulators.profiles import EMULATED_FAULTS, Dice, FaultRecord, Latency
 
 log = logging.getLogger(__name__)
 
@@ -938,8 +937,7 @@ def main() -> None:  # pragma: no cover - manual use
     import argparse
 
     import uvicorn
-
-    from emulators.profiles import get_profile
+    from voxroute.emulators.profiles import get_profile
 
     parser = argparse.ArgumentParser(description="voxroute LLM emulator")
     parser.add_argument("--flavor", default="openrouter", choices=EMULATOR_FLAVORS)

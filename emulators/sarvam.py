@@ -3,7 +3,7 @@
 - :func:`create_stt_app`: ``WS /speech-to-text-realtime/ws`` (realtime: mu-law 8 kHz, partials,
   VAD events), ``WS /speech-to-text/ws`` (legacy: PCM s16le, START/END_SPEECH, one ``data`` per
   segment) and a minimal ``WS /speech-to-text-translate/ws``. Transcripts come from fixture
-  scripts (:mod:`emulators.transcripts`); unknown audio gives ``(unrecognised speech)``. A call
+  scripts (:mod:`voxroute.emulators.transcripts`); unknown audio gives ``(unrecognised speech)``. A call
   whose utterances were registered (``POST /_emulator/transcripts``, below) gets those words by
   timing instead, whatever its audio.
 - :func:`create_tts_app`: ``POST /text-to-speech`` and ``WS /text-to-speech/ws``. The "speech"
@@ -29,7 +29,7 @@ hyphenated ``language-code`` key. Time in the STT VAD is audio time (bytes recei
 client streaming faster than real time sees the same segmentation; the final is sent
 ``max(silence window, profile.stt_final_s)`` after the last voiced frame.
 
-Start standalone: ``python -m emulators.sarvam --fixtures fixtures/audio --profile reference --port 8100``.
+Start standalone: ``python -m voxroute.emulators.sarvam --fixtures fixtures/audio --profile reference --port 8100``.
 """
 
 from __future__ import annotations
@@ -52,10 +52,9 @@ import numpy as np
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.websockets import WebSocketDisconnect
-
-from agent.providers import sarvam_protocol as wire
-from emulators.profiles import Dice, FaultRecord
-from emulators.transcripts import (
+from voxroute.agent.providers import sarvam_protocol as wire
+from voxroute.emulators.profiles import Dice, FaultRecord
+from voxroute.emulators.transcripts import (
     SegmentEnded,
     SegmentStarted,
     TimedTranscripts,
@@ -65,7 +64,8 @@ from emulators.transcripts import (
     VadSegmenter,
     parse_plan,
 )
-from telephony.audio import alaw_to_pcm16, pcm16_to_alaw, pcm16_to_ulaw, ulaw_to_pcm16
+
+from voxroute.audio import alaw_to_pcm16, pcm16_to_alaw, pcm16_to_ulaw, ulaw_to_pcm16
 
 log = logging.getLogger(__name__)
 
@@ -1170,8 +1170,7 @@ def main(argv: list[str] | None = None) -> None:  # pragma: no cover - manual us
     import argparse
 
     import uvicorn
-
-    from emulators.profiles import get_profile
+    from voxroute.emulators.profiles import get_profile
 
     ap = argparse.ArgumentParser(description="Sarvam STT + TTS emulator")
     ap.add_argument("--fixtures", default="fixtures/audio")

@@ -1,7 +1,7 @@
 """A loopback SIP carrier: dials a fixture call into the runtime over SIP/RTP.
 
 The caller's side of a SIP trunk, built on the same sans-I/O core as the runtime's UA
-(``telephony.sip``): INVITE with a PCMU/PCMA offer, ACK, 20 ms PCMU packets for the whole call
+(``voxroute.telephony.sip``): INVITE with a PCMU/PCMA offer, ACK, 20 ms PCMU packets for the whole call
 (silence between utterances), RFC 4733 DTMF, BYE at the end. A REFER from the agent is accepted
 (202, NOTIFY 200) as a trunk that completed the transfer would.
 
@@ -30,14 +30,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
-
-from agent.fixture import Fixture, write_ulaw_wav
-from emulators.carrier import FRAME_MS, BeforeStream, CallIds, CarrierResult, FakeTwilioCall
-from telephony.audio import ULAW_DEC
-from telephony.sip import rtp, sdp
-from telephony.sip.message import parse_uri
-from telephony.sip.transport import call_sid_for
-from telephony.sip.ua import (
+from voxroute.agent.fixture import Fixture, write_ulaw_wav
+from voxroute.emulators.carrier import FRAME_MS, BeforeStream, CallIds, CarrierResult, FakeTwilioCall
+from voxroute.telephony.sip import rtp, sdp
+from voxroute.telephony.sip.message import parse_uri
+from voxroute.telephony.sip.transport import call_sid_for
+from voxroute.telephony.sip.ua import (
     Action,
     Address,
     Call,
@@ -49,6 +47,8 @@ from telephony.sip.ua import (
     UserAgent,
     new_call_id,
 )
+
+from voxroute.audio import ULAW_DEC
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +294,7 @@ async def dial(
 ) -> CarrierResult:
     """Dial ``fixture`` into the runtime's SIP UA at ``sip_url`` (``sip:agent@127.0.0.1:5060``).
 
-    The same signature and result as ``emulators.carrier.dial``; ``auth_token``, ``public_url`` and
+    The same signature and result as ``voxroute.emulators.carrier.dial``; ``auth_token``, ``public_url`` and
     ``call_sid`` have no SIP meaning (the runtime's call sid derives from our Call-ID). RTP is real
     time, so ``speed`` other than 1 is refused. ``before_stream(call_sid)`` is awaited with the
     runtime's call id before the INVITE goes out (the Call-ID is chosen first for that).
@@ -388,7 +388,7 @@ SIP_URLS: dict[str, str] = {}
 @contextlib.asynccontextmanager
 async def sip_for_replay(services: Any, server_url: str, bind: str = "127.0.0.1:0") -> AsyncIterator[str]:
     """Run the runtime's SIP UA for ``services`` and remember it as ``server_url``'s; yields its URL."""
-    from telephony.sip.service import sip_edge
+    from voxroute.telephony.sip.service import sip_edge
 
     async with sip_edge(services, sip=bind) as edge:
         assert edge.sip_url is not None
@@ -421,7 +421,7 @@ async def dial_for_replay(
     before_stream: BeforeStream | None = None,
     **_carrier_setup: Any,  # http, public_base_url, secrets_: the web carriers' call set-up; SIP has none
 ) -> CarrierResult:
-    """``emulators.carriers.DIALERS["sip"]``: the replay's dialer signature, over SIP/RTP.
+    """``voxroute.emulators.carriers.DIALERS["sip"]``: the replay's dialer signature, over SIP/RTP.
     RTP plays in real time: a faster ``speed`` (``replay --fast``) is logged and not applied."""
     if speed != 1.0:
         log.info("SIP replay of %s: RTP plays in real time, ignoring speed %.1f", fixture.name, speed)

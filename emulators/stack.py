@@ -17,16 +17,17 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.fixture import Fixture, all_fixture_names, load
-from agent.runtime import EmulatorURLs
-from emulators import scripted
-from emulators.carrier_rest import CarrierRestEmulator, emulated_plivo_token
-from emulators.llm import LLMEmulator
-from emulators.profiles import Dice, get_profile
-from emulators.sarvam import create_stt_app, create_tts_app
-from emulators.serve import serve_app, ws_url
-from emulators.transcripts import TranscriptLibrary
-from emulators.twilio_rest import TwilioRestEmulator
+from voxroute.agent.fixture import Fixture, all_fixture_names, load
+from voxroute.emulators import scripted
+from voxroute.emulators.carrier_rest import CarrierRestEmulator, emulated_plivo_token
+from voxroute.emulators.llm import LLMEmulator
+from voxroute.emulators.profiles import Dice, get_profile
+from voxroute.emulators.sarvam import create_stt_app, create_tts_app
+from voxroute.emulators.transcripts import TranscriptLibrary
+from voxroute.emulators.twilio_rest import TwilioRestEmulator
+
+from voxroute.runtime import EmulatorURLs
+from voxroute.server import serve_app, ws_url
 
 # Credentials of the emulated Twilio account (the runtime uses them when no real ones are set).
 EMULATED_ACCOUNT_SID = "AC" + "0" * 31 + "1"

@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from voxroute.agent.fixture import Fixture
+from voxroute.agent.fixture import load as load_fixture
 
-from agent.fixture import Fixture
-from agent.fixture import load as load_fixture
-from telephony.audio import ULAW_DEC, ULAW_ENC, pcm16_to_ulaw, ulaw_to_pcm16
+from voxroute.audio import ULAW_DEC, ULAW_ENC, pcm16_to_ulaw, ulaw_to_pcm16
 
 log = logging.getLogger(__name__)
 
@@ -720,7 +720,7 @@ def write_synthetic_fixture(
     """
     import json
 
-    from agent.fixture import write_ulaw_wav
+    from voxroute.agent.fixture import write_ulaw_wav
 
     directory = Path(directory)
     rng = np.random.default_rng(seed)

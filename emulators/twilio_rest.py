@@ -23,7 +23,7 @@ next N requests answer only after ``seconds``, or when the client goes away).
 Control endpoints: ``GET /_emulator/requests``, ``DELETE /_emulator/requests``,
 ``POST /_emulator/gone/{CA}``, ``POST /_emulator/fail`` ``{"count": N, "status": 500}``.
 
-Run standalone: ``python -m emulators.twilio_rest --port 8130 --account-sid AC... --auth-token ...``.
+Run standalone: ``python -m voxroute.emulators.twilio_rest --port 8130 --account-sid AC... --auth-token ...``.
 """
 
 from __future__ import annotations

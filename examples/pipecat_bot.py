@@ -8,7 +8,7 @@ Everything runs on 127.0.0.1 and needs no key: voxroute's emulators stand in for
 text and text to speech) and for the OpenAI-compatible LLM providers, and voxroute's fake Twilio
 carrier dials a recorded call into the bot's ``/twilio/stream`` websocket, as Twilio would.
 
-The pipeline (``agent/integrations/pipecat/harness.py``, ``PipecatBot.call``) is an ordinary Pipecat
+The pipeline (``voxroute/integrations/pipecat/harness.py``, ``PipecatBot.call``) is an ordinary Pipecat
 one::
 
     transport.input()              Twilio in: TwilioMarkSerializer (voxroute's sans-I/O codec)
@@ -33,10 +33,11 @@ import argparse
 import asyncio
 import logging
 
-from agent.config import load_config
-from agent.fixture import load
-from agent.integrations.pipecat.harness import SYSTEMS, served_bot
-from emulators.carrier import dial
+from voxroute.agent.config import load_config
+from voxroute.agent.fixture import load
+from voxroute.emulators.carrier import dial
+
+from voxroute.integrations.pipecat.harness import SYSTEMS, served_bot
 
 
 async def main(fixture: str, profile: str, seed: int, system: str) -> None:

@@ -1,7 +1,7 @@
 """The stakes classifier: caller turn text -> probabilities over routing classes.
 
 A multinomial logistic regression over hashed-free, vocabulary-indexed features (word unigrams
-and bigrams, character 2-5-grams inside word boundaries), trained by ``python -m routing.train``.
+and bigrams, character 2-5-grams inside word boundaries), trained by ``python -m voxroute.routing.train``.
 Inference is numpy only and sits on the turn's critical path, so the per-word part of the
 computation (unigram and character n-gram weights) is cached per model as one summed row per
 word: a turn costs a few dict look-ups and one small ``np.add.reduce`` per word.
@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from routing.embed import StaticEmbeddings
+from voxroute.routing.embed import StaticEmbeddings
 
 CLASSES: tuple[str, ...] = (
     "faq",

@@ -10,7 +10,7 @@ dictionary look-ups per word and one small sum, with no torch and no model forwa
 
 Run time (numpy only): ``WordPiece`` (BERT's uncased tokenisation, pure Python: clean, lower
 case, strip accents, split punctuation, greedy longest match over the vocabulary) and
-``StaticEmbeddings``. Training time: ``python -m routing.embed MODEL_DIR --out PATH`` reads the
+``StaticEmbeddings``. Training time: ``python -m voxroute.routing.embed MODEL_DIR --out PATH`` reads the
 model's ``model.safetensors`` with numpy (a JSON header and raw little-endian arrays), runs the
 BERT forward in numpy and writes the table (float16) and vocabulary to one ``.npz``.
 """

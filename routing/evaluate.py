@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from routing.router import Router, is_devanagari
+from voxroute.routing.router import Router, is_devanagari
 
 WARMUP_ROWS = 10
 

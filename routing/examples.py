@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from routing.classifier import tokens
+from voxroute.routing.classifier import tokens
 
 # Text past this many characters is not compared: a caller's turn that long is not one of the short
 # phrasings a tenant lists, and the cap keeps the look-up's cost bounded.

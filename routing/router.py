@@ -25,11 +25,11 @@ import re
 import time
 from dataclasses import dataclass
 
-from routing.classifier import Scores, StakesModel, clip, tokens
-from routing.examples import ExampleIndex
-from routing.health import Health
-from routing.route import Route
-from routing.table import ClassRoute, ModelPath, RoutingTable
+from voxroute.routing.classifier import Scores, StakesModel, clip, tokens
+from voxroute.routing.examples import ExampleIndex
+from voxroute.routing.health import Health
+from voxroute.routing.route import Route
+from voxroute.routing.table import ClassRoute, ModelPath, RoutingTable
 
 log = logging.getLogger("voxroute.routing")
 

@@ -1,4 +1,4 @@
-"""Train the stakes classifier and tune its escalation threshold: ``python -m routing.train``.
+"""Train the stakes classifier and tune its escalation threshold: ``python -m voxroute.routing.train``.
 
 Deterministic (fixed seed, sorted vocabulary, full-batch L-BFGS): the same data gives the same
 artifact. Training uses scikit-learn and scipy (``pip install -e '.[train]'``); inference
@@ -19,7 +19,7 @@ Writes ``routing/model/stakes.npz`` (float16 weights, bias, vocabulary) and ``st
 (classes, threshold, version, data hash, metrics).
 
 ``--embed TABLE`` (an experiment, not the shipped recipe): a static sentence-embedding table
-distilled by ``python -m routing.embed`` adds the text's sentence vector as features; the table is
+distilled by ``python -m voxroute.routing.embed`` adds the text's sentence vector as features; the table is
 copied beside the artifact, which names it. data/router/README.md has what it did.
 """
 
@@ -38,8 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-
-from routing.classifier import (
+from voxroute.routing.classifier import (
     CLASSES,
     DEFAULT_MODEL_PATH,
     HIGH_CLASSES,
@@ -47,7 +46,7 @@ from routing.classifier import (
     stakes_of,
     text_features,
 )
-from routing.embed import StaticEmbeddings
+from voxroute.routing.embed import StaticEmbeddings
 
 if TYPE_CHECKING:  # the train extra (scikit-learn, scipy) is needed only to fit
     from scipy import sparse  # pyright: ignore[reportMissingImports] (the train extra)
@@ -353,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         "--embed",
         type=Path,
         default=None,
-        help="a distilled embedding table (python -m routing.embed): its sentence vector becomes features "
+        help="a distilled embedding table (python -m voxroute.routing.embed): its sentence vector becomes features "
         "too, and the table is copied beside the artifact as embed.npz",
     )
     ap.add_argument("--embed-scale", type=float, default=EMBED_SCALE, help="the sentence vector's scale")

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from agent.link import CallStart, CarrierEvent, CarrierLink
+    from voxroute.agent.link import CallStart, CarrierEvent, CarrierLink
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class _GuardedEvents:
         return self
 
     async def __anext__(self) -> CarrierEvent:
-        from agent.link import CallEnded
+        from voxroute.agent.link import CallEnded
 
         if self._over:
             raise StopAsyncIteration

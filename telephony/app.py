@@ -2,11 +2,11 @@
 
 ``POST /twilio/voice`` answers with ``<Connect><Stream>`` and per-call ``<Parameter>``s;
 ``WS /twilio/stream`` turns the media stream into a :class:`TwilioLink` (the ``CarrierLink`` of
-``agent.link``) and runs ``on_call(link)`` until the call ends; ``GET /healthz`` (alive) and
+``voxroute.agent.link``) and runs ``on_call(link)`` until the call ends; ``GET /healthz`` (alive) and
 ``GET /readyz`` (taking calls: 503 while draining for shutdown or at the call cap).
 
 Fail closed: each enabled carrier needs its secret (Twilio's auth token here; the others' in
-``telephony.carriers``), else building the app raises, unless ``allow_unsigned`` (``voxroute serve
+``voxroute.telephony.carriers``), else building the app raises, unless ``allow_unsigned`` (``voxroute serve
 --dev`` and in-process test stacks say so explicitly). A carrier that is not enabled has no routes
 (404). Every call takes a slot of one :class:`~telephony.admission.CallGate`; over its cap the
 carrier gets its busy answer; while draining for shutdown, a new call's webhook gets 503 and a stream
@@ -31,18 +31,25 @@ from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.datastructures import MultiDict
-
-from agent.calllog.redact import mask_number
-from agent.link import CallEnded, CallStart, CarrierEvent, CarrierLink, InboundAudio, InboundDtmf, MarkEcho
-from telephony.admission import DRAINING, WS_TRY_AGAIN_LATER, CallGate
-from telephony.call_control import (
+from voxroute.agent.calllog.redact import mask_number
+from voxroute.agent.link import (
+    CallEnded,
+    CallStart,
+    CarrierEvent,
+    CarrierLink,
+    InboundAudio,
+    InboundDtmf,
+    MarkEcho,
+)
+from voxroute.telephony.admission import DRAINING, WS_TRY_AGAIN_LATER, CallGate
+from voxroute.telephony.call_control import (
     DialResult,
     dial_action_result,
     hangup_twiml,
     return_to_agent_twiml,
     whisper_twiml,
 )
-from telephony.carriers import (
+from voxroute.telephony.carriers import (
     CARRIERS,
     CarrierSettings,
     add_carrier_routes,
@@ -52,7 +59,7 @@ from telephony.carriers import (
     read_body,
     refuse_upgrade_if_draining,
 )
-from telephony.twilio import (
+from voxroute.telephony.twilio import (
     MAX_MESSAGE_BYTES,
     Dtmf,
     Mark,
@@ -62,7 +69,7 @@ from telephony.twilio import (
     TwilioProtocolError,
     TwilioStream,
 )
-from telephony.twiml import (
+from voxroute.telephony.twiml import (
     SIGNATURE_HEADER,
     SIGNATURE_SETTINGS_HEADER,
     call_token,
@@ -72,7 +79,7 @@ from telephony.twiml import (
     public_ws_url,
     validate_signature,
 )
-from telephony.wslink import SocketClosed, WebSocketLink
+from voxroute.telephony.wslink import SocketClosed, WebSocketLink
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +127,7 @@ class TelephonySettings(BaseModel):
 
 
 class TwilioLink(WebSocketLink):
-    """One Twilio media stream as an ``agent.link.CarrierLink``.
+    """One Twilio media stream as a ``voxroute.agent.link.CarrierLink``.
 
     Audio in is PCM16 8 kHz decoded from mu-law; ``send_audio`` takes any even number of bytes of
     PCM16 8 kHz and sends it as one ``media`` message. Sends after the socket closed are dropped
@@ -217,7 +224,7 @@ def create_app(
     gate: CallGate | None = None,
 ) -> FastAPI:
     """The carriers' edge. ``on_call(link)`` runs one call to its end (the lead's CallSession).
-    Exotel, Plivo and Telnyx routes come from ``telephony.carriers`` (``carriers``: their
+    Exotel, Plivo and Telnyx routes come from ``voxroute.telephony.carriers`` (``carriers``: their
     secrets; ``None`` reads them from the environment). ``gate``: the process's call admission
     (shared with the SIP edge); None makes one of ``settings.max_concurrent_calls``.
     Raises ``ValueError`` naming every missing secret of an enabled carrier (fail closed)."""

@@ -12,7 +12,7 @@ Every message is 1 type byte, a 2-byte big-endian length and the payload:
   the audio queued before it has been sent.
 
 :class:`AudioSocketParser` and the ``*_frame`` builders are sans-I/O; :class:`AudioSocketLink`
-is the call as ``agent.link.CarrierLink``; :func:`serve_audiosocket` runs the server.
+is the call as ``voxroute.agent.link.CarrierLink``; :func:`serve_audiosocket` runs the server.
 """
 
 from __future__ import annotations
@@ -25,9 +25,18 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-from agent.link import CallEnded, CallStart, CarrierEvent, CarrierLink, InboundAudio, InboundDtmf, MarkEcho
-from telephony.audio import InboundFramer, StreamResampler
-from telephony.sip.rtp import Playout
+from voxroute.agent.link import (
+    CallEnded,
+    CallStart,
+    CarrierEvent,
+    CarrierLink,
+    InboundAudio,
+    InboundDtmf,
+    MarkEcho,
+)
+from voxroute.telephony.sip.rtp import Playout
+
+from voxroute.audio import InboundFramer, StreamResampler
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ Two layers, as everywhere in ``telephony``:
   number or SIP address, with the whisper URL on the ``<Number>``/``<Sip>``), :func:`whisper_twiml`
   (the one sentence the human hears before the caller is connected), :func:`dial_action_result`
   (Twilio's ``<Dial action>`` callback form -> connected / failed) and :func:`return_to_agent_twiml`
-  (a failed human leg: ``<Connect><Stream>`` back to the agent, built by ``telephony.twiml``).
+  (a failed human leg: ``<Connect><Stream>`` back to the agent, built by ``voxroute.telephony.twiml``).
 - :class:`TwilioCallControl`: one small async client over the official ``twilio`` SDK
   (``calls(sid).update_async``) with per-attempt timeouts and retries with backoff on 5xx, 429,
   timeouts and connection errors (never on other 4xx). ``api_base_url`` points it at a stand-in
@@ -34,8 +34,7 @@ from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.http.response import Response as TwilioResponse
 from twilio.rest import Client
 from twilio.twiml.voice_response import Dial, VoiceResponse
-
-from telephony.twiml import connect_stream_twiml
+from voxroute.telephony.twiml import connect_stream_twiml
 
 log = logging.getLogger(__name__)
 

@@ -31,10 +31,9 @@ from typing import Any, Protocol
 from xml.sax.saxutils import escape, quoteattr
 
 import httpx
-
-from telephony.call_control import E164, CallControlError
-from telephony.carriers import PLIVO_TRANSFER_PATH
-from telephony.twiml import public_url
+from voxroute.telephony.call_control import E164, CallControlError
+from voxroute.telephony.carriers import PLIVO_TRANSFER_PATH
+from voxroute.telephony.twiml import public_url
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +253,7 @@ class ExotelHandback:
 
 
 class CarrierTransfers:
-    """``agent.services.Transfers`` over several carriers: each call goes to its own carrier's control.
+    """``voxroute.agent.services.Transfers`` over several carriers: each call goes to its own carrier's control.
 
     ``carrier_of(call_sid)`` names the carrier of a live call (None if unknown: ``default`` is used).
     A carrier without a control raises ``CallControlError`` (the session apologises, keeps the caller).

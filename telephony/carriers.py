@@ -1,6 +1,6 @@
 """The FastAPI edge for Exotel, Plivo and Telnyx: call set-up answers and media-stream websockets.
 
-One websocket :class:`MediaStreamLink` (an ``agent.link.CarrierLink``) serves all three over
+One websocket :class:`MediaStreamLink` (a ``voxroute.agent.link.CarrierLink``) serves all three over
 their sans-I/O codecs (``telephony/exotel.py``, ``plivo.py``, ``telnyx.py``); each carrier
 adds only its set-up answer and the check it offers:
 
@@ -14,7 +14,7 @@ Secrets come from the environment (:meth:`CarrierSettings.from_env`, variable na
 config's ``telephony`` section). Fail closed: an enabled carrier without its secret is an error at
 start (:func:`missing_secrets`), unless ``allow_unsigned`` (dev only: its check is off and a
 warning says so). A carrier that is not enabled has no routes (404). Over the call cap or while
-draining (``telephony.admission``), set-ups get the carrier's busy answer and streams close 1013;
+draining (``voxroute.telephony.admission``), set-ups get the carrier's busy answer and streams close 1013;
 while the process drains for shutdown, set-ups get HTTP 503 and stream upgrades are refused with 503
 before they are accepted (:func:`draining_answer`), so a proxy in front retries the next worker.
 Any bad input from the network ends only its own call: close 1008 and one log line.
@@ -36,13 +36,20 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-from agent.calllog.redact import mask_number
-from agent.link import CallEnded, CallStart, CarrierEvent, CarrierLink, InboundAudio, InboundDtmf, MarkEcho
-from telephony import plivo, telnyx
-from telephony.admission import DRAINING, WS_TRY_AGAIN_LATER, CallGate
-from telephony.exotel import ExotelStream
-from telephony.mediastream import (
+from voxroute.agent.calllog.redact import mask_number
+from voxroute.agent.link import (
+    CallEnded,
+    CallStart,
+    CarrierEvent,
+    CarrierLink,
+    InboundAudio,
+    InboundDtmf,
+    MarkEcho,
+)
+from voxroute.telephony import plivo, telnyx
+from voxroute.telephony.admission import DRAINING, WS_TRY_AGAIN_LATER, CallGate
+from voxroute.telephony.exotel import ExotelStream
+from voxroute.telephony.mediastream import (
     Audio,
     CarrierError,
     CarrierProtocolError,
@@ -52,10 +59,10 @@ from telephony.mediastream import (
     Stopped,
     StreamStart,
 )
-from telephony.plivo import PlivoStream
-from telephony.telnyx import TelnyxStream
-from telephony.twiml import call_token, check_call_token, public_url, public_ws_url
-from telephony.wslink import SocketClosed, WebSocketLink
+from voxroute.telephony.plivo import PlivoStream
+from voxroute.telephony.telnyx import TelnyxStream
+from voxroute.telephony.twiml import call_token, check_call_token, public_url, public_ws_url
+from voxroute.telephony.wslink import SocketClosed, WebSocketLink
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +152,7 @@ def missing_secrets(settings: CarrierSettings, enabled: tuple[str, ...] | list[s
 
 
 class MediaStreamLink(WebSocketLink):
-    """One JSON media stream (Exotel, Plivo or Telnyx) as an ``agent.link.CarrierLink``.
+    """One JSON media stream (Exotel, Plivo or Telnyx) as a ``voxroute.agent.link.CarrierLink``.
 
     Audio in is 20 ms PCM16 8 kHz (the codec converts from the native format); ``send_audio``
     takes PCM16 8 kHz. Marks flushed by our own ``clear`` are reported at once (Twilio's rule,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from telephony.mediastream import (
+from voxroute.telephony.mediastream import (
     AudioFormat,
     CarrierProtocolError,
     Connected,

@@ -29,8 +29,8 @@ from typing import ClassVar, Literal, overload
 import numpy as np
 import orjson
 
-from telephony import audio
-from telephony.audio import (
+from voxroute import audio
+from voxroute.audio import (
     StreamResampler,
     alaw_to_pcm16,
     pcm16_to_alaw,

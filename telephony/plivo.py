@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 from xml.sax.saxutils import escape, quoteattr
 
-from telephony.mediastream import (
+from voxroute.telephony.mediastream import (
     AudioFormat,
     CarrierProtocolError,
     Cleared,

@@ -25,7 +25,7 @@ import time
 from collections.abc import Mapping
 from xml.sax.saxutils import quoteattr
 
-from telephony.mediastream import (
+from voxroute.telephony.mediastream import (
     AudioFormat,
     CarrierError,
     CarrierProtocolError,

@@ -2,7 +2,7 @@
 
 :class:`TwilioStream` is our side of one stream: ``feed(text)`` parses what Twilio sends into
 frozen dataclasses, ``media(pcm)``, ``mark(name)`` and ``clear()`` build what we send. No awaits,
-no sockets: the websocket layer (``telephony.app``) is a thin loop around it.
+no sockets: the websocket layer (``voxroute.telephony.app``) is a thin loop around it.
 
 :class:`TwilioPeer` is the other end (what Twilio sends, and parsing what we send), for the fake
 carrier and for tests.
@@ -22,8 +22,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from telephony.audio import InboundFramer, pcm16_to_ulaw, ulaw_to_pcm16
-from telephony.mediastream import (
+from voxroute.telephony.mediastream import (
     CarrierProtocolError,
     get_int,
     get_obj,
@@ -32,6 +31,8 @@ from telephony.mediastream import (
     load_message,
     short,
 )
+
+from voxroute.audio import InboundFramer, pcm16_to_ulaw, ulaw_to_pcm16
 
 MAX_MESSAGE_BYTES = 64 * 1024
 INBOUND_FRAME_BYTES = 160  # 20 ms of mu-law at 8 kHz = 216 base64 characters (what Twilio sends)

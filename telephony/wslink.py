@@ -20,8 +20,7 @@ import logging
 from fastapi import WebSocket
 from starlette.types import Message
 from starlette.websockets import WebSocketDisconnect
-
-from agent.link import CallStart, CarrierEvent
+from voxroute.agent.link import CallStart, CarrierEvent
 
 log = logging.getLogger(__name__)
 

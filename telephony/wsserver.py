@@ -38,7 +38,7 @@ from websockets.http11 import Request, Response
 
 log = logging.getLogger(__name__)
 
-MAX_SIZE = 1 << 20  # as the ASGI port (emulators/serve.py): the codecs apply the carriers' own limits
+MAX_SIZE = 1 << 20  # as the ASGI port (voxroute/server.py): the codecs apply the carriers' own limits
 Endpoint = Callable[[Any], Awaitable[None]]
 
 

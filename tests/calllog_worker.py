@@ -18,8 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from agent.calllog.store import CallLog, make_engine
-from agent.config import CallLogConfig
+from voxroute.agent.calllog.store import CallLog, make_engine
+from voxroute.agent.config import CallLogConfig
 
 
 def call(sid: str) -> dict:

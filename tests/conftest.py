@@ -1,5 +1,5 @@
 """Shared pytest fixtures. ``replay_call`` (replays a fixture call through the real stack) comes
-from the package's pytest plugin, agent/testing/plugin.py (entry point ``pytest11``):
+from the package's pytest plugin, voxroute/testing/plugin.py (entry point ``pytest11``):
 
 async def test_dispute(replay_call):
     result = await replay_call("billing_dispute", profile="reference")
@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from agent.testing.plugin import emulator_faults  # noqa: F401 (tests import it from here)
+from voxroute.testing.plugin import emulator_faults  # noqa: F401 (tests import it from here)
 
 # `make test` runs the suite on parallel workers (pytest-xdist), then these alone: each puts many
 # calls on one process at once, or runs the offline speech engines (Whisper, Piper) on every core

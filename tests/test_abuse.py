@@ -30,17 +30,17 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from twilio.request_validator import RequestValidator
+from voxroute.agent.config import DEFAULT_CONFIG_PATH
+from voxroute.agent.fixture import load
+from voxroute.emulators.carriers import FakeCarrierSecrets
+from voxroute.telephony.twilio import TwilioPeer
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from agent.config import DEFAULT_CONFIG_PATH
-from agent.fixture import load
-from agent.replay import replay_fixture
-from emulators.carriers import FakeCarrierSecrets
-from telephony.twilio import TwilioPeer
 from tests.conftest import services_required
+from voxroute.replay import replay_fixture
 
-VOXROUTE = [sys.executable, "-m", "agent.cli"]
+VOXROUTE = [sys.executable, "-m", "voxroute.cli"]
 TWILIO_TOKEN = "abuse-twilio-token-0123456789abcdef"
 EXOTEL_CREDS = "abusekey:abusetoken"
 PLIVO_TOKEN = "abuse-plivo-token-0123456789"
@@ -138,7 +138,7 @@ HUGE = "huge_transcript"  # billing_dispute's audio, its first utterance transcr
 def emulator_fixtures(directory: Path) -> Path:
     """The fixtures the emulated STT knows: every shipped one, except that billing_dispute's audio is
     ``HUGE``, whose first utterance the STT transcribes as 1 MB of text (digits included)."""
-    from agent.fixture import FIXTURES_DIR
+    from voxroute.agent.fixture import FIXTURES_DIR
 
     directory.mkdir()
     for path in FIXTURES_DIR.iterdir():
@@ -291,8 +291,8 @@ async def test_forged_or_missing_signatures_are_refused_on_every_carrier(server)
             assert await _close_code(ws) == 1008
         # Plivo and Telnyx sign the set-up, not the upgrade: a start without the per-call token
         # from our signed answer is closed 1008 before any call starts.
-        from telephony.plivo import PlivoPeer
-        from telephony.telnyx import TelnyxPeer
+        from voxroute.telephony.plivo import PlivoPeer
+        from voxroute.telephony.telnyx import TelnyxPeer
 
         async with connect(server.ws + "/plivo/stream", open_timeout=STEP) as ws:
             await ws.send(PlivoPeer("stream-1", "plivo-forged", extra_headers="callToken=forged").start())
@@ -386,8 +386,9 @@ def test_serve_without_secrets_exits_2_naming_every_missing_variable(tmp_path):
 def test_serve_with_a_database_url_needs_the_caller_salt(tmp_path, monkeypatch):
     """Several hosts on one database must hash a caller's number alike: without
     VOXROUTE_CALLER_SALT each would make a salt of its own, and repeat contacts would not match."""
-    from agent.config import load_config
-    from agent.runtime import missing_secrets
+    from voxroute.agent.config import load_config
+
+    from voxroute.runtime import missing_secrets
 
     config = production_config(tmp_path / "voxroute.yaml", 8080, None)
     env = {
@@ -464,7 +465,7 @@ async def test_calls_beyond_the_cap_are_refused_cleanly(server):
 
 async def _twilio_call_params_for(call_sid: str) -> tuple[None, dict[str, str]]:
     """The stream parameters our webhook would have handed out for ``call_sid`` (valid call token)."""
-    from telephony.twiml import call_token
+    from voxroute.telephony.twiml import call_token
 
     return None, {"call_sid": call_sid, "from": "+919800000001", "to": "+918000000000",
                   "tenant": "default", "call_token": call_token(TWILIO_TOKEN, call_sid)}  # fmt: skip
@@ -633,7 +634,7 @@ async def test_a_1_mb_transcript_beside_a_real_time_call_stalls_nothing(server):
 
 
 def _config_of(server: Server):
-    from agent.config import load_config
+    from voxroute.agent.config import load_config
 
     return load_config(server.config)
 

@@ -7,11 +7,11 @@ import asyncio
 import logging
 import time
 
-from agent.link import CallEnded, CallStart, InboundAudio
-from agent.loopwatch import LoopWatch
-from emulators.sip_carrier import SipPhone
-from telephony.admission import BUSY, DRAINING, CallGate, SilenceGuard
-from telephony.sip.transport import SipServer, serving
+from voxroute.agent.link import CallEnded, CallStart, InboundAudio
+from voxroute.agent.loopwatch import LoopWatch
+from voxroute.emulators.sip_carrier import SipPhone
+from voxroute.telephony.admission import BUSY, DRAINING, CallGate, SilenceGuard
+from voxroute.telephony.sip.transport import SipServer, serving
 
 
 def test_the_gate_admits_up_to_its_cap_and_nothing_while_draining(caplog):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.answer import with_guidance
+from voxroute.agent.answer import with_guidance
 
 
 def test_a_class_guidance_is_said_just_before_the_callers_words():

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from telephony.audio import (
+from voxroute.audio import (
     FRAME_BYTES,
     SUPPORTED_RATES,
     StreamResampler,

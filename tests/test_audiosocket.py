@@ -15,14 +15,11 @@ import pytest
 import webrtcvad
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from agent.config import load_config
-from agent.fixture import load
-from agent.link import InboundAudio, InboundDtmf, MarkEcho
-from agent.replay import local_stack
-from agent.session import CallSession
-from telephony.audio import ulaw_to_pcm16
-from telephony.audiosocket import (
+from voxroute.agent.config import load_config
+from voxroute.agent.fixture import load
+from voxroute.agent.link import InboundAudio, InboundDtmf, MarkEcho
+from voxroute.agent.session import CallSession
+from voxroute.telephony.audiosocket import (
     KIND_DTMF,
     KIND_HANGUP,
     KIND_SLIN,
@@ -34,6 +31,9 @@ from telephony.audiosocket import (
     serve_audiosocket,
     uuid_frame,
 )
+
+from voxroute.audio import ulaw_to_pcm16
+from voxroute.replay import local_stack
 
 CALL = uuid.UUID("12345678-1234-5678-1234-567812345678")
 

@@ -8,9 +8,8 @@ interruption) through the fake carrier, the runtime and the emulators on 127.0.0
 from __future__ import annotations
 
 import pytest
-
-from agent.bargein import BargeInPolicy, words
-from agent.session import INTERRUPTED_MARK
+from voxroute.agent.bargein import BargeInPolicy, words
+from voxroute.agent.session import INTERRUPTED_MARK
 
 POLICY = BargeInPolicy(min_voiced_ms=300, confirm_ms=700)
 

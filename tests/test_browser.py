@@ -23,11 +23,11 @@ from typing import Any
 import httpx
 import pytest
 import websockets
+from voxroute.agent.fixture import load
+from voxroute.agent.pages import WATERFALL_LABELS
 
-from agent.fixture import load
-from agent.pages import WATERFALL_LABELS
-from agent.replay import local_stack, replay_fixture
 from tests.conftest import services_required
+from voxroute.replay import local_stack, replay_fixture
 
 API_KEY = "operator-key-for-browser-tests"
 CHROMIUM_FLAGS = (

@@ -11,10 +11,8 @@ from contextlib import asynccontextmanager
 
 import httpx
 import pytest
-
-from emulators.serve import serve_app
-from emulators.twilio_rest import TwilioRestEmulator, check_update_form, parse_basic_auth
-from telephony.call_control import (
+from voxroute.emulators.twilio_rest import TwilioRestEmulator, check_update_form, parse_basic_auth
+from voxroute.telephony.call_control import (
     CallControlError,
     DialResult,
     RebasedAsyncHttpClient,
@@ -25,6 +23,8 @@ from telephony.call_control import (
     transfer_twiml,
     whisper_twiml,
 )
+
+from voxroute.server import serve_app
 
 ACCOUNT = "AC00000000000000000000000000000002"
 TOKEN = "12345678901234567890123456789012"
@@ -146,7 +146,7 @@ def test_dial_action_result(status, outcome):
 
 
 def test_dial_action_result_bad_input_fails_safe(caplog):
-    with caplog.at_level(logging.WARNING, logger="telephony.call_control"):
+    with caplog.at_level(logging.WARNING, logger="voxroute.telephony.call_control"):
         result = dial_action_result({"CallSid": CALL, "DialCallStatus": "weird", "DialCallDuration": "x"})
     assert result.outcome == "failed" and result.duration_s is None
     assert "unknown DialCallStatus" in caplog.text and "bad DialCallDuration" in caplog.text
@@ -212,7 +212,7 @@ async def test_hang_up_and_redirect_forms():
 async def test_call_gone_returns_false_with_a_log_line(caplog):
     async with stand_in() as (emulator, control, _):
         emulator.gone(CALL)
-        with caplog.at_level(logging.INFO, logger="telephony.call_control"):
+        with caplog.at_level(logging.INFO, logger="voxroute.telephony.call_control"):
             assert await control.hang_up(CALL) is False
             assert await control.transfer(CALL, transfer_twiml(HUMAN)) is False
     assert [r.status for r in emulator.requests] == [404, 404]  # 20404 is not retried
@@ -237,7 +237,7 @@ async def test_retries_on_500_then_succeeds():
 async def test_retries_exhausted_raise(caplog):
     async with stand_in(attempts=2) as (emulator, control, _):
         emulator.fail_next(5)
-        with caplog.at_level(logging.WARNING, logger="telephony.call_control"):
+        with caplog.at_level(logging.WARNING, logger="voxroute.telephony.call_control"):
             with pytest.raises(CallControlError) as info:
                 await control.hang_up(CALL)
     assert (info.value.status, info.value.code, info.value.call_sid) == (500, 20500, CALL)

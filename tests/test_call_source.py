@@ -18,18 +18,18 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy import text
+from voxroute.agent.calllog.redact import redact, redact_json
+from voxroute.agent.calllog.source import CombinedCallSource, DatabaseCallSource
+from voxroute.agent.calllog.store import CallLog, make_engine
+from voxroute.agent.config import load_config
+from voxroute.agent.pages import MemoryCallSource, call_summary
+from voxroute.agent.services import Services
+from voxroute.agent.session import CallSummary
+from voxroute.agent.timeline import TurnRecord
 
-from agent.calllog.redact import redact, redact_json
-from agent.calllog.source import CombinedCallSource, DatabaseCallSource
-from agent.calllog.store import CallLog, make_engine
-from agent.config import load_config
-from agent.pages import MemoryCallSource, call_summary
-from agent.runtime import build_router, create_runtime_app
-from agent.services import Services
-from agent.session import CallSummary
-from agent.timeline import TurnRecord
-from emulators.serve import serve_app
 from tests.conftest import services_required
+from voxroute.runtime import build_router, create_runtime_app
+from voxroute.server import serve_app
 
 PG_URL_ENV = "VOXROUTE_TEST_POSTGRES_URL"
 BROWSER = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}

@@ -28,11 +28,10 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import func, select, text
-
-from agent.calllog import report as rep
-from agent.calllog.redact import luhn_ok, redact
-from agent.calllog.schema import calls_table, metadata, turns_table
-from agent.calllog.store import (
+from voxroute.agent.calllog import report as rep
+from voxroute.agent.calllog.redact import luhn_ok, redact
+from voxroute.agent.calllog.schema import calls_table, metadata, turns_table
+from voxroute.agent.calllog.store import (
     SPOOL_DIR,
     CallLog,
     caller_hash,
@@ -40,10 +39,11 @@ from agent.calllog.store import (
     make_engine,
     migrate,
 )
-from agent.config import CallLogConfig
-from agent.fixture import load
-from agent.replay import local_stack, replay_fixture
+from voxroute.agent.config import CallLogConfig
+from voxroute.agent.fixture import load
+
 from tests.conftest import services_required
+from voxroute.replay import local_stack, replay_fixture
 
 PG_URL_ENV = "VOXROUTE_TEST_POSTGRES_URL"
 
@@ -566,7 +566,7 @@ async def _count_quietly(url: str) -> int:
 
 def test_spool_lines_are_json(tmp_path):
     """The spool is plain JSONL an operator can read (and nothing else sneaks in)."""
-    from agent.calllog.store import Spool
+    from voxroute.agent.calllog.store import Spool
 
     spool = Spool(tmp_path / SPOOL_DIR, max_bytes=300)
     lines = [json.dumps({"kind": "call", "n": i}).encode() + b"\n" for i in range(20)]

@@ -7,26 +7,26 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 import pytest
-
-from agent.config import load_config
-from agent.fixture import load
-from agent.replay import local_stack, replay_fixture
-from emulators.carrier_rest import (
+from voxroute.agent.config import load_config
+from voxroute.agent.fixture import load
+from voxroute.emulators.carrier_rest import (
     EMULATED_PLIVO_AUTH_ID,
     EMULATED_PLIVO_AUTH_TOKEN,
     EMULATED_TELNYX_API_KEY,
     CarrierRestEmulator,
 )
-from emulators.serve import serve_app
-from telephony.call_control import CallControlError
-from telephony.carrier_control import (
+from voxroute.telephony.call_control import CallControlError
+from voxroute.telephony.carrier_control import (
     CarrierTransfers,
     ExotelHandback,
     PlivoCallControl,
     TelnyxCallControl,
     transfer_xml,
 )
+
 from tests.test_carriers_replay import SECRETS, carrier_secrets_in_env  # noqa: F401  (a fixture)
+from voxroute.replay import local_stack, replay_fixture
+from voxroute.server import serve_app
 
 QUEUE = "+918000000999"
 CALLER_ID = "+918000000000"

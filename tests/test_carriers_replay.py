@@ -18,11 +18,11 @@ import time
 
 import httpx
 import pytest
+from voxroute.agent.fixture import all_fixture_names, load
+from voxroute.emulators.carriers import CARRIERS, CarrierNotWired, FakeCarrierSecrets, dial_fixture
 
-from agent.fixture import all_fixture_names, load
-from agent.replay import local_stack, replay_fixture
-from emulators.carriers import CARRIERS, CarrierNotWired, FakeCarrierSecrets, dial_fixture
 from tests.test_replay import _norm, expected_end, expected_items
+from voxroute.replay import local_stack, replay_fixture
 
 # SIP is not among them: RTP has no marks, so the fake SIP phone (emulators/sip_carrier.py) takes
 # 1.5 s of agent silence for the end of a reply and speaks its next line into the lull between a

@@ -12,14 +12,14 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from voxroute.agent.calllog.report import Filters, report
+from voxroute.agent.calllog.store import CallLog
+from voxroute.agent.config import load_config
+from voxroute.emulators.stack import run_emulators
 
-from agent.calllog.report import Filters, report
-from agent.calllog.store import CallLog
-from agent.config import load_config
-from agent.replay import local_stack
-from agent.runtime import build_services, create_runtime_app, missing_secrets
-from emulators.serve import serve_app
-from emulators.stack import run_emulators
+from voxroute.replay import local_stack
+from voxroute.runtime import build_services, create_runtime_app, missing_secrets
+from voxroute.server import serve_app
 
 
 @pytest.fixture
@@ -170,8 +170,7 @@ async def test_a_client_gone_mid_stream_ends_the_turn_and_a_busy_server_says_429
     """Slow tokens: the client reads the first text and goes; the model's stream is cancelled and the
     turn is logged as the caller hanging up. Meanwhile, over ``chat.max_concurrent``: 429."""
     from sqlalchemy import select
-
-    from agent.calllog.schema import turns_table
+    from voxroute.agent.calllog.schema import turns_table
 
     config = load_config()
     config.chat.max_concurrent = 1
@@ -221,7 +220,7 @@ async def test_a_chat_session_uses_the_tenants_tools_and_high_stakes_ones_escala
     """examples/retail.yaml by text: ``lookup_order`` runs once against the order service stand-in (with
     an idempotency key) and the reply carries its result; a ``stakes: high`` tool puts the turn on the
     reasoning tier, and the next turn stays there."""
-    from emulators.scripted import ScriptedCall
+    from voxroute.emulators.scripted import ScriptedCall
 
     async with local_stack("zero", 0, [], load_config(RETAIL)) as stack:
         service = stack.tool_apps["shopfast.lookup_order"].state.service
@@ -280,7 +279,7 @@ async def test_hindi_text_takes_the_indic_table_and_the_conversation_has_a_call_
 
 
 async def test_a_bug_in_a_turn_fails_that_request_in_openai_shape_only(data_dir, monkeypatch, caplog):
-    from agent.chat import ChatConversation
+    from voxroute.agent.chat import ChatConversation
 
     async def broken(self, messages, out):
         raise RuntimeError("a bug in the answer")

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from routing.classifier import (
+from voxroute.routing.classifier import (
     CLASSES,
     CLIP_CHARS,
     DEFAULT_MODEL_PATH,

@@ -14,11 +14,11 @@ import time
 import httpx
 import numpy as np
 import pytest
+from voxroute.agent.fixture import FIXTURES_DIR, read_wav
 
-from agent.fixture import FIXTURES_DIR, read_wav
-from telephony.audio import ulaw_to_pcm16
+from voxroute.audio import ulaw_to_pcm16
 
-VOXROUTE = [sys.executable, "-m", "agent.cli"]
+VOXROUTE = [sys.executable, "-m", "voxroute.cli"]
 
 
 def _env() -> dict:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
+from voxroute.agent.providers.local import LocalStackUnavailable
 
-from agent import cli
-from agent.providers.local import LocalStackUnavailable
+from voxroute import cli
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +24,7 @@ import sys
 for name in sys.argv[1].split(","):
     sys.modules[name] = None
 sys.argv = ["voxroute", *sys.argv[2:]]
-from agent.cli import main
+from voxroute.cli import main
 main()
 """
 
@@ -56,8 +56,8 @@ def test_help_lists_profile_and_carrier_choices():
 
 
 def test_choices_match_the_emulators():
-    from emulators.carriers import CARRIERS
-    from emulators.profiles import PROFILES
+    from voxroute.emulators.carriers import CARRIERS
+    from voxroute.emulators.profiles import PROFILES
 
     assert set(cli.PROFILES) == set(PROFILES)
     assert set(cli.DIAL_CARRIERS) == set(CARRIERS)

@@ -7,9 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
-
-from agent import configdoc
-from agent.config import Config
+from voxroute.agent import configdoc
+from voxroute.agent.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -17,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_docs_config_md_matches_the_code():
     page = (ROOT / "docs" / "config.md").read_text()
     assert page == configdoc.render(), (
-        "docs/config.md is out of date: run `.venv/bin/python -m agent.configdoc > docs/config.md`"
+        "docs/config.md is out of date: run `.venv/bin/python -m voxroute.agent.configdoc > docs/config.md`"
     )
 
 
@@ -37,7 +36,7 @@ def test_variables_the_code_reads_are_found():
     assert "agent/calllog/store.py" in reads["VOXROUTE_CALLER_SALT"]
     assert "agent/fixture.py" in reads["VOXROUTE_FIXTURES"]
     assert "telephony/carriers.py" in reads["EXOTEL_SAMPLE_RATE"]
-    assert "agent/runtime.py" in reads["TELNYX_API_KEY"]
+    assert "voxroute/runtime.py" in reads["TELNYX_API_KEY"]
     assert "agent/config.py" in reads["VOXROUTE_WEBHOOK_SECRET"]
     assert "VOXROUTE_CHAT_KEY_<TENANT>" in reads
 

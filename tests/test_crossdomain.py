@@ -12,10 +12,10 @@ import csv
 from pathlib import Path
 
 import pytest
+from voxroute.agent.config import load_config
+from voxroute.routing.evaluate import metrics, metrics_by, predict
 
-from agent.config import load_config
-from agent.runtime import build_router
-from routing.evaluate import metrics, metrics_by, predict
+from voxroute.runtime import build_router
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "router"
 
@@ -46,7 +46,7 @@ def held_out_figures(router) -> dict[str, dict]:
 
 
 def test_the_shipped_model_never_saw_the_held_out_domains(router):
-    from routing.train import PUBLIC_DOMAINS, PUBLIC_HELD_OUT
+    from voxroute.routing.train import PUBLIC_DOMAINS, PUBLIC_HELD_OUT
 
     assert len(HELD_OUT) >= 3
     held_out = router.model.meta["held_out_domains"]
@@ -114,7 +114,7 @@ def test_the_public_sets_are_mapped_attributed_and_held_out_as_declared(router):
     """Every intent of the public sets (Bitext customer service, HWU64) has a reviewed mapping whose
     label every row carries; their licences travel with them; the shipped model was trained on the
     data in the repository, each public set included unless held out (PUBLIC_HELD_OUT)."""
-    from routing.train import PUBLIC_DOMAINS, PUBLIC_HELD_OUT, data_hash, public_domains
+    from voxroute.routing.train import PUBLIC_DOMAINS, PUBLIC_HELD_OUT, data_hash, public_domains
 
     assert router.model.meta["data_sha256"] == data_hash()
 

@@ -24,16 +24,16 @@ import kubernetes_validate
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from voxroute.agent.config import ShutdownConfig, TelephonyConfig, load_config
+from voxroute.agent.timeline import TurnRecord
+from voxroute.emulators.stack import run_emulators
+from voxroute.telephony.admission import CallGate
+from voxroute.telephony.app import STREAM_PATH
+from voxroute.telephony.carriers import EXOTEL_STREAM_PATH, PLIVO_STREAM_PATH, TELNYX_STREAM_PATH
 
-from agent.config import ShutdownConfig, TelephonyConfig, load_config
-from agent.runtime import build_services, create_runtime_app, emulator_options, missing_secrets
-from agent.timeline import TurnRecord
-from emulators.serve import serve_app
-from emulators.stack import run_emulators
-from telephony.admission import CallGate
-from telephony.app import STREAM_PATH
-from telephony.carriers import EXOTEL_STREAM_PATH, PLIVO_STREAM_PATH, TELNYX_STREAM_PATH
 from tests.conftest import services_required
+from voxroute.runtime import build_services, create_runtime_app, emulator_options, missing_secrets
+from voxroute.server import serve_app
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -41,7 +41,7 @@ K8S = DEPLOY / "k8s"
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 K8S_VERSIONS = ("1.29.0", kubernetes_validate.utils.latest_version())  # the oldest we claim, the newest
 NOT_APPLIED = {"kustomization.yaml", "secrets.template.yaml", "prometheus-adapter-rules.yaml"}
-DRAIN_END_WAIT_S = 2.0  # agent/runtime.py drain(): after the closing phrases, the sessions' last wait
+DRAIN_END_WAIT_S = 2.0  # voxroute/runtime.py drain(): after the closing phrases, the sessions' last wait
 SCRAPE_LABELS = {"instance", "job", "namespace", "pod"}  # added by Prometheus, not the app
 SECRET_NAME = re.compile(r"(KEY|TOKEN|PASSWORD|SECRET|SALT|CREDENTIALS)$")
 

@@ -27,9 +27,8 @@ from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import event, select
-
-from agent.calllog.schema import calls_table, turns_table
-from agent.calllog.store import (
+from voxroute.agent.calllog.schema import calls_table, turns_table
+from voxroute.agent.calllog.store import (
     SPOOL_DIR,
     CallLog,
     Spool,
@@ -40,9 +39,10 @@ from agent.calllog.store import (
     make_engine,
     storage_fault,
 )
-from agent.config import CallLogConfig
-from agent.services import Services
-from agent.session import CallSummary
+from voxroute.agent.config import CallLogConfig
+from voxroute.agent.services import Services
+from voxroute.agent.session import CallSummary
+
 from tests.test_calllog import _call, _count, _migrated, _postgres_url, _reset_postgres, _turn, running, until
 
 ROOT = Path(__file__).resolve().parent.parent

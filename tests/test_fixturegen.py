@@ -12,10 +12,10 @@ import wave
 
 import numpy as np
 import pytest
+from voxroute.agent.fixture import load
+from voxroute.agent.fixturegen import FRAME_MS, LEAD_MS, TAIL_MS, segment
 
-from agent.fixture import load
-from agent.fixturegen import FRAME_MS, LEAD_MS, TAIL_MS, segment
-from telephony.audio import ulaw_to_pcm16
+from voxroute.audio import ulaw_to_pcm16
 
 
 def _verdicts(n: int, *spans: tuple[int, int]) -> list[bool]:
@@ -59,8 +59,8 @@ def test_a_committed_fixture_round_trips_mono(tmp_path):
     pytest.importorskip("faster_whisper", reason="the voxroute[local] extra is not installed")
     from typer.testing import CliRunner
 
-    from agent.cli import app
     from tests.test_local_stack import wer
+    from voxroute.cli import app
 
     source = load("order_status")
     result = CliRunner().invoke(
@@ -90,8 +90,9 @@ def test_a_committed_fixture_round_trips_mono(tmp_path):
 @pytest.mark.local
 def test_a_stereo_16k_recording_infers_the_gaps_after_the_agent(tmp_path):
     pytest.importorskip("faster_whisper", reason="the voxroute[local] extra is not installed")
-    from agent.fixturegen import from_wav
-    from agent.providers.local import resample_any
+    from voxroute.agent.fixturegen import from_wav
+    from voxroute.agent.providers.local import resample_any
+
     from tests.test_local_stack import wer
 
     caller_fx, agent_fx = load("order_status"), load("billing_dispute")
@@ -157,13 +158,13 @@ async def test_a_recorded_call_comes_back_as_a_fixture_that_replays_alike(tmp_pa
 
     import yaml
     from typer.testing import CliRunner
+    from voxroute.agent.config import DEFAULT_CONFIG_PATH, parse_config
+    from voxroute.agent.fixturegen import from_wav
 
-    from agent.cli import app
-    from agent.config import DEFAULT_CONFIG_PATH, parse_config
-    from agent.fixturegen import from_wav
-    from agent.replay import local_stack, replay_fixture
-    from agent.testing import fixture_failures
     from tests.test_local_stack import wer
+    from voxroute.cli import app
+    from voxroute.replay import local_stack, replay_fixture
+    from voxroute.testing import fixture_failures
 
     monkeypatch.setenv("VOXROUTE_DATA_DIR", str(tmp_path))
     data = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
@@ -202,8 +203,8 @@ async def test_a_recorded_call_comes_back_as_a_fixture_that_replays_alike(tmp_pa
 
 
 def test_from_call_names_what_is_missing(tmp_path):
-    from agent.fixture import FixtureError
-    from agent.fixturegen import from_call
+    from voxroute.agent.fixture import FixtureError
+    from voxroute.agent.fixturegen import from_call
 
     with pytest.raises(FixtureError, match=r"no recording of call CA404 under .* \(is recording on"):
         from_call("CA404", tmp_path / "out", root=tmp_path / "recordings")

@@ -9,12 +9,11 @@ import json
 
 import numpy as np
 import pytest
-
-from agent import fixture as fx
+from voxroute.agent import fixture as fx
 
 try:
-    from telephony.audio import ulaw_to_pcm16
-except ImportError:  # pragma: no cover - telephony/audio.py not there yet
+    from voxroute.audio import ulaw_to_pcm16
+except ImportError:  # pragma: no cover - voxroute/audio.py not there yet
 
     def _ulaw_table() -> np.ndarray:
         u = np.arange(256, dtype=np.int32) ^ 0xFF

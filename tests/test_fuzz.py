@@ -17,13 +17,13 @@ import json
 import os
 
 import pytest
+from voxroute.agent.providers import openai_protocol as oai
+from voxroute.agent.providers import sarvam_protocol as sarvam
+from voxroute.telephony import exotel, plivo, telnyx, twilio
+from voxroute.telephony.mediastream import CarrierProtocolError
+from voxroute.telephony.sip import auth, sdp
+from voxroute.telephony.sip import message as sipmsg
 
-from agent.providers import openai_protocol as oai
-from agent.providers import sarvam_protocol as sarvam
-from telephony import exotel, plivo, telnyx, twilio
-from telephony.mediastream import CarrierProtocolError
-from telephony.sip import auth, sdp
-from telephony.sip import message as sipmsg
 from tests.fuzzing import BY_NAME, SEP, TARGETS, check, fuzz
 
 INPUTS = 10_000

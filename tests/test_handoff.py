@@ -16,9 +16,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
-
-from agent.fixture import all_fixture_names, load
-from agent.handoff import (
+from voxroute.agent.fixture import all_fixture_names, load
+from voxroute.agent.handoff import (
     HandoffSummary,
     deterministic_summary,
     extract_entities,
@@ -30,11 +29,12 @@ from agent.handoff import (
     summary_json_schema,
     whisper_sentence,
 )
-from agent.providers.openai_compat import OpenAICompatLLM
-from emulators.llm import LLMEmulator
-from emulators.profiles import ZERO, Dice
-from emulators.serve import serve_app
-from routing.table import BUILTIN_CLASSES
+from voxroute.agent.providers.openai_compat import OpenAICompatLLM
+from voxroute.emulators.llm import LLMEmulator
+from voxroute.emulators.profiles import ZERO, Dice
+from voxroute.routing.table import BUILTIN_CLASSES
+
+from voxroute.server import serve_app
 
 REASONING = "emu-reasoner"
 

@@ -12,8 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agent.fixture import FIXTURES_DIR
-from agent.logs import TURN, call_context, configure_handler
+from voxroute.agent.fixture import FIXTURES_DIR
+from voxroute.agent.logs import TURN, call_context, configure_handler
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = {"time", "level", "logger", "message", "call_sid", "turn"}
@@ -26,7 +26,7 @@ def test_replay_logs_json_lines_with_call_and_turn(tmp_path):
     env |= {"VOXROUTE_DATA_DIR": str(tmp_path / "data"), "PYTHONPATH": str(ROOT)}
     out = tmp_path / "out.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "replay", "order_status", "--profile", "zero", "--fast",
+        [sys.executable, "-m", "voxroute.cli", "replay", "order_status", "--profile", "zero", "--fast",
          "-v", "--log-format", "json", "--json", str(out)],
         capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path,
     )  # fmt: skip

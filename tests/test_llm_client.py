@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from voxroute.agent.providers.base import LLMRequest, LLMToken, LLMUsage, ProviderError
+from voxroute.agent.providers.openai_compat import LLMToolCalls, OpenAICompatLLM
+from voxroute.emulators.llm import create_llm_app, respond
+from voxroute.emulators.profiles import ZERO, Dice
 
-from agent.providers.base import LLMRequest, LLMToken, LLMUsage, ProviderError
-from agent.providers.openai_compat import LLMToolCalls, OpenAICompatLLM
-from emulators.llm import create_llm_app, respond
-from emulators.profiles import ZERO, Dice
-from emulators.serve import serve_app
+from voxroute.server import serve_app
 
 KEY = "sk-test-key"
 PREFIX = {"openrouter": "/api/v1", "sarvam": "/v1", "callmissed": "/v1", "openai": "/v1"}

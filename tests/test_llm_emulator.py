@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 import httpx
 import openai
 import pytest
+from voxroute.emulators.llm import create_llm_app, plan_tool_calls, respond, word_pieces
+from voxroute.emulators.profiles import ZERO, Dice
 
-from emulators.llm import create_llm_app, plan_tool_calls, respond, word_pieces
-from emulators.profiles import ZERO, Dice
-from emulators.serve import serve_app
+from voxroute.server import serve_app
 
 KEY = "sk-test-key"
 USER = [

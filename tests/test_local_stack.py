@@ -8,13 +8,13 @@ import re
 import time
 
 import pytest
+from voxroute.agent.fixture import load
+from voxroute.agent.providers.base import Transcript
 
-from agent.fixture import load
-from agent.providers.base import Transcript
-from telephony.audio import silence_pcm, ulaw_to_pcm16
+from voxroute.audio import silence_pcm, ulaw_to_pcm16
 
 pytestmark = pytest.mark.local
-local = pytest.importorskip("agent.providers.local")
+local = pytest.importorskip("voxroute.agent.providers.local")
 pytest.importorskip("faster_whisper", reason="the voxroute[local] extra is not installed")
 pytest.importorskip("piper", reason="the voxroute[local] extra is not installed")
 
@@ -109,7 +109,7 @@ async def test_whisper_hears_the_piper_fixtures(stt, name):
 async def test_whisper_decodes_while_the_caller_speaks(stt):
     """Paced like a call: partials of the growing utterance come before its end, and the final
     holds the whole utterance (decoded at the pause, or the last partial)."""
-    from agent.providers.base import SpeechEnded
+    from voxroute.agent.providers.base import SpeechEnded
 
     fixture = load("order_status")
     utt = fixture.script.utterances[0]
@@ -154,7 +154,7 @@ async def test_piper_reply_is_heard_back(stt):
 
 
 async def test_other_languages_name_the_provider_to_configure(stt):
-    from agent.providers.base import ProviderError
+    from voxroute.agent.providers.base import ProviderError
 
     with pytest.raises(ProviderError, match="SARVAM_API_KEY"):
         await stt.connect("ta-IN")
@@ -188,7 +188,7 @@ async def test_transcription_keeps_the_event_loop_free(stt):
 
 
 async def test_a_call_through_the_server_on_the_local_stack():
-    from agent.replay import local_stack, replay_fixture
+    from voxroute.replay import local_stack, replay_fixture
 
     fixture = load("order_status")
     async with local_stack(fixtures=[fixture], stack="local") as stack:
@@ -211,8 +211,8 @@ def test_dial_takes_any_wav(tmp_path):
 
     import numpy as np
 
-    from agent.replay import fixture_from_wav
-    from telephony.audio import StreamResampler
+    from voxroute.audio import StreamResampler
+    from voxroute.replay import fixture_from_wav
 
     fixture = load("order_status")
     pcm8 = ulaw_to_pcm16(fixture.ulaw)

@@ -9,11 +9,10 @@ import asyncio
 from dataclasses import dataclass, field
 
 import pytest
-
-from agent.bargein import BargeInPolicy
-from agent.fixture import load
-from agent.providers.base import SpeechEnded, SpeechStarted, Transcript
-from agent.providers.local import (
+from voxroute.agent.bargein import BargeInPolicy
+from voxroute.agent.fixture import load
+from voxroute.agent.providers.base import SpeechEnded, SpeechStarted, Transcript
+from voxroute.agent.providers.local import (
     Decode,
     Drop,
     Ended,
@@ -24,8 +23,9 @@ from agent.providers.local import (
     stutters,
     unloop,
 )
-from agent.turns import Commit, TurnPolicy, TurnTaker
-from telephony.audio import silence_pcm, ulaw_to_pcm16
+from voxroute.agent.turns import Commit, TurnPolicy, TurnTaker
+
+from voxroute.audio import silence_pcm, ulaw_to_pcm16
 
 FRAME = 20
 
@@ -252,7 +252,7 @@ async def test_the_stream_puts_partials_and_the_final_in_order():
 
 
 async def test_a_failed_final_decode_is_a_provider_fault():
-    from agent.providers.base import ProviderError
+    from voxroute.agent.providers.base import ProviderError
 
     engine = FutureEngine()
     engine.busy = True  # no partials: the one decode is the final's
@@ -361,7 +361,7 @@ class Gated:
 async def test_work_that_can_wait_never_stands_before_urgent_work(monkeypatch):
     """The phrase cache's sentences queue in the pool only when a worker is free: an answer's
     sentence submitted after them runs first; one cancelled before it began never runs."""
-    from agent.providers import local
+    from voxroute.agent.providers import local
 
     monkeypatch.setitem(local._ENGINES, "gated", Gated)
     pool = local.EnginePool("gated", processes=0)

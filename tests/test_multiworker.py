@@ -39,16 +39,16 @@ import httpx
 import pytest
 import yaml
 from sqlalchemy import text
+from voxroute.agent.config import DEFAULT_CONFIG_PATH, load_config
+from voxroute.agent.fixture import Fixture, load
+from voxroute.emulators.carrier import dial
+from voxroute.emulators.stack import EmulatorStack, run_emulators
 
-from agent.config import DEFAULT_CONFIG_PATH, load_config
-from agent.fixture import Fixture, load
-from emulators.carrier import dial
-from emulators.serve import ws_url
-from emulators.stack import EmulatorStack, run_emulators
 from tests.conftest import services_required
 from tests.test_calllog import _postgres_database
+from voxroute.server import ws_url
 
-VOXROUTE = [sys.executable, "-m", "agent.cli"]
+VOXROUTE = [sys.executable, "-m", "voxroute.cli"]
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "nginx"
 CALLER = {"From": "+919800000001", "To": "+918000000000"}
 TOKEN = "twilio-auth-token-of-this-test"
@@ -245,7 +245,7 @@ async def cluster(tmp_path: Path, twilio_token: str | None = None, **shutdown) -
 
 async def _turns(database: str, *call_sids: str) -> list[tuple[str, int, int, str | None]]:
     """(call, turn index, leg, transcript) of every stored turn of these calls."""
-    from agent.calllog.store import make_engine
+    from voxroute.agent.calllog.store import make_engine
 
     engine = make_engine(database)
     try:

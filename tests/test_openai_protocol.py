@@ -7,9 +7,8 @@ import json
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from agent.providers.base import LLMRequest
-from agent.providers.openai_protocol import (
+from voxroute.agent.providers.base import LLMRequest
+from voxroute.agent.providers.openai_protocol import (
     ChatStreamDecoder,
     ChunkInterpreter,
     Comment,

@@ -11,9 +11,8 @@ import xml.etree.ElementTree as ET
 import httpx
 import pytest
 from fastapi import FastAPI
-
-from agent.config import load_config
-from agent.pages import (
+from voxroute.agent.config import load_config
+from voxroute.agent.pages import (
     COOKIE_NAME,
     WATERFALL_LABELS,
     WATERFALL_STAGES,
@@ -26,11 +25,12 @@ from agent.pages import (
     prefers_html,
     waterfall_svg,
 )
-from agent.runtime import build_router
-from agent.services import Services
-from agent.session import CallSummary
-from agent.timeline import TIMELINE_NAMES, TurnRecord
-from emulators.serve import serve_app
+from voxroute.agent.services import Services
+from voxroute.agent.session import CallSummary
+from voxroute.agent.timeline import TIMELINE_NAMES, TurnRecord
+
+from voxroute.runtime import build_router
+from voxroute.server import serve_app
 
 KEY = "operator-key-for-page-tests"
 SVG = "{http://www.w3.org/2000/svg}"

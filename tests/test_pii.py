@@ -23,8 +23,7 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
-
-from agent.calllog.redact import (
+from voxroute.agent.calllog.redact import (
     LOG_MAX_CHARS,
     ConversationRedactor,
     RedactingFilter,
@@ -38,17 +37,18 @@ from agent.calllog.redact import (
     redact_turns,
     redact_turns_async,
 )
-from agent.calllog.schema import calls_table, turns_table
-from agent.calllog.source import DatabaseCallSource
-from agent.calllog.store import CallLog, make_engine
-from agent.config import load_config
-from agent.handoff import summarise
-from agent.runtime import build_router, create_runtime_app
-from agent.services import Services
-from agent.session import CallSummary
-from agent.timeline import TurnRecord
-from agent.webhook import SIGNATURE_HEADER, WebhookSender, verify_signature
-from emulators.serve import serve_app
+from voxroute.agent.calllog.schema import calls_table, turns_table
+from voxroute.agent.calllog.source import DatabaseCallSource
+from voxroute.agent.calllog.store import CallLog, make_engine
+from voxroute.agent.config import load_config
+from voxroute.agent.handoff import summarise
+from voxroute.agent.services import Services
+from voxroute.agent.session import CallSummary
+from voxroute.agent.timeline import TurnRecord
+from voxroute.agent.webhook import SIGNATURE_HEADER, WebhookSender, verify_signature
+
+from voxroute.runtime import build_router, create_runtime_app
+from voxroute.server import serve_app
 
 KEY = "operator-key-for-pii-tests"
 SECRET = "whsec-pii-0123456789"
@@ -326,7 +326,7 @@ async def test_the_call_log_stores_none_of_it(tmp_path: Path) -> None:
 
 
 def test_log_lines_are_redacted(tmp_path: Path, capsys) -> None:
-    from agent.cli import _setup_logging
+    from voxroute.cli import _setup_logging
 
     root = logging.getLogger()
     saved = root.handlers[:], root.level
@@ -418,7 +418,7 @@ async def test_webhook_bodies_are_redacted_and_signed_as_sent() -> None:
         assert_clean(body.decode(), "webhook body")
         assert "9812345670" not in body.decode()
     plain = b'{"call_sid": "CA2", "n": 1}'
-    from agent.webhook import redact_body
+    from voxroute.agent.webhook import redact_body
 
     assert redact_body(plain) is plain or redact_body(plain) == plain  # nothing to mask: same bytes
 

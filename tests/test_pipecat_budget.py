@@ -14,9 +14,9 @@ from pipecat.processors.aggregators.llm_context import LLMContext  # noqa: E402
 from pipecat.services.openai.llm import OpenAILLMService  # noqa: E402
 from pipecat.services.sarvam.tts import SarvamHttpTTSService  # noqa: E402
 
-from agent.integrations.pipecat import TurnBudgetProcessor  # noqa: E402
-from agent.integrations.pipecat.budget import cached_phrases  # noqa: E402
-from agent.integrations.pipecat.harness import FAST, emulated, run_turn  # noqa: E402
+from voxroute.integrations.pipecat import TurnBudgetProcessor  # noqa: E402
+from voxroute.integrations.pipecat.budget import cached_phrases  # noqa: E402
+from voxroute.integrations.pipecat.harness import FAST, emulated, run_turn  # noqa: E402
 
 
 async def one_turn(slow_llm: bool):

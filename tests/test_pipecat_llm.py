@@ -16,8 +16,8 @@ from pipecat.processors.aggregators.llm_context import LLMContext  # noqa: E402
 from pipecat.services.openai.llm import OpenAILLMService  # noqa: E402
 from pipecat.services.sarvam.llm import SarvamLLMService  # noqa: E402
 
-from agent.integrations.pipecat import RoutedLLMService, RouteMetricsData  # noqa: E402
-from agent.integrations.pipecat.harness import FAST, emulated, run_turn  # noqa: E402
+from voxroute.integrations.pipecat import RoutedLLMService, RouteMetricsData  # noqa: E402
+from voxroute.integrations.pipecat.harness import FAST, emulated, run_turn  # noqa: E402
 
 QUESTION = "What are your opening hours on Sunday?"  # a routine (fast tier) turn
 FAULTS = ["http_500", "http_429", "hang"]

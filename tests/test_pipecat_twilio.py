@@ -27,13 +27,13 @@ from pipecat.processors.aggregators.llm_response_universal import LLMContextAggr
 from pipecat.services.sarvam.tts import SarvamHttpTTSService  # noqa: E402
 from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPIWebsocketTransport  # noqa: E402
 from pipecat.workers.runner import WorkerRunner  # noqa: E402
+from voxroute.agent.fixture import load  # noqa: E402
+from voxroute.agent.session import INTERRUPTED_MARK  # noqa: E402
+from voxroute.emulators.carrier import dial  # noqa: E402
 
-from agent.fixture import load  # noqa: E402
-from agent.integrations.pipecat import TwilioMarkSerializer  # noqa: E402
-from agent.integrations.pipecat.harness import emulated  # noqa: E402
-from agent.session import INTERRUPTED_MARK  # noqa: E402
-from emulators.carrier import dial  # noqa: E402
-from emulators.serve import serve_app, ws_url  # noqa: E402
+from voxroute.integrations.pipecat import TwilioMarkSerializer  # noqa: E402
+from voxroute.integrations.pipecat.harness import emulated  # noqa: E402
+from voxroute.server import serve_app, ws_url  # noqa: E402
 
 SENTENCES = [
     "Your order A17 has shipped from our warehouse.",

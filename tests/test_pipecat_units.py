@@ -23,16 +23,16 @@ from pipecat.pipeline.pipeline import Pipeline  # noqa: E402
 from pipecat.processors.aggregators.llm_context import LLMContext  # noqa: E402
 from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair  # noqa: E402
 from pipecat.tests.utils import SleepFrame, run_test  # noqa: E402
+from voxroute.agent.player import MarkLedger  # noqa: E402
+from voxroute.agent.session import INTERRUPTED_MARK  # noqa: E402
+from voxroute.telephony.twilio import OutboundClear, OutboundMark, OutboundMedia, TwilioPeer, TwilioStream  # noqa: E402
 
-from agent.integrations.pipecat import (  # noqa: E402
+from voxroute.integrations.pipecat import (  # noqa: E402
     HeardTextProcessor,
     MarkEchoFrame,
     TurnDeadline,
     TwilioMarkSerializer,
 )
-from agent.player import MarkLedger  # noqa: E402
-from agent.session import INTERRUPTED_MARK  # noqa: E402
-from telephony.twilio import OutboundClear, OutboundMark, OutboundMedia, TwilioPeer, TwilioStream  # noqa: E402
 
 # ---------------------------------------------------------------- the deadline, on a fake clock
 
@@ -210,9 +210,9 @@ class ScriptedLLM:
         self.requests: list = []
 
     async def stream(self, req):
-        from agent.providers.base import LLMToken, ProviderError
-        from agent.providers.openai_compat import LLMToolCalls
-        from agent.providers.openai_protocol import ToolCall
+        from voxroute.agent.providers.base import LLMToken, ProviderError
+        from voxroute.agent.providers.openai_compat import LLMToolCalls
+        from voxroute.agent.providers.openai_protocol import ToolCall
 
         self.requests.append(req)
         if self.fail:
@@ -227,10 +227,11 @@ class ScriptedLLM:
 
 
 def routed_service(fail: dict[str, list[str]] | None = None):
-    from agent.config import load_config
-    from agent.integrations.pipecat import RoutedLLMService
-    from agent.runtime import build_router
-    from agent.services import Services
+    from voxroute.agent.config import load_config
+    from voxroute.agent.services import Services
+
+    from voxroute.integrations.pipecat import RoutedLLMService
+    from voxroute.runtime import build_router
 
     config = load_config()
     llms = {name: ScriptedLLM(name, (fail or {}).get(name)) for name in config.providers}
@@ -241,7 +242,7 @@ def routed_service(fail: dict[str, list[str]] | None = None):
 async def test_the_routed_service_answers_through_the_ladder_and_reports_the_route():
     from pipecat.frames.frames import LLMContextFrame, LLMTextFrame, MetricsFrame
 
-    from agent.integrations.pipecat import RouteMetricsData
+    from voxroute.integrations.pipecat import RouteMetricsData
 
     llm, llms = routed_service({"openrouter": ["http_500", "http_500"]})
     context = LLMContext([{"role": "user", "content": "What are your opening hours?"}])
@@ -295,7 +296,7 @@ async def test_pipecat_function_calls_pass_through_the_routed_service():
 
 
 def short_phrases():
-    from agent.integrations.pipecat import Phrase
+    from voxroute.integrations.pipecat import Phrase
 
     return {
         "bridge": Phrase("One moment.", b"\x01\x00" * 800),
@@ -306,7 +307,7 @@ def short_phrases():
 async def test_the_budget_processor_bridges_then_apologises_when_no_answer_audio_comes():
     from pipecat.frames.frames import TTSAudioRawFrame, UserStoppedSpeakingFrame
 
-    from agent.integrations.pipecat import TurnBudgetProcessor
+    from voxroute.integrations.pipecat import TurnBudgetProcessor
 
     budget = TurnBudgetProcessor(short_phrases(), budget_ms=200, bridge_lead_ms=100, hard_cap_ms=400)
     down, _ = await run_test(budget, frames_to_send=[UserStoppedSpeakingFrame(), SleepFrame(0.7)])
@@ -319,7 +320,7 @@ async def test_the_budget_processor_bridges_then_apologises_when_no_answer_audio
 async def test_answer_audio_before_the_deadline_keeps_the_budget_processor_quiet():
     from pipecat.frames.frames import TTSAudioRawFrame, UserStoppedSpeakingFrame
 
-    from agent.integrations.pipecat import TurnBudgetProcessor
+    from voxroute.integrations.pipecat import TurnBudgetProcessor
 
     budget = TurnBudgetProcessor(short_phrases(), budget_ms=300, bridge_lead_ms=100, hard_cap_ms=500)
     answer = TTSAudioRawFrame(b"\x07\x00" * 160, 8000, 1)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from agent.player import Player
+from voxroute.agent.player import Player
 
 
 class Link:

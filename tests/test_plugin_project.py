@@ -12,8 +12,7 @@ import sys
 from pathlib import Path
 
 import yaml
-
-from agent.fixture import FIXTURES_DIR
+from voxroute.agent.fixture import FIXTURES_DIR
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -28,7 +27,7 @@ voxroute_config = config/voxroute.yaml
 TEST_FILE = """\
 import sys
 
-from agent.testing import assert_expectations, assert_routed, assert_within_budget
+from voxroute.testing import assert_expectations, assert_routed, assert_within_budget
 
 
 def test_nothing_of_the_voxroute_repository_is_loaded():

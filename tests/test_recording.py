@@ -12,10 +12,9 @@ import wave
 import numpy as np
 import pytest
 import yaml
-
-from agent import pages, recording
-from agent.config import DEFAULT_CONFIG_PATH, ConfigError, parse_config
-from agent.timeline import Clock
+from voxroute.agent import pages, recording
+from voxroute.agent.config import DEFAULT_CONFIG_PATH, ConfigError, parse_config
+from voxroute.agent.timeline import Clock
 
 
 def _config(**settings):

@@ -10,9 +10,9 @@ import subprocess
 import sys
 
 import pytest
+from voxroute.agent.fixture import FIXTURES_DIR, FixtureError, load
 
-from agent.fixture import FIXTURES_DIR, FixtureError, load
-from agent.testing import (
+from voxroute.testing import (
     assert_ended,
     assert_expectations,
     assert_handoff,
@@ -22,7 +22,7 @@ from agent.testing import (
     fixture_failures,
 )
 
-VOXROUTE = [sys.executable, "-m", "agent.cli"]
+VOXROUTE = [sys.executable, "-m", "voxroute.cli"]
 
 
 def _turn(index, transcript, cls, tier, *, within=True, fa=120.0, tools=()):
@@ -216,7 +216,7 @@ async def test_helpers_on_a_replay_that_hands_off(replay_call):
 
 
 def test_a_fixture_is_found_by_path_or_by_name_in_the_fixtures_folder(tmp_path):
-    from agent.testing.plugin import find_fixture
+    from voxroute.testing.plugin import find_fixture
 
     _user_fixture(tmp_path)
     path = tmp_path / "billing_dispute.json"

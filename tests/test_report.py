@@ -24,9 +24,9 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from voxroute.agent.calllog import report as rep
+from voxroute.agent.calllog.store import CallLog, make_engine
 
-from agent.calllog import report as rep
-from agent.calllog.store import CallLog, make_engine
 from tests.test_calllog import _call, _turn, db_url, running  # noqa: F401 - db_url is a fixture
 
 HOUR = 3600.0
@@ -215,7 +215,7 @@ def voxroute(*args: str, url: str, directory) -> subprocess.CompletedProcess:
     env.pop("VOXROUTE_DATABASE_URL", None)
     if not url.startswith("sqlite"):
         env["VOXROUTE_DATABASE_URL"] = url
-    cmd = [sys.executable, "-c", "from agent.cli import main; main()", "report", *args]
+    cmd = [sys.executable, "-c", "from voxroute.cli import main; main()", "report", *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
 
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
+from voxroute.agent.config import load_config, parse_config
+from voxroute.routing.classifier import read_labelled_csv
+from voxroute.routing.evaluate import metrics, predict
+from voxroute.routing.router import is_closing, is_devanagari
 
-from agent.cli import app
-from agent.config import load_config, parse_config
-from agent.runtime import build_router
-from routing.classifier import read_labelled_csv
-from routing.evaluate import metrics, predict
-from routing.router import is_closing, is_devanagari
+from voxroute.cli import app
+from voxroute.runtime import build_router
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "router"
 

@@ -8,8 +8,7 @@ import struct
 
 import numpy as np
 import pytest
-
-from routing.embed import Bert, StaticEmbeddings, WordPiece, basic_words, read_safetensors, save
+from voxroute.routing.embed import Bert, StaticEmbeddings, WordPiece, basic_words, read_safetensors, save
 
 VOCAB = [
     "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]",
@@ -152,8 +151,8 @@ def test_static_embeddings_round_trip_and_mean(tmp_path):
 
 def _artifact_with_embeddings(tmp_path):
     """A small stakes artifact whose sentence-vector term decides: no sparse weights at all."""
-    from routing.classifier import CLASSES, HIGH_CLASSES
-    from routing.train import save as save_model
+    from voxroute.routing.classifier import CLASSES, HIGH_CLASSES
+    from voxroute.routing.train import save as save_model
 
     vectors = np.zeros((len(VOCAB), 2), dtype=np.float32)
     vectors[VOCAB.index("refund")] = [1.0, 0.0]
@@ -175,7 +174,7 @@ def _artifact_with_embeddings(tmp_path):
 
 
 def test_a_model_with_embeddings_adds_the_sentence_vector_term(tmp_path):
-    from routing.classifier import StakesModel
+    from voxroute.routing.classifier import StakesModel
 
     model = StakesModel.load(_artifact_with_embeddings(tmp_path))
     assert model.embeddings is not None and model.embeddings.dim == 2
@@ -187,8 +186,9 @@ def test_a_model_with_embeddings_adds_the_sentence_vector_term(tmp_path):
 
 
 def test_the_decision_reuses_a_partial_scored_with_embeddings(tmp_path):
-    from agent.config import load_config, parse_config
-    from agent.runtime import build_router
+    from voxroute.agent.config import load_config, parse_config
+
+    from voxroute.runtime import build_router
 
     data = load_config().model_dump(mode="python", by_alias=True)
     data["routing"]["classifier"] = str(_artifact_with_embeddings(tmp_path))

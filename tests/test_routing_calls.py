@@ -13,9 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from agent.config import load_config
-from routing.table import ClassDef
+from voxroute.agent.config import load_config
+from voxroute.routing.table import ClassDef
 
 CONFIG = load_config()
 TABLE = CONFIG.routing_table()

@@ -10,16 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from voxroute.agent.fixture import Fixture, load
+from voxroute.agent.providers.base import FRAME_BYTES, ProviderError, SpeechEnded, SpeechStarted, Transcript
+from voxroute.agent.providers.sarvam import SarvamSTT, SarvamTTS
+from voxroute.emulators.profiles import ZERO, Dice
+from voxroute.emulators.sarvam import EmulatorState, create_app
+from voxroute.emulators.transcripts import TranscriptLibrary, write_synthetic_fixture
 
-from agent.fixture import Fixture, load
-from agent.providers.base import FRAME_BYTES, ProviderError, SpeechEnded, SpeechStarted, Transcript
-from agent.providers.sarvam import SarvamSTT, SarvamTTS
-from emulators.profiles import ZERO, Dice
-from emulators.sarvam import EmulatorState, create_app
-from emulators.serve import serve_app, ws_url
-from emulators.transcripts import TranscriptLibrary, write_synthetic_fixture
-from telephony.audio import ulaw_to_pcm16
 from tests.test_sarvam_emulator import FINALS, SCRIPT
+from voxroute.audio import ulaw_to_pcm16
+from voxroute.server import serve_app, ws_url
 
 
 @pytest.fixture

@@ -9,8 +9,7 @@ import urllib.parse
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from agent.providers import sarvam_protocol as sp
+from voxroute.agent.providers import sarvam_protocol as sp
 
 
 def _query(url: str) -> tuple[str, dict[str, str]]:

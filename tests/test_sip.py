@@ -9,13 +9,19 @@ import socket
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from agent.link import InboundAudio
-from emulators.sip_carrier import SipPhone
-from telephony.sip import auth, rtp, sdp
-from telephony.sip.message import SipParseError, StreamParser, parse, parse_name_addr, parse_uri, response
-from telephony.sip.transport import SipLink, SipServer, serving
-from telephony.sip.ua import (
+from voxroute.agent.link import InboundAudio
+from voxroute.emulators.sip_carrier import SipPhone
+from voxroute.telephony.sip import auth, rtp, sdp
+from voxroute.telephony.sip.message import (
+    SipParseError,
+    StreamParser,
+    parse,
+    parse_name_addr,
+    parse_uri,
+    response,
+)
+from voxroute.telephony.sip.transport import SipLink, SipServer, serving
+from voxroute.telephony.sip.ua import (
     CallAnswered,
     CallTerminated,
     IncomingCall,

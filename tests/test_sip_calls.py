@@ -3,12 +3,13 @@ dials fixtures into ``sip_edge`` (the UA ``voxroute serve --sip`` runs), on 127.
 
 from __future__ import annotations
 
-from agent.config import load_config
-from agent.fixture import load
-from agent.replay import local_stack, replay_fixture
-from emulators.sip_carrier import dial as dial_sip
-from telephony.sip.service import sip_edge
-from telephony.sip.transport import SipTransfers
+from voxroute.agent.config import load_config
+from voxroute.agent.fixture import load
+from voxroute.emulators.sip_carrier import dial as dial_sip
+from voxroute.telephony.sip.service import sip_edge
+from voxroute.telephony.sip.transport import SipTransfers
+
+from voxroute.replay import local_stack, replay_fixture
 
 
 def first_items(name: str, n: int):

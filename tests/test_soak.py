@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from voxroute.agent.calllog.store import SPOOL_DIR
 
-from agent.calllog.store import SPOOL_DIR
 from bench.soak import Seen, bucket_pct, lag_buckets, lost_records, rss_at, spool_pending_bytes
 
 ROOT = Path(__file__).resolve().parents[1]

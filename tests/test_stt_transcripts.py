@@ -23,14 +23,12 @@ import httpx
 import numpy as np
 import pytest
 import websockets
-
-from agent.fixture import Fixture, FixtureError, load, write_ulaw_wav
-from agent.providers.sarvam_protocol import realtime_stt_url, rt_audio_input
-from emulators.profiles import Dice, get_profile
-from emulators.sarvam import create_stt_app
-from emulators.serve import serve_app, ws_url
-from emulators.stack import fixture_library
-from emulators.transcripts import (
+from voxroute.agent.fixture import Fixture, FixtureError, load, write_ulaw_wav
+from voxroute.agent.providers.sarvam_protocol import realtime_stt_url, rt_audio_input
+from voxroute.emulators.profiles import Dice, get_profile
+from voxroute.emulators.sarvam import create_stt_app
+from voxroute.emulators.stack import fixture_library
+from voxroute.emulators.transcripts import (
     UNRECOGNISED,
     SegmentEnded,
     SegmentStarted,
@@ -39,7 +37,9 @@ from emulators.transcripts import (
     parse_plan,
     timed_plan,
 )
-from telephony.audio import pcm16_to_ulaw, ulaw_to_pcm16
+
+from voxroute.audio import pcm16_to_ulaw, ulaw_to_pcm16
+from voxroute.server import serve_app, ws_url
 
 FRAME = 160  # 20 ms of 8 kHz mu-law
 SILENCE = b"\xff"
@@ -280,9 +280,10 @@ async def test_a_recording_made_into_a_fixture_replays_with_its_reviewed_words(t
     ``stt: transcripts``; with its transcripts as a person reviewed them (here: the words the
     caller said, in place of the offline Whisper's), it replays with those words, as many turns
     and the routes of the original call."""
-    from agent import fixturegen
-    from agent.providers.local import resample_any
-    from agent.replay import local_stack, replay_fixture
+    from voxroute.agent import fixturegen
+    from voxroute.agent.providers.local import resample_any
+
+    from voxroute.replay import local_stack, replay_fixture
 
     source = load("order_status")
     wav = tmp_path / "CA-recorded.wav"
@@ -312,7 +313,7 @@ async def test_a_recording_made_into_a_fixture_replays_with_its_reviewed_words(t
 
 async def test_two_recorded_calls_at_once_each_get_their_own_words(tmp_path):
     fixtures = [recorded_copy("order_status", tmp_path, seed=11), recorded_copy("billing_dispute", tmp_path)]
-    from agent.replay import local_stack, replay_fixture
+    from voxroute.replay import local_stack, replay_fixture
 
     async with local_stack("reference", 5, fixtures) as stack:
         calls = await asyncio.gather(
@@ -328,7 +329,7 @@ async def test_a_recorded_call_replays_with_its_words_over_sip(tmp_path):
     source = load("order_status")
     fixture = recorded_copy("order_status", tmp_path, seed=5)
     fixture.script = fixture.script.model_copy(update={"utterances": fixture.script.utterances[:2]})
-    from agent.replay import local_stack, replay_fixture
+    from voxroute.replay import local_stack, replay_fixture
 
     async with local_stack("reference", 0, [fixture], sip=True) as stack:
         result = await replay_fixture(fixture, stack.server_url, config=stack.config, carrier="sip")
@@ -344,7 +345,7 @@ async def test_a_recorded_call_replays_with_its_words_over_sip(tmp_path):
 async def test_a_server_started_elsewhere_gets_the_words_through_stt_emulator(tmp_path, monkeypatch):
     """``voxroute replay --server URL --stt-emulator SARVAM_URL``: the replayer knows the server
     only by its URL, and the Sarvam emulator it uses only from the option."""
-    from agent import replay as replay_module
+    from voxroute import replay as replay_module
 
     fixture = recorded_copy("order_status", tmp_path, seed=9)
     async with replay_module.local_stack("reference", 0, [fixture]) as stack:

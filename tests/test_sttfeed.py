@@ -11,13 +11,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 from pydantic import ValidationError
+from voxroute.agent.config import SarvamConfig
+from voxroute.agent.providers.sarvam import SarvamSTT
+from voxroute.agent.sttfeed import STTFeed
+from voxroute.agent.timeline import Clock
 from websockets.asyncio.server import ServerConnection, serve
 
-from agent.config import SarvamConfig
-from agent.providers.sarvam import SarvamSTT
-from agent.sttfeed import STTFeed
-from agent.timeline import Clock
-from telephony.audio import ulaw_to_pcm16
+from voxroute.audio import ulaw_to_pcm16
 
 FRAME_ULAW = 160
 NO_STALL = 600_000  # ms: tests of the batching by frames, which a stall must not cut short on a slow machine

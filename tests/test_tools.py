@@ -13,17 +13,17 @@ from typing import Any
 
 import pytest
 import yaml
+from voxroute.agent.config import ConfigError, load_config, parse_config
+from voxroute.agent.providers.base import LLMRequest
+from voxroute.agent.providers.openai_compat import LLMToolCalls, OpenAICompatLLM
+from voxroute.agent.tools.run import ToolRunner
+from voxroute.agent.tools.spec import ToolConfig, ToolsConfig
+from voxroute.emulators.llm import LLMEmulator
+from voxroute.emulators.profiles import Dice, get_profile
+from voxroute.emulators.scripted import ScriptedCall, after_tools, normalise
 
-from agent.config import ConfigError, load_config, parse_config
-from agent.providers.base import LLMRequest
-from agent.providers.openai_compat import LLMToolCalls, OpenAICompatLLM
-from agent.tools.run import ToolRunner
-from agent.tools.spec import ToolConfig, ToolsConfig
-from emulators.llm import LLMEmulator
-from emulators.profiles import Dice, get_profile
-from emulators.scripted import ScriptedCall, after_tools, normalise
-from emulators.serve import serve_app
 from examples.tools.order_service import OrderService
+from voxroute.server import serve_app
 
 RETAIL = Path(__file__).resolve().parent.parent / "examples" / "retail.yaml"
 
@@ -380,7 +380,7 @@ def _tool_turn() -> dict[str, Any]:
 
 
 def test_report_gives_failures_and_p95_by_tool() -> None:
-    from agent.calllog.report import tool_figures
+    from voxroute.agent.calllog.report import tool_figures
 
     figs = tool_figures([_tool_turn(), {"tools": None}])
     assert figs["lookup_order"] == {
@@ -394,7 +394,7 @@ def test_report_gives_failures_and_p95_by_tool() -> None:
 
 
 def test_metrics_count_tool_calls_and_latency_by_tool() -> None:
-    from agent.prom import PromMetrics
+    from voxroute.agent.prom import PromMetrics
 
     m = PromMetrics(["shopfast"], ["order_tracking"], process=False, tools=["lookup_order"])
     m.turn_finished({"tenant": "shopfast"}, _tool_turn())
@@ -406,7 +406,7 @@ def test_metrics_count_tool_calls_and_latency_by_tool() -> None:
 
 
 def test_call_page_draws_the_tools_row_and_lists_each_call() -> None:
-    from agent.pages import turn_html, waterfall_svg
+    from voxroute.agent.pages import turn_html, waterfall_svg
 
     svg = waterfall_svg(_tool_turn())
     assert 'data-stage="tool_result"' in svg and "tools: 140 ms after tool_request" in svg
@@ -415,8 +415,8 @@ def test_call_page_draws_the_tools_row_and_lists_each_call() -> None:
 
 
 def test_the_call_log_keeps_tool_calls_with_masked_arguments() -> None:
-    from agent.calllog.store import turn_row
-    from agent.tools.run import ToolOutcome
+    from voxroute.agent.calllog.store import turn_row
+    from voxroute.agent.tools.run import ToolOutcome
 
     out = ToolOutcome("c1", "call_back", {"phone": "+91 98000 00001", "when": "today"}, "ok", {}, 12.0, "k")
     record = out.record()
@@ -426,7 +426,7 @@ def test_the_call_log_keeps_tool_calls_with_masked_arguments() -> None:
 
 
 def test_scripted_calls_match_however_the_words_were_transcribed() -> None:
-    from emulators.scripted import scripted_calls
+    from voxroute.emulators.scripted import scripted_calls
 
     script = [ScriptedCall(normalise("It's A one seven four five."), "lookup_order", {"order_id": "A1745"})]
     marker = {"role": "system", "content": "voxroute-routing-class: order_tracking"}  # the local stack's

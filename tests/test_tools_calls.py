@@ -12,10 +12,10 @@ from typing import Any
 
 import httpx
 import pytest
+from voxroute.agent.config import load_config
+from voxroute.agent.fixture import load
 
-from agent.config import load_config
-from agent.fixture import load
-from agent.replay import local_stack, replay_fixture
+from voxroute.replay import local_stack, replay_fixture
 
 RETAIL = Path(__file__).resolve().parent.parent / "examples" / "retail.yaml"
 ORDER_TURN = "one seven four five"  # the caller's words with the order number
@@ -184,7 +184,7 @@ async def test_bad_tool_calls_get_error_results_or_the_round_cap(script, expect)
 def test_voxroute_replay_of_the_retail_example_serves_the_stand_in_and_shows_the_lookup(tmp_path) -> None:
     from typer.testing import CliRunner
 
-    from agent.cli import app
+    from voxroute.cli import app
 
     out = tmp_path / "replay.json"
     args = [

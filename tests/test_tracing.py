@@ -23,12 +23,12 @@ from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
 from opentelemetry.trace import SpanKind  # noqa: E402
+from voxroute.agent import tracing  # noqa: E402
+from voxroute.agent.config import load_config  # noqa: E402
+from voxroute.agent.timeline import Clock, TurnRecord  # noqa: E402
 
-from agent import tracing  # noqa: E402
-from agent.config import load_config  # noqa: E402
-from agent.replay import replay  # noqa: E402
-from agent.timeline import Clock, TurnRecord  # noqa: E402
-from emulators.serve import serve_app  # noqa: E402
+from voxroute.replay import replay  # noqa: E402
+from voxroute.server import serve_app  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -148,8 +148,8 @@ def test_without_the_extra_everything_is_a_no_op(monkeypatch):
 
 EXPORTER = """\
 import sys
-from agent import tracing
-from agent.timeline import Clock, TurnRecord
+from voxroute.agent import tracing
+from voxroute.agent.timeline import Clock, TurnRecord
 from opentelemetry import trace
 
 assert tracing.configure_from_env()

@@ -8,12 +8,12 @@ the timers the session's ticker runs when ``next_wake`` says they are due.
 from __future__ import annotations
 
 import pytest
+from voxroute.agent.bargein import BargeInPolicy
+from voxroute.agent.endpointing import VoiceGate
+from voxroute.agent.fixture import load
+from voxroute.agent.turns import BargeIn, Commit, IgnoreOverlap, Merge, TurnPolicy, TurnTaker
 
-from agent.bargein import BargeInPolicy
-from agent.endpointing import VoiceGate
-from agent.fixture import load
-from agent.turns import BargeIn, Commit, IgnoreOverlap, Merge, TurnPolicy, TurnTaker
-from telephony.audio import ulaw_to_pcm16
+from voxroute.audio import ulaw_to_pcm16
 
 
 class Line:

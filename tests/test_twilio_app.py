@@ -14,16 +14,12 @@ import xml.etree.ElementTree as ET
 import httpx
 import pytest
 from twilio.request_validator import RequestValidator
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
-
-from agent.link import CallEnded, CallStart, InboundAudio, InboundDtmf, MarkEcho
-from telephony.admission import CallGate
-from telephony.app import STREAM_PATH, VOICE_PATH, TelephonySettings, create_app
-from telephony.audio import pcm16_to_ulaw, ulaw_to_pcm16
-from telephony.carriers import CarrierSettings
-from telephony.twilio import TwilioPeer
-from telephony.twiml import (
+from voxroute.agent.link import CallEnded, CallStart, InboundAudio, InboundDtmf, MarkEcho
+from voxroute.telephony.admission import CallGate
+from voxroute.telephony.app import STREAM_PATH, VOICE_PATH, TelephonySettings, create_app
+from voxroute.telephony.carriers import CarrierSettings
+from voxroute.telephony.twilio import TwilioPeer
+from voxroute.telephony.twiml import (
     call_token,
     check_call_token,
     connect_stream_twiml,
@@ -31,7 +27,11 @@ from telephony.twiml import (
     public_ws_url,
     validate_signature,
 )
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
 from tests.streamedge import STREAM_SERVERS, serve_edge, ws_url
+from voxroute.audio import pcm16_to_ulaw, ulaw_to_pcm16
 
 TOKEN = "12345678901234567890123456789012"
 BASE = "https://agent.example.com"

@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-
-from agent.webhook import (
+from voxroute.agent.webhook import (
     DELIVERY_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -21,7 +20,8 @@ from agent.webhook import (
     sign,
     verify_signature,
 )
-from emulators.serve import serve_app
+
+from voxroute.server import serve_app
 
 SECRET = "whsec-test-0123456789"
 STEP = 5.0  # bound on every wait: a hang fails the test instead of blocking it
@@ -140,7 +140,7 @@ async def test_gives_up_after_attempts_and_does_not_retry_4xx(caplog):
     rejecting = Receiver(status=400)
     async with serve_app(failing.app()) as fail_base, serve_app(rejecting.app()) as reject_base:
         sender = WebhookSender(SECRET, attempts=3, base_delay_s=0.01)
-        with caplog.at_level(logging.INFO, logger="agent.webhook"):
+        with caplog.at_level(logging.INFO, logger="voxroute.agent.webhook"):
             async with running(sender):
                 sender.submit(fail_base + "/hook", body_of(1))
                 sender.submit(reject_base + "/hook", body_of(2))
@@ -156,7 +156,7 @@ async def test_connection_refused_is_retried_then_logged(caplog):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     sender = WebhookSender(SECRET, attempts=2, base_delay_s=0.01)
-    with caplog.at_level(logging.ERROR, logger="agent.webhook"):
+    with caplog.at_level(logging.ERROR, logger="voxroute.agent.webhook"):
         async with running(sender):
             sender.submit(f"http://127.0.0.1:{port}/hook", body_of(1))
     assert sender.stats.failed == 1
@@ -167,7 +167,7 @@ async def test_full_queue_drops_oldest_with_error_log(caplog):
     receiver = Receiver()
     async with serve_app(receiver.app()) as base:
         sender = WebhookSender(SECRET, queue_size=2, concurrency=1, base_delay_s=0.01)
-        with caplog.at_level(logging.ERROR, logger="agent.webhook"):
+        with caplog.at_level(logging.ERROR, logger="voxroute.agent.webhook"):
             # run() not started yet: the queue fills; submit never blocks
             for n in range(1, 5):
                 assert sender.submit(base + "/hook", body_of(n)) is True
@@ -195,7 +195,7 @@ async def test_aclose_deadline_abandons_stuck_delivery(caplog):
     receiver = Receiver(hold=asyncio.Event())
     async with serve_app(receiver.app()) as base:
         sender = WebhookSender(SECRET, timeout_s=STEP, base_delay_s=0.01)
-        with caplog.at_level(logging.ERROR, logger="agent.webhook"):
+        with caplog.at_level(logging.ERROR, logger="voxroute.agent.webhook"):
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(sender.run())
                 sender.submit(base + "/hook", body_of(1))
@@ -209,7 +209,7 @@ async def test_aclose_deadline_abandons_stuck_delivery(caplog):
 
 async def test_bad_url_is_rejected_with_a_log(caplog):
     sender = WebhookSender(SECRET)
-    with caplog.at_level(logging.ERROR, logger="agent.webhook"):
+    with caplog.at_level(logging.ERROR, logger="voxroute.agent.webhook"):
         assert sender.submit("ftp://example.com/x", b"{}") is False
         assert sender.submit("not a url", b"{}") is False
     assert sender.stats.dropped == 2 and "not an http(s) URL" in caplog.text

@@ -11,9 +11,9 @@ from datetime import datetime, timedelta
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from voxroute.agent.webhook import WebhookSender, sign_standard, signing_key
 
-from agent.webhook import WebhookSender, sign_standard, signing_key
-from emulators.serve import serve_app
+from voxroute.server import serve_app
 
 standardwebhooks = pytest.importorskip(
     "standardwebhooks", reason="the test extra: pip install standardwebhooks"

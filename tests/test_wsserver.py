@@ -9,10 +9,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from voxroute.telephony.wsserver import MediaServer, TrustedProxies, bound_port, media_edge
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
-
-from telephony.wsserver import MediaServer, TrustedProxies, bound_port, media_edge
 
 STEP = 5.0
 

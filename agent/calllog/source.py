@@ -23,10 +23,9 @@ from typing import Any
 from sqlalchemy import inspect, select
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-
-from agent.calllog.schema import calls_table, turns_table
-from agent.pages import LIST_LIMIT, CallSource, call_summary
-from agent.timeline import TIMELINE_NAMES
+from voxroute.agent.calllog.schema import calls_table, turns_table
+from voxroute.agent.pages import LIST_LIMIT, CallSource, call_summary
+from voxroute.agent.timeline import TIMELINE_NAMES
 
 READ_TIMEOUT_S = 5.0  # a page waits this long for the database, then says it is unavailable
 INDEX_LIMIT = 100  # sids per list in the JSON index, as the memory source gives

@@ -27,7 +27,7 @@ their last write (the conversation and Plivo's transfer sooner: ``short_ttl_s``)
 redacted (the conversation goes on with them), so they are kept no longer than a call may need them.
 
 Without an engine (the call log disabled) the store holds nothing: one process is then the whole
-deployment and its memory (``agent.services.Services``) the only state.
+deployment and its memory (``voxroute.agent.services.Services``) the only state.
 """
 
 from __future__ import annotations
@@ -44,9 +44,8 @@ from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
-
-from agent.calllog.schema import call_state_table
-from agent.calllog.store import database_url, describe, make_engine, migrate
+from voxroute.agent.calllog.schema import call_state_table
+from voxroute.agent.calllog.store import database_url, describe, make_engine, migrate
 
 log = logging.getLogger("voxroute.callstate")
 

@@ -49,17 +49,16 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-
-from agent.calllog.redact import (
+from voxroute.agent.calllog.redact import (
     ConversationRedactor,
     redact,
     redact_conversation,
     redact_handoff,
     redact_json,
 )
-from agent.calllog.schema import calls_table, turns_table
-from agent.config import CallLogConfig
-from agent.timeline import TIMELINE_NAMES
+from voxroute.agent.calllog.schema import calls_table, turns_table
+from voxroute.agent.config import CallLogConfig
+from voxroute.agent.timeline import TIMELINE_NAMES
 
 log = logging.getLogger("voxroute.calllog")
 

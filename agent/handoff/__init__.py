@@ -19,17 +19,17 @@ extraction is careful about how callers really say things on the phone:
 Everything here is sans-I/O except :func:`summarise`, which only awaits the provider stream.
 Nothing in this module raises on bad input: odd transcripts give fewer entities, never an error.
 
-Webhook bodies are signed and delivered by :mod:`agent.webhook`.
+Webhook bodies are signed and delivered by :mod:`voxroute.agent.webhook`.
 
 The package: :mod:`.summary` (the summary's shape), :mod:`.entities` (entity extraction),
 :mod:`.deterministic` (the deterministic summary and the whisper), :mod:`.llm` (the model's summary
 and :func:`summarise`), :mod:`.flow` (a call's handoff: summary, webhook, transfer).
 """
 
-from agent.handoff.deterministic import deterministic_summary, whisper_sentence
-from agent.handoff.entities import extract_entities, parse_spoken_number, spoken_digits
-from agent.handoff.llm import llm_summary_request, parse_llm_summary, summarise, summary_json_schema
-from agent.handoff.summary import ENTITY_KINDS, Entity, EntityKind, HandoffSummary
+from voxroute.agent.handoff.deterministic import deterministic_summary, whisper_sentence
+from voxroute.agent.handoff.entities import extract_entities, parse_spoken_number, spoken_digits
+from voxroute.agent.handoff.llm import llm_summary_request, parse_llm_summary, summarise, summary_json_schema
+from voxroute.agent.handoff.summary import ENTITY_KINDS, Entity, EntityKind, HandoffSummary
 
 __all__ = [
     "ENTITY_KINDS",

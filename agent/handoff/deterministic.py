@@ -6,10 +6,10 @@ import logging
 import re
 from typing import Any
 
-from agent.handoff.entities import WEEKDAYS, dedupe, extract_entities
-from agent.handoff.summary import Entity, HandoffSummary
-from routing.router import ANGER, MONEY
-from routing.table import BUILTIN_CLASSES
+from voxroute.agent.handoff.entities import WEEKDAYS, dedupe, extract_entities
+from voxroute.agent.handoff.summary import Entity, HandoffSummary
+from voxroute.routing.router import ANGER, MONEY
+from voxroute.routing.table import BUILTIN_CLASSES
 
 log = logging.getLogger("voxroute.handoff")
 

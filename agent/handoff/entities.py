@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from agent.handoff.summary import Entity, EntityKind
+from voxroute.agent.handoff.summary import Entity, EntityKind
 
 log = logging.getLogger("voxroute.handoff")
 

@@ -12,12 +12,12 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
-from agent.handoff.deterministic import whisper_sentence
-from agent.handoff.llm import summarise
+from voxroute.agent.handoff.deterministic import whisper_sentence
+from voxroute.agent.handoff.llm import summarise
 
 if TYPE_CHECKING:
-    from agent.session import CallSession
-    from agent.timeline import TurnRecord
+    from voxroute.agent.session import CallSession
+    from voxroute.agent.timeline import TurnRecord
 
 log = logging.getLogger("voxroute.call")
 

@@ -10,12 +10,11 @@ import re
 from typing import Any, Protocol, runtime_checkable
 
 from pydantic import ValidationError
-
-from agent.calllog.redact import mask_number, redact, redact_json, redact_turns_async
-from agent.handoff.deterministic import as_text, deterministic_summary
-from agent.handoff.summary import ENTITY_KINDS, HandoffSummary, SummaryBody
-from agent.providers.base import LLMProvider, LLMRequest, LLMToken, ProviderError
-from routing.table import BUILTIN_CLASSES
+from voxroute.agent.calllog.redact import mask_number, redact, redact_json, redact_turns_async
+from voxroute.agent.handoff.deterministic import as_text, deterministic_summary
+from voxroute.agent.handoff.summary import ENTITY_KINDS, HandoffSummary, SummaryBody
+from voxroute.agent.providers.base import LLMProvider, LLMRequest, LLMToken, ProviderError
+from voxroute.routing.table import BUILTIN_CLASSES
 
 log = logging.getLogger("voxroute.handoff")
 

@@ -38,8 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import webrtcvad
-
-from agent.providers.base import (
+from voxroute.agent.providers.base import (
     FRAME_BYTES,
     FRAME_MS,
     SAMPLE_RATE,
@@ -49,10 +48,11 @@ from agent.providers.base import (
     STTEvent,
     Transcript,
 )
-from telephony.audio import StreamResampler
+
+from voxroute.audio import StreamResampler
 
 if TYPE_CHECKING:
-    from agent.services import Services
+    from voxroute.agent.services import Services
 
 log = logging.getLogger("voxroute.local")
 

@@ -1,6 +1,6 @@
 """OpenAI-compatible chat completions client (OpenRouter, Sarvam, CallMissed, OpenAI) over httpx + SSE.
 
-A thin asyncio layer over :mod:`agent.providers.openai_protocol`. One shared
+A thin asyncio layer over :mod:`voxroute.agent.providers.openai_protocol`. One shared
 ``httpx.AsyncClient`` per provider keeps a keep-alive pool, so a call's turns reuse warm TCP (and
 TLS) connections. ``stream()`` yields :class:`LLMToken` as chunks arrive (the caller keeps what it
 already got when a stream fails), then :class:`LLMUsage`; when the model calls tools it also yields
@@ -35,8 +35,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-
-from agent.providers.base import (
+from voxroute.agent.providers.base import (
     LLMEvent,
     LLMRequest,
     LLMToken,
@@ -44,7 +43,7 @@ from agent.providers.base import (
     LLMUsage,
     ProviderError,
 )
-from agent.providers.openai_protocol import (
+from voxroute.agent.providers.openai_protocol import (
     FLAVORS,
     ChatStreamDecoder,
     ContentDelta,

@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from agent.providers.base import LLMRequest, ToolCall
+from voxroute.agent.providers.base import LLMRequest, ToolCall
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Sarvam speech clients: streaming STT (realtime or legacy socket) and Bulbul TTS (websocket + REST).
 
-Thin asyncio layers over :mod:`agent.providers.sarvam_protocol` using the ``websockets`` asyncio
+Thin asyncio layers over :mod:`voxroute.agent.providers.sarvam_protocol` using the ``websockets`` asyncio
 client and ``httpx``. The interfaces speak PCM16 8 kHz; conversion to and from mu-law happens here.
 
 - :class:`SarvamSTT` -> :class:`SarvamSTTStream`: the realtime socket gets the caller's audio as
@@ -31,12 +31,8 @@ from types import TracebackType
 from typing import Any
 
 import httpx
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
-from websockets.protocol import State
-
-from agent.providers.base import ProviderError, SpeechEnded, SpeechStarted, STTEvent, Transcript
-from agent.providers.sarvam_protocol import (
+from voxroute.agent.providers.base import ProviderError, SpeechEnded, SpeechStarted, STTEvent, Transcript
+from voxroute.agent.providers.sarvam_protocol import (
     AUTH_HEADER,
     DEFAULT_LEGACY_MODEL,
     DEFAULT_REALTIME_MODEL,
@@ -80,7 +76,11 @@ from agent.providers.sarvam_protocol import (
     tts_text,
     tts_ws_url,
 )
-from telephony.audio import pcm16_to_ulaw, ulaw_to_pcm16
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.protocol import State
+
+from voxroute.audio import pcm16_to_ulaw, ulaw_to_pcm16
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Sarvam speech wire formats, sans-I/O: URLs, client messages, parsed server messages.
 
 Pure functions over ``str``/``bytes`` and dataclasses; no sockets, no awaits. The asyncio
-clients in :mod:`agent.providers.sarvam` are thin layers over this module.
+clients in :mod:`voxroute.agent.providers.sarvam` are thin layers over this module.
 
 Sockets covered (see ``docs/reference/sarvam.md``):
 
@@ -716,7 +716,7 @@ def parse_rest_error(body: str | bytes | bytearray) -> RestError:
 
 
 def fault_kind_for_status(status: int) -> str:
-    """HTTP status -> FaultKind (``agent.providers.base``)."""
+    """HTTP status -> FaultKind (``voxroute.agent.providers.base``)."""
     if status >= 500:
         return "http_500"
     if status == 429:

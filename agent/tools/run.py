@@ -29,9 +29,8 @@ from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel
-
-from agent.calllog.redact import redact_json
-from agent.tools.spec import (
+from voxroute.agent.calllog.redact import redact_json
+from voxroute.agent.tools.spec import (
     ToolConfig,
     ToolContext,
     check_arguments,

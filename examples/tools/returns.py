@@ -10,7 +10,7 @@ from __future__ import annotations
 import zlib
 from typing import Literal
 
-from agent.tools.spec import ToolContext
+from voxroute.agent.tools.spec import ToolContext
 
 STARTED: dict[str, dict[str, str]] = {}  # idempotency key -> the return it opened (a real shop: its database)
 

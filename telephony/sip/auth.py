@@ -12,7 +12,7 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
-from telephony.sip.message import SipParseError
+from voxroute.telephony.sip.message import SipParseError
 
 _HASHES = {
     "MD5": hashlib.md5,

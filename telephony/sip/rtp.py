@@ -7,7 +7,7 @@
   a lost packet is concealed by repeating the previous one once, then by silence. It is driven by
   arrivals, so it can never drift from the sender's clock: as much audio out as was sent. A
   packet's duration is its payload's (G.711: one byte a sample), so 10-60 ms packets all work;
-  the link re-frames what comes out to 20 ms (``telephony.audio.InboundFramer``).
+  the link re-frames what comes out to 20 ms (``voxroute.audio.InboundFramer``).
 - :class:`RtpSender`: sequence numbers and timestamps of the paced outbound stream.
 - :class:`Playout`: what the paced sender plays each 20 ms, with marks that echo when the audio
   queued before them has been sent (the RTP meaning of "played") and ``clear`` for barge-in.

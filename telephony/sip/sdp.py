@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 
-from telephony.sip.message import SipParseError
+from voxroute.telephony.sip.message import SipParseError
 
 STATIC_CODECS = {0: "PCMU", 8: "PCMA"}  # RFC 3551 static payload types we speak
 SUPPORTED = ("PCMU", "PCMA")

@@ -16,10 +16,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from telephony.admission import CallGate, SilenceGuard
-from telephony.audiosocket import serve_audiosocket
-from telephony.sip.transport import SipServer, SipTransfers, serving
-from telephony.sip.ua import Registration
+from voxroute.telephony.admission import CallGate, SilenceGuard
+from voxroute.telephony.audiosocket import serve_audiosocket
+from voxroute.telephony.sip.transport import SipServer, SipTransfers, serving
+from voxroute.telephony.sip.ua import Registration
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ async def sip_edge(
     """Run the SIP UA (``sip``: host:port, 0 for a free port) and/or AudioSocket for ``services``.
     ``gate``: the process's call admission (shared with the websocket carriers): over its cap or
     while draining, an INVITE gets 486 Busy Here and an AudioSocket call is hung up at once."""
-    from agent.session import CallSession
+    from voxroute.agent.session import CallSession
 
     config = services.config
     gate = gate if gate is not None else CallGate(config.telephony.max_concurrent_calls)

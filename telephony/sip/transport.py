@@ -2,7 +2,7 @@
 
 :class:`SipServer` owns everything in one ``asyncio.TaskGroup``: the SIP endpoint, a 50 ms
 timer for retransmissions and re-registration, one 20 ms RTP pacer for all calls, and one task
-per call that runs ``on_call(link)``. :class:`SipLink` is the call as ``agent.link.CarrierLink``:
+per call that runs ``on_call(link)``. :class:`SipLink` is the call as ``voxroute.agent.link.CarrierLink``:
 inbound RTP goes through the jitter buffer, then is re-framed to 20 ms PCM frames (packets of
 10-60 ms all work); outbound PCM waits in the
 link's ``Playout`` and the pacer sends one packet per call per tick, silence when the agent is
@@ -25,11 +25,18 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-from agent.link import CallEnded, CallStart, CarrierEvent, CarrierLink, InboundAudio, InboundDtmf, MarkEcho
-from telephony.audio import InboundFramer, pcm16_to_alaw, pcm16_to_ulaw
-from telephony.sip import rtp
-from telephony.sip.message import SipParseError, host_port, parse_uri
-from telephony.sip.ua import (
+from voxroute.agent.link import (
+    CallEnded,
+    CallStart,
+    CarrierEvent,
+    CarrierLink,
+    InboundAudio,
+    InboundDtmf,
+    MarkEcho,
+)
+from voxroute.telephony.sip import rtp
+from voxroute.telephony.sip.message import SipParseError, host_port, parse_uri
+from voxroute.telephony.sip.ua import (
     Action,
     Address,
     Call,
@@ -42,6 +49,8 @@ from telephony.sip.ua import (
     TransferResult,
     UserAgent,
 )
+
+from voxroute.audio import InboundFramer, pcm16_to_alaw, pcm16_to_ulaw
 
 log = logging.getLogger(__name__)
 
@@ -568,7 +577,7 @@ class SipTransferRefused(RuntimeError):
 
 
 class SipTransfers:
-    """``agent.services.Transfers`` for SIP calls: blind transfer by REFER.
+    """``voxroute.agent.services.Transfers`` for SIP calls: blind transfer by REFER.
 
     Calls that are not SIP calls of ``server`` go to ``fallback`` (Twilio's REST control).
     A refused transfer raises :class:`SipTransferRefused` (the session plays its apology) and,

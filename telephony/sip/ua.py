@@ -25,8 +25,8 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from telephony.sip import auth, sdp
-from telephony.sip.message import (
+from voxroute.telephony.sip import auth, sdp
+from voxroute.telephony.sip.message import (
     NameAddr,
     SipMessage,
     SipParseError,

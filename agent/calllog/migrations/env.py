@@ -1,11 +1,10 @@
-"""Alembic's environment for the call log. Run through ``agent.calllog.store.migrate``, which hands over
+"""Alembic's environment for the call log. Run through ``voxroute.agent.calllog.store.migrate``, which hands over
 an open connection (the database URL comes from the environment, not from an alembic.ini)."""
 
 from __future__ import annotations
 
 from alembic import context
-
-from agent.calllog.schema import metadata
+from voxroute.agent.calllog.schema import metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:

@@ -147,7 +147,16 @@ def _die_with_parent() -> None:
 @contextlib.contextmanager
 def shared_emulators(profile: str, config: str | None):
     """One set of provider emulators (``voxroute emulators``) for every worker; yields their URLs."""
-    cmd = [sys.executable, "-m", "agent.cli", "emulators", "--profile", profile, "--quiet", "--call-control"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "voxroute.cli",
+        "emulators",
+        "--profile",
+        profile,
+        "--quiet",
+        "--call-control",
+    ]
     if config:
         cmd += ["--config", config]
     # its own process group: a Ctrl-C at the terminal reaches the workers, which drain using the
@@ -185,7 +194,7 @@ def supervise(
         if emulators is not None:
             urls = stack.enter_context(shared_emulators(*emulators))
             args += ["--emulators", json.dumps(urls)]
-        base = [sys.executable, "-m", "agent.cli", "serve", "--listen-fd", str(sock.fileno()), *args]
+        base = [sys.executable, "-m", "voxroute.cli", "serve", "--listen-fd", str(sock.fileno()), *args]
         supervisor = Supervisor(count, lambda i: [*base, "--worker-index", str(i)], (sock.fileno(),))
         previous = {s: signal.signal(s, supervisor.on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:

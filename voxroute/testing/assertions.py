@@ -202,7 +202,7 @@ def assert_tool_called(
 
 
 def fixture_failures(fixture: Any, result: Any) -> list[str]:
-    """Every expectation of the fixture script (``agent.fixture.Fixture``) the call did not meet, as
+    """Every expectation of the fixture script (``voxroute.agent.fixture.Fixture``) the call did not meet, as
     readable lines (empty: all met). The utterances that expect a turn are matched to the caller's
     turns in order."""
     call = _call(result)
@@ -240,7 +240,7 @@ def assert_expectations(result: Any, fixture: Any = None) -> None:
     """The call met every expectation its fixture carries (``expect_class``, ``expect_tool``,
     ``expect_end``), as ``voxroute replay --assert`` checks them."""
     __tracebackhide__ = True  # pytest shows the test's line, not this helper's
-    from agent.fixture import load
+    from voxroute.agent.fixture import load
 
     path = fixture if fixture is not None else getattr(result, "fixture_path", None)
     if path is None:

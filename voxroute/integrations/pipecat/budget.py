@@ -32,8 +32,8 @@ from pipecat.frames.frames import (
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
-from agent.config import Config
-from agent.timeline import Clock
+from voxroute.agent.config import Config
+from voxroute.agent.timeline import Clock
 
 log = logging.getLogger("voxroute.pipecat")
 

@@ -1,7 +1,7 @@
 """Running one turn through a real Pipecat pipeline against voxroute's emulators on 127.0.0.1: what
 the tests (tests/test_pipecat_*.py), bench/vs_pipecat.py and examples/pipecat_bot.py share.
 
-``python -m agent.integrations.pipecat.harness --system pipecat --emulators JSON --port P`` serves a
+``python -m voxroute.integrations.pipecat.harness --system pipecat --emulators JSON --port P`` serves a
 :class:`PipecatBot` in a process of its own (bench/vs_pipecat.py's capacity ramp), with
 ``/healthz`` and voxroute's ``/debug/stats`` figures: inbound lag (caller frames against their media
 clock) and outbound lateness (the output transport's paced sends against their schedule)."""
@@ -30,9 +30,9 @@ from pipecat.pipeline.worker import PipelineWorker
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 
-from agent.config import Config, load_config
-from agent.runtime import build_services, emulator_options
-from emulators.stack import EmulatorStack, run_emulators
+from voxroute.agent.config import Config, load_config
+from voxroute.emulators.stack import EmulatorStack, run_emulators
+from voxroute.runtime import build_services, emulator_options
 
 log = logging.getLogger("voxroute.pipecat")
 
@@ -124,7 +124,7 @@ async def served_bot(
 ) -> AsyncIterator[tuple[PipecatBot, str]]:
     """A :class:`PipecatBot` on the emulators, served on 127.0.0.1 (port 0): yields the bot and the
     websocket URL of its Twilio media stream route."""
-    from emulators.serve import serve_app, ws_url
+    from voxroute.server import serve_app, ws_url
 
     async with emulated(profile, seed, config) as (stack, services):
         bot = PipecatBot(services, stack.sarvam_url, stack.openrouter_url, system=system)
@@ -137,7 +137,7 @@ def bot_app(bot: PipecatBot, stats: bool = False):
     ``/healthz`` and voxroute's ``/debug/stats`` and ``/debug/stats/reset`` (agent/metrics.py)."""
     from fastapi import FastAPI
 
-    from agent import metrics
+    from voxroute.agent import metrics
 
     app = FastAPI()
     app.add_api_websocket_route("/twilio/stream", bot.call)
@@ -154,7 +154,7 @@ _TIMESTAMP = re.compile(r'"timestamp"\s*:\s*"?(\d+)')
 def measure_inbound(serializer) -> None:
     """Record each caller frame's lag against its media timestamp (voxroute's ``InboundClock``) as
     the transport deserializes it."""
-    from agent.metrics import InboundClock
+    from voxroute.agent.metrics import InboundClock
 
     clock = InboundClock()
     deserialize = serializer.deserialize
@@ -171,7 +171,7 @@ def measure_pacing(output) -> None:
     """Record how late the websocket output transport's paced audio sends wake against their schedule
     (into voxroute's ``PACING``, as the Player's own sends are). Pipecat 1.14's transport sleeps to
     ``_next_send_time`` after each chunk it writes."""
-    from agent.player import PACING
+    from voxroute.agent.player import PACING
 
     sleep = output._write_audio_sleep
 
@@ -227,7 +227,7 @@ class PipecatBot:
         from pipecat.services.openai.llm import OpenAILLMService
         from pipecat.services.sarvam.llm import SarvamLLMService
 
-        from agent.integrations.pipecat.llm import RoutedLLMService
+        from voxroute.integrations.pipecat.llm import RoutedLLMService
 
         if self.system == "pipecat_voxroute":
             return RoutedLLMService(self.services)
@@ -260,9 +260,9 @@ class PipecatBot:
         from pipecat.transcriptions.language import Language
         from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPIWebsocketTransport
 
-        from agent.integrations.pipecat.budget import TurnBudgetProcessor, cached_phrases
-        from agent.integrations.pipecat.twilio import TwilioMarkSerializer
-        from emulators.serve import ws_url
+        from voxroute.integrations.pipecat.budget import TurnBudgetProcessor, cached_phrases
+        from voxroute.integrations.pipecat.twilio import TwilioMarkSerializer
+        from voxroute.server import ws_url
 
         voxroute = self.system == "pipecat_voxroute"
         await websocket.accept()
@@ -351,8 +351,8 @@ class PipecatBot:
 
 
 async def _serve(system: str, urls: dict, port: int) -> None:
-    from agent.runtime import EmulatorURLs
-    from emulators.serve import serve_app, ws_url
+    from voxroute.runtime import EmulatorURLs
+    from voxroute.server import serve_app, ws_url
 
     config = quiet_config()
     sarvam, openrouter = urls["sarvam"].rstrip("/"), urls["openrouter"].rstrip("/")

@@ -14,9 +14,11 @@ import contextlib
 import logging
 import socket
 from collections.abc import AsyncIterator
+from typing import Any
 
 import h11
 import uvicorn
+from uvicorn.config import LOGGING_CONFIG
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 log = logging.getLogger(__name__)
@@ -49,7 +51,7 @@ class _HeadTimeoutProtocol(H11Protocol):
                         self.request_timeout_s)  # fmt: skip
             self.transport.close()
 
-    def connection_made(self, transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if hasattr(transport, "max_size"):
             # asyncio reads up to 256 KiB at a time, and uvicorn parses every websocket frame of a
@@ -100,7 +102,7 @@ async def serve_app(
         log_level=log_level,
         # A process that configured logging (the voxroute command: redacted text or JSON lines) gets
         # uvicorn's lines through its own handlers, not uvicorn's plain-text ones.
-        log_config=None if logging.getLogger().handlers else uvicorn.config.LOGGING_CONFIG,
+        log_config=None if logging.getLogger().handlers else LOGGING_CONFIG,
         lifespan="on",
         access_log=False,  # a line per request (every /healthz probe) costs loop time; we log our own
         http=_protocol(request_timeout_s),

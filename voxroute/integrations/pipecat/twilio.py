@@ -5,7 +5,7 @@ sends audio ahead of real time, so when the caller talks over the bot its contex
 that was still in Twilio's buffer when ``clear`` threw it away. Here:
 
 - :class:`TwilioMarkSerializer` speaks the protocol through voxroute's sans-I/O codec
-  (:class:`telephony.twilio.TwilioStream`: the same parsing, re-framing and checks as voxroute's
+  (:class:`voxroute.telephony.twilio.TwilioStream`: the same parsing, re-framing and checks as voxroute's
   own Twilio route). A mark echoed by Twilio comes into the pipeline as a :class:`MarkEchoFrame`.
 - :class:`HeardTextProcessor`, placed between ``transport.output()`` and the assistant context
   aggregator, asks for a mark after each spoken chunk (each ``TTSTextFrame``: the transport has
@@ -46,9 +46,9 @@ from pipecat.frames.frames import (
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor, FrameProcessorSetup
 from pipecat.serializers.base_serializer import FrameSerializer
 
-from agent.player import MarkLedger
-from agent.session import INTERRUPTED_MARK
-from telephony.twilio import Dtmf, Mark, Media, TwilioProtocolError, TwilioStream
+from voxroute.agent.player import MarkLedger
+from voxroute.agent.session import INTERRUPTED_MARK
+from voxroute.telephony.twilio import Dtmf, Mark, Media, TwilioProtocolError, TwilioStream
 
 log = logging.getLogger("voxroute.pipecat")
 

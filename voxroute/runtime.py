@@ -7,7 +7,7 @@ Fail closed: ``voxroute serve`` starts only when :func:`missing_secrets` is empt
 carrier's secret, the operator key, every provider key), or with ``--dev``. ``create_runtime_app``
 enforces the same for the carriers and the operator key unless ``dev=True``: an in-process stack
 without secrets (replay, demo, tests) says so explicitly. One operator check
-(``agent.pages.OperatorAuth``) guards the call API, the pages, ``/debug/*`` and ``/metrics``.
+(``voxroute.agent.pages.OperatorAuth``) guards the call API, the pages, ``/debug/*`` and ``/metrics``.
 """
 
 from __future__ import annotations
@@ -25,35 +25,35 @@ import httpx
 from fastapi import FastAPI, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent import metrics, pages, prom, recording
-from agent.calllog.redact import redact_handoff
-from agent.calllog.source import CombinedCallSource, DatabaseCallSource
-from agent.calllog.state import CallState
-from agent.calllog.store import CallLog
-from agent.config import Config
-from agent.link import CarrierLink
-from agent.providers.base import LLMProvider
-from agent.providers.openai_compat import OpenAICompatLLM
-from agent.providers.sarvam import SarvamSTT, SarvamTTS
-from agent.services import Services
-from agent.session import CallSession
-from agent.webhook import WebhookSender
-from routing.classifier import StakesModel
-from routing.router import Router
-from telephony.admission import CallGate
-from telephony.app import DIAL_ACTION_PATH, WHISPER_PATH, TelephonySettings, create_app
-from telephony.call_control import TwilioCallControl, transfer_twiml
-from telephony.carrier_control import (
+from voxroute.agent import metrics, pages, prom, recording
+from voxroute.agent.calllog.redact import redact_handoff
+from voxroute.agent.calllog.source import CombinedCallSource, DatabaseCallSource
+from voxroute.agent.calllog.state import CallState
+from voxroute.agent.calllog.store import CallLog
+from voxroute.agent.config import Config
+from voxroute.agent.link import CarrierLink
+from voxroute.agent.providers.base import LLMProvider
+from voxroute.agent.providers.openai_compat import OpenAICompatLLM
+from voxroute.agent.providers.sarvam import SarvamSTT, SarvamTTS
+from voxroute.agent.services import Services
+from voxroute.agent.session import CallSession
+from voxroute.agent.webhook import WebhookSender
+from voxroute.routing.classifier import StakesModel
+from voxroute.routing.router import Router
+from voxroute.telephony.admission import CallGate
+from voxroute.telephony.app import DIAL_ACTION_PATH, WHISPER_PATH, TelephonySettings, create_app
+from voxroute.telephony.call_control import TwilioCallControl, transfer_twiml
+from voxroute.telephony.carrier_control import (
     CarrierTransfers,
     ExotelHandback,
     PlivoCallControl,
     TelnyxCallControl,
 )
-from telephony.carriers import SECRETS_OF, CarrierSettings
-from telephony.twiml import public_url
+from voxroute.telephony.carriers import SECRETS_OF, CarrierSettings
+from voxroute.telephony.twiml import public_url
 
 if TYPE_CHECKING:
-    from agent.providers.local import ByLanguageSTT, ByLanguageTTS
+    from voxroute.agent.providers.local import ByLanguageSTT, ByLanguageTTS
 
 log = logging.getLogger("voxroute.runtime")
 
@@ -210,7 +210,7 @@ async def build_services(
 async def _migrate_early(call_log: CallLog, timeout_s: float = 30.0) -> None:
     """The database schema at start, not during the first call (Alembic holds the loop for 100-200 ms).
     A database that is away now is not fatal: the writer migrates when it comes back."""
-    from agent.calllog.store import migrate
+    from voxroute.agent.calllog.store import migrate
 
     try:
         async with asyncio.timeout(timeout_s):
@@ -233,7 +233,7 @@ def _local_engines(
 ) -> tuple[SarvamSTT | ByLanguageSTT, SarvamTTS | ByLanguageTTS, dict[str, LLMProvider]]:
     """The offline stack: Whisper/Piper for the languages they know when Sarvam has no key (Sarvam,
     emulated, keeps the rest, and says so); emulated LLMs answer by routing class."""
-    from agent.providers.local import (
+    from voxroute.agent.providers.local import (
         ByLanguageSTT,
         ByLanguageTTS,
         ClassTaggedLLM,
@@ -263,7 +263,7 @@ def _local_engines(
 
 def simulated_llms(services: Services) -> set[str]:
     """Names of the LLM providers answered by an emulator (their turns say "simulated LLM")."""
-    from agent.providers.local import ClassTaggedLLM
+    from voxroute.agent.providers.local import ClassTaggedLLM
 
     if services.mode == "emulated":
         return set(services.llms)
@@ -358,7 +358,7 @@ def _call_control(
         modes.append("Plivo call control: api.plivo.com")
         controls["plivo"] = PlivoCallControl(plivo_id, plivo_token, base, dial_timeout_s=timeout)
     elif emulators is not None and emulators.carrier_api:
-        from emulators.carrier_rest import EMULATED_PLIVO_AUTH_ID, emulated_plivo_token
+        from voxroute.emulators.carrier_rest import EMULATED_PLIVO_AUTH_ID, emulated_plivo_token
 
         modes.append(f"Plivo call control: emulated at {emulators.carrier_api}")
         controls["plivo"] = PlivoCallControl(
@@ -370,7 +370,7 @@ def _call_control(
         modes.append("Telnyx call control: api.telnyx.com")
         controls["telnyx"] = TelnyxCallControl(telnyx_key)
     elif emulators is not None and emulators.carrier_api:
-        from emulators.carrier_rest import EMULATED_TELNYX_API_KEY
+        from voxroute.emulators.carrier_rest import EMULATED_TELNYX_API_KEY
 
         modes.append(f"Telnyx call control: emulated at {emulators.carrier_api}")
         controls["telnyx"] = TelnyxCallControl(EMULATED_TELNYX_API_KEY, api_base_url=emulators.carrier_api)
@@ -396,7 +396,7 @@ def _twilio_control(
         modes.append("Twilio call control: api.twilio.com")
         return TwilioTransfers(TwilioCallControl(sid, token), config)
     if emulators is not None and emulators.twilio_api:
-        from emulators.stack import EMULATED_ACCOUNT_SID, EMULATED_AUTH_TOKEN
+        from voxroute.emulators.stack import EMULATED_ACCOUNT_SID, EMULATED_AUTH_TOKEN
 
         modes.append(f"Twilio call control: emulated at {emulators.twilio_api}")
         control = TwilioCallControl(
@@ -475,7 +475,7 @@ def missing_secrets(config: Config, *, sip_registration: bool = True) -> list[tu
         needed.append((config.handoff.webhook_secret_env, "handoff webhook signing secret"))
     if sip_registration and config.sip.enabled and config.sip.registration is not None:
         needed.append((config.sip.registration.password_env, "SIP registration password"))
-    from agent.chat import missing_chat_keys
+    from voxroute.agent.chat import missing_chat_keys
 
     needed += missing_chat_keys(config)  # a tenant's text channel without its key: refuse
     if _key("VOXROUTE_DATABASE_URL"):  # a database other hosts may share: one salt for them all
@@ -560,7 +560,7 @@ def create_runtime_app(
                 headers={"WWW-Authenticate": 'Bearer realm="voxroute operator"'},
             )
 
-    from agent.chat import add_chat_routes
+    from voxroute.agent.chat import add_chat_routes
 
     add_chat_routes(app, services, dev=dev)  # POST /v1/chat/completions: the text channel
 
@@ -620,7 +620,7 @@ def create_runtime_app(
     async def debug_engines(request: Request) -> dict:
         """CPU seconds of the embedded speech engines (offline stack) and the audio they handled."""
         operator(request)
-        local = sys.modules.get("agent.providers.local")
+        local = sys.modules.get("voxroute.agent.providers.local")
         return {k: v.snapshot() for k, v in local.CPU.items()} if local else {}
 
     @app.get("/debug/routing")
@@ -641,7 +641,7 @@ async def _logged_handoff(call_log: CallLog, call_sid: str, timeout_s: float = 0
     """The handoff record the call log kept for a call (redacted), or None (none, or no answer in time)."""
     from sqlalchemy import select
 
-    from agent.calllog.schema import calls_table
+    from voxroute.agent.calllog.schema import calls_table
 
     try:
         async with asyncio.timeout(timeout_s), call_log.engine.connect() as conn:

@@ -16,11 +16,13 @@ from __future__ import annotations
 try:
     import pipecat  # noqa: F401
 except ImportError as exc:  # pragma: no cover - the message is the point
-    raise ImportError("agent.integrations.pipecat needs pipecat-ai: pip install 'voxroute[pipecat]'") from exc
+    raise ImportError(
+        "voxroute.integrations.pipecat needs pipecat-ai: pip install 'voxroute[pipecat]'"
+    ) from exc
 
-from agent.integrations.pipecat.budget import Phrase, TurnBudgetProcessor, TurnDeadline
-from agent.integrations.pipecat.llm import RoutedLLMService, RouteMetricsData
-from agent.integrations.pipecat.twilio import HeardTextProcessor, MarkEchoFrame, TwilioMarkSerializer
+from voxroute.integrations.pipecat.budget import Phrase, TurnBudgetProcessor, TurnDeadline
+from voxroute.integrations.pipecat.llm import RoutedLLMService, RouteMetricsData
+from voxroute.integrations.pipecat.twilio import HeardTextProcessor, MarkEchoFrame, TwilioMarkSerializer
 
 __all__ = [
     "HeardTextProcessor",

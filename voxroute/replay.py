@@ -24,17 +24,19 @@ import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
 
-from agent.config import Config, load_config
-from agent.fixture import Fixture, load
-from agent.runtime import EmulatorURLs, build_services, create_runtime_app, emulator_options
-from emulators.carriers import FakeCarrierSecrets, check_dialable, dial_fixture
-from emulators.serve import serve_app
-from telephony.carriers import CARRIERS
+from voxroute.agent.config import Config, load_config
+from voxroute.agent.fixture import Fixture, load
+from voxroute.runtime import EmulatorURLs, build_services, create_runtime_app, emulator_options
+from voxroute.server import serve_app
+from voxroute.telephony.carriers import CARRIERS
+
+if TYPE_CHECKING:  # the emulators are dev/test code: imported where a replay starts them
+    from voxroute.emulators.carriers import FakeCarrierSecrets
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,7 @@ async def local_stack(
 ) -> AsyncIterator[LocalStack]:
     """As :func:`_local_stack`, with the stand-ins of the config's HTTP tools (``stand_in``) served
     on 127.0.0.1 and the tools pointed at them (``LocalStack.tool_apps``: the apps, by tenant.tool)."""
-    from agent.tools.standins import stand_ins
+    from voxroute.standins import stand_ins
 
     async with stand_ins(config or load_config()) as (config, tool_apps):
         async with _local_stack(profile, seed, fixtures, config, **kwargs) as running:
@@ -84,11 +86,11 @@ async def _local_stack(
     """Emulators plus one runtime server, all on 127.0.0.1. Real keys in the environment are
     ignored unless ``env_keys`` (a replay measures the stack against the emulators).
     ``stack="local"``: the embedded speech engines instead of the emulated Sarvam (see runtime).
-    ``sip``: the runtime's SIP user agent too, for ``--carrier sip`` (``emulators.sip_carrier``)."""
+    ``sip``: the runtime's SIP user agent too, for ``--carrier sip`` (``voxroute.emulators.sip_carrier``)."""
     import gc
 
-    from emulators.sip_carrier import sip_for_replay
-    from emulators.stack import run_emulators
+    from voxroute.emulators.sip_carrier import sip_for_replay
+    from voxroute.emulators.stack import run_emulators
 
     config = config or load_config()
     async with run_emulators(profile, seed, fixtures, **emulator_options(config)) as emu:
@@ -163,9 +165,11 @@ async def replay_fixture(
     stt_emulator: str | None = None,
 ) -> dict[str, Any]:
     """One call: the carrier's call set-up (Twilio: the voice webhook), its media stream, then the
-    runtime's own turn records. ``carrier``: one of ``emulators.carriers.CARRIERS``.
+    runtime's own turn records. ``carrier``: one of ``voxroute.emulators.carriers.CARRIERS``.
     ``stt_emulator``: the STT emulator's control URL (``.../_emulator/stt``) for a fixture marked
     ``stt: transcripts``, when the server is not a local stack's."""
+    from voxroute.emulators.carriers import FakeCarrierSecrets, dial_fixture
+
     config = config or load_config()
     fake_secrets = carrier_secrets or FakeCarrierSecrets()
     if auth_token:
@@ -252,7 +256,7 @@ class _ReviewedWords:
                 "%s: stt: transcripts, but no STT emulator is known: the STT hears the audio", fixture.name
             )
             return None
-        from emulators.transcripts import timed_plan
+        from voxroute.emulators.transcripts import timed_plan
 
         return cls(control_url.rstrip("/"), [u.as_json() for u in timed_plan(fixture)])
 
@@ -337,6 +341,8 @@ async def replay(
     """Replay ``names`` through ``server`` (or a local stack started here). ``stt_emulator``: with
     ``server``, the base URL of the Sarvam emulator that server uses (``serve --dev --emulators``),
     so that fixtures marked ``stt: transcripts`` are said with their reviewed words."""
+    from voxroute.emulators.carriers import check_dialable
+
     check_dialable(carrier)  # a clear error before anything starts
     fixtures = [load(n) for n in names]
     config = config or load_config()
@@ -384,9 +390,9 @@ def fixture_from_wav(path: Path, *, pause_ms: int = 700, language: str = "en-IN"
     import numpy as np
     import webrtcvad
 
-    from agent.fixture import FixtureError, FixtureScript, read_wav
-    from agent.providers.local import resample_any
-    from telephony.audio import FRAME_BYTES, pcm16_to_ulaw, ulaw_to_pcm16
+    from voxroute.agent.fixture import FixtureError, FixtureScript, read_wav
+    from voxroute.agent.providers.local import resample_any
+    from voxroute.audio import FRAME_BYTES, pcm16_to_ulaw, ulaw_to_pcm16
 
     tag, rate, channels, data = read_wav(path)
     if tag == 7:

@@ -2,7 +2,7 @@
 on by itself once voxroute is installed) and assertions on a replayed call that read as the product
 speaks."""
 
-from agent.testing.assertions import (
+from voxroute.testing.assertions import (
     ReplayResult,
     assert_ended,
     assert_expectations,

@@ -15,8 +15,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from agent.config import ConfigError, load_config
-from agent.fixture import FixtureError
+from voxroute.agent.config import ConfigError, load_config
+from voxroute.agent.fixture import FixtureError
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="voxroute: a real-time voice agent runtime."
@@ -92,8 +92,8 @@ LOG_FORMAT_HELP = "log lines as text, or as JSON objects one per line (with call
 def _setup_logging(
     verbose: bool, log_file: Path | None = None, log_format: LogFormat = "text", worker: int | None = None
 ) -> None:
-    from agent.logs import setup_logging  # redacted (no caller number in clear), JSON or text
-    from agent.tracing import configure_from_env
+    from voxroute.agent.logs import setup_logging  # redacted (no caller number in clear), JSON or text
+    from voxroute.agent.tracing import configure_from_env
 
     setup_logging(verbose, log_file, log_format, worker)
     configure_from_env()  # OTLP traces when $OTEL_EXPORTER_OTLP_ENDPOINT is set (the otel extra)
@@ -212,7 +212,7 @@ def replay(
     """Replay fixture calls through the whole stack and print every turn."""
     if local:
         require_extra("replay --local", "local")
-    from agent.replay import replay as run_replay
+    from voxroute.replay import replay as run_replay
 
     _setup_logging(verbose, log_format=log_format)
     try:
@@ -249,8 +249,8 @@ def replay(
 
 def _expectations_met(fixtures: list[str], calls: list[dict]) -> bool:
     """``replay --assert``: each call against its fixture's expectations; prints what differs."""
-    from agent.fixture import load
-    from agent.testing import fixture_failures
+    from voxroute.agent.fixture import load
+    from voxroute.testing import fixture_failures
 
     met = True
     for name, call in zip(fixtures, calls, strict=True):
@@ -330,7 +330,7 @@ def serve(
     every provider key it exits 2 and names what is missing, unless --dev. SIGTERM or SIGINT: new calls
     are refused, calls in progress get shutdown.drain_s to finish, then the closing phrase; exit 0.
 
-    --workers N: a supervisor binds the port and runs N worker processes on it (agent/workers.py);
+    --workers N: a supervisor binds the port and runs N worker processes on it (voxroute/workers.py);
     a signal drains every worker; a worker that dies is restarted (exit 1 if that one dies at start)."""
     if local:
         require_extra("serve --local", "local")
@@ -358,14 +358,14 @@ def serve(
     if listen_fd is not None:  # a worker of `serve --workers`: the supervisor's socket, maybe our own
         import socket
 
-        from agent.workers import inherited_listener
+        from voxroute.workers import inherited_listener
 
         sockets = [inherited_listener(listen_fd)]
         if worker_ports is not None:
             own = socket.create_server((host, worker_ports + worker_index), reuse_port=False)
             own.setblocking(False)
             sockets.append(own)
-        if worker_index > 0:  # SIP and AudioSocket are worker 0's (agent/workers.py says why)
+        if worker_index > 0:  # SIP and AudioSocket are worker 0's (voxroute/workers.py says why)
             cfg.sip.enabled, cfg.sip.audiosocket_bind = False, None
     asyncio.run(
         _serve(
@@ -382,10 +382,10 @@ def serve(
 
 
 def _supervise(count: int, host: str, port: int, cfg, profile: str, log_format: str, options: dict) -> int:
-    """``serve --workers N``: the supervisor (agent/workers.py). ``options``: the flags each worker
+    """``serve --workers N``: the supervisor (voxroute/workers.py). ``options``: the flags each worker
     gets as given (a value, True for a switch; None or False: not given)."""
-    from agent.runtime import keys_missing
-    from agent.workers import supervise
+    from voxroute.runtime import keys_missing
+    from voxroute.workers import supervise
 
     args = ["--host", host, "--profile", profile, "--log-format", log_format]
     for flag, value in options.items():
@@ -413,7 +413,7 @@ def _is_loopback(host: str) -> bool:
 
 def _serve_refusal(cfg, host: str | None, dev: bool, external: dict | None, local: bool) -> str | None:
     """Why ``voxroute serve`` must not start as asked (one message naming everything), or None."""
-    from agent.runtime import missing_secrets
+    from voxroute.runtime import missing_secrets
 
     if dev:
         if host is not None and not _is_loopback(host):
@@ -454,8 +454,8 @@ async def _serve(
     import gc
     import signal
 
-    from agent.loopwatch import LoopWatch
-    from agent.runtime import (
+    from voxroute.agent.loopwatch import LoopWatch
+    from voxroute.runtime import (
         DEV_BANNER,
         EmulatorURLs,
         build_services,
@@ -464,10 +464,10 @@ async def _serve(
         emulator_options,
         keys_missing,
     )
-    from emulators.serve import serve_app, ws_url
-    from telephony.admission import CallGate
-    from telephony.sip.service import sip_edge
-    from telephony.wsserver import media_edge
+    from voxroute.server import serve_app, ws_url
+    from voxroute.telephony.admission import CallGate
+    from voxroute.telephony.sip.service import sip_edge
+    from voxroute.telephony.wsserver import media_edge
 
     log = logging.getLogger("voxroute")
     if dev:
@@ -549,7 +549,7 @@ async def _serve(
                 )
             )
         elif dev and keys_missing(cfg):
-            from emulators.stack import run_emulators
+            from voxroute.emulators.stack import run_emulators
 
             async with run_emulators(profile, **emulator_options(cfg)) as emu:
                 await run(emu.urls)
@@ -573,8 +573,8 @@ def demo(
 ) -> None:
     """The offline demo: a server on the embedded stack, three fixture calls dialled in real time."""
     require_extra("demo", "local")
-    from agent.demo import dial_calls
-    from agent.fixture import load
+    from voxroute.agent.fixture import load
+    from voxroute.demo import dial_calls
 
     _setup_logging(False, log_format=log_format)
     names = fixtures or ["order_status", "billing_dispute", "hindi_order_status"]
@@ -605,8 +605,8 @@ def dial(
 ) -> None:
     """Play your own recording as a call (cut into turns at pauses) into the offline stack."""
     require_extra("dial", "local")
-    from agent.demo import dial_calls
-    from agent.replay import fixture_from_wav
+    from voxroute.demo import dial_calls
+    from voxroute.replay import fixture_from_wav
 
     _setup_logging(False)
     try:
@@ -642,8 +642,8 @@ def report(
     """Business figures from the call log: cost per resolved call, containment, first-audio latency by
     routing class, escalation after model failure, repeat contact, bridges and hedges (definitions:
     agent/calllog/report.py)."""
-    from agent.calllog import report as rep
-    from agent.calllog.store import database_url, make_engine, migrate
+    from voxroute.agent.calllog import report as rep
+    from voxroute.agent.calllog.store import database_url, make_engine, migrate
 
     try:
         filters = rep.Filters(since=rep.parse_since(since), tenant=tenant, policy=policy)
@@ -716,7 +716,7 @@ def fixture_from_wav_command(
     """A recording -> a fixture (format v1, reviewed: false): utterances cut by the runtime's voice
     gate, transcribed by the offline Whisper, timed after the agent's words (agent/fixturegen.py)."""
     require_extra("fixture from-wav", "local")
-    from agent.fixturegen import from_wav
+    from voxroute.agent.fixturegen import from_wav
 
     script, _ = _make_fixture(
         config,
@@ -745,7 +745,7 @@ def fixture_from_call_command(
     """A recorded call ($VOXROUTE_DATA_DIR/recordings) -> a fixture, as from-wav, with each
     utterance's expect_class from the route its turn took (reviewed: false)."""
     require_extra("fixture from-call", "local")
-    from agent.fixturegen import from_call
+    from voxroute.agent.fixturegen import from_call
 
     script, paired = _make_fixture(
         config, lambda vad_mode: from_call(call_sid, out, name=name, pause_ms=pause_ms, vad_mode=vad_mode)
@@ -834,9 +834,9 @@ def eval_router(
     per value of that column too)."""
     import csv
 
-    from agent.runtime import build_router
-    from routing.classifier import read_labelled_csv
-    from routing.evaluate import metrics, metrics_by, predict, read_column
+    from voxroute.routing.classifier import read_labelled_csv
+    from voxroute.routing.evaluate import metrics, metrics_by, predict, read_column
+    from voxroute.runtime import build_router
 
     try:
         cfg = load_config(config)
@@ -901,8 +901,8 @@ def emulators(
     _setup_logging(not quiet)
 
     async def run() -> None:
-        from agent.runtime import emulator_options
-        from emulators.stack import run_emulators
+        from voxroute.emulators.stack import run_emulators
+        from voxroute.runtime import emulator_options
 
         cfg = load_config(config)
         async with run_emulators(profile, seed, **emulator_options(cfg)) as emu:
@@ -917,7 +917,7 @@ def emulators(
 
 def _missing_extra_in(exc: BaseException) -> BaseException | None:
     """The missing-extra error inside ``exc`` (raised deep in a TaskGroup, say), or None."""
-    from agent.providers.local import LocalStackUnavailable
+    from voxroute.agent.providers.local import LocalStackUnavailable
 
     if isinstance(exc, MissingExtra | LocalStackUnavailable):
         return exc

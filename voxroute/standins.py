@@ -8,14 +8,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
-from agent.tools.spec import _import
+from voxroute.agent.tools.spec import _import
 
 
 @contextlib.asynccontextmanager
 async def stand_ins(config: Any) -> AsyncIterator[tuple[Any, dict[str, Any]]]:
     """Yield ``(config, apps)``: the config with every stand-in tool's URL on its local server, and
     the apps by ``tenant.tool`` (their state holds what they recorded). No stand-in: the same config."""
-    from emulators.serve import serve_app
+    from voxroute.server import serve_app
 
     apps: dict[str, Any] = {}
     tenants = {}

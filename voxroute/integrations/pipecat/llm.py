@@ -2,7 +2,7 @@
 
 Each ``LLMContextFrame`` is one turn: the user's last words are routed (``Conversation.decide``:
 class, tier, reason, the ladder of model paths, the class's budget), then streamed through
-:class:`agent.ladder.LLMLadder`, the ladder voxroute's own calls use: a retriable error retried
+:class:`voxroute.agent.ladder.LLMLadder`, the ladder voxroute's own calls use: a retriable error retried
 once while the budget allows, the next rung on a hang or a path in cooldown, a hedge when the
 first token is late (never past what is left of the budget), and a continuation on the next rung
 after a mid-stream error. The deadline counts from the user's end of speech (the VAD's stop
@@ -37,12 +37,12 @@ from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.llm_service import LLMService
 from pipecat.services.settings import LLMSettings
 
-from agent.answer import with_guidance
-from agent.integrations.pipecat.budget import speech_end_ms
-from agent.ladder import LadderExhausted, LLMLadder
-from agent.services import Services
-from agent.timeline import Clock, TurnRecord
-from routing.router import is_devanagari
+from voxroute.agent.answer import with_guidance
+from voxroute.agent.ladder import LadderExhausted, LLMLadder
+from voxroute.agent.services import Services
+from voxroute.agent.timeline import Clock, TurnRecord
+from voxroute.integrations.pipecat.budget import speech_end_ms
+from voxroute.routing.router import is_devanagari
 
 log = logging.getLogger("voxroute.pipecat")
 
@@ -73,7 +73,7 @@ def _text(message: dict[str, Any]) -> str:
 class RoutedLLMService(LLMService):
     """voxroute's router and fallback ladder as a Pipecat LLM service.
 
-    ``services``: voxroute's process-wide services (``agent.runtime.build_services``: the configured
+    ``services``: voxroute's process-wide services (``voxroute.runtime.build_services``: the configured
     providers' clients, the router with its provider health); ``tenant`` picks the routing table and
     model paths. One instance serves one conversation (its escalation is sticky, as in a call)."""
 

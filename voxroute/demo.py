@@ -19,9 +19,9 @@ import httpx
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from agent.config import Config
-from agent.fixture import Fixture
-from agent.runtime import build_services, create_runtime_app, emulator_options
+from voxroute.agent.config import Config
+from voxroute.agent.fixture import Fixture
+from voxroute.runtime import build_services, create_runtime_app, emulator_options
 
 console = Console()
 if not console.is_terminal:
@@ -67,8 +67,8 @@ def print_turns(call: dict[str, Any]) -> None:
 @contextlib.asynccontextmanager
 async def offline_server(config: Config, port: int, profile: str = "reference"):
     """Emulated LLM tiers + the runtime app with the embedded stack, on 127.0.0.1:port."""
-    from emulators.serve import serve_app
-    from emulators.stack import run_emulators
+    from voxroute.emulators.stack import run_emulators
+    from voxroute.server import serve_app
 
     async with run_emulators(profile, 0, None, **emulator_options(config)) as emu:
         async with build_services(config, emu.urls, stack="local") as services:
@@ -85,12 +85,12 @@ async def dial_calls(
     record_dir: Path = Path("out/demo"),
     keep_serving: bool = False,
 ) -> list[dict[str, Any]]:
-    from agent.replay import replay_fixture
+    from voxroute.replay import replay_fixture
 
     calls: list[dict[str, Any]] = []
     t_start = time.monotonic()
     console.print("starting the runtime with the embedded offline stack (no keys, no network) ...")
-    from agent.tools.standins import stand_ins
+    from voxroute.standins import stand_ins
 
     # The config's tool stand-ins (examples/retail.yaml's order service) are served beside the runtime.
     async with stand_ins(config) as (config, _), offline_server(config, port) as (url, services):

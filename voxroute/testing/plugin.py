@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from agent.testing.assertions import ReplayResult
+from voxroute.testing.assertions import ReplayResult
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -47,8 +47,8 @@ def _setting(config: pytest.Config, name: str) -> Path | None:
 
 def find_fixture(name: str | Path, fixtures_dir: Path | None) -> Path:
     """A fixture's JSON path: ``name`` as a path, else ``fixtures_dir/name.json``, else as
-    ``agent.fixture.resolve`` finds it ($VOXROUTE_FIXTURES)."""
-    from agent.fixture import FixtureError, resolve
+    ``voxroute.agent.fixture.resolve`` finds it ($VOXROUTE_FIXTURES)."""
+    from voxroute.agent.fixture import FixtureError, resolve
 
     if fixtures_dir is not None and not Path(name).suffix:
         candidate = fixtures_dir / f"{name}.json"
@@ -103,7 +103,7 @@ def replay_call(request: pytest.FixtureRequest, _voxroute_call_log):
         behave: Sequence[tuple[str, str | None, dict[str, Any]]] = (),
         carrier: str = "twilio",
     ) -> ReplayResult:
-        """``config``: an ``agent.config.Config`` or a YAML path. ``profile``: the emulators' latency
+        """``config``: a ``voxroute.agent.config.Config`` or a YAML path. ``profile``: the emulators' latency
         profile (zero, reference, chaos). ``speed``: how much faster than real time the caller plays.
         ``items``: replay only the first N caller items. ``force``: (dice, fault) pairs queued before
         dialling; dice is one of "stt", "tts", "sarvam_llm", "openrouter_llm" (emulators/stack.py),
@@ -111,9 +111,9 @@ def replay_call(request: pytest.FixtureRequest, _voxroute_call_log):
         "sarvam", model id or None for all, LLMEmulator.behave keyword arguments): persistent
         per-model latency or faults for the whole call. ``carrier``: which fake carrier dials
         (emulators.carriers.CARRIERS: twilio, exotel, plivo, telnyx, sip)."""
-        from agent.config import Config, load_config
-        from agent.fixture import load
-        from agent.replay import local_stack, replay_fixture
+        from voxroute.agent.config import Config, load_config
+        from voxroute.agent.fixture import load
+        from voxroute.replay import local_stack, replay_fixture
 
         if not isinstance(config, Config):
             config = load_config(config or default_config)
