@@ -10,14 +10,13 @@ when ``VOXROUTE_TEST_POSTGRES_URL`` is set (``.ci/postgres.sh`` prints it).
 from __future__ import annotations
 
 import asyncio
-import os
 import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import text
 from voxroute.agent.calllog.redact import redact, redact_json
 from voxroute.agent.calllog.source import CombinedCallSource, DatabaseCallSource
 from voxroute.agent.calllog.store import CallLog, make_engine
@@ -27,11 +26,10 @@ from voxroute.agent.services import Services
 from voxroute.agent.session import CallSummary
 from voxroute.agent.timeline import TurnRecord
 
-from tests.conftest import services_required
+from tests.test_calllog import _postgres_database
 from voxroute.runtime import build_router, create_runtime_app
 from voxroute.server import serve_app
 
-PG_URL_ENV = "VOXROUTE_TEST_POSTGRES_URL"
 BROWSER = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
 CARD_TEXT = "my card is 4111 1111 1111 1111, call me on +91 98000 00001"
 
@@ -40,22 +38,13 @@ CARD_TEXT = "my card is 4111 1111 1111 1111, call me on +91 98000 00001"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-async def db_url(request, tmp_path) -> str:
-    """An empty database of each kind (no tables: the writer migrates it)."""
+async def db_url(request, tmp_path) -> AsyncIterator[str]:
+    """An empty database of each kind (no tables: the writer migrates it; PostgreSQL: this test's own)."""
     if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'voxroute.db'}"
-    url = os.environ.get(PG_URL_ENV, "").strip()
-    if not url:
-        reason = f'PostgreSQL not configured: set ${PG_URL_ENV} (eval "$(.ci/postgres.sh)")'
-        if services_required():
-            pytest.fail(reason)
-        pytest.skip(reason)
-    url = url.replace("postgresql://", "postgresql+asyncpg://", 1)
-    engine = make_engine(url)
-    async with engine.begin() as conn:
-        await conn.execute(text("DROP TABLE IF EXISTS call_state, turns, calls, alembic_version CASCADE"))
-    await engine.dispose()
-    return url
+        yield f"sqlite+aiosqlite:///{tmp_path / 'voxroute.db'}"
+        return
+    async with _postgres_database("voxroute_source") as url:
+        yield url
 
 
 @asynccontextmanager

@@ -77,21 +77,14 @@ async def _postgres_database(prefix: str) -> AsyncIterator[str]:
         await admin.dispose()
 
 
-async def _reset_postgres(url: str) -> None:
-    engine = make_engine(url)
-    async with engine.begin() as conn:
-        await conn.execute(text("DROP TABLE IF EXISTS call_state, turns, calls, alembic_version CASCADE"))
-    await engine.dispose()
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
-async def db_url(request, tmp_path) -> str:
-    """An empty call log database of each kind."""
+async def db_url(request, tmp_path) -> AsyncIterator[str]:
+    """An empty call log database of each kind (PostgreSQL: a database of this test's own)."""
     if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'voxroute.db'}"
-    url = _postgres_url()
-    await _reset_postgres(url)
-    return url
+        yield f"sqlite+aiosqlite:///{tmp_path / 'voxroute.db'}"
+        return
+    async with _postgres_database("voxroute_calllog") as url:
+        yield url
 
 
 @asynccontextmanager

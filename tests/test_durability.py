@@ -43,7 +43,7 @@ from voxroute.agent.config import CallLogConfig
 from voxroute.agent.services import Services
 from voxroute.agent.session import CallSummary
 
-from tests.test_calllog import _call, _count, _migrated, _postgres_url, _reset_postgres, _turn, running, until
+from tests.test_calllog import _call, _count, _migrated, _postgres_database, _turn, running, until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -412,12 +412,12 @@ async def outage(request, tmp_path):
             parent.mkdir()
             return url
 
-        return SimpleNamespace(away=url, back=back)
-    real = _postgres_url()
-    await _reset_postgres(real)
-    return SimpleNamespace(
-        away=f"postgresql+asyncpg://voxroute@127.0.0.1:{_free_port()}/voxroute", back=lambda: real
-    )
+        yield SimpleNamespace(away=url, back=back)
+        return
+    async with _postgres_database("voxroute_durability") as real:
+        yield SimpleNamespace(
+            away=f"postgresql+asyncpg://voxroute@127.0.0.1:{_free_port()}/voxroute", back=lambda: real
+        )
 
 
 def _worker(url: str, directory: Path, *args: str) -> subprocess.Popen:
