@@ -13,6 +13,7 @@ import logging
 from typing import TYPE_CHECKING
 
 import httpx
+
 from voxroute.agent.calllog.redact import redact_json
 from voxroute.agent.chunker import SpeakableChunker
 from voxroute.agent.ladder import LadderExhausted, LLMLadder

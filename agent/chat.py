@@ -37,6 +37,7 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from voxroute.agent.answer import Answerer, Speaker
 from voxroute.agent.services import Services
 from voxroute.agent.timeline import Clock, TurnRecord, log_turn

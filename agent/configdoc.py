@@ -26,6 +26,7 @@ import typing
 from pathlib import Path
 
 from pydantic import BaseModel
+
 from voxroute.agent.config import Config
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,6 +7,7 @@ The rules that turn voiced and unvoiced frames into turns live in the sans-I/O t
 from __future__ import annotations
 
 import webrtcvad
+
 from voxroute.agent.providers.base import FRAME_BYTES, SAMPLE_RATE
 
 

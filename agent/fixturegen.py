@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from voxroute.agent.endpointing import VoiceGate
 from voxroute.agent.fixture import FixtureError, FixtureScript, read_wav, write_ulaw_wav
-
 from voxroute.audio import FRAME_BYTES, pcm16_to_ulaw, ulaw_to_pcm16
 
 FRAME_MS = 20

@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request, Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
+
 from voxroute.agent.providers.base import FAULT_KINDS
 
 log = logging.getLogger("voxroute.prom")

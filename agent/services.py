@@ -11,6 +11,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+
 from voxroute.agent.calllog.redact import redact_call_async
 from voxroute.agent.calllog.state import CallState
 from voxroute.agent.config import Config
@@ -72,6 +73,10 @@ class Services:
         llms: dict[str, LLMProvider],
         router: Router,
         mode: str = "live",
+        *,
+        calls: dict[str, CallSession] | None = None,
+        call_control: Transfers | None = None,
+        webhooks: WebhookSender | None = None,
     ) -> None:
         self.config = config
         self.stt = stt
@@ -79,13 +84,14 @@ class Services:
         self.llms = llms
         self.router = router
         self.mode = mode  # "live" or "emulated": said in logs and call pages
-        self.calls: dict[str, CallSession] = {}  # call sid -> the live session that holds the call
+        # call sid -> the live session that holds the call (the root shares the dict with what needs it)
+        self.calls: dict[str, CallSession] = calls if calls is not None else {}
         # every live session (by identity: id(session)) -> (session, its leg of the call)
         self.streams: dict[int, tuple[CallSession, int]] = {}
         self._legs: OrderedDict[str, int] = OrderedDict()  # call sid -> legs so far (recent calls)
         self.finished: OrderedDict[str, CallSummary] = OrderedDict()
-        self.call_control: Transfers | None = None  # transfers and hang-ups (runtime sets it)
-        self.webhooks: WebhookSender | None = None  # the handoff webhook (runtime sets it)
+        self.call_control = call_control  # transfers and hang-ups (each carrier's own, in the runtime)
+        self.webhooks = webhooks  # the handoff webhook
         self.handoffs: dict[str, dict[str, Any]] = {}  # call sid -> handoff record (summary, transfer)
         self.observers: list[CallObserver] = []  # call log, metrics (runtime adds them)
         # What other processes of the database must see (the resumed leg's conversation, the handoff

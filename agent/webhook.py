@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import httpx
+
 from voxroute.agent.calllog.redact import redact, redact_json
 
 log = logging.getLogger(__name__)

@@ -147,6 +147,7 @@ def stream_server_args(kind: str):
     from pathlib import Path
 
     import yaml
+
     from voxroute.agent.config import DEFAULT_CONFIG_PATH
 
     data = yaml.safe_load(Path(os.environ.get("VOXROUTE_CONFIG", DEFAULT_CONFIG_PATH)).read_text())

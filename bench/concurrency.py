@@ -27,11 +27,11 @@ import time
 from pathlib import Path
 
 import httpx
-from voxroute.agent.fixture import load
-from voxroute.emulators.carrier import dial
 
 from bench.common import LOAD_FIXTURES as FIXTURES
 from bench.common import processes, step_result, stream_server_args, webhook_params
+from voxroute.agent.fixture import load
+from voxroute.emulators.carrier import dial
 from voxroute.server import ws_url
 
 LIMIT_MS = 20.0

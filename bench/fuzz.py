@@ -28,12 +28,11 @@ import sys
 import time
 from collections.abc import Callable
 
+from tests.fuzzing import BY_NAME, TARGETS, Fuzzer, Result
 from voxroute.agent.providers import openai_protocol as oai
 from voxroute.telephony import audiosocket, twilio
 from voxroute.telephony.sip import auth, sdp
 from voxroute.telephony.sip import message as sipmsg
-
-from tests.fuzzing import BY_NAME, TARGETS, Fuzzer, Result
 
 
 def _probe_sip_headers(n: int) -> Callable[[], object]:

@@ -23,10 +23,10 @@ import json
 from pathlib import Path
 
 import httpx
-from voxroute.agent.metrics import _pct
 
 from bench.common import processes
 from bench.concurrency import LIMIT_MS, run_step
+from voxroute.agent.metrics import _pct
 
 STALL_S = 0.05  # a loop timer this late is a stall (agent/loopwatch.py's default)
 

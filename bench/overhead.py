@@ -25,11 +25,11 @@ import json
 from pathlib import Path
 
 import httpx
+
+from bench.common import processes, webhook_params
 from voxroute.agent.fixture import all_fixture_names, load
 from voxroute.agent.metrics import _pct
 from voxroute.emulators.carrier import dial
-
-from bench.common import processes, webhook_params
 from voxroute.replay import operator_headers
 from voxroute.server import ws_url
 

@@ -29,9 +29,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from voxroute.agent.config import load_config
 from voxroute.routing.router import is_devanagari
-
 from voxroute.runtime import build_router
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "router"

@@ -43,7 +43,6 @@ from typing import Any
 
 from voxroute.agent.config import Config, load_config
 from voxroute.agent.fixture import Fixture, all_fixture_names, load
-
 from voxroute.replay import _percentile, local_stack, replay_fixture
 
 POLICIES = ("always_fast", "always_reasoning", "router")

@@ -57,13 +57,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from bench.common import LOAD_FIXTURES as FIXTURES
+from bench.common import processes, webhook_params
 from voxroute.agent.calllog.store import SPOOL_DIR
 from voxroute.agent.fixture import load
 from voxroute.agent.metrics import _pct
 from voxroute.emulators.carrier import dial
-
-from bench.common import LOAD_FIXTURES as FIXTURES
-from bench.common import processes, webhook_params
 from voxroute.replay import operator_headers
 from voxroute.server import ws_url
 
@@ -391,6 +391,7 @@ def serve_args(data: Path, recent_calls: int) -> tuple[str, ...]:
     memory are bounded by design, and the soak looks for growth beyond that bound, so the warm-up
     must fill it (1,000 by default would need a warm-up of about 10 minutes at 50 calls)."""
     import yaml
+
     from voxroute.agent.config import DEFAULT_CONFIG_PATH
 
     cfg = yaml.safe_load(Path(os.environ.get("VOXROUTE_CONFIG", DEFAULT_CONFIG_PATH)).read_text())

@@ -61,11 +61,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from voxroute.agent.config import Config, load_config
-from voxroute.agent.fixture import load
 
 from bench.common import LOAD_FIXTURES, pin, step_result, webhook_params
 from bench.concurrency import LIMIT_MS, passes
+from voxroute.agent.config import Config, load_config
+from voxroute.agent.fixture import load
 
 SYSTEMS = ("pipecat", "pipecat_voxroute", "voxroute")
 DEAD_AIR_S = 2.0
@@ -164,7 +164,6 @@ async def run_voxroute(names: list[str], profile: str, seed: int, config: Config
 
 async def run_pipecat(names: list[str], profile: str, seed: int, config: Config, system: str) -> list[dict]:
     from voxroute.emulators.carrier import dial
-
     from voxroute.integrations.pipecat.harness import served_bot
 
     prices = _prices(config)
@@ -274,7 +273,6 @@ async def ramp_step(system: str, base: str, n: int) -> dict[str, Any]:
     """``n`` calls at once (starts spread over one second) into the server at ``base``; its inbound
     lag and outbound jitter p99, and its CPU per call-second, as bench.concurrency reads them."""
     from voxroute.emulators.carrier import dial
-
     from voxroute.server import ws_url
 
     fixtures = [load(RAMP_FIXTURES[i % len(RAMP_FIXTURES)]) for i in range(n)]

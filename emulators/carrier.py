@@ -45,9 +45,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from twilio.request_validator import RequestValidator
-from voxroute.agent.fixture import Fixture, Utterance, write_ulaw_wav
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from voxroute.agent.fixture import Fixture, Utterance, write_ulaw_wav
 
 log = logging.getLogger(__name__)
 

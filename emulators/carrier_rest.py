@@ -37,6 +37,7 @@ from urllib.parse import urlsplit
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+
 from voxroute.emulators.twilio_rest import parse_basic_auth
 from voxroute.telephony import plivo
 

@@ -37,7 +37,9 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import httpx
+
 from voxroute.agent.fixture import Fixture
+from voxroute.audio import StreamResampler, pcm16_to_ulaw, ulaw_to_pcm16
 from voxroute.emulators.carrier import (
     SILENCE_FRAME,
     TWILIO_USER_AGENT,
@@ -50,13 +52,11 @@ from voxroute.emulators.carrier import (
     run_fake_call,
 )
 from voxroute.emulators.sip_carrier import dial_for_replay
+from voxroute.server import ws_url as ws_base
 from voxroute.telephony import plivo, telnyx
 from voxroute.telephony.exotel import MIN_CHUNK, ExotelPeer
 from voxroute.telephony.mediastream import AudioFormat, CarrierProtocolError, native_to_pcm, pcm_to_native
 from voxroute.telephony.twiml import public_ws_url
-
-from voxroute.audio import StreamResampler, pcm16_to_ulaw, ulaw_to_pcm16
-from voxroute.server import ws_url as ws_base
 
 TO_NUMBER = "+918000000000"
 

@@ -69,6 +69,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
+
 from voxroute.emulators import scripted
 from voxroute.emulators.profiles import EMULATED_FAULTS, Dice, FaultRecord, Latency
 
@@ -937,6 +938,7 @@ def main() -> None:  # pragma: no cover - manual use
     import argparse
 
     import uvicorn
+
     from voxroute.emulators.profiles import get_profile
 
     parser = argparse.ArgumentParser(description="voxroute LLM emulator")

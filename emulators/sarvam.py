@@ -52,7 +52,9 @@ import numpy as np
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.websockets import WebSocketDisconnect
+
 from voxroute.agent.providers import sarvam_protocol as wire
+from voxroute.audio import alaw_to_pcm16, pcm16_to_alaw, pcm16_to_ulaw, ulaw_to_pcm16
 from voxroute.emulators.profiles import Dice, FaultRecord
 from voxroute.emulators.transcripts import (
     SegmentEnded,
@@ -64,8 +66,6 @@ from voxroute.emulators.transcripts import (
     VadSegmenter,
     parse_plan,
 )
-
-from voxroute.audio import alaw_to_pcm16, pcm16_to_alaw, pcm16_to_ulaw, ulaw_to_pcm16
 
 log = logging.getLogger(__name__)
 
@@ -1170,6 +1170,7 @@ def main(argv: list[str] | None = None) -> None:  # pragma: no cover - manual us
     import argparse
 
     import uvicorn
+
     from voxroute.emulators.profiles import get_profile
 
     ap = argparse.ArgumentParser(description="Sarvam STT + TTS emulator")

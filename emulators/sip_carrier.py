@@ -30,7 +30,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
+
 from voxroute.agent.fixture import Fixture, write_ulaw_wav
+from voxroute.audio import ULAW_DEC
 from voxroute.emulators.carrier import FRAME_MS, BeforeStream, CallIds, CarrierResult, FakeTwilioCall
 from voxroute.telephony.sip import rtp, sdp
 from voxroute.telephony.sip.message import parse_uri
@@ -47,8 +49,6 @@ from voxroute.telephony.sip.ua import (
     UserAgent,
     new_call_id,
 )
-
-from voxroute.audio import ULAW_DEC
 
 log = logging.getLogger(__name__)
 

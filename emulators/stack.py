@@ -25,7 +25,6 @@ from voxroute.emulators.profiles import Dice, get_profile
 from voxroute.emulators.sarvam import create_stt_app, create_tts_app
 from voxroute.emulators.transcripts import TranscriptLibrary
 from voxroute.emulators.twilio_rest import TwilioRestEmulator
-
 from voxroute.runtime import EmulatorURLs
 from voxroute.server import serve_app, ws_url
 

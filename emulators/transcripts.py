@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from voxroute.agent.fixture import Fixture
 from voxroute.agent.fixture import load as load_fixture
-
 from voxroute.audio import ULAW_DEC, ULAW_ENC, pcm16_to_ulaw, ulaw_to_pcm16
 
 log = logging.getLogger(__name__)

@@ -36,7 +36,6 @@ import logging
 from voxroute.agent.config import load_config
 from voxroute.agent.fixture import load
 from voxroute.emulators.carrier import dial
-
 from voxroute.integrations.pipecat.harness import SYSTEMS, served_bot
 
 

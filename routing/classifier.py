@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from voxroute.routing.embed import StaticEmbeddings
 
 CLASSES: tuple[str, ...] = (

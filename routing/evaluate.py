@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from voxroute.routing.router import Router, is_devanagari
 
 WARMUP_ROWS = 10

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
 from voxroute.routing.classifier import (
     CLASSES,
     DEFAULT_MODEL_PATH,

@@ -31,6 +31,7 @@ from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.datastructures import MultiDict
+
 from voxroute.agent.calllog.redact import mask_number
 from voxroute.agent.link import (
     CallEnded,

@@ -34,9 +34,8 @@ from voxroute.agent.link import (
     InboundDtmf,
     MarkEcho,
 )
-from voxroute.telephony.sip.rtp import Playout
-
 from voxroute.audio import InboundFramer, StreamResampler
+from voxroute.telephony.sip.rtp import Playout
 
 log = logging.getLogger(__name__)
 

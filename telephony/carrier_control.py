@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from xml.sax.saxutils import escape, quoteattr
 
 import httpx
+
 from voxroute.telephony.call_control import E164, CallControlError
 from voxroute.telephony.carriers import PLIVO_TRANSFER_PATH
 from voxroute.telephony.twiml import public_url
@@ -265,6 +266,12 @@ class CarrierTransfers:
         self.controls = controls
         self.carrier_of = carrier_of
         self.default = default
+
+    def mount(self, carrier: str, control: Any) -> Callable[[], None]:
+        """An edge that starts after the services (the SIP UA) adds the control of its own calls; the
+        function returned takes it away again when the edge stops."""
+        self.controls[carrier] = control
+        return lambda: self.controls.pop(carrier, None) and None
 
     def can_transfer(self, call_sid: str) -> bool:
         return (self.carrier_of(call_sid) or self.default) in self.controls

@@ -36,13 +36,12 @@ from dataclasses import dataclass, field
 
 from voxroute.agent.providers import openai_protocol as oai
 from voxroute.agent.providers import sarvam_protocol as sarvam
+from voxroute.audio import InboundFramer, alaw_to_pcm16, ulaw_to_pcm16
 from voxroute.telephony import audiosocket, carriers, exotel, plivo, telnyx, twilio, twiml
 from voxroute.telephony.mediastream import CarrierProtocolError
 from voxroute.telephony.sip import auth, rtp, sdp
 from voxroute.telephony.sip import message as sipmsg
 from voxroute.telephony.sip.ua import UserAgent
-
-from voxroute.audio import InboundFramer, alaw_to_pcm16, ulaw_to_pcm16
 
 SEP = b"\n\x00\xfe\x00\n"  # between the messages of one stream input (never inside a valid message)
 MAX_INPUT = 96 * 1024  # over the SIP and Twilio message caps (64 kB), so those are exercised too

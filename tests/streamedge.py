@@ -11,10 +11,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
-from voxroute.telephony.wsserver import MediaServer, bound_port, stream_routes
-
 from voxroute.server import serve_app
 from voxroute.server import ws_url as _asgi_ws_url
+from voxroute.telephony.wsserver import MediaServer, bound_port, stream_routes
 
 STREAM_SERVERS = ("asgi", "media")
 _STREAMS: dict[str, str] = {}  # http url of an app under test -> ws base of its media server

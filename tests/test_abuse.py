@@ -30,15 +30,15 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from twilio.request_validator import RequestValidator
-from voxroute.agent.config import DEFAULT_CONFIG_PATH
-from voxroute.agent.fixture import load
-from voxroute.emulators.carriers import FakeCarrierSecrets
-from voxroute.telephony.twilio import TwilioPeer
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.conftest import services_required
+from voxroute.agent.config import DEFAULT_CONFIG_PATH
+from voxroute.agent.fixture import load
+from voxroute.emulators.carriers import FakeCarrierSecrets
 from voxroute.replay import replay_fixture
+from voxroute.telephony.twilio import TwilioPeer
 
 VOXROUTE = [sys.executable, "-m", "voxroute.cli"]
 TWILIO_TOKEN = "abuse-twilio-token-0123456789abcdef"
@@ -387,7 +387,6 @@ def test_serve_with_a_database_url_needs_the_caller_salt(tmp_path, monkeypatch):
     """Several hosts on one database must hash a caller's number alike: without
     VOXROUTE_CALLER_SALT each would make a salt of its own, and repeat contacts would not match."""
     from voxroute.agent.config import load_config
-
     from voxroute.runtime import missing_secrets
 
     config = production_config(tmp_path / "voxroute.yaml", 8080, None)

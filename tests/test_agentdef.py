@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from voxroute.agent.config import DEFAULT_CONFIG_PATH, ConfigError, load_config, parse_config
 
 
@@ -84,9 +85,9 @@ async def test_the_greeting_is_heard_within_a_second_of_the_stream_start(tmp_pat
     import json
     import time
 
-    from voxroute.emulators.carrier import connected_text, make_ids, mark_text, start_text, stop_text
     from websockets.asyncio.client import connect
 
+    from voxroute.emulators.carrier import connected_text, make_ids, mark_text, start_text, stop_text
     from voxroute.replay import local_stack
 
     (tmp_path / "kb.md").write_text("Open 9 to 6, Monday to Saturday.")
@@ -136,7 +137,6 @@ async def test_an_agent_first_fixture_waits_for_the_greeting_then_the_call_goes_
     """Fixture format 1's ``agent_first``: the caller's first words come ``gap_ms`` after the greeting
     has played. The greeting is turn 0; every caller turn after it is answered as without one."""
     from voxroute.agent.fixture import load
-
     from voxroute.replay import local_stack, replay_fixture
 
     fixture = load("order_status")
@@ -194,7 +194,6 @@ class _VoiceLog:
 
 async def test_the_tenants_voice_speaks_answers_phrases_and_the_greeting():
     from voxroute.agent.fixture import load
-
     from voxroute.replay import local_stack, replay_fixture
 
     fixture = load("order_status")

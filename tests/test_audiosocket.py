@@ -15,10 +15,13 @@ import pytest
 import webrtcvad
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from voxroute.agent.config import load_config
 from voxroute.agent.fixture import load
 from voxroute.agent.link import InboundAudio, InboundDtmf, MarkEcho
 from voxroute.agent.session import CallSession
+from voxroute.audio import ulaw_to_pcm16
+from voxroute.replay import local_stack
 from voxroute.telephony.audiosocket import (
     KIND_DTMF,
     KIND_HANGUP,
@@ -31,9 +34,6 @@ from voxroute.telephony.audiosocket import (
     serve_audiosocket,
     uuid_frame,
 )
-
-from voxroute.audio import ulaw_to_pcm16
-from voxroute.replay import local_stack
 
 CALL = uuid.UUID("12345678-1234-5678-1234-567812345678")
 

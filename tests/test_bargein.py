@@ -8,6 +8,7 @@ interruption) through the fake carrier, the runtime and the emulators on 127.0.0
 from __future__ import annotations
 
 import pytest
+
 from voxroute.agent.bargein import BargeInPolicy, words
 from voxroute.agent.session import INTERRUPTED_MARK
 

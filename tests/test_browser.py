@@ -23,10 +23,10 @@ from typing import Any
 import httpx
 import pytest
 import websockets
-from voxroute.agent.fixture import load
-from voxroute.agent.pages import WATERFALL_LABELS
 
 from tests.conftest import services_required
+from voxroute.agent.fixture import load
+from voxroute.agent.pages import WATERFALL_LABELS
 from voxroute.replay import local_stack, replay_fixture
 
 API_KEY = "operator-key-for-browser-tests"

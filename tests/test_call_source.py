@@ -17,6 +17,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.test_calllog import _postgres_database
 from voxroute.agent.calllog.redact import redact, redact_json
 from voxroute.agent.calllog.source import CombinedCallSource, DatabaseCallSource
 from voxroute.agent.calllog.store import CallLog, make_engine
@@ -25,8 +27,6 @@ from voxroute.agent.pages import MemoryCallSource, call_summary
 from voxroute.agent.services import Services
 from voxroute.agent.session import CallSummary
 from voxroute.agent.timeline import TurnRecord
-
-from tests.test_calllog import _postgres_database
 from voxroute.runtime import build_router, create_runtime_app
 from voxroute.server import serve_app
 

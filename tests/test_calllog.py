@@ -28,6 +28,8 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import func, select, text
+
+from tests.conftest import services_required
 from voxroute.agent.calllog import report as rep
 from voxroute.agent.calllog.redact import luhn_ok, redact
 from voxroute.agent.calllog.schema import calls_table, metadata, turns_table
@@ -41,8 +43,6 @@ from voxroute.agent.calllog.store import (
 )
 from voxroute.agent.config import CallLogConfig
 from voxroute.agent.fixture import load
-
-from tests.conftest import services_required
 from voxroute.replay import local_stack, replay_fixture
 
 PG_URL_ENV = "VOXROUTE_TEST_POSTGRES_URL"

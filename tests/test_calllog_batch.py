@@ -9,10 +9,10 @@ import json
 import time
 
 from sqlalchemy import delete, select
-from voxroute.agent.calllog.schema import calls_table, turns_table
-from voxroute.agent.calllog.store import CallLog, make_engine, migrate, write_record, write_records
 
 from tests.test_calllog import _call, _turn, db_url  # noqa: F401 (db_url: the fixture)
+from voxroute.agent.calllog.schema import calls_table, turns_table
+from voxroute.agent.calllog.store import CallLog, make_engine, migrate, write_record, write_records
 
 VOLATILE = {"updated_at", "recorded_at"}  # the write's own clock
 

@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from twilio.request_validator import RequestValidator
+from websockets.asyncio.server import ServerConnection, serve
+
 from voxroute.agent import fixture as fx
 from voxroute.emulators import carrier
 from voxroute.emulators.carrier import FakeTwilioCall, dial, make_ids
-from websockets.asyncio.server import ServerConnection, serve
 
 TOKEN = "12345678901234567890123456789012"
 PUBLIC_URL = "wss://agent.example.com/twilio/stream"

@@ -16,7 +16,12 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from tests.streamedge import STREAM_SERVERS, serve_edge, ws_url
 from voxroute.agent.link import CallEnded, InboundAudio, InboundDtmf, MarkEcho
+from voxroute.audio import InboundFramer, Reframer, pcm16_to_ulaw, ulaw_to_pcm16
 from voxroute.emulators.carriers import sign_telnyx
 from voxroute.telephony import plivo, telnyx
 from voxroute.telephony.app import TelephonySettings, create_app
@@ -34,11 +39,6 @@ from voxroute.telephony.mediastream import (
     StreamStart,
 )
 from voxroute.telephony.twiml import call_token
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
-
-from tests.streamedge import STREAM_SERVERS, serve_edge, ws_url
-from voxroute.audio import InboundFramer, Reframer, pcm16_to_ulaw, ulaw_to_pcm16
 
 EXOTEL_START = (
     '{"event":"start","sequence_number":"1","stream_sid":"a1b2c3","start":{"stream_sid":"a1b2c3",'

@@ -7,6 +7,8 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 import pytest
+
+from tests.test_carriers_replay import SECRETS, carrier_secrets_in_env  # noqa: F401  (a fixture)
 from voxroute.agent.config import load_config
 from voxroute.agent.fixture import load
 from voxroute.emulators.carrier_rest import (
@@ -15,6 +17,8 @@ from voxroute.emulators.carrier_rest import (
     EMULATED_TELNYX_API_KEY,
     CarrierRestEmulator,
 )
+from voxroute.replay import local_stack, replay_fixture
+from voxroute.server import serve_app
 from voxroute.telephony.call_control import CallControlError
 from voxroute.telephony.carrier_control import (
     CarrierTransfers,
@@ -23,10 +27,6 @@ from voxroute.telephony.carrier_control import (
     TelnyxCallControl,
     transfer_xml,
 )
-
-from tests.test_carriers_replay import SECRETS, carrier_secrets_in_env  # noqa: F401  (a fixture)
-from voxroute.replay import local_stack, replay_fixture
-from voxroute.server import serve_app
 
 QUEUE = "+918000000999"
 CALLER_ID = "+918000000000"

@@ -18,10 +18,10 @@ import time
 
 import httpx
 import pytest
-from voxroute.agent.fixture import all_fixture_names, load
-from voxroute.emulators.carriers import CARRIERS, CarrierNotWired, FakeCarrierSecrets, dial_fixture
 
 from tests.test_replay import _norm, expected_end, expected_items
+from voxroute.agent.fixture import all_fixture_names, load
+from voxroute.emulators.carriers import CARRIERS, CarrierNotWired, FakeCarrierSecrets, dial_fixture
 from voxroute.replay import local_stack, replay_fixture
 
 # SIP is not among them: RTP has no marks, so the fake SIP phone (emulators/sip_carrier.py) takes

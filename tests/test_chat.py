@@ -12,11 +12,11 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+
 from voxroute.agent.calllog.report import Filters, report
 from voxroute.agent.calllog.store import CallLog
 from voxroute.agent.config import load_config
 from voxroute.emulators.stack import run_emulators
-
 from voxroute.replay import local_stack
 from voxroute.runtime import build_services, create_runtime_app, missing_secrets
 from voxroute.server import serve_app
@@ -170,6 +170,7 @@ async def test_a_client_gone_mid_stream_ends_the_turn_and_a_busy_server_says_429
     """Slow tokens: the client reads the first text and goes; the model's stream is cancelled and the
     turn is logged as the caller hanging up. Meanwhile, over ``chat.max_concurrent``: 429."""
     from sqlalchemy import select
+
     from voxroute.agent.calllog.schema import turns_table
 
     config = load_config()

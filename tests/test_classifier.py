@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from voxroute.routing.classifier import (
     CLASSES,
     CLIP_CHARS,

@@ -14,8 +14,8 @@ import time
 import httpx
 import numpy as np
 import pytest
-from voxroute.agent.fixture import FIXTURES_DIR, read_wav
 
+from voxroute.agent.fixture import FIXTURES_DIR, read_wav
 from voxroute.audio import ulaw_to_pcm16
 
 VOXROUTE = [sys.executable, "-m", "voxroute.cli"]

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
-from voxroute.agent.providers.local import LocalStackUnavailable
 
 from voxroute import cli
+from voxroute.agent.providers.local import LocalStackUnavailable
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from voxroute.agent import configdoc
 from voxroute.agent.config import Config
 

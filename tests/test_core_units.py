@@ -7,6 +7,7 @@ against an in-memory link."""
 from __future__ import annotations
 
 import pytest
+
 from voxroute.agent.chunker import SpeakableChunker, looks_incomplete
 
 # ---------------------------------------------------------------- chunker

@@ -12,9 +12,9 @@ import csv
 from pathlib import Path
 
 import pytest
+
 from voxroute.agent.config import load_config
 from voxroute.routing.evaluate import metrics, metrics_by, predict
-
 from voxroute.runtime import build_router
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "router"

@@ -24,16 +24,16 @@ import kubernetes_validate
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import services_required
 from voxroute.agent.config import ShutdownConfig, TelephonyConfig, load_config
 from voxroute.agent.timeline import TurnRecord
 from voxroute.emulators.stack import run_emulators
+from voxroute.runtime import build_services, create_runtime_app, emulator_options, missing_secrets
+from voxroute.server import serve_app
 from voxroute.telephony.admission import CallGate
 from voxroute.telephony.app import STREAM_PATH
 from voxroute.telephony.carriers import EXOTEL_STREAM_PATH, PLIVO_STREAM_PATH, TELNYX_STREAM_PATH
-
-from tests.conftest import services_required
-from voxroute.runtime import build_services, create_runtime_app, emulator_options, missing_secrets
-from voxroute.server import serve_app
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

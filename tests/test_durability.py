@@ -27,6 +27,8 @@ from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import event, select
+
+from tests.test_calllog import _call, _count, _migrated, _postgres_database, _turn, running, until
 from voxroute.agent.calllog.schema import calls_table, turns_table
 from voxroute.agent.calllog.store import (
     SPOOL_DIR,
@@ -42,8 +44,6 @@ from voxroute.agent.calllog.store import (
 from voxroute.agent.config import CallLogConfig
 from voxroute.agent.services import Services
 from voxroute.agent.session import CallSummary
-
-from tests.test_calllog import _call, _count, _migrated, _postgres_database, _turn, running, until
 
 ROOT = Path(__file__).resolve().parent.parent
 

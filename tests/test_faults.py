@@ -4,6 +4,7 @@ well, the caller hears the agent within budget, and the turn's fallbacks say wha
 from __future__ import annotations
 
 import pytest
+
 from voxroute.agent.config import load_config
 
 

@@ -12,9 +12,9 @@ import wave
 
 import numpy as np
 import pytest
+
 from voxroute.agent.fixture import load
 from voxroute.agent.fixturegen import FRAME_MS, LEAD_MS, TAIL_MS, segment
-
 from voxroute.audio import ulaw_to_pcm16
 
 
@@ -90,10 +90,9 @@ def test_a_committed_fixture_round_trips_mono(tmp_path):
 @pytest.mark.local
 def test_a_stereo_16k_recording_infers_the_gaps_after_the_agent(tmp_path):
     pytest.importorskip("faster_whisper", reason="the voxroute[local] extra is not installed")
+    from tests.test_local_stack import wer
     from voxroute.agent.fixturegen import from_wav
     from voxroute.agent.providers.local import resample_any
-
-    from tests.test_local_stack import wer
 
     caller_fx, agent_fx = load("order_status"), load("billing_dispute")
 
@@ -158,10 +157,10 @@ async def test_a_recorded_call_comes_back_as_a_fixture_that_replays_alike(tmp_pa
 
     import yaml
     from typer.testing import CliRunner
-    from voxroute.agent.config import DEFAULT_CONFIG_PATH, parse_config
-    from voxroute.agent.fixturegen import from_wav
 
     from tests.test_local_stack import wer
+    from voxroute.agent.config import DEFAULT_CONFIG_PATH, parse_config
+    from voxroute.agent.fixturegen import from_wav
     from voxroute.cli import app
     from voxroute.replay import local_stack, replay_fixture
     from voxroute.testing import fixture_failures

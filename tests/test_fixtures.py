@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 import pytest
+
 from voxroute.agent import fixture as fx
 
 try:

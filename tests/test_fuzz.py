@@ -17,14 +17,14 @@ import json
 import os
 
 import pytest
+
+from tests.fuzzing import BY_NAME, SEP, TARGETS, check, fuzz
 from voxroute.agent.providers import openai_protocol as oai
 from voxroute.agent.providers import sarvam_protocol as sarvam
 from voxroute.telephony import exotel, plivo, telnyx, twilio
 from voxroute.telephony.mediastream import CarrierProtocolError
 from voxroute.telephony.sip import auth, sdp
 from voxroute.telephony.sip import message as sipmsg
-
-from tests.fuzzing import BY_NAME, SEP, TARGETS, check, fuzz
 
 INPUTS = 10_000
 SEED = int(os.environ.get("VOXROUTE_FUZZ_SEED", "0"))

@@ -16,6 +16,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+
 from voxroute.agent.fixture import all_fixture_names, load
 from voxroute.agent.handoff import (
     HandoffSummary,
@@ -33,7 +34,6 @@ from voxroute.agent.providers.openai_compat import OpenAICompatLLM
 from voxroute.emulators.llm import LLMEmulator
 from voxroute.emulators.profiles import ZERO, Dice
 from voxroute.routing.table import BUILTIN_CLASSES
-
 from voxroute.server import serve_app
 
 REASONING = "emu-reasoner"

@@ -14,14 +14,14 @@ import xml.etree.ElementTree as ET
 import httpx
 import pytest
 from fastapi import FastAPI, Request
+
 from voxroute.agent.config import load_config
 from voxroute.agent.fixture import load
 from voxroute.agent.session import INTERRUPTED_MARK
 from voxroute.agent.webhook import SIGNATURE_HEADER, verify_signature
 from voxroute.emulators.carrier import dial
-from voxroute.routing.table import ClassDef
-
 from voxroute.replay import local_stack, replay_fixture
+from voxroute.routing.table import ClassDef
 from voxroute.server import serve_app, ws_url
 
 SECRET = "webhook-secret-for-tests"

@@ -9,13 +9,13 @@ from __future__ import annotations
 import contextlib
 
 import pytest
+
 from voxroute.agent.config import load_config
 from voxroute.agent.ladder import LadderExhausted, LLMLadder
 from voxroute.agent.providers.openai_compat import OpenAICompatLLM
 from voxroute.agent.timeline import Clock, TurnRecord
 from voxroute.emulators.stack import run_emulators
 from voxroute.routing.health import Health
-
 from voxroute.runtime import emulator_options
 
 FAST = "google/gemini-3-flash-preview"  # provider openrouter (examples/default.yaml)

@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+
 from voxroute.agent.providers.base import LLMRequest, LLMToken, LLMUsage, ProviderError
 from voxroute.agent.providers.openai_compat import LLMToolCalls, OpenAICompatLLM
 from voxroute.emulators.llm import create_llm_app, respond
 from voxroute.emulators.profiles import ZERO, Dice
-
 from voxroute.server import serve_app
 
 KEY = "sk-test-key"

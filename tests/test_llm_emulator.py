@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 import httpx
 import openai
 import pytest
+
 from voxroute.emulators.llm import create_llm_app, plan_tool_calls, respond, word_pieces
 from voxroute.emulators.profiles import ZERO, Dice
-
 from voxroute.server import serve_app
 
 KEY = "sk-test-key"

@@ -8,9 +8,9 @@ import re
 import time
 
 import pytest
+
 from voxroute.agent.fixture import load
 from voxroute.agent.providers.base import Transcript
-
 from voxroute.audio import silence_pcm, ulaw_to_pcm16
 
 pytestmark = pytest.mark.local

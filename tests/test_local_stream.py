@@ -9,6 +9,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 import pytest
+
 from voxroute.agent.bargein import BargeInPolicy
 from voxroute.agent.fixture import load
 from voxroute.agent.providers.base import SpeechEnded, SpeechStarted, Transcript
@@ -24,7 +25,6 @@ from voxroute.agent.providers.local import (
     unloop,
 )
 from voxroute.agent.turns import Commit, TurnPolicy, TurnTaker
-
 from voxroute.audio import silence_pcm, ulaw_to_pcm16
 
 FRAME = 20

@@ -9,10 +9,10 @@ import asyncio
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
 from voxroute.agent.fixture import load
 from voxroute.agent.prom import MAX_ACTIONS, OTHER, FirstSeen, PromMetrics
 from voxroute.agent.timeline import TurnRecord
-
 from voxroute.replay import local_stack, operator_headers, replay_fixture
 
 CLASSES = ("faq", "billing_dispute", "order_tracking")

@@ -39,13 +39,13 @@ import httpx
 import pytest
 import yaml
 from sqlalchemy import text
+
+from tests.conftest import services_required
+from tests.test_calllog import _postgres_database
 from voxroute.agent.config import DEFAULT_CONFIG_PATH, load_config
 from voxroute.agent.fixture import Fixture, load
 from voxroute.emulators.carrier import dial
 from voxroute.emulators.stack import EmulatorStack, run_emulators
-
-from tests.conftest import services_required
-from tests.test_calllog import _postgres_database
 from voxroute.server import ws_url
 
 VOXROUTE = [sys.executable, "-m", "voxroute.cli"]

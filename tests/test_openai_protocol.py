@@ -7,6 +7,7 @@ import json
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from voxroute.agent.providers.base import LLMRequest
 from voxroute.agent.providers.openai_protocol import (
     ChatStreamDecoder,

@@ -11,6 +11,7 @@ import xml.etree.ElementTree as ET
 import httpx
 import pytest
 from fastapi import FastAPI
+
 from voxroute.agent.config import load_config
 from voxroute.agent.pages import (
     COOKIE_NAME,
@@ -28,7 +29,6 @@ from voxroute.agent.pages import (
 from voxroute.agent.services import Services
 from voxroute.agent.session import CallSummary
 from voxroute.agent.timeline import TIMELINE_NAMES, TurnRecord
-
 from voxroute.runtime import build_router
 from voxroute.server import serve_app
 

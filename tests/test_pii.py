@@ -23,6 +23,7 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
+
 from voxroute.agent.calllog.redact import (
     LOG_MAX_CHARS,
     ConversationRedactor,
@@ -46,7 +47,6 @@ from voxroute.agent.services import Services
 from voxroute.agent.session import CallSummary
 from voxroute.agent.timeline import TurnRecord
 from voxroute.agent.webhook import SIGNATURE_HEADER, WebhookSender, verify_signature
-
 from voxroute.runtime import build_router, create_runtime_app
 from voxroute.server import serve_app
 

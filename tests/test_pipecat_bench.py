@@ -11,10 +11,9 @@ import pytest
 
 pytest.importorskip("pipecat", reason="needs the pipecat extra: pip install -e '.[pipecat]'")
 
+from bench import vs_pipecat  # noqa: E402
 from voxroute.agent.fixture import load  # noqa: E402
 from voxroute.emulators.carrier import FakeTwilioCall, make_ids  # noqa: E402
-
-from bench import vs_pipecat  # noqa: E402
 
 KEYS = {
     "turns",

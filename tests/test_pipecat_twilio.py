@@ -27,10 +27,10 @@ from pipecat.processors.aggregators.llm_response_universal import LLMContextAggr
 from pipecat.services.sarvam.tts import SarvamHttpTTSService  # noqa: E402
 from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPIWebsocketTransport  # noqa: E402
 from pipecat.workers.runner import WorkerRunner  # noqa: E402
+
 from voxroute.agent.fixture import load  # noqa: E402
 from voxroute.agent.session import INTERRUPTED_MARK  # noqa: E402
 from voxroute.emulators.carrier import dial  # noqa: E402
-
 from voxroute.integrations.pipecat import TwilioMarkSerializer  # noqa: E402
 from voxroute.integrations.pipecat.harness import emulated  # noqa: E402
 from voxroute.server import serve_app, ws_url  # noqa: E402

@@ -23,16 +23,16 @@ from pipecat.pipeline.pipeline import Pipeline  # noqa: E402
 from pipecat.processors.aggregators.llm_context import LLMContext  # noqa: E402
 from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair  # noqa: E402
 from pipecat.tests.utils import SleepFrame, run_test  # noqa: E402
+
 from voxroute.agent.player import MarkLedger  # noqa: E402
 from voxroute.agent.session import INTERRUPTED_MARK  # noqa: E402
-from voxroute.telephony.twilio import OutboundClear, OutboundMark, OutboundMedia, TwilioPeer, TwilioStream  # noqa: E402
-
 from voxroute.integrations.pipecat import (  # noqa: E402
     HeardTextProcessor,
     MarkEchoFrame,
     TurnDeadline,
     TwilioMarkSerializer,
 )
+from voxroute.telephony.twilio import OutboundClear, OutboundMark, OutboundMedia, TwilioPeer, TwilioStream  # noqa: E402
 
 # ---------------------------------------------------------------- the deadline, on a fake clock
 
@@ -229,7 +229,6 @@ class ScriptedLLM:
 def routed_service(fail: dict[str, list[str]] | None = None):
     from voxroute.agent.config import load_config
     from voxroute.agent.services import Services
-
     from voxroute.integrations.pipecat import RoutedLLMService
     from voxroute.runtime import build_router
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import yaml
+
 from voxroute.agent.fixture import FIXTURES_DIR
 
 REPO = Path(__file__).resolve().parent.parent

@@ -12,6 +12,7 @@ import wave
 import numpy as np
 import pytest
 import yaml
+
 from voxroute.agent import pages, recording
 from voxroute.agent.config import DEFAULT_CONFIG_PATH, ConfigError, parse_config
 from voxroute.agent.timeline import Clock

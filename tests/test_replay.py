@@ -14,10 +14,10 @@ import json
 import re
 
 import pytest
-from voxroute.agent.fixture import all_fixture_names, load
-from voxroute.agent.session import INTERRUPTED_MARK
 
 from tests.conftest import emulator_faults
+from voxroute.agent.fixture import all_fixture_names, load
+from voxroute.agent.session import INTERRUPTED_MARK
 from voxroute.replay import local_stack, replay_fixture
 
 FRAME_MS = 20

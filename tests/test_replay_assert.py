@@ -10,8 +10,8 @@ import subprocess
 import sys
 
 import pytest
-from voxroute.agent.fixture import FIXTURES_DIR, FixtureError, load
 
+from voxroute.agent.fixture import FIXTURES_DIR, FixtureError, load
 from voxroute.testing import (
     assert_ended,
     assert_expectations,

@@ -24,10 +24,10 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from voxroute.agent.calllog import report as rep
-from voxroute.agent.calllog.store import CallLog, make_engine
 
 from tests.test_calllog import _call, _turn, db_url, running  # noqa: F401 - db_url is a fixture
+from voxroute.agent.calllog import report as rep
+from voxroute.agent.calllog.store import CallLog, make_engine
 
 HOUR = 3600.0
 T0 = time.time() - 5 * 24 * HOUR

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
+
 from voxroute.agent.config import load_config, parse_config
+from voxroute.cli import app
 from voxroute.routing.classifier import read_labelled_csv
 from voxroute.routing.evaluate import metrics, predict
 from voxroute.routing.router import is_closing, is_devanagari
-
-from voxroute.cli import app
 from voxroute.runtime import build_router
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "router"

@@ -8,6 +8,7 @@ import struct
 
 import numpy as np
 import pytest
+
 from voxroute.routing.embed import Bert, StaticEmbeddings, WordPiece, basic_words, read_safetensors, save
 
 VOCAB = [
@@ -187,7 +188,6 @@ def test_a_model_with_embeddings_adds_the_sentence_vector_term(tmp_path):
 
 def test_the_decision_reuses_a_partial_scored_with_embeddings(tmp_path):
     from voxroute.agent.config import load_config, parse_config
-
     from voxroute.runtime import build_router
 
     data = load_config().model_dump(mode="python", by_alias=True)

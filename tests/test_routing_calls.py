@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from voxroute.agent.config import load_config
 from voxroute.routing.table import ClassDef
 

@@ -6,9 +6,8 @@ cost at most 35% of always-reasoning (the issue's target)."""
 
 from __future__ import annotations
 
-from voxroute.agent.config import load_config
-
 from bench.routing_cost import handled_by_reasoning, realistic_fixtures, run_policy, turn_mix
+from voxroute.agent.config import load_config
 
 
 def test_realistic_mix_is_mostly_routine():

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 from typer.testing import CliRunner
-from voxroute.agent.config import ConfigError, load_config, parse_config
-from voxroute.routing.health import MIN_SAMPLES, Health
 
+from voxroute.agent.config import ConfigError, load_config, parse_config
 from voxroute.cli import app
+from voxroute.routing.health import MIN_SAMPLES, Health
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.test_sarvam_emulator import FINALS, SCRIPT
 from voxroute.agent.fixture import Fixture, load
 from voxroute.agent.providers.base import FRAME_BYTES, ProviderError, SpeechEnded, SpeechStarted, Transcript
 from voxroute.agent.providers.sarvam import SarvamSTT, SarvamTTS
+from voxroute.audio import ulaw_to_pcm16
 from voxroute.emulators.profiles import ZERO, Dice
 from voxroute.emulators.sarvam import EmulatorState, create_app
 from voxroute.emulators.transcripts import TranscriptLibrary, write_synthetic_fixture
-
-from tests.test_sarvam_emulator import FINALS, SCRIPT
-from voxroute.audio import ulaw_to_pcm16
 from voxroute.server import serve_app, ws_url
 
 

@@ -20,12 +20,12 @@ import websockets
 from sarvamai import AsyncSarvamAI, SarvamAIEnvironment
 from sarvamai.core.api_error import ApiError
 from sarvamai.types import RealtimeAudioInput, RealtimeFlush
+
 from voxroute.agent.fixture import Fixture, load
+from voxroute.audio import ulaw_to_pcm16
 from voxroute.emulators.profiles import ZERO, Dice, Latency, Profile
 from voxroute.emulators.sarvam import EmulatorState, create_app, create_stt_app, create_tts_app
 from voxroute.emulators.transcripts import TranscriptLibrary, split_words, write_synthetic_fixture
-
-from voxroute.audio import ulaw_to_pcm16
 from voxroute.server import serve_app, ws_url
 
 # The synthetic call both Sarvam test files use: a pause mid-utterance splits the last one in two.

@@ -9,6 +9,7 @@ import urllib.parse
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from voxroute.agent.providers import sarvam_protocol as sp
 
 

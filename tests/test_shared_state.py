@@ -18,6 +18,10 @@ import httpx
 import pytest
 import websockets
 from sqlalchemy import select
+
+from tests.test_calllog import _postgres_database
+from tests.test_carrier_transfers import QUEUE, keyed_zero
+from tests.test_carriers_replay import SECRETS, carrier_secrets_in_env  # noqa: F401  (a fixture)
 from voxroute.agent.calllog.schema import calls_table, turns_table
 from voxroute.agent.calllog.state import CallState
 from voxroute.agent.calllog.store import CallLog, make_engine, migrate
@@ -25,14 +29,10 @@ from voxroute.agent.config import load_config
 from voxroute.agent.fixture import load
 from voxroute.agent.services import Services
 from voxroute.emulators.carrier import connected_text, dial, make_ids, start_text, stop_text
-from voxroute.telephony.carriers import CARRIERS
-
-from tests.test_calllog import _postgres_database
-from tests.test_carrier_transfers import QUEUE, keyed_zero
-from tests.test_carriers_replay import SECRETS, carrier_secrets_in_env  # noqa: F401  (a fixture)
 from voxroute.replay import LocalStack, local_stack, replay_fixture
 from voxroute.runtime import build_services, create_runtime_app
 from voxroute.server import serve_app, ws_url
+from voxroute.telephony.carriers import CARRIERS
 
 # ---------------------------------------------------------------- databases
 

@@ -9,6 +9,7 @@ import socket
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from voxroute.agent.link import InboundAudio
 from voxroute.emulators.sip_carrier import SipPhone
 from voxroute.telephony.sip import auth, rtp, sdp

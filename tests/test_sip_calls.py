@@ -6,10 +6,10 @@ from __future__ import annotations
 from voxroute.agent.config import load_config
 from voxroute.agent.fixture import load
 from voxroute.emulators.sip_carrier import dial as dial_sip
+from voxroute.replay import local_stack, replay_fixture
+from voxroute.telephony.carrier_control import CarrierTransfers
 from voxroute.telephony.sip.service import sip_edge
 from voxroute.telephony.sip.transport import SipTransfers
-
-from voxroute.replay import local_stack, replay_fixture
 
 
 def first_items(name: str, n: int):
@@ -46,10 +46,14 @@ async def test_keying_zero_transfers_a_sip_call_by_refer() -> None:
     )
     cfg = load_config()
     async with local_stack("zero", 0, [fixture], cfg) as stack:
+        controls = stack.services.call_control
+        assert isinstance(controls, CarrierTransfers) and "sip" not in controls.controls
         async with sip_edge(stack.services, sip="127.0.0.1:0") as edge:
-            assert isinstance(stack.services.call_control, SipTransfers)
+            # the edge mounts its REFER transfers for SIP calls; the carriers' controls stay
+            assert isinstance(controls.controls["sip"], SipTransfers) and "twilio" in controls.controls
             assert edge.sip_url is not None
             result = await dial_sip(fixture, edge.sip_url)
+        assert stack.services.call_control is controls and "sip" not in controls.controls
         call = stack.services.call_json(result.call_sid)
         twilio_requests = list(stack.emulators.twilio.for_call(result.call_sid))
     assert call is not None and call["ended"] == "handoff", call and call.get("error")

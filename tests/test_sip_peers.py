@@ -20,17 +20,17 @@ import httpx
 import numpy as np
 import pytest
 import webrtcvad
+
+from tests.conftest import services_required
 from voxroute.agent.config import load_config
 from voxroute.agent.fixture import load
 from voxroute.agent.link import InboundAudio
 from voxroute.agent.session import CallSession
+from voxroute.audio import ulaw_to_pcm16
+from voxroute.replay import local_stack
 from voxroute.telephony.sip import rtp
 from voxroute.telephony.sip.transport import SipLink, SipServer, SipTransferRefused, SipTransfers, serving
 from voxroute.telephony.sip.ua import Registration
-
-from tests.conftest import services_required
-from voxroute.audio import ulaw_to_pcm16
-from voxroute.replay import local_stack
 
 SIPP_PCAPS = Path("/usr/share/sip-tester")
 

@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from voxroute.agent.calllog.store import SPOOL_DIR
 
 from bench.soak import Seen, bucket_pct, lag_buckets, lost_records, rss_at, spool_pending_bytes
+from voxroute.agent.calllog.store import SPOOL_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 

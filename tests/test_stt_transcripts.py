@@ -23,8 +23,10 @@ import httpx
 import numpy as np
 import pytest
 import websockets
+
 from voxroute.agent.fixture import Fixture, FixtureError, load, write_ulaw_wav
 from voxroute.agent.providers.sarvam_protocol import realtime_stt_url, rt_audio_input
+from voxroute.audio import pcm16_to_ulaw, ulaw_to_pcm16
 from voxroute.emulators.profiles import Dice, get_profile
 from voxroute.emulators.sarvam import create_stt_app
 from voxroute.emulators.stack import fixture_library
@@ -37,8 +39,6 @@ from voxroute.emulators.transcripts import (
     parse_plan,
     timed_plan,
 )
-
-from voxroute.audio import pcm16_to_ulaw, ulaw_to_pcm16
 from voxroute.server import serve_app, ws_url
 
 FRAME = 160  # 20 ms of 8 kHz mu-law
@@ -282,7 +282,6 @@ async def test_a_recording_made_into_a_fixture_replays_with_its_reviewed_words(t
     and the routes of the original call."""
     from voxroute.agent import fixturegen
     from voxroute.agent.providers.local import resample_any
-
     from voxroute.replay import local_stack, replay_fixture
 
     source = load("order_status")

@@ -11,12 +11,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 from pydantic import ValidationError
+from websockets.asyncio.server import ServerConnection, serve
+
 from voxroute.agent.config import SarvamConfig
 from voxroute.agent.providers.sarvam import SarvamSTT
 from voxroute.agent.sttfeed import STTFeed
 from voxroute.agent.timeline import Clock
-from websockets.asyncio.server import ServerConnection, serve
-
 from voxroute.audio import ulaw_to_pcm16
 
 FRAME_ULAW = 160

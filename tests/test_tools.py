@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from examples.tools.order_service import OrderService
 from voxroute.agent.config import ConfigError, load_config, parse_config
 from voxroute.agent.providers.base import LLMRequest
 from voxroute.agent.providers.openai_compat import LLMToolCalls, OpenAICompatLLM
@@ -21,8 +23,6 @@ from voxroute.agent.tools.spec import ToolConfig, ToolsConfig
 from voxroute.emulators.llm import LLMEmulator
 from voxroute.emulators.profiles import Dice, get_profile
 from voxroute.emulators.scripted import ScriptedCall, after_tools, normalise
-
-from examples.tools.order_service import OrderService
 from voxroute.server import serve_app
 
 RETAIL = Path(__file__).resolve().parent.parent / "examples" / "retail.yaml"

@@ -12,9 +12,9 @@ from typing import Any
 
 import httpx
 import pytest
+
 from voxroute.agent.config import load_config
 from voxroute.agent.fixture import load
-
 from voxroute.replay import local_stack, replay_fixture
 
 RETAIL = Path(__file__).resolve().parent.parent / "examples" / "retail.yaml"

@@ -23,10 +23,10 @@ from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
 from opentelemetry.trace import SpanKind  # noqa: E402
+
 from voxroute.agent import tracing  # noqa: E402
 from voxroute.agent.config import load_config  # noqa: E402
 from voxroute.agent.timeline import Clock, TurnRecord  # noqa: E402
-
 from voxroute.replay import replay  # noqa: E402
 from voxroute.server import serve_app  # noqa: E402
 

@@ -8,11 +8,11 @@ the timers the session's ticker runs when ``next_wake`` says they are due.
 from __future__ import annotations
 
 import pytest
+
 from voxroute.agent.bargein import BargeInPolicy
 from voxroute.agent.endpointing import VoiceGate
 from voxroute.agent.fixture import load
 from voxroute.agent.turns import BargeIn, Commit, IgnoreOverlap, Merge, TurnPolicy, TurnTaker
-
 from voxroute.audio import ulaw_to_pcm16
 
 

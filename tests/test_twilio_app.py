@@ -14,7 +14,12 @@ import xml.etree.ElementTree as ET
 import httpx
 import pytest
 from twilio.request_validator import RequestValidator
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from tests.streamedge import STREAM_SERVERS, serve_edge, ws_url
 from voxroute.agent.link import CallEnded, CallStart, InboundAudio, InboundDtmf, MarkEcho
+from voxroute.audio import pcm16_to_ulaw, ulaw_to_pcm16
 from voxroute.telephony.admission import CallGate
 from voxroute.telephony.app import STREAM_PATH, VOICE_PATH, TelephonySettings, create_app
 from voxroute.telephony.carriers import CarrierSettings
@@ -27,11 +32,6 @@ from voxroute.telephony.twiml import (
     public_ws_url,
     validate_signature,
 )
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
-
-from tests.streamedge import STREAM_SERVERS, serve_edge, ws_url
-from voxroute.audio import pcm16_to_ulaw, ulaw_to_pcm16
 
 TOKEN = "12345678901234567890123456789012"
 BASE = "https://agent.example.com"

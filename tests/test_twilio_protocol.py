@@ -10,7 +10,11 @@ import json
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from websockets.asyncio.client import connect
+
 from voxroute.agent.link import CallEnded, InboundAudio, InboundDtmf
+from voxroute.audio import pcm16_to_ulaw, ulaw_to_pcm16
+from voxroute.server import serve_app, ws_url
 from voxroute.telephony.app import TelephonySettings, create_app
 from voxroute.telephony.twilio import (
     Connected,
@@ -27,10 +31,6 @@ from voxroute.telephony.twilio import (
     TwilioProtocolError,
     TwilioStream,
 )
-from websockets.asyncio.client import connect
-
-from voxroute.audio import pcm16_to_ulaw, ulaw_to_pcm16
-from voxroute.server import serve_app, ws_url
 
 SID = "MZ00000000000000000000000000000001"
 ACCOUNT = "AC00000000000000000000000000000002"

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+
 from voxroute.agent.webhook import (
     DELIVERY_HEADER,
     SIGNATURE_HEADER,
@@ -20,7 +21,6 @@ from voxroute.agent.webhook import (
     sign,
     verify_signature,
 )
-
 from voxroute.server import serve_app
 
 SECRET = "whsec-test-0123456789"

@@ -11,8 +11,8 @@ from datetime import datetime, timedelta
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from voxroute.agent.webhook import WebhookSender, sign_standard, signing_key
 
+from voxroute.agent.webhook import WebhookSender, sign_standard, signing_key
 from voxroute.server import serve_app
 
 standardwebhooks = pytest.importorskip(

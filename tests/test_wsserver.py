@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from voxroute.telephony.wsserver import MediaServer, TrustedProxies, bound_port, media_edge
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from voxroute.telephony.wsserver import MediaServer, TrustedProxies, bound_port, media_edge
 
 STEP = 5.0
 

@@ -146,18 +146,18 @@ async def build_services(
         speakers=s.speakers,
         http_client=tts_http,
     )
-    services_ref: list[Services] = []  # the scripted LLM looks up each turn's routing class here
+    # The live calls by call sid: Services keeps them; the scripted LLM reads each turn's routing class
+    # there, the call control each call's carrier.
+    calls: dict[str, CallSession] = {}
     offline = stack == "local"
     if offline:
-        stt, tts, llms = _local_engines(
-            config, stt, tts, llms, sarvam_key == EMULATED_KEY, services_ref, modes
-        )
+        stt, tts, llms = _local_engines(config, stt, tts, llms, sarvam_key == EMULATED_KEY, calls, modes)
 
     router = build_router(config)
     mode = "emulated" if any("emulated" in m for m in modes) else "live"
     for line in modes:
         log.info("%s", line)
-    call_control = _call_control(config, emulators, modes, services_ref)
+    call_control = _call_control(config, emulators, modes, calls)
     h = config.handoff
     secret = _key(h.webhook_secret_env)
     if h.webhook_url and not secret:
@@ -173,10 +173,9 @@ async def build_services(
         if not isinstance(stt, SarvamSTT):
             exits.push_async_callback(stt.aclose)  # ByLanguageSTT: the offline Whisper worker pool
         services = Services(
-            config, stt, tts, llms, router, mode="local" if offline and mode == "emulated" else mode
-        )
-        services_ref.append(services)
-        services.call_control, services.webhooks = call_control, webhooks
+            config, stt, tts, llms, router, mode="local" if offline and mode == "emulated" else mode,
+            calls=calls, call_control=call_control, webhooks=webhooks,
+        )  # fmt: skip
         # The call log: its writer task buffers while the database is away and drains at exit.
         call_log = CallLog.from_environment(config.call_log) if config.call_log.enabled else None
         if call_log is not None:
@@ -228,7 +227,7 @@ def _local_engines(
     sarvam_tts: SarvamTTS,
     llms: dict[str, LLMProvider],
     sarvam_emulated: bool,
-    services_ref: list[Services],
+    calls: dict[str, CallSession],
     modes: list[str],
 ) -> tuple[SarvamSTT | ByLanguageSTT, SarvamTTS | ByLanguageTTS, dict[str, LLMProvider]]:
     """The offline stack: Whisper/Piper for the languages they know when Sarvam has no key (Sarvam,
@@ -253,7 +252,7 @@ def _local_engines(
         )
         espeak = "espeak-ng for Hindi" if tts.local.espeak else "no espeak-ng: Hindi on emulated Sarvam"
         modes.append(f"TTS: embedded Piper (en_US joe) for English, {espeak}")
-    class_of = class_lookup(services_ref)
+    class_of = class_lookup(calls)
     for name, llm in list(llms.items()):
         if _key(config.providers[name].api_key_env) is None:  # emulated: a scripted reply per routing class
             llms[name] = ClassTaggedLLM(llm, class_of)
@@ -270,18 +269,11 @@ def simulated_llms(services: Services) -> set[str]:
     return {n for n, llm in services.llms.items() if isinstance(llm, ClassTaggedLLM)}
 
 
-def _plivo_control(control: Any) -> PlivoCallControl | None:
-    while control is not None and not isinstance(control, CarrierTransfers):
-        control = getattr(control, "fallback", None)  # SipTransfers wraps the carriers' control
-    plivo = control.controls.get("plivo") if control is not None else None
-    return plivo if isinstance(plivo, PlivoCallControl) else None
-
-
-def _share_plivo_transfers(control: Any, state: CallState) -> None:
+def _share_plivo_transfers(control: CarrierTransfers, state: CallState) -> None:
     """Plivo fetches a transfer's XML from whichever process its request reaches: the pending
     transfer goes to the shared call state too."""
-    plivo = _plivo_control(control)
-    if plivo is not None and state.shared:
+    plivo = control.controls.get("plivo")
+    if isinstance(plivo, PlivoCallControl) and state.shared:
         plivo.shared = state
 
 
@@ -297,8 +289,9 @@ class _HandoffHooks:
         return ((await self.services.handoff_record(call_sid)) or {}).get("whisper")
 
     async def plivo_transfer_xml(self, call_uuid: str) -> str | None:
-        plivo = _plivo_control(self.services.call_control)
-        return await plivo.take_pending(call_uuid) if plivo is not None else None
+        controls = self.services.call_control
+        plivo = controls.controls.get("plivo") if isinstance(controls, CarrierTransfers) else None
+        return await plivo.take_pending(call_uuid) if isinstance(plivo, PlivoCallControl) else None
 
     async def on_dial_result(self, call_sid: str, result) -> None:
         human_leg = {
@@ -342,7 +335,7 @@ TELNYX_API_KEY_ENV = "TELNYX_API_KEY"
 
 
 def _call_control(
-    config: Config, emulators: EmulatorURLs | None, modes: list[str], services_ref: list[Services]
+    config: Config, emulators: EmulatorURLs | None, modes: list[str], calls: dict[str, CallSession]
 ) -> CarrierTransfers:
     """Each carrier's own call control for transfers and hang-ups: real with its keys in the
     environment, else its local stand-in when the emulators run, else none for that carrier.
@@ -379,7 +372,7 @@ def _call_control(
         modes.append(f"no call control for {', '.join(missing)} calls: they are not transferred to a person")
 
     def carrier_of(call_sid: str) -> str | None:
-        session = services_ref[0].calls.get(call_sid) if services_ref else None
+        session = calls.get(call_sid)
         return session.link.start.carrier if session is not None else None
 
     return CarrierTransfers(controls, carrier_of)

@@ -59,6 +59,7 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
+
 from voxroute.agent.calllog.schema import calls_table, turns_table
 
 REPEAT_CONTAINMENT = timedelta(hours=24)

@@ -13,6 +13,7 @@ from datetime import datetime
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, MetaData, String, Table, Text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
 from voxroute.agent.timeline import TIMELINE_NAMES
 
 # JSONB on PostgreSQL (indexable, compact), JSON text elsewhere.

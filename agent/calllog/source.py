@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import inspect, select
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
 from voxroute.agent.calllog.schema import calls_table, turns_table
 from voxroute.agent.pages import LIST_LIMIT, CallSource, call_summary
 from voxroute.agent.timeline import TIMELINE_NAMES

@@ -10,6 +10,7 @@ import re
 from typing import Any, Protocol, runtime_checkable
 
 from pydantic import ValidationError
+
 from voxroute.agent.calllog.redact import mask_number, redact, redact_json, redact_turns_async
 from voxroute.agent.handoff.deterministic import as_text, deterministic_summary
 from voxroute.agent.handoff.summary import ENTITY_KINDS, HandoffSummary, SummaryBody

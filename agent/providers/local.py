@@ -30,7 +30,7 @@ import shutil
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import webrtcvad
+
 from voxroute.agent.providers.base import (
     FRAME_BYTES,
     FRAME_MS,
@@ -48,11 +49,10 @@ from voxroute.agent.providers.base import (
     STTEvent,
     Transcript,
 )
-
 from voxroute.audio import StreamResampler
 
 if TYPE_CHECKING:
-    from voxroute.agent.services import Services
+    from voxroute.agent.session import CallSession
 
 log = logging.getLogger("voxroute.local")
 
@@ -1163,16 +1163,15 @@ class ClassTaggedLLM:
         await self.inner.aclose()
 
 
-def class_lookup(services_ref: list[Services]) -> Callable[[str], str | None]:
-    """tag "CALLSID:TURN[:suffix]" -> the routing class the router gave that turn."""
+def class_lookup(calls: Mapping[str, CallSession]) -> Callable[[str], str | None]:
+    """tag "CALLSID:TURN[:suffix]" -> the routing class the router gave that turn (``calls``: the
+    live calls, ``Services.calls``)."""
 
     def class_of(tag: str) -> str | None:
-        if not services_ref:
-            return None
         parts = tag.split(":")
         if len(parts) < 2 or not parts[1].isdigit():
             return None
-        session = services_ref[0].calls.get(parts[0])
+        session = calls.get(parts[0])
         if session is None:
             return None
         index = int(parts[1])

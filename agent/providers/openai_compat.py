@@ -35,6 +35,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+
 from voxroute.agent.providers.base import (
     LLMEvent,
     LLMRequest,

@@ -31,6 +31,10 @@ from types import TracebackType
 from typing import Any
 
 import httpx
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.protocol import State
+
 from voxroute.agent.providers.base import ProviderError, SpeechEnded, SpeechStarted, STTEvent, Transcript
 from voxroute.agent.providers.sarvam_protocol import (
     AUTH_HEADER,
@@ -76,10 +80,6 @@ from voxroute.agent.providers.sarvam_protocol import (
     tts_text,
     tts_ws_url,
 )
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
-from websockets.protocol import State
-
 from voxroute.audio import pcm16_to_ulaw, ulaw_to_pcm16
 
 log = logging.getLogger(__name__)

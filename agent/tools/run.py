@@ -29,6 +29,7 @@ from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel
+
 from voxroute.agent.calllog.redact import redact_json
 from voxroute.agent.tools.spec import (
     ToolConfig,

@@ -2,8 +2,8 @@
 
 ``sip_edge(services, sip="127.0.0.1:5060", audiosocket="127.0.0.1:9092")`` runs each call through
 ``CallSession`` (the one entry point into ``agent``), registers with the configured trunk, and
-makes ``services.call_control`` transfer SIP calls by REFER (other calls still go to the
-transfer control that was there, Twilio's).
+mounts its transfers (REFER) in the runtime's call control for the calls of carrier ``sip``: every
+other carrier's calls keep their own control.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 
 from voxroute.telephony.admission import CallGate, SilenceGuard
 from voxroute.telephony.audiosocket import serve_audiosocket
+from voxroute.telephony.carrier_control import CarrierTransfers
 from voxroute.telephony.sip.transport import SipServer, SipTransfers, serving
 from voxroute.telephony.sip.ua import Registration
 
@@ -99,10 +100,11 @@ async def sip_edge(
                 target=config.sip.transfer_target,
                 timeout_s=config.handoff.dial_timeout_s,
                 hang_up_on_refusal=config.sip.hang_up_on_refused_transfer,
-                fallback=services.call_control,
             )
-            services.call_control = edge.transfers
-            stack.callback(setattr, services, "call_control", edge.transfers.fallback)
+            controls = services.call_control
+            if not isinstance(controls, CarrierTransfers):
+                raise TypeError("sip_edge needs the runtime's call control (voxroute.runtime.build_services)")
+            stack.callback(controls.mount(server.carrier, edge.transfers))
         if audiosocket:
             host, port = parse_bind(audiosocket, "--audiosocket")
             edge.audiosocket = await stack.enter_async_context(

@@ -34,6 +34,7 @@ from voxroute.agent.link import (
     InboundDtmf,
     MarkEcho,
 )
+from voxroute.audio import InboundFramer, pcm16_to_alaw, pcm16_to_ulaw
 from voxroute.telephony.sip import rtp
 from voxroute.telephony.sip.message import SipParseError, host_port, parse_uri
 from voxroute.telephony.sip.ua import (
@@ -49,8 +50,6 @@ from voxroute.telephony.sip.ua import (
     TransferResult,
     UserAgent,
 )
-
-from voxroute.audio import InboundFramer, pcm16_to_alaw, pcm16_to_ulaw
 
 log = logging.getLogger(__name__)
 
@@ -577,9 +576,8 @@ class SipTransferRefused(RuntimeError):
 
 
 class SipTransfers:
-    """``voxroute.agent.services.Transfers`` for SIP calls: blind transfer by REFER.
-
-    Calls that are not SIP calls of ``server`` go to ``fallback`` (Twilio's REST control).
+    """``voxroute.agent.services.Transfers`` for SIP calls: blind transfer by REFER. The runtime's call
+    control (``CarrierTransfers``) hands it the calls of its carrier (``server.carrier``).
     A refused transfer raises :class:`SipTransferRefused` (the session plays its apology) and,
     with ``hang_up_on_refusal``, the call ends with a BYE once that apology has played.
     """
@@ -591,13 +589,11 @@ class SipTransfers:
         target: str | None = None,
         timeout_s: float = 30.0,
         hang_up_on_refusal: bool = True,
-        fallback=None,
     ) -> None:
         self.server = server
         self.target = target
         self.timeout_s = timeout_s
         self.hang_up_on_refusal = hang_up_on_refusal
-        self.fallback = fallback
 
     def target_uri(self, to: str, link: SipLink) -> str:
         if to.startswith(("sip:", "sips:")):
@@ -607,15 +603,11 @@ class SipTransfers:
         return f"sip:{to}@{host_port(*link.call.remote_addr)}"  # the trunk routes the number
 
     def can_transfer(self, call_sid: str) -> bool:
-        if call_sid in self.server.links:
-            return True
-        return self.fallback is not None and self.fallback.can_transfer(call_sid)
+        return call_sid in self.server.links
 
     async def transfer(self, call_sid: str, to: str, caller_id: str | None, say: str | None = None) -> bool:
         link = self.server.links.get(call_sid)
         if link is None:
-            if self.fallback is not None:
-                return await self.fallback.transfer(call_sid, to, caller_id, say)
             return False
         target = self.target_uri(to, link)
         log.info("call %s: blind transfer (REFER) to %s", call_sid, target)
@@ -635,13 +627,12 @@ class SipTransfers:
     async def hang_up(self, call_sid: str) -> bool:
         link = self.server.links.get(call_sid)
         if link is None:
-            return await self.fallback.hang_up(call_sid) if self.fallback is not None else False
+            return False
         self.server.hangup(link)
         return True
 
     async def aclose(self) -> None:
-        if self.fallback is not None:
-            await self.fallback.aclose()
+        return None  # the UA's dialogs end with the server
 
 
 @contextlib.asynccontextmanager

@@ -4,6 +4,7 @@ an open connection (the database URL comes from the environment, not from an ale
 from __future__ import annotations
 
 from alembic import context
+
 from voxroute.agent.calllog.schema import metadata
 
 connection = context.config.attributes.get("connection")
