@@ -8,18 +8,21 @@ holds its key, and a provider without a key falls back to the emulated stack (an
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
 from voxroute.agent.tools.spec import ToolsConfig
 from voxroute.routing.table import ModelPath, RoutingConfig, RoutingTable, TenantConfig, check_references
 
 if TYPE_CHECKING:
     from voxroute.agent.agentdef import AgentDef
 
-__all__ = ["Config", "ConfigError", "ModelPath", "load_config", "parse_config"]
+__all__ = ["CarrierSecrets", "Config", "ConfigError", "ModelPath", "load_config", "parse_config"]
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "examples" / "default.yaml"
 
@@ -238,7 +241,9 @@ class TelephonyConfig(_Model):
     carriers: list[Literal["twilio", "exotel", "plivo", "telnyx"]] = Field(default_factory=lambda: ["twilio"])
     twilio_auth_token_env: str = "TWILIO_AUTH_TOKEN"
     exotel_credentials_env: str = "EXOTEL_STREAM_CREDENTIALS"  # "KEY:TOKEN", Basic auth on the upgrade
+    plivo_auth_id_env: str = "PLIVO_AUTH_ID"  # with the auth token: Plivo's REST API (call control)
     plivo_auth_token_env: str = "PLIVO_AUTH_TOKEN"
+    telnyx_api_key_env: str = "TELNYX_API_KEY"  # Telnyx Call Control's REST API (transfers, hang-ups)
     telnyx_public_key_env: str = "TELNYX_PUBLIC_KEY"  # webhook signatures (Ed25519, base64)
     telnyx_stream_secret_env: str = "TELNYX_STREAM_SECRET"  # our HMAC key for the per-call stream token
     default_tenant: str = "default"
@@ -257,6 +262,21 @@ class TelephonyConfig(_Model):
         if len(set(self.carriers)) != len(self.carriers):
             raise ValueError("carriers: each carrier once")
         return self
+
+
+@dataclass(frozen=True)
+class CarrierSecrets:
+    """Every carrier secret, read once from the environment variables the config names
+    (:meth:`Config.carrier_secret_envs`); None: unset or blank. Never printed (``repr`` hides them)."""
+
+    twilio_account_sid: str | None = field(default=None, repr=False)
+    twilio_auth_token: str | None = field(default=None, repr=False)
+    exotel_credentials: str | None = field(default=None, repr=False)
+    plivo_auth_id: str | None = field(default=None, repr=False)
+    plivo_auth_token: str | None = field(default=None, repr=False)
+    telnyx_api_key: str | None = field(default=None, repr=False)
+    telnyx_public_key: str | None = field(default=None, repr=False)
+    telnyx_stream_secret: str | None = field(default=None, repr=False)
 
 
 class ShutdownConfig(_Model):
@@ -380,6 +400,28 @@ class Config(_Model):
             lines = "\n".join(f"  {p}" for p in problems)
             raise ConfigError(f"{source}: invalid configuration\n{lines}")
         self._agents = agents
+
+    def carrier_secret_envs(self) -> dict[str, str]:
+        """The environment variable of each carrier secret (:class:`CarrierSecrets`' fields)."""
+        t, h = self.telephony, self.handoff
+        return {
+            "twilio_account_sid": h.twilio_account_sid_env,
+            "twilio_auth_token": t.twilio_auth_token_env,
+            "exotel_credentials": t.exotel_credentials_env,
+            "plivo_auth_id": t.plivo_auth_id_env,
+            "plivo_auth_token": t.plivo_auth_token_env,
+            "telnyx_api_key": t.telnyx_api_key_env,
+            "telnyx_public_key": t.telnyx_public_key_env,
+            "telnyx_stream_secret": t.telnyx_stream_secret_env,
+        }
+
+    def carrier_secrets(self, env: Mapping[str, str] | None = None) -> CarrierSecrets:
+        """Every carrier secret from the environment (``env``, default ``os.environ``): the one place
+        that reads them."""
+        env = os.environ if env is None else env
+        return CarrierSecrets(
+            **{name: (env.get(var) or "").strip() or None for name, var in self.carrier_secret_envs().items()}
+        )
 
     def routing_table(self) -> RoutingTable:
         return RoutingTable(self.routing, self.tenants, self.models, self.telephony.default_tenant)

@@ -67,11 +67,11 @@ ENV_DOCS: dict[str, str] = {
     "name the client in `X-Forwarded-For` (`*`: every peer; default `127.0.0.1`): uvicorn's setting, "
     "applied alike on `telephony.media_port`.",
     "EXOTEL_SAMPLE_RATE": "Exotel stream sample rate: 8000, 16000 or 24000 (default 8000).",
-    "PLIVO_AUTH_ID": "Plivo auth ID for the REST transfer of a handoff.",
+    "PLIVO_AUTH_ID": "Plivo auth ID for the REST transfer of a handoff (`telephony.plivo_auth_id_env`).",
     "PLIVO_AUTH_TOKEN": "Plivo auth token: webhook signatures, stream tokens, REST "
     "(`telephony.plivo_auth_token_env`).",
     "PLIVO_CONTENT_TYPE": "Plivo stream audio format (default `audio/x-l16;rate=8000`).",
-    "TELNYX_API_KEY": "Telnyx API key for the call control of a handoff.",
+    "TELNYX_API_KEY": "Telnyx API key for the call control of a handoff (`telephony.telnyx_api_key_env`).",
     "TELNYX_PUBLIC_KEY": "Telnyx public key (base64 Ed25519) for webhook signatures "
     "(`telephony.telnyx_public_key_env`).",
     "TELNYX_STREAM_SECRET": "Our HMAC key for Telnyx per-call stream tokens "

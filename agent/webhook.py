@@ -24,8 +24,9 @@ is not signed)::
     X-Voxroute-Timestamp: <unix seconds of this attempt>
     X-Voxroute-Delivery: <the webhook-id>
 
-Retried: connection errors, timeouts, 5xx and 429 (``attempts`` in all, delays ``base_delay_s * 2**n``
-capped at ``max_delay_s``). Not retried: other 4xx and 3xx (logged, given up).
+Retried as every outgoing request is (:mod:`voxroute.agent.retry`): connection errors, timeouts, 5xx
+and 429 (``attempts`` in all, delays ``base_delay_s * 2**n`` capped at ``max_delay_s``, or a 429's
+``Retry-After``). Not retried: other 4xx and 3xx (logged, given up).
 """
 
 from __future__ import annotations
@@ -39,13 +40,14 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import httpx
 
 from voxroute.agent.calllog.redact import redact, redact_json
+from voxroute.agent.retry import RetryPolicy, send_with_retries
 
 log = logging.getLogger(__name__)
 
@@ -169,9 +171,7 @@ class WebhookSender:
             raise ValueError("attempts, queue_size and concurrency must be >= 1, timeout_s > 0")
         self._secret = secret
         self._clock = clock  # wall clock (unix seconds) for webhook-timestamp
-        self.attempts = attempts
-        self.base_delay_s = base_delay_s
-        self.max_delay_s = max_delay_s
+        self.retry = RetryPolicy(attempts, base_delay_s, max_delay_s, timeout_s)
         self.timeout_s = timeout_s
         self.concurrency = concurrency
         self._client = client  # None: run() owns one
@@ -264,53 +264,21 @@ class WebhookSender:
                 self._queue.task_done()
 
     async def _deliver(self, client: httpx.AsyncClient, delivery: _Delivery) -> None:
-        # attempts >= 1 (checked at start): the loop sets all three before they are read after it
-        outcome, retryable, attempt = "", True, 0
-        for attempt in range(1, self.attempts + 1):
+        def send() -> Awaitable[httpx.Response]:
             # Signed afresh each attempt: the timestamp is part of what is signed.
             headers = signed_headers(self._secret, delivery.delivery_id, int(self._clock()), delivery.body)
-            retryable = True
-            try:
-                async with asyncio.timeout(self.timeout_s):
-                    response = await client.post(delivery.url, content=delivery.body, headers=headers)
-                if 200 <= response.status_code < 300:
-                    self.stats.delivered += 1
-                    log.info(
-                        "webhook %s delivered to %s (HTTP %d, attempt %d)",
-                        delivery.delivery_id,
-                        delivery.url,
-                        response.status_code,
-                        attempt,
-                    )
-                    return
-                outcome = f"HTTP {response.status_code}"
-                retryable = response.status_code >= 500 or response.status_code == 429
-            except TimeoutError:
-                outcome = f"no answer within {self.timeout_s:g} s"
-            except httpx.HTTPError as exc:  # connect errors, read errors, protocol errors
-                outcome = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            if not retryable or attempt == self.attempts:
-                break
-            delay = min(self.max_delay_s, self.base_delay_s * 2 ** (attempt - 1))
-            log.info(
-                "webhook %s to %s: attempt %d failed (%s), retrying in %.2f s",
-                delivery.delivery_id,
-                delivery.url,
-                attempt,
-                outcome,
-                delay,
-            )
-            await asyncio.sleep(delay)
+            return client.post(delivery.url, content=delivery.body, headers=headers)
+
+        what = f"webhook {delivery.delivery_id} to {delivery.url}"
+        sent = await send_with_retries(send, self.retry, what, logger=log)
+        r = sent.response
+        if r is not None and 200 <= r.status_code < 300:
+            self.stats.delivered += 1
+            log.info("%s delivered (HTTP %d, attempt %d)", what, r.status_code, sent.attempts)
+            return
         self.stats.failed += 1
-        log.error(
-            "webhook %s to %s failed after %d attempt%s: %s%s",
-            delivery.delivery_id,
-            delivery.url,
-            attempt,
-            "" if attempt == 1 else "s",
-            outcome,
-            "" if retryable else " (not retried)",
-        )
+        log.error("%s failed after %d attempt%s: %s%s", what, sent.attempts, "" if sent.attempts == 1 else "s",
+                  sent.failure, "" if sent.retried_out else " (not retried)")  # fmt: skip
 
     # ------------------------------------------------------------------ shutdown
 

@@ -1,45 +1,52 @@
-"""Twilio call control: transfer to a human, hang-up, redirect; and the TwiML those need.
+"""Call control behind one interface: transfer to a human, hang-up, redirect; and Twilio's TwiML.
 
-Two layers, as everywhere in ``telephony``:
+Three parts:
 
 - Pure builders and parsers (no I/O): :func:`transfer_twiml` (``<Say>`` + ``<Dial>`` to the human queue
   number or SIP address, with the whisper URL on the ``<Number>``/``<Sip>``), :func:`whisper_twiml`
   (the one sentence the human hears before the caller is connected), :func:`dial_action_result`
   (Twilio's ``<Dial action>`` callback form -> connected / failed) and :func:`return_to_agent_twiml`
   (a failed human leg: ``<Connect><Stream>`` back to the agent, built by ``voxroute.telephony.twiml``).
-- :class:`TwilioCallControl`: one small async client over the official ``twilio`` SDK
-  (``calls(sid).update_async``) with per-attempt timeouts and retries with backoff on 5xx, 429,
-  timeouts and connection errors (never on other 4xx). ``api_base_url`` points it at a stand-in
-  (``emulators/twilio_rest.py``): the SDK's HTTP client is subclassed to rewrite ``https://*.twilio.com``.
+- :class:`RestCallControl`: what every carrier's REST call control shares (Twilio here, Plivo and
+  Telnyx in ``carrier_control.py``): one httpx client, the one retry rule of
+  :mod:`voxroute.agent.retry` (5xx, 429 after its ``Retry-After``, timeouts and connection errors;
+  never other 4xx), the call-ended rule and :class:`CallControlError`. Each implements
+  ``voxroute.agent.services.Transfers``: ``transfer(call_sid, to, caller_id, say)``, ``hang_up``,
+  ``can_transfer``, and ``aclose``.
+- :class:`TwilioCallControl`: Twilio's call update, ``POST {api}/2010-04-01/Accounts/{AC}/Calls/{CA}.json``
+  form-encoded (``Twiml=``, ``Status=completed``, ``Url=&Method=``) with HTTP basic auth
+  ``account_sid:auth_token`` (docs/reference/telephony.md section 1.6), as the ``twilio`` SDK sends it.
+  ``api_base_url`` points it at a stand-in (``emulators/twilio_rest.py``).
 
-A call that already ended (404 code 20404, or 400 code 21220 "call is not in-progress") is not an
-error: the methods return ``False`` and log one line. Anything else that fails logs one line and raises
-:class:`CallControlError`.
+A call that already ended (Twilio: 404 code 20404, or 400 code 21220 "call is not in-progress") is
+not an error: the methods return ``False`` and log one line. Anything else that fails logs one line
+and raises :class:`CallControlError`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Literal
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
-import aiohttp
-from twilio.base.exceptions import TwilioException
-from twilio.http.async_http_client import AsyncTwilioHttpClient
-from twilio.http.response import Response as TwilioResponse
-from twilio.rest import Client
+import httpx
 from twilio.twiml.voice_response import Dial, VoiceResponse
-from voxroute.telephony.twiml import connect_stream_twiml
+
+from voxroute.agent.retry import RetryPolicy, Sent, send_with_retries
+from voxroute.telephony.twiml import connect_stream_twiml, public_url
 
 log = logging.getLogger(__name__)
 
 E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
 CALL_SID = re.compile(r"^CA[0-9a-fA-F]{32}$")
+# Any carrier's call id goes into a URL path: letters, digits and : _ - only (Plivo's UUIDs, Telnyx's
+# v3:... call_control_ids), never / . % ? or #.
+CALL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:_-]{0,199}$")
+TWILIO_API = "https://api.twilio.com"
+TWILIO_API_VERSION = "2010-04-01"
 CALL_GONE_CODES = frozenset({20404, 21220})  # not found / not in progress: the call already ended
 DIAL_CONNECTED = frozenset({"completed", "answered"})
 DIAL_FAILED = frozenset({"busy", "no-answer", "failed", "canceled"})
@@ -200,64 +207,133 @@ class CallControlError(Exception):
         super().__init__(message)
         self.call_sid = call_sid
         self.status = status  # HTTP status, None for a timeout or connection error
-        self.code = code  # Twilio error code, when the response carried one
+        self.code = code  # the carrier's error code, when the response carried one
 
 
-class RebasedAsyncHttpClient(AsyncTwilioHttpClient):
-    """The SDK's aiohttp client, optionally sending ``https://*.twilio.com/...`` to ``base_url`` instead.
-
-    It also sends basic auth as a header (aiohttp deprecates the ``auth=`` the SDK passes); the
-    request is the same on the wire.
-    """
-
-    def __init__(self, base_url: str | None = None, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self._base = None
-        if base_url is not None:
-            parts = urlsplit(base_url)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise ValueError(f"api_base_url must be http(s)://host[:port][/prefix], got {base_url!r}")
-            self._base = parts
-
-    def rebase(self, url: str) -> str:
-        parts = urlsplit(url)
-        if self._base is None or not (parts.hostname or "").endswith("twilio.com"):
-            return url
-        path = self._base.path.rstrip("/") + parts.path
-        return urlunsplit((self._base.scheme, self._base.netloc, path, parts.query, ""))
-
-    async def request(
-        self,
-        method: str,
-        url: str,
-        params: dict[str, object] | None = None,
-        data: dict[str, object] | None = None,
-        headers: dict[str, str] | None = None,
-        auth: tuple[str, str] | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109  # the SDK's HttpClient interface
-        allow_redirects: bool = False,
-    ) -> TwilioResponse:
-        if auth is not None:
-            headers = dict(headers or {})
-            headers["Authorization"] = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
-        return await super().request(
-            method,
-            self.rebase(url),
-            params=params,
-            data=data,
-            headers=headers,
-            auth=None,
-            timeout=timeout,
-            allow_redirects=allow_redirects,
-        )
+def _plural(n: int) -> str:
+    return f"{n} attempt{'' if n == 1 else 's'}"
 
 
-class TwilioCallControl:
-    """Updates live Twilio calls. Use as ``async with TwilioCallControl(...) as control:``.
+class RestCallControl:
+    """The part of a carrier's REST call control that is not the carrier's: one httpx client, one
+    retry rule, the call-ended rule (:meth:`_gone`) and the errors. Use as ``async with`` or
+    :meth:`aclose` it.
 
     ``attempts`` counts the first try; between attempts it waits ``backoff_s * 2**n`` (capped at
-    ``max_backoff_s``). Each attempt is bounded by ``timeout_s``.
+    ``max_backoff_s``, or a 429's ``Retry-After``). Each attempt is bounded by ``timeout_s``.
     """
+
+    carrier = ""
+    call_id = CALL_ID  # what a call id must look like before it goes into a URL path
+
+    def __init__(
+        self,
+        api_base_url: str,
+        *,
+        auth: httpx.Auth | None = None,
+        headers: dict[str, str] | None = None,
+        timeout_s: float = 5.0,
+        attempts: int = 3,
+        backoff_s: float = 0.25,
+        max_backoff_s: float = 2.0,
+    ) -> None:
+        parts = urlsplit(api_base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"api_base_url must be http(s)://host[:port][/prefix], got {api_base_url!r}")
+        self.api_base_url = api_base_url.rstrip("/")
+        self.retry = RetryPolicy(attempts, backoff_s, max_backoff_s, timeout_s)
+        self.http = httpx.AsyncClient(
+            base_url=self.api_base_url, auth=auth, headers=headers, timeout=timeout_s, follow_redirects=False
+        )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(api_base_url={self.api_base_url!r})"
+
+    async def __aenter__(self) -> RestCallControl:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    def can_transfer(self, call_sid: str) -> bool:
+        return True
+
+    # ------------------------------------------------------------------ what each carrier says
+
+    def _gone(self, r: httpx.Response) -> bool:
+        """The answer says the call already ended (not an error: the caller is gone)."""
+        return r.status_code == 404
+
+    def _error_detail(self, r: httpx.Response) -> tuple[int | None, str]:
+        """The carrier's error code (if any) and message from an error answer."""
+        return None, r.text[:200]
+
+    # ------------------------------------------------------------------ the one request path
+
+    async def _command(
+        self, call_sid: str, what: str, method: str, path: str, ok: Collection[int], **kw: Any
+    ) -> bool:
+        """Send ``method path`` (retried as :mod:`voxroute.agent.retry` says). True: a status in ``ok``;
+        False: the call had ended; else :class:`CallControlError`."""
+        if not isinstance(call_sid, str) or not self.call_id.match(call_sid):  # it goes into the URL path
+            error = CallControlError(
+                f"{self.carrier} {what}: not a call id: {call_sid!r}", call_sid=str(call_sid)
+            )
+            log.warning("%s", error)
+            raise error
+        sent = await send_with_retries(
+            lambda: self.http.request(method, path, **kw),
+            self.retry,
+            f"{self.carrier} call {call_sid}: {what}",
+            logger=log,
+        )
+        r = sent.response
+        if r is None:
+            raise self._failed(call_sid, what, sent, f"{sent.error}")
+        if r.status_code in ok:
+            if sent.attempts > 1:
+                log.info(
+                    "%s call %s: %s succeeded on attempt %d", self.carrier, call_sid, what, sent.attempts
+                )
+            return True
+        if self._gone(r):
+            code, _ = self._error_detail(r)
+            log.info("%s call %s: %s skipped, the call already ended (HTTP %d%s)", self.carrier, call_sid,
+                     what, r.status_code, f" code {code}" if code is not None else "")  # fmt: skip
+            return False
+        code, message = self._error_detail(r)
+        detail = f"HTTP {r.status_code}" + (f" code {code}" if code is not None else "") + f": {message}"
+        raise self._failed(call_sid, what, sent, detail, status=r.status_code, code=code)
+
+    def _failed(
+        self, call_sid: str, what: str, sent: Sent, detail: str, *, status: int | None = None,
+        code: int | None = None,
+    ) -> CallControlError:  # fmt: skip
+        error = CallControlError(
+            f"{self.carrier} {what} of call {call_sid} failed: {detail}",
+            call_sid=call_sid,
+            status=status,
+            code=code,
+        )
+        log.warning(
+            "%s (after %s%s)", error, _plural(sent.attempts), "" if sent.retried_out else ", not retried"
+        )
+        return error
+
+
+class TwilioCallControl(RestCallControl):
+    """Updates live Twilio calls: ``voxroute.agent.services.Transfers`` over Twilio's REST API.
+
+    :meth:`transfer` builds the ``<Dial>`` (:func:`transfer_twiml`; the whisper and ``<Dial action>``
+    URLs are ``public_base_url`` + ``whisper_path``/``action_path`` + ``/{CallSid}`` when given) and
+    replaces the call's TwiML with it.
+    """
+
+    carrier = "twilio"
+    call_id = CALL_SID
 
     def __init__(
         self,
@@ -265,116 +341,73 @@ class TwilioCallControl:
         auth_token: str,
         *,
         api_base_url: str | None = None,
-        timeout_s: float = 5.0,
-        attempts: int = 3,
-        backoff_s: float = 0.25,
-        max_backoff_s: float = 2.0,
+        public_base_url: str | None = None,
+        whisper_path: str | None = None,
+        action_path: str | None = None,
+        dial_timeout_s: int = 30,
+        **kw: Any,
     ) -> None:
-        if attempts < 1:
-            raise ValueError("attempts must be >= 1")
-        if timeout_s <= 0:
-            raise ValueError("timeout_s must be > 0")
+        super().__init__(
+            api_base_url or TWILIO_API,
+            auth=httpx.BasicAuth(account_sid, auth_token),
+            headers={"Accept": "application/json", "Accept-Charset": "utf-8"},
+            **kw,
+        )
         self.account_sid = account_sid
-        self._auth_token = auth_token
-        self.api_base_url = api_base_url
-        self.timeout_s = timeout_s
-        self.attempts = attempts
-        self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
-        self._http: AsyncTwilioHttpClient | None = None
-        self._client: Client | None = None
+        self.public_base_url = public_base_url
+        self.whisper_path = whisper_path
+        self.action_path = action_path
+        self.dial_timeout_s = dial_timeout_s
 
     def __repr__(self) -> str:
         return f"TwilioCallControl({self.account_sid!r}, api_base_url={self.api_base_url!r})"
 
-    async def __aenter__(self) -> TwilioCallControl:
-        self._sdk()
-        return self
+    def _error_detail(self, r: httpx.Response) -> tuple[int | None, str]:
+        """Twilio's error JSON: ``{"code": 20404, "message": "...", "more_info": ..., "status": 404}``."""
+        try:
+            body = r.json()
+            code = body.get("code")
+            return (code if isinstance(code, int) else None), str(body.get("message") or r.reason_phrase)
+        except (ValueError, AttributeError):
+            return None, r.text[:200]
 
-    async def __aexit__(self, *exc_info) -> None:
-        await self.aclose()
+    def _gone(self, r: httpx.Response) -> bool:
+        return r.status_code in (400, 404) and self._error_detail(r)[0] in CALL_GONE_CODES
 
-    async def aclose(self) -> None:
-        http, self._http, self._client = self._http, None, None
-        if http is not None:
-            await http.close()
+    def _url(self, call_sid: str) -> str:
+        return f"/{TWILIO_API_VERSION}/Accounts/{self.account_sid}/Calls/{call_sid}.json"
 
-    def _sdk(self) -> Client:
-        # The aiohttp session must be created inside the running loop: lazily, not in __init__.
-        if self._client is None:
-            kwargs = {"timeout": self.timeout_s}
-            self._http = RebasedAsyncHttpClient(self.api_base_url, **kwargs)
-            self._client = Client(self.account_sid, self._auth_token, http_client=self._http)
-        return self._client
+    async def _update(self, call_sid: str, what: str, form: dict[str, str]) -> bool:
+        return await self._command(call_sid, what, "POST", self._url(call_sid), (200,), data=form)
 
     # -------------------------------------------------------------------------------- operations
 
-    async def transfer(self, call_sid: str, twiml: str) -> bool:
-        """Replace the call's TwiML (a ``<Dial>`` from :func:`transfer_twiml`). False: the call had ended."""
-        return await self._update(call_sid, "transfer", twiml=twiml)
+    async def transfer(self, call_sid: str, to: str, caller_id: str | None, say: str | None = None) -> bool:
+        """Dial ``to`` (E.164 or ``sip:``) from the live call. False: the call had ended. A bad target
+        raises ``ValueError`` before Twilio is asked."""
+        base = self.public_base_url
+        twiml = transfer_twiml(
+            to,
+            caller_id=caller_id,
+            timeout_s=self.dial_timeout_s,
+            whisper_url=public_url(base, f"{self.whisper_path}/{call_sid}")
+            if base and self.whisper_path
+            else None,
+            action_url=public_url(base, f"{self.action_path}/{call_sid}")
+            if base and self.action_path
+            else None,
+            say=say,
+        )
+        return await self.update_twiml(call_sid, twiml)
+
+    async def update_twiml(self, call_sid: str, twiml: str) -> bool:
+        """Replace the call's TwiML (``Twiml=``). False: the call had ended."""
+        return await self._update(call_sid, "transfer", {"Twiml": twiml})
 
     async def hang_up(self, call_sid: str) -> bool:
         """End the call (``Status=completed``). False: it had already ended."""
-        return await self._update(call_sid, "hang-up", status="completed")
+        return await self._update(call_sid, "hang-up", {"Status": "completed"})
 
     async def redirect(self, call_sid: str, url: str, method: str = "POST") -> bool:
         """Make Twilio fetch new TwiML from ``url``. False: the call had ended."""
-        return await self._update(call_sid, "redirect", url=url, method=method)
-
-    async def _update(self, call_sid: str, what: str, **fields: str) -> bool:
-        if not isinstance(call_sid, str) or not CALL_SID.match(call_sid):  # it goes into the URL path
-            error = CallControlError(f"Twilio {what}: not a call SID: {call_sid!r}", call_sid=str(call_sid))
-            log.warning("%s", error)
-            raise error
-        calls = self._sdk().calls(call_sid)
-        last: CallControlError | None = None
-        attempt = 0  # attempts >= 1 (checked at start): the loop sets it
-        for attempt in range(1, self.attempts + 1):
-            retryable = False
-            try:
-                async with asyncio.timeout(self.timeout_s):
-                    await calls.update_async(**fields)
-                if attempt > 1:
-                    log.info("call %s: %s succeeded on attempt %d", call_sid, what, attempt)
-                return True
-            except TwilioException as exc:
-                status = getattr(exc, "status", None)
-                code = getattr(exc, "code", None)
-                if code in CALL_GONE_CODES and status in (400, 404):
-                    log.info(
-                        "call %s: %s skipped, the call already ended (Twilio %s/%s)",
-                        call_sid,
-                        what,
-                        status,
-                        code,
-                    )
-                    return False
-                retryable = status is None or status >= 500 or status == 429
-                message = getattr(exc, "msg", None) or getattr(exc, "detail", None) or str(exc)
-                last = CallControlError(
-                    f"Twilio {what} of call {call_sid} failed: HTTP {status} code {code}: {message}",
-                    call_sid=call_sid,
-                    status=status,
-                    code=code,
-                )
-            except TimeoutError:
-                retryable = True
-                last = CallControlError(
-                    f"Twilio {what} of call {call_sid} timed out after {self.timeout_s:g} s",
-                    call_sid=call_sid,
-                )
-            except (aiohttp.ClientError, OSError) as exc:
-                retryable = True
-                last = CallControlError(
-                    f"Twilio {what} of call {call_sid} failed: {type(exc).__name__}: {exc}", call_sid=call_sid
-                )
-            if not retryable or attempt == self.attempts:
-                break
-            delay = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
-            log.info(
-                "call %s: %s attempt %d failed (%s), retrying in %.2f s", call_sid, what, attempt, last, delay
-            )
-            await asyncio.sleep(delay)
-        assert last is not None
-        log.warning("%s (after %d attempt%s)", last, attempt, "" if attempt == 1 else "s")
-        raise last
+        return await self._update(call_sid, "redirect", {"Url": url, "Method": method})

@@ -13,16 +13,16 @@ carrier's own call control for each call.
   flow, which goes on with its next applet: the business puts a Connect applet to its agents
   there. :class:`ExotelHandback` records that and lets the session close the stream.
 
-The HTTP clients are httpx with per-attempt timeouts and retries with backoff on 5xx, 429, timeouts
-and connection errors (never on other 4xx), like the Twilio client in ``call_control.py``. A call
-that already ended (404; Telnyx 422 with code 90018) is not an error: the methods return ``False``.
-Anything else raises :class:`~telephony.call_control.CallControlError` (the session plays its
-apology and keeps the caller).
+Plivo and Telnyx are :class:`~voxroute.telephony.call_control.RestCallControl` as Twilio is: one
+httpx client each, the one retry rule (``voxroute.agent.retry``). A call that already ended (404;
+Telnyx 422 with code 90018) is not an error: the methods return ``False``. Anything else raises
+:class:`~voxroute.telephony.call_control.CallControlError` (the session plays its apology and keeps
+the caller). Every control here, and :class:`CarrierTransfers` over them, is a
+``voxroute.agent.services.Transfers``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from collections.abc import Callable
@@ -32,7 +32,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 import httpx
 
-from voxroute.telephony.call_control import E164, CallControlError
+from voxroute.telephony.call_control import E164, CallControlError, RestCallControl
 from voxroute.telephony.carriers import PLIVO_TRANSFER_PATH
 from voxroute.telephony.twiml import public_url
 
@@ -40,8 +40,7 @@ log = logging.getLogger(__name__)
 
 PLIVO_API = "https://api.plivo.com"
 TELNYX_API = "https://api.telnyx.com"
-TELNYX_CALL_ENDED = "90018"  # "Call has already ended"
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+TELNYX_CALL_ENDED = 90018  # "Call has already ended"
 SIP_USER = re.compile(r"^sips?:[^@\s]+@[^\s]+$")
 
 
@@ -83,58 +82,7 @@ class SharedState(Protocol):
     async def take(self, call_sid: str, kind: str) -> dict[str, Any] | None: ...
 
 
-class _RestControl:
-    """Retries and the call-ended rule shared by the Plivo and Telnyx clients."""
-
-    carrier = ""
-
-    def __init__(
-        self,
-        api_base_url: str,
-        *,
-        auth: httpx.Auth | None = None,
-        headers: dict[str, str] | None = None,
-        timeout_s: float = 5.0,
-        attempts: int = 3,
-        backoff_s: float = 0.25,
-    ) -> None:
-        self.http = httpx.AsyncClient(
-            base_url=api_base_url.rstrip("/"), auth=auth, headers=headers, timeout=timeout_s
-        )
-        self.attempts = attempts
-        self.backoff_s = backoff_s
-
-    async def _request(self, call_sid: str, method: str, path: str, **kw: Any) -> httpx.Response:
-        last: str = ""
-        for attempt in range(self.attempts):
-            if attempt:
-                await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
-            try:
-                r = await self.http.request(method, path, **kw)
-            except httpx.TransportError as exc:  # timeouts and connection errors: retry
-                last = f"{type(exc).__name__}: {exc}"
-                continue
-            if r.status_code not in RETRY_STATUSES:
-                return r
-            last = f"HTTP {r.status_code}"
-        log.warning("%s call %s: %s %s failed after %d attempts: %s", self.carrier, call_sid, method, path,
-                    self.attempts, last)  # fmt: skip
-        raise CallControlError(f"{self.carrier} {method} {path}: {last}", call_sid=call_sid)
-
-    def _fail(self, call_sid: str, what: str, r: httpx.Response) -> CallControlError:
-        log.warning("%s call %s: %s refused: HTTP %d %s", self.carrier, call_sid, what, r.status_code,
-                    r.text[:200])  # fmt: skip
-        return CallControlError(
-            f"{self.carrier} {what}: HTTP {r.status_code} {r.text[:200]}",
-            call_sid=call_sid,
-            status=r.status_code,
-        )
-
-    async def aclose(self) -> None:
-        await self.http.aclose()
-
-
-class PlivoCallControl(_RestControl):
+class PlivoCallControl(RestCallControl):
     """Plivo's Call Transfer and hang-up; :meth:`pending` answers the ``aleg_url`` request."""
 
     carrier = "plivo"
@@ -180,31 +128,23 @@ class PlivoCallControl(_RestControl):
             "aleg_url": public_url(self.public_base_url, f"{PLIVO_TRANSFER_PATH}/{call_sid}"),
             "aleg_method": "POST",
         }
+        ok = False
         try:
-            r = await self._request(call_sid, "POST", self._path(call_sid), json=body)
-        except CallControlError:
-            self._pending.pop(call_sid, None)
-            raise
-        if r.status_code == 404:
-            self._pending.pop(call_sid, None)
-            log.info("plivo call %s: already ended, no transfer", call_sid)
-            return False
-        if r.status_code not in (200, 201, 202):
-            self._pending.pop(call_sid, None)
-            raise self._fail(call_sid, "transfer", r)
-        log.info("plivo call %s: transfer to %s accepted", call_sid, to)
-        return True
+            ok = await self._command(
+                call_sid, "transfer", "POST", self._path(call_sid), (200, 201, 202), json=body
+            )
+        finally:
+            if not ok:  # ended, refused or failed: Plivo will not fetch it
+                self._pending.pop(call_sid, None)
+        if ok:
+            log.info("plivo call %s: transfer to %s accepted", call_sid, to)
+        return ok
 
     async def hang_up(self, call_sid: str) -> bool:
-        r = await self._request(call_sid, "DELETE", self._path(call_sid))
-        if r.status_code == 404:
-            return False
-        if r.status_code not in (200, 204):
-            raise self._fail(call_sid, "hang-up", r)
-        return True
+        return await self._command(call_sid, "hang-up", "DELETE", self._path(call_sid), (200, 204))
 
 
-class TelnyxCallControl(_RestControl):
+class TelnyxCallControl(RestCallControl):
     """Telnyx Call Control's ``transfer`` and ``hangup`` commands on the stream's call_control_id."""
 
     carrier = "telnyx"
@@ -212,14 +152,25 @@ class TelnyxCallControl(_RestControl):
     def __init__(self, api_key: str, *, api_base_url: str = TELNYX_API, **kw: Any) -> None:
         super().__init__(api_base_url, headers={"Authorization": f"Bearer {api_key}"}, **kw)
 
-    async def _command(self, call_sid: str, action: str, body: dict[str, Any]) -> bool:
-        r = await self._request(call_sid, "POST", f"/v2/calls/{call_sid}/actions/{action}", json=body)
-        if r.status_code == 404 or (r.status_code == 422 and TELNYX_CALL_ENDED in r.text):
-            log.info("telnyx call %s: already ended, no %s", call_sid, action)
-            return False
-        if r.status_code != 200:
-            raise self._fail(call_sid, action, r)
-        return True
+    def _error_detail(self, r: httpx.Response) -> tuple[int | None, str]:
+        """Telnyx's ``{"errors": [{"code": "90018", "title": "Call has already ended"}]}``."""
+        try:
+            error = r.json()["errors"][0]
+            code = str(error.get("code", ""))
+            return (int(code) if code.isdigit() else None), str(
+                error.get("title") or error.get("detail") or ""
+            )
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            return None, r.text[:200]
+
+    def _gone(self, r: httpx.Response) -> bool:
+        return r.status_code == 404 or (
+            r.status_code == 422 and self._error_detail(r)[0] == TELNYX_CALL_ENDED
+        )
+
+    async def _action(self, call_sid: str, action: str, body: dict[str, Any]) -> bool:
+        path = f"/v2/calls/{call_sid}/actions/{action}"
+        return await self._command(call_sid, action, "POST", path, (200,), json=body)
 
     async def transfer(self, call_sid: str, to: str, caller_id: str | None, say: str | None = None) -> bool:
         if not (E164.match(to) or SIP_USER.match(to)):
@@ -227,13 +178,13 @@ class TelnyxCallControl(_RestControl):
         body: dict[str, Any] = {"to": to}
         if caller_id:
             body["from"] = caller_id
-        ok = await self._command(call_sid, "transfer", body)
+        ok = await self._action(call_sid, "transfer", body)
         if ok:
             log.info("telnyx call %s: transfer to %s accepted", call_sid, to)
         return ok
 
     async def hang_up(self, call_sid: str) -> bool:
-        return await self._command(call_sid, "hangup", {})
+        return await self._action(call_sid, "hangup", {})
 
 
 class ExotelHandback:
@@ -241,6 +192,9 @@ class ExotelHandback:
     the stream closes, which the session does after a successful transfer."""
 
     carrier = "exotel"
+
+    def can_transfer(self, call_sid: str) -> bool:
+        return True
 
     async def transfer(self, call_sid: str, to: str, caller_id: str | None, say: str | None = None) -> bool:
         log.info("exotel call %s: closing the stream; the flow's next applet connects %s", call_sid, to)

@@ -1,9 +1,11 @@
-"""Twilio call control: TwiML builders, the <Dial action> parser, and the SDK-based client against the
-local Twilio REST stand-in over real sockets (the official ``twilio`` SDK with its aiohttp client).
+"""Twilio call control: TwiML builders, the <Dial action> parser, and the REST client (httpx, the
+one retry rule of voxroute.agent.retry) against the local Twilio REST stand-in over real sockets. The
+official ``twilio`` SDK is the independent peer: what our client sends is what the SDK sends.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import xml.etree.ElementTree as ET
@@ -11,11 +13,12 @@ from contextlib import asynccontextmanager
 
 import httpx
 import pytest
+
 from voxroute.emulators.twilio_rest import TwilioRestEmulator, check_update_form, parse_basic_auth
+from voxroute.server import serve_app
 from voxroute.telephony.call_control import (
     CallControlError,
     DialResult,
-    RebasedAsyncHttpClient,
     TwilioCallControl,
     dial_action_result,
     hangup_twiml,
@@ -23,8 +26,6 @@ from voxroute.telephony.call_control import (
     transfer_twiml,
     whisper_twiml,
 )
-
-from voxroute.server import serve_app
 
 ACCOUNT = "AC00000000000000000000000000000002"
 TOKEN = "12345678901234567890123456789012"
@@ -171,28 +172,86 @@ def test_stand_in_form_checks_and_basic_auth():
     assert parse_basic_auth(None) is None
 
 
-def test_rebase_only_touches_twilio_hosts():
-    client = RebasedAsyncHttpClient("http://127.0.0.1:9/prefix", pool_connections=False)
-    assert client.rebase(f"https://api.twilio.com{CALL_PATH}") == f"http://127.0.0.1:9/prefix{CALL_PATH}"
-    assert client.rebase("https://example.com/x") == "https://example.com/x"
+def test_api_base_url_must_be_http():
     with pytest.raises(ValueError):
-        RebasedAsyncHttpClient("127.0.0.1:9", pool_connections=False)
+        TwilioCallControl(ACCOUNT, TOKEN, api_base_url="127.0.0.1:9")
 
 
-# ---------------------------------------------------------------- the SDK client against the stand-in
+# ---------------------------------------------------------------- the client against the stand-in
 
 
 async def test_transfer_sends_dial_twiml():
-    twiml = transfer_twiml(HUMAN, CALLER_ID, 25, WHISPER, ACTION, "Connecting you.")
-    async with stand_in() as (emulator, control, _):
-        assert await control.transfer(CALL, twiml) is True
+    async with stand_in(
+        public_base_url="https://agent.example.com", whisper_path="/twilio/whisper",
+        action_path="/twilio/dial-done", dial_timeout_s=25,
+    ) as (emulator, control, _):  # fmt: skip
+        assert await control.transfer(CALL, HUMAN, CALLER_ID, "Connecting you.") is True
     (req,) = emulator.requests
     assert (req.method, req.path, req.status, req.auth_user) == ("POST", CALL_PATH, 200, ACCOUNT)
-    assert req.form == {"Twiml": twiml}
-    dial = ET.fromstring(req.form["Twiml"]).find("Dial")
-    assert dial.attrib == {"callerId": CALLER_ID, "timeout": "25", "action": ACTION, "method": "POST"}
+    assert list(req.form) == ["Twiml"]
+    root = ET.fromstring(req.form["Twiml"])
+    assert (root.find("Say").text, root.find("Say").attrib) == ("Connecting you.", {})
+    dial = root.find("Dial")
+    assert dial.attrib == {
+        "callerId": CALLER_ID, "timeout": "25", "action": f"{ACTION}/{CALL}", "method": "POST"
+    }  # fmt: skip
     number = dial.find("Number")
-    assert number.text == HUMAN and number.attrib["url"] == WHISPER
+    assert number.text == HUMAN and number.attrib["url"] == f"https://agent.example.com/twilio/whisper/{CALL}"
+
+
+async def test_update_twiml_sends_it_as_given():
+    twiml = transfer_twiml(HUMAN, CALLER_ID, 25, WHISPER, ACTION, "Connecting you.")
+    async with stand_in() as (emulator, control, _):
+        assert await control.update_twiml(CALL, twiml) is True
+        with pytest.raises(ValueError):  # a bad target never reaches the wire
+            await control.transfer(CALL, "0980", None)
+    (req,) = emulator.requests
+    assert req.form == {"Twiml": twiml}
+
+
+async def test_the_wire_is_what_the_twilio_sdk_sends():
+    """The same three updates through the official SDK (its own HTTP client, pointed at the stand-in)
+    and through ours: same method, path, auth, content type and form."""
+    from twilio.http.http_client import TwilioHttpClient
+    from twilio.rest import Client
+
+    class ToStandIn(TwilioHttpClient):
+        def __init__(self, base: str) -> None:
+            super().__init__()
+            self.base = base
+
+        def request(self, method, url, *args, **kwargs):
+            return super().request(method, url.replace("https://api.twilio.com", self.base), *args, **kwargs)
+
+    emulator = TwilioRestEmulator(ACCOUNT, TOKEN)
+    headers: list[tuple[str | None, str | None]] = []
+
+    @emulator.app.middleware("http")
+    async def record_headers(request, call_next):
+        headers.append((request.headers.get("content-type"), request.headers.get("accept")))
+        return await call_next(request)
+
+    twiml = transfer_twiml(HUMAN, CALLER_ID, 25, WHISPER, ACTION, "Connecting you.")
+    async with serve_app(emulator.app) as base:
+        sdk = Client(ACCOUNT, TOKEN, http_client=ToStandIn(base)).calls(CALL)
+        await asyncio.to_thread(sdk.update, twiml=twiml)
+        await asyncio.to_thread(sdk.update, url="https://agent.example.com/x", method="POST")
+        await asyncio.to_thread(sdk.update, status="completed")
+        by_sdk = list(emulator.requests)
+        emulator.requests.clear()
+        emulator.calls.clear()
+        async with TwilioCallControl(ACCOUNT, TOKEN, api_base_url=base) as control:
+            assert await control.update_twiml(CALL, twiml) is True
+            assert await control.redirect(CALL, "https://agent.example.com/x") is True
+            assert await control.hang_up(CALL) is True
+        ours = list(emulator.requests)
+    assert len(by_sdk) == len(ours) == 3
+    for sdk_req, our_req in zip(by_sdk, ours, strict=True):
+        assert (our_req.method, our_req.path, our_req.auth_user, our_req.status) == (
+            sdk_req.method, sdk_req.path, sdk_req.auth_user, sdk_req.status
+        )  # fmt: skip
+        assert our_req.form == sdk_req.form and list(our_req.form) == list(sdk_req.form)
+    assert headers == [("application/x-www-form-urlencoded", "application/json")] * 6
 
 
 async def test_hang_up_and_redirect_forms():
@@ -214,7 +273,7 @@ async def test_call_gone_returns_false_with_a_log_line(caplog):
         emulator.gone(CALL)
         with caplog.at_level(logging.INFO, logger="voxroute.telephony.call_control"):
             assert await control.hang_up(CALL) is False
-            assert await control.transfer(CALL, transfer_twiml(HUMAN)) is False
+            assert await control.update_twiml(CALL, transfer_twiml(HUMAN)) is False
     assert [r.status for r in emulator.requests] == [404, 404]  # 20404 is not retried
     assert "already ended" in caplog.text and "20404" in caplog.text
 
@@ -222,7 +281,7 @@ async def test_call_gone_returns_false_with_a_log_line(caplog):
 async def test_transfer_after_hang_up_is_call_gone():
     async with stand_in() as (emulator, control, _):
         assert await control.hang_up(CALL) is True
-        assert await control.transfer(CALL, transfer_twiml(HUMAN)) is False  # 400 code 21220
+        assert await control.transfer(CALL, HUMAN, None) is False  # 400 code 21220
     assert [r.status for r in emulator.requests] == [200, 400]
 
 
@@ -256,7 +315,7 @@ async def test_bad_credentials_raise_without_retry():
 async def test_bad_twiml_is_a_400_not_retried():
     async with stand_in() as (emulator, control, _):
         with pytest.raises(CallControlError) as info:
-            await control.transfer(CALL, "<Response><Dial>")
+            await control.update_twiml(CALL, "<Response><Dial>")
     assert (info.value.status, info.value.code) == (400, 12100)
     assert len(emulator.requests) == 1
 

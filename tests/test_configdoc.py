@@ -37,7 +37,7 @@ def test_variables_the_code_reads_are_found():
     assert "agent/calllog/store.py" in reads["VOXROUTE_CALLER_SALT"]
     assert "agent/fixture.py" in reads["VOXROUTE_FIXTURES"]
     assert "telephony/carriers.py" in reads["EXOTEL_SAMPLE_RATE"]
-    assert "voxroute/runtime.py" in reads["TELNYX_API_KEY"]
+    assert "agent/config.py" in reads["TELNYX_API_KEY"]
     assert "agent/config.py" in reads["VOXROUTE_WEBHOOK_SECRET"]
     assert "VOXROUTE_CHAT_KEY_<TENANT>" in reads
 
