@@ -1,10 +1,11 @@
-"""What the JSON media-stream carriers (Exotel, Plivo, Telnyx) share, sans-I/O.
+"""What the JSON media-stream carriers (Twilio, Exotel, Plivo, Telnyx) share, sans-I/O.
 
-Each carrier module (``telephony/exotel.py``, ``plivo.py``, ``telnyx.py``) is a subclass of
-:class:`MediaStreamCodec`: ``feed(text) -> events``, ``media(pcm) -> texts``,
+Each carrier module (``telephony/twilio.py``, ``exotel.py``, ``plivo.py``, ``telnyx.py``) is a
+subclass of :class:`MediaStreamCodec`: ``feed(text) -> events``, ``media(pcm) -> texts``,
 ``mark(name) -> texts``, ``clear() -> texts``, no awaits. The events are carrier-neutral
 (:class:`StreamStart`, :class:`Audio`, :class:`Dtmf`, :class:`MarkPlayed`, ...), so one
-websocket layer (``telephony/carriers.py``) serves all three.
+websocket link (``telephony/wslink.py``) and one stream handler (``telephony/routes/edge.py``)
+serve all four.
 
 Audio handed out is always 20 ms of PCM16 at 8 kHz, whatever the carrier's native encoding
 and rate (:class:`InboundFramer`); audio taken in is PCM16 8 kHz, converted to the native
@@ -12,9 +13,10 @@ format the stream started with (:class:`OutboundEncoder`).
 
 Marks: a carrier echoes a mark (Plivo: ``playedStream`` after a ``checkpoint``) once the
 audio before it has played. What carriers do with pending marks on ``clear`` differs, and the
-core expects Twilio's rule (every pending mark comes back at once). So ``clear()`` moves the
-pending marks to :meth:`MediaStreamCodec.take_flushed` for the link to report right away, and
-a late echo of a flushed mark from the carrier is dropped.
+core expects Twilio's rule (every pending mark comes back at once). So, for the others,
+``clear()`` moves the pending marks to :meth:`MediaStreamCodec.take_flushed` for the link to
+report right away, and a late echo of a flushed mark from the carrier is dropped; Twilio echoes
+them itself (``echoes_marks_on_clear``).
 """
 
 from __future__ import annotations
@@ -321,6 +323,8 @@ class MediaStreamCodec:
     # A carrier without a websocket ``stop`` (Plivo) ends a call by closing the socket: that is
     # the normal end there, not a caller lost mid-stream.
     close_means_stop: ClassVar[bool] = False
+    # Twilio echoes every pending mark itself on ``clear``: nothing to flush here, no echo to drop.
+    echoes_marks_on_clear: ClassVar[bool] = False
 
     def __init__(self, *, max_message_bytes: int = MAX_MESSAGE_BYTES):
         self.max_message_bytes = max_message_bytes
@@ -331,6 +335,16 @@ class MediaStreamCodec:
         self._pending_marks: list[str] = []
         self._flushed_marks: set[str] = set()
         self._flushed_report: list[MarkPlayed] = []
+
+    @property
+    def call_label(self) -> str:
+        """How log lines name a call of this carrier: ``exotel call CA1``."""
+        return f"{self.carrier} call"
+
+    @property
+    def stream_label(self) -> str:
+        """How log lines name a stream of this carrier before its start: ``exotel stream from ...``."""
+        return f"{self.carrier} stream"
 
     # -- inbound
 
@@ -368,6 +382,8 @@ class MediaStreamCodec:
         return [Audio(pcm, ts, ulaw) for pcm, ulaw, ts in self._framer.push(payload, timestamp_ms)]
 
     def _mark_played(self, name: str) -> list[StreamEvent]:
+        if self.echoes_marks_on_clear:
+            return [MarkPlayed(name)]
         if name in self._flushed_marks:
             self._flushed_marks.discard(name)  # already reported by clear()
             return []
@@ -396,9 +412,10 @@ class MediaStreamCodec:
         if not isinstance(name, str):
             raise TypeError("mark name must be a str")
         self._outbound()
-        if len(self._pending_marks) >= MAX_PENDING_MARKS:
-            del self._pending_marks[0]
-        self._pending_marks.append(name)
+        if not self.echoes_marks_on_clear:
+            if len(self._pending_marks) >= MAX_PENDING_MARKS:
+                del self._pending_marks[0]
+            self._pending_marks.append(name)
         return self._mark_texts(name)
 
     def _mark_texts(self, name: str) -> list[str]:

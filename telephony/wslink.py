@@ -1,8 +1,8 @@
-"""What every carrier's websocket link shares: receiving until the socket goes away, serialised
-sends that turn a dead socket into a quiet no-op, closing once, and ``events()`` as an iterator.
-
-``TwilioLink`` (telephony/app.py) and ``MediaStreamLink`` (telephony/carriers.py) add their
-codec: ``wait_start`` and ``_next_event``.
+"""One carrier media stream (Twilio, Exotel, Plivo or Telnyx) over a websocket, as a
+``voxroute.agent.link.CarrierLink``: :class:`MediaStreamLink` drives the carrier's sans-I/O codec
+(a ``telephony.mediastream.MediaStreamCodec``); :class:`WebSocketLink` below it receives until the
+socket goes away, serialises sends (a dead socket turns them into a quiet no-op), closes once, and
+gives ``events()`` as an iterator.
 
 Media silence: with ``silence_timeout_s`` set (the edge sets it once the call started), a socket
 that delivers no message for that long is closed and reads as gone (``SocketClosed``): the call
@@ -15,16 +15,34 @@ it, re-armed when it fires (every ``silence_timeout_s``), not one per message: a
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
+from collections.abc import Callable
 
-from fastapi import WebSocket
+from fastapi import Request, WebSocket
 from starlette.types import Message
 from starlette.websockets import WebSocketDisconnect
-from voxroute.agent.link import CallStart, CarrierEvent
+
+from voxroute.agent.link import CallEnded, CallStart, CarrierEvent, InboundAudio, InboundDtmf, MarkEcho
+from voxroute.telephony.mediastream import (
+    Audio,
+    CarrierError,
+    CarrierProtocolError,
+    Dtmf,
+    MarkPlayed,
+    MediaStreamCodec,
+    Stopped,
+    StreamStart,
+)
 
 log = logging.getLogger(__name__)
 
 YIELD_EVERY = 16  # messages read in a row before the link lets the event loop run other work
+
+
+def peer_of(conn: Request | WebSocket) -> str:
+    """``host:port`` of the far end, for log lines."""
+    return f"{conn.client.host}:{conn.client.port}" if conn.client else "?"
 
 
 class SocketClosed(Exception):
@@ -153,3 +171,100 @@ class _LinkEvents:
 
     async def __anext__(self) -> CarrierEvent:
         return await self._link._next_event()
+
+
+class MediaStreamLink(WebSocketLink):
+    """One carrier media stream as a ``voxroute.agent.link.CarrierLink``.
+
+    Audio in is 20 ms PCM16 8 kHz (the codec converts from the native format); ``send_audio``
+    takes PCM16 8 kHz. Marks flushed by our own ``clear`` are reported at once (Twilio's rule,
+    which Twilio keeps itself and the codecs of the others keep for them). Sends after the socket
+    closed are dropped quietly: the end shows up in ``events()`` as ``CallEnded``.
+    """
+
+    def __init__(self, websocket: WebSocket, codec: MediaStreamCodec, *, default_tenant: str = "default"):
+        super().__init__(websocket, f"{codec.stream_label} from {peer_of(websocket)}")
+        self._codec = codec
+        self._default_tenant = default_tenant
+        self._ready: collections.deque[CarrierEvent] = collections.deque()
+        self.carrier_errors = 0
+
+    async def wait_start(self, tenant_for: Callable[[str], str] | None = None) -> CallStart:
+        """Read until the carrier's ``start``; the caller bounds this with a timeout. The tenant:
+        the start's ``tenant`` parameter, else ``tenant_for`` the number called, else the default.
+        Events that come in the same message batch after it are kept for ``events()``."""
+        while True:
+            started: StreamStart | None = None
+            for event in self._codec.feed(await self._receive()):
+                if isinstance(event, StreamStart):
+                    started = event
+                elif started is not None:
+                    self._queue(event)
+            if started is None:
+                continue
+            params = dict(started.parameters)
+            to_number = started.to_number or params.get("to") or None
+            tenant = params.get("tenant") or (tenant_for(to_number) if tenant_for and to_number else None)
+            self.start = CallStart(
+                call_sid=started.call_id,
+                stream_sid=started.stream_id,
+                tenant=tenant or self._default_tenant,
+                from_number=started.from_number or params.get("from") or None,
+                to_number=to_number,
+                language=params.get("language") or None,
+                carrier=self._codec.carrier,
+                parameters=params,
+            )
+            self._who = f"{self._codec.call_label} {started.call_id}"
+            return self.start
+
+    def _queue(self, event: object) -> None:
+        if isinstance(event, Audio):
+            self._ready.append(InboundAudio(event.pcm, event.timestamp_ms, event.ulaw))
+        elif isinstance(event, Dtmf):
+            self._ready.append(InboundDtmf(event.digit))
+        elif isinstance(event, MarkPlayed):
+            self._ready.append(MarkEcho(event.name))
+        elif isinstance(event, Stopped):
+            self._ready.append(CallEnded("stop"))
+        elif isinstance(event, CarrierError):
+            self.carrier_errors += 1
+            if self.carrier_errors <= 10:
+                log.warning("%s: the carrier reports an error %s: %s", self._who, event.code, event.detail)
+
+    async def _next_event(self) -> CarrierEvent:
+        if self._ended:
+            raise StopAsyncIteration
+        while not self._ready:
+            try:
+                raw = await self._receive()
+            except SocketClosed:
+                clean = self.close_code in (1000, 1001, 1005)
+                self._ready.append(CallEnded("stop" if clean and self._codec.close_means_stop else "closed"))
+                break
+            try:
+                parsed = self._codec.feed(raw)
+            except CarrierProtocolError as exc:
+                log.warning("%s: protocol error, closing the stream (1008): %s", self._who, exc)
+                await self.close(1008)
+                self._ready.append(CallEnded("error"))
+                break
+            for event in parsed:
+                self._queue(event)
+        event = self._ready.popleft()
+        if isinstance(event, CallEnded):
+            self._ended = True
+            self._ready.clear()
+        return event
+
+    async def send_audio(self, pcm: bytes) -> None:
+        if pcm and not self._closed:
+            await self._send(self._codec.media(pcm))
+
+    async def send_mark(self, name: str) -> None:
+        await self._send(self._codec.mark(name))
+
+    async def clear(self) -> None:
+        await self._send(self._codec.clear())
+        for event in self._codec.take_flushed():
+            self._queue(event)

@@ -37,8 +37,10 @@ from dataclasses import dataclass, field
 from voxroute.agent.providers import openai_protocol as oai
 from voxroute.agent.providers import sarvam_protocol as sarvam
 from voxroute.audio import InboundFramer, alaw_to_pcm16, ulaw_to_pcm16
-from voxroute.telephony import audiosocket, carriers, exotel, plivo, telnyx, twilio, twiml
+from voxroute.telephony import audiosocket, exotel, plivo, telnyx, twilio, twiml
 from voxroute.telephony.mediastream import CarrierProtocolError
+from voxroute.telephony.routes.edge import parse_form
+from voxroute.telephony.routes.exotel import basic_auth_ok
 from voxroute.telephony.sip import auth, rtp, sdp
 from voxroute.telephony.sip import message as sipmsg
 from voxroute.telephony.sip.ua import UserAgent
@@ -629,14 +631,16 @@ def run_webhooks(data: bytes) -> None:
     parts = data.split(SEP)
     body = parts[0]
     header = parts[1].decode("latin-1") if len(parts) > 1 else None
-    form = carriers._form(body)
-    params = form or {}
+    try:
+        params = parse_form(body)
+    except (UnicodeDecodeError, ValueError):
+        params = {}
     twiml.validate_signature(
         "token", "https://example.com/twilio/voice", params, header, signature_settings=header
     )
     plivo.validate_signature_v3("token", "https://example.com/plivo/answer?a=1", header, header, params)
     telnyx.verify_webhook(_TELNYX_KEY, body, header, header, now=1_767_225_600)
-    carriers.basic_auth_ok(header, "key:token")
+    basic_auth_ok(header, "key:token")
 
 
 def run_g711(data: bytes) -> None:

@@ -21,7 +21,9 @@ from tests.streamedge import STREAM_SERVERS, serve_edge, ws_url
 from voxroute.agent.link import CallEnded, CallStart, InboundAudio, InboundDtmf, MarkEcho
 from voxroute.audio import pcm16_to_ulaw, ulaw_to_pcm16
 from voxroute.telephony.admission import CallGate
-from voxroute.telephony.app import STREAM_PATH, VOICE_PATH, TelephonySettings, create_app
+from voxroute.telephony.app import TelephonySettings, create_app
+from voxroute.telephony.carriers import TWILIO_STREAM_PATH as STREAM_PATH
+from voxroute.telephony.carriers import TWILIO_VOICE_PATH as VOICE_PATH
 from voxroute.telephony.carriers import CarrierSettings
 from voxroute.telephony.twilio import TwilioPeer
 from voxroute.telephony.twiml import (

@@ -16,17 +16,20 @@ from voxroute.agent.link import CallEnded, InboundAudio, InboundDtmf
 from voxroute.audio import pcm16_to_ulaw, ulaw_to_pcm16
 from voxroute.server import serve_app, ws_url
 from voxroute.telephony.app import TelephonySettings, create_app
-from voxroute.telephony.twilio import (
+from voxroute.telephony.mediastream import (
+    Audio,
+    AudioFormat,
     Connected,
     Dtmf,
-    Mark,
-    Media,
-    MediaFormat,
+    MarkPlayed,
+    MediaStreamCodec,
+    Stopped,
+    StreamStart,
+)
+from voxroute.telephony.twilio import (
     OutboundClear,
     OutboundMark,
     OutboundMedia,
-    Start,
-    Stop,
     TwilioPeer,
     TwilioProtocolError,
     TwilioStream,
@@ -97,37 +100,47 @@ def started() -> TwilioStream:
     return s
 
 
+def test_twilio_is_a_media_stream_codec_that_leaves_clears_to_twilio():
+    """One codec shape for every carrier; Twilio echoes pending marks itself on ``clear``, so the
+    codec neither reports them at once nor drops Twilio's echoes (the others' codecs do both)."""
+    s = started()
+    assert isinstance(s, MediaStreamCodec) and s.carrier == "twilio" and s.echoes_marks_on_clear
+    s.mark("a")
+    s.clear()
+    assert s.take_flushed() == []
+    assert s.feed(mark_msg(3, "a")) == [MarkPlayed("a")]
+
+
 def test_real_call_conformance_sequence():
     s = TwilioStream()
-    assert s.feed(CONNECTED) == [Connected("Call", "1.0.0")]
+    assert s.feed(CONNECTED) == [Connected("1.0.0")]
     [start] = s.feed(START)
-    assert start == Start(
-        stream_sid=SID,
-        call_sid=CALL,
-        account_sid=ACCOUNT,
-        media_format=MediaFormat("audio/x-mulaw", 8000, 1),
-        tracks=("inbound",),
-        custom_parameters={"tenant": "acme"},
+    assert start == StreamStart(
+        call_id=CALL,
+        stream_id=SID,
+        audio=AudioFormat("ulaw", 8000),
+        account_id=ACCOUNT,
+        parameters={"tenant": "acme"},
         sequence_number=1,
     )
     assert s.stream_sid == SID
     # media from chunk "1", timestamp "52", 216 base64 characters each
     assert len(FRAME_B64) == 216
     [m] = s.feed(media_msg(2, 1, 52))
-    assert isinstance(m, Media)
-    assert (m.chunk, m.timestamp, m.sequence_number, m.track) == (1, 52, 2, "inbound")
-    assert m.payload == FRAME and m.pcm == ulaw_to_pcm16(FRAME) and len(m.pcm) == 320
+    assert isinstance(m, Audio) and m.timestamp_ms == 52
+    assert m.ulaw == FRAME and m.pcm == ulaw_to_pcm16(FRAME) and len(m.pcm) == 320
     for i in range(2, 51):
         [m] = s.feed(media_msg(i + 1, i, 52 + 20 * (i - 1)))
-        assert m.chunk == i
-    # the server sent 1 s of audio in one message, then a mark; the mark echoed about 1.03 s later,
-    # with its sequence number taken from the counter shared with media
-    out = json.loads(s.media(bytes(16000)))
+        assert m.timestamp_ms == 52 + 20 * (i - 1)
+    # the server sent 1 s of audio in one message, then a mark; the mark echoed about 1.03 s later
+    [text] = s.media(bytes(16000))
+    out = json.loads(text)
     assert out["streamSid"] == SID and len(base64.b64decode(out["media"]["payload"])) == 8000
-    assert json.loads(s.mark("echo-1")) == {"event": "mark", "streamSid": SID, "mark": {"name": "echo-1"}}
-    assert s.feed(mark_msg(103, "echo-1")) == [Mark("echo-1", 103)]
-    assert s.feed(DTMF) == [Dtmf("5", "inbound_track", 57)]
-    assert s.feed(STOP) == [Stop(CALL, ACCOUNT, 412)]
+    [text] = s.mark("echo-1")
+    assert json.loads(text) == {"event": "mark", "streamSid": SID, "mark": {"name": "echo-1"}}
+    assert s.feed(mark_msg(103, "echo-1")) == [MarkPlayed("echo-1")]
+    assert s.feed(DTMF) == [Dtmf("5")]
+    assert s.feed(STOP) == [Stopped()]
     assert s.stopped
 
 
@@ -137,30 +150,32 @@ def test_numbers_parse_leniently_as_ints_or_strings():
     msg = json.loads(media_msg(2, 1, 52))
     msg["sequenceNumber"], msg["media"]["chunk"], msg["media"]["timestamp"] = 2, 1, 52
     [m] = s.feed(json.dumps(msg))
-    assert (m.sequence_number, m.chunk, m.timestamp) == (2, 1, 52)
+    assert m.timestamp_ms == 52
 
 
 def test_bytes_input_and_start_without_connected():
     s = TwilioStream()
     [start] = s.feed(START.encode())
-    assert start.call_sid == CALL
+    assert start.call_id == CALL
 
 
 def test_outbound_messages():
     s = started()
     pcm = b"\x10\x00\xf0\xff" * 80
-    out = json.loads(s.media(pcm))
-    assert out == {
+    [text] = s.media(pcm)
+    assert json.loads(text) == {
         "event": "media",
         "streamSid": SID,
         "media": {"payload": base64.b64encode(pcm16_to_ulaw(pcm)).decode()},
     }
-    assert json.loads(s.mark('we"ird\\name')) == {
+    [text] = s.mark('we"ird\\name')
+    assert json.loads(text) == {
         "event": "mark",
         "streamSid": SID,
         "mark": {"name": 'we"ird\\name'},
     }
-    assert json.loads(s.clear()) == {"event": "clear", "streamSid": SID}
+    [text] = s.clear()
+    assert json.loads(text) == {"event": "clear", "streamSid": SID}
     assert json.loads(s.media_ulaw(b"\xff" * 3))["media"]["payload"] == "////"
 
 
@@ -275,24 +290,27 @@ def test_media_of_any_size_is_reframed_to_20ms_with_derived_timestamps():
         pos += size
         ts += size // 8
     assert len(out) == 10
-    assert [len(m.payload) for m in out] == [160] * (sum(sizes) // 160)
-    assert b"".join(m.payload for m in out) == ulaw[: len(out) * 160]  # nothing lost or reordered
-    assert all(m.pcm == ulaw_to_pcm16(m.payload) for m in out)
+    assert [len(m.ulaw) for m in out] == [160] * (sum(sizes) // 160)
+    assert b"".join(m.ulaw for m in out) == ulaw[: len(out) * 160]  # nothing lost or reordered
+    assert all(m.pcm == ulaw_to_pcm16(m.ulaw) for m in out)
     # each frame's media time: the message's timestamp less what was held over from before
-    assert [m.timestamp for m in out] == [1000 + 20 * i for i in range(len(out))]
+    assert [m.timestamp_ms for m in out] == [1000 + 20 * i for i in range(len(out))]
     held = sum(sizes) - 1600  # 128 bytes wait for the next message
     [odd] = s.feed(media_msg(9, 8, ts, payload=base64.b64encode(bytes(161)).decode()))
-    assert odd.payload == ulaw[1600 : 1600 + held] + bytes(160 - held) and odd.timestamp == 1000 + 200
+    assert odd.ulaw == ulaw[1600 : 1600 + held] + bytes(160 - held) and odd.timestamp_ms == 1000 + 200
     assert s.feed(media_msg(10, 9, 3000, payload=base64.b64encode(bytes(1)).decode())) == []  # 130 held
 
 
-def test_outbound_track_media_is_passed_as_sent():
+def test_outbound_track_media_is_dropped_and_holds_no_inbound_audio_back():
+    """The agent's own audio echoed back (track ``outbound``) is not the caller's: no event, and
+    none of it joins the inbound frames."""
     s = TwilioStream()
     s.feed(START)
     msg = json.loads(media_msg(2, 1, 52, payload=base64.b64encode(bytes(100)).decode()))
     msg["media"]["track"] = "outbound"
-    [m] = s.feed(json.dumps(msg))
-    assert m.track == "outbound" and len(m.payload) == 100
+    assert s.feed(json.dumps(msg)) == []
+    [m] = s.feed(media_msg(3, 2, 72))
+    assert m.ulaw == FRAME and m.timestamp_ms == 72
 
 
 def test_peer_and_stream_talk_to_each_other():
@@ -300,21 +318,18 @@ def test_peer_and_stream_talk_to_each_other():
         SID, CALL, account_sid=ACCOUNT, custom_parameters={"tenant": "acme"}, first_timestamp_ms=52
     )
     s = TwilioStream()
-    assert s.feed(peer.connected()) == [Connected("Call", "1.0.0")]
+    assert s.feed(peer.connected()) == [Connected("1.0.0")]
     [start] = s.feed(peer.start())
-    assert (start.call_sid, start.sequence_number, dict(start.custom_parameters)) == (
-        CALL,
-        1,
-        {"tenant": "acme"},
-    )
+    assert (start.call_id, start.sequence_number, dict(start.parameters)) == (CALL, 1, {"tenant": "acme"})
     ms = [s.feed(peer.media(FRAME))[0] for _ in range(3)]
-    assert [(m.chunk, m.timestamp, m.sequence_number) for m in ms] == [(1, 52, 2), (2, 72, 3), (3, 92, 4)]
-    assert s.feed(peer.dtmf("#")) == [Dtmf("#", "inbound_track", 5)]
-    assert s.feed(peer.mark("m1")) == [Mark("m1", 6)]
-    assert s.feed(peer.stop()) == [Stop(CALL, ACCOUNT, 7)]
-    assert peer.feed(s.media(bytes(320))) == [OutboundMedia(b"\xff" * 160)]
-    assert peer.feed(s.mark("m2")) == [OutboundMark("m2")]
-    assert peer.feed(s.clear()) == [OutboundClear()]
+    assert [m.timestamp_ms for m in ms] == [52, 72, 92]
+    assert s.feed(peer.dtmf("#")) == [Dtmf("#")]
+    assert s.feed(peer.mark("m1")) == [MarkPlayed("m1")]
+    assert s.feed(peer.stop()) == [Stopped()]
+    [media], [mark], [clear] = s.media(bytes(320)), s.mark("m2"), s.clear()
+    assert peer.feed(media) == [OutboundMedia(b"\xff" * 160)]
+    assert peer.feed(mark) == [OutboundMark("m2")]
+    assert peer.feed(clear) == [OutboundClear()]
     with pytest.raises(TwilioProtocolError):
         riff = base64.b64encode(b"RIFF....").decode()
         peer.feed(json.dumps({"event": "media", "streamSid": SID, "media": {"payload": riff}}))

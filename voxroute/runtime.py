@@ -41,7 +41,7 @@ from voxroute.agent.webhook import WebhookSender
 from voxroute.routing.classifier import StakesModel
 from voxroute.routing.router import Router
 from voxroute.telephony.admission import CallGate
-from voxroute.telephony.app import DIAL_ACTION_PATH, WHISPER_PATH, TelephonySettings, create_app
+from voxroute.telephony.app import TelephonySettings, create_app
 from voxroute.telephony.call_control import TwilioCallControl, transfer_twiml
 from voxroute.telephony.carrier_control import (
     CarrierTransfers,
@@ -49,7 +49,12 @@ from voxroute.telephony.carrier_control import (
     PlivoCallControl,
     TelnyxCallControl,
 )
-from voxroute.telephony.carriers import SECRETS_OF, CarrierSettings
+from voxroute.telephony.carriers import (
+    SECRETS_OF,
+    TWILIO_DIAL_ACTION_PATH,
+    TWILIO_WHISPER_PATH,
+    CarrierSettings,
+)
 from voxroute.telephony.twiml import public_url
 
 if TYPE_CHECKING:
@@ -317,8 +322,8 @@ class TwilioTransfers:
             to,
             caller_id=caller_id,
             timeout_s=self.config.handoff.dial_timeout_s,
-            whisper_url=public_url(base, f"{WHISPER_PATH}/{call_sid}"),
-            action_url=public_url(base, f"{DIAL_ACTION_PATH}/{call_sid}"),
+            whisper_url=public_url(base, f"{TWILIO_WHISPER_PATH}/{call_sid}"),
+            action_url=public_url(base, f"{TWILIO_DIAL_ACTION_PATH}/{call_sid}"),
             say=say,
         )
         return await self.control.transfer(call_sid, twiml)

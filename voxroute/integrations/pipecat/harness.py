@@ -287,7 +287,7 @@ class PipecatBot:
         # The call's language, as a Pipecat bot reads it from the stream's custom parameters
         start = marks.stream.start  # TwilioMarkSerializer.accept returns once the start is read
         assert start is not None
-        language = start.custom_parameters.get("language", config.language)
+        language = start.parameters.get("language", config.language)
         if language not in LANGUAGES:
             log.warning("call %s: language %r not served; %s", marks.call_sid, language, config.language)
             language = config.language

@@ -48,7 +48,8 @@ from pipecat.serializers.base_serializer import FrameSerializer
 
 from voxroute.agent.player import MarkLedger
 from voxroute.agent.session import INTERRUPTED_MARK
-from voxroute.telephony.twilio import Dtmf, Mark, Media, TwilioProtocolError, TwilioStream
+from voxroute.telephony.mediastream import Audio, Dtmf, MarkPlayed
+from voxroute.telephony.twilio import TwilioProtocolError, TwilioStream
 
 log = logging.getLogger("voxroute.pipecat")
 
@@ -90,23 +91,25 @@ class TwilioMarkSerializer(FrameSerializer):
 
     @property
     def call_sid(self) -> str:
-        return self.stream.start.call_sid if self.stream.start else ""
+        return self.stream.start.call_id if self.stream.start else ""
 
     async def setup(self, setup: FrameProcessorSetup) -> None:
         self._sample_rate = setup.audio_in_sample_rate or TWILIO_RATE
 
     async def serialize(self, frame: Frame) -> str | None:
         if isinstance(frame, InterruptionFrame):
-            return self.stream.clear()
+            (clear,) = self.stream.clear()
+            return clear
         if isinstance(frame, AudioRawFrame):
             pcm = frame.audio
             if frame.sample_rate != TWILIO_RATE:
                 pcm = await self._out_resampler.resample(pcm, frame.sample_rate, TWILIO_RATE)
-            return self.stream.media(pcm) if pcm else None
+            return self.stream.media(pcm)[0] if pcm else None  # Twilio: one message
         if isinstance(frame, OutputTransportMessageFrame | OutputTransportMessageUrgentFrame):
             message = frame.message
             if isinstance(message, dict) and isinstance(message.get(MARK_KEY), str):
-                return self.stream.mark(message[MARK_KEY])
+                (mark,) = self.stream.mark(message[MARK_KEY])
+                return mark
             if self.should_ignore_frame(frame):
                 return None
             return json.dumps(message)
@@ -118,9 +121,9 @@ class TwilioMarkSerializer(FrameSerializer):
         except TwilioProtocolError as exc:
             log.warning("twilio stream %s: bad message ignored: %s", self.stream_sid, exc)
             return None
-        pcm = b"".join(e.pcm for e in events if isinstance(e, Media) and e.track in (None, "inbound"))
+        pcm = b"".join(e.pcm for e in events if isinstance(e, Audio))  # the inbound track's
         for event in events:
-            if isinstance(event, Mark):
+            if isinstance(event, MarkPlayed):
                 return MarkEchoFrame(mark=event.name)
             if isinstance(event, Dtmf):
                 try:
