@@ -38,9 +38,10 @@ RUN apt-get update \
 VOLUME ["/data"]
 USER 10001:10001
 
-# 8090: the carrier media streams when the config sets telephony.media_port: 8090 (README, Deploy)
+# 8080: webhooks, the operator API, probes, metrics (and the streams too); 8090: the carrier media
+# streams on the websockets library's server (--media-port; the proxy routes the stream paths there)
 EXPOSE 8080 8090
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)"]
-ENTRYPOINT ["/usr/bin/tini", "--", "voxroute", "serve", "--host", "0.0.0.0", "--port", "8080"]
+ENTRYPOINT ["/usr/bin/tini", "--", "voxroute", "serve", "--host", "0.0.0.0", "--port", "8080", "--media-port", "8090"]

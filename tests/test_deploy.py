@@ -32,12 +32,8 @@ from voxroute.emulators.stack import run_emulators
 from voxroute.runtime import build_services, create_runtime_app, emulator_options, missing_secrets
 from voxroute.server import serve_app
 from voxroute.telephony.admission import CallGate
-from voxroute.telephony.carriers import (
-    EXOTEL_STREAM_PATH,
-    PLIVO_STREAM_PATH,
-    TELNYX_STREAM_PATH,
-    TWILIO_STREAM_PATH,
-)
+from voxroute.telephony.app import STREAM_PATH
+from voxroute.telephony.carriers import EXOTEL_STREAM_PATH, PLIVO_STREAM_PATH, TELNYX_STREAM_PATH
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -438,7 +434,7 @@ def test_prometheus_scrapes_each_worker_with_the_operator_key():
 def test_ingress_routes_every_carrier_stream_with_websocket_timeouts():
     carriers = get_args(get_args(TelephonyConfig.model_fields["carriers"].annotation)[0])
     assert get_origin(TelephonyConfig.model_fields["carriers"].annotation) is list and carriers
-    streams = {TWILIO_STREAM_PATH, EXOTEL_STREAM_PATH, PLIVO_STREAM_PATH, TELNYX_STREAM_PATH}
+    streams = {STREAM_PATH, EXOTEL_STREAM_PATH, PLIVO_STREAM_PATH, TELNYX_STREAM_PATH}
     assert streams == {f"/{c}/stream" for c in carriers}
     ingresses = {d["metadata"]["name"]: d for _, d in k8s_docs() if d["kind"] == "Ingress"}
     service = k8s("Service")
@@ -467,6 +463,14 @@ def test_ingress_routes_every_carrier_stream_with_websocket_timeouts():
         assert ingress["spec"]["tls"][0]["secretName"]
     stream_ingress = ingresses["voxroute-streams"]
     assert paths(stream_ingress) == dict.fromkeys(streams, "Exact")
+    # the streams go to the pods' media port: the image's --media-port, by the names that lead there
+    (media,) = {
+        p["backend"]["service"]["port"]["name"] for p in stream_ingress["spec"]["rules"][0]["http"]["paths"]
+    }
+    (target,) = [p["targetPort"] for p in service["spec"]["ports"] if p["name"] == media]
+    container = k8s("Deployment")["spec"]["template"]["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports[target] == int(flag(dockerfile_command(), "--media-port"))
     notes = stream_ingress["metadata"]["annotations"]
     for key in ("proxy-read-timeout", "proxy-send-timeout"):  # a call lasts minutes; frames every 20 ms
         assert int(notes[f"nginx.ingress.kubernetes.io/{key}"]) >= 3600
@@ -545,14 +549,18 @@ def test_compose_nginx_config_parses(tmp_path):
     mounts[tls_mount] = tmp_path / "tls"  # the certificates the user mounts
     includes = re.findall(r"^\s*include\s+(\S+);", conf, re.M)
     assert includes and all(i in mounts for i in includes), f"{includes}: not mounted into the container"
-    upstream = re.search(r"upstream voxroute \{(.*?)\}", conf, re.S)[1]
-    servers = re.findall(r"^\s*server\s+(\S+)", upstream, re.M)
     port = flag(dockerfile_command(), "--port")
-    assert sorted(servers) == sorted(f"{name}:{port}" for name in voxroute_services(doc))
+    media_port = flag(dockerfile_command(), "--media-port")
+    servers = {}
+    for name, at in (("voxroute", port), ("voxroute_media", media_port)):  # webhooks and API; streams
+        upstream = re.search(rf"upstream {name} \{{(.*?)\}}", conf, re.S)[1]
+        servers[at] = re.findall(r"^\s*server\s+(\S+)", upstream, re.M)
+        assert sorted(servers[at]) == sorted(f"{service}:{at}" for service in voxroute_services(doc))
     for container_path, host_path in sorted(mounts.items(), key=lambda kv: -len(kv[0])):
         conf = conf.replace(container_path, str(host_path))
-    for server in servers:  # the compose names resolve only inside compose's network
-        conf = conf.replace(server, f"127.0.0.1:{port}")
+    for at, names in servers.items():  # the compose names resolve only inside compose's network
+        for server in names:
+            conf = conf.replace(server, f"127.0.0.1:{at}")
     assert not [line for line in conf.splitlines() if "/etc/nginx" in line.split("#")[0]]
     (tmp_path / "nginx.conf").write_text(conf)
     done = subprocess.run(

@@ -302,6 +302,15 @@ def serve(
     audiosocket: Annotated[
         str | None, typer.Option(help="also accept Asterisk AudioSocket on this TCP host:port")
     ] = None,
+    media_port: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=65535,
+            help="also serve the carriers' media streams on this port, on the websockets library's server "
+            "(less CPU per media message; config: telephony.media_port); route the stream paths there",
+        ),
+    ] = None,
     log_format: Annotated[LogFormat, typer.Option(help=LOG_FORMAT_HELP)] = "text",
     workers: Annotated[
         int,
@@ -341,6 +350,7 @@ def serve(
         cfg.sip.enabled = cfg.sip.enabled or sip is not None
         cfg.sip.bind = sip or cfg.sip.bind
         cfg.sip.audiosocket_bind = audiosocket or cfg.sip.audiosocket_bind
+        cfg.telephony.media_port = media_port or cfg.telephony.media_port
         external = json.loads(emulators_at) if emulators_at else None
     except (ConfigError, json.JSONDecodeError) as exc:
         err.print(f"[red]error:[/] {exc}")
@@ -352,7 +362,8 @@ def serve(
     host = host or ("127.0.0.1" if dev else "0.0.0.0")
     if workers > 1 and listen_fd is None:
         options = {"--config": config, "--sip": sip, "--audiosocket": audiosocket, "--emulators": emulators_at,
-                   "--worker-ports": worker_ports, "--dev": dev, "--quiet": quiet, "--local": local}  # fmt: skip
+                   "--worker-ports": worker_ports, "--media-port": media_port, "--dev": dev, "--quiet": quiet,
+                   "--local": local}  # fmt: skip
         raise typer.Exit(_supervise(workers, host, port, cfg, profile, log_format, options))
     sockets = None
     if listen_fd is not None:  # a worker of `serve --workers`: the supervisor's socket, maybe our own
