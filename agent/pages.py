@@ -547,10 +547,23 @@ def prefers_html(accept: str | None) -> bool:
     return html_q > json_q
 
 
+OPERATOR_REALM = "voxroute operator"
+
+
 class OperatorAuth:
-    """The operator API key, as a header (``X-API-Key``, ``Authorization: Bearer``), as the password of
-    HTTP Basic, or as the cookie that ``?key=`` sets. The cookie holds an HMAC of the key, not the key.
-    No key configured: open, as the handoff API is (the runtime warns at start)."""
+    """The one operator check. Every operator route asks it: the call pages and their JSON (``/calls``,
+    ``/calls/{call_sid}``), the handoff API (``/calls/{call_sid}/handoff``), the outcome API,
+    ``/debug/*`` and ``/metrics``, on the main port and on each worker's own port alike (one app).
+
+    The key is taken in five forms, the same on every route:
+
+    1. ``X-API-Key: KEY`` (API clients, replay);
+    2. ``Authorization: Bearer KEY`` (Prometheus' scrape, API clients);
+    3. ``Authorization: Basic`` with any user name and the key as password (a browser's prompt);
+    4. ``?key=KEY`` in the URL (a link; the pages then set the cookie and redirect without it);
+    5. the ``voxroute_operator`` cookie that 4 sets: an HMAC of the key, not the key (path ``/calls``).
+
+    Keys are compared in constant time. No key configured: open (the runtime warns at start)."""
 
     def __init__(self, api_key: str | None) -> None:
         self.api_key = api_key
@@ -559,14 +572,17 @@ class OperatorAuth:
         )
 
     def _is_key(self, given: str | None) -> bool:
-        return bool(given) and hmac.compare_digest(given.encode(), self.api_key.encode())  # type: ignore[union-attr]
+        if not given or self.api_key is None:
+            return False
+        # as bytes: compare_digest refuses str with non-ASCII characters (a header or ?key= may hold them)
+        return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), self.api_key.encode())
 
     def allows(self, request: Request) -> bool:
+        """Whether ``request`` carries the key in one of the five forms (or no key is configured)."""
         if self.api_key is None:
             return True
         h = request.headers
-        auth = h.get("authorization", "")
-        scheme, _, value = auth.partition(" ")
+        scheme, _, value = h.get("authorization", "").partition(" ")
         password = None
         if scheme.lower() == "basic":
             try:
@@ -580,7 +596,19 @@ class OperatorAuth:
             or self._is_key(bearer)
             or self._is_key(password)
             or self._is_key(request.query_params.get("key"))
-            or (bool(cookie) and hmac.compare_digest(cookie.encode(), self.cookie_value.encode()))
+            or (bool(cookie) and hmac.compare_digest(cookie.encode("utf-8", "surrogatepass"),
+                                                     self.cookie_value.encode()))
+        )  # fmt: skip
+
+    def require(self, request: Request) -> None:
+        """:meth:`allows`, or one log line and a 401 (``HTTPException``) naming the schemes."""
+        if self.allows(request):
+            return
+        log.warning("operator API: %s %s rejected (401): no valid API key", request.method, request.url.path)
+        raise StarletteHTTPException(
+            status_code=401,
+            detail="a valid API key is required",
+            headers={"WWW-Authenticate": f'Bearer realm="{OPERATOR_REALM}", Basic realm="{OPERATOR_REALM}"'},
         )
 
 
@@ -591,15 +619,15 @@ def add_call_routes(app: FastAPI, source: CallSource, auth: OperatorAuth, banner
 
     def guard(request: Request, html: bool) -> Response | None:
         """None: go on. Else the response to send (401, or the redirect that sets the cookie)."""
-        if not auth.allows(request):
-            log.warning("call pages: rejected a request without a valid API key")
-            if html:
-                return HTMLResponse(
-                    unauthorized_page(),
-                    status_code=401,
-                    headers={"WWW-Authenticate": 'Basic realm="voxroute operator"', "Vary": "Accept"},
-                )
-            return JSONResponse({"detail": "a valid API key is required"}, status_code=401)
+        if not html:
+            auth.require(request)  # raises the 401
+        elif not auth.allows(request):
+            log.warning("call pages: %s rejected (401): no valid API key", request.url.path)
+            return HTMLResponse(
+                unauthorized_page(),
+                status_code=401,
+                headers={"WWW-Authenticate": f'Basic realm="{OPERATOR_REALM}"', "Vary": "Accept"},
+            )
         if html and auth.api_key and "key" in request.query_params:
             url = request.url.remove_query_params("key")
             target = url.path + (f"?{url.query}" if url.query else "")
@@ -686,6 +714,7 @@ def add_call_routes(app: FastAPI, source: CallSource, auth: OperatorAuth, banner
 __all__ = [
     "CallSource",
     "MemoryCallSource",
+    "OPERATOR_REALM",
     "OperatorAuth",
     "add_call_routes",
     "call_page",
