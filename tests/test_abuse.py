@@ -653,14 +653,14 @@ def dockerfile_instruction(name: str) -> list[str]:
     raise AssertionError(f"no {name} in the Dockerfile")
 
 
-def _as_nobody(argv: list[str], port: int) -> list[str]:
+def _as_nobody(argv: list[str], port: int, media_port: int) -> list[str]:
     """The container's command on this machine: no container runtime here (podman cannot pull the
     base image without network), so the same argv runs as an unprivileged user, with the venv's
-    ``voxroute`` and a free port instead of 8080. The venv's interpreter lives under /root (mode
+    ``voxroute`` and free ports instead of 8080 and 8090 (the media streams). The venv's interpreter lives under /root (mode
     700) here, so the process keeps one capability, CAP_DAC_READ_SEARCH: it may read any file but
     write only where the user may (the data directory)."""
     argv = [str(REPO / ".venv" / "bin" / "voxroute") if a == "voxroute" else a for a in argv]
-    argv = [str(port) if a == "8080" else a for a in argv]
+    argv = [{"8080": str(port), "8090": str(media_port)}.get(a, a) for a in argv]
     if argv[0].endswith("tini") and not Path(argv[0]).exists():
         argv = argv[argv.index("--") + 1 :]  # tini forwards signals; without it the process gets them itself
     caps = ["--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
@@ -698,7 +698,7 @@ async def test_the_container_entrypoint_runs_unprivileged_serves_health_and_drai
         [*VOXROUTE, "emulators", "--profile", "zero", "--quiet"], env, stdout=subprocess.PIPE, text=True
     ) as emu:
         urls = json.loads(emu.stdout.readline())  # type: ignore[union-attr]
-        port = _free_port()
+        port, media_port = _free_port(), _free_port()
         config = production_config(tmp_path / "voxroute.yaml", port, urls)
         cfg = yaml.safe_load(config.read_text())
         cfg["shutdown"] = {"drain_s": 1.0, "closing_timeout_s": 8.0}
@@ -709,7 +709,9 @@ async def test_the_container_entrypoint_runs_unprivileged_serves_health_and_drai
         log = tmp_path / "serve.log"
         with (
             log.open("w") as out,
-            _process(_as_nobody(entrypoint, port), env, stdout=out, stderr=subprocess.STDOUT) as proc,
+            _process(
+                _as_nobody(entrypoint, port, media_port), env, stdout=out, stderr=subprocess.STDOUT
+            ) as proc,
         ):
             base = f"http://127.0.0.1:{port}"
             deadline = time.monotonic() + 90
@@ -717,13 +719,14 @@ async def test_the_container_entrypoint_runs_unprivileged_serves_health_and_drai
                 assert proc.poll() is None, log.read_text()
                 assert time.monotonic() < deadline, log.read_text()
                 await asyncio.sleep(0.2)
+            assert f"carrier media streams on ws://0.0.0.0:{media_port}" in log.read_text()  # --media-port
             ps = await asyncio.to_thread(_uids, proc.pid)
             assert ps["self"] == [NOBODY]
-            if "tini" in _as_nobody(entrypoint, port)[5]:
+            if "tini" in _as_nobody(entrypoint, port, media_port)[5]:
                 assert ps["children"] == [NOBODY]  # voxroute under tini, unprivileged too
             probe = await asyncio.to_thread(
                 subprocess.run,
-                _as_nobody([a.replace("8080", str(port)) for a in health], port),
+                _as_nobody([a.replace("8080", str(port)) for a in health], port, media_port),
                 env=env,
                 timeout=30,
             )
