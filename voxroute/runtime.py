@@ -42,7 +42,7 @@ from voxroute.routing.classifier import StakesModel
 from voxroute.routing.router import Router
 from voxroute.telephony.admission import CallGate
 from voxroute.telephony.app import TelephonySettings, create_app
-from voxroute.telephony.call_control import TwilioCallControl, transfer_twiml
+from voxroute.telephony.call_control import TwilioCallControl
 from voxroute.telephony.carrier_control import (
     CarrierTransfers,
     ExotelHandback,
@@ -55,7 +55,6 @@ from voxroute.telephony.carriers import (
     TWILIO_WHISPER_PATH,
     CarrierSettings,
 )
-from voxroute.telephony.twiml import public_url
 
 if TYPE_CHECKING:
     from voxroute.agent.providers.local import ByLanguageSTT, ByLanguageTTS
@@ -307,54 +306,43 @@ class _HandoffHooks:
         await self.services.dial_result(call_sid, human_leg)
 
 
-class TwilioTransfers:
-    """What a call session needs to hand a call to a person over Twilio, without knowing Twilio:
-    ``transfer`` builds the ``<Dial>`` (whisper and action URLs on the public base) and updates the
-    live call; ``hang_up`` ends it."""
-
-    def __init__(self, control: TwilioCallControl, config: Config) -> None:
-        self.control = control
-        self.config = config
-
-    async def transfer(self, call_sid: str, to: str, caller_id: str | None, say: str | None = None) -> bool:
-        base = self.config.telephony.public_base_url
-        twiml = transfer_twiml(
-            to,
-            caller_id=caller_id,
-            timeout_s=self.config.handoff.dial_timeout_s,
-            whisper_url=public_url(base, f"{TWILIO_WHISPER_PATH}/{call_sid}"),
-            action_url=public_url(base, f"{TWILIO_DIAL_ACTION_PATH}/{call_sid}"),
-            say=say,
-        )
-        return await self.control.transfer(call_sid, twiml)
-
-    async def hang_up(self, call_sid: str) -> bool:
-        return await self.control.hang_up(call_sid)
-
-    async def aclose(self) -> None:
-        await self.control.aclose()
-
-
-PLIVO_AUTH_ID_ENV, PLIVO_AUTH_TOKEN_ENV = "PLIVO_AUTH_ID", "PLIVO_AUTH_TOKEN"
-TELNYX_API_KEY_ENV = "TELNYX_API_KEY"
-
-
 def _call_control(
     config: Config, emulators: EmulatorURLs | None, modes: list[str], calls: dict[str, CallSession]
 ) -> CarrierTransfers:
-    """Each carrier's own call control for transfers and hang-ups: real with its keys in the
-    environment, else its local stand-in when the emulators run, else none for that carrier.
-    Exotel needs none (closing the stream hands the call to the flow's next applet)."""
-    controls: dict[str, Any] = {"exotel": ExotelHandback()}
-    twilio = _twilio_control(config, emulators, modes)
-    if twilio is not None:
-        controls["twilio"] = twilio
+    """Each carrier's own call control for transfers and hang-ups (every one a
+    ``voxroute.agent.services.Transfers``): real with its secrets in the environment, else its local
+    stand-in when the emulators run, else none for that carrier. Exotel needs none (closing the
+    stream hands the call to the flow's next applet)."""
+    secrets = config.carrier_secrets()
+    envs = config.carrier_secret_envs()
     base = config.telephony.public_base_url
     timeout = config.handoff.dial_timeout_s
-    plivo_id, plivo_token = _key(PLIVO_AUTH_ID_ENV), _key(PLIVO_AUTH_TOKEN_ENV)
-    if plivo_id and plivo_token:
+    controls: dict[str, Any] = {"exotel": ExotelHandback()}
+
+    def twilio(account_sid: str, auth_token: str, api_base_url: str | None = None) -> TwilioCallControl:
+        return TwilioCallControl(
+            account_sid, auth_token, api_base_url=api_base_url, public_base_url=base,
+            whisper_path=TWILIO_WHISPER_PATH, action_path=TWILIO_DIAL_ACTION_PATH, dial_timeout_s=timeout,
+        )  # fmt: skip
+
+    if secrets.twilio_account_sid and secrets.twilio_auth_token:
+        modes.append("Twilio call control: api.twilio.com")
+        controls["twilio"] = twilio(secrets.twilio_account_sid, secrets.twilio_auth_token)
+    elif emulators is not None and emulators.twilio_api:
+        from voxroute.emulators.stack import EMULATED_ACCOUNT_SID, EMULATED_AUTH_TOKEN
+
+        modes.append(f"Twilio call control: emulated at {emulators.twilio_api}")
+        controls["twilio"] = twilio(EMULATED_ACCOUNT_SID, EMULATED_AUTH_TOKEN, emulators.twilio_api)
+    else:
+        modes.append(
+            f"Twilio call control: none (set ${envs['twilio_account_sid']} and "
+            f"${envs['twilio_auth_token']} to transfer calls to a person)"
+        )
+    if secrets.plivo_auth_id and secrets.plivo_auth_token:
         modes.append("Plivo call control: api.plivo.com")
-        controls["plivo"] = PlivoCallControl(plivo_id, plivo_token, base, dial_timeout_s=timeout)
+        controls["plivo"] = PlivoCallControl(
+            secrets.plivo_auth_id, secrets.plivo_auth_token, base, dial_timeout_s=timeout
+        )
     elif emulators is not None and emulators.carrier_api:
         from voxroute.emulators.carrier_rest import EMULATED_PLIVO_AUTH_ID, emulated_plivo_token
 
@@ -363,10 +351,9 @@ def _call_control(
             EMULATED_PLIVO_AUTH_ID, emulated_plivo_token(), base, api_base_url=emulators.carrier_api,
             dial_timeout_s=timeout,
         )  # fmt: skip
-    telnyx_key = _key(TELNYX_API_KEY_ENV)
-    if telnyx_key:
+    if secrets.telnyx_api_key:
         modes.append("Telnyx call control: api.telnyx.com")
-        controls["telnyx"] = TelnyxCallControl(telnyx_key)
+        controls["telnyx"] = TelnyxCallControl(secrets.telnyx_api_key)
     elif emulators is not None and emulators.carrier_api:
         from voxroute.emulators.carrier_rest import EMULATED_TELNYX_API_KEY
 
@@ -381,31 +368,6 @@ def _call_control(
         return session.link.start.carrier if session is not None else None
 
     return CarrierTransfers(controls, carrier_of)
-
-
-def _twilio_control(
-    config: Config, emulators: EmulatorURLs | None, modes: list[str]
-) -> TwilioTransfers | None:
-    """Twilio's REST API: real with an account SID and auth token in the environment, else the
-    local stand-in when the emulators run, else none."""
-    sid = _key(config.handoff.twilio_account_sid_env)
-    token = _key(config.telephony.twilio_auth_token_env)
-    if sid and token:
-        modes.append("Twilio call control: api.twilio.com")
-        return TwilioTransfers(TwilioCallControl(sid, token), config)
-    if emulators is not None and emulators.twilio_api:
-        from voxroute.emulators.stack import EMULATED_ACCOUNT_SID, EMULATED_AUTH_TOKEN
-
-        modes.append(f"Twilio call control: emulated at {emulators.twilio_api}")
-        control = TwilioCallControl(
-            EMULATED_ACCOUNT_SID, EMULATED_AUTH_TOKEN, api_base_url=emulators.twilio_api
-        )
-        return TwilioTransfers(control, config)
-    modes.append(
-        f"Twilio call control: none (set ${config.handoff.twilio_account_sid_env} and "
-        f"${config.telephony.twilio_auth_token_env} to transfer calls to a person)"
-    )
-    return None
 
 
 def build_router(config: Config) -> Router:
@@ -544,19 +506,7 @@ def create_runtime_app(
             config.handoff.operator_api_key_env,
         )
     auth = pages.OperatorAuth(api_key)
-
-    def operator(request: Request) -> None:
-        """The one operator check: X-API-Key, Authorization: Bearer, HTTP Basic password, ?key= or
-        the pages' cookie (agent.pages.OperatorAuth)."""
-        if not auth.allows(request):
-            log.warning(
-                "operator API: %s %s rejected (401): no valid API key", request.method, request.url.path
-            )
-            raise HTTPException(
-                status_code=401,
-                detail="a valid API key is required",
-                headers={"WWW-Authenticate": 'Bearer realm="voxroute operator"'},
-            )
+    operator = auth.require  # the one operator check (its five forms: agent.pages.OperatorAuth)
 
     from voxroute.agent.chat import add_chat_routes
 
