@@ -202,6 +202,7 @@ class ItemResult:
     ended_at: float | None = None
     reply_started_at: float | None = None
     reply_finished_at: float | None = None
+    skipped: bool = False  # sound over the agent, not played: the agent's reply had already ended
 
 
 @dataclass(slots=True)
@@ -474,6 +475,15 @@ class FakeCarrierCall:
                 start_at = utt.gap_ms / 1000
             elif w.reply_finished_at is not None:  # after the agent's reply (agent first: its greeting)
                 start_at = w.reply_finished_at + utt.gap_ms / 1000
+        elif not utt.expect_turn and w.reply_finished_at is not None:
+            # Sound over the agent (an "mm-hm", a cough) with no reply left to talk over: a fault cut
+            # the reply short. Played into the silence it would be a caller turn, which the script
+            # does not mean; the caller stays quiet, and the next item counts from the reply's end.
+            self.result.items[i].skipped = True
+            self._next_item += 1
+            log.info("fake carrier: item %d (sound over the agent) skipped: the reply had ended", i)
+            self._schedule(t)
+            return
         else:  # barge_in
             if w.reply_started_at is not None:
                 start_at = w.reply_started_at + utt.offset_ms / 1000
@@ -614,7 +624,8 @@ class FakeCarrierCall:
         r.agent_audio_ms = self._played_bytes // 8
         r.duration_s = self.now
         r.completed = all(
-            it.ended_at is not None and (it.reply_started_at is not None or not utt.expect_turn)
+            it.skipped
+            or (it.ended_at is not None and (it.reply_started_at is not None or not utt.expect_turn))
             for it, utt in zip(r.items, self._utts, strict=True)
         )  # sound over the agent (expect_turn false) gets no reply of its own
         if self._suppressed_errors and not any(e.startswith("... and ") for e in r.errors):
