@@ -67,12 +67,19 @@ class CarrierSettings(BaseModel):
 
     @classmethod
     def from_env(
-        cls, env: Mapping[str, str] | None = None, names: dict[str, str] | None = None
+        cls,
+        env: Mapping[str, str] | None = None,
+        names: dict[str, str] | None = None,
+        secrets: Mapping[str, str | None] | None = None,
     ) -> CarrierSettings:
         """``names``: the environment variable of each secret field, when not the default
-        (``exotel_credentials``, ``plivo_auth_token``, ``telnyx_public_key``, ``telnyx_stream_secret``)."""
+        (``exotel_credentials``, ``plivo_auth_token``, ``telnyx_public_key``, ``telnyx_stream_secret``).
+        ``secrets``: the secret fields as already read (the runtime reads every carrier secret in one
+        place, ``Config.carrier_secrets``); then only the stream choices come from ``env``."""
         env = os.environ if env is None else env
         names = {**SECRET_ENV, **(names or {})}
+        if secrets is None:
+            secrets = {field: env.get(name) for field, name in names.items()}
         nets = [n.strip() for n in env.get("EXOTEL_ALLOWED_NETWORKS", "").split(",") if n.strip()]
         choices = {
             "exotel_sample_rate": env.get("EXOTEL_SAMPLE_RATE"),
@@ -84,7 +91,7 @@ class CarrierSettings(BaseModel):
         return cls.model_validate(
             {
                 "exotel_allowed_networks": nets,
-                **{field: (env.get(name) or "").strip() or None for field, name in names.items()},
+                **{field: (secrets.get(field) or "").strip() or None for field in names},
                 **{k: v for k, v in choices.items() if v},
             }
         )

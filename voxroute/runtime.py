@@ -30,7 +30,7 @@ from voxroute.agent.calllog.redact import redact_handoff
 from voxroute.agent.calllog.source import CombinedCallSource, DatabaseCallSource
 from voxroute.agent.calllog.state import CallState
 from voxroute.agent.calllog.store import CallLog
-from voxroute.agent.config import Config
+from voxroute.agent.config import CarrierSecrets, Config
 from voxroute.agent.link import CarrierLink
 from voxroute.agent.providers.base import LLMProvider
 from voxroute.agent.providers.openai_compat import OpenAICompatLLM
@@ -397,16 +397,25 @@ class OutcomeUpdate(BaseModel):
 DEV_BANNER = "DEVELOPMENT MODE: unsigned carrier traffic accepted, emulators stand in for missing keys"
 
 
-def carrier_settings(config: Config) -> CarrierSettings:
-    """Exotel, Plivo and Telnyx secrets from the environment variables the config names."""
-    t = config.telephony
+# What each carrier's edge needs to check its traffic (fields of agent.config.CarrierSecrets, whose
+# environment variables the config names): ``voxroute serve`` refuses to start without them.
+CARRIER_SECRETS_NEEDED = {
+    "twilio": (("twilio_auth_token", "Twilio auth token (webhook and stream signatures)"),),
+    "exotel": (("exotel_credentials", "Exotel stream credentials KEY:TOKEN (Basic auth)"),),
+    "plivo": (("plivo_auth_token", "Plivo auth token (webhook signatures, stream tokens)"),),
+    "telnyx": (
+        ("telnyx_public_key", "Telnyx public key (webhook signatures)"),
+        ("telnyx_stream_secret", "Telnyx stream secret (per-call stream tokens)"),
+    ),
+}
+
+
+def carrier_settings(config: Config, secrets: CarrierSecrets | None = None) -> CarrierSettings:
+    """Exotel, Plivo and Telnyx secrets as the config's carrier secrets hold them (read once,
+    ``Config.carrier_secrets``), and the stream choices the environment sets."""
+    s = secrets if secrets is not None else config.carrier_secrets()
     return CarrierSettings.from_env(
-        names={
-            "exotel_credentials": t.exotel_credentials_env,
-            "plivo_auth_token": t.plivo_auth_token_env,
-            "telnyx_public_key": t.telnyx_public_key_env,
-            "telnyx_stream_secret": t.telnyx_stream_secret_env,
-        }
+        secrets={field: getattr(s, field) for fields in SECRETS_OF.values() for field in fields}
     )
 
 
@@ -414,14 +423,9 @@ def missing_secrets(config: Config, *, sip_registration: bool = True) -> list[tu
     """What ``voxroute serve`` needs and the environment lacks: (variable, what it is for), one per
     variable, in a stable order. Empty: the server may start without ``--dev``."""
     t = config.telephony
+    envs = config.carrier_secret_envs()
     env_of = {
-        "twilio": [(t.twilio_auth_token_env, "Twilio auth token (webhook and stream signatures)")],
-        "exotel": [(t.exotel_credentials_env, "Exotel stream credentials KEY:TOKEN (Basic auth)")],
-        "plivo": [(t.plivo_auth_token_env, "Plivo auth token (webhook signatures, stream tokens)")],
-        "telnyx": [
-            (t.telnyx_public_key_env, "Telnyx public key (webhook signatures)"),
-            (t.telnyx_stream_secret_env, "Telnyx stream secret (per-call stream tokens)"),
-        ],
+        carrier: [(envs[f], what) for f, what in needs] for carrier, needs in CARRIER_SECRETS_NEEDED.items()
     }
     assert set(env_of) - {"twilio"} == set(SECRETS_OF)
     needed = [pair for carrier in t.carriers for pair in env_of[carrier]]
@@ -475,9 +479,10 @@ def create_runtime_app(
         if missing:
             raise RuntimeError(f"missing secrets (or run in dev mode): {', '.join('$' + m for m in missing)}")
     gate = gate if gate is not None else CallGate(t.max_concurrent_calls)
+    secrets = config.carrier_secrets()
     settings = TelephonySettings(
         public_base_url=t.public_base_url,
-        twilio_auth_token=_key(t.twilio_auth_token_env),
+        twilio_auth_token=secrets.twilio_auth_token,
         default_tenant=t.default_tenant,
         max_message_bytes=t.max_message_bytes,
         carriers=enabled,
@@ -495,7 +500,7 @@ def create_runtime_app(
         on_call,
         tenant_for_number=services.router.table.tenant_for_number,
         handoff=_HandoffHooks(services),
-        carriers=carrier_settings(config),
+        carriers=carrier_settings(config, secrets),
         gate=gate,
     )
     app.state.dev = dev
@@ -600,14 +605,8 @@ async def _logged_handoff(call_log: CallLog, call_sid: str, timeout_s: float = 0
 
 
 def _carrier_envs(config: Config, enabled: tuple[str, ...]) -> set[str]:
-    t = config.telephony
-    envs = {
-        "twilio": {t.twilio_auth_token_env},
-        "exotel": {t.exotel_credentials_env},
-        "plivo": {t.plivo_auth_token_env},
-        "telnyx": {t.telnyx_public_key_env, t.telnyx_stream_secret_env},
-    }
-    return set().union(*(envs[c] for c in enabled))
+    envs = config.carrier_secret_envs()
+    return {envs[field] for c in enabled for field, _ in CARRIER_SECRETS_NEEDED[c]}
 
 
 async def drain(services: Services, gate: CallGate, *, drain_s: float, closing_timeout_s: float,
