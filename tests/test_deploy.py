@@ -32,8 +32,12 @@ from voxroute.emulators.stack import run_emulators
 from voxroute.runtime import build_services, create_runtime_app, emulator_options, missing_secrets
 from voxroute.server import serve_app
 from voxroute.telephony.admission import CallGate
-from voxroute.telephony.app import STREAM_PATH
-from voxroute.telephony.carriers import EXOTEL_STREAM_PATH, PLIVO_STREAM_PATH, TELNYX_STREAM_PATH
+from voxroute.telephony.carriers import (
+    EXOTEL_STREAM_PATH,
+    PLIVO_STREAM_PATH,
+    TELNYX_STREAM_PATH,
+    TWILIO_STREAM_PATH,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -434,7 +438,7 @@ def test_prometheus_scrapes_each_worker_with_the_operator_key():
 def test_ingress_routes_every_carrier_stream_with_websocket_timeouts():
     carriers = get_args(get_args(TelephonyConfig.model_fields["carriers"].annotation)[0])
     assert get_origin(TelephonyConfig.model_fields["carriers"].annotation) is list and carriers
-    streams = {STREAM_PATH, EXOTEL_STREAM_PATH, PLIVO_STREAM_PATH, TELNYX_STREAM_PATH}
+    streams = {TWILIO_STREAM_PATH, EXOTEL_STREAM_PATH, PLIVO_STREAM_PATH, TELNYX_STREAM_PATH}
     assert streams == {f"/{c}/stream" for c in carriers}
     ingresses = {d["metadata"]["name"]: d for _, d in k8s_docs() if d["kind"] == "Ingress"}
     service = k8s("Service")
