@@ -29,13 +29,14 @@ import logging
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
 
 import httpx
 from twilio.twiml.voice_response import Dial, VoiceResponse
 
 from voxroute.agent.retry import RetryPolicy, Sent, send_with_retries
+from voxroute.agent.services import Transfers
 from voxroute.telephony.twiml import connect_stream_twiml, public_url
 
 log = logging.getLogger(__name__)
@@ -208,6 +209,13 @@ class CallControlError(Exception):
         self.call_sid = call_sid
         self.status = status  # HTTP status, None for a timeout or connection error
         self.code = code  # the carrier's error code, when the response carried one
+
+
+class CallControl(Transfers, Protocol):
+    """One carrier's call control, as every carrier implements it (Twilio, Plivo, Telnyx, Exotel's
+    hand-back, SIP's REFER): ``voxroute.agent.services.Transfers`` plus ``aclose``."""
+
+    async def aclose(self) -> None: ...
 
 
 def _plural(n: int) -> str:

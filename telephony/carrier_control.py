@@ -32,7 +32,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 import httpx
 
-from voxroute.telephony.call_control import E164, CallControlError, RestCallControl
+from voxroute.telephony.call_control import E164, CallControl, CallControlError, RestCallControl
 from voxroute.telephony.carriers import PLIVO_TRANSFER_PATH
 from voxroute.telephony.twiml import public_url
 
@@ -215,13 +215,16 @@ class CarrierTransfers:
     """
 
     def __init__(
-        self, controls: dict[str, Any], carrier_of: Callable[[str], str | None], default: str = "twilio"
+        self,
+        controls: dict[str, CallControl],
+        carrier_of: Callable[[str], str | None],
+        default: str = "twilio",
     ) -> None:
         self.controls = controls
         self.carrier_of = carrier_of
         self.default = default
 
-    def mount(self, carrier: str, control: Any) -> Callable[[], None]:
+    def mount(self, carrier: str, control: CallControl) -> Callable[[], None]:
         """An edge that starts after the services (the SIP UA) adds the control of its own calls; the
         function returned takes it away again when the edge stops."""
         self.controls[carrier] = control
@@ -230,7 +233,7 @@ class CarrierTransfers:
     def can_transfer(self, call_sid: str) -> bool:
         return (self.carrier_of(call_sid) or self.default) in self.controls
 
-    def control_for(self, call_sid: str) -> Any:
+    def control_for(self, call_sid: str) -> CallControl:
         carrier = self.carrier_of(call_sid) or self.default
         control = self.controls.get(carrier)
         if control is None:

@@ -19,7 +19,7 @@ import os
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import httpx
 from fastapi import FastAPI, HTTPException, Request
@@ -42,7 +42,7 @@ from voxroute.routing.classifier import StakesModel
 from voxroute.routing.router import Router
 from voxroute.telephony.admission import CallGate
 from voxroute.telephony.app import TelephonySettings, create_app
-from voxroute.telephony.call_control import TwilioCallControl
+from voxroute.telephony.call_control import CallControl, TwilioCallControl
 from voxroute.telephony.carrier_control import (
     CarrierTransfers,
     ExotelHandback,
@@ -317,7 +317,7 @@ def _call_control(
     envs = config.carrier_secret_envs()
     base = config.telephony.public_base_url
     timeout = config.handoff.dial_timeout_s
-    controls: dict[str, Any] = {"exotel": ExotelHandback()}
+    controls: dict[str, CallControl] = {"exotel": ExotelHandback()}
 
     def twilio(account_sid: str, auth_token: str, api_base_url: str | None = None) -> TwilioCallControl:
         return TwilioCallControl(
