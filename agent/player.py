@@ -90,6 +90,7 @@ class Player:
         self._generation = 0
         self._marks = MarkLedger()
         self._started: set[tuple[int, str]] = set()
+        self._awaited: dict[str, asyncio.Event] = {}  # marks someone waits for (``played``)
 
     # -- what the session calls
 
@@ -121,7 +122,24 @@ class Player:
 
     def on_mark_echo(self, name: str) -> bool:
         """True if the mark proves its audio played; False if ``clear`` flushed it."""
+        event = self._awaited.pop(name, None)
+        if event is not None:
+            event.set()
         return self._marks.echoed(name)
+
+    async def played(self, name: str, slack_s: float = 5.0) -> bool:
+        """Queues mark ``name`` and waits for its echo (flushed or not): True; False if none came by
+        the time what is queued should have played, and ``slack_s`` more."""
+        event = self._awaited[name] = asyncio.Event()
+        self.mark(name)
+        try:
+            async with asyncio.timeout(self.remaining_s() + slack_s):
+                await event.wait()
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._awaited.pop(name, None)
 
     # -- the strand
 

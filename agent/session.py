@@ -9,10 +9,12 @@ Four strands in one task group:
 2. turn     - runs each turn the core commits:
               route -> LLM (fallback ladder) -> speakable chunks -> TTS -> player.
 3. outbound - ``Player.run``: paces audio to the carrier, marks after each chunk.
-4. watchdog - one per turn: at ``deadline - bridge_lead`` with no answer audio out, plays the
-              cached bridge; keeps the line alive; at the hard cap plays the apology.
+4. watchdog - one per turn (agent/watchdog.py): at ``deadline - bridge_lead`` with no answer audio
+              out, plays the cached bridge; keeps the line alive; at the hard cap plays the apology.
 
-Plus the STT feed (agent/sttfeed.py), which sends frames, reads transcripts and reconnects on failure.
+Plus the STT feed (agent/sttfeed.py), which sends frames, reads transcripts and reconnects on failure;
+the greeting and the asides (agent/asides.py), which the caller's voice cuts; the answer
+(agent/answer.py); and the handoff to a person (agent/handoff/flow.py).
 Invariant: every turn puts agent audio on the wire within its budget, whatever the providers do.
 """
 
@@ -21,11 +23,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from voxroute.agent.answer import Answerer, Speaker
+from voxroute.agent.asides import Asides
 from voxroute.agent.bargein import BargeInPolicy
+from voxroute.agent.callsummary import CallSummary
 from voxroute.agent.endpointing import VoiceGate
 from voxroute.agent.handoff.flow import Handover
 from voxroute.agent.link import CallEnded, CarrierLink, InboundAudio, InboundDtmf, MarkEcho
@@ -36,45 +39,27 @@ from voxroute.agent.providers.base import ProviderError, Transcript
 from voxroute.agent.recording import CallRecorder
 from voxroute.agent.services import Services
 from voxroute.agent.sttfeed import STTFeed
-from voxroute.agent.timeline import Clock, TurnRecord, log_turn
+from voxroute.agent.timeline import INTERRUPTED_MARK, Clock, TurnRecord, log_turn
 from voxroute.agent.tracing import CallTrace
 from voxroute.agent.turns import BargeIn, Commit, IgnoreOverlap, Merge, TurnAction, TurnPolicy, TurnTaker
+from voxroute.agent.watchdog import HardCap, Watchdog
 
 log = logging.getLogger("voxroute.call")
 
-# Ends the heard part of a reply the caller talked over, so the model knows it was cut short.
-INTERRUPTED_MARK = "[interrupted by the caller]"
+# INTERRUPTED_MARK (agent/timeline.py) and CallSummary (agent/callsummary.py) are imported from here too.
+__all__ = ["INTERRUPTED_MARK", "CallSession", "CallSummary"]
 
 
 class _CallOver(Exception):
     """The carrier ended the call: unwinds every strand of the call's task group."""
 
 
-@dataclass
-class CallSummary:
-    call_sid: str
-    stream_sid: str
-    tenant: str
-    language: str
-    started_at: float  # wall clock (time.time())
-    ended: str = "in_progress"  # in_progress | completed | caller_hung_up | handoff | error
-    error: str | None = None
-    carrier: str = "twilio"
-    from_number: str | None = None
-    to_number: str | None = None
-    channel: str = "voice"
-    ended_at: float | None = None  # wall clock, once the call is over
-    outcome: str = "unknown"  # resolved | unresolved | handoff | unknown (the LLM's tool or the operator)
-    outcome_reason: str | None = None
-    turns: list[dict[str, Any]] = field(default_factory=list)
-    history: list[dict[str, Any]] = field(default_factory=list)
-    merged: list[int] = field(default_factory=list)
-    faults: list[dict[str, Any]] = field(
-        default_factory=list
-    )  # faults after the last turn (no turn to own them)
-
-
 class CallSession:
+    """The thin async shell of one call: it feeds what the caller does to the turn core
+    (``taker``), carries out what the core decides (commit, merge, barge-in), and runs each committed
+    turn through the answer (``answerer``: route, ladder, TTS), the ``player`` and the ``watchdog``.
+    The parts it holds get the session itself and read what they need of it."""
+
     def __init__(self, link: CarrierLink, services: Services) -> None:
         self.link = link
         self.services = services
@@ -141,13 +126,9 @@ class CallSession:
         self._active: TurnRecord | None = None
         self.speaker = Speaker(self)
         self.answerer = Answerer(self)
-        self._end_marks: dict[str, asyncio.Event] = {}
+        self.watchdog = Watchdog(self)
         self._pending_faults: list[dict[str, Any]] = []  # STT faults, reported on the next turn
-        self._greeting: tuple[TurnRecord, asyncio.Task] | None = None  # while it plays: caller speech cuts it
-        self._greeting_cut_ms = ep.barge_in_min_voiced_ms
-        # A phrase played outside any turn (the callback offer after a failed transfer): caller speech
-        # cuts it as it cuts the greeting, else the caller's next answer would queue behind it.
-        self._aside: tuple[str, dict[str, Any]] | None = None  # (its end mark, its history message)
+        self.asides = Asides(self)  # the greeting and phrases outside any turn: caller speech cuts them
         # handoff to a person
         self.tg: asyncio.TaskGroup | None = None
         self.handover = Handover(self)
@@ -180,12 +161,7 @@ class CallSession:
         try:
             async with asyncio.TaskGroup() as tg:
                 self.tg = tg
-                if self.resumed:
-                    tg.create_task(self._after_failed_transfer(), name=f"{self.call_sid}:resume")
-                elif greeting := self.agent.greeting_text(self.language, self.link.start.from_number):
-                    turn = self._greeting_turn()
-                    task = tg.create_task(self._greet(greeting), name=f"{self.call_sid}:greeting")
-                    self._greeting = (turn, task)
+                self.asides.start(tg)
                 tg.create_task(self.stt.run(), name=f"{self.call_sid}:stt")
                 tg.create_task(self.player.run(), name=f"{self.call_sid}:outbound")
                 tg.create_task(self._turn_loop(tg), name=f"{self.call_sid}:turns")
@@ -245,11 +221,7 @@ class CallSession:
                 inbound_clock.frame(event.timestamp_ms)
                 voiced = self.vad.is_voiced(event.pcm)
                 await self._act(self.taker.frame(voiced, self.clock.now(), self.player.speaking))
-                if self.taker.voiced_run_ms >= self._greeting_cut_ms:
-                    if self._greeting is not None:
-                        await self._cut_greeting()
-                    elif self._aside is not None:
-                        await self._cut_aside()
+                await self.asides.caller_voiced(self.taker.voiced_run_ms)
                 self.stt.push(event.pcm, event.ulaw, voiced)
                 if self.recorder is not None:
                     self.recorder.caller(event.pcm)
@@ -284,8 +256,7 @@ class CallSession:
         """Carry out what the turn core decided."""
         for action in actions:
             if isinstance(action, Commit):
-                if self._aside is not None:  # a turn to answer: the phrase must not hold its answer back
-                    await self._cut_aside()
+                await self.asides.turn_committed()
                 self._commits.put_nowait(action)
             elif isinstance(action, Merge):
                 await self._merge(action.index)
@@ -337,12 +308,8 @@ class CallSession:
         task.cancel()  # (as in _merge)
 
     def _on_mark(self, name: str) -> None:
-        if self._aside is not None and name == self._aside[0]:
-            self._aside = None  # played out
+        self.asides.mark_echoed(name)
         self.speaker.heard(name, self.player.on_mark_echo(name), self.clock.now())
-        event = self._end_marks.pop(name, None)
-        if event is not None:
-            event.set()
 
     # ------------------------------------------------------------------ STT
 
@@ -434,7 +401,7 @@ class CallSession:
             try:
                 async with asyncio.TaskGroup() as tg:
                     watchdog = tg.create_task(
-                        self._watchdog(turn), name=f"{self.call_sid}:watchdog{turn.index}"
+                        self.watchdog.run(turn), name=f"{self.call_sid}:watchdog{turn.index}"
                     )
                     await self._await_transcript(turn)
                     if turn.kind == "dtmf":
@@ -460,9 +427,9 @@ class CallSession:
                                 turn.outcome = "apology"
                                 await self.speaker.phrase(turn, "apology")
                     watchdog.cancel()
-            except* _HardCap:
+            except* HardCap:
                 await self.speaker.phrase(turn, "apology")
-            await self._wait_played(turn)
+            await self.wait_played(turn)
             turn.mark("done", self.clock.now())
         except asyncio.CancelledError:
             turn.mark("done", self.clock.now())
@@ -493,47 +460,10 @@ class CallSession:
             if self._active is turn:
                 self._active = None
 
-    async def _wait_played(self, turn: TurnRecord) -> None:
-        name = f"{turn.index}:end"
-        event = asyncio.Event()
-        self._end_marks[name] = event
-        self.player.mark(name)
-        try:
-            async with asyncio.timeout(self.player.remaining_s() + 5.0):
-                await event.wait()
-        except TimeoutError:
+    async def wait_played(self, turn: TurnRecord) -> None:
+        """Until the caller has heard everything queued for ``turn`` (its end mark's echo)."""
+        if not await self.player.played(f"{turn.index}:end"):
             log.warning("call %s turn %d: end mark never echoed", self.call_sid, turn.index)
-            self._end_marks.pop(name, None)
-
-    async def _watchdog(self, turn: TurnRecord) -> None:
-        """The deadline. Bridge at deadline - lead if no answer audio is out; refill; hard cap."""
-        b = self.config.budget
-        speech_end = turn.timeline["speech_end"]
-        for _ in range(3):  # the route may change the budget while we sleep: look again
-            wait = speech_end + turn.budget_ms - b.bridge_lead_ms - self.clock.now()
-            if wait <= 0:
-                break
-            await asyncio.sleep(wait / 1000)
-        if self.taker.answering(turn.index) or "first_audio_out" in turn.timeline:
-            return
-        turn.bridge, turn.bridge_kind = True, "cached"
-        self.player.play(await self._phrase(turn.language, "bridge"), turn, "bridge")
-        self.speaker.mark(turn, f"{turn.index}:bridge", "")
-        hard_cap = speech_end + b.hard_cap_ms
-        while not self.taker.answering(turn.index):
-            wait = min(b.refill_ms, hard_cap - self.clock.now())
-            if wait <= 0:
-                break
-            await asyncio.sleep(wait / 1000)
-            if self.taker.answering(turn.index):
-                return
-            if self.clock.now() < hard_cap and not self.player.speaking:
-                self.player.play(await self._phrase(turn.language, "bridge"), turn, "bridge")
-        if not self.taker.answering(turn.index):
-            log.warning("call %s turn %d: hard cap reached; apologising", self.call_sid, turn.index)
-            turn.add_fallback("runtime", "timeout", "no answer audio before the hard cap", "apologise")
-            turn.outcome = "apology"
-            raise _HardCap
 
     def _on_first_send(self, owner: object, source: str, now_s: float) -> None:
         if isinstance(owner, TurnRecord):
@@ -550,73 +480,6 @@ class CallSession:
         self.handover.begin(turn, why)
         await self.speaker.phrase(turn, phrase)
 
-    async def play_phrase(self, kind: str) -> None:
-        """A phrase outside any turn (after a failed transfer): played and kept in the history; the
-        caller speaking over it cuts it (``_cut_aside``)."""
-        pcm = await self._phrase(self.language, kind)
-        message = {"role": "assistant", "content": self.services.phrase_text(self.language, kind)}
-        self.history.append(message)
-        self.player.play(pcm, None, kind)
-        self._aside = (f"aside:{kind}:{len(self.history)}", message)
-        self.player.mark(self._aside[0])
-
-    async def _cut_aside(self) -> None:
-        assert self._aside is not None
-        (_, message), self._aside = self._aside, None
-        log.info("call %s: the caller spoke over a phrase; stopping it", self.call_sid)
-        message["content"] = f"{message['content']} {INTERRUPTED_MARK}"
-        await self.player.clear()
-
-    async def _phrase(self, language: str, kind: str) -> bytes:
-        """A cached phrase in the tenant's voice for ``language``."""
-        return await self.services.phrase(language, kind, self.agent.voice(language))
-
-    async def _greet(self, text: str) -> None:
-        """The agent speaks first: turn 0 (kind ``greeting``), timed from the stream's start, so its
-        ``first_audio_ms`` is the time to the greeting's first audio (budget: the voice budget).
-        The caller speaking over it (``barge_in_min_voiced_ms`` of voice) cuts it (``_cut_greeting``)."""
-        turn = self.turns[0]
-        TURN.set(turn.index)
-        span = self.trace.start_turn(turn)
-        try:
-            if await self.speaker.chunk(turn, 0, text):
-                turn.chunks.append(text)
-                turn.reply = turn.reply_answer = text
-                self.speaker.mark(turn, "0:greeting", text)
-            else:
-                turn.outcome = "apology"  # no TTS at all: the caller speaks first after all
-            await self._wait_played(turn)
-        finally:
-            self._greeting = None
-            turn.mark("done", self.clock.now())
-            spoken = f"{turn.heard} {INTERRUPTED_MARK}" if turn.interrupted and turn.heard else turn.heard
-            if spoken:  # after the system prompt: a caller turn may have begun meanwhile
-                self.history.insert(1, {"role": "assistant", "content": spoken})
-            log_turn(self.call_sid, turn)
-            self.services.turn_finished(self, turn)
-            self.trace.end_turn(span, turn)
-
-    def _greeting_turn(self) -> TurnRecord:
-        turn = TurnRecord(index=0, kind="greeting", language=self.language, budget_ms=self.voice_budget_ms)
-        turn.mark("speech_end", 0.0)
-        turn.route = {"class": "greeting", "tier": "none", "model": None, "escalated": False,
-                      "reason": "the agent speaks first"}  # fmt: skip
-        self.turns.append(turn)
-        return turn
-
-    async def _cut_greeting(self) -> None:
-        """The caller talks over the greeting: it stops (its TTS too), and what they say is turn 1."""
-        assert self._greeting is not None
-        (turn, task), self._greeting = self._greeting, None
-        log.info("call %s: the caller spoke over the greeting; stopping it", self.call_sid)
-        turn.interrupted, turn.outcome = True, "interrupted"
-        task.cancel()
-        await self.player.clear()
-
-    async def _after_failed_transfer(self) -> None:
-        log.info("call %s: back from a failed transfer", self.call_sid)
-        await self.play_phrase("callback")
-
     # ------------------------------------------------------------------ end of call and logs
 
     def _finish_turn_on_hangup(self) -> None:
@@ -625,7 +488,3 @@ class CallSession:
             turn.mark("done", self.clock.now())
             if turn.outcome == "answered" and not turn.heard:
                 turn.outcome = "caller_hung_up"
-
-
-class _HardCap(Exception):
-    """The watchdog's hard cap: the answer is abandoned and the apology plays."""

@@ -29,6 +29,9 @@ TIMELINE_NAMES = (
     "done",
 )
 
+# Ends the heard part of a reply the caller talked over, so the model knows it was cut short.
+INTERRUPTED_MARK = "[interrupted by the caller]"
+
 
 class Clock:
     """Monotonic ms since the call started."""

@@ -102,7 +102,7 @@ class Handover:
             record["error"] = f"{type(exc).__name__}: {exc}"[:300]
             self.task = None
             await s.services.save_handoff(s.call_sid, record, wait=False)
-            await s.play_phrase("callback")
+            await s.asides.play("callback")
             return
         record["transferred"] = ok
         if not ok:  # the call had already ended
