@@ -16,8 +16,9 @@ extraction is careful about how callers really say things on the phone:
   week");
 - amounts as ``"<number> <ISO currency>"``: ``"2400 INR"``, ``"35 USD"``, ``"35.50 USD"``.
 
-Everything here is sans-I/O except :func:`summarise`, which only awaits the provider stream.
-Nothing in this module raises on bad input: odd transcripts give fewer entities, never an error.
+The extraction and both summaries are sans-I/O except :func:`summarise`, which only awaits the
+provider stream; :mod:`.flow` is the I/O of a call's handoff. Nothing here raises on bad input: odd
+transcripts give fewer entities, never an error.
 
 Webhook bodies are signed and delivered by :mod:`voxroute.agent.webhook`.
 
