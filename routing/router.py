@@ -116,6 +116,8 @@ class Router:
         self.signals = r.signals
         self.tts_first_audio_ms = tts_first_audio_ms
         self.threshold = r.high_threshold or (model.high_threshold if model else 0.5)
+        # Per tenant: its own threshold (calibrated on its labelled turns) or the shared one.
+        self.thresholds: dict[str, float] = {}
         # The classes the model knows, by tenant stakes.
         self._high: dict[str, tuple[str, ...]] = {}
         # Per tenant: its classes' example utterances, for nearest-neighbour recognition.
@@ -123,6 +125,9 @@ class Router:
         for tenant in table.tenants:
             known = model.classes if model else ()
             self._high[tenant] = tuple(c for c in known if table.stakes(tenant, c) == "high")
+            own = table.tenants[tenant].high_threshold
+            if own is not None:
+                self.thresholds[tenant] = own
             examples = {c: d.examples for c, d in table.classes[tenant].items() if d.examples}
             if examples:
                 self.examples[tenant] = ExampleIndex(examples)
@@ -337,7 +342,7 @@ class Conversation:
         best, conf = scores.best()
         high = r._high[self.tenant]
         p_high = scores.mass(high)
-        threshold = r.threshold
+        threshold = r.thresholds.get(self.tenant, r.threshold)
         why = []
         if sig.money_threshold_factor < 1 and MONEY.search(text):
             threshold *= sig.money_threshold_factor

@@ -187,6 +187,8 @@ class TenantConfig(_Model):
     table: dict[str, GroupTable]  # language group -> channel tables
     human_queue: str | None = Field(default=None, pattern=r"^(\+[1-9]\d{6,14}|sips?:\S+)$")  # E.164 or sip:
     caller_id: str | None = Field(default=None, pattern=r"^\+[1-9]\d{6,14}$")  # shown to the human
+    # the tenant's own escalation threshold, e.g. from its labelled turns (eval-router --calibrate)
+    high_threshold: float | None = Field(default=None, gt=0, lt=1)  # None: routing.high_threshold
 
 
 class RoutingConfig(_Model):

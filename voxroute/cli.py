@@ -839,10 +839,17 @@ def eval_router(
     by: Annotated[
         str | None, typer.Option("--by", help="also report every figure per value of this CSV column")
     ] = None,
+    calibrate: Annotated[
+        float | None,
+        typer.Option(
+            help="also find the tenant's threshold that escalates this share of its high-stakes rows"
+        ),
+    ] = None,
 ) -> None:
     """Route every row of a labelled CSV and print accuracy, high-stakes recall/precision, human recall,
     escalation of routine and out-of-scope rows, decision time and CPU per turn (with --by COLUMN,
-    per value of that column too)."""
+    per value of that column too; with --calibrate TARGET, the tenant's own threshold from the rows,
+    for tenants.<name>.high_threshold)."""
     import csv
 
     from voxroute.routing.classifier import read_labelled_csv
@@ -878,6 +885,26 @@ def eval_router(
             table.add_row(value or "-", *("-" if v is None else str(v) for v in fig.values()))
         console.print(table)
         figures = figures | {"by": {"column": by, "values": per}}
+    if calibrate is not None:
+        from voxroute.routing.calibrate import calibrate as calibrate_threshold
+
+        try:
+            cal = calibrate_threshold(router, rows, tenant, calibrate)
+        except ValueError as exc:
+            err.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(2) from None
+        figures = figures | {"calibration": {"tenant": cal.tenant, "threshold": cal.threshold,
+                                             "previous": cal.previous, "after": cal.after}}  # fmt: skip
+        if cal.threshold is None:
+            console.print(
+                f"only {cal.high_rows} high-stakes rows: too few to calibrate ({cal.previous:.3f} kept)"
+            )
+        else:
+            console.print(
+                f"calibrated: high-stakes escalated {cal.after['high_stakes_recall']}, routine "
+                f"{cal.after['routine_escalated']} at threshold {cal.threshold} (was {cal.previous:.3f}); "
+                f"config: tenants.{cal.tenant}.high_threshold: {cal.threshold}"
+            )
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(figures, indent=2))
