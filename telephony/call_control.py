@@ -29,7 +29,7 @@ import logging
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, Self
 from urllib.parse import urlsplit
 
 import httpx
@@ -257,7 +257,7 @@ class RestCallControl:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(api_base_url={self.api_base_url!r})"
 
-    async def __aenter__(self) -> RestCallControl:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -288,7 +288,7 @@ class RestCallControl:
         False: the call had ended; else :class:`CallControlError`."""
         if not isinstance(call_sid, str) or not self.call_id.match(call_sid):  # it goes into the URL path
             error = CallControlError(
-                f"{self.carrier} {what}: not a call id: {call_sid!r}", call_sid=str(call_sid)
+                f"{self.carrier} {what}: not a call id: {str(call_sid)[:80]!r}", call_sid=str(call_sid)[:80]
             )
             log.warning("%s", error)
             raise error
@@ -382,6 +382,12 @@ class TwilioCallControl(RestCallControl):
     def _gone(self, r: httpx.Response) -> bool:
         return r.status_code in (400, 404) and self._error_detail(r)[0] in CALL_GONE_CODES
 
+    def _callback_url(self, path: str | None, call_sid: str) -> str | None:
+        """Where Twilio asks about this call's transfer: the public base + ``path/{CallSid}``."""
+        if not (self.public_base_url and path):
+            return None
+        return public_url(self.public_base_url, f"{path}/{call_sid}")
+
     def _url(self, call_sid: str) -> str:
         return f"/{TWILIO_API_VERSION}/Accounts/{self.account_sid}/Calls/{call_sid}.json"
 
@@ -393,17 +399,12 @@ class TwilioCallControl(RestCallControl):
     async def transfer(self, call_sid: str, to: str, caller_id: str | None, say: str | None = None) -> bool:
         """Dial ``to`` (E.164 or ``sip:``) from the live call. False: the call had ended. A bad target
         raises ``ValueError`` before Twilio is asked."""
-        base = self.public_base_url
         twiml = transfer_twiml(
             to,
             caller_id=caller_id,
             timeout_s=self.dial_timeout_s,
-            whisper_url=public_url(base, f"{self.whisper_path}/{call_sid}")
-            if base and self.whisper_path
-            else None,
-            action_url=public_url(base, f"{self.action_path}/{call_sid}")
-            if base and self.action_path
-            else None,
+            whisper_url=self._callback_url(self.whisper_path, call_sid),
+            action_url=self._callback_url(self.action_path, call_sid),
             say=say,
         )
         return await self.update_twiml(call_sid, twiml)
