@@ -43,7 +43,6 @@ from voxroute.telephony.mediastream import (
 )
 
 MAX_MESSAGE_BYTES = 64 * 1024
-INBOUND_FRAME_BYTES = 160  # 20 ms of mu-law at 8 kHz = 216 base64 characters (what Twilio sends)
 INBOUND_TRACKS = frozenset({"inbound", "inbound_track"})
 MULAW = "audio/x-mulaw"
 
