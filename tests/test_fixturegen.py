@@ -158,6 +158,7 @@ async def test_a_recorded_call_comes_back_as_a_fixture_that_replays_alike(tmp_pa
     import yaml
     from typer.testing import CliRunner
 
+    from tests.test_calllog import until
     from tests.test_local_stack import wer
     from voxroute.agent.config import DEFAULT_CONFIG_PATH, parse_config
     from voxroute.agent.fixturegen import from_wav
@@ -170,30 +171,37 @@ async def test_a_recorded_call_comes_back_as_a_fixture_that_replays_alike(tmp_pa
     data["tenants"]["default"]["recording"] = {"enabled": True, "channels": "both"}
     config = parse_config(data)
     original = load("order_status")
+    # One server for both replays: the second fixture adds nothing the first stack's emulators lack
+    # (from-call writes no expect_tool; the STT is Whisper), and a local stack's start and stop
+    # (the engine workers, Whisper and Piper loaded, the phrases synthesised) took ~10 s each.
     async with local_stack(fixtures=[original], config=config, stack="local") as stack:
         first = await replay_fixture(original, stack.server_url, config=stack.config)
-    assert first["ended"] == "completed", first.get("error")
-    recorded = tmp_path / "recordings" / "default" / f"{first['call_sid']}.wav"
-    made = load(await asyncio.to_thread(from_wav, recorded, tmp_path / "fixtures", name="round_trip"))
-    said = made.script.utterances
-    assert len(said) == len(original.script.utterances) and not made.script.agent_first
-    rate = wer(" ".join(u.text for u in original.script.utterances), " ".join(u.text for u in said))
-    assert rate <= 0.15, (rate, [u.text for u in said])
+        assert first["ended"] == "completed", first.get("error")
+        # the recording is written as the call ends, before the call is a finished one
+        await until(lambda: first["call_sid"] in stack.services.finished, 10.0, "the recording written")
+        recorded = tmp_path / "recordings" / "default" / f"{first['call_sid']}.wav"
+        made = load(await asyncio.to_thread(from_wav, recorded, tmp_path / "fixtures", name="round_trip"))
+        said = made.script.utterances
+        assert len(said) == len(original.script.utterances) and not made.script.agent_first
+        rate = wer(" ".join(u.text for u in original.script.utterances), " ".join(u.text for u in said))
+        assert rate <= 0.15, (rate, [u.text for u in said])
 
-    # fixture from-call: the same, found by the call's id, with the routes as expectations.
-    out = tmp_path / "from_call"
-    cli = await asyncio.to_thread(
-        CliRunner().invoke, app, ["fixture", "from-call", first["call_sid"], "--out", str(out)]
-    )
-    assert cli.exit_code == 0, cli.output
-    logged = load(out / f"{first['call_sid']}.json")
-    assert logged.script.reviewed is False
-    assert [(u.start_ms, u.end_ms, u.text) for u in logged.script.utterances] == [
-        (u.start_ms, u.end_ms, u.text) for u in said
-    ]
-    assert [u.expect_class for u in logged.script.utterances] == [t["route"]["class"] for t in first["turns"]]
+        # fixture from-call: the same, found by the call's id, with the routes as expectations.
+        out = tmp_path / "from_call"
+        cli = await asyncio.to_thread(
+            CliRunner().invoke, app, ["fixture", "from-call", first["call_sid"], "--out", str(out)]
+        )
+        assert cli.exit_code == 0, cli.output
+        logged = load(out / f"{first['call_sid']}.json")
+        assert logged.script.reviewed is False
+        assert [(u.start_ms, u.end_ms, u.text) for u in logged.script.utterances] == [
+            (u.start_ms, u.end_ms, u.text) for u in said
+        ]
+        assert [u.expect_class for u in logged.script.utterances] == [
+            t["route"]["class"] for t in first["turns"]
+        ]
+        assert not any(u.expect_tool for u in logged.script.utterances)  # (the one server, above)
 
-    async with local_stack(fixtures=[logged], config=config, stack="local") as stack:
         second = await replay_fixture(logged, stack.server_url, config=stack.config)
     assert second["ended"] == "completed", second.get("error")
     assert len(second["turns"]) == len(first["turns"])
