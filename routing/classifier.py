@@ -124,7 +124,8 @@ _CUES: dict[str, str] = {
     r"admitted|accident|injur\w*|police|court|legal|lawyer|fir|consumer forum|rejected|denied|"
     r"harass\w*|passport)\b|उल्टी|एलर्जी|अस्पताल|रिजेक्ट|पुलिस",
     "cancel": r"\b(?:cancel\w*|close my|disconnect|stop the|stop my|discontinue|reschedul\w*|"
-    r"change (?:my|the) (?:order|booking|plan|date|nominee|flight)|band (?:kar|karna|karo))\b|रद्द|बंद कर",
+    r"(?:change|modify|update|correct) (?:my|the) (?:\w+ )?(?:order|booking|plan|date|nominee|flight|address)|"
+    r"band (?:kar|karna|karo))\b|रद्द|बंद कर",
     "failure_repeat": r"\b(?:again and again|(?:second|third|fourth|fifth|\d+(?:th|rd|nd)?) times?|"
     r"every time|keeps? \w+ing|nobody|no one|no response|scam|cheat\w*|worst|pathetic|ridiculous|"
     r"unacceptable|fed up|complain\w*)\b|baar baar|बार बार|तीसरी बार",
@@ -132,6 +133,23 @@ _CUES: dict[str, str] = {
     r"\b(?:kya|kaise|kitna|kitne|kitni|kaunsa|kab|kahan)\b|क्या|कैसे|कितन|कौन",
     "buy": r"\b(?:buy|purchase|kharid\w*|want to order|book (?:a|me)|suggest|recommend|choose|pick|"
     r"upgrade|add money|price|cost|offer|discount|coupon|plans?)\b|खरीद|कीमत",
+    # asking for a person: the only thing that makes a turn a human request ("help me" does not)
+    "person": r"\b(?:agent|human|person|representative|executive|supervisor|manager|someone|somebody|"
+    r"operator|advisor|adviser|counsell?or|customer (?:care|service|support)|support (?:team|staff)|"
+    r"insaan|banda|bande|kisi se baat)\b|एजेंट|इंसान|व्यक्ति|कर्मचारी|किसी से बात",
+    "talk_to": r"\b(?:speak|talk|chat|connect|transfer|put me through)\w* (?:to|with|me)\b|\bcontact\w*\b|"
+    r"\bbaat (?:karni|karna|karao|karwao|kara|karwa)|बात (?:करनी|कराइए|करवाइए|करवा|करा)",
+    # something has gone wrong, said in general words: a problem, an issue, a complaint or claim
+    "problem": r"\b(?:problems?|issues?|errors?|trouble|complain\w*|claims?|reclamation|report|dispute\w*|"
+    r"fraud\w*|dikkat|samasya|pareshani)\b|शिकायत|समस्या|दिक्कत",
+    # help with a task: a sale or a how-to as often as a problem, and not a request for a person
+    "help_with": r"\b(?:help|helping|assist\w*|guide|madad|sahayata)\b|मदद|सहायता",
+    # asking for information or rules in general, not reporting something of one's own gone wrong
+    "info": r"\b(?:polic(?:y|ies)|information|info|options?|methods?|rules|terms|conditions|"
+    r"how (?:do|can|could|should|would|to)|where (?:can|do|could|should|to)|"
+    r"what (?:do|should|would) (?:i|we) (?:have to |need to )?do|"
+    r"(?:do ?n[o']?t|dont) know (?:how|what|where)|tell me (?:about|more)|is it possible|allowed)\b"
+    r"|नियम|जानकारी|कैसे कर",
 }
 _CUE_RES = [(name, re.compile(pattern, re.IGNORECASE)) for name, pattern in _CUES.items()]
 CUE_REPEAT = 6
@@ -183,6 +201,19 @@ def cue_features(text: str) -> list[str]:
         cues.add("overdue")
     if "account_security" in cues and ({"not_received", "failure_repeat"} & cues):
         cues.add("access_problem")
+    # Money asked about (a fee, a price, a policy) with nothing gone wrong is a question, not a
+    # dispute; help to buy is a sale.
+    trouble = {"not_received", "damaged_wrong", "failure_repeat", "account_security", "harm_legal", "problem"}
+    if "money_moved" in cues and ({"question", "info"} & cues) and not (trouble & cues):
+        cues.add("money_question")
+    if {"help_with", "buy"} <= cues:
+        cues.add("help_buy")
+    if ({"help_with", "info"} & cues) and not ({"person", "talk_to"} & cues) and not (trouble & cues):
+        cues.add("task_not_person")
+    if {"person", "talk_to"} <= cues:
+        cues.add("ask_person")
+    if {"money_moved", "problem"} <= cues:
+        cues.add("money_problem")
     feats = [f"k {name}" for name in sorted(cues)] + [f"n {name}" for name in sorted(numbers)]
     return feats * CUE_REPEAT
 

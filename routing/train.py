@@ -8,7 +8,9 @@ artifact. Training uses scikit-learn and scipy (``pip install -e '.[train]'``); 
   cross-domain set's training domains and the public sets not held out (none by default);
   a stratified 15% of it is held out as the validation split that tunes the threshold,
   and the shipped model is the one fitted on the other 85% (so the threshold is calibrated
-  for exactly the weights that ship).
+  for exactly the weights that ship). The threshold is the lower of two: the one that catches
+  TARGET_VAL_RECALL of the bank turns' high-stakes rows, and the one that catches
+  BUSINESS_VAL_RECALL of the other businesses' (see BUSINESS_VAL_RECALL).
 - test (reported, never used for fitting or tuning): Banking77 test, CLINC150 ``test`` rows
   (including the out-of-scope sample), ``extra_test.csv``, and the held-out domains
   (``--held-out``: by default the cross-domain set's ``test`` domains and the public sets,
@@ -78,8 +80,18 @@ HELD_OUT_DOMAINS = ("insurance", "health_products", "gaming")
 # scope (a polite redirect instead of an answer: Bitext's routine turns 0.02 -> 0.21).
 PUBLIC_HELD_OUT = ("customer_service", "assistant")
 TARGET_VAL_RECALL = 0.965
+# The threshold must also catch this share of the validation split's high-stakes turns of the
+# businesses outside banking (hand-written and public rows): they are a small part of it (about
+# 50 high-stakes turns against 600 bank ones), so a threshold tuned on the whole split follows the
+# bank turns, and a better model, surer of them, raises it until unfamiliar businesses' turns fall
+# under it. The lower of the two thresholds is the one that ships.
+BUSINESS_VAL_RECALL = 0.95
+# ... but never so low that the bank turns' validation escalation passes this (the in-domain
+# target is high-stakes recall >= 0.95 at escalation <= 0.35): with a business held out for an
+# experiment, its fifty turns fewer can pull the threshold far down.
+MAX_BANK_VAL_ESCALATION = 0.34
+BANK_SOURCES = ("banking77", "clinc150")
 MAX_ITER = 3000
-HUMAN_VAL_RECALL = 1.0
 HUMAN_MAX_FALSE = 0.002
 DATA_FILES = (
     "banking77_train.csv",
@@ -257,9 +269,10 @@ def tune_threshold(p_high: np.ndarray, human: np.ndarray, is_high: np.ndarray, t
 
 def tune_human_boost(make, bias: np.ndarray, val: list[Example], output_class) -> np.ndarray:
     """A logit offset for human_request: missing a request for a person costs more than a rare
-    false one, and the class has few (hand-written) rows. The smallest offset on the grid that
-    catches HUMAN_VAL_RECALL of the validation human requests while at most HUMAN_MAX_FALSE of
-    the other validation rows turn into human_request. ``make(bias)`` builds the model to try."""
+    false one, and the class has few (hand-written) rows, so the validation's few human requests
+    (about 15) say little about how callers elsewhere ask. The largest offset on the grid at which
+    at most HUMAN_MAX_FALSE of the other validation rows turn into human_request.
+    ``make(bias)`` builds the model to try."""
     is_human = np.array([ex.label == "human" for ex in val])
     h = output_class == CLASSES.index("human_request")
     best = np.zeros_like(bias)
@@ -271,8 +284,6 @@ def tune_human_boost(make, bias: np.ndarray, val: list[Example], output_class) -
         if pred[~is_human].mean() > HUMAN_MAX_FALSE:
             break
         best = offset
-        if pred[is_human].mean() >= HUMAN_VAL_RECALL:
-            break
     print(f"human_request logit offset {best[h].max():.2f}", file=sys.stderr)
     return best
 
@@ -409,7 +420,18 @@ def main(argv: list[str] | None = None) -> int:
     p_high = np.array([model.p_high(s) for s in val_scores])
     human = np.array([s.best()[0] == "human_request" for s in val_scores])
     is_high = np.array([ex.label == "high_stakes" for ex in val])
-    threshold = tune_threshold(p_high, human, is_high, TARGET_VAL_RECALL)
+    bank = np.array([ex.group.split(":")[0] in BANK_SOURCES for ex in val])
+    thresholds = {
+        "bank": tune_threshold(p_high[bank], human[bank], is_high[bank], TARGET_VAL_RECALL),
+        "businesses": tune_threshold(p_high[~bank], human[~bank], is_high[~bank], BUSINESS_VAL_RECALL),
+    }
+    # the lowest threshold at which the bank rows' escalation stays within MAX_BANK_VAL_ESCALATION
+    ph_bank = np.sort(p_high[bank & ~human])[::-1]
+    room = int(MAX_BANK_VAL_ESCALATION * bank.sum()) - int((bank & human).sum())
+    floor = float(ph_bank[room]) + 1e-6 if 0 <= room < len(ph_bank) else 0.0
+    thresholds["bank_escalation_floor"] = floor
+    threshold = max(min(thresholds["bank"], thresholds["businesses"]), floor)
+    print("thresholds " + ", ".join(f"{k} {v:.4f}" for k, v in thresholds.items()), file=sys.stderr)
     digest = data_hash()
     version = f"stakes-{digest[:12]}-{dt.date.today():%Y%m%d}"
     model = build(threshold, version)
@@ -443,6 +465,8 @@ def main(argv: list[str] | None = None) -> int:
             "cross_weight": CROSS_WEIGHT,
             "public_weight": PUBLIC_WEIGHT,
             "target_val_recall": TARGET_VAL_RECALL,
+            "business_val_recall": BUSINESS_VAL_RECALL,
+            "thresholds": thresholds,
             "human_logit_offset": human_offset,
             "fit_rows": len(fit),
             "val_rows": len(val),
