@@ -492,8 +492,11 @@ async def test_replayed_calls_survive_a_database_outage_and_the_report_matches(k
             calls = [task.result() for task in replays]
             sids = [c["call_sid"] for c in calls]
             assert all(c["ended"] == "completed" for c in calls), [c.get("error") for c in calls]
+            done_sid = next(s for s in sids if s != live_sid)
+            # The replay ends with the carrier's hang-up; the server's side of the call ends after
+            # it (the STT socket closed, the shared outcome read): until then the call is live.
+            await until(lambda: done_sid not in services.calls, 10, "the server ended its side of the call")
             async with httpx.AsyncClient(base_url=stack.server_url) as http:
-                done_sid = next(s for s in sids if s != live_sid)
                 r = await http.post(
                     f"/calls/{done_sid}/outcome",
                     json={"outcome": "resolved", "reason": "confirmed"},
