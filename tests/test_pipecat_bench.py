@@ -4,6 +4,7 @@ voxroute keeps its promise of no dead air."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 
@@ -30,7 +31,15 @@ KEYS = {
 
 @pytest.mark.slow
 async def test_two_calls_per_system(tmp_path):
-    result = await vs_pipecat.run(2, "reference", 3)
+    # The three systems at once (one after the other took 154 s, each waiting on its calls' real
+    # time): each one's process-CPU figure then counts the others' work too, which this test, not
+    # the benchmark, can accept (it checks the figures are there, not what they are).
+    runs = await asyncio.gather(
+        *(vs_pipecat.run(2, "reference", 3, systems=(s,)) for s in vs_pipecat.SYSTEMS)
+    )
+    result = runs[0]
+    for other in runs[1:]:
+        result["systems"].update(other["systems"])
     assert set(result["systems"]) == {"pipecat", "pipecat_voxroute", "voxroute"}
     assert result["fixtures"] == ["order_status", "hindi_order_status"]
     for name, s in result["systems"].items():
