@@ -190,16 +190,25 @@ class Answerer:
         room = [MAX_REPLY_CHARS]  # what a provider that ignores max_tokens may still make us say
 
         def on_text(text: str) -> None:
+            arrived = self.s.clock.now()  # the ladder calls this as the model's text comes
             text, room[0] = text[: max(0, room[0])], room[0] - len(text)
             for chunk in chunker.feed(text):
+                turn.mark("first_chunk_text", arrived)
                 turn.mark("first_chunk", self.s.clock.now())
+                chunks.put_nowait(chunk)
+
+        def flushed() -> None:
+            """The model's text so far is a chunk because its stream paused or ended: that is the
+            text that completed the chunk, arriving now."""
+            for chunk in chunker.flush():
+                now = self.s.clock.now()
+                turn.mark("first_chunk_text", now)
+                turn.mark("first_chunk", now)
                 chunks.put_nowait(chunk)
 
         def on_pause(waiting: str | None) -> None:
             """A tool round starts: what was said so far is spoken; ``waiting``: a tool's phrase."""
-            for chunk in chunker.flush():
-                turn.mark("first_chunk", self.s.clock.now())
-                chunks.put_nowait(chunk)
+            flushed()
             if waiting:
                 chunks.put_nowait(WaitingPhrase(waiting))
 
@@ -216,9 +225,7 @@ class Answerer:
                         turn, route, on_text, first_token_by, on_pause, audio_by - b.tts_first_audio_ms
                     )
                 finally:
-                    for chunk in chunker.flush():
-                        turn.mark("first_chunk", self.s.clock.now())
-                        chunks.put_nowait(chunk)
+                    flushed()
                     chunks.put_nowait(None)
                 await speaker
         except* LadderExhausted:

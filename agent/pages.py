@@ -59,7 +59,8 @@ WATERFALL_STAGES: tuple[tuple[str, str, str | None], ...] = (
     ("route", "route", "endpoint"),
     ("llm_first_token", "LLM first token", "llm_request"),
     ("tool_result", "tools", "tool_request"),  # the turn's tool calls, first request to last result
-    ("first_chunk", "first chunk", "llm_first_token"),
+    ("first_chunk_text", "model to first chunk", "llm_first_token"),  # the model still streaming
+    ("first_chunk", "first chunk", "first_chunk_text"),
     ("tts_first_audio", "TTS first audio", "tts_request"),
     ("first_audio_out", "first audio out", "speech_end"),
     ("first_audio_heard", "heard", "first_audio_out"),

@@ -20,6 +20,9 @@ TIMELINE_NAMES = (
     "llm_first_token",
     "tool_request",  # the first business tool call of the turn went out (agent/tools)
     "tool_result",  # the last tool result came back
+    # the model's text that completed the first speakable chunk reached the turn: from here to
+    # first_chunk is the runtime's (chunking); before it, the model was still streaming
+    "first_chunk_text",
     "first_chunk",
     "tts_request",
     "tts_first_audio",

@@ -224,7 +224,7 @@ async def test_migrations_create_exactly_the_models(db_url):
                 assert await conn.scalar(text("PRAGMA journal_mode")) == "wal"
                 assert await conn.scalar(text("PRAGMA mmap_size")) == 0  # no SIGBUS on a storage fault
         assert diff == [], diff
-        assert version == "0004"
+        assert version == "0005"
     finally:
         await engine.dispose()
 

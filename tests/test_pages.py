@@ -65,6 +65,7 @@ def make_turn(
         ("route", 63),
         ("llm_request", 64),
         ("llm_first_token", 400),
+        ("first_chunk_text", 469),
         ("first_chunk", 470),
         ("tts_request", 471),
         ("tts_first_audio", first_audio - 5),

@@ -68,6 +68,9 @@ async def test_every_fixture_under_reference_profile():
                 keys += ["llm_request", "llm_first_token"]
             for key in keys:
                 assert key in t["timeline"], (name, t["index"], key)
+            tl = t["timeline"]
+            if "first_chunk" in tl:  # the model streamed to the text that completed the chunk, then we cut it
+                assert tl["llm_first_token"] <= tl["first_chunk_text"] <= tl["first_chunk"], (name, tl)
             assert t["reply"], (name, t["index"])
 
 

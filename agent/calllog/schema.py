@@ -115,6 +115,7 @@ class TurnRow(Base):
     llm_first_token_ms: Mapped[float | None] = mapped_column(Float)
     tool_request_ms: Mapped[float | None] = mapped_column(Float)
     tool_result_ms: Mapped[float | None] = mapped_column(Float)
+    first_chunk_text_ms: Mapped[float | None] = mapped_column(Float)
     first_chunk_ms: Mapped[float | None] = mapped_column(Float)
     tts_request_ms: Mapped[float | None] = mapped_column(Float)
     tts_first_audio_ms: Mapped[float | None] = mapped_column(Float)
