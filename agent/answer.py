@@ -9,6 +9,7 @@ into the player, each followed by a mark whose echo proves what the caller heard
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from typing import TYPE_CHECKING
 
@@ -172,7 +173,7 @@ class Answerer:
             dtmf=turn.kind == "dtmf",
         )
         turn.budget_ms = route.budget_ms
-        turn.route = route.as_dict()
+        turn.route = route
         turn.handoff = route.handoff
         turn.mark("route", self.s.clock.now())
         digit = self.s.config.handoff.dtmf_digit
@@ -404,15 +405,15 @@ class Answerer:
             "call %s turn %d: high-stakes tool %s: escalating to %s", self.s.call_sid, turn.index, tool, paths
         )
         if turn.route is not None:
-            turn.route = {
-                **turn.route,
-                "tier": first.tier,
-                "model": first.model,
-                "paths": paths,
-                "escalated": True,
-                "stakes": "high",
-                "reason": f"{turn.route.get('reason', '')}; high-stakes tool {tool} -> escalate",
-            }
+            turn.route = dataclasses.replace(
+                turn.route,
+                tier=first.tier,
+                model=first.model,
+                paths=tuple(paths),
+                escalated=True,
+                stakes="high",
+                reason=f"{turn.route.reason}; high-stakes tool {tool} -> escalate",
+            )
         return paths
 
     async def _tool_round(self, turn: TurnRecord, calls, on_pause, waiting_by: float | None) -> list:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from voxroute.agent.logs import TURN
 from voxroute.agent.timeline import INTERRUPTED_MARK, TurnRecord, log_turn
+from voxroute.routing.route import Route
 
 if TYPE_CHECKING:
     from voxroute.agent.session import CallSession
@@ -87,8 +88,7 @@ class Asides:
         s = self.s
         turn = TurnRecord(index=0, kind="greeting", language=s.language, budget_ms=s.voice_budget_ms)
         turn.mark("speech_end", 0.0)
-        turn.route = {"class": "greeting", "tier": "none", "model": None, "escalated": False,
-                      "reason": "the agent speaks first"}  # fmt: skip
+        turn.route = Route.unrouted("greeting", "the agent speaks first")
         s.turns.append(turn)
         return turn
 

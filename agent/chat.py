@@ -470,7 +470,7 @@ class ChatService:
             await send({"type": "http.response.body", "body": data, "more_body": False})
 
     def _extension(self, conv: ChatConversation, turn: TurnRecord) -> dict[str, Any]:
-        route = turn.route or {}
+        route = turn.route.as_dict() if turn.route is not None else {}
         return {
             "conversation_id": conv.call_sid,
             "turn": turn.index,

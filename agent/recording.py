@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from voxroute.agent.calllog.store import data_dir
+from voxroute.routing.route import Route
 
 if TYPE_CHECKING:
     from voxroute.agent.config import Config, TenantRecordingConfig
@@ -200,12 +201,12 @@ class _RecordingLink:
 
 def turn_boundaries(turn: dict[str, Any]) -> dict[str, Any]:
     """A turn of the call log, reduced to what a recording needs: when things happened, no words."""
-    route = turn.get("route") or {}
+    route = Route.from_dict(turn.get("route"))
     return {
         "index": turn.get("index"),
         "kind": turn.get("kind"),
         "language": turn.get("language"),
-        "class": route.get("class") if isinstance(route, dict) else None,
+        "class": route.routing_class if route else None,
         "timeline": dict(turn.get("timeline") or {}),
         "first_audio_ms": turn.get("first_audio_ms"),
         "interrupted": turn.get("interrupted"),

@@ -43,6 +43,7 @@ from voxroute.agent.timeline import INTERRUPTED_MARK, Clock, TurnRecord, log_tur
 from voxroute.agent.tracing import CallTrace
 from voxroute.agent.turns import BargeIn, Commit, IgnoreOverlap, Merge, TurnAction, TurnPolicy, TurnTaker
 from voxroute.agent.watchdog import HardCap, Watchdog
+from voxroute.routing.route import Route
 
 log = logging.getLogger("voxroute.call")
 
@@ -409,19 +410,13 @@ class CallSession:
                     elif turn.transcript:
                         user_msg = {"role": "user", "content": turn.transcript}
                     if user_msg is None:
-                        turn.route = {
-                            "class": "none",
-                            "tier": "none",
-                            "model": None,
-                            "escalated": False,
-                            "reason": "no transcript",
-                        }
+                        turn.route = Route.unrouted("none", "no transcript")
                         turn.outcome = "not_heard"
                         await self.speaker.phrase(turn, "not_heard")
                     else:
                         self.history.append(user_msg)
                         if not await self.answerer.run(turn):
-                            if (turn.route or {}).get("on_failure") == "handoff":
+                            if turn.route is not None and turn.route.on_failure == "handoff":
                                 await self.hand_to_person(turn, "every model path failed", "handoff")
                             else:
                                 turn.outcome = "apology"

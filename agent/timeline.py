@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from voxroute.routing.route import Route
+
 TIMELINE_NAMES = (
     "speech_end",
     "endpoint",
@@ -56,7 +58,7 @@ class TurnRecord:
     transcript: str = ""
     language: str = "en-IN"
     budget_ms: int = 1000
-    route: dict[str, Any] | None = None
+    route: Route | None = None  # the router's decision (Route.unrouted: the greeting, nothing heard)
     timeline: dict[str, float] = field(default_factory=dict)
     bridge: bool = False
     bridge_kind: str | None = None  # "cached" (the phrase) or "ack" (the fast path's acknowledgement)
@@ -104,7 +106,7 @@ class TurnRecord:
             "kind": self.kind,
             "transcript": self.transcript,
             "language": self.language,
-            "route": self.route,
+            "route": self.route.as_dict() if self.route is not None else None,
             "timeline": {k: self.timeline[k] for k in TIMELINE_NAMES if k in self.timeline},
             "first_audio_ms": self.first_audio_ms,
             "budget_ms": self.budget_ms,
@@ -130,7 +132,7 @@ _log = logging.getLogger("voxroute.call")
 def log_turn(call_sid: str, turn: TurnRecord) -> None:
     """The turn's log line: its route, cost, first audio and the whole timeline."""
     tl = turn.timeline
-    route = turn.route or {}
+    route = turn.route.as_dict() if turn.route is not None else {}  # as logged elsewhere
     _log.info(
         "turn call=%s index=%d class=%s escalated=%s model=%s answered_by=%s cost_usd=%s first_audio_ms=%s "
         "budget_ms=%d within=%s bridge=%s fallbacks=%d outcome=%s reason=%r speech_end=%s endpoint=%s stt_final=%s llm_first_token=%s "

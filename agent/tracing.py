@@ -134,7 +134,7 @@ class CallTrace:
             return
         for name, t in sorted(turn.timeline.items(), key=lambda item: item[1]):
             span.add_event(name, {"voxroute.t_ms": t}, timestamp=self.at_ns(t))
-        route = turn.route or {}
+        route = turn.route.as_dict() if turn.route is not None else {}  # the span shows the logged values
         attrs = {
             "voxroute.route.class": route.get("class"),
             "voxroute.route.tier": route.get("tier"),

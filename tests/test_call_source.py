@@ -27,6 +27,7 @@ from voxroute.agent.pages import MemoryCallSource, call_summary
 from voxroute.agent.services import Services
 from voxroute.agent.session import CallSummary
 from voxroute.agent.timeline import TurnRecord
+from voxroute.routing.route import Route
 from voxroute.runtime import build_router, create_runtime_app
 from voxroute.server import serve_app
 
@@ -64,14 +65,15 @@ def make_turn(
 ) -> dict:
     """A turn as the session records it: every timeline stage, a route, usage, maybe a fallback."""
     t = TurnRecord(index=index, transcript=CARD_TEXT if index == 1 else f"turn {index}", budget_ms=1000)
-    t.route = {
-        "class": "billing_dispute" if index == 1 else "order_tracking",
-        "tier": "reasoning",
-        "stakes": "high",
-        "model": "anthropic/claude-sonnet-4.5",
-        "escalated": index == 1,
-        "reason": "rule: charged twice on card 4111 1111 1111 1111",
-    }
+    t.route = Route(
+        routing_class="billing_dispute" if index == 1 else "order_tracking",
+        tier="reasoning",
+        stakes="high",
+        model="anthropic/claude-sonnet-4.5",
+        paths=("reasoning",),
+        escalated=index == 1,
+        reason="rule: charged twice on card 4111 1111 1111 1111",
+    )
     t0 = 4000.0 * index + 0.3
     for name, dt in (
         ("speech_end", 0),

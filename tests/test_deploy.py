@@ -29,6 +29,7 @@ from tests.conftest import services_required
 from voxroute.agent.config import ShutdownConfig, TelephonyConfig, load_config
 from voxroute.agent.timeline import TurnRecord
 from voxroute.emulators.stack import run_emulators
+from voxroute.routing.route import Route
 from voxroute.runtime import build_services, create_runtime_app, emulator_options, missing_secrets
 from voxroute.server import serve_app
 from voxroute.telephony.admission import CallGate
@@ -116,7 +117,7 @@ def longest_shutdown_s(shutdown: ShutdownConfig) -> float:
 
 def _turn_touching_every_series() -> dict:
     turn = TurnRecord(index=1, budget_ms=1000)
-    turn.route = {"class": "faq", "tier": "fast", "reason": "test"}
+    turn.route = Route(routing_class="faq", tier="fast", model="m", paths=("fast",), reason="test")
     turn.mark("speech_end", 100.0)
     turn.mark("first_audio_out", 1300.0)  # over the budget: a miss
     turn.outcome = "answered"

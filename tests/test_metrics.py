@@ -14,6 +14,7 @@ from voxroute.agent.fixture import load
 from voxroute.agent.prom import MAX_ACTIONS, OTHER, FirstSeen, PromMetrics
 from voxroute.agent.timeline import TurnRecord
 from voxroute.replay import local_stack, operator_headers, replay_fixture
+from voxroute.routing.route import Route
 
 CLASSES = ("faq", "billing_dispute", "order_tracking")
 
@@ -42,7 +43,7 @@ def turn(
 ) -> dict:
     t = TurnRecord(index=index, budget_ms=budget)
     if klass is not None:
-        t.route = {"class": klass, "tier": tier, "reason": "test"}
+        t.route = Route(routing_class=klass, tier=tier or "fast", model="m", paths=("m",), reason="test")
     t.mark("speech_end", 100.0)
     if first_audio is not None:
         t.mark("first_audio_out", 100.0 + first_audio)

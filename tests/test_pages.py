@@ -29,6 +29,7 @@ from voxroute.agent.pages import (
 from voxroute.agent.services import Services
 from voxroute.agent.session import CallSummary
 from voxroute.agent.timeline import TIMELINE_NAMES, TurnRecord
+from voxroute.routing.route import Route
 from voxroute.runtime import build_router
 from voxroute.server import serve_app
 
@@ -49,14 +50,15 @@ def make_turn(
     fallbacks: int = 0,
 ) -> dict:
     t = TurnRecord(index=index, transcript=transcript, budget_ms=budget)
-    t.route = {
-        "class": "billing_dispute",
-        "tier": "reasoning",
-        "stakes": "high",
-        "model": "anthropic/claude-sonnet-4.5",
-        "escalated": True,
-        "reason": "rule: charged twice; escalate",
-    }
+    t.route = Route(
+        routing_class="billing_dispute",
+        tier="reasoning",
+        stakes="high",
+        model="anthropic/claude-sonnet-4.5",
+        paths=("reasoning",),
+        escalated=True,
+        reason="rule: charged twice; escalate",
+    )
     t0 = 5000.0 * index
     for name, dt in (
         ("speech_end", 0),

@@ -47,6 +47,7 @@ from voxroute.agent.services import Services
 from voxroute.agent.session import CallSummary
 from voxroute.agent.timeline import TurnRecord
 from voxroute.agent.webhook import SIGNATURE_HEADER, WebhookSender, verify_signature
+from voxroute.routing.route import Route
 from voxroute.runtime import build_router, create_runtime_app
 from voxroute.server import serve_app
 
@@ -266,7 +267,9 @@ def _call(sid: str, **kw) -> dict:
 
 def _turn(index: int, transcript: str) -> dict:
     t = TurnRecord(index=index, transcript=transcript, budget_ms=1000)
-    t.route = {"class": "billing_dispute", "stakes": "high", "tier": "fast", "model": "m", "reason": "rule"}
+    t.route = Route(
+        routing_class="billing_dispute", stakes="high", tier="fast", model="m", paths=("m",), reason="rule"
+    )
     t.reply = "Let me check that for you."
     return t.as_dict()
 

@@ -14,6 +14,7 @@ from voxroute.agent.config import load_config, parse_config
 from voxroute.cli import app
 from voxroute.routing.classifier import read_labelled_csv
 from voxroute.routing.evaluate import metrics, predict
+from voxroute.routing.route import Route
 from voxroute.routing.router import is_closing, is_devanagari
 from voxroute.runtime import build_router
 
@@ -41,6 +42,26 @@ def test_billing_dispute_escalates_and_stays_escalated(router):
     assert later.routing_class == "faq"
     assert later.escalated and later.tier == "reasoning" and "sticky escalation" in later.reason
     assert later.paths[0] == "reasoning"
+
+
+def test_a_logged_route_reads_back_as_the_route_it_was(router):
+    """The turn record holds the typed Route; the call log, replay JSON and an earlier leg hold its
+    dict, which Route.from_dict reads back (the handoff summary's class, stakes and signals)."""
+    route = router.conversation("default").decide("I was charged twice for my order last week.", "en-IN")
+    logged = json.loads(json.dumps(route.as_dict()))
+    back = Route.from_dict(logged)
+    assert back is not None and back.as_dict() == logged
+    assert (back.routing_class, back.stakes, back.paths) == ("billing_dispute", "high", route.paths)
+    greeting = Route.unrouted("greeting", "the agent speaks first")
+    assert greeting.as_dict() == {"class": "greeting", "tier": "none", "model": None, "escalated": False,
+                                  "reason": "the agent speaks first"}  # fmt: skip
+    read = Route.from_dict(greeting.as_dict())
+    assert read is not None and read.as_dict() == greeting.as_dict() and read.tier == "none"
+    # an older or hand-made log: what it does not say takes the default; stakes stays unsaid
+    old = Route.from_dict({"class": "complaint", "escalated": 1, "paths": "fast", "budget_ms": True})
+    assert old is not None and (old.stakes, old.escalated, old.paths, old.budget_ms) == ("", False, (), 1000)
+    for nothing in (None, [], {}, {"class": ""}, {"class": 3}, "faq"):
+        assert Route.from_dict(nothing) is None
 
 
 def test_order_tracking_stays_fast_and_a_follow_up_keeps_its_class(router):

@@ -91,7 +91,7 @@ async def test_the_greeting_is_turn_0_and_what_the_caller_heard_goes_into_the_hi
         s.history.append({"role": "user", "content": "hi"})  # the caller's first turn began meanwhile
         s.played.set()
     turn = s.turns[0]
-    assert (turn.index, turn.route and turn.route["class"], turn.timeline["speech_end"]) == (
+    assert (turn.index, turn.route and turn.route.routing_class, turn.timeline["speech_end"]) == (
         0,
         "greeting",
         0.0,

@@ -60,6 +60,7 @@ from voxroute.agent.calllog.redact import (
 from voxroute.agent.calllog.schema import calls_table, turns_table
 from voxroute.agent.config import CallLogConfig
 from voxroute.agent.timeline import TIMELINE_NAMES
+from voxroute.routing.route import Route
 
 log = logging.getLogger("voxroute.calllog")
 
@@ -248,11 +249,12 @@ def call_header(call: dict[str, Any], salt: bytes, store_raw_numbers: bool) -> d
 def call_totals(call: dict[str, Any]) -> dict[str, Any]:
     """What only the end of a call knows: turn count, cost, the reason for contact, the handoff."""
     turns = call.get("turns") or []
-    routed = [t for t in turns if (t.get("route") or {}).get("class")]
+    routes = (Route.from_dict(t.get("route")) for t in turns)
+    first_routed = next((route for route in routes if route is not None), None)
     return {
         "turn_count": len(turns),
         "cost_usd": round(sum(float((t.get("usage") or {}).get("cost_usd") or 0.0) for t in turns), 8),
-        "routing_class": routed[0]["route"]["class"] if routed else None,
+        "routing_class": first_routed.routing_class if first_routed else None,
         "handoff": redact_handoff(call.get("handoff")),
     }
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from voxroute.agent.handoff.entities import WEEKDAYS, dedupe, extract_entities
 from voxroute.agent.handoff.summary import Entity, HandoffSummary
+from voxroute.routing.route import Route
 from voxroute.routing.router import ANGER, MONEY
 from voxroute.routing.table import BUILTIN_CLASSES
 
@@ -37,12 +38,16 @@ _FRUSTRATED = re.compile(
 _FAILED_OUTCOMES = {"apology", "not_heard", "handoff"}
 
 
-def _class_stakes(route: dict[str, Any]) -> str:
-    stakes = route.get("stakes")
-    if isinstance(stakes, str) and stakes:
-        return stakes
-    cdef = BUILTIN_CLASSES.get(str(route.get("class")))
+def _class_stakes(route: Route) -> str:
+    if route.stakes:
+        return route.stakes
+    cdef = BUILTIN_CLASSES.get(route.routing_class)  # a logged route that did not say
     return cdef.stakes if cdef else "low"
+
+
+def _class_of(turn: dict[str, Any]) -> str:
+    route = Route.from_dict(turn.get("route"))
+    return route.routing_class if route else ""
 
 
 def _label(cls: str) -> str:
@@ -103,11 +108,10 @@ def _deterministic(turns: list[dict[str, Any]], call_language: str) -> HandoffSu
     dtmf_keyed: list[str] = []
     failures: dict[str, int] = {}
     for pos, t in enumerate(good):
-        index, raw_route = t.get("index"), t.get("route")
+        index, route = t.get("index"), Route.from_dict(t.get("route"))
         idx = index if isinstance(index, int) and index >= 0 else pos
-        route: dict[str, Any] = raw_route if isinstance(raw_route, dict) else {}
-        cls = as_text(route.get("class"))
-        stakes = _class_stakes(route) if cls else "low"
+        cls = route.routing_class if route else ""
+        stakes = _class_stakes(route) if route else "low"
         text = as_text(t.get("transcript"))
         is_dtmf = t.get("kind") == "dtmf"
         if cls:
@@ -124,8 +128,7 @@ def _deterministic(turns: list[dict[str, Any]], call_language: str) -> HandoffSu
             entities += extract_entities(text, idx, as_text(t.get("language")) or call_language)
             anger += len(ANGER.findall(text))
             frustration += len(_FRUSTRATED.findall(text))
-        raw_signals = route.get("signals")
-        signals = raw_signals if isinstance(raw_signals, list) else []
+        signals = route.signals if route else ()
         if "anger" in signals and not ANGER.search(text):
             anger += 1
         if "repeated request" in signals:
@@ -137,7 +140,7 @@ def _deterministic(turns: list[dict[str, Any]], call_language: str) -> HandoffSu
             answered += 1
         if t.get("interrupted") is True:
             interrupted += 1
-        if t.get("handoff") is True or stakes == "human" or route.get("handoff") is True:
+        if t.get("handoff") is True or stakes == "human" or (route is not None and route.handoff):
             human_turns.append(idx)
         fallbacks = t.get("fallbacks")
         for fb in fallbacks if isinstance(fallbacks, list) else []:
@@ -224,10 +227,7 @@ def _key_quote(turns: list[dict[str, Any]], topic: str) -> str:
     texts = [
         as_text(t.get("transcript"))
         for t in turns
-        if t.get("kind") != "dtmf"
-        and isinstance(t.get("route"), dict)
-        and t["route"].get("class") == topic
-        and as_text(t.get("transcript")).strip()
+        if t.get("kind") != "dtmf" and _class_of(t) == topic and as_text(t.get("transcript")).strip()
     ]
     if not texts:
         texts = [

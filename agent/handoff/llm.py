@@ -15,6 +15,7 @@ from voxroute.agent.calllog.redact import mask_number, redact, redact_json, reda
 from voxroute.agent.handoff.deterministic import as_text, deterministic_summary
 from voxroute.agent.handoff.summary import ENTITY_KINDS, HandoffSummary, SummaryBody
 from voxroute.agent.providers.base import LLMProvider, LLMRequest, LLMToken, ProviderError
+from voxroute.routing.route import Route
 from voxroute.routing.table import BUILTIN_CLASSES
 
 log = logging.getLogger("voxroute.handoff")
@@ -70,12 +71,11 @@ def _conversation_text(turns: list[dict[str, Any]]) -> str:
         if not isinstance(t, dict):
             continue
         idx = t.get("index", pos)
-        raw_route = t.get("route")
-        route: dict[str, Any] = raw_route if isinstance(raw_route, dict) else {}
+        route = Route.from_dict(t.get("route"))
         said = as_text(t.get("transcript"))
         if t.get("kind") == "dtmf":
             said = f"[keypad] {said}"
-        meta = [f"class={route.get('class')}"] if route.get("class") else []
+        meta = [f"class={route.routing_class}"] if route else []
         if t.get("outcome") and t.get("outcome") != "answered":
             meta.append(f"outcome={t.get('outcome')}")
         for fb in t.get("fallbacks") or []:

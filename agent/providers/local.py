@@ -1177,7 +1177,7 @@ def class_lookup(calls: Mapping[str, CallSession]) -> Callable[[str], str | None
         index = int(parts[1])
         for turn in reversed(session.turns):
             if turn.index == index:
-                return (turn.route or {}).get("class")
+                return turn.route.routing_class if turn.route is not None else None
         return None
 
     return class_of

@@ -42,6 +42,7 @@ from voxroute.agent.ladder import LadderExhausted, LLMLadder
 from voxroute.agent.services import Services
 from voxroute.agent.timeline import Clock, TurnRecord
 from voxroute.integrations.pipecat.budget import speech_end_ms
+from voxroute.routing.route import Route
 from voxroute.routing.router import is_devanagari
 
 log = logging.getLogger("voxroute.pipecat")
@@ -132,7 +133,7 @@ class RoutedLLMService(LLMService):
         self.turns.append(turn)
         route = self.routing.decide(text, language, budget_left_ms=speech_end + turn.budget_ms - now)
         turn.budget_ms = route.budget_ms
-        turn.route = route.as_dict()
+        turn.route = route
         turn.mark("route", self.clock.now())
         b = self.config.budget
         # A first token by then leaves time for the TTS to make audio before the bridge would play.
@@ -197,16 +198,16 @@ class RoutedLLMService(LLMService):
         return said
 
     async def _report(self, turn: TurnRecord) -> None:
-        route, usage = turn.route or {}, turn.usage
+        route, usage = turn.route or Route.unrouted("none", ""), turn.usage
         data: list[MetricsData] = [
             RouteMetricsData(
                 processor=self.name,
-                model=usage.get("model") or route.get("model"),
-                routing_class=route.get("class", "none"),
-                tier=route.get("tier", "none"),
-                reason=route.get("reason", ""),
+                model=usage.get("model") or route.model or None,
+                routing_class=route.routing_class,
+                tier=route.tier,
+                reason=route.reason,
                 budget_ms=turn.budget_ms,
-                escalated=bool(route.get("escalated")),
+                escalated=route.escalated,
                 path=usage.get("path"),
                 rung=usage.get("rung"),
                 fallbacks=list(turn.fallbacks),
