@@ -54,6 +54,7 @@ def audio_format(encoding: str, sample_rate: int) -> AudioFormat:
 
 class ExotelStream(MediaStreamCodec):
     carrier = "exotel"
+    stream_id_field = "stream_sid"
 
     def __init__(self, *, min_chunk: int = MIN_CHUNK, **kw):
         super().__init__(**kw)
@@ -67,19 +68,12 @@ class ExotelStream(MediaStreamCodec):
     def stream_sid(self) -> str | None:
         return self.start.stream_id if self.start else None
 
-    def _dispatch(self, event: str, msg: dict) -> list[StreamEvent]:
-        if event == "connected":
-            if self.start is not None:
-                raise CarrierProtocolError("'connected' after start")
-            return [Connected(get_str(msg, "version", "connected", required=False))]
-        if event == "start":
-            return [self._start(msg)]
-        if event not in ("media", "dtmf", "mark", "stop"):
-            return []  # an event type newer than this code
-        start = self._require_start(event)
-        sid = msg.get("stream_sid")
-        if sid is not None and sid != start.stream_id:
-            raise CarrierProtocolError(f"{event!r} for stream {short(sid)}, expected {start.stream_id!r}")
+    def _connected(self, msg: dict) -> list[StreamEvent]:
+        if self.start is not None:
+            raise CarrierProtocolError("'connected' after start")
+        return [Connected(get_str(msg, "version", "connected", required=False))]
+
+    def _stream_event(self, event: str, msg: dict) -> list[StreamEvent]:
         if event == "media":
             body = get_obj(msg, "media", "message")
             payload = get_b64(body.get("payload"), "media.payload")

@@ -325,6 +325,10 @@ class MediaStreamCodec:
     close_means_stop: ClassVar[bool] = False
     # Twilio echoes every pending mark itself on ``clear``: nothing to flush here, no echo to drop.
     echoes_marks_on_clear: ClassVar[bool] = False
+    # The field by which a message after ``start`` names its stream (Twilio ``streamSid``, Exotel
+    # ``stream_sid``, Plivo ``streamId``, Telnyx ``stream_id``), and the events of a started stream.
+    stream_id_field: ClassVar[str]
+    stream_events: ClassVar[frozenset[str]] = frozenset({"media", "dtmf", "mark", "stop"})
 
     def __init__(self, *, max_message_bytes: int = MAX_MESSAGE_BYTES):
         self.max_message_bytes = max_message_bytes
@@ -358,7 +362,32 @@ class MediaStreamCodec:
         return self._dispatch(event, msg)
 
     def _dispatch(self, event: str, msg: dict) -> list[StreamEvent]:
+        if event == "connected":
+            return self._connected(msg)
+        if event == "start":
+            return [self._start(msg)]
+        if event not in self.stream_events:
+            return []  # an event type newer than this code
+        self._stream_of(event, msg)
+        return self._stream_event(event, msg)
+
+    def _connected(self, msg: dict) -> list[StreamEvent]:
+        return []  # a carrier without a ``connected`` message
+
+    def _start(self, msg: dict) -> StreamStart:
         raise NotImplementedError
+
+    def _stream_event(self, event: str, msg: dict) -> list[StreamEvent]:
+        """One of ``stream_events``, of the stream that started."""
+        raise NotImplementedError
+
+    def _stream_of(self, event: str, msg: dict) -> StreamStart:
+        """The started stream a message after ``start`` belongs to; when it names one, it must be this."""
+        start = self._require_start(event)
+        sid = msg.get(self.stream_id_field)
+        if sid is not None and sid != start.stream_id:
+            raise CarrierProtocolError(f"{event!r} for stream {short(sid)}, expected {start.stream_id!r}")
+        return start
 
     def _started(self, start: StreamStart) -> StreamStart:
         if self.start is not None:

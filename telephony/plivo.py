@@ -185,6 +185,8 @@ def validate_signature_v3(
 
 class PlivoStream(MediaStreamCodec):
     carrier = "plivo"
+    stream_id_field = "streamId"
+    stream_events = frozenset({"media", "dtmf", "playedStream", "clearedAudio", "stop"})
     close_means_stop = True
 
     def __init__(self, **kw):
@@ -197,15 +199,7 @@ class PlivoStream(MediaStreamCodec):
     def stream_id(self) -> str | None:
         return self.start.stream_id if self.start else None
 
-    def _dispatch(self, event: str, msg: dict) -> list[StreamEvent]:
-        if event == "start":
-            return [self._start(msg)]
-        if event not in ("media", "dtmf", "playedStream", "clearedAudio", "stop"):
-            return []
-        start = self._require_start(event)
-        sid = msg.get("streamId")
-        if sid is not None and sid != start.stream_id:
-            raise CarrierProtocolError(f"{event!r} for stream {short(sid)}, expected {start.stream_id!r}")
+    def _stream_event(self, event: str, msg: dict) -> list[StreamEvent]:
         if event == "media":
             body = get_obj(msg, "media", "message")
             track = get_str(body, "track", "media", required=False)

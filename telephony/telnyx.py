@@ -116,6 +116,7 @@ def verify_webhook(
 
 class TelnyxStream(MediaStreamCodec):
     carrier = "telnyx"
+    stream_id_field = "stream_id"
 
     def __init__(self, *, reorder_window: int = REORDER_WINDOW, **kw):
         super().__init__(**kw)
@@ -187,10 +188,7 @@ class TelnyxStream(MediaStreamCodec):
             code = body.get("code")
             detail = " ".join(str(body.get(k)) for k in ("title", "detail") if body.get(k)) or short(msg)
             return [CarrierError(None if code is None else str(code), detail)]
-        start = self._require_start(event)
-        sid = msg.get("stream_id")
-        if sid is not None and sid != start.stream_id:
-            raise CarrierProtocolError(f"{event!r} for stream {short(sid)}, expected {start.stream_id!r}")
+        self._stream_of(event, msg)
         if event == "media":
             body = get_obj(msg, "media", "message")
             track = get_str(body, "track", "media", required=False)

@@ -87,6 +87,7 @@ class TwilioStream(MediaStreamCodec):
     """
 
     carrier = "twilio"
+    stream_id_field = "streamSid"
     echoes_marks_on_clear = True
 
     def __init__(self, *, max_message_bytes: int = MAX_MESSAGE_BYTES):
@@ -109,21 +110,14 @@ class TwilioStream(MediaStreamCodec):
 
     # -- inbound
 
-    def _dispatch(self, event: str, msg: dict) -> list[StreamEvent]:
-        if event == "connected":
-            if self.connected or self.start is not None:
-                raise TwilioProtocolError("duplicate or late 'connected'")
-            self.connected = True
-            get_str(msg, "protocol", "connected", required=False)
-            return [Connected(get_str(msg, "version", "connected", required=False))]
-        if event == "start":
-            return [self._start(msg)]
-        if event not in ("media", "dtmf", "mark", "stop"):
-            return []  # an event type newer than this code
-        start = self._require_start(event)
-        sid = msg.get("streamSid")
-        if sid is not None and sid != start.stream_id:
-            raise TwilioProtocolError(f"{event!r} for stream {short(sid)}, expected {start.stream_id!r}")
+    def _connected(self, msg: dict) -> list[StreamEvent]:
+        if self.connected or self.start is not None:
+            raise TwilioProtocolError("duplicate or late 'connected'")
+        self.connected = True
+        get_str(msg, "protocol", "connected", required=False)
+        return [Connected(get_str(msg, "version", "connected", required=False))]
+
+    def _stream_event(self, event: str, msg: dict) -> list[StreamEvent]:
         get_int(msg, "sequenceNumber", event)
         if event == "media":
             body = get_obj(msg, "media", "message")
