@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import MultiDict
 
 from voxroute.agent.link import CallStart, CarrierLink
-from voxroute.telephony.admission import WS_TRY_AGAIN_LATER, CallGate
+from voxroute.telephony.admission import DRAINING, WS_TRY_AGAIN_LATER, CallGate
 from voxroute.telephony.mediastream import CarrierProtocolError, MediaStreamCodec
 from voxroute.telephony.wslink import MediaStreamLink, SocketClosed, peer_of
 
@@ -63,6 +63,28 @@ class Edge:
             if tenant:
                 return tenant
         return self.default_tenant
+
+    def admit_call(
+        self,
+        request: Request,
+        what: str,
+        carrier: str,
+        call_id: str | None,
+        call_id_field: str,
+        busy_markup: str,
+    ) -> str | Response:
+        """A new call's set-up webhook, its form read: the call id when the call may start, else the
+        answer to send: 400 without a call id; while draining 503, as the carrier's busy markup
+        would end the call where a proxy can try the next worker; over the call cap the carrier's
+        ``busy_markup``, so the caller hears busy."""
+        if not call_id:
+            log.warning("%s from %s: no %s", what, peer_of(request), call_id_field)
+            return error_response(400, f"{call_id_field} is required")
+        if (refused := self.gate.check(carrier, call_id)) is not None:
+            if refused == DRAINING:
+                return draining_answer()
+            return Response(busy_markup, media_type="application/xml")
+        return call_id
 
     async def run_stream(
         self, websocket: WebSocket, codec: MediaStreamCodec, check: StartCheck = no_check

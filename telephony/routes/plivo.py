@@ -18,7 +18,6 @@ from starlette.datastructures import MultiDict
 from voxroute.agent.calllog.redact import mask_number
 from voxroute.agent.link import CallStart
 from voxroute.telephony import plivo
-from voxroute.telephony.admission import DRAINING
 from voxroute.telephony.carriers import (
     PLIVO_ANSWER_PATH,
     PLIVO_STATUS_PATH,
@@ -27,7 +26,7 @@ from voxroute.telephony.carriers import (
     CarrierSettings,
 )
 from voxroute.telephony.plivo import PlivoStream
-from voxroute.telephony.routes.edge import Edge, draining_answer, error_response, read_form
+from voxroute.telephony.routes.edge import Edge, error_response, read_form
 from voxroute.telephony.twiml import call_token, check_call_token, public_url, public_ws_url
 from voxroute.telephony.wslink import peer_of
 
@@ -75,14 +74,11 @@ def add_routes(
         form = await plivo_form(request, "Plivo answer webhook")
         if isinstance(form, Response):
             return form
-        call_uuid = form.get("CallUUID")
-        if not call_uuid:
-            log.warning("Plivo answer webhook from %s: no CallUUID", peer_of(request))
-            return error_response(400, "CallUUID is required")
-        if (refused := edge.gate.check("plivo", call_uuid)) is not None:
-            if refused == DRAINING:
-                return draining_answer()
-            return Response(BUSY_XML, media_type="application/xml")
+        call_uuid = edge.admit_call(
+            request, "Plivo answer webhook", "plivo", form.get("CallUUID"), "CallUUID", BUSY_XML
+        )
+        if isinstance(call_uuid, Response):
+            return call_uuid
         from_number, to_number = form.get("From", ""), form.get("To", "")
         headers = {"from": _alnum(from_number), "to": _alnum(to_number)}
         tenant = edge.tenant_for(to_number) if to_number else None

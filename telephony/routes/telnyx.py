@@ -17,12 +17,10 @@ from fastapi.responses import Response
 from voxroute.agent.calllog.redact import mask_number
 from voxroute.agent.link import CallStart
 from voxroute.telephony import telnyx
-from voxroute.telephony.admission import DRAINING
 from voxroute.telephony.carriers import TELNYX_STREAM_PATH, TELNYX_TEXML_PATH, CarrierSettings
-from voxroute.telephony.routes.edge import Edge, draining_answer, error_response, read_form
+from voxroute.telephony.routes.edge import Edge, read_form
 from voxroute.telephony.telnyx import TelnyxStream
 from voxroute.telephony.twiml import call_token, check_call_token, public_ws_url
-from voxroute.telephony.wslink import peer_of
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +55,10 @@ def add_routes(app: FastAPI, edge: Edge, settings: CarrierSettings, *, max_messa
         )
         if isinstance(form, Response):
             return form
-        call_sid = form.get("CallSid") or form.get("CallControlId")
-        if not call_sid:
-            log.warning("%s from %s: no CallSid", what, peer_of(request))
-            return error_response(400, "CallSid is required")
-        if (refused := edge.gate.check("telnyx", call_sid)) is not None:
-            if refused == DRAINING:
-                return draining_answer()
-            return Response(BUSY_TEXML, media_type="application/xml")
+        call_id = form.get("CallSid") or form.get("CallControlId")
+        call_sid = edge.admit_call(request, what, "telnyx", call_id, "CallSid", BUSY_TEXML)
+        if isinstance(call_sid, Response):
+            return call_sid
         from_number, to_number = form.get("From", ""), form.get("To", "")
         params = {"from": from_number, "to": to_number}
         if to_number:

@@ -17,7 +17,6 @@ from starlette.datastructures import MultiDict
 
 from voxroute.agent.calllog.redact import mask_number
 from voxroute.agent.link import CallStart
-from voxroute.telephony.admission import DRAINING
 from voxroute.telephony.call_control import (
     DialResult,
     dial_action_result,
@@ -31,7 +30,7 @@ from voxroute.telephony.carriers import (
     TWILIO_VOICE_PATH,
     TWILIO_WHISPER_PATH,
 )
-from voxroute.telephony.routes.edge import Edge, draining_answer, error_response, no_check, read_form
+from voxroute.telephony.routes.edge import Edge, no_check, read_form
 from voxroute.telephony.twilio import TwilioStream
 from voxroute.telephony.twiml import (
     SIGNATURE_HEADER,
@@ -101,14 +100,11 @@ def add_routes(
         form = await twilio_form(request, "voice webhook")
         if isinstance(form, Response):
             return form
-        call_sid = form.get("CallSid")
-        if not call_sid:
-            log.warning("voice webhook from %s: no CallSid", peer_of(request))
-            return error_response(400, "CallSid is required")
-        if (refused := edge.gate.check("twilio", call_sid)) is not None:
-            if refused == DRAINING:  # <Reject> would end the call: 503 lets a proxy try the next worker
-                return draining_answer()
-            return Response(BUSY_TWIML, media_type="application/xml")  # full: the caller hears busy
+        call_sid = edge.admit_call(
+            request, "voice webhook", "twilio", form.get("CallSid"), "CallSid", BUSY_TWIML
+        )
+        if isinstance(call_sid, Response):
+            return call_sid
         from_number, to_number = form.get("From", ""), form.get("To", "")
         parameters = stream_parameters(call_sid, from_number, to_number)
         log.info(
