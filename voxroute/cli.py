@@ -9,7 +9,7 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, NoReturn, get_args
 
 import typer
 from rich.console import Console
@@ -87,6 +87,18 @@ def _options(
 
 LogFormat = Literal["text", "json"]
 LOG_FORMAT_HELP = "log lines as text, or as JSON objects one per line (with call_sid and turn)"
+
+
+def _exit_with_error(problem: object) -> NoReturn:
+    """What the command cannot get past (the config, a fixture, an argument): printed, exit status 2."""
+    err.print(f"[red]error:[/] {problem}")
+    raise typer.Exit(2)
+
+
+def _exit_if_failed(calls: list[dict[str, Any]], *, expectations_missed: bool = False) -> None:
+    """Exit status 1 when a call ended in error or the calls missed what their fixtures expect."""
+    if expectations_missed or any(c["ended"] == "error" for c in calls):
+        raise typer.Exit(1)
 
 
 def _setup_logging(
@@ -233,8 +245,7 @@ def replay(
             )
         )
     except (ConfigError, FixtureError, ValueError, RuntimeError) as exc:
-        err.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
+        _exit_with_error(exc)
     print_summary(result)
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -242,9 +253,9 @@ def replay(
             call.pop("carrier", None)
         json_path.write_text(json.dumps(result, indent=2, ensure_ascii=False))
         console.print(f"results: {json_path}")
-    failed = check and not _expectations_met(fixtures, result["calls"])
-    if failed or any(c["ended"] == "error" for c in result["calls"]):
-        raise typer.Exit(1)
+    _exit_if_failed(
+        result["calls"], expectations_missed=check and not _expectations_met(fixtures, result["calls"])
+    )
 
 
 def _expectations_met(fixtures: list[str], calls: list[dict]) -> bool:
@@ -353,8 +364,7 @@ def serve(
         cfg.telephony.media_port = media_port or cfg.telephony.media_port
         external = json.loads(emulators_at) if emulators_at else None
     except (ConfigError, json.JSONDecodeError) as exc:
-        err.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
+        _exit_with_error(exc)
     problem = _serve_refusal(cfg, host, dev, external, local)
     if problem:
         print(f"error: {problem}", file=sys.stderr, flush=True)
@@ -600,10 +610,8 @@ def demo(
             )
         )
     except (ConfigError, FixtureError, RuntimeError, OSError) as exc:
-        err.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
-    if any(c["ended"] == "error" for c in calls):
-        raise typer.Exit(1)
+        _exit_with_error(exc)
+    _exit_if_failed(calls)
 
 
 @app.command()
@@ -625,10 +633,8 @@ def dial(
         console.print(f"{wav}: {len(fixture.script.utterances)} utterance(s) found")
         calls = asyncio.run(dial_calls([fixture], load_config(config), port=port, record_dir=record_dir))
     except (ConfigError, FixtureError, RuntimeError, OSError) as exc:
-        err.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
-    if any(c["ended"] == "error" for c in calls):
-        raise typer.Exit(1)
+        _exit_with_error(exc)
+    _exit_if_failed(calls)
 
 
 @app.command()
@@ -661,8 +667,7 @@ def report(
         url = database_url({"VOXROUTE_DATABASE_URL": database}) if database else database_url()
         engine = make_engine(url)
     except ValueError as exc:
-        err.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
+        _exit_with_error(exc)
 
     async def run() -> dict:
         try:
@@ -701,8 +706,7 @@ def _make_fixture(
         vad_mode = load_config(config).endpoint.vad_mode if config else 2
         path, paired = make(vad_mode)
     except (ConfigError, FixtureError, OSError, RuntimeError) as exc:
-        err.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
+        _exit_with_error(exc)
     script = json.loads(path.read_text(encoding="utf-8"))
     console.print(f"{path}: {len(script['utterances'])} utterance(s), reviewed: false")
     return script, paired
@@ -783,14 +787,12 @@ def config_check(
     try:
         cfg = load_config(path)
     except ConfigError as exc:
-        err.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
+        _exit_with_error(exc)
     table = cfg.routing_table()
     tenants = [tenant] if tenant else list(cfg.tenants)
     for name in tenants:
         if name not in cfg.tenants:
-            err.print(f"[red]error:[/] no tenant {name!r} in {path}")
-            raise typer.Exit(2)
+            _exit_with_error(f"no tenant {name!r} in {path}")
         t = cfg.tenants[name]
         out = Table(
             title=f"tenant {name}: numbers {', '.join(t.numbers) or '-'}; languages {', '.join(t.languages)}; "
@@ -862,11 +864,9 @@ def eval_router(
         groups = read_column(data, by) if by else None
         router = build_router(cfg)
     except (ConfigError, ValueError, OSError) as exc:
-        err.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
+        _exit_with_error(exc)
     if tenant is not None and tenant not in cfg.tenants:
-        err.print(f"[red]error:[/] no tenant {tenant!r}")
-        raise typer.Exit(2)
+        _exit_with_error(f"no tenant {tenant!r}")
     preds = predict(router, rows, tenant)
     figures = metrics(preds)
     out = Table(title=f"eval-router {data}", title_justify="left")
@@ -891,8 +891,7 @@ def eval_router(
         try:
             cal = calibrate_threshold(router, rows, tenant, calibrate)
         except ValueError as exc:
-            err.print(f"[red]error:[/] {exc}")
-            raise typer.Exit(2) from None
+            _exit_with_error(exc)
         figures = figures | {"calibration": {"tenant": cal.tenant, "threshold": cal.threshold,
                                              "previous": cal.previous, "after": cal.after}}  # fmt: skip
         if cal.threshold is None:
