@@ -28,7 +28,8 @@ log = logging.getLogger("voxroute.services")
 
 
 class Transfers(Protocol):
-    """Hands a live call to a person (the runtime gives a carrier's implementation)."""
+    """Hands a live call to a person (the runtime gives ``CarrierTransfers``: each call to its
+    carrier's call control)."""
 
     async def transfer(
         self, call_sid: str, to: str, caller_id: str | None, say: str | None = None

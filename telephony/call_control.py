@@ -10,9 +10,8 @@ Three parts:
 - :class:`RestCallControl`: what every carrier's REST call control shares (Twilio here, Plivo and
   Telnyx in ``carrier_control.py``): one httpx client, the one retry rule of
   :mod:`voxroute.agent.retry` (5xx, 429 after its ``Retry-After``, timeouts and connection errors;
-  never other 4xx), the call-ended rule and :class:`CallControlError`. Each implements
-  ``voxroute.agent.services.Transfers``: ``transfer(call_sid, to, caller_id, say)``, ``hang_up``,
-  ``can_transfer``, and ``aclose``.
+  never other 4xx), the call-ended rule and :class:`CallControlError`. Each is a
+  :class:`CallControl`: ``transfer(call_sid, to, caller_id, say)``, ``hang_up`` and ``aclose``.
 - :class:`TwilioCallControl`: Twilio's call update, ``POST {api}/2010-04-01/Accounts/{AC}/Calls/{CA}.json``
   form-encoded (``Twiml=``, ``Status=completed``, ``Url=&Method=``) with HTTP basic auth
   ``account_sid:auth_token`` (docs/reference/telephony.md section 1.6), as the ``twilio`` SDK sends it.
@@ -36,7 +35,6 @@ import httpx
 from twilio.twiml.voice_response import Dial, VoiceResponse
 
 from voxroute.agent.retry import RetryPolicy, Sent, send_with_retries
-from voxroute.agent.services import Transfers
 from voxroute.telephony.twiml import connect_stream_twiml, public_url
 
 log = logging.getLogger(__name__)
@@ -211,9 +209,16 @@ class CallControlError(Exception):
         self.code = code  # the carrier's error code, when the response carried one
 
 
-class CallControl(Transfers, Protocol):
+class CallControl(Protocol):
     """One carrier's call control, as every carrier implements it (Twilio, Plivo, Telnyx, Exotel's
-    hand-back, SIP's REFER): ``voxroute.agent.services.Transfers`` plus ``aclose``."""
+    hand-back, SIP's REFER). Whether a call can be transferred at all is the dispatcher's answer
+    (``CarrierTransfers.can_transfer``: its carrier has a control mounted), not the control's."""
+
+    async def transfer(
+        self, call_sid: str, to: str, caller_id: str | None, say: str | None = None
+    ) -> bool: ...
+
+    async def hang_up(self, call_sid: str) -> bool: ...
 
     async def aclose(self) -> None: ...
 
@@ -265,9 +270,6 @@ class RestCallControl:
 
     async def aclose(self) -> None:
         await self.http.aclose()
-
-    def can_transfer(self, call_sid: str) -> bool:
-        return True
 
     # ------------------------------------------------------------------ what each carrier says
 
@@ -333,7 +335,7 @@ class RestCallControl:
 
 
 class TwilioCallControl(RestCallControl):
-    """Updates live Twilio calls: ``voxroute.agent.services.Transfers`` over Twilio's REST API.
+    """Updates live Twilio calls: a :class:`CallControl` over Twilio's REST API.
 
     :meth:`transfer` builds the ``<Dial>`` (:func:`transfer_twiml`; the whisper and ``<Dial action>``
     URLs are ``public_base_url`` + ``whisper_path``/``action_path`` + ``/{CallSid}`` when given) and

@@ -17,8 +17,8 @@ Plivo and Telnyx are :class:`~voxroute.telephony.call_control.RestCallControl` a
 httpx client each, the one retry rule (``voxroute.agent.retry``). A call that already ended (404;
 Telnyx 422 with code 90018) is not an error: the methods return ``False``. Anything else raises
 :class:`~voxroute.telephony.call_control.CallControlError` (the session plays its apology and keeps
-the caller). Every control here, and :class:`CarrierTransfers` over them, is a
-``voxroute.agent.services.Transfers``.
+the caller). Every control here is a :class:`~voxroute.telephony.call_control.CallControl`, and
+:class:`CarrierTransfers` over them the session's ``voxroute.agent.services.Transfers``.
 """
 
 from __future__ import annotations
@@ -192,9 +192,6 @@ class ExotelHandback:
     the stream closes, which the session does after a successful transfer."""
 
     carrier = "exotel"
-
-    def can_transfer(self, call_sid: str) -> bool:
-        return True
 
     async def transfer(self, call_sid: str, to: str, caller_id: str | None, say: str | None = None) -> bool:
         log.info("exotel call %s: closing the stream; the flow's next applet connects %s", call_sid, to)

@@ -309,8 +309,8 @@ class _HandoffHooks:
 def _call_control(
     config: Config, emulators: EmulatorURLs | None, modes: list[str], calls: dict[str, CallSession]
 ) -> CarrierTransfers:
-    """Each carrier's own call control for transfers and hang-ups (every one a
-    ``voxroute.agent.services.Transfers``): real with its secrets in the environment, else its local
+    """Each carrier's own call control for transfers and hang-ups (a ``CallControl``), behind the one
+    ``voxroute.agent.services.Transfers`` that dispatches each call to its carrier's: real with its secrets in the environment, else its local
     stand-in when the emulators run, else none for that carrier. Exotel needs none (closing the
     stream hands the call to the flow's next applet)."""
     secrets = config.carrier_secrets()

@@ -576,7 +576,7 @@ class SipTransferRefused(RuntimeError):
 
 
 class SipTransfers:
-    """``voxroute.agent.services.Transfers`` for SIP calls: blind transfer by REFER. The runtime's call
+    """The ``CallControl`` of SIP calls: blind transfer by REFER. The runtime's call
     control (``CarrierTransfers``) hands it the calls of its carrier (``server.carrier``).
     A refused transfer raises :class:`SipTransferRefused` (the session plays its apology) and,
     with ``hang_up_on_refusal``, the call ends with a BYE once that apology has played.
@@ -601,9 +601,6 @@ class SipTransfers:
         if self.target:
             return self.target
         return f"sip:{to}@{host_port(*link.call.remote_addr)}"  # the trunk routes the number
-
-    def can_transfer(self, call_sid: str) -> bool:
-        return call_sid in self.server.links
 
     async def transfer(self, call_sid: str, to: str, caller_id: str | None, say: str | None = None) -> bool:
         link = self.server.links.get(call_sid)
