@@ -14,13 +14,14 @@ import numpy as np
 
 from voxroute.agent.calllog.redact import redact_call_async
 from voxroute.agent.calllog.state import CallState
+from voxroute.agent.callsummary import CallSummary
 from voxroute.agent.config import Config
 from voxroute.agent.providers.base import LLMProvider, ProviderError, STTProvider, TTSProvider
 from voxroute.routing.router import Router
 
 if TYPE_CHECKING:
     from voxroute.agent.link import CallStart
-    from voxroute.agent.session import CallSession, CallSummary
+    from voxroute.agent.session import CallSession
     from voxroute.agent.webhook import WebhookSender
 
 
@@ -169,8 +170,6 @@ class Services:
         value = await self.state.get(sid, "call")
         if value is None:
             return
-        from voxroute.agent.session import CallSummary
-
         try:
             leg = int(value["leg"])
             summary = CallSummary(**value["summary"])
