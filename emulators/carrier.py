@@ -1,6 +1,6 @@
 """A loopback Twilio: dials a fixture call into the runtime's Media Streams websocket.
 
-It behaves like Twilio's side of a bidirectional ``<Connect><Stream>`` (reference telephony.md §1):
+It behaves like Twilio's side of a bidirectional ``<Connect><Stream>`` (docs/reference/telephony.md §1):
 a signed upgrade, ``connected``, ``start``, 160-byte mu-law ``media`` frames every 20 ms for the
 whole call (silence between utterances, as a phone line does), ``dtmf`` events, a playback buffer
 that drains the runtime's audio at 8000 bytes/s and echoes each ``mark`` once everything queued
@@ -102,7 +102,7 @@ def make_ids(call_sid: str | None = None) -> CallIds:
 
 
 def wss_form(ws_url: str) -> str:
-    """The public ``wss://`` form Twilio signs (telephony.md §1.7): ``ws://h/p`` -> ``wss://h/p``."""
+    """The public ``wss://`` form Twilio signs (docs/reference/telephony.md §1.7): ``ws://h/p`` -> ``wss://h/p``."""
     if ws_url.startswith("ws://"):
         return "wss://" + ws_url[len("ws://") :]
     if ws_url.startswith("http://"):
@@ -633,7 +633,7 @@ class FakeCarrierCall:
 
 
 class FakeTwilioCall(FakeCarrierCall):
-    """Twilio's side of one bidirectional Media Stream (telephony.md §1.8): ``connected``,
+    """Twilio's side of one bidirectional Media Stream (docs/reference/telephony.md §1.8): ``connected``,
     ``start`` with string numbers, 160-byte mu-law ``media`` every 20 ms, ``dtmf``, ``mark``
     echoes and ``stop``, all on one shared ``sequenceNumber`` counter."""
 

@@ -1,4 +1,4 @@
-"""Asterisk AudioSocket (reference telephony.md §3.1): a TCP server, one call per connection.
+"""Asterisk AudioSocket (docs/reference/telephony.md §3.1): a TCP server, one call per connection.
 
 Asterisk is the client: ``Answer()`` then ``AudioSocket(<uuid>,<host:port>)`` in the dialplan.
 Every message is 1 type byte, a 2-byte big-endian length and the payload:

@@ -1,4 +1,4 @@
-"""Exotel Voicebot applet, bidirectional stream (reference telephony.md §2.1), sans-I/O.
+"""Exotel Voicebot applet, bidirectional stream (docs/reference/telephony.md §2.1), sans-I/O.
 
 Exotel is the websocket client. Field names are snake_case; numbers arrive as strings.
 Audio is **raw PCM s16le mono, base64**, at 8 kHz unless the stream URL asks for

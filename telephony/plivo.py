@@ -1,4 +1,4 @@
-"""Plivo ``<Stream bidirectional="true">`` audio streams (reference telephony.md §2.2), sans-I/O.
+"""Plivo ``<Stream bidirectional="true">`` audio streams (docs/reference/telephony.md §2.2), sans-I/O.
 
 Call set-up: Plivo fetches our answer URL and runs the XML :func:`stream_xml` returns.
 ``contentType`` picks the audio both ways: ``audio/x-l16;rate=8000`` (Plivo's default),

@@ -1,4 +1,4 @@
-"""Telnyx media streaming, bidirectional ``rtp`` mode (reference telephony.md §2.3), sans-I/O.
+"""Telnyx media streaming, bidirectional ``rtp`` mode (docs/reference/telephony.md §2.3), sans-I/O.
 
 Call set-up: a TeXML webhook answered with ``<Connect><Stream bidirectionalMode="rtp">``
 (:func:`connect_stream_texml`); TeXML webhooks are signed with Ed25519

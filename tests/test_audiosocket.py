@@ -1,6 +1,6 @@
 """Asterisk AudioSocket: the framing (fuzzed), and a call over real TCP into the real runtime.
 
-Asterisk is not in Debian 12 (reference telephony.md §3.1), so the client here is an in-process
+Asterisk is not in Debian 12 (docs/reference/telephony.md §3.1), so the client here is an in-process
 fake Asterisk built from the framing: UUID first, 320-byte slin frames every 20 ms, a DTMF
 message, and hang-up by closing the socket, as Asterisk 20 does.
 """

@@ -195,7 +195,7 @@ def test_ids_are_twilio_shaped_and_deterministic() -> None:
 
 
 def test_upgrade_signature_matches_reference_vector() -> None:
-    # telephony.md §1.7 test vector
+    # docs/reference/telephony.md §1.7 test vector
     sig = carrier.upgrade_signature(TOKEN, "wss://agent.example.com/twilio/media")
     assert sig == "OgDvxhsS0O3ZsbXzI25k6+P3F/4="
     assert carrier.wss_form("ws://127.0.0.1:9/twilio/stream") == "wss://127.0.0.1:9/twilio/stream"
@@ -303,7 +303,7 @@ async def test_full_call_against_fake_agent(tmp_path: Path) -> None:
     assert RequestValidator(TOKEN).validate(PUBLIC_URL, {}, agent.headers["x-twilio-signature"])
     assert agent.path == "/twilio/stream"
 
-    # message shapes (telephony.md §1.2 and the §1.5 real log)
+    # message shapes (docs/reference/telephony.md §1.2 and the §1.5 real log)
     msgs = agent.msgs
     assert msgs[0] == {"event": "connected", "protocol": "Call", "version": "1.0.0"}
     start = msgs[1]

@@ -30,7 +30,7 @@ from voxroute.agent.providers.openai_protocol import (
     parse_retry_after,
 )
 
-# The reference stream of openai_compatible.md §3, verbatim.
+# The reference stream of docs/reference/openai_compatible.md §3, verbatim.
 REFERENCE_STREAM = b""": OPENROUTER PROCESSING
 
 data: {"id":"gen-1","object":"chat.completion.chunk","created":1767225600,"model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}
