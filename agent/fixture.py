@@ -170,17 +170,6 @@ def write_ulaw_wav(path: Path, ulaw: bytes, rate: int = 8000) -> None:
     path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
 
 
-def write_pcm_wav(path: Path, pcm: bytes, rate: int = 8000) -> None:
-    """Write PCM16 mono as a plain WAV."""
-    import wave
-
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm)
-
-
 def resolve(name_or_path: str | Path) -> Path:
     """A fixture name (``billing_dispute``) or the path of its .json or .wav -> the .json path."""
     p = Path(name_or_path)

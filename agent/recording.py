@@ -302,7 +302,3 @@ async def retention_loop(
         except OSError as exc:
             log.error("recording retention: sweep of %s failed: %s", root, exc)
         await asyncio.sleep(interval_s)
-
-
-def recording_enabled(config: Config) -> bool:
-    return any(t.recording.enabled for t in config.tenants.values())

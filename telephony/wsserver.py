@@ -24,7 +24,7 @@ import ipaddress
 import logging
 import os
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -232,11 +232,6 @@ class MediaServer:
 
 def bound_port(server: Server) -> int:
     return next(iter(server.sockets)).getsockname()[1]
-
-
-def media_urls(server: Server, paths: Sequence[str]) -> list[str]:
-    port = bound_port(server)
-    return [f"ws://127.0.0.1:{port}{p}" for p in paths]
 
 
 @contextlib.asynccontextmanager

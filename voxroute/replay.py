@@ -20,7 +20,6 @@ import functools
 import logging
 import ssl
 import statistics
-import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,11 +135,6 @@ def operator_headers(config: Config | None = None) -> dict[str, str]:
     env = (config or load_config()).handoff.operator_api_key_env
     key = os.environ.get(env, "").strip()
     return {"X-API-Key": key} if key else {}
-
-
-def _stream_parameters(twiml: str) -> dict[str, str]:
-    root = ET.fromstring(twiml)
-    return {p.get("name", ""): p.get("value", "") for p in root.iter("Parameter")}
 
 
 @functools.cache

@@ -499,9 +499,6 @@ class Spool:
         """Files with synced bytes the database has not taken yet; oldest first (adopted ones)."""
         return [p for p, synced in self._synced.items() if synced > self._offsets.get(p, 0)]
 
-    def unsynced(self) -> bool:
-        return any(self._sizes[p] > self._synced.get(p, 0) for p in self._sizes)
-
     # ---- file I/O
 
     def adopt(self) -> int:

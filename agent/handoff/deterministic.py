@@ -218,7 +218,7 @@ def _deterministic(turns: list[dict[str, Any]], call_language: str) -> HandoffSu
         tone=tone,  # type: ignore[arg-type]
         urgency=urgency,  # type: ignore[arg-type]
         tried=tried[:20],
-        next_action=_one_sentence(_next_action(topic, entities, tone, bool(human_turns)), 400),
+        next_action=_one_sentence(_next_action(topic, entities, tone), 400),
         source="deterministic",
     )
 
@@ -251,10 +251,6 @@ def _one_sentence(text: str, limit: int) -> str:
 
 def _first(entities: list[Entity], kind: str) -> str | None:
     return next((e.value for e in entities if e.kind == kind), None)
-
-
-def _all(entities: list[Entity], kind: str) -> list[str]:
-    return [e.value for e in entities if e.kind == kind]
 
 
 def _charge_date(entities: list[Entity]) -> str | None:
@@ -307,7 +303,7 @@ _SHORT_ACTION = {
 }
 
 
-def _next_action(cls: str, entities: list[Entity], tone: str, asked_for_person: bool) -> str:
+def _next_action(cls: str, entities: list[Entity], tone: str) -> str:
     amount = _first(entities, "amount")
     order, booking = _first(entities, "order_ref"), _first(entities, "booking_ref")
     card = _first(entities, "card_last4") or _first(entities, "account_last4")

@@ -81,10 +81,8 @@ class SSEParser:
         self._max = max_line_bytes
         self._searched = 0  # leading bytes of _buf known to hold no line end (a long line in many reads)
         self.done = False
-        self.bytes_seen = 0
 
     def feed(self, data: bytes) -> list[SSEItem]:
-        self.bytes_seen += len(data)
         if self.done:
             return []
         self._buf += data
