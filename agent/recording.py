@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from voxroute.agent.calllog.store import data_dir
+from voxroute.agent.calllog.database import data_dir
 from voxroute.routing.route import Route
 
 if TYPE_CHECKING:

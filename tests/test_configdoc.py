@@ -34,7 +34,7 @@ def test_every_field_and_section_is_on_the_page():
 def test_variables_the_code_reads_are_found():
     reads = configdoc.env_reads()
     # Read through os.environ, an env mapping, *_ENV constants and config defaults respectively.
-    assert "agent/calllog/store.py" in reads["VOXROUTE_CALLER_SALT"]
+    assert "agent/calllog/rows.py" in reads["VOXROUTE_CALLER_SALT"]
     assert "agent/fixture.py" in reads["VOXROUTE_FIXTURES"]
     assert "telephony/carriers.py" in reads["EXOTEL_SAMPLE_RATE"]
     assert "agent/config.py" in reads["TELNYX_API_KEY"]

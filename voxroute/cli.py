@@ -660,7 +660,7 @@ def report(
     routing class, escalation after model failure, repeat contact, bridges and hedges (definitions:
     agent/calllog/report.py)."""
     from voxroute.agent.calllog import report as rep
-    from voxroute.agent.calllog.store import database_url, make_engine, migrate
+    from voxroute.agent.calllog.database import database_url, make_engine, migrate
 
     try:
         filters = rep.Filters(since=rep.parse_since(since), tenant=tenant, policy=policy)

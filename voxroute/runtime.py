@@ -213,7 +213,7 @@ async def build_services(
 async def _migrate_early(call_log: CallLog, timeout_s: float = 30.0) -> None:
     """The database schema at start, not during the first call (Alembic holds the loop for 100-200 ms).
     A database that is away now is not fatal: the writer migrates when it comes back."""
-    from voxroute.agent.calllog.store import migrate
+    from voxroute.agent.calllog.database import migrate
 
     try:
         async with asyncio.timeout(timeout_s):

@@ -45,8 +45,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from voxroute.agent.calllog.database import database_url, describe, make_engine, migrate
 from voxroute.agent.calllog.schema import call_state_table
-from voxroute.agent.calllog.store import database_url, describe, make_engine, migrate
 
 log = logging.getLogger("voxroute.callstate")
 

@@ -1,4 +1,4 @@
-"""Alembic's environment for the call log. Run through ``voxroute.agent.calllog.store.migrate``, which hands over
+"""Alembic's environment for the call log. Run through ``voxroute.agent.calllog.database.migrate``, which hands over
 an open connection (the database URL comes from the environment, not from an alembic.ini)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from voxroute.agent.calllog.schema import metadata
 connection = context.config.attributes.get("connection")
 if connection is None:
     raise RuntimeError(
-        "the call log's migrations run through agent.calllog.store.migrate(), which gives them a connection"
+        "the call log's migrations run through agent.calllog.database.migrate(), which gives them a connection"
     )
 context.configure(
     connection=connection,
