@@ -138,9 +138,9 @@ class _Events:
 
 
 class AudioSocketLink:
-    """One AudioSocket connection as a ``CarrierLink``. Its ``audio_format`` is PCM16 8 kHz: the
-    format Asterisk sends until its first audio says otherwise (then the call's rate is fixed already
-    for the TTS; our 8 kHz is resampled up to the caller's rate on the way out)."""
+    """One AudioSocket connection as a ``CarrierLink``. Its ``audio_format`` is PCM16 8 kHz, fixed
+    when the call starts, before Asterisk's first audio shows its rate: when that is 16 or 24 kHz,
+    our 8 kHz is resampled up to it on the way out."""
 
     start: CallStart
     audio_format: WireFormat = PCM16_8K

@@ -1,9 +1,9 @@
 """What the JSON media-stream carriers (Twilio, Exotel, Plivo, Telnyx) share, sans-I/O.
 
 Each carrier module (``telephony/twilio.py``, ``exotel.py``, ``plivo.py``, ``telnyx.py``) is a
-subclass of :class:`MediaStreamCodec`: ``feed(text) -> events``, ``media(pcm) -> texts``,
-``media_wire(data) -> texts``, ``mark(name) -> texts``, ``clear() -> texts``, no awaits. The events are carrier-neutral
-(:class:`StreamStart`, :class:`Audio`, :class:`Dtmf`, :class:`MarkPlayed`, ...), so one
+subclass of :class:`MediaStreamCodec`: ``feed(text) -> events``, ``media_wire(data) -> texts``
+(``media(pcm) -> texts``), ``mark(name) -> texts``, ``clear() -> texts``, no awaits. The events are
+carrier-neutral (:class:`StreamStart`, :class:`Audio`, :class:`Dtmf`, :class:`MarkPlayed`, ...), so one
 websocket link (``telephony/wslink.py``) and one stream handler (``telephony/routes/edge.py``)
 serve all four.
 

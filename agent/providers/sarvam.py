@@ -13,9 +13,8 @@ client and ``httpx``. The STT interface takes PCM16 8 kHz (and the carrier's mu-
   carrier's rate) and its audio passes through untouched, no decode and re-encode on the way out.
   Bulbul has no cancel message, so barge-in closes the socket; to keep the next reply off the
   handshake path the provider keeps one spare socket per (language, speaker, format) connected and
-  configured, warmed by
-  tasks of the provider's own TaskGroup (``async with SarvamTTS(...) as tts``) and pinged every
-  20 s. A socket whose utterance completed normally goes back to the pool.
+  configured, warmed by tasks of the provider's own TaskGroup (``async with SarvamTTS(...) as
+  tts``) and pinged every 20 s. A socket whose utterance completed normally goes back to the pool.
 
 Every failure surfaces as :class:`~agent.providers.base.ProviderError` with a FaultKind:
 handshake 401/403 -> ``http_error``, 429 -> ``http_429``, 5xx -> ``http_500``, socket dropped ->
