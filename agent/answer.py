@@ -63,10 +63,12 @@ class Speaker:
                 turn.heard = f"{turn.heard} {text}".strip()
 
     async def phrase(self, turn: TurnRecord, kind: str) -> None:
-        pcm = await self.s.services.phrase(turn.language, kind, self._voice(turn.language))
+        audio = await self.s.services.phrase(
+            turn.language, kind, self._voice(turn.language), self.s.player.audio_format
+        )
         text = self.s.services.phrase_text(turn.language, kind)
         self.s.taker.answer_started(turn.index)
-        self.s.player.play(pcm, turn, kind)
+        self.s.player.play(audio, turn, kind)
         self.mark(turn, f"{turn.index}:{kind}", text)
         turn.reply = f"{turn.reply} {text}".strip()
 
@@ -94,8 +96,10 @@ class Speaker:
         return agent.voice(language) if agent is not None else None
 
     async def chunk(self, turn: TurnRecord, index: int, text: str, source: str = "answer") -> bool:
-        """Stream one chunk through TTS into the player; fall back to REST; True if any audio queued."""
+        """Stream one chunk through TTS into the player; fall back to REST; True if any audio queued.
+        The TTS is asked for the link's wire format: its bytes go to the carrier as they come."""
         tts = self.s.services.tts
+        fmt = self.s.player.audio_format
         ladder = self.s.config.ladder
         tag = f"{self.s.call_sid}:{turn.index}"
         queued = False
@@ -103,15 +107,15 @@ class Speaker:
         stream = None
         try:
             async with asyncio.timeout(ladder.tts_first_audio_timeout_ms / 1000) as cm:
-                stream = await tts.open(turn.language, voice=self._voice(turn.language), tag=tag)
+                stream = await tts.open(turn.language, voice=self._voice(turn.language), tag=tag, fmt=fmt)
                 await stream.send_text(text)
                 await stream.flush()
-                async for pcm in stream.audio():
+                async for audio in stream.audio():
                     if not queued:
                         turn.mark("tts_first_audio", self.s.clock.now())
                     queued = True
                     self.s.taker.answer_started(turn.index)
-                    self.s.player.play(pcm, turn, source)
+                    self.s.player.play(audio, turn, source)
                     cm.reschedule(asyncio.get_running_loop().time() + ladder.tts_gap_timeout_ms / 1000)
             return queued
         except (ProviderError, TimeoutError) as exc:
@@ -129,10 +133,12 @@ class Speaker:
         for attempt in range(2):
             try:
                 async with asyncio.timeout(2.0):
-                    pcm = await tts.synthesize(text, turn.language, voice=self._voice(turn.language))
+                    audio = await tts.synthesize(
+                        text, turn.language, voice=self._voice(turn.language), fmt=fmt
+                    )
                 turn.mark("tts_first_audio", self.s.clock.now())
                 self.s.taker.answer_started(turn.index)
-                self.s.player.play(pcm, turn, source)
+                self.s.player.play(audio, turn, source)
                 return True
             except (ProviderError, TimeoutError) as exc:
                 kind, msg = _fault_of(exc, "REST TTS timed out")

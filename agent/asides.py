@@ -66,10 +66,10 @@ class Asides:
         """A phrase outside any turn: played and kept in the history; the caller speaking over it, or
         a committed turn, cuts it."""
         s = self.s
-        pcm = await s.services.phrase(s.language, kind, s.agent.voice(s.language))
+        audio = await s.services.phrase(s.language, kind, s.agent.voice(s.language), s.player.audio_format)
         message = {"role": "assistant", "content": s.services.phrase_text(s.language, kind)}
         s.history.append(message)
-        s.player.play(pcm, None, kind)
+        s.player.play(audio, None, kind)
         self._aside = (f"aside:{kind}:{len(s.history)}", message)
         s.player.mark(self._aside[0])
 

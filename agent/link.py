@@ -2,10 +2,12 @@
 
 A transport (Twilio websocket today; Exotel, Plivo, SIP later) turns its carrier's protocol into
 these events and implements :class:`CarrierLink`. ``CallSession`` never knows which carrier it is.
-Audio is 20 ms PCM16 at 8 kHz (320 bytes) in both directions: whatever packet size a carrier
-sends (RTP at 10-60 ms, 100 ms Exotel chunks, a stray odd byte), its link re-frames it with
+Audio in is 20 ms PCM16 at 8 kHz (320 bytes): whatever packet size a carrier sends (RTP at
+10-60 ms, 100 ms Exotel chunks, a stray odd byte), its link re-frames it with
 ``voxroute.audio.InboundFramer`` so that every :class:`InboundAudio` is exactly one 20 ms frame,
-delivered when the packet that completes it arrives.
+delivered when the packet that completes it arrives. Audio out is in the link's own
+:attr:`CarrierLink.audio_format` (mu-law for Twilio, A-law for a PCMA SIP call, ...): the session
+asks the TTS for that format, so the bytes the TTS made are the bytes the carrier plays.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from voxroute.audio import WireFormat
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,10 +64,16 @@ class CarrierLink(Protocol):
         """How the call began (read only: a wrapper may hand out its inner link's)."""
         ...
 
+    @property
+    def audio_format(self) -> WireFormat:
+        """What ``send_audio`` takes: the carrier's encoding and rate on the wire (known once the
+        call has started, and fixed for the call)."""
+        ...
+
     def events(self) -> AsyncIterator[CarrierEvent]: ...
 
-    async def send_audio(self, pcm: bytes) -> None:
-        """Queue PCM16 8 kHz audio for the caller (any multiple of 2 bytes)."""
+    async def send_audio(self, data: bytes) -> None:
+        """Queue audio for the caller, in :attr:`audio_format` (whole samples)."""
 
     async def send_mark(self, name: str) -> None:
         """Ask the carrier to echo ``name`` once everything queued before it has played."""

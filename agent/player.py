@@ -3,6 +3,9 @@
 The carrier would accept audio faster than real time, but then ``clear`` has more to throw
 away and marks say little. We keep at most ``lead_ms`` queued at the carrier and send
 ``slice_ms`` per message. A mark follows each reply chunk; its echo proves the chunk played.
+
+Audio here is in the link's wire format (``link.audio_format``: G.711 at 8 bytes per ms, PCM16 at
+8 kHz at 16, ...), as the TTS made it; slices, pacing and ``remaining_s`` count its bytes per ms.
 """
 
 from __future__ import annotations
@@ -16,12 +19,10 @@ from dataclasses import dataclass
 from voxroute.agent.link import CarrierLink
 from voxroute.agent.samples import SampleRing
 
-BYTES_PER_MS = 16  # PCM16 at 8 kHz
-
 
 @dataclass(slots=True)
 class _Audio:
-    pcm: bytes
+    data: bytes  # in the link's wire format
     owner: object  # who queued it (a TurnRecord); first-send callbacks get it back
     source: str  # "answer", "bridge", "apology"
 
@@ -83,7 +84,10 @@ class Player:
         self._link = link
         self._on_first_send = on_first_send
         self._lead_s = lead_ms / 1000
-        self._slice_bytes = slice_ms * BYTES_PER_MS
+        self.audio_format = link.audio_format
+        self._bytes_per_s = self.audio_format.bytes_per_ms * 1000
+        # whole samples per slice (a PCM16 slice never splits a sample)
+        self._slice_bytes = slice_ms * self.audio_format.bytes_per_ms
         self._queue: deque[_Audio | _Mark] = deque()
         self._wake = asyncio.Event()
         self._played_until = 0.0  # monotonic s when everything sent so far has played
@@ -94,9 +98,10 @@ class Player:
 
     # -- what the session calls
 
-    def play(self, pcm: bytes, owner: object, source: str) -> None:
-        if pcm:
-            self._queue.append(_Audio(pcm, owner, source))
+    def play(self, data: bytes, owner: object, source: str) -> None:
+        """Queue ``data`` (in ``audio_format``: what the TTS gave for it) after what is queued."""
+        if data:
+            self._queue.append(_Audio(data, owner, source))
             self._wake.set()
 
     def mark(self, name: str) -> None:
@@ -109,7 +114,7 @@ class Player:
         return bool(self._queue) or self._played_until > time.monotonic()
 
     def remaining_s(self) -> float:
-        queued = sum(len(i.pcm) for i in self._queue if isinstance(i, _Audio)) / (BYTES_PER_MS * 1000)
+        queued = sum(len(i.data) for i in self._queue if isinstance(i, _Audio)) / self._bytes_per_s
         return max(0.0, self._played_until - time.monotonic()) + queued
 
     async def clear(self) -> None:
@@ -157,9 +162,9 @@ class Player:
 
     async def _send_audio(self, item: _Audio) -> None:
         generation = self._generation
-        pcm = item.pcm
+        data = item.data
         key = (id(item.owner), item.source)
-        offset, size = 0, len(pcm)
+        offset, size = 0, len(data)
         while offset < size:
             now = time.monotonic()
             ahead = self._played_until - now
@@ -171,10 +176,10 @@ class Player:
                 if generation != self._generation:
                     return  # cleared while we slept
             # one slice copied per send, not the rest of the reply each time (a 5 s reply: 83 sends)
-            piece = pcm[offset : offset + self._slice_bytes]
+            piece = data[offset : offset + self._slice_bytes]
             offset += len(piece)
             if key not in self._started:
                 self._started.add(key)
                 self._on_first_send(item.owner, item.source, now)
             await self._link.send_audio(piece)
-            self._played_until = max(now, self._played_until) + len(piece) / (BYTES_PER_MS * 1000)
+            self._played_until = max(now, self._played_until) + len(piece) / self._bytes_per_s

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from voxroute.agent.calllog.database import data_dir
+from voxroute.audio import WireFormat, WireToPcm
 from voxroute.routing.route import Route
 
 if TYPE_CHECKING:
@@ -168,15 +169,24 @@ class CallRecorder:
 
 
 class _RecordingLink:
-    """A carrier link that records the agent audio sent through it (and the clears)."""
+    """A carrier link that records the agent audio sent through it (and the clears).
+
+    Agent audio goes out in the link's wire format (mu-law for Twilio, ...) and is decoded to PCM16
+    8 kHz here, for the WAV: this decode is off the caller's path (the carrier gets the bytes as the
+    TTS made them) and only runs on calls recorded in stereo (``tap``)."""
 
     def __init__(self, link: CarrierLink, recorder: CallRecorder) -> None:
         self._link = link
         self._recorder = recorder
+        self._decoder = WireToPcm(link.audio_format)
 
     @property
     def start(self) -> CallStart:
         return self._link.start
+
+    @property
+    def audio_format(self) -> WireFormat:
+        return self._link.audio_format
 
     def events(self) -> AsyncIterator[CarrierEvent]:
         return self._link.events()
@@ -184,15 +194,16 @@ class _RecordingLink:
     async def hangup(self) -> None:
         await self._link.hangup()
 
-    async def send_audio(self, pcm: bytes) -> None:
-        self._recorder.agent(pcm)
-        await self._link.send_audio(pcm)
+    async def send_audio(self, data: bytes) -> None:
+        self._recorder.agent(self._decoder.decode(data))  # placed at "now": before the send awaits
+        await self._link.send_audio(data)
 
     async def send_mark(self, name: str) -> None:
         await self._link.send_mark(name)
 
     async def clear(self) -> None:
         self._recorder.cleared()
+        self._decoder.reset()
         await self._link.clear()
 
     def __getattr__(self, name: str) -> Any:

@@ -17,6 +17,7 @@ from voxroute.agent.calllog.state import CallState
 from voxroute.agent.callsummary import CallSummary
 from voxroute.agent.config import Config
 from voxroute.agent.providers.base import LLMProvider, ProviderError, STTProvider, TTSProvider
+from voxroute.audio import WireFormat, pcm_to_wire
 from voxroute.routing.router import Router
 
 if TYPE_CHECKING:
@@ -57,13 +58,14 @@ class CallObserver(Protocol):
 PHRASE_KINDS = ("bridge", "apology", "not_heard", "handoff", "transfer", "callback")
 
 
-def comfort_tone(ms: int = 600) -> bytes:
-    """Last resort when no phrase could be synthesised: a soft two-note chime, never silence."""
+def comfort_tone(fmt: WireFormat, ms: int = 600) -> bytes:
+    """Last resort when no phrase could be synthesised: a soft two-note chime, never silence (in the
+    call's wire format)."""
     n = ms * 8
     t = np.arange(n) / 8000.0
     f = np.where(t < t[-1] / 2, 660.0, 523.0)
     env = np.minimum(1.0, np.minimum(t, t[-1] - t) * 20)
-    return (np.sin(2 * math.pi * f * t) * env * 4000).astype("<i2").tobytes()
+    return pcm_to_wire((np.sin(2 * math.pi * f * t) * env * 4000).astype("<i2").tobytes(), fmt)
 
 
 class Services:
@@ -100,8 +102,10 @@ class Services:
         # record, the human leg, the operator's outcome): the runtime gives the call log database's
         # store; without one (no call log) this process's memory is the only state.
         self.state = CallState(None)
-        self._phrases: dict[tuple[str, str, str | None], bytes] = {}
-        self._phrase_locks: dict[tuple[str, str, str | None], asyncio.Lock] = {}
+        # (language, kind, voice, wire format) -> audio in that format: a phrase is synthesised once
+        # per format its calls' carriers want (mu-law for Twilio, A-law for a PCMA SIP call, ...)
+        self._phrases: dict[tuple[str, str, str | None, WireFormat], bytes] = {}
+        self._phrase_locks: dict[tuple[str, str, str | None, WireFormat], asyncio.Lock] = {}
 
     # ---- calls
 
@@ -306,7 +310,7 @@ class Services:
             return None
         return await redact_call_async(data, keep_number=self.config.call_log.store_raw_numbers)
 
-    # ---- cached phrases (bridge, apology, not heard): synthesised once per language
+    # ---- cached phrases (bridge, apology, not heard): synthesised once per language and wire format
 
     def phrase_text(self, language: str, kind: str) -> str:
         agent = self.config.agent
@@ -321,29 +325,30 @@ class Services:
         }
         return self.config.phrase(table[kind], language)
 
-    async def phrase(self, language: str, kind: str, voice: str | None = None) -> bytes:
-        """The phrase's audio, synthesised once per (language, kind, voice); ``voice``: the tenant's
-        speaker for the language (agent/agentdef.py), None: the provider's default."""
-        key = (language, kind, voice)
+    async def phrase(self, language: str, kind: str, voice: str | None, fmt: WireFormat) -> bytes:
+        """The phrase's audio in ``fmt`` (the call's ``link.audio_format``), synthesised once per
+        (language, kind, voice, format); ``voice``: the tenant's speaker for the language
+        (agent/agentdef.py), None: the provider's default."""
+        key = (language, kind, voice, fmt)
         if key in self._phrases:
             return self._phrases[key]
         lock = self._phrase_locks.setdefault(key, asyncio.Lock())
         async with lock:
             if key not in self._phrases:
-                pcm = await self._synthesise(language, kind, voice)
-                if pcm is None:
-                    return comfort_tone()  # not cached: the next call tries the TTS again
-                self._phrases[key] = pcm
+                audio = await self._synthesise(language, kind, voice, fmt)
+                if audio is None:
+                    return comfort_tone(fmt)  # not cached: the next call tries the TTS again
+                self._phrases[key] = audio
         return self._phrases[key]
 
-    async def _synthesise(self, language: str, kind: str, voice: str | None = None) -> bytes | None:
+    async def _synthesise(self, language: str, kind: str, voice: str | None, fmt: WireFormat) -> bytes | None:
         text = self.phrase_text(language, kind)
         for attempt in range(3):
             try:
                 async with asyncio.timeout(2.0):
-                    pcm = await self.tts.synthesize(text, language, voice=voice, tag="phrases")
-                if pcm:
-                    return pcm
+                    audio = await self.tts.synthesize(text, language, voice=voice, tag="phrases", fmt=fmt)
+                if audio:
+                    return audio
             except (ProviderError, TimeoutError) as exc:
                 log.warning(
                     "could not synthesise %s phrase for %s (attempt %d): %s", kind, language, attempt + 1, exc
@@ -351,7 +356,7 @@ class Services:
         log.error("using a comfort tone for the %s phrase in %s", kind, language)
         return None
 
-    async def warm_phrases(self, language: str, voice: str | None = None) -> None:
-        """At call start: make sure the bridge and apology for the call's language are cached."""
+    async def warm_phrases(self, language: str, voice: str | None, fmt: WireFormat) -> None:
+        """At call start: make sure the bridge and apology for the call's language and format are cached."""
         for kind in PHRASE_KINDS:
-            await self.phrase(language, kind, voice)
+            await self.phrase(language, kind, voice, fmt)

@@ -168,7 +168,9 @@ class CallSession:
                 tg.create_task(self._turn_loop(tg), name=f"{self.call_sid}:turns")
                 tg.create_task(self._ticker(), name=f"{self.call_sid}:ticker")
                 tg.create_task(
-                    self.services.warm_phrases(self.language, self.agent.voice(self.language)),
+                    self.services.warm_phrases(
+                        self.language, self.agent.voice(self.language), self.player.audio_format
+                    ),
                     name=f"{self.call_sid}:phrases",
                 )
                 tg.create_task(self._inbound(), name=f"{self.call_sid}:inbound")

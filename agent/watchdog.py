@@ -121,8 +121,10 @@ class Watchdog:
             elif isinstance(step, PlayBridge):
                 if step.first:
                     turn.bridge, turn.bridge_kind = True, "cached"
-                pcm = await s.services.phrase(turn.language, "bridge", s.agent.voice(turn.language))
-                s.player.play(pcm, turn, "bridge")
+                audio = await s.services.phrase(
+                    turn.language, "bridge", s.agent.voice(turn.language), s.player.audio_format
+                )
+                s.player.play(audio, turn, "bridge")
                 if step.first:
                     s.speaker.mark(turn, f"{turn.index}:bridge", "")
             elif isinstance(step, StandDown):

@@ -3,8 +3,8 @@
 Two processes on 127.0.0.1:
 
 - the agent: ``SipServer`` (the runtime's SIP UA, ``voxroute.telephony.sip``) whose calls play a tone
-  without pause, so every call sends 20 ms PCMU packets on its paced sender, and read the
-  caller's audio through the jitter buffer;
+  (in PCMU, as the TTS gives it) without pause, so every call sends 20 ms PCMU packets on its paced
+  sender, and read the caller's audio through the jitter buffer;
 - this load generator: places N calls with ``SipPhone`` (our UAC), sends each call's inbound RTP
   at 50 packets/s from a thread, and receives the agent's RTP on plain sockets in another
   thread with kernel receive timestamps (``SO_TIMESTAMPNS``), so its own load does not colour
@@ -43,15 +43,19 @@ SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 
 
 async def agent_main(port: int) -> None:
+    from voxroute.audio import pcm_to_wire
     from voxroute.telephony.sip.transport import SipServer, serving
 
     t = np.arange(8000) / 8000
-    tone = (np.sin(2 * math.pi * 440 * t) * 6000).astype("<i2").tobytes()
+    tone_pcm = (np.sin(2 * math.pi * 440 * t) * 6000).astype("<i2").tobytes()
 
     async def on_call(link) -> None:
+        tone = pcm_to_wire(tone_pcm, link.audio_format)  # as the TTS would give it: the call's codec
+        half_s = 500 * link.audio_format.bytes_per_ms
+
         async def feed() -> None:
             while not link.ended:
-                if link.playout.queued_bytes < 8000:
+                if link.playout.queued_bytes < half_s:
                     await link.send_audio(tone)
                 await asyncio.sleep(0.25)
 

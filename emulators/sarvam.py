@@ -111,7 +111,8 @@ class EmulatorState:
         self.api_key = api_key
         self.faults: list[FaultRecord] = []
         self.handshakes: Counter[str] = Counter()
-        self.tts_utterances: list[dict[str, Any]] = []
+        self.tts_utterances: list[dict[str, Any]] = []  # per socket utterance: conn, tag, fault, codec, rate
+        self.tts_rest: list[dict[str, Any]] = []  # per valid REST request: tag, codec, rate
         self.timed: dict[str, TimedTranscripts] = {}  # call SID -> its words, by timing
 
     def record(self, service: str, fault: str, tag: str | None) -> None:
@@ -1016,7 +1017,8 @@ class _TtsConnection:
         if first:
             self.utt_open, self.failed, self.audio_sent = True, False, False
             self.fault = self.dice.request_fault("tts")
-            self.state.tts_utterances.append({"conn": self.conn_id, "tag": self.tag, "fault": self.fault})
+            utterance = {"conn": self.conn_id, "tag": self.tag, "fault": self.fault}
+            self.state.tts_utterances.append({**utterance, "codec": cfg.codec, "rate": cfg.rate})
             if self.fault in ("hang", "stall"):
                 self.state.record("tts", self.fault, self.tag)  # other faults are logged when they show
         if self.failed or self.fault in ("hang", "stall"):
@@ -1137,6 +1139,7 @@ def add_tts_routes(
         cfg = _tts_config(body, "bulbul:v3", rest=True)
         if isinstance(cfg, str):
             return error_envelope(400, "invalid_request_error", cfg)
+        state.tts_rest.append({"tag": tag, "codec": cfg.codec, "rate": cfg.rate})
         fault = dice.request_fault("tts")
         if fault is not None:
             state.record("tts", fault, tag)

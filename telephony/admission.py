@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from voxroute.agent.link import CallStart, CarrierEvent, CarrierLink
+    from voxroute.audio import WireFormat
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +100,12 @@ class SilenceGuard:
     def events(self) -> _GuardedEvents:
         return _GuardedEvents(self, self._link.events())
 
-    async def send_audio(self, pcm: bytes) -> None:
-        await self._link.send_audio(pcm)
+    @property
+    def audio_format(self) -> WireFormat:
+        return self._link.audio_format
+
+    async def send_audio(self, data: bytes) -> None:
+        await self._link.send_audio(data)
 
     async def send_mark(self, name: str) -> None:
         await self._link.send_mark(name)

@@ -34,7 +34,7 @@ from voxroute.agent.link import (
     InboundDtmf,
     MarkEcho,
 )
-from voxroute.audio import InboundFramer, StreamResampler
+from voxroute.audio import PCM16_8K, InboundFramer, StreamResampler, WireFormat
 from voxroute.telephony.sip.rtp import Playout
 
 log = logging.getLogger(__name__)
@@ -138,9 +138,12 @@ class _Events:
 
 
 class AudioSocketLink:
-    """One AudioSocket connection as a ``CarrierLink``."""
+    """One AudioSocket connection as a ``CarrierLink``. Its ``audio_format`` is PCM16 8 kHz, fixed
+    when the call starts, before Asterisk's first audio shows its rate: when that is 16 or 24 kHz,
+    our 8 kHz is resampled up to it on the way out."""
 
     start: CallStart
+    audio_format: WireFormat = PCM16_8K
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, parser: AudioSocketParser,
                  call_uuid: uuid.UUID, tenant: str) -> None:  # fmt: skip

@@ -120,8 +120,8 @@ class ExotelStream(MediaStreamCodec):
     def _media_text(self, native: bytes) -> str:
         return f'{{"event":"media",{self._sid_json},"media":{{"payload":"{b64(native)}"}}}}'
 
-    def media(self, pcm8k: bytes) -> list[str]:
-        self._out += self._outbound().encode(pcm8k)
+    def _media_native(self, native: bytes) -> list[str]:
+        self._out += native
         texts = []
         while len(self._out) >= self.min_chunk:
             n = min(len(self._out), MAX_CHUNK) // CHUNK_QUANTUM * CHUNK_QUANTUM

@@ -1,15 +1,18 @@
 """What the JSON media-stream carriers (Twilio, Exotel, Plivo, Telnyx) share, sans-I/O.
 
 Each carrier module (``telephony/twilio.py``, ``exotel.py``, ``plivo.py``, ``telnyx.py``) is a
-subclass of :class:`MediaStreamCodec`: ``feed(text) -> events``, ``media(pcm) -> texts``,
-``mark(name) -> texts``, ``clear() -> texts``, no awaits. The events are carrier-neutral
-(:class:`StreamStart`, :class:`Audio`, :class:`Dtmf`, :class:`MarkPlayed`, ...), so one
+subclass of :class:`MediaStreamCodec`: ``feed(text) -> events``, ``media_wire(data) -> texts``
+(``media(pcm) -> texts``), ``mark(name) -> texts``, ``clear() -> texts``, no awaits. The events are
+carrier-neutral (:class:`StreamStart`, :class:`Audio`, :class:`Dtmf`, :class:`MarkPlayed`, ...), so one
 websocket link (``telephony/wslink.py``) and one stream handler (``telephony/routes/edge.py``)
 serve all four.
 
 Audio handed out is always 20 ms of PCM16 at 8 kHz, whatever the carrier's native encoding
-and rate (:class:`InboundFramer`); audio taken in is PCM16 8 kHz, converted to the native
-format the stream started with (:class:`OutboundEncoder`).
+and rate (:class:`InboundFramer`). Audio taken in by ``media_wire`` is in the stream's wire format
+(``MediaStreamCodec.wire_format``: mu-law, A-law, or PCM16 little-endian at the stream's rate),
+which the TTS was asked for: it goes out as it is (a big-endian L16 stream only has its bytes
+swapped). ``media(pcm8k)`` takes PCM16 8 kHz for callers that hold PCM (the Pipecat serializer) and
+encodes it (:class:`OutboundEncoder`).
 
 Marks: a carrier echoes a mark (Plivo: ``playedStream`` after a ``checkpoint``) once the
 audio before it has played. What carriers do with pending marks on ``clear`` differs, and the
@@ -33,7 +36,10 @@ import orjson
 
 from voxroute import audio
 from voxroute.audio import (
-    StreamResampler,
+    ALAW_8K,
+    MULAW_8K,
+    PcmToWire,
+    WireFormat,
     alaw_to_pcm16,
     pcm16_to_alaw,
     pcm16_to_ulaw,
@@ -79,6 +85,16 @@ class AudioFormat:
     @property
     def bytes_per_ms(self) -> int:
         return self.sample_rate // 1000 * (1 if self.encoding in ("ulaw", "alaw") else 2)
+
+    @property
+    def wire(self) -> WireFormat:
+        """What the TTS is asked for: this format, but little-endian where the carrier wants L16
+        big-endian (Bulbul makes little-endian PCM; the swap is the only conversion left)."""
+        if self.encoding == "ulaw":
+            return MULAW_8K
+        if self.encoding == "alaw":
+            return ALAW_8K
+        return WireFormat("l16le", self.sample_rate)
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,22 +306,28 @@ class InboundFramer(audio.InboundFramer):
 
 
 class OutboundEncoder:
-    """PCM16 8 kHz -> the stream's native encoding and rate (one resampler per call)."""
+    """Outbound audio -> the stream's native bytes: ``native(wire)`` for audio already in the wire
+    format (as it is, or byte-swapped for L16 big-endian), ``encode(pcm8k)`` for PCM16 8 kHz
+    (resampled and encoded: the Pipecat serializer's path; one resampler per call)."""
 
     def __init__(self, fmt: AudioFormat):
         self.fmt = fmt
-        self._resampler = StreamResampler(RATE, fmt.sample_rate) if fmt.sample_rate != RATE else None
+        self.wire = fmt.wire
+        self._swap = fmt.encoding == "l16be"
+        self._from_pcm = PcmToWire(self.wire)
+
+    def native(self, wire: bytes) -> bytes:
+        if self.wire.sample_bytes == 2 and len(wire) % 2:
+            raise ValueError(f"PCM16 needs an even number of bytes, got {len(wire)}")
+        return _swap16(wire) if self._swap else wire
 
     def encode(self, pcm8k: bytes) -> bytes:
-        if len(pcm8k) % 2:
-            raise ValueError(f"PCM16 needs an even number of bytes, got {len(pcm8k)}")
-        pcm = self._resampler.process(pcm8k) if self._resampler is not None else pcm8k
-        return pcm_to_native(pcm, self.fmt)
+        """PCM16 8 kHz -> native bytes."""
+        return self.native(self._from_pcm.encode(pcm8k))
 
     def reset(self) -> None:
         """After a clear: the next audio is a new utterance, stale filter history must not leak in."""
-        if self._resampler is not None:
-            self._resampler = StreamResampler(RATE, self.fmt.sample_rate)
+        self._from_pcm = PcmToWire(self.wire)
 
 
 # ---------------------------------------------------------------- the shared state machine
@@ -433,8 +455,20 @@ class MediaStreamCodec:
             raise RuntimeError("nothing can be sent before 'start'")
         return self._encoder
 
+    @property
+    def wire_format(self) -> WireFormat:
+        """What ``media_wire`` takes (known once the stream started)."""
+        return self._outbound().wire
+
+    def media_wire(self, data: bytes) -> list[str]:
+        """Audio in ``wire_format`` (whole samples) -> the messages that queue it at the carrier."""
+        return self._media_native(self._outbound().native(data))
+
     def media(self, pcm8k: bytes) -> list[str]:
         """PCM16 8 kHz (any even length) -> the messages that queue it at the carrier."""
+        return self._media_native(self._outbound().encode(pcm8k))
+
+    def _media_native(self, native: bytes) -> list[str]:
         raise NotImplementedError
 
     def mark(self, name: str) -> list[str]:

@@ -259,8 +259,7 @@ class PlivoStream(MediaStreamCodec):
 
     # -- outbound
 
-    def media(self, pcm8k: bytes) -> list[str]:
-        native = self._outbound().encode(pcm8k)
+    def _media_native(self, native: bytes) -> list[str]:
         if not native:
             return []
         return [self._play_head + b64(native) + '"}}']

@@ -236,8 +236,8 @@ class TelnyxStream(MediaStreamCodec):
     def _media_text(self, native: bytes) -> str:
         return f'{{"event":"media","media":{{"payload":"{b64(native)}"}}}}'
 
-    def media(self, pcm8k: bytes) -> list[str]:
-        self._out += self._outbound().encode(pcm8k)
+    def _media_native(self, native: bytes) -> list[str]:
+        self._out += native
         if len(self._out) < self._min_bytes():
             return []  # under 20 ms: wait for more (or the mark that ends the segment)
         native, self._out = bytes(self._out), bytearray()

@@ -173,9 +173,8 @@ class TwilioStream(MediaStreamCodec):
 
     # -- outbound
 
-    def media(self, pcm8k: bytes) -> list[str]:
-        """PCM16 8 kHz (any even length) -> one ``media`` message of raw mu-law."""
-        return [self.media_ulaw(self._outbound().encode(pcm8k))]
+    def _media_native(self, native: bytes) -> list[str]:
+        return [self.media_ulaw(native)]
 
     def media_ulaw(self, ulaw: bytes) -> str:
         """Raw mu-law (no WAV header: Twilio would play it as noise) -> one ``media`` message."""

@@ -24,6 +24,7 @@ from starlette.types import Message
 from starlette.websockets import WebSocketDisconnect
 
 from voxroute.agent.link import CallEnded, CallStart, CarrierEvent, InboundAudio, InboundDtmf, MarkEcho
+from voxroute.audio import WireFormat
 from voxroute.telephony.mediastream import (
     Audio,
     CarrierError,
@@ -177,7 +178,8 @@ class MediaStreamLink(WebSocketLink):
     """One carrier media stream as a ``voxroute.agent.link.CarrierLink``.
 
     Audio in is 20 ms PCM16 8 kHz (the codec converts from the native format); ``send_audio``
-    takes PCM16 8 kHz. Marks flushed by our own ``clear`` are reported at once (Twilio's rule,
+    takes the stream's ``audio_format`` (the codec's wire format: mu-law for Twilio, ...) and
+    sends it as it is. Marks flushed by our own ``clear`` are reported at once (Twilio's rule,
     which Twilio keeps itself and the codecs of the others keep for them). Sends after the socket
     closed are dropped quietly: the end shows up in ``events()`` as ``CallEnded``.
     """
@@ -257,9 +259,13 @@ class MediaStreamLink(WebSocketLink):
             self._ready.clear()
         return event
 
-    async def send_audio(self, pcm: bytes) -> None:
-        if pcm and not self._closed:
-            await self._send(self._codec.media(pcm))
+    @property
+    def audio_format(self) -> WireFormat:
+        return self._codec.wire_format
+
+    async def send_audio(self, data: bytes) -> None:
+        if data and not self._closed:
+            await self._send(self._codec.media_wire(data))
 
     async def send_mark(self, name: str) -> None:
         await self._send(self._codec.mark(name))

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from voxroute.agent.config import DEFAULT_CONFIG_PATH, ConfigError, load_config, parse_config
+from voxroute.audio import PCM16_8K
 
 
 def _config(tmp_path: Path, agent: dict, tenant: str = "retail") -> Path:
@@ -183,13 +184,15 @@ class _VoiceLog:
     def __getattr__(self, name: str):
         return getattr(self.tts, name)
 
-    async def open(self, language: str, voice: str | None = None, tag: str | None = None):
+    async def open(self, language: str, voice: str | None = None, tag: str | None = None, fmt=PCM16_8K):
         self.voices.append(("stream", language, voice))
-        return await self.tts.open(language, voice=voice, tag=tag)
+        return await self.tts.open(language, voice=voice, tag=tag, fmt=fmt)
 
-    async def synthesize(self, text: str, language: str, voice: str | None = None, tag: str | None = None):
+    async def synthesize(
+        self, text: str, language: str, voice: str | None = None, tag: str | None = None, fmt=PCM16_8K
+    ):
         self.voices.append(("rest", language, voice))
-        return await self.tts.synthesize(text, language, voice=voice, tag=tag)
+        return await self.tts.synthesize(text, language, voice=voice, tag=tag, fmt=fmt)
 
 
 async def test_the_tenants_voice_speaks_answers_phrases_and_the_greeting():

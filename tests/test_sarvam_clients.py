@@ -180,7 +180,10 @@ async def test_tts_stream_returns_pcm_of_the_text(call: Fixture) -> None:
         samples = np.frombuffer(pcm, "<i2").astype(float)
         assert np.sqrt((samples**2).mean()) > 500
         assert not stream.warm and state.handshakes["tts_ws"] == 1
-        assert state.tts_utterances == [{"conn": 1, "tag": "t1", "fault": None}]
+        # asked for PCM16 8 kHz by default (a call asks for its carrier's format: test_wire_audio.py)
+        assert state.tts_utterances == [
+            {"conn": 1, "tag": "t1", "fault": None, "codec": "linear16", "rate": 8000}
+        ]
 
 
 async def test_tts_warm_socket_skips_the_handshake(call: Fixture) -> None:

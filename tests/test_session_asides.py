@@ -15,11 +15,14 @@ from voxroute.agent.asides import Asides
 from voxroute.agent.config import EndpointConfig
 from voxroute.agent.player import Player
 from voxroute.agent.timeline import INTERRUPTED_MARK, TurnRecord
+from voxroute.audio import MULAW_8K, WireFormat
 
 CUT_MS = 300  # barge_in_min_voiced_ms
 
 
 class Link:
+    audio_format = MULAW_8K
+
     def __init__(self) -> None:
         self.clears = 0
 
@@ -69,8 +72,9 @@ class Session:
         self.speaker = Speaker(self.player)
         self.played = asyncio.Event()  # the greeting's end mark echoed
 
-    async def _phrase(self, language: str, kind: str, voice: str | None) -> bytes:
-        return b"\x01" * 320
+    async def _phrase(self, language: str, kind: str, voice: str | None, fmt: WireFormat) -> bytes:
+        assert fmt == MULAW_8K  # the phrase is asked for in the link's format
+        return b"\x01" * 160
 
     async def wait_played(self, turn: TurnRecord) -> None:
         await self.played.wait()

@@ -7,9 +7,12 @@ from __future__ import annotations
 import asyncio
 
 from voxroute.agent.player import Player
+from voxroute.audio import PCM16_8K
 
 
 class Link:
+    audio_format = PCM16_8K
+
     def __init__(self) -> None:
         self.marks: list[str] = []
         self.clears = 0

@@ -302,6 +302,16 @@ def test_playout_marks_echo_after_their_audio_and_on_clear() -> None:
     assert p.clear() == ["b"] and p.next_frame() == (None, [])
 
 
+def test_playout_of_g711_sends_160_byte_frames_and_pads_with_the_codecs_silence() -> None:
+    p = rtp.Playout(rtp.SAMPLES_PER_FRAME, rtp.SILENCE["PCMA"])  # a PCMA call: A-law from the TTS
+    p.push(b"\x01" * 250)
+    assert p.mark("a") == []
+    frame, echoed = p.next_frame()
+    assert frame == b"\x01" * 160 and echoed == []
+    frame, echoed = p.next_frame()
+    assert frame == b"\x01" * 90 + b"\xd5" * 70 and echoed == ["a"]  # A-law silence, not 0x00 (a click)
+
+
 # --------------------------------------------------------------------------- digest
 
 

@@ -26,7 +26,7 @@ from voxroute.agent.config import load_config
 from voxroute.agent.fixture import load
 from voxroute.agent.link import InboundAudio
 from voxroute.agent.session import CallSession
-from voxroute.audio import ulaw_to_pcm16
+from voxroute.audio import pcm_to_wire, ulaw_to_pcm16
 from voxroute.replay import local_stack
 from voxroute.telephony.sip import rtp
 from voxroute.telephony.sip.transport import SipLink, SipServer, SipTransferRefused, SipTransfers, serving
@@ -348,7 +348,9 @@ async def transfer_agent() -> AsyncIterator[tuple[SipServer, SipTransfers, async
             outcomes.put_nowait(("ok", ok))
         except SipTransferRefused as exc:
             outcomes.put_nowait(("refused", str(exc)))
-            await link.send_audio(np.full(8000, 3000, "<i2").tobytes())  # the apology
+            await link.send_audio(
+                pcm_to_wire(np.full(8000, 3000, "<i2").tobytes(), link.audio_format)
+            )  # apology
         async for _ in link.events():
             pass
 

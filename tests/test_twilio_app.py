@@ -19,7 +19,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.streamedge import STREAM_SERVERS, serve_edge, ws_url
 from voxroute.agent.link import CallEnded, CallStart, InboundAudio, InboundDtmf, MarkEcho
-from voxroute.audio import pcm16_to_ulaw, ulaw_to_pcm16
+from voxroute.audio import MULAW_8K, pcm_to_wire, ulaw_to_pcm16
 from voxroute.telephony.admission import CallGate
 from voxroute.telephony.app import TelephonySettings, create_app
 from voxroute.telephony.carriers import TWILIO_STREAM_PATH as STREAM_PATH
@@ -160,7 +160,7 @@ class Recorder:
                 seen.append(event)
                 match event:
                     case InboundAudio(pcm=pcm):
-                        await link.send_audio(pcm)
+                        await link.send_audio(pcm_to_wire(pcm, link.audio_format))
                     case InboundDtmf(digit="*"):
                         await link.clear()
                     case InboundDtmf(digit="0"):
@@ -437,10 +437,13 @@ async def test_unsigned_app_hangup_and_on_call_failure(open_server, recorder):
         assert (await client.get("/healthz")).json() == {"status": "ok", "active_calls": 0, "draining": False}
 
 
-async def test_send_audio_any_even_length_is_one_media_message(stream_server):
+async def test_send_audio_of_any_length_is_one_media_message_of_the_same_mu_law(stream_server):
+    ulaw = bytes(range(256)) * 31 + bytes(64)  # 1 s of mu-law: every code, as the TTS would send it
+
     async def on_call(link):
-        await link.send_audio(bytes(16000))  # 1 s in one message, as Twilio's own sample does
-        await link.send_audio(b"\x01\x00")
+        assert link.audio_format == MULAW_8K
+        await link.send_audio(ulaw)  # 1 s in one message, as Twilio's own sample does
+        await link.send_audio(b"\x01")  # one sample
         await link.send_mark("end")
         async for event in link.events():
             if isinstance(event, CallEnded):
@@ -453,8 +456,8 @@ async def test_send_audio_any_even_length_is_one_media_message(stream_server):
             await ws.send(peer.connected())
             await ws.send(peer.start())
             first, second, mark = [peer.feed(json.dumps(await recv_json(ws)))[0] for _ in range(3)]
-            assert first.payload == pcm16_to_ulaw(bytes(16000)) and len(first.payload) == 8000
-            assert second.payload == pcm16_to_ulaw(b"\x01\x00")
+            assert first.payload == ulaw and len(first.payload) == 8000  # byte for byte: no re-encode
+            assert second.payload == b"\x01"
             assert mark.name == "end"
             await ws.send(peer.stop())
             assert await close_code(ws) == 1000

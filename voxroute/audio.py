@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -203,6 +204,100 @@ class StreamResampler:
         self._n_in, self._n_out = total, end
         self._hist = buf[len(buf) - (self._k - 1) :]
         return np.clip(np.rint(y), -32768, 32767).astype("<i2").tobytes()
+
+
+WIRE_ENCODINGS = ("ulaw", "alaw", "l16le")
+WIRE_PCM_RATES = (8000, 16000, 24000)
+
+
+@dataclass(frozen=True, slots=True)
+class WireFormat:
+    """Agent audio as the carrier wants it on the wire, and as the TTS is asked for it: G.711 mu-law
+    (``ulaw``) or A-law (``alaw``) at 8 kHz, or PCM16 little-endian (``l16le``) at 8, 16 or 24 kHz.
+
+    A link names its format (``CarrierLink.audio_format``); the session opens the TTS in it, the
+    player paces it by :attr:`bytes_per_ms`, and the link sends the bytes as they came: no decode and
+    re-encode between the TTS and the caller."""
+
+    encoding: str
+    rate: int = SAMPLE_RATE
+
+    def __post_init__(self) -> None:
+        if self.encoding not in WIRE_ENCODINGS:
+            raise ValueError(
+                f"unsupported wire encoding {self.encoding!r}: one of {', '.join(WIRE_ENCODINGS)}"
+            )
+        if self.encoding in ("ulaw", "alaw") and self.rate != SAMPLE_RATE:
+            raise ValueError(f"G.711 at {self.rate} Hz: G.711 is 8000 Hz only")
+        if self.rate not in WIRE_PCM_RATES:
+            raise ValueError(f"unsupported wire rate {self.rate}: one of {WIRE_PCM_RATES}")
+
+    @property
+    def sample_bytes(self) -> int:
+        return 2 if self.encoding == "l16le" else 1
+
+    @property
+    def bytes_per_ms(self) -> int:
+        """8 for G.711, 16 for PCM16 at 8 kHz, 32 at 16 kHz, 48 at 24 kHz."""
+        return self.rate // 1000 * self.sample_bytes
+
+    def silence(self, ms: int) -> bytes:
+        fill = {"ulaw": ULAW_SILENCE, "alaw": ALAW_SILENCE}.get(self.encoding, 0)
+        return bytes([fill]) * (ms * self.bytes_per_ms)
+
+    def __str__(self) -> str:
+        return f"{self.encoding}/{self.rate}"
+
+
+MULAW_8K = WireFormat("ulaw")
+ALAW_8K = WireFormat("alaw")
+PCM16_8K = WireFormat("l16le")
+
+
+class PcmToWire:
+    """PCM16 at ``rate_in`` -> ``fmt``, for a provider that makes PCM (Piper) and for the comfort tone:
+    resampled (a streaming resampler: make one per utterance) and G.711-encoded once."""
+
+    def __init__(self, fmt: WireFormat, rate_in: int = SAMPLE_RATE) -> None:
+        self.fmt = fmt
+        self._resampler = StreamResampler(rate_in, fmt.rate) if rate_in != fmt.rate else None
+
+    def encode(self, pcm: bytes) -> bytes:
+        _check_pcm(pcm)
+        if self._resampler is not None:
+            pcm = self._resampler.process(pcm)
+        if self.fmt.encoding == "ulaw":
+            return pcm16_to_ulaw(pcm)
+        if self.fmt.encoding == "alaw":
+            return pcm16_to_alaw(pcm)
+        return bytes(pcm)
+
+
+class WireToPcm:
+    """``fmt`` -> PCM16 8 kHz, for what needs to look at agent audio after the fact (the recorder):
+    off the outbound path, which sends the wire bytes as they are. One per call (resampler state)."""
+
+    def __init__(self, fmt: WireFormat) -> None:
+        self.fmt = fmt
+        self._resampler = StreamResampler(fmt.rate, SAMPLE_RATE) if fmt.rate != SAMPLE_RATE else None
+
+    def decode(self, data: bytes) -> bytes:
+        if self.fmt.encoding == "ulaw":
+            return ulaw_to_pcm16(data)
+        if self.fmt.encoding == "alaw":
+            return alaw_to_pcm16(data)
+        pcm = data[: len(data) // 2 * 2]
+        return self._resampler.process(pcm) if self._resampler is not None else bytes(pcm)
+
+    def reset(self) -> None:
+        """After a clear: stale filter history must not leak into the next utterance."""
+        if self._resampler is not None:
+            self._resampler = StreamResampler(self.fmt.rate, SAMPLE_RATE)
+
+
+def pcm_to_wire(pcm: bytes, fmt: WireFormat, rate_in: int = SAMPLE_RATE) -> bytes:
+    """One whole utterance of PCM16 at ``rate_in`` -> ``fmt``."""
+    return PcmToWire(fmt, rate_in).encode(pcm)
 
 
 class Reframer:

@@ -513,8 +513,10 @@ async def _serve(
             gate = CallGate(cfg.telephony.max_concurrent_calls)
             app = create_runtime_app(services, dev=dev, gate=gate)
             try:  # the phrases every call needs first, before the first call
-                async with asyncio.timeout(10):
-                    await services.warm_phrases(cfg.language)
+                from voxroute.audio import MULAW_8K
+
+                async with asyncio.timeout(10):  # in mu-law: Twilio's, and most carriers', wire format
+                    await services.warm_phrases(cfg.language, None, MULAW_8K)
             except Exception as exc:
                 log.warning("phrases not ready at start (%s); the first call synthesises them", exc)
             # Start-up objects (config, app, provider clients) never die: keep them out of the

@@ -622,11 +622,11 @@ async def drain(services: Services, gate: CallGate, *, drain_s: float, closing_t
         len(services.calls),
         drain_s,
     )
-    voices = {(s.language, s.agent.voice(s.language)) for s in services.calls.values()}
+    voices = {(s.language, s.agent.voice(s.language), s.player.audio_format) for s in services.calls.values()}
     async with asyncio.TaskGroup() as tg:
-        for language, voice in voices:  # ready before it is needed
+        for language, voice, fmt in voices:  # ready before it is needed
             tg.create_task(
-                _quietly(services.phrase(language, "closing", voice)), name=f"closing-phrase-{language}"
+                _quietly(services.phrase(language, "closing", voice, fmt)), name=f"closing-phrase-{language}"
             )
         # Polled: Services.calls has no event for "a call ended", and 100 ms is precise enough here.
         while services.calls and loop.time() < deadline and not (hurry is not None and hurry.is_set()):  # noqa: ASYNC110
@@ -664,9 +664,14 @@ async def _close_call(services: Services, session: CallSession, timeout_s: float
     """The closing phrase on a live call (after what is playing is cut), then hang up."""
     try:
         async with asyncio.timeout(timeout_s):
-            pcm = await services.phrase(session.language, "closing", session.agent.voice(session.language))
+            audio = await services.phrase(
+                session.language,
+                "closing",
+                session.agent.voice(session.language),
+                session.player.audio_format,
+            )
             await session.player.clear()
-            session.player.play(pcm, None, "closing")
+            session.player.play(audio, None, "closing")
             await asyncio.sleep(0.05)
             while session.player.speaking:  # noqa: ASYNC110  # the player keeps time, it signals nothing
                 await asyncio.sleep(0.05)

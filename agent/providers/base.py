@@ -3,8 +3,11 @@
 Each is small and async-streaming. Implementations speak real wire protocols
 (``sarvam.py``, ``openai_compat.py``); the session only ever sees these types.
 
-Audio on every interface is 8 kHz signed 16-bit little-endian mono PCM ("PCM16"),
-the format of the session's 20 ms frames (320 bytes). Providers convert at their edge.
+Audio into the STT is 8 kHz signed 16-bit little-endian mono PCM ("PCM16"), the format of the
+session's 20 ms frames (320 bytes). Audio out of the TTS is in the format the call's carrier wants
+on the wire (``voxroute.audio.WireFormat``: mu-law, A-law or PCM16 at a rate), asked for per
+utterance: a TTS that can make it (Sarvam) is asked for it and passes its bytes through; one that
+makes PCM (Piper) encodes once at its edge.
 
 Errors: every provider failure is raised as :class:`ProviderError` with a ``kind`` from
 :data:`FAULT_KINDS`, so the fallback ladder and the turn log can name what went wrong
@@ -16,6 +19,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, get_args
+
+from voxroute.audio import PCM16_8K, WireFormat
 
 FRAME_MS = 20
 SAMPLE_RATE = 8000
@@ -175,7 +180,8 @@ class LLMProvider(Protocol):
 
 
 class TTSStream(Protocol):
-    """One utterance being synthesised: text goes in as it is produced, PCM comes out."""
+    """One utterance being synthesised: text goes in as it is produced, audio comes out in the
+    format the stream was opened with."""
 
     async def send_text(self, text: str) -> None: ...
 
@@ -184,7 +190,8 @@ class TTSStream(Protocol):
         ...
 
     def audio(self) -> AsyncIterator[bytes]:
-        """PCM16 8 kHz chunks (any size) until the utterance is complete. Raises ProviderError."""
+        """Chunks in the stream's ``WireFormat`` (whole samples, any length) until the utterance is
+        complete. Raises ProviderError."""
         ...
 
     async def cancel(self) -> None:
@@ -195,15 +202,22 @@ class TTSStream(Protocol):
 class TTSProvider(Protocol):
     name: str
 
-    async def open(self, language: str, voice: str | None = None, tag: str | None = None) -> TTSStream:
-        """Start an utterance (a pre-warmed connection is used when one is ready). ``tag`` as for
-        :meth:`STTProvider.connect`."""
+    async def open(
+        self, language: str, voice: str | None = None, tag: str | None = None, fmt: WireFormat = PCM16_8K
+    ) -> TTSStream:
+        """Start an utterance whose audio comes in ``fmt`` (a pre-warmed connection is used when one is
+        ready). ``tag`` as for :meth:`STTProvider.connect`."""
         ...
 
     async def synthesize(
-        self, text: str, language: str, voice: str | None = None, tag: str | None = None
+        self,
+        text: str,
+        language: str,
+        voice: str | None = None,
+        tag: str | None = None,
+        fmt: WireFormat = PCM16_8K,
     ) -> bytes:
-        """Whole-utterance synthesis (REST) to PCM16 8 kHz, used for cached bridge phrases and fallback."""
+        """Whole-utterance synthesis (REST) in ``fmt``, used for cached bridge phrases and fallback."""
         ...
 
     async def aclose(self) -> None: ...

@@ -49,7 +49,7 @@ from voxroute.agent.providers.base import (
     STTEvent,
     Transcript,
 )
-from voxroute.audio import StreamResampler
+from voxroute.audio import PCM16_8K, PcmToWire, StreamResampler, WireFormat, pcm_to_wire
 
 if TYPE_CHECKING:
     from voxroute.agent.session import CallSession
@@ -990,11 +990,13 @@ async def _speech(future: asyncio.Future) -> bytes:
 
 
 class LocalTTSStream:
-    """One utterance: text accumulates; each complete sentence is synthesised as soon as it is known."""
+    """One utterance: text accumulates; each complete sentence is synthesised as soon as it is known.
+    The engines make PCM16 8 kHz; it is encoded to the stream's wire format here, once."""
 
-    def __init__(self, tts: LocalPiperTTS, language: str) -> None:
+    def __init__(self, tts: LocalPiperTTS, language: str, fmt: WireFormat = PCM16_8K) -> None:
         self.tts = tts
         self.language = language
+        self._encoder = PcmToWire(fmt)
         self._text = ""
         self._out: asyncio.Queue[asyncio.Future | None] = asyncio.Queue()
         self._cancelled = False
@@ -1022,7 +1024,7 @@ class LocalTTSStream:
                 return
             pcm = await _speech(item)
             if pcm and not self._cancelled:
-                yield pcm
+                yield self._encoder.encode(pcm)
 
     async def cancel(self) -> None:
         self._cancelled = True
@@ -1061,18 +1063,25 @@ class LocalPiperTTS:
             "set SARVAM_API_KEY to use Sarvam text-to-speech for it",
         )
 
-    async def open(self, language: str, voice: str | None = None, tag: str | None = None) -> LocalTTSStream:
+    async def open(
+        self, language: str, voice: str | None = None, tag: str | None = None, fmt: WireFormat = PCM16_8K
+    ) -> LocalTTSStream:
         if not self.supports(language):
             self.synth_future("", language)  # raises the clear error
-        return LocalTTSStream(self, language)
+        return LocalTTSStream(self, language, fmt)
 
     async def synthesize(
-        self, text: str, language: str, voice: str | None = None, tag: str | None = None
+        self,
+        text: str,
+        language: str,
+        voice: str | None = None,
+        tag: str | None = None,
+        fmt: WireFormat = PCM16_8K,
     ) -> bytes:
         wait = tag == "phrases"  # the phrase cache (agent/services.py) fills while calls go on
         parts = [self.synth_future(s, language, wait) for s in sentences(text) or [text]]
         try:
-            return b"".join([await _speech(p) for p in parts])
+            return pcm_to_wire(b"".join([await _speech(p) for p in parts]), fmt)
         finally:
             for p in parts:
                 p.cancel()  # timed out: the sentences not begun are dropped, not left in the queue
@@ -1114,13 +1123,20 @@ class ByLanguageTTS:
     def _pick(self, language: str):
         return self.local if self.local.supports(language) or self.other is None else self.other
 
-    async def open(self, language: str, voice: str | None = None, tag: str | None = None):
-        return await self._pick(language).open(language, voice, tag=tag)
+    async def open(
+        self, language: str, voice: str | None = None, tag: str | None = None, fmt: WireFormat = PCM16_8K
+    ):
+        return await self._pick(language).open(language, voice, tag=tag, fmt=fmt)
 
     async def synthesize(
-        self, text: str, language: str, voice: str | None = None, tag: str | None = None
+        self,
+        text: str,
+        language: str,
+        voice: str | None = None,
+        tag: str | None = None,
+        fmt: WireFormat = PCM16_8K,
     ) -> bytes:
-        return await self._pick(language).synthesize(text, language, voice, tag=tag)
+        return await self._pick(language).synthesize(text, language, voice, tag=tag, fmt=fmt)
 
     async def __aenter__(self) -> ByLanguageTTS:
         if self.other is not None:

@@ -1,18 +1,20 @@
 """Sarvam speech clients: streaming STT (realtime or legacy socket) and Bulbul TTS (websocket + REST).
 
 Thin asyncio layers over :mod:`voxroute.agent.providers.sarvam_protocol` using the ``websockets`` asyncio
-client and ``httpx``. The interfaces speak PCM16 8 kHz; conversion to and from mu-law happens here.
+client and ``httpx``. The STT interface takes PCM16 8 kHz (and the carrier's mu-law, when it has it).
 
 - :class:`SarvamSTT` -> :class:`SarvamSTTStream`: the realtime socket gets the caller's audio as
   mu-law 8 kHz (what Twilio sends) in ``audio_input`` messages of at least ``batch_ms`` (default
   20 ms: one message per ``send_audio`` of whole frames; the STT feed, agent/sttfeed.py, joins
   frames into batches of ``sarvam.stt_batch_ms``); the legacy socket gets PCM s16le with
   ``sample_rate=8000`` in the query.
-- :class:`SarvamTTS` -> :class:`SarvamTTSStream`: one utterance per socket use. Bulbul has no
-  cancel message, so barge-in closes the socket; to keep the next reply off the handshake path
-  the provider keeps one spare socket per (language, speaker) connected and configured, warmed by
-  tasks of the provider's own TaskGroup (``async with SarvamTTS(...) as tts``) and pinged every
-  20 s. A socket whose utterance completed normally goes back to the pool.
+- :class:`SarvamTTS` -> :class:`SarvamTTSStream`: one utterance per socket use, in the call's wire
+  format: Bulbul is asked for that codec and rate (``mulaw``/``alaw`` at 8000, ``linear16`` at the
+  carrier's rate) and its audio passes through untouched, no decode and re-encode on the way out.
+  Bulbul has no cancel message, so barge-in closes the socket; to keep the next reply off the
+  handshake path the provider keeps one spare socket per (language, speaker, format) connected and
+  configured, warmed by tasks of the provider's own TaskGroup (``async with SarvamTTS(...) as
+  tts``) and pinged every 20 s. A socket whose utterance completed normally goes back to the pool.
 
 Every failure surfaces as :class:`~agent.providers.base.ProviderError` with a FaultKind:
 handshake 401/403 -> ``http_error``, 429 -> ``http_429``, 5xx -> ``http_500``, socket dropped ->
@@ -72,6 +74,7 @@ from voxroute.agent.providers.sarvam_protocol import (
     retry_after_seconds,
     rt_audio_input,
     rt_flush,
+    strip_riff,
     tts_config,
     tts_flush,
     tts_ping,
@@ -80,7 +83,7 @@ from voxroute.agent.providers.sarvam_protocol import (
     tts_text,
     tts_ws_url,
 )
-from voxroute.audio import pcm16_to_ulaw, ulaw_to_pcm16
+from voxroute.audio import PCM16_8K, WireFormat, pcm16_to_ulaw
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +92,10 @@ DEFAULT_REST_BASE = "https://api.sarvam.ai"
 STT_PROVIDER = "sarvam-stt"
 TTS_PROVIDER = "sarvam-tts"
 CLOSE_TIMEOUT_S = 0.5
+# Bulbul's names for the wire formats (docs/reference/sarvam.md §5: ``output_audio_codec``): mulaw and
+# alaw are raw G.711, linear16 raw little-endian PCM, each at ``speech_sample_rate``.
+TTS_CODECS = {"ulaw": "mulaw", "alaw": "alaw", "l16le": "linear16"}
+TtsKey = tuple[str, str, WireFormat]  # (language, speaker, format): what a socket's config fixed
 
 
 def _headers(api_key: str, tag: str | None) -> dict[str, str]:
@@ -306,15 +313,33 @@ class _Spare:
     since: float
 
 
-class SarvamTTSStream:
-    """One utterance on a configured socket: text in, PCM16 8 kHz out, ``cancel()`` closes."""
+class _Linear16:
+    """Bulbul's ``linear16`` chunks as whole PCM16 samples: a leading RIFF header dropped (the
+    reference cannot say whether one comes), a chunk's odd last byte kept for the next chunk."""
 
-    def __init__(
-        self, provider: SarvamTTS, ws: ClientConnection, key: tuple[str, str], *, warm: bool
-    ) -> None:
+    def __init__(self) -> None:
+        self._first = True
+        self._carry = b""
+
+    def take(self, chunk: bytes) -> bytes:
+        if self._first:
+            self._first = False
+            chunk = strip_riff(chunk)
+        data = self._carry + chunk if self._carry else chunk
+        cut = len(data) // 2 * 2
+        self._carry = data[cut:]
+        return data[:cut]
+
+
+class SarvamTTSStream:
+    """One utterance on a configured socket: text in, audio in the key's format out (Bulbul's bytes
+    as they came), ``cancel()`` closes."""
+
+    def __init__(self, provider: SarvamTTS, ws: ClientConnection, key: TtsKey, *, warm: bool) -> None:
         self._provider = provider
         self._ws = ws
         self._key = key
+        self._pcm = _Linear16() if key[2].encoding == "l16le" else None
         self.warm = warm  # True when a pre-connected socket was used (no handshake on this utterance)
         self._cancelled = False
         self._done = False
@@ -351,8 +376,10 @@ class SarvamTTSStream:
                 except SarvamProtocolError as exc:
                     raise self._error("malformed", str(exc)) from None
                 if isinstance(m, TtsAudio):
-                    self._got_audio = True
-                    yield ulaw_to_pcm16(m.audio)
+                    audio = self._pcm.take(m.audio) if self._pcm is not None else m.audio
+                    if audio:
+                        self._got_audio = True
+                        yield audio
                 elif isinstance(m, TtsFinal):
                     self._done = True
                     return
@@ -415,9 +442,9 @@ class SarvamTTS:
         self.rest_timeout_s = rest_timeout_s
         self._http = http_client
         self._own_http = http_client is None
-        self._spares: dict[tuple[str, str], _Spare] = {}
-        self._warming: set[tuple[str, str]] = set()
-        self._spare_ready: dict[tuple[str, str], asyncio.Event] = {}
+        self._spares: dict[TtsKey, _Spare] = {}
+        self._warming: set[TtsKey] = set()
+        self._spare_ready: dict[TtsKey, asyncio.Event] = {}
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -470,18 +497,25 @@ class SarvamTTS:
 
     # -- sockets
 
-    def _key(self, language: str, voice: str | None) -> tuple[str, str]:
+    def _key(self, language: str, voice: str | None, fmt: WireFormat) -> TtsKey:
         lang = normalise_language(language)
         if lang not in TTS_LANGUAGES:
             raise ProviderError(TTS_PROVIDER, "http_error", f"Bulbul has no voice for language {language!r}")
-        return lang, voice or self.speakers.get(lang, "shubh")
+        return lang, voice or self.speakers.get(lang, "shubh"), fmt
 
-    async def _connect_configured(self, key: tuple[str, str], tag: str | None) -> ClientConnection:
+    async def _connect_configured(self, key: TtsKey, tag: str | None) -> ClientConnection:
         url = tts_ws_url(self.ws_base_url, model=self.model, send_completion_event=True)
         self.handshakes += 1
         ws = await _ws_connect(TTS_PROVIDER, url, _headers(self.api_key, tag), self.connect_timeout_s)
+        fmt = key[2]
         config = tts_config(
-            key[0], key[1], model=self.model, pace=self.pace, min_buffer_size=self.min_buffer_size
+            key[0],
+            key[1],
+            model=self.model,
+            sample_rate=fmt.rate,
+            codec=TTS_CODECS[fmt.encoding],
+            pace=self.pace,
+            min_buffer_size=self.min_buffer_size,
         )
         try:
             await ws.send(config)
@@ -489,7 +523,7 @@ class SarvamTTS:
             raise ProviderError(TTS_PROVIDER, "disconnected", _closed_message(exc)) from None
         return ws
 
-    def _take_spare(self, key: tuple[str, str]) -> ClientConnection | None:
+    def _take_spare(self, key: TtsKey) -> ClientConnection | None:
         spare = self._spares.pop(key, None)
         if spare is None:
             return None
@@ -498,25 +532,25 @@ class SarvamTTS:
             return None
         return spare.ws
 
-    def warm_ready(self, language: str, voice: str | None = None) -> bool:
-        key = self._key(language, voice)
+    def warm_ready(self, language: str, voice: str | None = None, fmt: WireFormat = PCM16_8K) -> bool:
+        key = self._key(language, voice, fmt)
         spare = self._spares.get(key)
         return spare is not None and spare.ws.state is State.OPEN
 
-    async def wait_warm(self, language: str, voice: str | None = None) -> None:
+    async def wait_warm(self, language: str, voice: str | None = None, fmt: WireFormat = PCM16_8K) -> None:
         """Pre-warm and wait until the spare is connected (bound it with ``asyncio.timeout``)."""
-        key = self._key(language, voice)
-        while not self.warm_ready(language, voice):
+        key = self._key(language, voice, fmt)
+        while not self.warm_ready(language, voice, fmt):
             self._schedule_warm(key, None)
             await self._spare_ready.setdefault(key, asyncio.Event()).wait()
 
-    def _add_spare(self, key: tuple[str, str], ws: ClientConnection) -> None:
+    def _add_spare(self, key: TtsKey, ws: ClientConnection) -> None:
         self._spares[key] = _Spare(ws, time.monotonic())
         event = self._spare_ready.pop(key, None)
         if event is not None:
             event.set()
 
-    def _schedule_warm(self, key: tuple[str, str], tag: str | None) -> None:
+    def _schedule_warm(self, key: TtsKey, tag: str | None) -> None:
         if self._tg is None or self._closed or not self.warm_enabled:
             return
         if key in self._spares or key in self._warming:
@@ -524,7 +558,7 @@ class SarvamTTS:
         self._warming.add(key)
         self._spawn(self._warm_up(key, tag))
 
-    async def _warm_up(self, key: tuple[str, str], tag: str | None) -> None:
+    async def _warm_up(self, key: TtsKey, tag: str | None) -> None:
         try:
             ws = await self._connect_configured(key, tag)
         except ProviderError as exc:
@@ -540,7 +574,7 @@ class SarvamTTS:
         else:
             self._add_spare(key, ws)
 
-    async def _release(self, key: tuple[str, str], ws: ClientConnection) -> None:
+    async def _release(self, key: TtsKey, ws: ClientConnection) -> None:
         """An utterance completed: keep its configured socket as the spare if there is none."""
         if not self._closed and self._tg is not None and self.warm_enabled and key not in self._spares:
             if ws.state is State.OPEN:
@@ -568,8 +602,10 @@ class SarvamTTS:
 
     # -- the TTSProvider interface
 
-    async def open(self, language: str, voice: str | None = None, tag: str | None = None) -> SarvamTTSStream:
-        key = self._key(language, voice)
+    async def open(
+        self, language: str, voice: str | None = None, tag: str | None = None, fmt: WireFormat = PCM16_8K
+    ) -> SarvamTTSStream:
+        key = self._key(language, voice, fmt)
         ws = self._take_spare(key)
         warm = ws is not None
         if ws is None:
@@ -578,13 +614,26 @@ class SarvamTTS:
         return SarvamTTSStream(self, ws, key, warm=warm)
 
     async def synthesize(
-        self, text: str, language: str, voice: str | None = None, tag: str | None = None
+        self,
+        text: str,
+        language: str,
+        voice: str | None = None,
+        tag: str | None = None,
+        fmt: WireFormat = PCM16_8K,
     ) -> bytes:
-        key = self._key(language, voice)
+        key = self._key(language, voice, fmt)
         if self._http is None:
             self._http = httpx.AsyncClient()
             self._own_http = True
-        body = tts_rest_body(text[:MAX_TTS_TEXT], key[0], key[1], model=self.model, pace=self.pace)
+        body = tts_rest_body(
+            text[:MAX_TTS_TEXT],
+            key[0],
+            key[1],
+            model=self.model,
+            sample_rate=fmt.rate,
+            codec=TTS_CODECS[fmt.encoding],
+            pace=self.pace,
+        )
         try:
             resp = await self._http.post(
                 tts_rest_url(self.rest_base_url),
@@ -613,4 +662,6 @@ class SarvamTTS:
         except SarvamProtocolError as exc:
             log.warning("%s: malformed REST response: %s", TTS_PROVIDER, exc)
             raise ProviderError(TTS_PROVIDER, "malformed", str(exc)) from None
-        return ulaw_to_pcm16(result.audio)
+        if fmt.encoding == "l16le":
+            return _Linear16().take(result.audio)
+        return result.audio

@@ -268,14 +268,18 @@ class RtpSender:
 
 
 class Playout:
-    """The outbound queue of one call: PCM16 in any size, one 20 ms frame out per tick.
+    """The outbound queue of one call: audio in the link's wire format in any size, one 20 ms frame
+    (``frame_bytes``: 320 of PCM16 8 kHz, 160 of G.711) out per tick, a short last one padded with
+    ``silence`` (the format's silent byte: 0xFF in mu-law, 0xD5 in A-law, 0 in PCM).
 
     Marks sit at byte positions in the queue; ``next_frame`` returns the marks whose audio has
     now all been sent. With nothing queued, a mark echoes at once; ``clear`` drops the queue and
     echoes every pending mark (the Twilio semantics the session expects).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, frame_bytes: int = PCM_FRAME_BYTES, silence: int = 0) -> None:
+        self.frame_bytes = frame_bytes
+        self._silence = bytes([silence])
         self._buf = bytearray()
         self._start = 0  # absolute position of _buf[0]
         self._marks: deque[tuple[int, str]] = deque()
@@ -301,14 +305,15 @@ class Playout:
         return names
 
     def next_frame(self) -> tuple[bytes | None, list[str]]:
-        """(320 bytes of PCM, or None when idle; marks now played)."""
+        """(one frame of ``frame_bytes``, or None when idle; marks now played)."""
         frame = None
         if self._buf:
-            frame = bytes(self._buf[:PCM_FRAME_BYTES])
-            del self._buf[:PCM_FRAME_BYTES]
+            size = self.frame_bytes
+            frame = bytes(self._buf[:size])
+            del self._buf[:size]
             self._start += len(frame)
-            if len(frame) < PCM_FRAME_BYTES:
-                frame += bytes(PCM_FRAME_BYTES - len(frame))
+            if len(frame) < size:
+                frame += self._silence * (size - len(frame))
         echoed = []
         while self._marks and self._marks[0][0] <= self._start:
             echoed.append(self._marks.popleft()[1])

@@ -34,7 +34,7 @@ from voxroute.agent.link import (
     InboundDtmf,
     MarkEcho,
 )
-from voxroute.audio import InboundFramer, pcm16_to_alaw, pcm16_to_ulaw
+from voxroute.audio import ALAW_8K, MULAW_8K, InboundFramer, WireFormat
 from voxroute.telephony.sip import rtp
 from voxroute.telephony.sip.message import SipParseError, host_port, parse_uri
 from voxroute.telephony.sip.ua import (
@@ -132,7 +132,8 @@ class SipLink:
         self._rtp = rtp_transport
         media = call.media
         self.codec = media.codec
-        self._encode = pcm16_to_ulaw if media.codec == "PCMU" else pcm16_to_alaw
+        # the negotiated payload type is what the TTS is asked for: its G.711 goes into RTP as it is
+        self.audio_format: WireFormat = MULAW_8K if media.codec == "PCMU" else ALAW_8K
         self._framer = InboundFramer("ulaw" if media.codec == "PCMU" else "alaw")
         self._silence = bytes([rtp.SILENCE[media.codec]]) * rtp.SAMPLES_PER_FRAME
         self._audio_pt = media.payload_type
@@ -141,7 +142,7 @@ class SipLink:
         self.jitter = rtp.JitterBuffer(media.codec)
         self._audio_ssrc: int | None = None
         self.dtmf = rtp.DtmfReceiver()
-        self.playout = rtp.Playout()
+        self.playout = rtp.Playout(rtp.SAMPLES_PER_FRAME, rtp.SILENCE[media.codec])
         self._events: asyncio.Queue[CarrierEvent] = asyncio.Queue()
         self._ended_delivered = False
         self.ended = False
@@ -163,10 +164,11 @@ class SipLink:
     def events(self) -> _LinkEvents:
         return _LinkEvents(self)
 
-    async def send_audio(self, pcm: bytes) -> None:
-        if pcm and not self.ended:
+    async def send_audio(self, data: bytes) -> None:
+        """``data``: G.711 in the call's codec (``audio_format``), queued for the 20 ms pacer."""
+        if data and not self.ended:
             starting = self.playout.queued_bytes == 0 and not self._sent_ahead
-            self.playout.push(pcm)
+            self.playout.push(data)
             if starting:
                 # A talk spurt goes on the wire now, not at the next pacer tick (up to 20 ms on),
                 # so the session's first_audio_out is what the caller's side sees. This packet
@@ -287,8 +289,8 @@ class SipLink:
     def _send_next(self, now: float) -> None:
         if self.ended:
             return
-        pcm, echoed = self.playout.next_frame()
-        payload = self._encode(pcm) if pcm is not None else self._silence
+        frame, echoed = self.playout.next_frame()
+        payload = frame if frame is not None else self._silence
         try:
             self._rtp.sendto(self.sender.audio(payload), self.remote_rtp)
         except (OSError, RuntimeError):  # a closed transport: the call is ending
@@ -297,8 +299,8 @@ class SipLink:
         for name in echoed:
             self._put(MarkEcho(name))
         if self._bye_when_quiet is not None:
-            self._apology_started = self._apology_started or pcm is not None
-            if pcm is not None or not self._apology_started:
+            self._apology_started = self._apology_started or frame is not None
+            if frame is not None or not self._apology_started:
                 self._quiet_since = None
             elif self._quiet_since is None:
                 self._quiet_since = now

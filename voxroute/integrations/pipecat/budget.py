@@ -34,6 +34,7 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from voxroute.agent.config import Config
 from voxroute.agent.timeline import Clock
+from voxroute.audio import PCM16_8K
 
 log = logging.getLogger("voxroute.pipecat")
 
@@ -57,7 +58,9 @@ async def cached_phrases(services, language: str, voice: str | None = None) -> d
     """The bridge and the apology from voxroute's phrase cache (``Services.phrase``: synthesised once
     per language and voice by voxroute's TTS, 8 kHz)."""
     return {
-        kind: Phrase(services.phrase_text(language, kind), await services.phrase(language, kind, voice))
+        kind: Phrase(
+            services.phrase_text(language, kind), await services.phrase(language, kind, voice, PCM16_8K)
+        )
         for kind in ("bridge", "apology")
     }
 
