@@ -458,3 +458,28 @@ def test_a_short_sentence_said_three_times_is_a_loop_to_decode_again():
     assert not stutters("Hello? Hello? I booked a flight.")  # a caller may say it twice
     assert not stutters("No, no, no, no.")  # one sentence
     assert not stutters("I booked a flight with you last month.")
+
+
+# ---------------------------------------------------------------- the scripted LLM's acknowledgement
+
+
+def test_the_scripted_acknowledgement_is_not_the_answers_first_sentence_said_twice():
+    """The fast path's acknowledgement before a reasoning answer (tag ``...:ack``) gets a line of
+    its own from the scripted responder; the answer's request gets the answer."""
+    from voxroute.agent.providers.base import LLMRequest
+    from voxroute.agent.providers.local import ClassTaggedLLM
+    from voxroute.emulators import scripted
+
+    class Inner:
+        name = "emulated"
+
+        def stream(self, request, **kwargs):
+            return request.messages
+
+    llm = ClassTaggedLLM(Inner(), lambda tag: "billing_dispute")
+    user = [{"role": "user", "content": "I was charged twice for my order"}]
+    ack = llm.stream(LLMRequest("m", list(user), tag="CA1:1:ack"))
+    answer = llm.stream(LLMRequest("m", list(user), tag="CA1:1"))
+    ack_text, answer_text = scripted.reply(ack), scripted.reply(answer)
+    assert answer_text is not None and answer_text.startswith("I am sorry you were charged")
+    assert ack_text in scripted.EN["ack"] and ack_text.split(".")[0] not in answer_text

@@ -1192,11 +1192,15 @@ class ByLanguageTTS:
 # ---------------------------------------------------------------- the scripted LLM's routing class
 
 CLASS_MARKER = "voxroute-routing-class:"  # emulators/scripted.py reads this system line
+ACK_MARKER = "voxroute-reply: acknowledgement"  # ... and this one: the fast path's acknowledgement
 
 
 class ClassTaggedLLM:
     """Wraps an emulated LLM: adds one system line naming the turn's routing class, which the
-    emulator's scripted responder answers to. Only ever wraps emulated providers."""
+    emulator's scripted responder answers to, and one more on the acknowledgement the fast path
+    says before a reasoning answer (tag ``...:ack``, agent/answer.py), so that it is an
+    acknowledgement and not the answer's first sentence said twice. Only ever wraps emulated
+    providers."""
 
     def __init__(self, inner, class_of) -> None:
         self.inner = inner
@@ -1210,6 +1214,8 @@ class ClassTaggedLLM:
         cls = self.class_of(request.tag) if request.tag else None
         if cls:
             request.messages = [*request.messages, {"role": "system", "content": f"{CLASS_MARKER} {cls}"}]
+            if request.tag.split(":")[2:3] == ["ack"]:
+                request.messages.append({"role": "system", "content": ACK_MARKER})
         return self.inner.stream(request, **kwargs)
 
     async def aclose(self) -> None:
