@@ -50,7 +50,11 @@ _DIGIT_WORDS = {
 _THANKS = ("thank", "thanks", "bye", "that's all", "that is all", "great", "धन्यवाद", "शुक्रिया")
 
 EN: dict[str, tuple[str, ...]] = {
-    "ack": ("I see, let me look into that.", "Right, I have noted that.", "Understood, let me check that for you."),
+    "ack": (
+        "I see, let me look into that.",
+        "Right, I have noted that.",
+        "Understood, let me check that for you.",
+    ),
     "order_ask": (
         "I can check that for you. Could you tell me your order number?",
         "Sure, let me look that up. What is the order number, please?",
