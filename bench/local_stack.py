@@ -65,6 +65,12 @@ def turn_figures(calls: list[dict]) -> dict:
         "first_audio_max_ms": max(first) if first else None,
         "english_turns": len(english),
         "english_with_bridge": sum(1 for t in english if t.get("bridge")),
+        # What played first: the cached phrase, the fast path's acknowledgement before a reasoning
+        # answer, or a tool's waiting phrase (agent/answer.py).
+        "english_bridge_kinds": {
+            kind: sum(1 for t in english if t.get("bridge") and t.get("bridge_kind") == kind)
+            for kind in ("cached", "ack", "tool")
+        },
         "english_first_audio_p50_ms": _pct(
             [t["first_audio_ms"] for t in english if t.get("first_audio_ms")], 50
         ),
@@ -128,7 +134,7 @@ def main() -> None:
     print(
         f"  turns: {t['within_budget']}/{t['turns']} within budget; first audio p50/p99/max "
         f"{t['first_audio_p50_ms']}/{t['first_audio_p99_ms']}/{t['first_audio_max_ms']} ms; English turns "
-        f"with a bridge {t['english_with_bridge']}/{t['english_turns']} (first audio p50 "
+        f"with a bridge {t['english_with_bridge']}/{t['english_turns']} {t['english_bridge_kinds']} (first audio p50 "
         f"{t['english_first_audio_p50_ms']} ms); STT final after end of speech p50/p99 "
         f"{t['stt_final_after_speech_end_p50_ms']}/{t['stt_final_after_speech_end_p99_ms']} ms; "
         f"not heard {t['not_heard']}"

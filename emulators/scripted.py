@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 MARKER = "voxroute-routing-class:"
+ACK_MARKER = "voxroute-reply: acknowledgement"  # the fast path's one sentence before a reasoning answer
 
 _DEVANAGARI = re.compile(r"[\u0900-\u097F]")
 _ORDER_ID = re.compile(r"\b(?:([A-Za-z])-?\s?)?(\d{3,})\b")
@@ -49,6 +50,11 @@ _DIGIT_WORDS = {
 _THANKS = ("thank", "thanks", "bye", "that's all", "that is all", "great", "धन्यवाद", "शुक्रिया")
 
 EN: dict[str, tuple[str, ...]] = {
+    "ack": (
+        "I see, let me look into that.",
+        "Right, I have noted that.",
+        "Understood, let me check that for you.",
+    ),
     "order_ask": (
         "I can check that for you. Could you tell me your order number?",
         "Sure, let me look that up. What is the order number, please?",
@@ -97,6 +103,7 @@ EN: dict[str, tuple[str, ...]] = {
     ),
 }
 HI: dict[str, tuple[str, ...]] = {
+    "ack": ("जी, मैं देखती हूँ।", "जी, मैंने नोट कर लिया है।"),
     "order_ask": ("मैं आपका ऑर्डर देखती हूँ। कृपया अपना ऑर्डर नंबर बताइए।", "ज़रूर, आपका ऑर्डर नंबर क्या है?"),
     "order_found": ("धन्यवाद। ऑर्डर {id} भेज दिया गया है और दो दिन में पहुँच जाएगा।",),
     "billing_dispute": (
@@ -157,6 +164,9 @@ def reply(messages: list[dict[str, Any]]) -> str | None:
     variant = max(len(users) - 1, 0)
     hindi = bool(_DEVANAGARI.search(last))
     table = HI if hindi else EN
+    if any(isinstance(m, dict) and m.get("role") == "system" and _text(m) == ACK_MARKER for m in messages):
+        options = table["ack"]  # what the acknowledgement prompt asks for: not the answer itself
+        return options[variant % len(options)]
     low = last.lower()
     key = cls
     if cls == "order_tracking" or (cls == "faq" and any("order" in u.lower() for u in users[:-1])):

@@ -134,6 +134,52 @@ def test_the_final_is_ready_within_250_ms_of_the_end_of_speech():
     assert sum(1 for a in c.of(Decode)) == len(c.engine.started)  # no decode after the end
 
 
+def test_the_final_goes_once_the_pause_decode_is_back_and_120_ms_of_quiet_followed():
+    """A quick decode at the pause: the final at 120 ms of quiet, not at the 200 ms that end an
+    utterance whose decode is not back."""
+    c = Caller(FakeEngine(decode_ms=40)).quiet(100).voice(2000).quiet(400)
+    ((at, final),) = c.finals()
+    assert c.last_voice is not None and at - c.last_voice == 120
+    assert final.text == text_of(c.plan.frames - 6)  # every voiced frame (the decode at the pause)
+
+
+def test_a_decode_back_after_120_ms_of_quiet_is_the_final_when_it_comes():
+    c = Caller(FakeEngine(decode_ms=100)).quiet(100).voice(2000).quiet(400)
+    ((at, final),) = c.finals()
+    pause_decode, job = c.engine.started[-1]  # 5 frames of lead-in, 100 voiced, 2 quiet
+    assert c.last_voice is not None and pause_decode - c.last_voice == 40 and job.frames == 107
+    assert final.text == text_of(job.frames)
+    assert at == pause_decode + 100  # (the fake clock reads results at frame times)
+
+
+def test_a_short_pause_mid_sentence_is_no_final():
+    """The caller pauses 100 ms (the decode at the pause comes back meanwhile) and goes on: one
+    utterance, one final, holding all of it."""
+    c = Caller(FakeEngine(decode_ms=20)).quiet(100).voice(1000).quiet(100).voice(1000).quiet(400)
+    ((_, final),) = c.finals()
+    assert len(c.of(Ended)) == 1
+    assert final.text == text_of(c.plan.frames - 6)
+
+
+def test_a_decode_that_looped_is_no_result_and_the_final_then_takes_the_full_window():
+    """Whisper looped on a short window (text None): no partial; when that was the decode at the
+    pause that was to give the final, the final is decoded again the full way."""
+    plan = Redecoder()
+    for i in range(40):
+        plan.frame(True, i * 20.0, busy=False)
+    partial = Decode(plan.utterance, 40, window_only=True)
+    plan._in_flight.add(partial)
+    assert plan.done(partial, None, None) == []
+    acts = [a for i in range(40, 43) for a in plan.frame(False, i * 20.0, busy=False)]
+    (pause,) = [a for a in acts if isinstance(a, Decode)]
+    assert pause.window_only and pause.frames >= 40  # the decode at the pause went all the same
+    acts = [a for i in range(43, 60) for a in plan.frame(False, i * 20.0, busy=False)]
+    assert Ended(1, final=True) in acts and not any(isinstance(a, Decode) for a in acts)  # it waits
+    (again,) = plan.done(pause, None, None)
+    assert again == Decode(1, pause.frames, window_only=False)
+    assert plan.done(again, "a b", 0.9) == [Heard(1, "a b", 0.9, final=True)]
+
+
 def test_the_last_result_is_reused_as_the_final_when_it_holds_all_the_voice():
     c = Caller(FakeEngine(decode_ms=20)).quiet(100).voice(1500).quiet(100)
     decodes = len(c.of(Decode))
@@ -212,10 +258,12 @@ class FutureEngine:
 
     def __init__(self) -> None:
         self.jobs: list[tuple[bytes, asyncio.Future]] = []
+        self.methods: list[str] = []
         self.busy = False
 
     def submit(self, method: str, pcm: bytes) -> asyncio.Future:
-        assert method == "transcribe"
+        assert method in ("transcribe", "transcribe_window")
+        self.methods.append(method)
         future = asyncio.get_running_loop().create_future()
         self.jobs.append((pcm, future))
         return future
@@ -246,9 +294,33 @@ async def test_the_stream_puts_partials_and_the_final_in_order():
     kinds = [type(e).__name__ + (":final" if isinstance(e, Transcript) and e.final else "") for e in events]
     assert kinds[0] == "SpeechStarted" and kinds[-2:] == ["SpeechEnded", "Transcript:final"]
     assert "Transcript" in kinds  # partials came while the caller spoke
+    assert "transcribe_window" in engine.methods  # while the utterance was open
     final = events[-1]
     assert isinstance(final, Transcript) and final.language == "en-IN" and final.text.startswith("w1 w2")
     assert isinstance(events[0], SpeechStarted) and isinstance(events[-2], SpeechEnded)
+
+
+async def test_a_final_decoded_again_after_the_next_utterance_began_is_of_its_own_audio():
+    engine = FutureEngine()
+    clock = [0.0]
+    stream = LocalWhisperStream(engine, "en-IN", clock=lambda: clock[0])  # type: ignore[arg-type]
+    fixture = load("order_status")
+    first, second = (ulaw_to_pcm16(fixture.utterance_audio(u)) for u in fixture.script.utterances[:2])
+    pcm = silence_pcm(200) + first + silence_pcm(400) + second[:16000]
+    for i in range(0, len(pcm) - 319, 320):
+        clock[0] += FRAME
+        await stream.send_audio(pcm[i : i + 320])
+    assert stream._plan.in_speech and stream._plan.utterance == 2
+    # The second utterance is under way; the first's decode at its pause comes back looped.
+    (pause_pcm, pause_job), *_ = [(p, f) for p, f in engine.jobs if len(p) >= len(first)]
+    pause_job.set_result((None, None))
+    await asyncio.sleep(0)
+    again_pcm, again_job = engine.jobs[-1]
+    assert engine.methods[-1] == "transcribe" and again_pcm == pause_pcm  # the first utterance's audio
+    again_job.set_result(("hi there", 0.9))
+    await stream.aclose()
+    finals = [e for e in [e async for e in stream.events()] if isinstance(e, Transcript) and e.final]
+    assert [f.text for f in finals] == ["hi there"]
 
 
 async def test_a_failed_final_decode_is_a_provider_fault():
@@ -386,3 +458,28 @@ def test_a_short_sentence_said_three_times_is_a_loop_to_decode_again():
     assert not stutters("Hello? Hello? I booked a flight.")  # a caller may say it twice
     assert not stutters("No, no, no, no.")  # one sentence
     assert not stutters("I booked a flight with you last month.")
+
+
+# ---------------------------------------------------------------- the scripted LLM's acknowledgement
+
+
+def test_the_scripted_acknowledgement_is_not_the_answers_first_sentence_said_twice():
+    """The fast path's acknowledgement before a reasoning answer (tag ``...:ack``) gets a line of
+    its own from the scripted responder; the answer's request gets the answer."""
+    from voxroute.agent.providers.base import LLMRequest
+    from voxroute.agent.providers.local import ClassTaggedLLM
+    from voxroute.emulators import scripted
+
+    class Inner:
+        name = "emulated"
+
+        def stream(self, request, **kwargs):
+            return request.messages
+
+    llm = ClassTaggedLLM(Inner(), lambda tag: "billing_dispute")
+    user = [{"role": "user", "content": "I was charged twice for my order"}]
+    ack = llm.stream(LLMRequest("m", list(user), tag="CA1:1:ack"))
+    answer = llm.stream(LLMRequest("m", list(user), tag="CA1:1"))
+    ack_text, answer_text = scripted.reply(ack), scripted.reply(answer)
+    assert answer_text is not None and answer_text.startswith("I am sorry you were charged")
+    assert ack_text in scripted.EN["ack"] and ack_text.split(".")[0] not in answer_text

@@ -97,6 +97,10 @@ MAX_TOKENS_PER_S = 8  # a decode with more tokens than this per second of audio 
 # for short utterances): the work stays linear in the utterance's length.
 PARTIAL_INTERVAL_MS = 400
 PAUSE_DECODE_MS = 40
+# The final goes as soon as a decode of all the voice is in hand and this much quiet followed it (the
+# turn commits on it): the decode at the pause usually is, 150-300 ms after the voice stopped, well
+# before UTTERANCE_SILENCE_MS of quiet (which still ends an utterance whose decode is not back).
+FINAL_QUIET_MS = 120
 DECODE_WORK = 3
 DECODE_ALLOWANCE_FRAMES = 150
 ESPEAK_VOICES = {"hi": "hi"}  # language prefix -> espeak-ng voice, for languages Piper has no voice for
@@ -343,6 +347,22 @@ class _Whisper:
 
     def transcribe(self, pcm: bytes) -> tuple[tuple[str, float | None], dict[str, tuple[float, float]]]:
         """((text, confidence), {engine: (cpu seconds, audio seconds)}) of one utterance of PCM16 8 kHz."""
+        heard, cpu = self._transcribe(pcm, full=True)
+        assert heard[0] is not None
+        return (heard[0], heard[1]), cpu
+
+    def transcribe_window(
+        self, pcm: bytes
+    ) -> tuple[tuple[str | None, float | None], dict[str, tuple[float, float]]]:
+        """As ``transcribe`` on the short window only, for the decodes while the utterance is open: a
+        decode that runs on (a loop) is not done again on the full window (~0.55 s of CPU, over 1.5 s
+        on a loaded machine, holding a worker that the decode at the end may need): its text is None,
+        no result."""
+        return self._transcribe(pcm, full=False)
+
+    def _transcribe(
+        self, pcm: bytes, full: bool
+    ) -> tuple[tuple[str | None, float | None], dict[str, tuple[float, float]]]:
         audio_s = len(pcm) / 2 / SAMPLE_RATE
         cpu: dict[str, tuple[float, float]] = {}
         if self.silero is not None:
@@ -353,9 +373,9 @@ class _Whisper:
                 return ("", None), cpu  # webrtcvad heard a noise burst; Silero says it is not speech
         t0 = time.process_time()  # this process does nothing else: its CPU time is Whisper's
         audio = pcm8k_to_float16k(pcm)
-        heard = self._decode_window(audio)
+        heard: tuple[str | None, float | None] | None = self._decode_window(audio)
         if heard is None:
-            heard = self._decode_full(audio)
+            heard = self._decode_full(audio) if full else (None, None)
         cpu["stt"] = (time.process_time() - t0, audio_s)
         return heard, cpu
 
@@ -583,10 +603,13 @@ class Ended:
 
 @dataclass(frozen=True, slots=True)
 class Decode:
-    """Decode the first ``frames`` frames of the utterance (the open one, when this is returned)."""
+    """Decode the first ``frames`` frames of utterance ``utterance``. ``window_only``: a decode while
+    the utterance is open (a partial, or the one at a pause): if Whisper loops on the short window
+    there is no result (None), not a second decode on the full window."""
 
     utterance: int
     frames: int
+    window_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -633,6 +656,10 @@ class Redecoder:
       ``allowance`` (partials stop one utterance's worth short of that, so the decode at the pause
       always fits): re-decoding stays linear in the utterance's length, however it is paced.
 
+    The utterance ends early, at ``final_quiet_ms`` of quiet or when a decode comes back after
+    that, if a result holds every voiced frame: its text is the final, at once (the caller is most
+    likely done; if they go on, the turn core merges the next utterance into the turn).
+
     At the end, the final is the last result if it holds every voiced frame (no decode at all),
     else that of a decode under way that holds them, else a new decode of the whole utterance
     (never skipped). Utterances with fewer than ``min_ms`` of voice are clicks: no final.
@@ -644,6 +671,7 @@ class Redecoder:
         *,
         interval_ms: int = PARTIAL_INTERVAL_MS,
         pause_ms: int = PAUSE_DECODE_MS,
+        final_quiet_ms: int = FINAL_QUIET_MS,
         work: int = DECODE_WORK,
         allowance: int = DECODE_ALLOWANCE_FRAMES,
         min_ms: int = MIN_UTTERANCE_MS,
@@ -653,6 +681,7 @@ class Redecoder:
         self._silence = max(1, silence_ms // FRAME_MS)
         self._interval_ms = interval_ms
         self._pause = max(1, pause_ms // FRAME_MS)
+        self._final_quiet = min(self._silence, max(1, final_quiet_ms // FRAME_MS))
         self._work = work
         self._allowance = allowance
         self._min = min_ms // FRAME_MS
@@ -691,7 +720,7 @@ class Redecoder:
             self._silent_run = 0
         else:
             self._silent_run += 1
-        if self._silent_run >= self._silence or self.frames >= self._max:
+        if self._silent_run >= self._silence or self.frames >= self._max or self._final_in_hand():
             return self._end()
         job = self._due(now, busy)
         return [job] if job is not None else []
@@ -701,20 +730,30 @@ class Redecoder:
         return self._end() if self.in_speech else []
 
     def done(
-        self, job: Decode, text: str, confidence: float | None, now: float | None = None
+        self, job: Decode, text: str | None, confidence: float | None, now: float | None = None
     ) -> list[RecognitionAction]:
-        """A decode finished with ``text`` at ``now`` (then it is timed: see ``_due``)."""
+        """A decode finished with ``text`` (None: a ``window_only`` decode that gave nothing) at
+        ``now`` (then it is timed: see ``_due``)."""
         self._in_flight.discard(job)
         started = self._started.pop(job, None)
         if now is not None and started is not None:
             self._decode_ms = now - started
         if self._finals.get(job.utterance) == job:
+            if text is None:  # the decode at the pause looped: the final needs the full window
+                again = Decode(job.utterance, job.frames)
+                self._finals[job.utterance] = again
+                self._in_flight.add(again)
+                return [again]
             del self._finals[job.utterance]
             return [Heard(job.utterance, text, confidence, final=True)]
+        if text is None:
+            return []  # a decode that ran on: no result
         if job.utterance != self.utterance or not self.in_speech or job.frames <= self._best_frames:
             return []  # an ended utterance's extra decode, or older than a result we hold
         changed = self._best is None or self._best.text != text
         self._best, self._best_frames = Heard(job.utterance, text, confidence, final=False), job.frames
+        if self._final_in_hand():
+            return self._end()  # the final, now: the caller has been quiet since this decode began
         return [self._best] if text and changed else []
 
     def failed(self, job: Decode) -> list[RecognitionAction]:
@@ -738,6 +777,14 @@ class Redecoder:
         self._best, self._best_frames = None, 0
         self._lead = 0
         return began
+
+    def _final_in_hand(self) -> bool:
+        """The quiet after the voice is long enough and a result holds every voiced frame."""
+        return (
+            self._silent_run >= self._final_quiet
+            and self._best is not None
+            and self._best_frames >= self._heard_upto
+        )
 
     def _covering(self) -> list[Decode]:
         """This utterance's decodes under way that hold every voiced frame heard so far."""
@@ -767,7 +814,7 @@ class Redecoder:
         return self._start(now)
 
     def _start(self, now: float) -> Decode:
-        job = Decode(self.utterance, self.frames)
+        job = Decode(self.utterance, self.frames, window_only=True)
         self._in_flight.add(job)
         self._started[job] = now
         self.decoded += self.frames
@@ -825,6 +872,7 @@ class LocalWhisperStream:
         self._out: asyncio.Queue[STTEvent | asyncio.Future | None] = asyncio.Queue()
         self._finals: dict[int, asyncio.Future] = {}
         self._jobs: dict[Decode, asyncio.Future] = {}  # decodes under way
+        self._held: dict[int, list[bytes]] = {}  # ended utterances' frames, until their final is in
         self._closed = False
 
     async def send_audio(self, pcm: bytes, ulaw: bytes | None = None) -> None:
@@ -853,7 +901,9 @@ class LocalWhisperStream:
                 self._buf = [*lead, frame]
                 self._out.put_nowait(SpeechStarted())
             elif isinstance(act, Decode):
-                future = self.engine.submit("transcribe", b"".join(self._buf[: act.frames]))
+                method = "transcribe_window" if act.window_only else "transcribe"
+                audio = self._held.get(act.utterance, self._buf)  # an ended utterance's, for its final
+                future = self.engine.submit(method, b"".join(audio[: act.frames]))
                 self._jobs[act] = future
                 future.add_done_callback(lambda f, job=act: self._decoded(job, f))
             elif isinstance(act, Drop):
@@ -863,10 +913,12 @@ class LocalWhisperStream:
                 self._lead.clear()
                 self._out.put_nowait(SpeechEnded())
                 if act.final:
+                    self._held[act.utterance] = self._buf  # until its final is in
                     final = asyncio.get_running_loop().create_future()
                     self._finals[act.utterance] = final
                     self._out.put_nowait(final)
             elif isinstance(act, Heard) and act.final:
+                self._held.pop(act.utterance, None)
                 final = self._finals.pop(act.utterance)
                 if not final.done():
                     final.set_result((act.text, act.confidence))
@@ -879,6 +931,7 @@ class LocalWhisperStream:
         if future.cancelled() or future.exception() is not None:
             for act in self._plan.failed(job):
                 assert isinstance(act, Lost)
+                self._held.pop(act.utterance, None)
                 final = self._finals.pop(act.utterance)
                 if not final.done():
                     exc = None if future.cancelled() else future.exception()
@@ -1155,11 +1208,15 @@ class ByLanguageTTS:
 # ---------------------------------------------------------------- the scripted LLM's routing class
 
 CLASS_MARKER = "voxroute-routing-class:"  # emulators/scripted.py reads this system line
+ACK_MARKER = "voxroute-reply: acknowledgement"  # ... and this one: the fast path's acknowledgement
 
 
 class ClassTaggedLLM:
     """Wraps an emulated LLM: adds one system line naming the turn's routing class, which the
-    emulator's scripted responder answers to. Only ever wraps emulated providers."""
+    emulator's scripted responder answers to, and one more on the acknowledgement the fast path
+    says before a reasoning answer (tag ``...:ack``, agent/answer.py), so that it is an
+    acknowledgement and not the answer's first sentence said twice. Only ever wraps emulated
+    providers."""
 
     def __init__(self, inner, class_of) -> None:
         self.inner = inner
@@ -1173,6 +1230,8 @@ class ClassTaggedLLM:
         cls = self.class_of(request.tag) if request.tag else None
         if cls:
             request.messages = [*request.messages, {"role": "system", "content": f"{CLASS_MARKER} {cls}"}]
+            if request.tag.split(":")[2:3] == ["ack"]:
+                request.messages.append({"role": "system", "content": ACK_MARKER})
         return self.inner.stream(request, **kwargs)
 
     async def aclose(self) -> None:
