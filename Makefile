@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,local,otel,pipecat]'
+	$(BIN)/python -m pip install --quiet -e '.[test,local,otel,pipecat,uvloop]'
 	touch $(STAMP)
 
 # No keys, no network: a server on the embedded stack (the `local` extra: faster-whisper, Piper and

@@ -22,7 +22,9 @@ from collections.abc import Callable
 log = logging.getLogger("voxroute.loop")
 
 STACK_FRAMES = 8  # innermost frames in the log line
-IDLE_FILES = ("selectors.py", "selector_events.py", "base_events.py")  # the loop's own code
+# The loop's own code. On uvloop (telephony.event_loop) the loop is C: between callbacks the loop
+# thread's innermost Python frame is asyncio.run's, in runners.py.
+IDLE_FILES = ("selectors.py", "selector_events.py", "base_events.py", "runners.py")
 
 
 class LoopWatch:

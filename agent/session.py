@@ -122,6 +122,7 @@ class CallSession:
         self._commits: asyncio.Queue[Commit] = asyncio.Queue()
         self._rearm = asyncio.Event()  # the turn core's next timer may have moved earlier
         self._tick_at: float | None = None  # when the ticker is due to wake (call ms), None: idle
+        self._tick_due = False  # the ticker's timer fired (else ``_rearm`` woke it: look again)
         # turns
         self._turn_task: asyncio.Task | None = None
         self._active: TurnRecord | None = None
@@ -242,18 +243,31 @@ class CallSession:
 
     async def _ticker(self) -> None:
         """Wakes the turn core when its timers are due: silence is counted by the clock, so a turn
-        ends even when the caller's side sends no frames at all while quiet."""
+        ends even when the caller's side sends no frames at all while quiet. The timer is a plain
+        loop timer that sets ``_rearm``, not a timed wait: while the caller speaks it fires every
+        60 ms (the commit silence moves with each voiced frame), and a timed wait's expiry is a
+        cancellation and an exception each time."""
+        loop = asyncio.get_running_loop()
         while True:
             now = self.clock.now()
             self._tick_at = self.taker.next_wake(now)
             self._rearm.clear()
+            self._tick_due = False
+            timer = (
+                None if self._tick_at is None else loop.call_later((self._tick_at - now) / 1000, self._tick)
+            )
             try:
-                async with asyncio.timeout(None if self._tick_at is None else (self._tick_at - now) / 1000):
-                    await self._rearm.wait()
+                await self._rearm.wait()
+            finally:
+                if timer is not None:
+                    timer.cancel()
+            if not self._tick_due:
                 continue  # a timer moved earlier: look again
-            except TimeoutError:
-                pass
             await self._act(self.taker.tick(self.clock.now(), self.player.speaking, due=self._tick_at))
+
+    def _tick(self) -> None:
+        self._tick_due = True
+        self._rearm.set()
 
     async def _act(self, actions: list[TurnAction]) -> None:
         """Carry out what the turn core decided."""

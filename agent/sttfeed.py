@@ -68,6 +68,7 @@ class STTFeed:
         self._stall_s = stall_ms / 1000
         self._last_frame_at = 0.0  # clock ms of the last frame pushed
         self._ready = asyncio.Event()
+        self._stall_timer: asyncio.TimerHandle | None = None  # checks a gathering batch for a stall
 
     def push(self, pcm: bytes, ulaw: bytes | None, voiced: bool | None = None) -> None:
         """A caller frame: the sender strand sends it, so a slow STT never holds up the inbound strand.
@@ -76,7 +77,7 @@ class STTFeed:
         self._frames_in += 1
         self._last_frame_at = self._clock.now()
         if self._frames_in - self._position == 1:
-            self._ready.set()  # a batch begins: the sender arms its stall timer
+            self._arm_stall()  # a batch begins
         if voiced:
             self._speaking = True
         elif voiced is not None:
@@ -133,27 +134,41 @@ class STTFeed:
                 failures += 1
 
     async def aclose(self) -> None:
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
         stream, self._stream = self._stream, None
         if stream is not None:
             await _close(stream)
 
     async def _send(self, stream: STTStream) -> None:
         """Sends caller frames in order, a batch at a time, as they arrive; what a batch holds goes
-        at once when the frames stop (``stall_ms``)."""
+        at once when the frames stop (``stall_ms``, the stall timer wakes this strand)."""
         while True:
-            timeout = None
-            if self._frames_in > self._position:  # a batch is gathering: until the frames stall
-                timeout = max(0.0, self._stall_s - self._quiet_s())
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._ready.wait()
-            except TimeoutError:
-                if self._quiet_s() < self._stall_s:
-                    continue  # a frame came meanwhile: the batch goes on gathering
-                self._urgent = True  # no frame for stall_ms: the caller's side stopped sending
+            await self._ready.wait()
             self._ready.clear()
             urgent, self._urgent = self._urgent, False
             await self._send_pending(stream, whole=not urgent)
+            if self._frames_in > self._position:
+                self._arm_stall()  # frames came during the send: a batch is gathering
+
+    def _arm_stall(self) -> None:
+        """Watch the gathering batch for a stall. A plain timer, not a timed wait of the sender: the
+        sender wakes only to send (a timed wait cost it a wake-up and a timeout per batch begun and per
+        stall check, on every call, every 100 ms)."""
+        if self._stall_timer is None:
+            loop = asyncio.get_running_loop()
+            self._stall_timer = loop.call_at(loop.time() + self._stall_s - self._quiet_s(), self._check_stall)
+
+    def _check_stall(self) -> None:
+        self._stall_timer = None
+        if self._frames_in <= self._position:
+            return  # the batch went: the next one arms its own
+        if self._quiet_s() < self._stall_s:
+            self._arm_stall()  # a frame came meanwhile: the batch goes on gathering
+            return
+        self._urgent = True  # no frame for stall_ms: the caller's side stopped sending
+        self._ready.set()
 
     def _quiet_s(self) -> float:
         return (self._clock.now() - self._last_frame_at) / 1000

@@ -136,11 +136,12 @@ def step_result(n: int, results: list, before: dict, after: dict, wall_s: float)
 
 
 @contextlib.contextmanager
-def stream_server_args(kind: str):
+def stream_server_args(kind: str, event_loop: str = "asyncio"):
     """``kind`` "media": the server's streams on the websockets media server (``telephony.media_port``
-    in a copy of the default config); "asgi": on the main port. Yields ``(serve_args, ws_base)``;
-    ``ws_base`` None means the main port's."""
-    if kind == "asgi":
+    in a copy of the default config); "asgi": on the main port. ``event_loop``: the config's
+    ``telephony.event_loop`` ("asyncio", the default config's, or "uvloop"). Yields
+    ``(serve_args, ws_base)``; ``ws_base`` None means the main port's."""
+    if kind == "asgi" and event_loop == "asyncio":
         yield (), None
         return
     import tempfile
@@ -151,9 +152,12 @@ def stream_server_args(kind: str):
     from voxroute.agent.config import DEFAULT_CONFIG_PATH
 
     data = yaml.safe_load(Path(os.environ.get("VOXROUTE_CONFIG", DEFAULT_CONFIG_PATH)).read_text())
-    port = _free_port()
-    data.setdefault("telephony", {})["media_port"] = port
+    telephony = data.setdefault("telephony", {})
+    telephony["event_loop"] = event_loop
+    port = None
+    if kind == "media":
+        port = telephony["media_port"] = _free_port()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.yaml"
         path.write_text(yaml.safe_dump(data))
-        yield ("--config", str(path)), f"ws://127.0.0.1:{port}"
+        yield ("--config", str(path)), (f"ws://127.0.0.1:{port}" if port else None)

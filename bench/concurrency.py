@@ -86,13 +86,18 @@ def passes(step: dict) -> bool:
 
 
 async def run(
-    steps: list[int], pinned: bool, keep_going: bool = False, stream_server: str = "media", workers: int = 1
+    steps: list[int],
+    pinned: bool,
+    keep_going: bool = False,
+    stream_server: str = "media",
+    workers: int = 1,
+    event_loop: str = "asyncio",
 ) -> dict:
     rows = []
     best = None
     own = _worker_ports(workers) if workers > 1 else None  # each worker's own port, for its stats
     with (
-        stream_server_args(stream_server) as (serve_args, stream_base),
+        stream_server_args(stream_server, event_loop) as (serve_args, stream_base),
         processes(pinned, serve_args=(*serve_args, *_workers_args(workers, own))) as (base, _pid),
     ):
         worker_bases = [f"http://127.0.0.1:{own + i}" for i in range(workers)] if own else None
@@ -172,6 +177,12 @@ def main() -> None:
         default="media",
         help="media: the streams on the websockets server (telephony.media_port); asgi: on the main port",
     )
+    ap.add_argument(
+        "--event-loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="the server's telephony.event_loop (uvloop: pip install 'voxroute[uvloop]')",
+    )
     ap.add_argument("--no-pin", action="store_true", help="let the scheduler place all three processes")
     ap.add_argument(
         "--workers",
@@ -195,9 +206,11 @@ def main() -> None:
             keep_going=args.keep_going,
             stream_server=args.stream_server,
             workers=args.workers,
+            event_loop=args.event_loop,
         )
     )
     result["stream_server"] = args.stream_server
+    result["event_loop"] = args.event_loop
     result["pinned"] = pinned
     result["workers"] = args.workers
     print(

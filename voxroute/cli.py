@@ -388,18 +388,35 @@ def serve(
             sockets.append(own)
         if worker_index > 0:  # SIP and AudioSocket are worker 0's (voxroute/workers.py says why)
             cfg.sip.enabled, cfg.sip.audiosocket_bind = False, None
-    asyncio.run(
-        _serve(
-            cfg,
-            host,
-            port,
-            profile,
-            external,
-            stack="local" if local else "emulated",
-            dev=dev,
-            sockets=sockets,
+    with asyncio.Runner(loop_factory=_loop_factory(cfg.telephony.event_loop)) as runner:
+        runner.run(
+            _serve(
+                cfg,
+                host,
+                port,
+                profile,
+                external,
+                stack="local" if local else "emulated",
+                dev=dev,
+                sockets=sockets,
+            )
         )
-    )
+
+
+def _loop_factory(name: str):
+    """``telephony.event_loop``: None, the standard library's loop; "uvloop": libuv's, if installed
+    (else the standard one, said once at start)."""
+    if name != "uvloop":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        logging.getLogger("voxroute").warning(
+            "telephony.event_loop is uvloop but uvloop is not installed (pip install 'voxroute[uvloop]'): "
+            "running on the standard asyncio loop"
+        )
+        return None
+    return uvloop.new_event_loop
 
 
 def _supervise(count: int, host: str, port: int, cfg, profile: str, log_format: str, options: dict) -> int:
@@ -539,12 +556,13 @@ async def _serve(
                     ),
                 ):  # fmt: skip
                     log.warning(
-                        "voxroute serving on %s (public %s)%s; carriers: %s; at most %d calls",
+                        "voxroute serving on %s (public %s)%s; carriers: %s; at most %d calls; %s event loop",
                         url,
                         cfg.telephony.public_base_url,
                         " in DEVELOPMENT MODE" if dev else "",
                         ", ".join(cfg.telephony.carriers),
                         gate.max_calls,
+                        type(asyncio.get_running_loop()).__module__.partition(".")[0],  # asyncio or uvloop
                     )
                     await stop.wait()
                     await drain(

@@ -567,7 +567,8 @@ def create_runtime_app(
     @app.get("/debug/stats")
     async def debug_stats(request: Request) -> dict:
         operator(request)
-        return {"active_calls": len(services.calls), **metrics.snapshot()}
+        loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]  # asyncio or uvloop
+        return {"active_calls": len(services.calls), "event_loop": loop, **metrics.snapshot()}
 
     @app.get("/debug/engines")
     async def debug_engines(request: Request) -> dict:

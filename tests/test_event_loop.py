@@ -1,0 +1,39 @@
+"""``telephony.event_loop: uvloop``: a real ``voxroute serve`` on libuv's event loop carries fixture
+calls through the fake carrier on the media port, end to end (its CPU per call-second against the
+standard loop is measured by ``bench/concurrency.py --event-loop uvloop``)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+
+from bench.common import LOAD_FIXTURES, processes, stream_server_args, webhook_params
+from voxroute.agent.fixture import load
+from voxroute.emulators.carrier import dial
+
+
+async def test_serve_on_uvloop_carries_calls_on_the_media_port():
+    with (
+        stream_server_args("media", "uvloop") as (serve_args, stream_base),
+        processes(serve_args=serve_args) as (base, _pid),
+    ):
+        assert stream_base is not None
+        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+            assert (await http.get("/debug/stats")).json()["event_loop"] == "uvloop"
+
+            async def call(i: int):
+                fixture = load(LOAD_FIXTURES[i])
+                sid = f"CA{i:032x}"
+                params = await webhook_params(http, sid)
+                params["language"] = fixture.script.language
+                return await dial(
+                    fixture, stream_base + "/twilio/stream", custom_parameters=params, call_sid=sid
+                )
+
+            results = await asyncio.gather(*(call(i) for i in range(2)))
+            stats = (await http.get("/debug/stats")).json()
+    for r in results:
+        assert r.completed and not r.errors, r
+    assert stats["event_loop"] == "uvloop"
+    assert stats["inbound_frames"] > 0  # the server timed the callers' frames on this loop
