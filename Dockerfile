@@ -30,7 +30,7 @@ COPY fixtures ./fixtures
 RUN apt-get update \
     && apt-get install -y --no-install-recommends tini \
     && rm -rf /var/lib/apt/lists/* \
-    && pip install . \
+    && pip install '.[uvloop]' \
     && useradd --system --uid 10001 --home-dir /data voxroute \
     && mkdir -p /data \
     && chown voxroute:voxroute /data
