@@ -136,12 +136,14 @@ def step_result(n: int, results: list, before: dict, after: dict, wall_s: float)
 
 
 @contextlib.contextmanager
-def stream_server_args(kind: str, event_loop: str = "asyncio"):
+def stream_server_args(kind: str, event_loop: str = "asyncio", max_calls: int | None = None):
     """``kind`` "media": the server's streams on the websockets media server (``telephony.media_port``
     in a copy of the default config); "asgi": on the main port. ``event_loop``: the config's
-    ``telephony.event_loop`` ("asyncio", the default config's, or "uvloop"). Yields
-    ``(serve_args, ws_base)``; ``ws_base`` None means the main port's."""
-    if kind == "asgi" and event_loop == "asyncio":
+    ``telephony.event_loop`` ("asyncio", the default config's, or "uvloop"). ``max_calls``: the
+    call cap (``telephony.max_concurrent_calls``) raised to it when it is lower, so that a load step
+    over the default cap measures the server, not its admission. Yields ``(serve_args, ws_base)``;
+    ``ws_base`` None means the main port's."""
+    if kind == "asgi" and event_loop == "asyncio" and max_calls is None:
         yield (), None
         return
     import tempfile
@@ -154,6 +156,11 @@ def stream_server_args(kind: str, event_loop: str = "asyncio"):
     data = yaml.safe_load(Path(os.environ.get("VOXROUTE_CONFIG", DEFAULT_CONFIG_PATH)).read_text())
     telephony = data.setdefault("telephony", {})
     telephony["event_loop"] = event_loop
+    if max_calls is not None:
+        from voxroute.agent.config import TelephonyConfig
+
+        cap = telephony.get("max_concurrent_calls", TelephonyConfig().max_concurrent_calls)
+        telephony["max_concurrent_calls"] = max(max_calls, cap)
     port = None
     if kind == "media":
         port = telephony["media_port"] = _free_port()

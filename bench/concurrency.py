@@ -97,7 +97,7 @@ async def run(
     best = None
     own = _worker_ports(workers) if workers > 1 else None  # each worker's own port, for its stats
     with (
-        stream_server_args(stream_server, event_loop) as (serve_args, stream_base),
+        stream_server_args(stream_server, event_loop, max_calls=max(steps)) as (serve_args, stream_base),
         processes(pinned, serve_args=(*serve_args, *_workers_args(workers, own))) as (base, _pid),
     ):
         worker_bases = [f"http://127.0.0.1:{own + i}" for i in range(workers)] if own else None
