@@ -125,6 +125,7 @@ class CallSession:
         self._tick_due = False  # the ticker's timer fired (else ``_rearm`` woke it: look again)
         # turns
         self._turn_task: asyncio.Task | None = None
+        self._ending_turn = False  # the turn loop is ending the running turn before the next
         self._active: TurnRecord | None = None
         self.speaker = Speaker(self)
         self.answerer = Answerer(self)
@@ -166,7 +167,7 @@ class CallSession:
                 self.asides.start(tg)
                 tg.create_task(self.stt.run(), name=f"{self.call_sid}:stt")
                 tg.create_task(self.player.run(), name=f"{self.call_sid}:outbound")
-                tg.create_task(self._turn_loop(tg), name=f"{self.call_sid}:turns")
+                tg.create_task(self._turn_loop(), name=f"{self.call_sid}:turns")
                 tg.create_task(self._ticker(), name=f"{self.call_sid}:ticker")
                 tg.create_task(
                     self.services.warm_phrases(
@@ -274,7 +275,7 @@ class CallSession:
         for action in actions:
             if isinstance(action, Commit):
                 await self.asides.turn_committed()
-                self._commits.put_nowait(action)
+                self._commit(action)
             elif isinstance(action, Merge):
                 await self._merge(action.index)
             elif isinstance(action, BargeIn):
@@ -341,7 +342,8 @@ class CallSession:
             self._final_event.set()
         else:
             actions = self.taker.stt_partial(ev.text, now, playing)
-            self.routing.speculate(self.taker.partial)  # capped: a huge partial is cut first
+            # The finals before it too: a turn's transcript is all its finals joined (the router caps it)
+            self.routing.speculate(self.taker.pending_text())
         await self._act(actions)
 
     def _stt_fault(self, exc: ProviderError, action: str) -> None:
@@ -357,23 +359,41 @@ class CallSession:
 
     # ------------------------------------------------------------------ turn strand
 
-    async def _turn_loop(self, tg: asyncio.TaskGroup) -> None:
+    def _commit(self, commit: Commit) -> None:
+        """Start the committed turn at once when no turn runs before it (the usual case: a scheduling
+        hop less between the caller's last word and the model request); else the turn loop ends
+        the running turn first, in order."""
+        log.debug("call %s: commit %s %r", self.call_sid, commit.kind, commit.transcript)
+        task = self._turn_task
+        if not self._ending_turn and self._commits.empty() and (task is None or task.done()):
+            self._start_turn(commit)
+        else:
+            self._commits.put_nowait(commit)
+
+    async def _turn_loop(self) -> None:
         while True:
             commit = await self._commits.get()
-            log.debug("call %s: commit %s %r", self.call_sid, commit.kind, commit.transcript)
-            task, previous = self._turn_task, self._active
-            if task is not None and not task.done():
-                if previous is not None and previous.index == commit.previous_index:
-                    if commit.previous == "barge_in":
-                        await self._barge_in(previous.index, "new caller turn")
-                    elif commit.previous == "merge":
-                        await self._merge(previous.index)
-                    else:
-                        task.cancel()  # its audio has played; it only waits for the end mark
-                await asyncio.wait([task])
-            turn = self._open(commit)
-            self._active = turn
-            self._turn_task = tg.create_task(self._run_turn(turn), name=f"{self.call_sid}:turn{turn.index}")
+            self._ending_turn = True
+            try:
+                task, previous = self._turn_task, self._active
+                if task is not None and not task.done():
+                    if previous is not None and previous.index == commit.previous_index:
+                        if commit.previous == "barge_in":
+                            await self._barge_in(previous.index, "new caller turn")
+                        elif commit.previous == "merge":
+                            await self._merge(previous.index)
+                        else:
+                            task.cancel()  # its audio has played; it only waits for the end mark
+                    await asyncio.wait([task])
+                self._start_turn(commit)
+            finally:
+                self._ending_turn = False
+
+    def _start_turn(self, commit: Commit) -> None:
+        assert self.tg is not None  # commits come from the strands the call's task group runs
+        turn = self._open(commit)
+        self._active = turn
+        self._turn_task = self.tg.create_task(self._run_turn(turn), name=f"{self.call_sid}:turn{turn.index}")
 
     def _open(self, commit: Commit) -> TurnRecord:
         turn = TurnRecord(index=commit.index, kind=commit.kind, language=commit.language or self.language)

@@ -278,8 +278,14 @@ class TurnTaker:
         return bool(self._finals)
 
     def heard_text(self) -> str:
-        """What the STT has heard of the caller's pending utterance (for speculative routing)."""
+        """The finals of the caller's pending utterance, joined as the turn's transcript will be."""
         return " ".join(t for t, _ in self._finals)
+
+    def pending_text(self) -> str:
+        """What the STT has heard of the pending utterance so far, finals and the latest partial:
+        the transcript the turn will get if that partial comes back as the last final (what
+        speculative routing scores, so that the decision on the final finds it scored)."""
+        return " ".join([*(t for t, _ in self._finals), *([self._partial] if self._partial else [])])
 
     def silence(self, now: float) -> float:
         """ms since the caller's last voiced frame (since the call began, before any)."""

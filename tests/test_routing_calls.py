@@ -74,6 +74,10 @@ async def test_order_status_never_escalates(replay_call):
     assert classes == ["order_tracking", "order_tracking", "faq"]
     assert not any(t["route"]["escalated"] for t in result.turns)
     assert all(answered_tier(t) == "fast" for t in result.turns)
+    # The first turn is two STT segments; its partials were scored with the final before them, so
+    # the decision on the last final only confirmed what was worked out while the caller spoke.
+    first = result.turns[0]["route"]["reason"]
+    assert "(speculative, confirmed)" in first, first
 
 
 async def test_angry_caller_escalates_and_asks_for_a_human(replay_call):

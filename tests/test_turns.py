@@ -109,6 +109,20 @@ def test_a_final_before_the_pause_commits_after_a_short_quiet():
     assert commit.stt_final == 840 and commit.language == "en-IN"
 
 
+def test_the_pending_text_is_the_transcript_the_turn_gets_when_the_last_partial_comes_back_final():
+    # What speculative routing scores while the caller speaks: the earlier segments' finals and the
+    # latest partial, joined as the commit joins its finals (scoring the partial alone missed).
+    line = Line().voice(600).final("Can you tell me where my order is,").voice(300)
+    line.partial("and when it will")
+    assert line.core.pending_text() == "Can you tell me where my order is, and when it will"
+    line.partial("and when it will arrive?")
+    pending = line.core.pending_text()
+    line.voice(200).final("and when it will arrive?").quiet(100)
+    (commit,) = line.commits()
+    assert commit.transcript == pending
+    assert line.core.pending_text() == ""  # taken with the turn
+
+
 @pytest.mark.parametrize("final_at", [None, 100])
 def test_silence_suppression_commits_by_the_clock_when_no_frames_come(final_at):
     """A SIP phone stops sending RTP when the caller stops talking: the turn still ends."""
