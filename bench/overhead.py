@@ -104,12 +104,18 @@ async def run(rounds: int) -> dict:
                         fixture, ws_url(base) + "/twilio/stream", custom_parameters=params, call_sid=sid
                     )
                     call = (await http.get(f"/calls/{sid}")).json()
-                    rows += [f for t in call["turns"] if (f := turn_figures(t)) is not None]
+                    for t in call["turns"]:
+                        if (f := turn_figures(t)) is not None:
+                            rows.append(
+                                {"fixture": fixture.name, "turn": t["index"], **f, "timeline": t["timeline"]}
+                            )
     out: dict = {"turns": len(rows)}
     for key in ("added", "end_to_end", *PARTS):
         vals = [r[key] for r in rows]
         out[f"{key}_ms_p50"] = _pct(vals, 50)
         out[f"{key}_ms_p99"] = _pct(vals, 99)
+    out["slowest"] = sorted(rows, key=lambda r: -r["added"])[:5]  # where a p99 comes from
+    out["per_turn"] = rows
     return out
 
 
@@ -211,6 +217,10 @@ def main() -> None:
     print(f"runtime-added latency over {result['turns']} turns (zero profile, separate processes):")
     for key in ("added", "end_to_end", *PARTS):
         print(f"  {key:<18} p50 {result[f'{key}_ms_p50']:>7} ms   p99 {result[f'{key}_ms_p99']:>7} ms")
+    print("slowest turns (added, then its parts):")
+    for r in result["slowest"]:
+        parts = "  ".join(f"{k} {r[k]:.2f}" for k in PARTS[:4])
+        print(f"  {r['fixture']} turn {r['turn']}: {r['added']:.2f} ms  ({parts})")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))
