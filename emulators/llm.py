@@ -619,7 +619,7 @@ class LLMEmulator:
         if fault in ("http_500", "http_429", "hang", "stall"):
             # Faults that show from the first byte are logged now; mid-stream ones when they happen
             # (a client that went away before them never saw them).
-            self._record(fault, tag)
+            self._record(fault, tag, model)
         if fault == "http_500":
             return self._error(500, "server", "Internal Server Error (emulated)")
         if fault == "http_429":
@@ -779,13 +779,13 @@ class LLMEmulator:
             )
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
 
-    def _record(self, fault: str, tag: str | None) -> None:
-        self.faults.append(FaultRecord(service="llm", fault=fault, tag=tag, at=time.monotonic()))
+    def _record(self, fault: str, tag: str | None, model: str) -> None:
+        self.faults.append(FaultRecord("llm", fault, tag, time.monotonic(), model))
         log.info("llm emulator: injecting %s (tag %s)", fault, tag)
 
     async def _break_stream(self, plan: _Plan, send: Callable) -> None:
         """The mid-stream faults, after a few tokens have gone out."""
-        self._record(plan.fault, plan.tag)
+        self._record(plan.fault, plan.tag, plan.model)
 
         async def last(data: bytes) -> None:
             await send({"type": "http.response.body", "body": data, "more_body": False})
@@ -837,7 +837,7 @@ class LLMEmulator:
             await asyncio.Future()
         await asyncio.sleep(plan.ttft + plan.gap * len(plan.pieces))
         if plan.fault in ("malformed", "drop", "error_midstream"):
-            self._record(plan.fault, plan.tag)
+            self._record(plan.fault, plan.tag, plan.model)
         if plan.fault == "malformed":
             headers = [(b"content-type", b"application/json")]
             await send({"type": "http.response.start", "status": 200, "headers": headers})

@@ -151,6 +151,8 @@ class FaultRecord:
     fault: str
     tag: str | None  # the client's X-Voxroute-Tag header, when it sent one
     at: float  # time.monotonic() when injected
+    model: str | None = None  # the LLM emulator's: the model the request asked for
 
     def as_dict(self) -> dict:
-        return {"service": self.service, "fault": self.fault, "tag": self.tag, "at": self.at}
+        out = {"service": self.service, "fault": self.fault, "tag": self.tag, "at": self.at}
+        return out | ({"model": self.model} if self.model is not None else {})

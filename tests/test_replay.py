@@ -124,7 +124,13 @@ async def test_chaos_profile_keeps_every_turn_in_budget(seed):
             assert handoffs[tag.removesuffix(":handoff")].get("source") == "deterministic", (seed, fault)
             continue
         assert tag in by_tag, (seed, fault)
-        kinds = {f["kind"] for f in by_tag[tag] if f.get("service") == "llm"}
+        llm = [f for f in by_tag[tag] if f.get("service") == "llm"]
+        if any(f["action"] == "hedge lost" and f.get("model") == fault["model"] for f in llm):
+            # A hedge on that model lost the race: cancelled when the other path's first token
+            # came, it may not have read its response yet (on a busy machine the emulator's 429 comes
+            # after the winner's token), so its fault can have gone unseen, as with a merged turn.
+            continue
+        kinds = {f["kind"] for f in llm}
         expected = FAULT_KINDS[fault["fault"]]
         if fault["tag"].endswith(":ack"):
             # The acknowledgement has a deadline of its own (a few hundred ms, then the cached
