@@ -91,7 +91,7 @@ async def run(
     keep_going: bool = False,
     stream_server: str = "media",
     workers: int = 1,
-    event_loop: str = "asyncio",
+    event_loop: str = "uvloop",
 ) -> dict:
     rows = []
     best = None
@@ -180,8 +180,8 @@ def main() -> None:
     ap.add_argument(
         "--event-loop",
         choices=("asyncio", "uvloop"),
-        default="asyncio",
-        help="the server's telephony.event_loop (uvloop: pip install 'voxroute[uvloop]')",
+        default="uvloop",
+        help="the server's telephony.event_loop (uvloop, the default: pip install 'voxroute[uvloop]')",
     )
     ap.add_argument("--no-pin", action="store_true", help="let the scheduler place all three processes")
     ap.add_argument(

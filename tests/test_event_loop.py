@@ -37,3 +37,20 @@ async def test_serve_on_uvloop_carries_calls_on_the_media_port():
         assert r.completed and not r.errors, r
     assert stats["event_loop"] == "uvloop"
     assert stats["inbound_frames"] > 0  # the server timed the callers' frames on this loop
+
+
+def test_uvloop_is_the_default_and_its_absence_falls_back_with_a_warning(monkeypatch, caplog):
+    import sys
+
+    import uvloop
+
+    from voxroute.agent.config import TelephonyConfig
+    from voxroute.cli import _loop_factory
+
+    assert TelephonyConfig().event_loop == "uvloop"
+    assert _loop_factory("uvloop") is uvloop.new_event_loop
+    assert _loop_factory("asyncio") is None
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as if the extra were not installed: import fails
+    with caplog.at_level("WARNING", logger="voxroute"):
+        assert _loop_factory("uvloop") is None  # asyncio.Runner's own loop: the standard one
+    assert "uvloop is not installed" in caplog.text
