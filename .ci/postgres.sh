@@ -62,6 +62,12 @@ if [ "$(psql_admin -c "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'")" != 
     psql_admin -c "CREATE DATABASE $PG_DB OWNER $PG_USER" >&2
 fi
 
+# Tests drop their own databases WITH (FORCE), which must end every backend on them, including an
+# autovacuum worker that happens to be connected (its process has no role of ours): without
+# pg_signal_backend that DROP fails with "must be a member of the role whose process is being
+# terminated or member of pg_signal_backend". Granting twice only gives a notice.
+psql_admin -c "GRANT pg_signal_backend TO $PG_USER" >&2
+
 URL="postgresql+asyncpg://$PG_USER:$PG_PASSWORD@127.0.0.1:$PORT/$PG_DB"
 say "ready: postgresql+asyncpg://$PG_USER:***@127.0.0.1:$PORT/$PG_DB"
 echo "export VOXROUTE_TEST_POSTGRES_URL='$URL'"
