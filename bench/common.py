@@ -136,14 +136,14 @@ def step_result(n: int, results: list, before: dict, after: dict, wall_s: float)
 
 
 @contextlib.contextmanager
-def stream_server_args(kind: str, event_loop: str = "asyncio", max_calls: int | None = None):
+def stream_server_args(kind: str, event_loop: str = "uvloop", max_calls: int | None = None):
     """``kind`` "media": the server's streams on the websockets media server (``telephony.media_port``
     in a copy of the default config); "asgi": on the main port. ``event_loop``: the config's
-    ``telephony.event_loop`` ("asyncio", the default config's, or "uvloop"). ``max_calls``: the
+    ``telephony.event_loop`` ("uvloop", the default config's, or "asyncio"). ``max_calls``: the
     call cap (``telephony.max_concurrent_calls``) raised to it when it is lower, so that a load step
     over the default cap measures the server, not its admission. Yields ``(serve_args, ws_base)``;
     ``ws_base`` None means the main port's."""
-    if kind == "asgi" and event_loop == "asyncio" and max_calls is None:
+    if kind == "asgi" and event_loop == "uvloop" and max_calls is None:  # the default config as is
         yield (), None
         return
     import tempfile
