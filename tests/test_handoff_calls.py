@@ -2,7 +2,9 @@
 the runtime and the emulators on 127.0.0.1, with the local Twilio REST stand-in and a webhook
 receiver. The caller asks for a person; the runtime summarises, signs and posts the summary,
 transfers the live call with ``<Dial>`` (whisper and action URLs), and closes the stream. A human
-leg that fails brings the caller back to the agent, with the conversation intact.
+leg that fails brings the caller back to the agent, with the conversation intact. The agent's voice
+speaks at FAST_VOICE (tests/conftest.py) except in the failed-leg test, whose caller talks over the
+callback phrase.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request
 
+from tests.conftest import FAST_VOICE
 from voxroute.agent.config import load_config
 from voxroute.agent.fixture import load
 from voxroute.agent.session import INTERRUPTED_MARK
@@ -163,7 +166,7 @@ async def test_reasoning_model_hung_still_transfers_with_the_deterministic_summa
     async with serve_app(app) as hook_url:
         cfg = handoff_config(hook_url + "/hook", cooldown_s=120)
         reasoning = cfg.models["reasoning"].model
-        async with local_stack("reference", 4, [fixture], cfg) as stack:
+        async with local_stack("reference", 4, [fixture], cfg, voice_speed=FAST_VOICE) as stack:
             stack.emulators.llm["openrouter"].behave(reasoning, fault="hang")
             raw = await replay_fixture(fixture, stack.server_url, config=cfg)
             twilio = stack.emulators.twilio
@@ -181,7 +184,7 @@ async def test_keying_zero_asks_for_a_person():
     items = fixture.script.utterances
     keyed = next(u for u in items if u.dtmf)
     cfg = load_config()
-    async with local_stack("zero", 0, [fixture], cfg) as stack:
+    async with local_stack("zero", 0, [fixture], cfg, voice_speed=FAST_VOICE) as stack:
         fixture.script = fixture.script.model_copy(
             update={"utterances": [items[0], keyed.model_copy(update={"dtmf": "0#"})]}
         )
@@ -202,7 +205,7 @@ async def test_a_class_that_always_ends_with_a_person():
     )
     fixture = load("billing_dispute")
     fixture.script = fixture.script.model_copy(update={"utterances": fixture.script.utterances[:1]})
-    async with local_stack("zero", 0, [fixture], cfg) as stack:
+    async with local_stack("zero", 0, [fixture], cfg, voice_speed=FAST_VOICE) as stack:
         raw = await replay_fixture(fixture, stack.server_url, speed=2.0, config=cfg)
         dial_twiml(stack.emulators.twilio, raw["call_sid"])
     assert raw["ended"] == "handoff", raw.get("error")
@@ -229,7 +232,7 @@ async def test_the_model_hands_off_with_its_transfer_tool():
     cfg = load_config()
     cfg.routing.classes["human_request"] = ClassDef(stakes="high", bridge_then_escalate=False)
     fixture = load("angry_complaint")
-    async with local_stack("zero", 0, [fixture], cfg) as stack:
+    async with local_stack("zero", 0, [fixture], cfg, voice_speed=FAST_VOICE) as stack:
         raw = await replay_fixture(fixture, stack.server_url, speed=2.0, config=cfg)
         root = dial_twiml(stack.emulators.twilio, raw["call_sid"])
     assert raw["ended"] == "handoff", raw.get("error")
@@ -254,7 +257,7 @@ async def test_the_model_hands_off_with_its_transfer_tool():
 async def test_the_model_marks_a_settled_call_resolved(replay_call):
     """The caller says thanks: the model answers and calls ``mark_resolved``; the call's outcome is
     ``resolved`` (the call log's containment counts it)."""
-    result = await replay_call("order_status", profile="zero", speed=2.0)
+    result = await replay_call("order_status", profile="zero", speed=2.0, voice_speed=FAST_VOICE)
     assert result.ended == "completed", result.raw.get("error")
     assert result.raw["outcome"] == "resolved"
     last = result.turns[-1]
