@@ -2,9 +2,9 @@
 the runtime and the emulators on 127.0.0.1, with the local Twilio REST stand-in and a webhook
 receiver. The caller asks for a person; the runtime summarises, signs and posts the summary,
 transfers the live call with ``<Dial>`` (whisper and action URLs), and closes the stream. A human
-leg that fails brings the caller back to the agent, with the conversation intact. The agent's voice
-speaks at FAST_VOICE (tests/conftest.py) except in the failed-leg test, whose caller talks over the
-callback phrase.
+leg that fails brings the caller back to the agent, with the conversation intact. Calls that end in
+a transfer keep the agent's normal voice (tests/conftest.py, FAST_VOICE): the transfer goes out while
+"connecting you" plays, and the fake caller hangs up 0.3 s after it has played.
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ async def test_reasoning_model_hung_still_transfers_with_the_deterministic_summa
     async with serve_app(app) as hook_url:
         cfg = handoff_config(hook_url + "/hook", cooldown_s=120)
         reasoning = cfg.models["reasoning"].model
-        async with local_stack("reference", 4, [fixture], cfg, voice_speed=FAST_VOICE) as stack:
+        async with local_stack("reference", 4, [fixture], cfg) as stack:
             stack.emulators.llm["openrouter"].behave(reasoning, fault="hang")
             raw = await replay_fixture(fixture, stack.server_url, config=cfg)
             twilio = stack.emulators.twilio
@@ -184,7 +184,7 @@ async def test_keying_zero_asks_for_a_person():
     items = fixture.script.utterances
     keyed = next(u for u in items if u.dtmf)
     cfg = load_config()
-    async with local_stack("zero", 0, [fixture], cfg, voice_speed=FAST_VOICE) as stack:
+    async with local_stack("zero", 0, [fixture], cfg) as stack:
         fixture.script = fixture.script.model_copy(
             update={"utterances": [items[0], keyed.model_copy(update={"dtmf": "0#"})]}
         )
@@ -205,7 +205,7 @@ async def test_a_class_that_always_ends_with_a_person():
     )
     fixture = load("billing_dispute")
     fixture.script = fixture.script.model_copy(update={"utterances": fixture.script.utterances[:1]})
-    async with local_stack("zero", 0, [fixture], cfg, voice_speed=FAST_VOICE) as stack:
+    async with local_stack("zero", 0, [fixture], cfg) as stack:
         raw = await replay_fixture(fixture, stack.server_url, speed=2.0, config=cfg)
         dial_twiml(stack.emulators.twilio, raw["call_sid"])
     assert raw["ended"] == "handoff", raw.get("error")
@@ -232,7 +232,7 @@ async def test_the_model_hands_off_with_its_transfer_tool():
     cfg = load_config()
     cfg.routing.classes["human_request"] = ClassDef(stakes="high", bridge_then_escalate=False)
     fixture = load("angry_complaint")
-    async with local_stack("zero", 0, [fixture], cfg, voice_speed=FAST_VOICE) as stack:
+    async with local_stack("zero", 0, [fixture], cfg) as stack:
         raw = await replay_fixture(fixture, stack.server_url, speed=2.0, config=cfg)
         root = dial_twiml(stack.emulators.twilio, raw["call_sid"])
     assert raw["ended"] == "handoff", raw.get("error")

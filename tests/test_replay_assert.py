@@ -211,7 +211,7 @@ async def test_helpers_on_a_replay_with_tools(replay_call):
 
 
 async def test_helpers_on_a_replay_that_hands_off(replay_call):
-    result = await replay_call("angry_complaint", profile="zero", speed=4.0, voice_speed=FAST_VOICE)
+    result = await replay_call("angry_complaint", profile="zero", speed=4.0)  # a transfer: the normal voice
     assert_handoff(result, to="+918000000999", routing_class="complaint")
     assert_routed(result, turn=3, cls="human_request")
     msg = _message(assert_handoff, result, entities={"order_ref": "A1745"})
