@@ -23,7 +23,10 @@ demo: $(STAMP)
 # purpose, alone (tests/conftest.py: SERIAL). The 3-minute soak is `make soak` (a CI step).
 # Most tests wait on real time (a replayed call is ~15 % CPU), so 6 workers on 2 cores: the
 # parallel phase took 7:16 against 15:21 with 3 (one run each, the same busy machine); work
-# stealing keeps the long real-time replays from queueing behind one worker.
+# stealing keeps the long real-time replays from queueing behind one worker. With the replays'
+# agent voice at 3x where its length is not tested (tests/conftest.py FAST_VOICE): 5:49 with 6
+# workers (CPU 64 % busy), 5:03 with 8 (74 %), one clean run each on a quiet machine; under another
+# helper's suite both lost stall and budget tests, so 6 stays: the target is met with room to spare.
 TEST_WORKERS ?= 6
 # Bytecode caches on for the run (some shells export PYTHONDONTWRITEBYTECODE=1): every worker and
 # every server the tests start would otherwise compile the whole tree again (19 s to 7 s a collection).

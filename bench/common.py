@@ -45,17 +45,24 @@ def pin(server_pid: int, others: list[int]) -> str:
 
 @contextlib.contextmanager
 def processes(
-    pinned: bool = False, profile: str = "zero", serve_args: tuple[str, ...] = (), start_timeout_s: float = 30
+    pinned: bool = False,
+    profile: str = "zero",
+    serve_args: tuple[str, ...] = (),
+    start_timeout_s: float = 30,
+    voice_speed: float = 1.0,
 ):
-    """The emulators (latency ``profile``) and one ``voxroute serve [serve_args]`` on 127.0.0.1;
-    yields the server's base URL and pid."""
+    """The emulators (latency ``profile``, the TTS voice at ``voice_speed``) and one
+    ``voxroute serve [serve_args]`` on 127.0.0.1; yields the server's base URL and pid."""
     env = dict(os.environ)
     # --dev below: emulators for the keys, unsigned calls, and the operator routes (/debug/stats) open
     for key in ("SARVAM_API_KEY", "OPENROUTER_API_KEY", "TWILIO_AUTH_TOKEN", "VOXROUTE_API_KEY"):
         env.pop(key, None)
     cli = [sys.executable, "-m", "voxroute.cli"]
     emu = subprocess.Popen(
-        [*cli, "emulators", "--profile", profile, "--quiet"], stdout=subprocess.PIPE, env=env, text=True
+        [*cli, "emulators", "--profile", profile, "--voice-speed", str(voice_speed), "--quiet"],
+        stdout=subprocess.PIPE,
+        env=env,
+        text=True,
     )
     server = None
     try:

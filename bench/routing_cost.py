@@ -110,10 +110,13 @@ def expected_stakes(fixture: Fixture, transcript: str, table, tenant: str) -> st
     return found
 
 
-async def run_policy(policy: str, base: Config, fixtures: list[Fixture], seed: int) -> dict[str, Any]:
+async def run_policy(
+    policy: str, base: Config, fixtures: list[Fixture], seed: int, voice_speed: float = 1.0
+) -> dict[str, Any]:
+    """``voice_speed``: the emulated TTS voice's (a test's faster voice; costs and routes are the same)."""
     config = policy_config(base, policy)
     table = config.routing_table()
-    async with local_stack("reference", seed, fixtures, config) as stack:
+    async with local_stack("reference", seed, fixtures, config, voice_speed=voice_speed) as stack:
         async with asyncio.TaskGroup() as tg:
             jobs = [tg.create_task(replay_fixture(f, stack.server_url, config=config)) for f in fixtures]
         calls = [j.result() for j in jobs]

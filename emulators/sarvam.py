@@ -7,7 +7,9 @@
   whose utterances were registered (``POST /_emulator/transcripts``, below) gets those words by
   timing instead, whatever its audio.
 - :func:`create_tts_app`: ``POST /text-to-speech`` and ``WS /text-to-speech/ws``. The "speech"
-  is a soft two-tone pattern, about 65 ms per character (at least 300 ms).
+  is a soft two-tone pattern, about 65 ms per character (at least 300 ms); ``voice_speed`` (2.0:
+  twice as fast, half the audio per character) shortens it for tests where how long the agent
+  speaks is not what they check.
 - :func:`create_app`: both on one host, like ``api.sarvam.ai`` (one base URL for the SDK).
 
 Both apps take a :class:`~emulators.profiles.Dice` for latency and faults, require the
@@ -229,7 +231,7 @@ def strip_riff(audio: bytes) -> bytes:
     return audio
 
 
-def synth_pcm(text: str, rate: int, *, ms_per_char: int = MS_PER_CHAR, min_ms: int = 300) -> bytes:
+def synth_pcm(text: str, rate: int, *, ms_per_char: float = MS_PER_CHAR, min_ms: int = 300) -> bytes:
     """A soft, clearly non-silent two-tone "voice" whose length follows the text."""
     dur_s = max(min_ms, ms_per_char * len(text)) / 1000
     n = int(dur_s * rate)
@@ -771,6 +773,7 @@ def create_app(
     pace: float = 1.25,
     idle_timeout_s: float = 60.0,
     hang_s: float = 30.0,
+    voice_speed: float = 1.0,
 ) -> FastAPI:
     """STT and TTS on one host, as ``api.sarvam.ai`` is (one fault log, one set of counters)."""
     app = FastAPI(title="sarvam-emulator")
@@ -779,7 +782,9 @@ def create_app(
     _add_control_routes(app, state)
     _add_transcript_routes(app, state)
     add_stt_routes(app, library, state)
-    add_tts_routes(app, state, pace=pace, idle_timeout_s=idle_timeout_s, hang_s=hang_s)
+    add_tts_routes(
+        app, state, pace=pace, idle_timeout_s=idle_timeout_s, hang_s=hang_s, voice_speed=voice_speed
+    )
     return app
 
 
@@ -903,6 +908,7 @@ class _TtsConnection:
         conn_id: int,
         pace: float,
         idle_timeout_s: float,
+        ms_per_char: float = MS_PER_CHAR,
     ) -> None:
         self.ws = ws
         self.state = state
@@ -912,6 +918,7 @@ class _TtsConnection:
         self.tag = tag
         self.conn_id = conn_id
         self.pace = pace
+        self.ms_per_char = ms_per_char
         self.idle_timeout_s = idle_timeout_s
         self.cfg: _TtsConfig | None = None
         self.buffer = ""
@@ -1039,7 +1046,7 @@ class _TtsConnection:
             return
         if fault == "drop":
             await self._close(1011, "internal error")
-        pcm = synth_pcm(text, cfg.rate)
+        pcm = synth_pcm(text, cfg.rate, ms_per_char=self.ms_per_char)
         step = int(self.CHUNK_S * cfg.rate) * 2
         chunks = [pcm[i : i + step] for i in range(0, len(pcm), step)]
         if fault == "error_midstream":
@@ -1073,20 +1080,34 @@ def create_tts_app(
     pace: float = 1.25,
     idle_timeout_s: float = 60.0,
     hang_s: float = 30.0,
+    voice_speed: float = 1.0,
 ) -> FastAPI:
-    """The TTS emulator. ``pace``: websocket audio is sent at this multiple of real time (0 = at once)."""
+    """The TTS emulator. ``pace``: websocket audio is sent at this multiple of real time (0 = at once).
+    ``voice_speed``: how fast the synthetic voice speaks, a multiple of ``MS_PER_CHAR`` per character
+    (2.0: half the audio for the same text)."""
     app = FastAPI(title="sarvam-tts-emulator")
     state = EmulatorState(dice, api_key)
     app.state.emulator = state
     _add_control_routes(app, state)
-    add_tts_routes(app, state, pace=pace, idle_timeout_s=idle_timeout_s, hang_s=hang_s)
+    add_tts_routes(
+        app, state, pace=pace, idle_timeout_s=idle_timeout_s, hang_s=hang_s, voice_speed=voice_speed
+    )
     return app
 
 
 def add_tts_routes(
-    app: FastAPI, state: EmulatorState, *, pace: float, idle_timeout_s: float, hang_s: float
+    app: FastAPI,
+    state: EmulatorState,
+    *,
+    pace: float,
+    idle_timeout_s: float,
+    hang_s: float,
+    voice_speed: float = 1.0,
 ) -> None:
+    if voice_speed <= 0:
+        raise ValueError("voice_speed must be > 0")
     dice = state.dice
+    ms_per_char = MS_PER_CHAR / voice_speed
 
     @app.websocket("/text-to-speech/ws")
     async def tts_ws(ws: WebSocket) -> None:
@@ -1111,7 +1132,7 @@ def add_tts_routes(
             return
         conn = _TtsConnection(
             ws, state, model=model, completion_event=completion, tag=tag, conn_id=conn_id, pace=pace,
-            idle_timeout_s=idle_timeout_s,
+            idle_timeout_s=idle_timeout_s, ms_per_char=ms_per_char,
         )  # fmt: skip
         try:
             await conn.run()
@@ -1157,7 +1178,7 @@ def add_tts_routes(
             return Response('{"request_id": "x", "audios": ["', media_type="application/json")
         if fault == "drop":
             return StreamingResponse(_dropping_body(), media_type="application/json")
-        audio = encode_audio(synth_pcm(text, cfg.rate), cfg.codec, cfg.rate)
+        audio = encode_audio(synth_pcm(text, cfg.rate, ms_per_char=ms_per_char), cfg.codec, cfg.rate)
         return JSONResponse({"request_id": request_id(), "audios": [base64.b64encode(audio).decode("ascii")]})
 
 

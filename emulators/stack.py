@@ -127,10 +127,13 @@ async def run_emulators(
     fixtures: list[Fixture] | None = None,
     reasoning_models: frozenset[str] | set[str] = frozenset(),
     prices: dict[str, tuple[float, float]] | None = None,
+    voice_speed: float = 1.0,
 ) -> AsyncIterator[EmulatorStack]:
     """``prices``: model id -> USD per million input/output tokens, for OpenRouter's reported cost.
     ``reasoning_models``: model ids the LLM emulators serve with the reasoning tier's latency
-    (besides any id containing "reason"); the runtime passes its config's reasoning-tier models."""
+    (besides any id containing "reason"); the runtime passes its config's reasoning-tier models.
+    ``voice_speed``: how fast the emulated TTS voice speaks (2.0: half the audio per character);
+    the runtime plays the agent's audio in real time, so it sets how long every reply lasts."""
     prof = get_profile(profile)
     dice = {
         name: Dice(prof, seed * 1000 + i)
@@ -138,7 +141,7 @@ async def run_emulators(
     }
     library = fixture_library(fixtures)
     stt_app = create_stt_app(library, dice["stt"])
-    tts_app = create_tts_app(dice["tts"])
+    tts_app = create_tts_app(dice["tts"], voice_speed=voice_speed)
     script = scripted.script_from_fixtures(library.fixtures)  # the utterances' expect_tool
     sarvam_llm = LLMEmulator(
         dice["sarvam_llm"], "sarvam", reasoning_models=reasoning_models, tool_script=script

@@ -28,6 +28,18 @@ SERIAL = {
 }
 SOAK = {"tests/test_soak.py::test_soak_three_minutes"}
 
+# How fast the emulated agent voice speaks in tests that check what a call routed, said and called,
+# not how long the agent spoke (``voice_speed`` of replay_call and local_stack): the runtime plays
+# every reply in real time whatever the caller's ``speed``, so at the normal voice (65 ms a
+# character) most of a replayed call is the agent talking; at 3 the billing-dispute call of
+# test_routing_calls.py (reference profile) took 31 s instead of 45 s. First audio (the budget) is
+# unchanged: the voice's speed changes how long a reply lasts, not when it starts. Tests of
+# barge-in, backchannels and the greeting keep the normal voice, and so do SIP callers (the fake
+# phone takes a quiet line for the end of a reply, and a faster voice leaves gaps between chunks)
+# and calls that end in a transfer (it goes out while "connecting you" plays, and the fake caller
+# hangs up 0.3 s after that has played: a phrase a third as long made "handoff" a "completed").
+FAST_VOICE = 3.0
+
 
 def pytest_collection_modifyitems(config, items):
     for item in items:

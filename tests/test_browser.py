@@ -24,7 +24,7 @@ import httpx
 import pytest
 import websockets
 
-from tests.conftest import services_required
+from tests.conftest import FAST_VOICE, services_required
 from voxroute.agent.fixture import load
 from voxroute.agent.pages import WATERFALL_LABELS
 from voxroute.replay import local_stack, replay_fixture
@@ -143,7 +143,8 @@ async def test_chromium_draws_the_waterfall_of_every_turn(monkeypatch, tmp_path)
     monkeypatch.delenv("VOXROUTE_DATABASE_URL", raising=False)
     fixture = load("billing_dispute")
     fixture.script = fixture.script.model_copy(update={"utterances": fixture.script.utterances[:2]})
-    async with local_stack("reference", 0, [fixture]) as stack:
+    # the agent's voice at FAST_VOICE (tests/conftest.py): the waterfall draws when each reply started
+    async with local_stack("reference", 0, [fixture], voice_speed=FAST_VOICE) as stack:
         # replay_fixture reads the call back through GET /calls/{sid}: with the key from the environment.
         raw = await replay_fixture(fixture, stack.server_url, speed=2.0, config=stack.config)
         assert raw["ended"] == "completed", raw.get("error")

@@ -9,6 +9,7 @@ import asyncio
 import httpx
 
 from bench.common import LOAD_FIXTURES, processes, stream_server_args, webhook_params
+from tests.conftest import FAST_VOICE
 from voxroute.agent.fixture import load
 from voxroute.emulators.carrier import dial
 
@@ -16,7 +17,9 @@ from voxroute.emulators.carrier import dial
 async def test_serve_on_uvloop_carries_calls_on_the_media_port():
     with (
         stream_server_args("media", "uvloop") as (serve_args, stream_base),
-        processes(serve_args=serve_args) as (base, _pid),
+        # what is tested is that the loop carries calls, not their timing: the caller at twice
+        # real time, the agent's voice at FAST_VOICE (tests/conftest.py)
+        processes(serve_args=serve_args, voice_speed=FAST_VOICE) as (base, _pid),
     ):
         assert stream_base is not None
         async with httpx.AsyncClient(base_url=base, timeout=30) as http:
@@ -28,7 +31,7 @@ async def test_serve_on_uvloop_carries_calls_on_the_media_port():
                 params = await webhook_params(http, sid)
                 params["language"] = fixture.script.language
                 return await dial(
-                    fixture, stream_base + "/twilio/stream", custom_parameters=params, call_sid=sid
+                    fixture, stream_base + "/twilio/stream", custom_parameters=params, call_sid=sid, speed=2.0
                 )
 
             results = await asyncio.gather(*(call(i) for i in range(2)))

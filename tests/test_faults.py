@@ -1,10 +1,12 @@
 """Exact provider faults, forced on the emulators, through the whole stack: the call still ends
-well, the caller hears the agent within budget, and the turn's fallbacks say what happened."""
+well, the caller hears the agent within budget, and the turn's fallbacks say what happened. The
+caller plays at twice real time and the agent's voice speaks at FAST_VOICE (tests/conftest.py)."""
 
 from __future__ import annotations
 
 import pytest
 
+from tests.conftest import FAST_VOICE
 from voxroute.agent.config import load_config
 
 
@@ -14,7 +16,12 @@ def fallbacks(turn: dict, service: str) -> list[dict]:
 
 async def test_llm_hang_is_hedged_to_the_backup_path(replay_call):
     result = await replay_call(
-        "order_status", profile="zero", speed=2.0, force=[("openrouter_llm", "hang")], items=2
+        "order_status",
+        profile="zero",
+        speed=2.0,
+        voice_speed=FAST_VOICE,
+        force=[("openrouter_llm", "hang")],
+        items=2,
     )
     assert result.ended == "completed", result.raw.get("error")
     first = result.turns[0]
@@ -32,6 +39,7 @@ async def test_errors_before_the_first_token_retry_then_take_the_next_rung(repla
         "order_status",
         profile="zero",
         speed=2.0,
+        voice_speed=FAST_VOICE,
         force=[("openrouter_llm", "http_500"), ("openrouter_llm", "http_500"), ("sarvam_llm", "http_429")],
         items=1,
     )
@@ -50,7 +58,9 @@ async def test_every_path_failing_ends_the_turn_with_the_apology(replay_call):
     cfg = load_config()
     # Each path is retried once, then cools down: four failures exhaust the ladder.
     force = [("openrouter_llm", "http_500")] * 2 + [("sarvam_llm", "http_500")] * 2
-    result = await replay_call("order_status", profile="zero", speed=2.0, force=force, items=2)
+    result = await replay_call(
+        "order_status", profile="zero", speed=2.0, voice_speed=FAST_VOICE, force=force, items=2
+    )
     assert result.ended == "completed", result.raw.get("error")
     first = result.turns[0]
     assert first["outcome"] == "apology"
@@ -65,7 +75,12 @@ async def test_every_path_failing_ends_the_turn_with_the_apology(replay_call):
 
 async def test_error_mid_stream_continues_on_the_next_rung(replay_call):
     result = await replay_call(
-        "order_status", profile="zero", speed=2.0, force=[("openrouter_llm", "error_midstream")], items=1
+        "order_status",
+        profile="zero",
+        speed=2.0,
+        voice_speed=FAST_VOICE,
+        force=[("openrouter_llm", "error_midstream")],
+        items=1,
     )
     assert result.ended == "completed", result.raw.get("error")
     first = result.turns[0]
@@ -82,6 +97,7 @@ async def test_high_stakes_failure_hands_off(replay_call):
         "billing_dispute",
         profile="zero",
         speed=2.0,
+        voice_speed=FAST_VOICE,
         behave=[("openrouter", None, {"fault": "http_500"}), ("sarvam", None, {"fault": "http_500"})],
         items=1,
     )
@@ -95,7 +111,9 @@ async def test_high_stakes_failure_hands_off(replay_call):
 @pytest.mark.parametrize("fault", ["http_500", "drop", "malformed"])
 async def test_tts_failure_falls_back_to_rest(replay_call, fault):
     # The first TTS use of the call is the cached phrases (REST); the first websocket utterance follows.
-    result = await replay_call("billing_dispute", profile="zero", speed=2.0, force=[("tts", fault)], items=2)
+    result = await replay_call(
+        "billing_dispute", profile="zero", speed=2.0, voice_speed=FAST_VOICE, force=[("tts", fault)], items=2
+    )
     assert result.ended == "completed", result.raw.get("error")
     tts = [f for t in result.turns for f in fallbacks(t, "tts")]
     phrases_failed = not tts  # the forced fault may have hit the phrase synthesis at call start instead
@@ -107,7 +125,7 @@ async def test_tts_failure_falls_back_to_rest(replay_call, fault):
 
 async def test_stt_socket_drop_reconnects_and_keeps_the_transcripts(replay_call):
     result = await replay_call(
-        "billing_dispute", profile="zero", speed=2.0, force=[("stt", "drop")]
+        "billing_dispute", profile="zero", speed=2.0, voice_speed=FAST_VOICE, force=[("stt", "drop")]
     )  # whole call
     assert result.ended == "completed", result.raw.get("error")
     stt = [f for t in result.turns for f in fallbacks(t, "stt")] + [

@@ -2,7 +2,9 @@
 the runtime and the emulators on 127.0.0.1, with the local Twilio REST stand-in and a webhook
 receiver. The caller asks for a person; the runtime summarises, signs and posts the summary,
 transfers the live call with ``<Dial>`` (whisper and action URLs), and closes the stream. A human
-leg that fails brings the caller back to the agent, with the conversation intact.
+leg that fails brings the caller back to the agent, with the conversation intact. Calls that end in
+a transfer keep the agent's normal voice (tests/conftest.py, FAST_VOICE): the transfer goes out while
+"connecting you" plays, and the fake caller hangs up 0.3 s after it has played.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request
 
+from tests.conftest import FAST_VOICE
 from voxroute.agent.config import load_config
 from voxroute.agent.fixture import load
 from voxroute.agent.session import INTERRUPTED_MARK
@@ -254,7 +257,7 @@ async def test_the_model_hands_off_with_its_transfer_tool():
 async def test_the_model_marks_a_settled_call_resolved(replay_call):
     """The caller says thanks: the model answers and calls ``mark_resolved``; the call's outcome is
     ``resolved`` (the call log's containment counts it)."""
-    result = await replay_call("order_status", profile="zero", speed=2.0)
+    result = await replay_call("order_status", profile="zero", speed=2.0, voice_speed=FAST_VOICE)
     assert result.ended == "completed", result.raw.get("error")
     assert result.raw["outcome"] == "resolved"
     last = result.turns[-1]

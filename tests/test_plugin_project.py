@@ -38,7 +38,7 @@ def test_nothing_of_the_voxroute_repository_is_loaded():
 
 
 async def test_my_dispute(replay_call):
-    result = await replay_call("my_dispute", profile="zero", speed=4.0)
+    result = await replay_call("my_dispute", profile="zero", speed=4.0, voice_speed=3.0)
     assert [t["budget_ms"] for t in result.turns] == [1200, 1200]  # my config's budget
     assert_within_budget(result)
     assert_routed(result, turn=1, cls="billing_dispute", tier={tier!r})

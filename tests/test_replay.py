@@ -15,7 +15,7 @@ import re
 
 import pytest
 
-from tests.conftest import emulator_faults
+from tests.conftest import FAST_VOICE, emulator_faults
 from voxroute.agent.fixture import all_fixture_names, load
 from voxroute.agent.session import INTERRUPTED_MARK
 from voxroute.replay import local_stack, replay_fixture
@@ -184,14 +184,15 @@ async def test_barge_in_clears_and_history_keeps_only_heard_text(replay_call):
 
 @pytest.mark.slow
 async def test_pause_mid_sentence_is_one_turn(replay_call):
-    result = await replay_call("pause_mid_sentence", profile="reference")
+    # the caller in real time (the pause is what is tested), the agent's voice at FAST_VOICE
+    result = await replay_call("pause_mid_sentence", profile="reference", voice_speed=FAST_VOICE)
     assert result.ended == "completed", result.raw.get("error")
     transcripts = [_norm(t["transcript"]) for t in result.turns]
     assert transcripts == [_norm(x) for x in expected_items("pause_mid_sentence")]
 
 
 async def test_replay_json_shape(tmp_path, replay_call):
-    result = await replay_call("dtmf_entry", profile="zero", items=2)
+    result = await replay_call("dtmf_entry", profile="zero", items=2, speed=2.0, voice_speed=FAST_VOICE)
     call = result.raw
     json.dumps(call)
     assert set(call) >= {"fixture", "call_sid", "ended", "turns"}

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from tests.conftest import FAST_VOICE
 from voxroute.agent.fixture import FIXTURES_DIR, FixtureError, load
 from voxroute.testing import (
     assert_ended,
@@ -200,7 +201,9 @@ def test_replay_assert_fails_with_a_diff_on_a_wrong_expected_class(tmp_path):
 
 async def test_helpers_on_a_replay_with_tools(replay_call):
     retail = FIXTURES_DIR.parent.parent / "examples" / "retail.yaml"  # config= takes a YAML path
-    result = await replay_call("order_status", profile="zero", speed=4.0, config=str(retail))
+    result = await replay_call(
+        "order_status", profile="zero", speed=4.0, config=str(retail), voice_speed=FAST_VOICE
+    )
     assert_tool_called(result, "lookup_order", {"order_id": "A1745"}, turn=2)
     assert_expectations(result)  # order_status's expect_class and expect_tool
     msg = _message(assert_tool_called, result, "lookup_order", {"order_id": "B2000"})
@@ -208,7 +211,7 @@ async def test_helpers_on_a_replay_with_tools(replay_call):
 
 
 async def test_helpers_on_a_replay_that_hands_off(replay_call):
-    result = await replay_call("angry_complaint", profile="zero", speed=4.0)
+    result = await replay_call("angry_complaint", profile="zero", speed=4.0)  # a transfer: the normal voice
     assert_handoff(result, to="+918000000999", routing_class="complaint")
     assert_routed(result, turn=3, cls="human_request")
     msg = _message(assert_handoff, result, entities={"order_ref": "A1745"})

@@ -1,5 +1,8 @@
 """The router in whole calls (issue 3): fixture calls through the fake carrier, the runtime and the
-emulators on 127.0.0.1, in real time, with the default config (examples/default.yaml).
+emulators on 127.0.0.1 with the default config (examples/default.yaml): in real time under the
+reference profile (first audio within budget is checked there), at twice real time under the zero
+profile; the agent's voice speaks at FAST_VOICE throughout (tests/conftest.py: what is checked is
+the route and when each reply starts, not how long it lasts).
 
 - fixture calls route as their scripts expect: the billing dispute escalates on its first turn and
   stays escalated; the order-status call never escalates;
@@ -14,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import FAST_VOICE
 from voxroute.agent.config import load_config
 from voxroute.routing.table import ClassDef
 
@@ -55,7 +59,7 @@ def assert_in_budget(result) -> None:
 
 
 async def test_billing_dispute_escalates_on_the_first_turn_and_stays(replay_call):
-    result = await replay_call("billing_dispute", profile="reference", seed=3)
+    result = await replay_call("billing_dispute", profile="reference", seed=3, voice_speed=FAST_VOICE)
     assert_in_budget(result)
     routes = [t["route"] for t in result.turns]
     assert [r["class"] for r in routes] == ["billing_dispute"] * 3
@@ -68,7 +72,7 @@ async def test_billing_dispute_escalates_on_the_first_turn_and_stays(replay_call
 
 
 async def test_order_status_never_escalates(replay_call):
-    result = await replay_call("order_status", profile="reference", seed=3)
+    result = await replay_call("order_status", profile="reference", seed=3, voice_speed=FAST_VOICE)
     assert_in_budget(result)
     classes = [t["route"]["class"] for t in result.turns]
     assert classes == ["order_tracking", "order_tracking", "faq"]
@@ -81,7 +85,7 @@ async def test_order_status_never_escalates(replay_call):
 
 
 async def test_angry_caller_escalates_and_asks_for_a_human(replay_call):
-    result = await replay_call("angry_complaint", profile="zero")
+    result = await replay_call("angry_complaint", profile="zero", speed=2.0, voice_speed=FAST_VOICE)
     routes = [t["route"] for t in result.turns]
     assert [r["class"] for r in routes] == ["complaint", "complaint", "human_request"]
     assert all(r["escalated"] for r in routes)
@@ -97,7 +101,7 @@ async def test_angry_caller_escalates_and_asks_for_a_human(replay_call):
     ],
 )
 async def test_hindi_turns_use_the_indic_table(replay_call, name, classes, first_path):
-    result = await replay_call(name, profile="zero")
+    result = await replay_call(name, profile="zero", speed=2.0, voice_speed=FAST_VOICE)
     indic = TABLE.tenants["default"].table["indic"].voice
     indic_paths = set(indic.fast) | set(indic.reasoning)
     assert [t["route"]["class"] for t in result.turns] == classes
@@ -111,6 +115,7 @@ async def test_hindi_turns_use_the_indic_table(replay_call, name, classes, first
 async def test_reasoning_model_hung(replay_call):
     result = await replay_call(
         "billing_dispute",
+        voice_speed=FAST_VOICE,
         profile="reference",
         seed=5,
         config=long_cooldown(),
@@ -130,6 +135,7 @@ async def test_reasoning_model_hung(replay_call):
 async def test_reasoning_model_slow(replay_call):
     result = await replay_call(
         "billing_dispute",
+        voice_speed=FAST_VOICE,
         profile="reference",
         seed=6,
         behave=[("openrouter", REASONING, {"ttft_median_s": 3.0, "ttft_p95_s": 4.5})],
@@ -147,6 +153,7 @@ async def test_reasoning_model_slow(replay_call):
 async def test_fast_provider_down(replay_call):
     result = await replay_call(
         "order_status",
+        voice_speed=FAST_VOICE,
         profile="reference",
         seed=7,
         config=long_cooldown(),
@@ -178,7 +185,9 @@ async def test_tenant_class_defined_only_by_examples_is_recognised_in_a_call(rep
             "how many nights can I sleep on it before I decide",
         ],
     )
-    result = await replay_call(str(MIX / "mix_trial_period.json"), profile="zero", config=cfg)
+    result = await replay_call(
+        str(MIX / "mix_trial_period.json"), profile="zero", config=cfg, speed=2.0, voice_speed=FAST_VOICE
+    )
     routes = [t["route"] for t in result.turns]
     assert [r["class"] for r in routes[:2]] == ["trial_period", "trial_period"], routes
     assert all(r["reason"].startswith("examples: trial_period") for r in routes[:2])

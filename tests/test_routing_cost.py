@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 
 from bench.routing_cost import handled_by_reasoning, realistic_fixtures, run_policy, turn_mix
+from tests.conftest import FAST_VOICE
 from voxroute.agent.config import load_config
 
 
@@ -35,9 +36,11 @@ async def test_router_cost_on_the_realistic_mix():
     fixtures = realistic_fixtures()
     # The two policies at once, each on a runtime and emulators of its own (32 calls in this
     # process; the carrier replay test runs 40): one after the other took twice the time, which is
-    # the replies' real time (the calls are not CPU-bound), for the same figures.
+    # the replies' real time (the calls are not CPU-bound), for the same figures. The agent's voice
+    # speaks at FAST_VOICE (tests/conftest.py): costs and routes do not depend on how long it talks.
     always, router = await asyncio.gather(
-        run_policy("always_reasoning", cfg, fixtures, seed=0), run_policy("router", cfg, fixtures, seed=0)
+        run_policy("always_reasoning", cfg, fixtures, seed=0, voice_speed=FAST_VOICE),
+        run_policy("router", cfg, fixtures, seed=0, voice_speed=FAST_VOICE),
     )
     ratio = router["cost_per_call"] / always["cost_per_call"]
     print(

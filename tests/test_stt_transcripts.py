@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import websockets
 
+from tests.conftest import FAST_VOICE
 from voxroute.agent.fixture import Fixture, FixtureError, load, write_ulaw_wav
 from voxroute.agent.providers.sarvam_protocol import realtime_stt_url, rt_audio_input
 from voxroute.audio import pcm16_to_ulaw, ulaw_to_pcm16
@@ -305,7 +306,7 @@ async def test_a_recording_made_into_a_fixture_replays_with_its_reviewed_words(t
     library = fixture_library()
     assert all(library.match(made.utterance_audio(u)) is None for u in made.script.utterances)
 
-    async with local_stack("reference", 3, [made]) as stack:
+    async with local_stack("reference", 3, [made], voice_speed=FAST_VOICE) as stack:
         call = await replay_fixture(made, stack.server_url, speed=2.0, config=stack.config)
     assert_replayed_with_its_words(call, made, source)
 
@@ -314,7 +315,7 @@ async def test_two_recorded_calls_at_once_each_get_their_own_words(tmp_path):
     fixtures = [recorded_copy("order_status", tmp_path, seed=11), recorded_copy("billing_dispute", tmp_path)]
     from voxroute.replay import local_stack, replay_fixture
 
-    async with local_stack("reference", 5, fixtures) as stack:
+    async with local_stack("reference", 5, fixtures, voice_speed=FAST_VOICE) as stack:
         calls = await asyncio.gather(
             *(replay_fixture(f, stack.server_url, speed=2.0, config=stack.config) for f in fixtures)
         )
@@ -347,7 +348,7 @@ async def test_a_server_started_elsewhere_gets_the_words_through_stt_emulator(tm
     from voxroute import replay as replay_module
 
     fixture = recorded_copy("order_status", tmp_path, seed=9)
-    async with replay_module.local_stack("reference", 0, [fixture]) as stack:
+    async with replay_module.local_stack("reference", 0, [fixture], voice_speed=FAST_VOICE) as stack:
         monkeypatch.setattr(replay_module, "_STT_CONTROL", {})  # as if the server ran elsewhere
         result = await replay_module.replay(
             [str(fixture.json_path)],

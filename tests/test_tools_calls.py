@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import FAST_VOICE
 from voxroute.agent.config import load_config
 from voxroute.agent.fixture import load
 from voxroute.replay import local_stack, replay_fixture
@@ -31,10 +32,11 @@ async def _call(
 ) -> tuple[dict[str, Any], Any]:
     """Replay order_status on the retail config. ``mode``: the order service's; ``script``: the LLM
     emulators' tool script instead of the fixture's (posted to the control endpoint);
-    ``during(stack, service)`` runs beside the call."""
+    ``during(stack, service)`` runs beside the call. The agent's voice speaks at FAST_VOICE (what is
+    checked is the tool calls and what the replies say, not how long they last)."""
     cfg = load_config(RETAIL)
     fixture = load("order_status")
-    async with local_stack(profile, 0, [fixture], cfg) as stack:
+    async with local_stack(profile, 0, [fixture], cfg, voice_speed=FAST_VOICE) as stack:
         service = stack.tool_apps["shopfast.lookup_order"].state.service
         service.mode, service.delay_s = mode, 0.3
         if script is not None:

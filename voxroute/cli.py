@@ -952,6 +952,12 @@ def emulators(
             "them with --emulators transfers calls to them",
         ),
     ] = False,
+    voice_speed: Annotated[
+        float,
+        typer.Option(
+            min=0.1, help="the emulated TTS voice's speed (2: half the audio per character of text)"
+        ),
+    ] = 1.0,
 ) -> None:
     """Run the provider emulators alone (for a server started elsewhere, or for benchmarks).
     Prints one JSON line with their URLs."""
@@ -962,7 +968,8 @@ def emulators(
         from voxroute.runtime import emulator_options
 
         cfg = load_config(config)
-        async with run_emulators(profile, seed, **emulator_options(cfg)) as emu:
+        options = emulator_options(cfg)
+        async with run_emulators(profile, seed, voice_speed=voice_speed, **options) as emu:
             urls: dict[str, str | None] = {"sarvam": emu.sarvam_url, "openrouter": emu.openrouter_url}
             if call_control:
                 urls.update(twilio=emu.urls.twilio_api, carrier=emu.urls.carrier_api)

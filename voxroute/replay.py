@@ -81,18 +81,21 @@ async def _local_stack(
     env_keys: bool = False,
     stack: str = "emulated",
     sip: bool = False,
+    voice_speed: float = 1.0,
 ) -> AsyncIterator[LocalStack]:
     """Emulators plus one runtime server, all on 127.0.0.1. Real keys in the environment are
     ignored unless ``env_keys`` (a replay measures the stack against the emulators).
     ``stack="local"``: the embedded speech engines instead of the emulated Sarvam (see runtime).
-    ``sip``: the runtime's SIP user agent too, for ``--carrier sip`` (``voxroute.emulators.sip_carrier``)."""
+    ``sip``: the runtime's SIP user agent too, for ``--carrier sip`` (``voxroute.emulators.sip_carrier``).
+    ``voice_speed``: how fast the emulated TTS voice speaks (``emulators.stack.run_emulators``)."""
     import gc
 
     from voxroute.emulators.sip_carrier import sip_for_replay
     from voxroute.emulators.stack import run_emulators
 
     config = config or load_config()
-    async with run_emulators(profile, seed, fixtures, **emulator_options(config)) as emu:
+    options = emulator_options(config)
+    async with run_emulators(profile, seed, fixtures, voice_speed=voice_speed, **options) as emu:
         with _without_keys(config, enabled=not env_keys):
             async with build_services(config, emu.urls, stack=stack) as services:
                 # Development by design: emulators stand in for keys, and the fake carriers dial

@@ -102,6 +102,7 @@ def replay_call(request: pytest.FixtureRequest, _voxroute_call_log):
         items: int | None = None,
         behave: Sequence[tuple[str, str | None, dict[str, Any]]] = (),
         carrier: str = "twilio",
+        voice_speed: float = 1.0,
     ) -> ReplayResult:
         """``config``: a ``voxroute.agent.config.Config`` or a YAML path. ``profile``: the emulators' latency
         profile (zero, reference, chaos). ``speed``: how much faster than real time the caller plays.
@@ -110,7 +111,9 @@ def replay_call(request: pytest.FixtureRequest, _voxroute_call_log):
         fault one of emulators.profiles.EMULATED_FAULTS. ``behave``: (LLM emulator "openrouter" or
         "sarvam", model id or None for all, LLMEmulator.behave keyword arguments): persistent
         per-model latency or faults for the whole call. ``carrier``: which fake carrier dials
-        (emulators.carriers.CARRIERS: twilio, exotel, plivo, telnyx, sip)."""
+        (emulators.carriers.CARRIERS: twilio, exotel, plivo, telnyx, sip). ``voice_speed``: how
+        fast the emulated TTS voice speaks (2.0: half the audio per character); the runtime plays
+        replies in real time whatever ``speed`` is, so this is what shortens a call's replies."""
         from voxroute.agent.config import Config, load_config
         from voxroute.agent.fixture import load
         from voxroute.replay import local_stack, replay_fixture
@@ -122,7 +125,8 @@ def replay_call(request: pytest.FixtureRequest, _voxroute_call_log):
             fixture.script = fixture.script.model_copy(
                 update={"utterances": fixture.script.utterances[:items]}
             )
-        async with local_stack(profile, seed, [fixture], config, sip=carrier == "sip") as stack:
+        sip = carrier == "sip"
+        async with local_stack(profile, seed, [fixture], config, sip=sip, voice_speed=voice_speed) as stack:
             for dice_name, fault in force:
                 service = "llm" if dice_name.endswith("llm") else dice_name
                 stack.emulators.dice[dice_name].force(service, fault)
