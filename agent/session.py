@@ -25,6 +25,7 @@ import logging
 import time
 from typing import Any
 
+from voxroute.agent import gcquiet
 from voxroute.agent.answer import Answerer, Speaker
 from voxroute.agent.asides import Asides
 from voxroute.agent.bargein import BargeInPolicy
@@ -393,7 +394,11 @@ class CallSession:
         assert self.tg is not None  # commits come from the strands the call's task group runs
         turn = self._open(commit)
         self._active = turn
+        # No collection until the turn's first step (route, model request) has run: the release is
+        # queued behind that step (agent/gcquiet.py).
+        gcquiet.hold()
         self._turn_task = self.tg.create_task(self._run_turn(turn), name=f"{self.call_sid}:turn{turn.index}")
+        asyncio.get_running_loop().call_soon(gcquiet.release)
 
     def _open(self, commit: Commit) -> TurnRecord:
         turn = TurnRecord(index=commit.index, kind=commit.kind, language=commit.language or self.language)

@@ -13,11 +13,13 @@ the route and when each reply starts, not how long it lasts).
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import FAST_VOICE
+from voxroute.agent import gcquiet
 from voxroute.agent.config import load_config
 from voxroute.routing.table import ClassDef
 
@@ -71,7 +73,10 @@ async def test_billing_dispute_escalates_on_the_first_turn_and_stays(replay_call
         assert t["route"]["decision_ms"] < 50  # recorded per turn (speed itself is measured in bench/)
 
 
-async def test_order_status_never_escalates(replay_call):
+async def test_order_status_never_escalates(replay_call, monkeypatch):
+    holds = []
+    real_hold = gcquiet.hold
+    monkeypatch.setattr(gcquiet, "hold", lambda: (holds.append(1), real_hold())[1])
     result = await replay_call("order_status", profile="reference", seed=3, voice_speed=FAST_VOICE)
     assert_in_budget(result)
     classes = [t["route"]["class"] for t in result.turns]
@@ -82,6 +87,9 @@ async def test_order_status_never_escalates(replay_call):
     # the decision on the last final only confirmed what was worked out while the caller spoke.
     first = result.turns[0]["route"]["reason"]
     assert "(speculative, confirmed)" in first, first
+    # Each turn held the collector off from its commit to its model request (agent/gcquiet.py), and
+    # released it: the server ran in this process.
+    assert len(holds) >= len(result.turns) and gc.isenabled() and gcquiet.held() == 0
 
 
 async def test_angry_caller_escalates_and_asks_for_a_human(replay_call):
