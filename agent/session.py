@@ -394,10 +394,11 @@ class CallSession:
         assert self.tg is not None  # commits come from the strands the call's task group runs
         turn = self._open(commit)
         self._active = turn
-        # No collection until the turn's first step (route, model request) has run: the release is
-        # queued behind that step (agent/gcquiet.py).
-        gcquiet.hold()
         self._turn_task = self.tg.create_task(self._run_turn(turn), name=f"{self.call_sid}:turn{turn.index}")
+        # No collection until the turn's first step (route, model request) has run: the release is
+        # queued behind that step (agent/gcquiet.py). Held only once the task exists, so that a
+        # task group that refuses it cannot leave the collector off.
+        gcquiet.hold()
         asyncio.get_running_loop().call_soon(gcquiet.release)
 
     def _open(self, commit: Commit) -> TurnRecord:
