@@ -14,12 +14,17 @@ def fallbacks(turn: dict, service: str) -> list[dict]:
     return [f for f in turn["fallbacks"] if f.get("service") == service]
 
 
+def replay_faulted(replay_call, fixture: str, **kwargs):
+    """A fixture call with faults forced (``force``) or models told how to behave (``behave``): zero
+    profile, caller at 2x and the emulated voice at FAST_VOICE (these tests are about the fallbacks,
+    not the timing)."""
+    return replay_call(fixture, profile="zero", speed=2.0, voice_speed=FAST_VOICE, **kwargs)
+
+
 async def test_llm_hang_is_hedged_to_the_backup_path(replay_call):
-    result = await replay_call(
+    result = await replay_faulted(
+        replay_call,
         "order_status",
-        profile="zero",
-        speed=2.0,
-        voice_speed=FAST_VOICE,
         force=[("openrouter_llm", "hang")],
         items=2,
     )
@@ -35,11 +40,9 @@ async def test_llm_hang_is_hedged_to_the_backup_path(replay_call):
 
 
 async def test_errors_before_the_first_token_retry_then_take_the_next_rung(replay_call):
-    result = await replay_call(
+    result = await replay_faulted(
+        replay_call,
         "order_status",
-        profile="zero",
-        speed=2.0,
-        voice_speed=FAST_VOICE,
         force=[("openrouter_llm", "http_500"), ("openrouter_llm", "http_500"), ("sarvam_llm", "http_429")],
         items=1,
     )
@@ -58,9 +61,7 @@ async def test_every_path_failing_ends_the_turn_with_the_apology(replay_call):
     cfg = load_config()
     # Each path is retried once, then cools down: four failures exhaust the ladder.
     force = [("openrouter_llm", "http_500")] * 2 + [("sarvam_llm", "http_500")] * 2
-    result = await replay_call(
-        "order_status", profile="zero", speed=2.0, voice_speed=FAST_VOICE, force=force, items=2
-    )
+    result = await replay_faulted(replay_call, "order_status", force=force, items=2)
     assert result.ended == "completed", result.raw.get("error")
     first = result.turns[0]
     assert first["outcome"] == "apology"
@@ -74,11 +75,9 @@ async def test_every_path_failing_ends_the_turn_with_the_apology(replay_call):
 
 
 async def test_error_mid_stream_continues_on_the_next_rung(replay_call):
-    result = await replay_call(
+    result = await replay_faulted(
+        replay_call,
         "order_status",
-        profile="zero",
-        speed=2.0,
-        voice_speed=FAST_VOICE,
         force=[("openrouter_llm", "error_midstream")],
         items=1,
     )
@@ -93,11 +92,9 @@ async def test_high_stakes_failure_hands_off(replay_call):
     """A billing dispute whose every rung fails: the class says hand off, so the caller hears the
     handoff phrase, not the plain apology."""
     cfg = load_config()
-    result = await replay_call(
+    result = await replay_faulted(
+        replay_call,
         "billing_dispute",
-        profile="zero",
-        speed=2.0,
-        voice_speed=FAST_VOICE,
         behave=[("openrouter", None, {"fault": "http_500"}), ("sarvam", None, {"fault": "http_500"})],
         items=1,
     )
@@ -111,9 +108,7 @@ async def test_high_stakes_failure_hands_off(replay_call):
 @pytest.mark.parametrize("fault", ["http_500", "drop", "malformed"])
 async def test_tts_failure_falls_back_to_rest(replay_call, fault):
     # The first TTS use of the call is the cached phrases (REST); the first websocket utterance follows.
-    result = await replay_call(
-        "billing_dispute", profile="zero", speed=2.0, voice_speed=FAST_VOICE, force=[("tts", fault)], items=2
-    )
+    result = await replay_faulted(replay_call, "billing_dispute", force=[("tts", fault)], items=2)
     assert result.ended == "completed", result.raw.get("error")
     tts = [f for t in result.turns for f in fallbacks(t, "tts")]
     phrases_failed = not tts  # the forced fault may have hit the phrase synthesis at call start instead
@@ -124,9 +119,7 @@ async def test_tts_failure_falls_back_to_rest(replay_call, fault):
 
 
 async def test_stt_socket_drop_reconnects_and_keeps_the_transcripts(replay_call):
-    result = await replay_call(
-        "billing_dispute", profile="zero", speed=2.0, voice_speed=FAST_VOICE, force=[("stt", "drop")]
-    )  # whole call
+    result = await replay_faulted(replay_call, "billing_dispute", force=[("stt", "drop")])  # whole call
     assert result.ended == "completed", result.raw.get("error")
     stt = [f for t in result.turns for f in fallbacks(t, "stt")] + [
         f for f in result.raw.get("faults", []) if f.get("service") == "stt"
