@@ -162,6 +162,18 @@ class PromMetrics:
             buckets=LOOP_LAG_BUCKETS,
             registry=r,
         )
+        self.gc_pause = Histogram(
+            "voxroute_gc_pause_seconds",
+            "How long each run of the cyclic garbage collector held the process, by generation",
+            ["generation"],
+            buckets=LOOP_LAG_BUCKETS,
+            registry=r,
+        )
+        self._gc_pause_by_gen = [self.gc_pause.labels(str(gen)) for gen in range(3)]
+
+    def observe_gc(self, generation: int, seconds: float) -> None:
+        """For ``metrics.COLLECTOR.observe``: each collection's pause (children bound once)."""
+        self._gc_pause_by_gen[generation].observe(seconds)
 
     def watch_gate(self, gate: Any) -> None:
         """Series of the call admission (telephony.admission.CallGate), read at scrape time."""

@@ -111,6 +111,8 @@ async def run(
                 f"N={n:4d}  completed {step['completed']:4d}/{n:<4d}  inbound lag p50/p99 {step['lag_p50_ms']}/{step['lag_p99_ms']} ms  "
                 f"outbound jitter p50/p99 {step['jitter_p50_ms']}/{step['jitter_p99_ms']} ms  "
                 f"cpu {step['cpu_ms_per_call_second']} ms/call-s  generator lag max {step['generator_max_lag_ms']} ms  "
+                f"gc: {step['gc_cpu_ms_per_call_second']} ms/call-s, young {step['gc_young_cpu_ms_mean']} ms CPU each, "
+                f"{step['gc_full']} full ({step['gc_full_cpu_ms_mean']} ms CPU each), longest pause {step['gc_max_ms']} ms  "
                 f"{'PASS' if step['pass'] else 'FAIL'}",
                 flush=True,
             )

@@ -40,6 +40,9 @@ async def test_serve_on_uvloop_carries_calls_on_the_media_port():
         assert r.completed and not r.errors, r
     assert stats["event_loop"] == "uvloop"
     assert stats["inbound_frames"] > 0  # the server timed the callers' frames on this loop
+    # serve applied the config's collector thresholds and timed the collector's runs
+    assert stats["gc_thresholds"] == [2000, 10, 100]
+    assert stats["gc0_count"] > 0 and stats["gc0_max_ms"] > 0
 
 
 def test_uvloop_is_the_default_and_its_absence_falls_back_with_a_warning(monkeypatch, caplog):

@@ -493,6 +493,7 @@ async def _serve(
     import signal
 
     from voxroute.agent.loopwatch import LoopWatch
+    from voxroute.agent.metrics import COLLECTOR
     from voxroute.runtime import (
         DEV_BANNER,
         EmulatorURLs,
@@ -540,7 +541,10 @@ async def _serve(
             # collector's scans, so that a full collection does not stall every call's loop.
             gc.collect()
             gc.freeze()
+            gc.set_threshold(*cfg.telephony.gc_thresholds)
             watch = LoopWatch(app.state.prom.loop_lag.observe)
+            COLLECTOR.observe = app.state.prom.observe_gc  # each collection's pause, logged when slow
+            COLLECTOR.install()
             async with asyncio.TaskGroup() as tg:
                 watcher = tg.create_task(watch.run(), name="loop-watch")
                 async with (
@@ -573,6 +577,7 @@ async def _serve(
                         hurry=hurry,
                     )
                 watcher.cancel()
+            COLLECTOR.remove()  # its log and histogram must not outlive the app (interpreter exit)
             log.warning("server stopped; writing the call log")
         log.warning("voxroute stopped")
 
