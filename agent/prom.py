@@ -179,6 +179,10 @@ class PromMetrics:
         """Series of the call admission (telephony.admission.CallGate), read at scrape time."""
         self.registry.register(_GateCollector(gate))
 
+    def watch_rtp(self, totals: Any) -> None:
+        """The SIP calls' RTP counters (telephony.sip.transport.RTP_TOTALS), read at scrape time."""
+        self.registry.register(_RtpCollector(totals))
+
     @classmethod
     def for_services(cls, services: Any) -> PromMetrics:
         """Label sets from the config: its tenants and every routing class any tenant knows."""
@@ -266,6 +270,36 @@ class _GateCollector:
         )
         yield GaugeMetricFamily("voxroute_call_slots", "The concurrent-call cap", self.gate.max_calls)
         yield GaugeMetricFamily("voxroute_draining", "1 while shutting down", int(self.gate.draining))
+
+    def describe(self):
+        return []
+
+
+class _RtpCollector:
+    """Packets of SIP calls in and out, and what went wrong with them, over the ended calls."""
+
+    PROBLEMS = ("lost", "late", "foreign", "flood", "bad", "backlog")
+
+    def __init__(self, totals: Any) -> None:
+        self.totals = totals
+
+    def collect(self):
+        t = self.totals
+        packets = CounterMetricFamily(
+            "voxroute_rtp_packets", "RTP packets of ended SIP calls, by direction", labels=["direction"]
+        )
+        packets.add_metric(["in"], t.packets_in)
+        packets.add_metric(["out"], t.packets_out)
+        yield packets
+        problems = CounterMetricFamily(
+            "voxroute_rtp_problems",
+            "Inbound RTP packets of ended SIP calls that were lost, late, or dropped (from a foreign "
+            "address, over the rate limit, not RTP of the call's payload types, or backlogged)",
+            labels=["kind"],
+        )
+        for kind in self.PROBLEMS:
+            problems.add_metric([kind], getattr(t, kind))
+        yield problems
 
     def describe(self):
         return []

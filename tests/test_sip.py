@@ -4,6 +4,7 @@ state machine (two sans-I/O UAs talking), and RTP from unknown addresses / flood
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from voxroute.agent.link import InboundAudio
+from voxroute.agent.prom import PromMetrics
 from voxroute.emulators.sip_carrier import SipPhone
 from voxroute.telephony.sip import auth, rtp, sdp
 from voxroute.telephony.sip.message import (
@@ -21,7 +23,7 @@ from voxroute.telephony.sip.message import (
     parse_uri,
     response,
 )
-from voxroute.telephony.sip.transport import SipLink, SipServer, serving
+from voxroute.telephony.sip.transport import RTP_TOTALS, SipLink, SipServer, serving
 from voxroute.telephony.sip.ua import (
     CallAnswered,
     CallTerminated,
@@ -568,6 +570,7 @@ async def test_rtp_from_unknown_addresses_and_floods_are_dropped_without_disturb
                 frames[link.start.call_sid] = frames.get(link.start.call_sid, 0) + 1
 
     server = SipServer(on_call, bind=("127.0.0.1", 0))
+    before = dataclasses.replace(RTP_TOTALS)
     async with serving(server), SipPhone.running() as phone:
         assert server.address is not None
         target = f"sip:agent@127.0.0.1:{server.address[1]}"
@@ -603,6 +606,16 @@ async def test_rtp_from_unknown_addresses_and_floods_are_dropped_without_disturb
     assert link_b.stats.dropped_foreign == link_b.stats.dropped_flood == 0
     assert frames[link_b.start.call_sid] == 35  # every frame of call B arrived
     assert "unexpected" in caplog.text and caplog.text.count("unexpected") == 1  # rate-limited log
+    # the ended calls' counters reach the process totals, and /metrics through them
+    assert RTP_TOTALS.calls - before.calls == 2
+    assert RTP_TOTALS.foreign - before.foreign == 300
+    assert RTP_TOTALS.flood - before.flood == link_a.stats.dropped_flood
+    assert RTP_TOTALS.packets_in - before.packets_in == link_a.stats.packets_in + link_b.stats.packets_in > 35
+    metrics = PromMetrics(["default"], [], process=False)
+    metrics.watch_rtp(RTP_TOTALS)
+    text = metrics.exposition()[0].decode()
+    assert f'voxroute_rtp_problems_total{{kind="foreign"}} {float(RTP_TOTALS.foreign)}' in text
+    assert f'voxroute_rtp_packets_total{{direction="in"}} {float(RTP_TOTALS.packets_in)}' in text
 
 
 def test_jitter_buffer_follows_a_sender_that_restarts_its_numbering() -> None:

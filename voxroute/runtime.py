@@ -55,6 +55,7 @@ from voxroute.telephony.carriers import (
     TWILIO_WHISPER_PATH,
     CarrierSettings,
 )
+from voxroute.telephony.sip.transport import RTP_TOTALS
 
 if TYPE_CHECKING:
     from voxroute.agent.providers.local import ByLanguageSTT, ByLanguageTTS
@@ -535,6 +536,7 @@ def create_runtime_app(
     pages.add_call_routes(app, source, auth, banner=DEV_BANNER if dev else None)
     metrics_observer = prom.PromMetrics.for_services(services)
     metrics_observer.watch_gate(gate)
+    metrics_observer.watch_rtp(RTP_TOTALS)  # the SIP edge's, when serve runs one (zeros otherwise)
     services.observers.append(metrics_observer)
     app.state.prom = metrics_observer
     prom.add_metrics_route(app, metrics_observer, operator)

@@ -117,6 +117,36 @@ class LinkStats:
     dropped_backlog: int = 0
 
 
+@dataclass
+class RtpTotals:
+    """The RTP counters of every SIP call this process carried, added when each call ends; read by
+    ``GET /metrics`` (``voxroute_rtp_packets``, ``voxroute_rtp_problems``: agent/prom.py)."""
+
+    calls: int = 0
+    packets_in: int = 0
+    packets_out: int = 0
+    lost: int = 0  # never came: the jitter buffer played the last packet again, then silence
+    late: int = 0  # came after their turn (or twice): dropped
+    foreign: int = 0  # from an address the call did not expect
+    flood: int = 0  # over the per-call packet rate
+    bad: int = 0  # not RTP, or another payload type
+    backlog: int = 0  # events the session could not take in time
+
+    def add(self, link: SipLink) -> None:
+        self.calls += 1
+        self.packets_in += link.stats.packets_in
+        self.packets_out += link.stats.packets_out
+        self.lost += link.jitter.lost
+        self.late += link.jitter.late
+        self.foreign += link.stats.dropped_foreign
+        self.flood += link.stats.dropped_flood
+        self.bad += link.stats.dropped_bad
+        self.backlog += link.stats.dropped_backlog
+
+
+RTP_TOTALS = RtpTotals()
+
+
 class SipLink:
     """One SIP call as a ``CarrierLink``."""
 
@@ -511,14 +541,14 @@ class SipServer:
             link.close()
             self.links.pop(sid, None)
             self._by_call.pop(call.call_id, None)
+            RTP_TOTALS.add(link)
+            st, jb = link.stats, link.jitter
             log.info(
-                "SIP call %s ended (in %d, out %d packets; dropped %d foreign, %d flood)",
-                sid,
-                link.stats.packets_in,
-                link.stats.packets_out,
-                link.stats.dropped_foreign,
-                link.stats.dropped_flood,
-            )
+                "SIP call %s ended: RTP in %d, out %d packets; lost %d, late %d; dropped %d foreign, "
+                "%d flood, %d bad, %d backlog",
+                sid, st.packets_in, st.packets_out, jb.lost, jb.late,
+                st.dropped_foreign, st.dropped_flood, st.dropped_bad, st.dropped_backlog,
+            )  # fmt: skip
 
     def _call_start(self, call: Call) -> CallStart:
         assert call.invite is not None
