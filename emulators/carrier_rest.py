@@ -38,6 +38,7 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from voxroute.emulators.recent import Recent
 from voxroute.emulators.twilio_rest import parse_basic_auth
 from voxroute.telephony import plivo
 
@@ -86,8 +87,8 @@ class CarrierRestEmulator:
         self.plivo_auth_id = plivo_auth_id
         self.plivo_auth_token = plivo_auth_token
         self.telnyx_api_key = telnyx_api_key
-        self.requests: list[CarrierRequest] = []
-        self.fetched: list[FetchedXml] = []
+        self.requests: list[CarrierRequest] = Recent()
+        self.fetched: list[FetchedXml] = Recent()
         self._gone: set[str] = set()
         self._fail: list[int] = []
         self._fetches: set[asyncio.Task] = set()

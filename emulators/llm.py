@@ -72,6 +72,7 @@ from starlette.responses import Response
 
 from voxroute.emulators import scripted
 from voxroute.emulators.profiles import EMULATED_FAULTS, Dice, FaultRecord, Latency
+from voxroute.emulators.recent import Recent
 
 log = logging.getLogger(__name__)
 
@@ -386,7 +387,7 @@ class LLMEmulator:
         self.reasoning_models = frozenset(reasoning_models)
         self.keepalive_interval_s = keepalive_interval_s
         self.prices = dict(prices or {})
-        self.faults: list[FaultRecord] = []
+        self.faults: list[FaultRecord] = Recent()
         self.requests = 0
         self.connections: set[tuple[str, int]] = set()
         self.fallbacks = 0

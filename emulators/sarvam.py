@@ -58,6 +58,7 @@ from starlette.websockets import WebSocketDisconnect
 from voxroute.agent.providers import sarvam_protocol as wire
 from voxroute.audio import alaw_to_pcm16, pcm16_to_alaw, pcm16_to_ulaw, ulaw_to_pcm16
 from voxroute.emulators.profiles import Dice, FaultRecord
+from voxroute.emulators.recent import Recent, remember
 from voxroute.emulators.transcripts import (
     SegmentEnded,
     SegmentStarted,
@@ -111,10 +112,12 @@ class EmulatorState:
     def __init__(self, dice: Dice, api_key: str | None) -> None:
         self.dice = dice
         self.api_key = api_key
-        self.faults: list[FaultRecord] = []
+        self.faults: list[FaultRecord] = Recent()
         self.handshakes: Counter[str] = Counter()
-        self.tts_utterances: list[dict[str, Any]] = []  # per socket utterance: conn, tag, fault, codec, rate
-        self.tts_rest: list[dict[str, Any]] = []  # per valid REST request: tag, codec, rate
+        self.tts_utterances: list[dict[str, Any]] = (
+            Recent()
+        )  # per socket utterance: conn, tag, fault, codec, rate
+        self.tts_rest: list[dict[str, Any]] = Recent()  # per valid REST request: tag, codec, rate
         self.timed: dict[str, TimedTranscripts] = {}  # call SID -> its words, by timing
 
     def record(self, service: str, fault: str, tag: str | None) -> None:
@@ -163,7 +166,7 @@ def _add_transcript_routes(app: FastAPI, state: EmulatorState) -> None:
         state.timed.pop(call_sid, None)
         while len(state.timed) >= MAX_TIMED_CALLS:
             state.timed.pop(next(iter(state.timed)))
-        state.timed[call_sid] = TimedTranscripts(plan)
+        remember(state.timed, call_sid, TimedTranscripts(plan))
         return JSONResponse({"ok": True, "utterances": len(plan)})
 
     @app.delete("/_emulator/transcripts/{call_sid}")

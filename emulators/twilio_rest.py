@@ -42,6 +42,8 @@ from urllib.parse import parse_qsl
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from voxroute.emulators.recent import Recent
+
 log = logging.getLogger(__name__)
 
 API_VERSION = "2010-04-01"
@@ -159,7 +161,7 @@ class TwilioRestEmulator:
     def __init__(self, account_sid: str, auth_token: str) -> None:
         self.account_sid = account_sid
         self.auth_token = auth_token
-        self.requests: list[RecordedRequest] = []
+        self.requests: list[RecordedRequest] = Recent()
         self.calls: dict[str, _Call] = {}
         self._gone: set[str] = set()
         self._fail: list[int] = []  # statuses for the next requests, in order
