@@ -5,7 +5,7 @@ The WAV may be mono or stereo (a dual-channel carrier recording, or voxroute's o
 rate. The caller's channel (``--channel``, 0 = left) is resampled to 8 kHz and cut into utterances
 by the runtime's own voice gate (agent/endpointing.py, webrtcvad at ``endpoint.vad_mode``): voiced
 runs joined across pauses shorter than ``pause_ms``, runs shorter than ``min_speech_ms`` dropped.
-Each utterance is transcribed by the offline STT (faster-whisper, agent/providers/local.py). Its
+Each utterance is transcribed by the offline STT (faster-whisper, agent/providers/local/). Its
 ``play`` mode is ``after_agent``; with a stereo file the other channel is the agent, and ``gap_ms``
 is how long after the agent last spoke the utterance's slice begins (as a replay plays it; mono:
 the format's default 700 ms). The fixture (format v1, ``reviewed: false`` until a person checks the transcripts) is

@@ -4,7 +4,7 @@ The offline stack has no local model that fits the latency budget, so the fast a
 stay emulated; this module makes their replies fit the turn: order tracking asks for the order
 number (or reports on it once given), a billing dispute is acknowledged and escalated, and so on.
 
-How the class arrives: the runtime's ``ClassTaggedLLM`` (agent/providers/local.py) appends one
+How the class arrives: the runtime's ``ClassTaggedLLM`` (agent/providers/local/) appends one
 system message ``voxroute-routing-class: <class>`` to the request. Without that line this responder
 steps aside (``reply`` returns None) and the emulator's keyword templates answer as before.
 

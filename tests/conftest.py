@@ -22,6 +22,9 @@ SERIAL = {
     "tests/test_carriers_replay.py::test_every_fixture_through_every_carrier_matches_twilio",
     "tests/test_routing_cost.py::test_router_cost_on_the_realistic_mix",
     "tests/test_local_stack.py::test_a_call_through_the_server_on_the_local_stack",
+    # the loop's 20 ms timers while Whisper decodes on the engine threads: whether decoding holds
+    # the loop (the GIL), which other workers' CPU on the same cores would hide or fake
+    "tests/test_local_stack.py::test_transcription_keeps_the_event_loop_free",
     # offline Whisper and Piper in real time, twice: CPU-bound; starved of CPU by other workers, a
     # final can come after its turn took the partial, and the two replays' transcripts differ
     "tests/test_fixturegen.py::test_a_recorded_call_comes_back_as_a_fixture_that_replays_alike",

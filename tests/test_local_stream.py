@@ -1,4 +1,4 @@
-"""The offline STT's decoding while the caller speaks (agent/providers/local.py, ``Redecoder`` and
+"""The offline STT's decoding while the caller speaks (agent/providers/local/, ``Redecoder`` and
 ``LocalWhisperStream``) on a fake clock with a fake engine, and what the turn core does with a final
 that comes after its turn gave up on it (agent/turns.py). No model runs here: the real Whisper is in
 tests/test_local_stack.py."""

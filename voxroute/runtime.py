@@ -89,7 +89,7 @@ async def build_services(
 ) -> AsyncIterator[Services]:
     """Provider clients for one process. Without a key and without emulators, a provider cannot work:
     that is a clear error at start. ``stack="local"``: the embedded offline engines stand in for a
-    speech provider without a key (agent/providers/local.py) and the emulated LLMs answer with the
+    speech provider without a key (agent/providers/local/) and the emulated LLMs answer with the
     scripted responder, driven by each turn's routing class."""
     if stack not in STACKS:
         raise RuntimeError(f"unknown stack {stack!r}; choose one of {STACKS}")
