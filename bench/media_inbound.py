@@ -56,9 +56,9 @@ async def _serve(kind: str, sockets: int, port_file: Path) -> dict:
         if count["done"] == sockets:
             all_done.set()
 
-    async def linked(sock) -> None:
-        from voxroute.telephony.wslink import MediaStreamLink
+    from voxroute.telephony.wslink import MediaStreamLink  # imported before listening, not in a handshake
 
+    async def linked(sock) -> None:
         await sock.accept()
         link = MediaStreamLink(sock, TwilioStream())
         await link.wait_start()

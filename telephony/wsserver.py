@@ -324,7 +324,9 @@ class _Connection(asyncio.Protocol):
 class MediaSocket:
     """One stream's socket, as much of Starlette's ``WebSocket`` as the stream handlers use:
     ``url``, ``headers``, ``client``, ``accept``, ``receive``, ``send_text``, ``close``,
-    ``send_denial_response``; and :meth:`receive_data`, the same without the ASGI message dict."""
+    ``send_denial_response``; and for the link's per-message path (telephony/wslink.py)
+    :meth:`receive_data` (``receive`` without the ASGI message dict), :meth:`write_text` and
+    :meth:`drain` (``send_text`` without a coroutine while the peer keeps up)."""
 
     def __init__(self, conn: _Connection, request: wsframes.Request, client: Address | None) -> None:
         self._conn = conn
@@ -377,13 +379,22 @@ class MediaSocket:
             return {"type": "websocket.receive", "text": data}
         return {"type": "websocket.receive", "bytes": data}
 
-    async def send_text(self, text: str) -> None:
+    def write_text(self, text: str) -> bool:
+        """Write a text frame now; False when the peer is behind (the transport's buffer is over
+        its high-water mark): :meth:`drain` before writing more. OSError once the socket closed."""
         conn = self._conn
         if conn.state is not OPEN:
             raise OSError(f"websocket {conn.state}")
         conn.write(wsframes.frame(OP_TEXT, text.encode("utf-8")))
-        if conn.write_paused:  # the peer reads slower than we send: wait, do not buffer more
-            await conn.drain()
+        return not conn.write_paused
+
+    async def drain(self) -> None:
+        """Until the peer has read enough of what was written (or the socket is gone)."""
+        await self._conn.drain()
+
+    async def send_text(self, text: str) -> None:
+        if not self.write_text(text):  # the peer reads slower than we send: wait, do not buffer more
+            await self._conn.drain()
 
     async def close(self, code: int = 1000) -> None:
         if not self.decided:  # before the handshake: refused with 403, as Starlette does

@@ -359,3 +359,39 @@ def test_the_peer_rules_hold_on_uvloop():
         await test_a_peer_that_does_not_read_makes_sends_wait_not_the_buffer_grow()
 
     uvloop.run(cases())
+
+
+async def test_the_link_writes_straight_through_and_waits_only_for_a_peer_that_is_behind():
+    from voxroute.telephony.wslink import WebSocketLink
+
+    done: list[int] = []
+    sockets: list = []
+
+    async def talker(ws) -> None:
+        sockets.append(ws)
+        await ws.accept()
+        link = WebSocketLink(ws, "test")
+        for i in range(200):
+            await link._send(["a" * 30000, "b" * 35536])  # one call's texts, as a codec gives them
+            done.append(i)
+        await link.close()
+
+    media, _seen = _server(talker=talker)
+    async with media.serving() as server, asyncio.timeout(STEP * 2):
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        raw.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(raw, ("127.0.0.1", bound_port(server)))
+        reader, writer = await asyncio.open_connection(sock=raw)
+        writer.write(WS_UPGRADE.replace(b"/twilio/stream?x=1", b"/talker"))
+        await reader.readuntil(b"\r\n\r\n")
+        while not sockets or not sockets[0]._conn.write_paused:  # noqa: ASYNC110  # a transport state
+            await asyncio.sleep(0.01)
+        assert len(done) < 200
+        assert sockets[0]._conn.transport.get_write_buffer_size() < 3 * 65536  # the mark and one call's texts
+        data = b""
+        while not data.endswith(b"\x88\x02\x03\xe8"):  # every text, then the link's close frame
+            data += await reader.read(1 << 20)
+        writer.close()
+    assert len(done) == 200
+    assert data.count(b"a" * 30000) == 200 and data.count(b"b" * 35536) == 200
