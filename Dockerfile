@@ -39,7 +39,7 @@ VOLUME ["/data"]
 USER 10001:10001
 
 # 8080: webhooks, the operator API, probes, metrics (and the streams too); 8090: the carrier media
-# streams on the websockets library's server (--media-port; the proxy routes the stream paths there)
+# streams on voxroute's lean websocket server (--media-port; the proxy routes the stream paths there)
 EXPOSE 8080 8090
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \

@@ -260,7 +260,7 @@ class TelephonyConfig(_Model):
     max_concurrent_calls: int = Field(default=100, ge=1, le=100_000)
     media_silence_timeout_s: float = Field(default=30.0, gt=0, le=3600)
     request_timeout_s: float = Field(default=10.0, gt=0, le=300)  # a request's headers (or upgrade) by then
-    # The carrier media streams also on this second port, on the websockets library's server (less
+    # The carrier media streams also on this second port, on voxroute's lean websocket server (less
     # CPU per media message than the ASGI port: telephony/wsserver.py); a reverse proxy routes the
     # stream paths (/twilio/stream, /exotel/stream, /plivo/stream, /telnyx/stream) to it.
     media_port: int | None = Field(default=None, ge=1, le=65535)  # streams' own port; None: the main one

@@ -177,7 +177,7 @@ def main() -> None:
         "--stream-server",
         choices=("media", "asgi"),
         default="media",
-        help="media: the streams on the websockets server (telephony.media_port); asgi: on the main port",
+        help="media: the streams on the media port's own websocket server (telephony.media_port); asgi: on the main port",
     )
     ap.add_argument(
         "--event-loop",

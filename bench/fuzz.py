@@ -30,7 +30,7 @@ from collections.abc import Callable
 
 from tests.fuzzing import BY_NAME, TARGETS, Fuzzer, Result
 from voxroute.agent.providers import openai_protocol as oai
-from voxroute.telephony import audiosocket, twilio
+from voxroute.telephony import audiosocket, twilio, wsframes
 from voxroute.telephony.sip import auth, sdp
 from voxroute.telephony.sip import message as sipmsg
 
@@ -112,6 +112,26 @@ def _probe_audiosocket_tiny_frames(n: int) -> Callable[[], object]:
     return lambda: audiosocket.AudioSocketParser().feed(data)
 
 
+def _probe_websocket_tiny_frames(n: int) -> Callable[[], object]:
+    from tests.fuzzing import _ws_frame
+
+    data = _ws_frame(2, b"") * n
+    return lambda: wsframes.FrameParser().feed(data)
+
+
+def _probe_websocket_trickle(n: int) -> Callable[[], object]:
+    from tests.fuzzing import _ws_frame
+
+    data = _ws_frame(2, bytes(n))
+
+    def run() -> None:
+        parser = wsframes.FrameParser(max_size=1 << 30)
+        for i in range(0, len(data), 16):
+            parser.feed(data[i : i + 16])
+
+    return run
+
+
 def _probe_json_wide(n: int) -> Callable[[], object]:
     start = twilio.TwilioPeer("MZ1", "CA1").start()
     params = ",".join(f'"k{i}":"v"' for i in range(n))
@@ -132,6 +152,8 @@ PROBES: dict[str, tuple[Callable[[int], Callable[[], object]], int]] = {
     "sse: an n-byte line in 1 kB reads": (_probe_sse_long_line_in_reads, 200_000),
     "audiosocket: n 4-byte frames": (_probe_audiosocket_tiny_frames, 20000),
     "twilio: start with n custom parameters": (_probe_json_wide, 16000),
+    "websocket: n empty frames in one read": (_probe_websocket_tiny_frames, 20000),
+    "websocket: an n-byte frame in 16-byte reads": (_probe_websocket_trickle, 200_000),
 }
 
 

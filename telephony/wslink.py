@@ -67,6 +67,10 @@ class WebSocketLink:
         self._waiting_since = 0.0  # loop time that wait began
         self._silence_timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop of the first receive
+        # The media port's socket (telephony/wsserver.py) gives the message itself (no ASGI dict)
+        # and writes a frame without waiting unless its peer is behind: both per message.
+        self._receive_data = getattr(websocket, "receive_data", None)
+        self._write_text = getattr(websocket, "write_text", None)
 
     @property
     def closed(self) -> bool:
@@ -84,9 +88,14 @@ class WebSocketLink:
             self._silence_timer = loop.call_at(loop.time() + self.silence_timeout_s, self._check_silence)
         self._receiver = task = asyncio.current_task(loop)
         self._waiting_since = loop.time()
-        message: Message
+        data: str | bytes | None
         try:
-            message = await self._ws.receive()
+            if self._receive_data is not None:
+                data = await self._receive_data()
+                if data is None:
+                    self.close_code = self._ws.close_code  # type: ignore[attr-defined]
+            else:
+                data = await self._receive_asgi()
         except asyncio.CancelledError:
             if not self.timed_out or task is None or task.uncancel():
                 raise  # not (only) our timer's cancellation
@@ -94,13 +103,12 @@ class WebSocketLink:
             await self.close(1000)
             raise SocketClosed from None
         except (WebSocketDisconnect, RuntimeError, OSError):
-            message = {"type": "websocket.disconnect"}
+            data = None
         finally:
             self._receiver = None
-        if message["type"] == "websocket.disconnect":
+        if data is None:
             self._closed = True
             self._stop_silence_timer()
-            self.close_code = message.get("code")
             raise SocketClosed
         self._burst += 1
         if self._burst >= YIELD_EVERY:
@@ -108,6 +116,14 @@ class WebSocketLink:
             # would keep this strand running and every other call waiting. Let the loop run.
             self._burst = 0
             await asyncio.sleep(0)
+        return data
+
+    async def _receive_asgi(self) -> str | bytes | None:
+        """The next message from a Starlette ``WebSocket``; None (and ``close_code``) at its end."""
+        message: Message = await self._ws.receive()
+        if message["type"] == "websocket.disconnect":
+            self.close_code = message.get("code")
+            return None
         text = message.get("text")
         return text if text is not None else (message.get("bytes") or b"")
 
@@ -134,6 +150,22 @@ class WebSocketLink:
 
     async def _send(self, texts: list[str]) -> None:
         if not texts:
+            return
+        write = self._write_text
+        if write is not None and not self._send_lock.locked():
+            # The media port: the frames go to the transport now, no lock round trip and no
+            # suspension, unless the peer is behind: then wait (holding the lock, so other
+            # sends queue behind) until it drains.
+            if self._closed:
+                return
+            try:
+                keeping_up = all([write(text) for text in texts])
+                if not keeping_up:
+                    async with self._send_lock:
+                        await self._ws.drain()  # type: ignore[attr-defined]
+            except OSError as exc:
+                self._closed = True
+                log.info("%s: send failed, socket closed: %r", self._who, exc)
             return
         async with self._send_lock:
             if self._closed:

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from voxroute.agent.providers import openai_protocol as oai
 from voxroute.agent.providers import sarvam_protocol as sarvam
 from voxroute.audio import InboundFramer, alaw_to_pcm16, ulaw_to_pcm16
-from voxroute.telephony import audiosocket, exotel, plivo, telnyx, twilio, twiml
+from voxroute.telephony import audiosocket, exotel, plivo, telnyx, twilio, twiml, wsframes
 from voxroute.telephony.mediastream import CarrierProtocolError
 from voxroute.telephony.routes.edge import parse_form
 from voxroute.telephony.routes.exotel import basic_auth_ok
@@ -579,6 +579,36 @@ def run_audiosocket(data: bytes) -> None:
                 msg.payload.decode("ascii", "replace")
 
 
+def run_websocket_upgrade(data: bytes) -> None:
+    """The media port's opening handshake: an upgrade request over socket reads."""
+    head = b""
+    for chunk in _reads(data):
+        head += chunk
+        parsed = wsframes.parse_request(head)
+        if parsed is not None:
+            request, used = parsed
+            assert wsframes.accept_response(request).startswith(b"HTTP/1.1 101 ")
+            _ = request.header("Host"), request.path, head[used:]
+            return
+
+
+def run_websocket_frames(data: bytes) -> None:
+    """The media port's client frames after the handshake, over socket reads."""
+    parser, closed = wsframes.FrameParser(max_size=64 * 1024), False
+    for chunk in _reads(b"".join(_messages(data))):
+        for event in parser.feed(chunk):
+            assert not closed, "an event after the close frame"
+            if isinstance(event, wsframes.Close):
+                closed = True
+                assert event.code == wsframes.NO_STATUS or 1000 <= event.code <= 4999, event
+                event.reason.encode("utf-8")
+            elif isinstance(event, str):
+                event.encode("utf-8")
+        if parser.error is not None:
+            assert parser.feed(b"\x81\x80\0\0\0\0") == [], "a failed parser reads on"
+            raise parser.error
+
+
 def run_sarvam_realtime(data: bytes) -> None:
     _unicode(sarvam.parse_realtime(_text_or_bytes(data)))  # transcripts are spoken, logged, stored
 
@@ -855,6 +885,45 @@ OPENAI_BODIES = [
 ]  # fmt: skip
 
 
+def _ws_frame(opcode: int, payload: bytes, fin: bool = True, mask: bytes = b"\x12\x34\x56\x78") -> bytes:
+    """A masked client frame, as a websocket client sends it (RFC 6455 5.2)."""
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x80 * fin | opcode, 0x80 | n))
+    elif n < 65536:
+        head = bytes((0x80 * fin | opcode, 0x80 | 126)) + struct.pack("!H", n)
+    else:
+        head = bytes((0x80 * fin | opcode, 0x80 | 127)) + struct.pack("!Q", n)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+WS_UPGRADE = (
+    b"GET /twilio/stream?x=1 HTTP/1.1\r\nHost: voice.example.com\r\nUpgrade: websocket\r\n"
+    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Sec-WebSocket-Version: 13\r\nX-Twilio-Signature: abc=\r\n\r\n"
+)
+
+
+def _websocket_seeds() -> list[bytes]:
+    """Frame streams, each frame its own message (mutated alone, dropped, repeated, swapped)."""
+    media = twilio.TwilioPeer("MZ1", "CA1").media(bytes(160)).encode()
+    return [
+        SEP.join(
+            [_ws_frame(1, media), _ws_frame(1, media), _ws_frame(9, b"hi"), _ws_frame(8, b"\x03\xe8bye")]
+        ),
+        SEP.join(
+            [
+                _ws_frame(1, media[:100], fin=False),
+                _ws_frame(10, b""),
+                _ws_frame(0, media[100:]),
+                _ws_frame(2, bytes(300)),
+                _ws_frame(2, bytes(60000)),
+            ]
+        ),  # fmt: skip
+        SEP.join([_ws_frame(1, "é€😀".encode(), fin=False), _ws_frame(0, b""), _ws_frame(8, b"")]),
+    ]
+
+
 def _webhook_seeds() -> list[bytes]:
     form = b"CallSid=CA123&From=%2B15550001&To=%2B15550002&AccountSid=AC1&Digits=1%232"
     return [
@@ -892,6 +961,15 @@ def build_targets() -> list[Target]:
         ),
         Target(
             "audiosocket", run_audiosocket, (audiosocket.AudioSocketError,), _audiosocket_seeds(), "binary"
+        ),
+        Target("websocket_upgrade", run_websocket_upgrade, (wsframes.HandshakeError,), [WS_UPGRADE], "lines"),
+        Target(
+            "websocket_frames",
+            run_websocket_frames,
+            (wsframes.WsError,),
+            _websocket_seeds(),
+            "binary",
+            stream=True,
         ),
         Target(
             "sarvam_realtime", run_sarvam_realtime, (sarvam.SarvamProtocolError,), SARVAM_REALTIME, "json"

@@ -1,5 +1,5 @@
 """The telephony app as a test serves it: under uvicorn, and with ``stream_server == "media"`` its
-stream routes also on the websockets server (telephony/wsserver.py, ``telephony.media_port``).
+stream routes also on the media port's websocket server (telephony/wsserver.py, ``telephony.media_port``).
 
 ``ws_url(http_url)`` names where that app's streams are served, so one test runs unchanged over
 either path (parametrize it with ``STREAM_SERVERS``): the checks of a stream (signatures, tenant,

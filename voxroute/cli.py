@@ -318,7 +318,7 @@ def serve(
         typer.Option(
             min=1,
             max=65535,
-            help="also serve the carriers' media streams on this port, on the websockets library's server "
+            help="also serve the carriers' media streams on this port, on voxroute's lean websocket server "
             "(less CPU per media message; config: telephony.media_port); route the stream paths there",
         ),
     ] = None,
