@@ -45,10 +45,13 @@ from starlette.datastructures import URL, Address, Headers
 from starlette.responses import Response as StarletteResponse
 from starlette.routing import WebSocketRoute
 
+from voxroute.agent.ratelog import RateLimitedLog
 from voxroute.telephony import wsframes
 from voxroute.telephony.wsframes import OP_PONG, OP_TEXT, Close, FrameParser, HandshakeError, Ping
 
 log = logging.getLogger(__name__)
+# what a peer can make happen on many sockets at once: one line per kind per 10 s, not one each
+_peer_log = RateLimitedLog(log)
 
 MAX_SIZE = 1 << 20  # as the ASGI port (voxroute/server.py): the codecs apply the carriers' own limits
 QUEUE_HIGH = 16  # messages waiting for the handler before the socket stops being read
@@ -177,7 +180,7 @@ class _Connection(asyncio.Protocol):
         try:
             parsed = wsframes.parse_request(self._head)
         except HandshakeError as exc:
-            log.info("media port: refused an upgrade request from %s: %s", self.peer, exc)
+            _peer_log.info("refused", "media port: refused an upgrade request from %s: %s", self.peer, exc)
             self.respond(exc.status.value, f"{exc.detail}\n".encode(), exc.headers)
             return
         if parsed is None:
@@ -193,8 +196,11 @@ class _Connection(asyncio.Protocol):
         """The open timeout: no complete request, or no decision, in ``open_timeout_s``."""
         self._timer = None
         if self.state is HANDSHAKE or self.state is DECIDING:
-            log.info(
-                "media port: %s did not open within %.0f s, dropped", self.peer, self._server.open_timeout_s
+            _peer_log.info(
+                "slow",
+                "media port: %s did not open within %.0f s, dropped",
+                self.peer,
+                self._server.open_timeout_s,
             )
             self.state = CLOSING
             assert self.transport is not None
@@ -236,7 +242,8 @@ class _Connection(asyncio.Protocol):
             elif kind is Close:
                 self._peer_closed(event)  # type: ignore[arg-type]
         if parser.error is not None and self.state is OPEN:
-            log.info("media port: %s broke the websocket protocol (%s), closing", self.peer, parser.error)
+            _peer_log.info("protocol", "media port: %s broke the websocket protocol (%s), closing", self.peer,
+                           parser.error)  # fmt: skip
             self._fail(parser.error.code, parser.error.reason)
         if self.inbox:
             self._wake()
@@ -446,7 +453,7 @@ class MediaServer:
         try:
             sock = conn.socket = MediaSocket(conn, request, client)
         except ValueError as exc:  # a Host header no URL can hold
-            log.info("media port: refused an upgrade request from %s: %s", conn.peer, exc)
+            _peer_log.info("refused", "media port: refused an upgrade request from %s: %s", conn.peer, exc)
             conn.respond(HTTPStatus.BAD_REQUEST.value, b"bad Host header\n")
             return
         self._tg.create_task(self._run(endpoint, sock), name=f"stream {path}")

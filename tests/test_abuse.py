@@ -487,6 +487,7 @@ def _p99(values: list[float]) -> float:
 
 
 async def test_idle_sockets_do_not_stall_healthz_and_half_requests_are_dropped(server):
+    log_from = len(server.log.read_text())  # the module's server: its earlier tests logged too
     host, port = server.base.removeprefix("http://").split(":")
     idle = []
     for i in range(500):
@@ -522,7 +523,13 @@ async def test_idle_sockets_do_not_stall_healthz_and_half_requests_are_dropped(s
     finally:
         for s in [*idle, upgrade]:
             s.close()
-    assert "no complete request within 10 s, closed" in server.log.read_text()
+    # 501 sockets expired in the same tick: one line, not 501 (each written on the loop)
+    expiries = [
+        line
+        for line in server.log.read_text()[log_from:].splitlines()
+        if "no complete request within" in line
+    ]
+    assert len(expiries) == 1, expiries[:3]
 
 
 async def _poll_health(server, latencies: list[float], stop: asyncio.Event) -> None:
@@ -541,6 +548,7 @@ async def test_a_dtmf_flood_beside_a_real_time_call_stalls_nothing(server):
     fixture = load("order_status")
     latencies: list[float] = []
     stop = asyncio.Event()
+    log_from = len(server.log.read_text())  # the server is the module's: its earlier tests logged too
 
     async def flood() -> None:
         sid = "CAflood" + "0" * 27
@@ -583,7 +591,7 @@ async def test_a_dtmf_flood_beside_a_real_time_call_stalls_nothing(server):
         (t["index"], t["first_audio_ms"], t["budget_ms"]) for t in result["turns"] if not t["within_budget"]
     ]
     assert result["turns"] and not late, late
-    log = server.log.read_text()
+    log = server.log.read_text()[log_from:]
     stalls = log[log.find("event loop stalled") :][:4000]  # the server names the code that stalled
     assert p99 < 0.050, stalls
 

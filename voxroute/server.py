@@ -21,7 +21,11 @@ import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from voxroute.agent.ratelog import RateLimitedLog
+
 log = logging.getLogger(__name__)
+# hundreds of sockets opened together time out together: one line per 10 s, not one each
+_head_timeouts = RateLimitedLog(log)
 REQUEST_TIMEOUT_S = 10.0
 READ_CHUNK_BYTES = 16 * 1024  # one socket read; a websocket upgrade keeps the transport (and this)
 
@@ -47,8 +51,8 @@ class _HeadTimeoutProtocol(H11Protocol):
             return
         if self.conn.their_state is h11.IDLE:  # still no complete request head
             peer = f"{self.client[0]}:{self.client[1]}" if self.client else "?"
-            log.warning("connection from %s: no complete request within %.0f s, closed", peer,
-                        self.request_timeout_s)  # fmt: skip
+            _head_timeouts.warning("head", "connection from %s: no complete request within %.0f s, closed",
+                                   peer, self.request_timeout_s)  # fmt: skip
             self.transport.close()
 
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]

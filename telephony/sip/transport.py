@@ -34,6 +34,7 @@ from voxroute.agent.link import (
     InboundDtmf,
     MarkEcho,
 )
+from voxroute.agent.ratelog import RateLimitedLog
 from voxroute.audio import ALAW_8K, MULAW_8K, InboundFramer, WireFormat
 from voxroute.telephony.sip import rtp
 from voxroute.telephony.sip.message import SipParseError, host_port, parse_uri
@@ -43,7 +44,6 @@ from voxroute.telephony.sip.ua import (
     Call,
     CallTerminated,
     IncomingCall,
-    RateLimitedLog,
     Registration,
     RegistrationState,
     Send,

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from voxroute.agent.ratelog import RateLimitedLog
 from voxroute.telephony.sip import auth, sdp
 from voxroute.telephony.sip.message import (
     NameAddr,
@@ -48,27 +48,6 @@ T2 = 4.0
 TX_TIMEOUT = 64 * T1
 ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, REFER, NOTIFY"
 USER_AGENT = "voxroute"
-
-
-class RateLimitedLog:
-    """At most one line per key per ``interval`` seconds; says how many were suppressed."""
-
-    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
-        self._log = logger
-        self._interval = interval
-        self._last: dict[str, tuple[float, int]] = {}
-
-    def warning(self, key: str, text: str, *args: object) -> None:
-        now = time.monotonic()
-        last, suppressed = self._last.get(key, (-1e9, 0))
-        if now - last < self._interval:
-            self._last[key] = (last, suppressed + 1)
-            return
-        if len(self._last) > 1000:  # keys are source addresses: bounded memory under a scan
-            self._last.clear()
-        self._last[key] = (now, 0)
-        more = f" ({suppressed} similar suppressed)" if suppressed else ""
-        self._log.warning(text + more, *args)
 
 
 # --------------------------------------------------------------------------- actions
