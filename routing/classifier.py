@@ -104,17 +104,20 @@ def bigram_features(words: list[str]) -> list[str]:
 # and romanised Hindi. Each match adds the cue's feature CUE_REPEAT times, so that a cue weighs
 # about as much as a word, whose char n-grams add a dozen features.
 _CUES: dict[str, str] = {
-    "money_moved": r"\b(?:charged|charges?|debited|deducted|double charged|paid|payment|refund\w*|cashback|"
+    "money_moved": r"\b(?:charged|charges?|debited|deducted|double charged|paid|payments?|refund\w*|cashback|"
     r"winnings?|credit(?:ed)?|withdraw\w*|balance|wallet|money|amount|premium|emi|recharged?|bill(?:ed)?)\b"
     r"|\b(?:paise|paisa|rupaye|kat gaye|kat gaya|kata)\b|पैस|रिफ़ंड|रिफंड|कट ग|राशि|भुगतान",
     "not_received": r"\bnot (?:yet )?(?:received|credited|reflect\w*|refunded|come|came|arrived|delivered|"
     r"showing|updated?|updating|working|got|get|reached|returned)\b|\bnever (?:comes?|came|arrived?|received|got|"
     r"credited|reached|replied)\b|\b(?:still|yet) (?:not|no|pending|waiting)\b|\bpending\b|\bstuck\b|"
     r"\bmissing\b|\bhas ?n[o']?t (?:come|arrived|been|reached)|\bhave ?n[o']?t (?:got|received|been)|"
-    r"\bdid ?n[o']?t (?:get|receive|come|arrive|go through|happen|work)|\bnahi? (?:aaya|aayi|aaye|mila|"
+    r"\bdid ?n[o']?t (?:get|receive|come|arrive|go through|happen|work)|"
+    r"\b(?:payment|transaction|transfer|recharge|order) (?:has |have |had )?failed\b|\bmoney (?:is |has |was )?gone\b|"
+    r"\bnahi? (?:aaya|aayi|aaye|mila|"
     r"mili|mile|hua|hui|ho raha|ho rahi|aa raha)\b|नहीं (?:आया|आई|आए|मिला|मिली|हुआ|हो रहा)|अटक",
     "damaged_wrong": r"\b(?:broken|broke|damaged|torn|cracked|defective|faulty|expired|fake|leak\w*|"
-    r"wrong|incorrect|instead of|empty|not switch\w* on|stopped working|dead|spoilt|spoiled|used)\b|"
+    r"wrong|incorrect|instead of|empty|not switch\w* on|stopped working|dead|spoilt|spoiled|used|"
+    r"but i (?:had )?ordered|not what i ordered)\b|"
     r"\b(?:galat|toota|tuta|phata|kharab|nakli)\b|टूट|फट|गलत|ख़राब|खराब|नकली|एक्सपायर",
     "account_security": r"\b(?:hack\w*|blocked|suspended|locked|frozen|compromised|unauthori[sz]ed|"
     r"without my (?:permission|consent|knowledge)|someone (?:else )?(?:used|logged|changed|withdrew)|"
@@ -123,22 +126,41 @@ _CUES: dict[str, str] = {
     "harm_legal": r"\b(?:allerg\w*|rash\w*|vomit\w*|swallow\w*|side effects?|sick|hospital\w*|"
     r"admitted|accident|injur\w*|police|court|legal|lawyer|fir|consumer forum|rejected|denied|"
     r"harass\w*|passport)\b|उल्टी|एलर्जी|अस्पताल|रिजेक्ट|पुलिस",
-    "cancel": r"\b(?:cancel\w*|close my|disconnect|stop the|stop my|discontinue|reschedul\w*|"
-    r"(?:change|modify|update|correct) (?:my|the) (?:\w+ )?(?:order|booking|plan|date|nominee|flight|address)|"
+    # a cancellation or a change to something in flight; not the fee or policy of one ("what is the
+    # cancellation fee" is a question: see "policy"), and not an alarm or a reminder (see "assistant")
+    "cancel": r"\b(?:cancel\w*(?! (?:fees?|charges?|polic\w*|penalt\w*|terms|rules)\b)"
+    r"(?! (?:my |the |an? |all |this |that )?(?:alarms?|reminders?|timers?)\b)|close my|disconnect|"
+    r"stop the|stop my|discontinue|reschedul\w*|"
+    r"(?:chang|modif|updat|correct|edit)\w* (?:my|the|an?|our) (?:\w+ )?(?:order|booking|plan|date|nominee|flight|"
+    r"address)|(?:add|remov|delet|drop)\w* (?:an? |some |several |one |\w+ )?(?:items?|products?|something|things?) "
+    r"(?:to|from|in) (?:my|an|the|our) order|"
     r"band (?:kar|karna|karo))\b|रद्द|बंद कर",
     "failure_repeat": r"\b(?:again and again|(?:second|third|fourth|fifth|\d+(?:th|rd|nd)?) times?|"
     r"every time|keeps? \w+ing|nobody|no one|no response|scam|cheat\w*|worst|pathetic|ridiculous|"
-    r"unacceptable|fed up|complain\w*)\b|baar baar|बार बार|तीसरी बार",
+    r"unacceptable|fed up|complain\w*|terrible|horrible|awful|disgusting|(?:is|are) a joke)\b|baar baar|बार बार|तीसरी बार"
+    r"|\b(?:do|teen|char|chaar|paanch|panch|kai|kitni|\d+) baar\b|\b(?:bekaar|bekar|bakwas|tamasha)\b|बेकार|बकवास"
+    r"|\bkoi (?:madad|help|jawab|sun\w*) (?:nahi|nahin)\b|\bbahut pareshan\b|कोई (?:मदद|जवाब) नहीं|कोई नहीं सुन|परेशान हूँ",
+    # money taken from the caller: a charge to dispute, not a fee asked about ("why was I charged a fee")
+    "money_taken": r"\b(?:charged|debited|deducted|took|taken|on my (?:statement|bill)|noticed?|"
+    r"kat (?:gaye|gaya|gayi|liya|liye)|kata|kaat)\b|कट ग|काट लि|काटे"
+    # a fee the caller has seen: "this fee", "an extra charge", "why was there a fee"
+    r"|\b(?:this|that|these|an? (?:extra|additional|added|strange|unknown|weird|hidden))\s+(?:\S+\s+)?(?:fees?|charges?)\b"
+    r"|\bwhy (?:was|were|am|is|are|did|do|does|have|has)\b.{0,40}\b(?:fees?|charg\w*)",
+    # money the caller wants back: owed, not asked about ("when will I get my money back?")
+    "money_back": r"\b(?:(?:my|the) money back|refund (?:me|my money)|return my money|give (?:me )?back my|"
+    r"(?:paisa|paise|paisay) wapas)\b|पैसे वापस|पैसा वापस",
     "question": r"^\s*(?:what|how|which|where|when|is|are|does|do|can|could|will|should|any)\b|\?\s*$|"
     r"\b(?:kya|kaise|kitna|kitne|kitni|kaunsa|kab|kahan)\b|क्या|कैसे|कितन|कौन",
     "buy": r"\b(?:buy|purchase|kharid\w*|want to order|book (?:a|me)|suggest|recommend|choose|pick|"
     r"upgrade|add money|price|cost|offer|discount|coupon|plans?)\b|खरीद|कीमत",
     # asking for a person: the only thing that makes a turn a human request ("help me" does not)
     "person": r"\b(?:agent|human|person|representative|executive|supervisor|manager|someone|somebody|"
-    r"operator|advisor|adviser|counsell?or|customer (?:care|service|support)|support (?:team|staff)|"
-    r"insaan|banda|bande|kisi se baat)\b|एजेंट|इंसान|व्यक्ति|कर्मचारी|किसी से बात",
+    r"operator|advisor|adviser|counsell?or|customer (?:care|service|support|assistance)|support (?:team|staff)|"
+    r"staff|call cent(?:re|er)|robot|bot|machine|insaan|banda|bande|kisi se baat)\b"
+    r"|एजेंट|इंसान|व्यक्ति|कर्मचारी|किसी से बात|प्रतिनिधि|ऑपरेटर|कस्टमर (?:केयर|सपोर्ट|सर्विस)|मशीन",
     "talk_to": r"\b(?:speak|talk|chat|connect|transfer|put me through)\w* (?:to|with|me)\b|\bcontact\w*\b|"
-    r"\bbaat (?:karni|karna|karao|karwao|kara|karwa)|बात (?:करनी|कराइए|करवाइए|करवा|करा)",
+    r"\bget in touch\b|\breach (?:out|you|your|the customer|customer|support|someone|somebody|a person)\b|"
+    r"\bbaat (?:karni|karna|karao|karwao|kara|karwa)|बात (?:करनी|कराइए|करवाइए|करवा|करा)|से जोड़",
     # something has gone wrong, said in general words: a problem, an issue, a complaint or claim
     "problem": r"\b(?:problems?|issues?|errors?|trouble|complain\w*|claims?|reclamation|report|dispute\w*|"
     r"fraud\w*|dikkat|samasya|pareshani)\b|शिकायत|समस्या|दिक्कत",
@@ -150,8 +172,25 @@ _CUES: dict[str, str] = {
     r"what (?:do|should|would) (?:i|we) (?:have to |need to )?do|"
     r"(?:do ?n[o']?t|dont) know (?:how|what|where)|tell me (?:about|more)|is it possible|allowed)\b"
     r"|नियम|जानकारी|कैसे कर",
+    # the rules of a business in general: a fee, a policy, terms, when a refund is possible
+    "policy": r"\b(?:fees?|penalt(?:y|ies)|polic(?:y|ies)|terms|charges? (?:for|of|on)|in what cases|"
+    r"(?:how long|how many days) (?:do|does|will|would) (?:\w+ ){1,3}take)\b"
+    r"|\b(?:niyam|shulk)\b|नियम|शुल्क|पॉलिसी",
+    # opening, editing or switching an account or profile: admin, not access or security
+    "account_admin": r"\b(?:open\w*|creat\w*|register\w*|sign\w* up|set\w* up|switch\w*|edit\w*|updat\w*|"
+    r"chang\w*) (?:a |an |my |the |new |another |other |our |different |user |\w+ ){0,3}(?:accounts?|profiles?)\b"
+    r"|\bregistration\b|\bsign(?:ing)? ?up\b|\bnewsletter\b",
+    # what a home assistant is asked, no business's matter: alarms, lights, music, weather, jokes
+    "assistant": r"\b(?:alarms?|reminders?|timers?|lights?|lamps?|bulbs?|volume|music|songs?|playlists?|radio|"
+    r"podcasts?|audio ?books?|weather|(?:tell|hear|know|say) (?:me |us )?(?:a |an |any |some |another )?(?:\w+ )?jokes?|"
+    r"recipes?|calendar|meetings?|tweets?|twitter|facebook|"
+    r"gaana|gaane|mausam|chutkul\w*)\b|अलार्म|गाना|गाने|मौसम|चुटकुल",
 }
 _CUE_RES = [(name, re.compile(pattern, re.IGNORECASE)) for name, pattern in _CUES.items()]
+# The human_request offset of a trained model applies only to a turn with one of these: a turn that
+# names no person and asks to be put through to no one ("say that again", "let's start over",
+# "subscribe to the newsletter") is no request for a person, however unsure the model is of it.
+HUMAN_OFFSET_CUES = frozenset({"k person", "k talk_to"})
 CUE_REPEAT = 6
 # Number types: an amount of money reads as stakes, a size, quantity, duration or reference
 # number does not (a "60 by 78" bed is not a billing dispute).
@@ -203,9 +242,20 @@ def cue_features(text: str) -> list[str]:
         cues.add("access_problem")
     # Money asked about (a fee, a price, a policy) with nothing gone wrong is a question, not a
     # dispute; help to buy is a sale.
-    trouble = {"not_received", "damaged_wrong", "failure_repeat", "account_security", "harm_legal", "problem"}
+    trouble = {
+        "not_received", "damaged_wrong", "failure_repeat", "account_security", "harm_legal", "problem", "money_back",
+        "money_taken",
+    }  # fmt: skip
     if "money_moved" in cues and ({"question", "info"} & cues) and not (trouble & cues):
         cues.add("money_question")
+    # A fee or a policy asked about, an account opened or edited, with nothing gone wrong: routine
+    # in any business. A home assistant's request is no business's (out of scope).
+    if "policy" in cues and not (trouble & cues):
+        cues.add("policy_question")
+    if "account_admin" in cues and not ((trouble | {"cancel"}) & cues):
+        cues.add("account_task")
+    if "assistant" in cues and not ((trouble | {"money_moved"}) & cues):
+        cues.add("off_topic")
     if {"help_with", "buy"} <= cues:
         cues.add("help_buy")
     if ({"help_with", "info"} & cues) and not ({"person", "talk_to"} & cues) and not (trouble & cues):
@@ -296,11 +346,14 @@ class StakesModel:
         embeddings: StaticEmbeddings | None = None,
         dense_weights: np.ndarray | None = None,
         embed_scale: float = 1.0,
+        human_offset: np.ndarray | None = None,
     ) -> None:
         """``outputs``/``output_class``: the model's own (finer) outputs, e.g. intents, and the class
         index each one belongs to; a class's probability is the sum of its outputs'. Without them
         the outputs are the classes. ``embeddings``/``dense_weights`` (D, outputs): a distilled
-        sentence vector (routing/embed.py) times ``embed_scale`` adds its own term to the logits."""
+        sentence vector (routing/embed.py) times ``embed_scale`` adds its own term to the logits.
+        ``human_offset`` (outputs,): added to the logits only when the turn names a person or asks
+        to be put through (HUMAN_OFFSET_CUES); see ``routing/train.py`` ``tune_human_boost``."""
         outputs = outputs or classes
         if output_class is None:
             output_class = np.arange(len(classes))
@@ -325,6 +378,11 @@ class StakesModel:
         self._oov = len(vocab)
         self._word_rows: dict[str, tuple[np.ndarray, int]] = {}
         self.embeddings = embeddings
+        self._human_offset: np.ndarray | None = None
+        if human_offset is not None:
+            if human_offset.shape != (len(outputs),):
+                raise ValueError(f"human offset {human_offset.shape} does not fit the outputs")
+            self._human_offset = human_offset.astype(np.float64)
         self._dense: np.ndarray | None = None
         if embeddings is not None:
             if dense_weights is None or dense_weights.shape != (embeddings.dim, len(outputs)):
@@ -352,6 +410,7 @@ class StakesModel:
             outputs = tuple(z["outputs"].tobytes().decode("utf-8").split("\n")) if "outputs" in z else None
             output_class = z["output_class"] if "output_class" in z else None
             dense_weights = z["dense_weights"] if "dense_weights" in z else None
+            human_offset = z["human_offset"] if "human_offset" in z else None
         vocab = vocab_blob.split("\n") if vocab_blob else []
         emb_meta = meta.get("embeddings")
         embeddings = StaticEmbeddings.load(path.parent / emb_meta["file"]) if emb_meta else None
@@ -369,6 +428,7 @@ class StakesModel:
             embeddings=embeddings,
             dense_weights=dense_weights,
             embed_scale=emb_meta["scale"] if emb_meta else 1.0,
+            human_offset=human_offset,
         )
 
     def _word_row(self, word: str) -> tuple[np.ndarray, int]:
@@ -387,6 +447,8 @@ class StakesModel:
         words = tokens(text)
         cues = cue_features(text)
         dense = self._dense_logits(text)
+        if self._human_offset is not None and not HUMAN_OFFSET_CUES.isdisjoint(cues):
+            dense = dense + self._human_offset
         if not words and not cues:
             return self._b + dense
         rows = [self._word_row(w) for w in words]

@@ -171,7 +171,7 @@ class SignalConfig(_Model):
     money_threshold_factor: float = Field(default=0.6, gt=0, le=1)  # money named: the threshold times this
     low_confidence_factor: float = Field(default=0.6, gt=0, le=1)
     anger: bool = True
-    closings: bool = True  # a turn that only thanks, acknowledges or defers stays routine
+    closings: bool = True  # a turn that only thanks, defers or manages the talk ("say again") stays routine
     context_min_confidence: float = Field(default=0.55, ge=0, le=1)  # below: a follow-up keeps its class
     # a tenant class's examples decide when the nearest is at least this similar (cosine)
     examples_min_similarity: float = Field(default=0.5, gt=0, le=1)

@@ -271,15 +271,17 @@ def tune_human_boost(make, bias: np.ndarray, val: list[Example], output_class) -
     """A logit offset for human_request: missing a request for a person costs more than a rare
     false one, and the class has few (hand-written) rows, so the validation's few human requests
     (about 15) say little about how callers elsewhere ask. The largest offset on the grid at which
-    at most HUMAN_MAX_FALSE of the other validation rows turn into human_request.
-    ``make(bias)`` builds the model to try."""
+    at most HUMAN_MAX_FALSE of the other validation rows turn into human_request. The model adds it
+    only to turns that name a person or ask to be put through (classifier.HUMAN_OFFSET_CUES): added
+    to every turn, it made vague turns ("retry please", "subscribe to the newsletter") human
+    requests. ``make(bias, offset)`` builds the model to try."""
     is_human = np.array([ex.label == "human" for ex in val])
     h = output_class == CLASSES.index("human_request")
     best = np.zeros_like(bias)
     for boost in np.arange(0.0, 3.01, 0.25):
         offset = np.zeros_like(bias)
         offset[h] = boost
-        m = make(bias + offset)
+        m = make(bias, offset)
         pred = np.array([m.scores(ex.text).best()[0] == "human_request" for ex in val])
         if pred[~is_human].mean() > HUMAN_MAX_FALSE:
             break
@@ -332,6 +334,7 @@ def save(
     outputs,
     output_class,
     dense_weights: np.ndarray | None = None,
+    human_offset: np.ndarray | None = None,
 ) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {
@@ -343,6 +346,8 @@ def save(
     }
     if dense_weights is not None:
         arrays["dense_weights"] = dense_weights.astype(np.float16)
+    if human_offset is not None:
+        arrays["human_offset"] = human_offset.astype(np.float32)
     np.savez_compressed(path, **arrays)
     path.with_suffix(".json").write_text(
         json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
@@ -398,22 +403,24 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
     )
     weights, bias = fit_softmax(x, y, sw, len(outputs), args.c)
-    raw_bias = bias.copy()
     # Tune on the weights as they ship (float16), so the threshold matches inference exactly.
     weights16 = weights[: len(vocab)].astype(np.float16)
     dense16 = weights[len(vocab) :].astype(np.float16) if embeddings is not None else None
 
-    def make(b: np.ndarray, threshold: float = 0.5, version: str = "tuning") -> StakesModel:
+    def make(
+        b: np.ndarray, offset: np.ndarray, threshold: float = 0.5, version: str = "tuning"
+    ) -> StakesModel:
         return StakesModel(
             CLASSES, vocab, weights16, b.astype(np.float32), threshold, HIGH_CLASSES, version,
             outputs=outputs, output_class=output_class, embeddings=embeddings, dense_weights=dense16,
-            embed_scale=args.embed_scale,
+            embed_scale=args.embed_scale, human_offset=offset.astype(np.float32),
         )  # fmt: skip
 
-    bias = bias + tune_human_boost(make, bias, val, output_class)
+    bias = bias.astype(np.float32)
+    human_offset = tune_human_boost(make, bias, val, output_class).astype(np.float32)
 
     def build(threshold: float, version: str) -> StakesModel:
-        return make(bias, threshold, version)
+        return make(bias, human_offset, threshold, version)
 
     model = build(0.5, "tuning")
     val_scores = [model.scores(ex.text) for ex in val]
@@ -438,7 +445,6 @@ def main(argv: list[str] | None = None) -> int:
     metrics = {"validation": evaluate(model, val)} | {
         name: evaluate(model, exs) for name, exs in tests.items()
     }
-    human_offset = float((bias - raw_bias)[output_class == CLASSES.index("human_request")].max())
     meta = {
         "version": version,
         "classes": list(CLASSES),
@@ -467,14 +473,14 @@ def main(argv: list[str] | None = None) -> int:
             "target_val_recall": TARGET_VAL_RECALL,
             "business_val_recall": BUSINESS_VAL_RECALL,
             "thresholds": thresholds,
-            "human_logit_offset": human_offset,
+            "human_logit_offset": float(human_offset.max()),
             "fit_rows": len(fit),
             "val_rows": len(val),
             "vocab": len(vocab),
         },
         "metrics": metrics,
     }
-    save(args.out, vocab, weights16, bias, meta, outputs, output_class, dense16)
+    save(args.out, vocab, weights16, bias, meta, outputs, output_class, dense16, human_offset)
     if args.embed is not None and args.embed.resolve() != (args.out.parent / "embed.npz").resolve():
         shutil.copyfile(args.embed, args.out.parent / "embed.npz")
     print(f"threshold {threshold:.4f}  ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)

@@ -73,11 +73,13 @@ def test_targets_per_held_out_domain(held_out_figures, domain):
 
 def test_the_public_held_out_sets_keep_their_measured_figures(router):
     """Bitext's customer-service requests and HWU64's home-assistant requests, held out of the shipped
-    model: phrasing and label conventions no one at voxroute chose (data/router/README.md). Person
-    requests meet the target (>= 0.95); the rest MISS the targets (high-stakes >= 0.90, routine and
-    out of scope <= 0.15): asserted are the figures the shipped model reaches (2026-12-04: Bitext
-    0.639 / 0.953 / 0.244, HWU64 routine 0.388, out of scope 0.252), so that a change that loses
-    ground fails here."""
+    model's training: phrasing and label conventions no one at voxroute chose (data/router/README.md).
+    Their errors guided the cue and dialogue-act work, so they are a development check now, as the
+    hand-written test domains are. HWU64 and Bitext's person requests meet the targets (routine and
+    out of scope <= 0.15, person requests >= 0.95); Bitext's high-stakes (>= 0.90) and routine turns
+    (<= 0.15) MISS them: asserted are the figures the shipped model reaches (2026-12-04, second
+    model: Bitext 0.670 / 0.985 / 0.203, HWU64 0.112 / 0.145), so that a change that loses ground
+    fails here."""
     figures = {}
     for name in ("bitext_customer_service.csv", "hwu64_sample.csv"):
         with (DATA / name).open(newline="", encoding="utf-8") as f:
@@ -87,8 +89,8 @@ def test_the_public_held_out_sets_keep_their_measured_figures(router):
                                                     "routine_escalated", "out_of_scope_escalated")})  # fmt: skip
     bitext, hwu = figures["bitext_customer_service.csv"], figures["hwu64_sample.csv"]
     assert bitext["human_recall"] >= 0.95, bitext
-    assert bitext["high_stakes_recall"] >= 0.63 and bitext["routine_escalated"] <= 0.25, bitext
-    assert hwu["routine_escalated"] <= 0.39 and hwu["out_of_scope_escalated"] <= 0.26, hwu
+    assert bitext["high_stakes_recall"] >= 0.665 and bitext["routine_escalated"] <= 0.21, bitext
+    assert hwu["routine_escalated"] <= 0.15 and hwu["out_of_scope_escalated"] <= 0.15, hwu
 
 
 def test_per_language_figures_are_reported(router):

@@ -15,7 +15,7 @@ from voxroute.cli import app
 from voxroute.routing.classifier import read_labelled_csv
 from voxroute.routing.evaluate import metrics, predict
 from voxroute.routing.route import Route
-from voxroute.routing.router import is_closing, is_devanagari
+from voxroute.routing.router import is_closing, is_devanagari, is_dialogue_act
 from voxroute.runtime import build_router
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "router"
@@ -100,9 +100,10 @@ def test_a_closing_in_a_routine_call_stays_on_the_fast_tier(router, text, specul
 
 
 def test_the_model_alone_escalates_closings(router):
-    """Why the closing rule exists: without it most of CLOSINGS would reach the reasoning tier."""
+    """Why the closing rule exists: without it several of CLOSINGS would reach the reasoning tier
+    (3 of 7 with the model of 2026-12-04, which learnt more of what is routine; 4 before)."""
     model = router.model
-    assert sum(model.escalates(model.scores(t)) for t in CLOSINGS) >= 4
+    assert sum(model.escalates(model.scores(t)) for t in CLOSINGS) >= 3
 
 
 @pytest.mark.parametrize(
@@ -127,6 +128,67 @@ def test_a_closing_is_short_and_whole():
     assert not is_closing("ok " * 3000)  # longer than any closing: not matched, and no backtracking
     assert not is_closing("Okay. What are your opening hours then?")
     assert is_closing("Okay, great. Thank you so much.")
+
+
+DIALOGUE_ACTS = [
+    "Sorry, can you say that again please?",
+    "Hold on a second.",
+    "That is not what I asked.",
+    "Wait, that's the wrong answer.",
+    "Could you explain that again?",
+    "I don't mind, either is fine.",
+    "Well done, I appreciate it.",
+    "Let's start over.",
+    "phir se boliye",
+    "समझ नहीं आया, फिर से बताइए।",
+]
+
+
+@pytest.mark.parametrize("speculated", [False, True])
+@pytest.mark.parametrize("text", DIALOGUE_ACTS)
+def test_a_dialogue_act_in_a_routine_call_stays_on_the_fast_tier(router, text, speculated):
+    assert is_dialogue_act(text)
+    conv = router.conversation("default")
+    conv.decide("What time does your store close on weekdays?", "en-IN")
+    if speculated:
+        conv.speculate(text)
+    r = conv.decide(text, "hi-IN" if is_devanagari(text) else "en-IN")
+    assert r.routing_class == "faq" and r.tier == "fast" and not r.escalated and not r.handoff, r
+    assert r.reason.startswith("dialogue act"), r.reason
+
+
+def test_the_model_alone_escalates_dialogue_acts(router):
+    """Why the dialogue-act rule exists: the model alone sends half of DIALOGUE_ACTS to the reasoning
+    tier (5 of 10 with the model of 2026-12-04; HWU64's dialogue acts: 0.31 escalated without it)."""
+    model = router.model
+    assert sum(model.escalates(model.scores(t)) for t in DIALOGUE_ACTS) >= 4
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Stop my subscription.",
+        "Wait, my card is missing.",
+        "Say that again, I was charged twice?",
+        "This is ridiculous, repeat that.",
+        "Hold on, I want to speak to a manager.",
+        "I don't care, just refund my money.",
+        "samajh nahi aaya, mera refund nahi aaya",
+    ],
+)
+def test_dialogue_act_words_do_not_hide_stakes(router, text):
+    assert not is_dialogue_act(text)
+    conv = router.conversation("default")
+    conv.decide("What time does your store close on weekdays?", "en-IN")
+    r = conv.decide(text, "en-IN")
+    assert r.escalated, r
+
+
+def test_a_dialogue_act_keeps_a_high_stakes_call_escalated(router):
+    conv = router.conversation("default")
+    assert conv.decide("I was charged twice for my order and want the money back.", "en-IN").escalated
+    r = conv.decide("Sorry, can you say that again?", "en-IN")
+    assert r.escalated and r.tier == "reasoning" and not r.reason.startswith("dialogue act"), r
 
 
 def test_an_off_topic_turn_is_not_followed_as_context(router):

@@ -60,3 +60,73 @@ def test_a_problem_said_in_general_words():
     assert "k problem" in feats("I want to file a complaint about the delivery.")
     assert "k problem" in feats("mujhe ek dikkat hai payment mein")
     assert "k problem" not in feats("Which mattress is best for back pain?")
+
+
+def test_a_fee_or_a_policy_asked_about_is_not_a_cancellation():
+    for text in (
+        "What is the cancellation fee?",
+        "Tell me your cancellation policy.",
+        "how long do refunds usually take?",
+    ):
+        f = feats(text)
+        assert "k policy_question" in f and "k cancel" not in f, text
+    assert "k cancel" in feats("Please cancel my booking.")
+    # a fee charged wrongly is trouble, not a question about the rules
+    assert "k policy_question" not in feats("You charged me a cancellation fee twice, this is wrong.")
+
+
+def test_changes_to_an_order_in_flight_said_other_ways():
+    assert "k cancel" in feats("Could you help me with changing the shipping address?")
+    assert "k cancel" in feats("I need to remove some items from my order.")
+    assert "k cancel" not in feats("I want to add a new shipping address to my profile.")
+
+
+def test_opening_or_editing_an_account_is_admin():
+    for text in (
+        "Help me create an account.",
+        "How do I edit my profile?",
+        "khata kaise khole, registration karna hai",
+    ):
+        assert "k account_task" in feats(text), text
+    assert "k account_task" not in feats("I cannot log in to my account, it is blocked.")
+
+
+def test_a_home_assistant_request_is_off_topic_not_a_cancellation():
+    f = feats("Cancel my alarm for tomorrow morning.")
+    assert "k off_topic" in f and "k cancel" not in f
+    assert "k off_topic" in feats("koi gaana bajao")
+    assert "k off_topic" in feats("आज मौसम कैसा है?")
+    assert "k off_topic" not in feats("The bulb you delivered is broken.")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I need to call customer assistance.",
+        "Can I get in touch with your staff?",
+        "ऑपरेटर से जोड़िए।",
+        "मुझे किसी प्रतिनिधि से जोड़िए।",
+    ],
+)
+def test_more_ways_to_name_a_person(text):
+    assert {"k person", "k talk_to"} & feats(text)
+
+
+def test_the_human_offset_applies_only_when_a_person_is_named():
+    """A trained model's human_request offset (routing/train.py tune_human_boost) is added only to
+    turns with a person or put-through cue: a vague turn ("retry please") is no request for a person."""
+    import numpy as np
+
+    from voxroute.routing.classifier import CLASSES, HIGH_CLASSES, StakesModel
+
+    k = len(CLASSES)
+    human = CLASSES.index("human_request")
+    offset = np.zeros(k)
+    offset[human] = 5.0
+    model = StakesModel(
+        CLASSES, ["w x"], np.zeros((1, k)), np.zeros(k), 0.5, HIGH_CLASSES, "test", human_offset=offset
+    )
+    assert model.scores("Can I speak to someone, please?").best()[0] == "human_request"
+    assert model.scores("kisi insaan se baat karwao").best()[0] == "human_request"
+    for text in ("retry please", "subscribe to the company newsletter", ""):
+        assert model.scores(text).prob("human_request") == pytest.approx(1 / k), text
