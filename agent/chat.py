@@ -260,7 +260,7 @@ class ChatConversation:
             "channel": "chat", "from_number": None, "to_number": None, "language": self.language,
             "started_at": self.started_wall, "ended_at": None if ended == "in_progress" else time.time(),
             "ended": ended, "outcome": self.outcome, "outcome_reason": self.outcome_reason, "error": None,
-            "mode": self.services.mode, "policy": self.services.router.table.policy_version, "leg": 1,
+            "mode": self.services.mode, "policy": self.services.router.policy_version, "leg": 1,
         }  # fmt: skip
         if with_turns:
             data.update(

@@ -288,7 +288,7 @@ class Services:
             "outcome_reason": summary.outcome_reason,
             "error": summary.error,
             "mode": self.mode,
-            "policy": self.router.table.policy_version,
+            "policy": self.router.policy_version,
             "leg": self._leg(live) if live is not None else self._legs.get(call_sid, 1),
         }
         if with_turns:

@@ -21,6 +21,8 @@ Work on partial transcripts: ``speculate(text)`` scores a partial while the call
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
 import time
@@ -201,6 +203,20 @@ class Router:
             examples = {c: d.examples for c, d in table.classes[tenant].items() if d.examples}
             if examples:
                 self.examples[tenant] = ExampleIndex(examples)
+        self.policy_version = self._policy_version()
+
+    def _policy_version(self) -> str:
+        """What routing does, as the call log records it with each call: the table's version (every
+        resolved cell and model path) and the classifier's (its weights and threshold) with the
+        thresholds in force. A new model or threshold is a new policy, so ``voxroute report
+        --policy`` compares outcomes before and after it."""
+        parts = {
+            "table": self.table.policy_version,
+            "classifier": self.model.version if self.model is not None else None,
+            "threshold": round(self.threshold, 6),
+            "tenant_thresholds": sorted(self.thresholds.items()),
+        }
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
     def conversation(self, tenant: str, channel: str = "voice") -> Conversation:
         return Conversation(self, self.table.tenant(tenant), channel)

@@ -325,6 +325,13 @@ def _blob(strings) -> np.ndarray:
     return np.frombuffer("\n".join(strings).encode("utf-8"), dtype=np.uint8)
 
 
+def model_version(npz: Path, threshold: float, day: dt.date | None = None) -> str:
+    """``stakes-<hash of the weights file and the threshold>-<date>``."""
+    h = hashlib.sha256(npz.read_bytes())
+    h.update(f"{threshold:.6f}".encode())
+    return f"stakes-{h.hexdigest()[:12]}-{(day or dt.date.today()):%Y%m%d}"
+
+
 def save(
     path: Path,
     vocab: list[str],
@@ -349,6 +356,9 @@ def save(
     if human_offset is not None:
         arrays["human_offset"] = human_offset.astype(np.float32)
     np.savez_compressed(path, **arrays)
+    # The version names these weights and this threshold, so two models never share one: the call
+    # log's routing policy includes it (routing/router.py), and reports compare outcomes by policy.
+    meta = {**meta, "version": model_version(path, meta["high_threshold"])}
     path.with_suffix(".json").write_text(
         json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
     )
@@ -440,13 +450,12 @@ def main(argv: list[str] | None = None) -> int:
     threshold = max(min(thresholds["bank"], thresholds["businesses"]), floor)
     print("thresholds " + ", ".join(f"{k} {v:.4f}" for k, v in thresholds.items()), file=sys.stderr)
     digest = data_hash()
-    version = f"stakes-{digest[:12]}-{dt.date.today():%Y%m%d}"
-    model = build(threshold, version)
+    model = build(threshold, "tuning")  # its version is set by save(), from the weights it writes
     metrics = {"validation": evaluate(model, val)} | {
         name: evaluate(model, exs) for name, exs in tests.items()
     }
     meta = {
-        "version": version,
+        "version": "",  # save() names the weights written
         "classes": list(CLASSES),
         "high_classes": list(HIGH_CLASSES),
         "high_threshold": threshold,

@@ -511,7 +511,7 @@ async def test_replayed_calls_survive_a_database_outage_and_the_report_matches(k
                 assert r.status_code == 404
             await call_log.flush(30)
             runtime_calls = {sid: services.call_json(sid) for sid in sids}
-            policy = services.router.table.policy_version
+            policy = services.router.policy_version
         assert call_log.stats["failures"] > failures_before and call_log.stats["dropped"] == 0
 
         # Every turn of both calls, as the runtime recorded it.

@@ -335,7 +335,7 @@ class FakeSession:
 
 
 def _services() -> Services:
-    router = SimpleNamespace(table=SimpleNamespace(policy_version="p1"))
+    router = SimpleNamespace(policy_version="p1", table=SimpleNamespace(policy_version="t1"))
     return Services(SimpleNamespace(call_log=CallLogConfig()), None, None, {}, router)  # type: ignore[arg-type]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ from typer.testing import CliRunner
 from voxroute.agent.config import ConfigError, load_config, parse_config
 from voxroute.cli import app
 from voxroute.routing.health import MIN_SAMPLES, Health
+from voxroute.runtime import build_router
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -133,7 +136,7 @@ def test_config_check_cli(tmp_path):
     res = runner.invoke(app, ["config", "check", str(bad)])
     assert res.exit_code == 2
     assert "reasoning.0: unknown model path 'missing'" in res.output
-    policy = load_config(EXAMPLES / "bank.yaml").routing_table().policy_version
+    policy = build_router(load_config(EXAMPLES / "bank.yaml")).policy_version  # what the call log records
     assert f"routing policy {policy}" in " ".join(ok.output.split())
 
 
@@ -214,3 +217,42 @@ def test_class_examples_validate():
     for bad in ([""], ["   "], ["x" * 501]):
         with pytest.raises(ConfigError, match=r"examples"):
             parse_config(_minimal(classes={"trial": {"stakes": "low", "examples": bad}}))
+
+
+def test_the_call_logs_policy_names_the_classifier_and_its_thresholds():
+    """A new stakes model, or a new threshold, routes differently: the policy the call log records
+    changes with it (the table's version alone would not), and stays put otherwise."""
+    from voxroute.routing.classifier import StakesModel
+    from voxroute.routing.router import Router
+
+    cfg = parse_config(_minimal())
+    model = StakesModel.load()
+    base = Router(cfg.routing_table(), model).policy_version
+    assert base == Router(cfg.routing_table(), model).policy_version and len(base) == 12
+    assert Router(cfg.routing_table(), None).policy_version != base
+    other = copy.copy(model)
+    other.version = model.version + "-retrained"
+    assert Router(cfg.routing_table(), other).policy_version != base
+    data = _minimal()
+    data.setdefault("routing", {})["high_threshold"] = 0.2
+    assert Router(parse_config(data).routing_table(), model).policy_version != base
+
+
+def test_a_trained_models_version_names_its_weights_and_threshold(tmp_path):
+    import datetime as dt
+
+    from voxroute.routing.classifier import DEFAULT_MODEL_PATH
+    from voxroute.routing.train import model_version
+
+    day = dt.date(2026, 12, 4)
+    npz = tmp_path / "stakes.npz"
+    npz.write_bytes(DEFAULT_MODEL_PATH.read_bytes())
+    v = model_version(npz, 0.4, day)
+    assert v.startswith("stakes-") and v.endswith("-20261204") and v == model_version(npz, 0.4, day)
+    assert model_version(npz, 0.41, day) != v
+    npz.write_bytes(npz.read_bytes() + b"\0")
+    assert model_version(npz, 0.4, day) != v
+    # the shipped model's version is its own weights' and threshold's
+    shipped = json.loads(DEFAULT_MODEL_PATH.with_suffix(".json").read_text())
+    stamped = dt.datetime.strptime(shipped["version"].rsplit("-", 1)[1], "%Y%m%d").date()
+    assert shipped["version"] == model_version(DEFAULT_MODEL_PATH, shipped["high_threshold"], stamped)

@@ -848,8 +848,18 @@ def config_check(
     rules = len(cfg.routing.rules) + sum(len(t.rules) for t in cfg.tenants.values())
     console.print(
         f"[green]ok:[/] {path}: {len(cfg.tenants)} tenant(s), {rules} keyword rule(s); "
-        f"routing policy {table.policy_version} (the call log's policy, for voxroute report --policy)"
+        f"routing policy {_policy_of(cfg)} (the call log's policy, for voxroute report --policy)"
     )
+
+
+def _policy_of(cfg) -> str:
+    """The policy version the call log would record under ``cfg``: the table and its classifier."""
+    from voxroute.runtime import build_router
+
+    try:
+        return build_router(cfg).policy_version
+    except (OSError, ValueError) as exc:  # the classifier file named in the config
+        _exit_with_error(f"routing.classifier: {exc}")
 
 
 @app.command("eval-router")
