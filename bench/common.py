@@ -135,8 +135,9 @@ def step_result(n: int, results: list, before: dict, after: dict, wall_s: float)
         "jitter_p99_ms": after["outbound_late_ms_p99"],
         "cpu_ms_per_call_second": round(cpu_ms / call_seconds, 2) if call_seconds else None,
         "generator_max_lag_ms": max((r.max_lag_ms or 0) for r in ok) if ok else None,
-        # the collector over the step (/debug/stats is reset at its start): full collections and
-        # the longest pause of any generation; with --workers, the worst worker's
+        # the collector over the step (/debug/stats is reset at its start): full collections, mean
+        # CPU of a run, the longest pause of any generation (with --workers: runs and CPU summed over
+        # the workers, the pause the worst worker's)
         "gc_full": after.get("gc2_count"),
         "gc_young_cpu_ms_mean": round(after["gc0_cpu_ms"] / after["gc0_count"], 3)
         if after.get("gc0_count")

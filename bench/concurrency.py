@@ -39,7 +39,8 @@ LIMIT_MS = 20.0
 
 async def server_stats(http: httpx.AsyncClient, workers: list[str] | None, reset: bool = False) -> dict:
     """``/debug/stats`` of the server; with ``--workers``, of each worker on its own port, merged:
-    CPU summed, each percentile the worst worker's (every worker must hold the limit)."""
+    CPU (and the collector's runs and CPU) summed, each percentile and pause the worst worker's
+    (every worker must hold the limit)."""
     bases = workers or [str(http.base_url)]
     if reset:
         for base in bases:
@@ -47,6 +48,9 @@ async def server_stats(http: httpx.AsyncClient, workers: list[str] | None, reset
     each = [(await http.get(base.rstrip("/") + "/debug/stats")).json() for base in bases]
     merged = {key: max((s[key] for s in each if s[key] is not None), default=None) for key in each[0]}
     merged["cpu_s"] = sum(s["cpu_s"] for s in each)
+    for gen in range(3):  # the collector's runs and CPU add up too (its longest pause stays the worst)
+        for key in (f"gc{gen}_count", f"gc{gen}_cpu_ms"):
+            merged[key] = sum(s.get(key) or 0 for s in each)
     return merged
 
 
