@@ -299,6 +299,21 @@ async def test_a_flood_the_handler_does_not_read_stops_the_socket_reads_not_memo
     assert seen == [True]  # every message, in order, once the handler read again
 
 
+async def _talker_behind(server, sockets: list) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A peer of ``/talker`` with a small receive buffer that does not read: once the talker's
+    writes have filled it (its transport paused writing), the peer's reader and writer."""
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    raw.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(raw, ("127.0.0.1", bound_port(server)))
+    reader, writer = await asyncio.open_connection(sock=raw)
+    writer.write(WS_UPGRADE.replace(b"/twilio/stream?x=1", b"/talker"))
+    await reader.readuntil(b"\r\n\r\n")
+    while not sockets or not sockets[0]._conn.write_paused:  # noqa: ASYNC110  # a transport state
+        await asyncio.sleep(0.01)
+    return reader, writer
+
+
 async def test_a_peer_that_does_not_read_makes_sends_wait_not_the_buffer_grow():
     sent: list[int] = []
     sockets: list = []
@@ -312,15 +327,7 @@ async def test_a_peer_that_does_not_read_makes_sends_wait_not_the_buffer_grow():
 
     media, _seen = _server(talker=talker)
     async with media.serving() as server, asyncio.timeout(STEP * 2):
-        raw = socket.socket()
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-        raw.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(raw, ("127.0.0.1", bound_port(server)))
-        reader, writer = await asyncio.open_connection(sock=raw)
-        writer.write(WS_UPGRADE.replace(b"/twilio/stream?x=1", b"/talker"))
-        await reader.readuntil(b"\r\n\r\n")
-        while not sockets or not sockets[0]._conn.write_paused:  # noqa: ASYNC110  # a transport state
-            await asyncio.sleep(0.01)
+        reader, writer = await _talker_behind(server, sockets)
         transport = sockets[0]._conn.transport
         assert len(sent) < 400
         assert transport.get_write_buffer_size() < 2 * 65536 + 1024  # the high-water mark and one frame
@@ -378,15 +385,7 @@ async def test_the_link_writes_straight_through_and_waits_only_for_a_peer_that_i
 
     media, _seen = _server(talker=talker)
     async with media.serving() as server, asyncio.timeout(STEP * 2):
-        raw = socket.socket()
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-        raw.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(raw, ("127.0.0.1", bound_port(server)))
-        reader, writer = await asyncio.open_connection(sock=raw)
-        writer.write(WS_UPGRADE.replace(b"/twilio/stream?x=1", b"/talker"))
-        await reader.readuntil(b"\r\n\r\n")
-        while not sockets or not sockets[0]._conn.write_paused:  # noqa: ASYNC110  # a transport state
-            await asyncio.sleep(0.01)
+        reader, writer = await _talker_behind(server, sockets)
         assert len(done) < 200
         assert sockets[0]._conn.transport.get_write_buffer_size() < 3 * 65536  # the mark and one call's texts
         data = b""
