@@ -9,6 +9,7 @@ into the player, each followed by a mark whose echo proves what the caller heard
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import logging
 from typing import TYPE_CHECKING
@@ -18,7 +19,7 @@ import httpx
 from voxroute.agent.calllog.redact import redact_json
 from voxroute.agent.chunker import SpeakableChunker
 from voxroute.agent.ladder import LadderExhausted, LLMLadder
-from voxroute.agent.providers.base import ProviderError
+from voxroute.agent.providers.base import LLMRequest, ProviderError
 from voxroute.agent.timeline import TurnRecord
 from voxroute.agent.tools import (
     BUILTIN_TOOLS,
@@ -32,6 +33,7 @@ from voxroute.agent.tools.run import ToolRunner, assistant_message
 from voxroute.routing.router import health_key
 
 if TYPE_CHECKING:
+    from voxroute.agent.preemptive import EarlyRequest
     from voxroute.agent.session import CallSession
 
 log = logging.getLogger("voxroute.call")
@@ -163,11 +165,37 @@ class Answerer:
     async def aclose(self) -> None:
         await self.tools.aclose()
 
-    async def run(self, turn: TurnRecord) -> bool:
+    def early_request(
+        self, index: int, text: str, language: str, speech_end: float
+    ) -> tuple[str, LLMRequest] | None:
+        """(path, request) of the first model attempt turn ``index`` would make if the caller's
+        words were ``text`` (an early request: agent/preemptive.py). The route is decided on a copy
+        of the conversation's routing state; the turn decides again when it commits. None when the
+        turn would not begin with a model request of its own (a handoff), its path cools down, or
+        it is not a fast-tier path and ``ladder.early_request`` is "fast"."""
+        now = self.s.clock.now()
+        routing = copy.copy(self.s.routing)
+        route = routing.decide(text, language, budget_left_ms=speech_end + self.s.voice_budget_ms - now)
+        if route.handoff or not route.paths:
+            return None
+        first = self.s.services.router.models(self.s.tenant)[route.paths[0]]
+        if self.s.config.ladder.early_request == "fast" and first.tier != "fast":
+            return None
+        history = with_guidance([*self.s.history, {"role": "user", "content": text}], route.guidance)
+        turn = TurnRecord(index=index, kind="speech", language=language)
+        return self._ladder(turn, history=history, tools=self._offered()).first_request(list(route.paths))
+
+    def _offered(self) -> list[dict]:
+        """The tools offered to the model: the built-in ones and the tenant's."""
+        return agent_tools(self.s.handover.can_transfer()) + self.tools.offered()
+
+    async def run(self, turn: TurnRecord, early: EarlyRequest | None = None) -> bool:
         """Route, stream the LLM through the ladder, speak chunks as they come. False if nothing was said.
 
         When the route says "bridge then escalate", the fast path speaks a short acknowledgement
-        first (instead of the cached bridge) while the reasoning path works on the answer."""
+        first (instead of the cached bridge) while the reasoning path works on the answer.
+        ``early``: a request started before the commit, which the answer's first attempt adopts
+        if it asks the same."""
         b = self.s.config.budget
         speech_end = turn.timeline["speech_end"]
         now = self.s.clock.now()
@@ -229,7 +257,7 @@ class Answerer:
                 speaker = tg.create_task(self.s.speaker.chunks(turn, queues))
                 try:
                     wanted = await self._run_ladder(
-                        turn, route, on_text, first_token_by, on_pause, audio_by - b.tts_first_audio_ms
+                        turn, route, on_text, first_token_by, on_pause, audio_by - b.tts_first_audio_ms, early
                     )
                 finally:
                     flushed()
@@ -324,6 +352,7 @@ class Answerer:
         first_token_by: float | None,
         on_pause=None,
         waiting_by: float | None = None,
+        early: EarlyRequest | None = None,
     ) -> list[ToolRequest]:
         """The answer's ladder, offering the agent's tools; returns the built-in tools the model called.
 
@@ -337,7 +366,7 @@ class Answerer:
         phrase, when the tool is not back by ``waiting_by``)."""
         paths = list(route.paths)
         history = with_guidance(self.s.history, route.guidance)
-        offered = agent_tools(self.s.handover.can_transfer()) + self.tools.offered()
+        offered = self._offered()
         wanted: list[ToolRequest] = []
         max_rounds = self.s.config.tools.max_rounds if self.tools.tools else 0
         rounds = 0
@@ -351,6 +380,7 @@ class Answerer:
                     first_token_by=first_token_by,
                     tools=None if last else offered,
                     history=history,
+                    early=early if rounds == 0 else None,
                 )
                 try:
                     await ladder.run(paths, on_text)

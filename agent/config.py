@@ -100,6 +100,16 @@ class LadderConfig(_Model):
     hedge_quantile: float = Field(default=0.9, gt=0.5, lt=1)  # hedge a first token later than this
     first_token_timeout_ms: int = Field(default=4000, gt=0)  # an attempt with no token by then failed
     ack_max_tokens: int = Field(default=24, gt=0)  # the fast path's acknowledgement before escalation
+    # Start the answer's first model request when the caller pauses, on the STT's last partial;
+    # kept if the final says the same words, else cancelled and its cost added to the turn
+    # (agent/preemptive.py). "fast": only when the route's first path is a fast-tier one (a
+    # reasoning answer misses the budget anyway, and its unused prompt costs ten times as much);
+    # "all": any route. At most early_requests_per_turn per caller turn; after
+    # early_request_max_misses unused in a row a call starts no more (an STT whose partials never
+    # come back as its finals).
+    early_request: Literal["off", "fast", "all"] = "off"  # start the answer on the last partial at a pause
+    early_requests_per_turn: int = Field(default=2, ge=1, le=5)  # for each caller turn
+    early_request_max_misses: int = Field(default=3, ge=1, le=100)  # unused in a row: none after, that call
     stall_timeout_ms: int = Field(default=1500, gt=0)
     tts_first_audio_timeout_ms: int = Field(default=1000, gt=0)
     tts_gap_timeout_ms: int = Field(default=1500, gt=0)

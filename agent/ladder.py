@@ -12,6 +12,11 @@ The route gives the rungs (model path names, best first). For each attempt:
 - No first token by ``first_token_timeout_ms``: the attempt failed ("timeout"), next rung.
 - An error after tokens flowed: keep what was said and continue on the next rung from there.
 
+The first attempt may be an early request (``agent/preemptive.py``): started on what the STT had
+heard when the caller paused, before the turn committed. The ladder adopts it as its first attempt
+when it asks exactly what that attempt would ask (the caller's words compared without case and
+punctuation), with its start time; otherwise it is left to the session, which cancels it.
+
 Every failed attempt is recorded in the turn's ``fallbacks`` with its rung, kind and action, and
 in provider health. Usage and cost are summed per path (the provider's reported cost when it
 gives one, else the configured prices). Attempts are tasks of one TaskGroup; their events meet in
@@ -24,7 +29,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from voxroute.agent.config import Config
 from voxroute.agent.providers.base import (
@@ -39,6 +44,9 @@ from voxroute.agent.timeline import Clock, TurnRecord
 from voxroute.routing.health import Health
 from voxroute.routing.router import health_key
 from voxroute.routing.table import ModelPath
+
+if TYPE_CHECKING:
+    from voxroute.agent.preemptive import EarlyRequest
 
 log = logging.getLogger("voxroute.ladder")
 
@@ -92,10 +100,11 @@ class LLMLadder:
         hedging: bool = True,
         role: str = "answer",
         tools: list[dict[str, Any]] | None = None,
+        early: EarlyRequest | None = None,
     ) -> None:
         """``first_token_by``: clock time (ms) by which a first token keeps the turn in budget
         (None when a bridge already covers the budget); hedges start no later than that, and no
-        earlier than the path's median."""
+        earlier than the path's median. ``early``: an early request the first attempt may adopt."""
         self.cfg = config.ladder
         self.config = config
         self.llms = llms
@@ -118,6 +127,7 @@ class LLMLadder:
         self._next_rung = 0
         self._retried: set[str] = set()
         self._tg: asyncio.TaskGroup | None = None
+        self._early = early
 
     @property
     def launched(self) -> int:
@@ -194,15 +204,20 @@ class LLMLadder:
         self._launch(rung, continuation, hedge)
         return True
 
-    def _launch(self, rung: int, continuation: bool = False, hedge: bool = False) -> None:
-        assert self._tg is not None
-        name = self._paths[rung]
-        mp = self.models[name]
+    def first_request(self, paths: list[str]) -> tuple[str, LLMRequest] | None:
+        """(path, request) of the attempt ``run(paths)`` would launch first, if its path is not
+        cooling down (an early request is not worth a probe)."""
+        for name in paths[:1]:
+            if self.health.available(health_key(self.models[name])):
+                return name, self._request(self.models[name])
+        return None
+
+    def _request(self, mp: ModelPath, continuation: bool = False) -> LLMRequest:
         messages = list(self.history)
         if continuation and self.spoken:
             messages.append({"role": "assistant", "content": "".join(self.spoken)})
             messages.append({"role": "user", "content": CONTINUE_PROMPT})
-        req = LLMRequest(
+        return LLMRequest(
             model=mp.model,
             messages=messages,
             max_tokens=self.max_tokens,
@@ -210,6 +225,15 @@ class LLMLadder:
             tag=self.tag,
             tools=self.tools,
         )
+
+    def _launch(self, rung: int, continuation: bool = False, hedge: bool = False) -> None:
+        assert self._tg is not None
+        name = self._paths[rung]
+        mp = self.models[name]
+        req = self._request(mp, continuation)
+        early, self._early = self._early, None  # only the first attempt may adopt it
+        if early is not None and not (early.path == name and early.matches(req)):
+            early = None
         att = _Attempt(
             self.launched + 1,
             rung + 1,
@@ -217,15 +241,22 @@ class LLMLadder:
             health_key(mp),
             mp.provider,
             mp.model,
-            self.clock.now(),
+            self.clock.now() if early is None else early.started,
             hedge=hedge,
         )
-        att.prompt_chars = sum(len(str(m.get("content") or "")) for m in messages)
+        att.prompt_chars = sum(len(str(m.get("content") or "")) for m in req.messages)
         self._attempts[att.ident] = att
         self.health.started(att.key)
-        att.task = self._tg.create_task(self._pump(att, req))
+        if early is None:
+            att.task = self._tg.create_task(self._pump(att, req))
+        else:
+            log.info("turn %s: the early request on %s is the first attempt", self.tag, name)
+            early.adopted = True
+            att.task = self._tg.create_task(self._pump_early(att, early))
+            # The attempt lost, was cancelled (even before it ran) or ended: so has the request.
+            att.task.add_done_callback(lambda _: early.cancel())
         if self.role == "answer":
-            self.turn.mark("llm_request", self.clock.now())
+            self.turn.mark("llm_request", att.started)
 
     # ---- timers
 
@@ -413,19 +444,38 @@ class LLMLadder:
 
     async def _pump(self, att: _Attempt, req: LLMRequest) -> None:
         provider = self.llms[att.provider]
-        stall_s = self.cfg.stall_timeout_ms / 1000
-        try:
-            async with asyncio.timeout(None) as cm:
-                async for ev in provider.stream(req):
-                    self._events.put_nowait((att.ident, ev))
-                    if isinstance(ev, LLMToken):
-                        cm.reschedule(asyncio.get_running_loop().time() + stall_s)
-            self._events.put_nowait((att.ident, None))
-        except ProviderError as exc:
-            self._events.put_nowait((att.ident, exc))
-        except TimeoutError:
-            err = ProviderError(att.provider, "stall", "no tokens for too long", after_first=True)
-            self._events.put_nowait((att.ident, err))
+
+        def put(ev: Any) -> None:
+            self._events.put_nowait((att.ident, ev))
+
+        await pump(provider, att.provider, req, put, self.cfg.stall_timeout_ms)
+
+    async def _pump_early(self, att: _Attempt, early: EarlyRequest) -> None:
+        """Pass on what the early request got and gets, as this attempt's events."""
+        while True:
+            ev = await early.events.get()
+            self._events.put_nowait((att.ident, ev))
+            if ev is None or isinstance(ev, ProviderError):
+                return
+
+
+async def pump(
+    provider: LLMProvider, name: str, req: LLMRequest, put: Callable[[Any], None], stall_ms: float
+) -> None:
+    """Stream ``req`` to provider ``name`` into ``put``: tokens, tool calls and usage as they come, then None when the
+    stream ended cleanly or a ProviderError (a stall after ``stall_ms`` without a token included)."""
+    stall_s = stall_ms / 1000
+    try:
+        async with asyncio.timeout(None) as cm:
+            async for ev in provider.stream(req):
+                put(ev)
+                if isinstance(ev, LLMToken):
+                    cm.reschedule(asyncio.get_running_loop().time() + stall_s)
+        put(None)
+    except ProviderError as exc:
+        put(exc)
+    except TimeoutError:
+        put(ProviderError(name, "stall", "no tokens for too long", after_first=True))
 
 
 def add_usage(

@@ -287,6 +287,27 @@ class TurnTaker:
         speculative routing scores, so that the decision on the final finds it scored)."""
         return " ".join([*(t for t, _ in self._finals), *([self._partial] if self._partial else [])])
 
+    @property
+    def next_index(self) -> int:
+        """The index the next committed turn will have."""
+        return self._next_index
+
+    def early_text(self, now: float) -> str | None:
+        """What the STT has heard of an utterance the caller has paused in (``COMMIT_SILENCE_MS``
+        of quiet), with no turn running: the words an early model request may be started on
+        (``agent/preemptive.py``). None otherwise (keys pending, sound that began over the agent,
+        nothing heard yet)."""
+        if (
+            self.active is not None
+            or not self._pending
+            or self.digits
+            or self._began_over_agent
+            or self.last_voice is None
+            or now - self.last_voice < COMMIT_SILENCE_MS
+        ):
+            return None
+        return self.pending_text().strip() or None
+
     def silence(self, now: float) -> float:
         """ms since the caller's last voiced frame (since the call began, before any)."""
         return now - (self.last_voice if self.last_voice is not None else 0.0)

@@ -1,0 +1,123 @@
+"""Early requests: the answer's first model request, started while the turn is not committed yet.
+
+The STT's final comes some time after the caller stops (250 ms in the reference profile; with
+Sarvam's own endpointing, after its silence window), and the commit waits for it. When the caller
+has paused (``COMMIT_SILENCE_MS`` of quiet) the session may start the request the answer would make
+on what the STT has heard so far, the last partial (the reference's "``vad.speech_end`` can be used
+to start the LLM early on the last partial"). The answer's ladder adopts it as its first attempt
+when the turn's request is the same, the caller's words compared without case and punctuation;
+its first token then comes up to the STT's delay sooner. Otherwise it is cancelled, and what it
+cost (estimated like any attempt cut short) is added to the turn's usage: the bill shows what the
+speed costs. Off unless ``ladder.early_request`` is set (every miss is a prompt paid for nothing).
+
+``EarlyRequest`` holds one such request: its stream runs in the call's task group and keeps its
+events in a queue until a ladder takes them. ``EarlyQuota`` bounds what misses cost a call. A
+request still running when the caller hangs up is cancelled with the call and billed to no turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import Any
+
+from voxroute.agent.ladder import pump
+from voxroute.agent.providers.base import LLMProvider, LLMRequest, LLMToken, LLMUsage
+
+log = logging.getLogger("voxroute.ladder")
+
+_NOT_WORD = re.compile(r"[^\w]+")
+
+
+def same_words(a: str, b: str) -> bool:
+    """The same words, whatever the case, punctuation and spacing ("where is my order" and
+    "Where is my order?"): a partial and the final that confirms it."""
+    return _NOT_WORD.sub(" ", a.casefold()).split() == _NOT_WORD.sub(" ", b.casefold()).split()
+
+
+def _without_last_words(req: LLMRequest) -> tuple[Any, ...]:
+    fields = (req.model, req.max_tokens, req.temperature, req.tools, req.response_format, req.tag)
+    return (*fields, req.messages[:-1], {k: v for k, v in req.messages[-1].items() if k != "content"})
+
+
+class EarlyQuota:
+    """How many early requests a call may still start: ``per_turn`` for each caller turn, and none
+    after ``max_misses`` unused in a row (an STT whose partials do not come back as its finals)."""
+
+    def __init__(self, per_turn: int, max_misses: int) -> None:
+        self.per_turn = per_turn
+        self.max_misses = max_misses
+        self.started = 0  # for the pending caller turn
+        self.misses = 0  # unused in a row
+
+    def may_start(self) -> bool:
+        return self.started < self.per_turn and self.misses < self.max_misses
+
+    def start(self) -> None:
+        self.started += 1
+
+    def turn_committed(self) -> None:
+        self.started = 0
+
+    def missed(self) -> bool:
+        """One went unused. True when that was the last miss allowed."""
+        self.misses += 1
+        return self.misses == self.max_misses
+
+    def used(self) -> None:
+        self.misses = 0
+
+
+class EarlyRequest:
+    def __init__(self, text: str, path: str, request: LLMRequest, started: float) -> None:
+        self.text = text  # what the STT had heard (the caller's words in the request)
+        self.path = path  # the model path it asks
+        self.request = request
+        self.started = started  # clock ms
+        self.events: asyncio.Queue[Any] = asyncio.Queue()
+        self.task: asyncio.Task | None = None
+        self.adopted = False  # a ladder took it as its first attempt
+        self.tokens = 0  # streamed pieces received
+        self.usage: LLMUsage | None = None
+
+    def matches(self, req: LLMRequest) -> bool:
+        """``req`` asks what this request asks (the caller's words compared by :func:`same_words`)."""
+        if not req.messages or not self.request.messages:
+            return False
+        if _without_last_words(req) != _without_last_words(self.request):
+            return False
+        said, asked = req.messages[-1].get("content"), self.request.messages[-1].get("content")
+        return isinstance(said, str) and isinstance(asked, str) and same_words(said, asked)
+
+    def start(self, tg: asyncio.TaskGroup, provider: LLMProvider, name: str, stall_ms: float) -> None:
+        self.task = tg.create_task(pump(provider, name, self.request, self._put, stall_ms))
+
+    def _put(self, ev: Any) -> None:
+        if isinstance(ev, LLMToken):
+            self.tokens += 1
+        elif isinstance(ev, LLMUsage):
+            self.usage = ev
+        self.events.put_nowait(ev)
+
+    def cancel(self) -> None:
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+    def cost(self, price_in_per_mtok: float, price_out_per_mtok: float) -> tuple[int, int, float, bool]:
+        """(prompt tokens, completion tokens, USD, estimated) of a request not used: the provider's
+        usage when it came, else about 4 characters a prompt token and a streamed piece a token."""
+        if self.usage is not None:
+            u = self.usage
+            cost = u.cost_usd
+            if cost is None:
+                cost = (u.prompt_tokens * price_in_per_mtok + u.completion_tokens * price_out_per_mtok) / 1e6
+            return u.prompt_tokens, u.completion_tokens, cost, False
+        chars = sum(len(str(m.get("content") or "")) for m in self.request.messages)
+        prompt = max(1, chars // 4)
+        return (
+            prompt,
+            self.tokens,
+            (prompt * price_in_per_mtok + self.tokens * price_out_per_mtok) / 1e6,
+            True,
+        )
