@@ -59,7 +59,13 @@ def print_turns(call: dict[str, Any]) -> None:
             at = f"; answer audio ready at {answer:.0f} ms" if answer is not None else ""
             bridge = f", bridge ({t.get('bridge_kind')}) played first{at}"
         fa_s = "-" if fa is None else f"{fa:.0f} ms"
-        console.print(f"          first audio {fa_s} vs budget {budget} ms: {ok}{bridge}")
+        usage = t.get("usage") or {}
+        early = ""
+        if usage.get("early_used"):  # ladder.early_request: asked on the last partial, at the pause
+            tl = t.get("timeline") or {}
+            asked = tl.get("llm_request", 0) - tl.get("speech_end", 0)
+            early = f"; model asked {asked:.0f} ms after the end of speech, on the partial"
+        console.print(f"          first audio {fa_s} vs budget {budget} ms: {ok}{bridge}{early}")
     if call.get("error"):
         console.print(f"  [red]error:[/] {call['error']}")
 
