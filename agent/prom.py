@@ -127,6 +127,12 @@ class PromMetrics:
             ["tenant", "class"],
             registry=r,
         )
+        self.early_requests = Counter(
+            "voxroute_early_requests",
+            "Early model requests (ladder.early_request) by result: used by the turn, or cancelled unused",
+            ["tenant", "result"],
+            registry=r,
+        )
         self.cost = Counter(
             "voxroute_cost_usd", "Model cost in US dollars", ["tenant", "class", "tier"], registry=r
         )
@@ -222,6 +228,11 @@ class PromMetrics:
         hedges = usage.get("hedges")
         if isinstance(hedges, int) and hedges > 0:
             self.hedges.labels(tenant, klass).inc(hedges)
+        if usage.get("early_used") is True:
+            self.early_requests.labels(tenant, "used").inc()
+        unused = usage.get("early_unused")
+        if isinstance(unused, int) and unused > 0:
+            self.early_requests.labels(tenant, "unused").inc(unused)
         cost = usage.get("cost_usd")
         if isinstance(cost, int | float) and cost > 0:
             self.cost.labels(tenant, klass, tier).inc(cost)

@@ -77,7 +77,8 @@ def test_turns_latency_misses_fallbacks_bridges_hedges_cost_and_calls():
             ],
         ),
     )
-    m.turn_finished(call, turn(2, "billing_dispute", "reasoning", 1250.0, usage={"cost_usd": 0.00025}))
+    usage = {"cost_usd": 0.00025, "early_used": True, "early_unused": 2}
+    m.turn_finished(call, turn(2, "billing_dispute", "reasoning", 1250.0, usage=usage))
     m.turn_finished(call, turn(3, "faq", "fast", None, outcome="interrupted"))
     m.call_ended({**call, "ended": "completed"})
     s = scrape(m.exposition()[0].decode())
@@ -106,6 +107,8 @@ def test_turns_latency_misses_fallbacks_bridges_hedges_cost_and_calls():
                  provider_kind="tts") == 1  # fmt: skip
     assert value(s, "voxroute_bridges_total", tenant="acme", **{"class": "billing_dispute"}, kind="ack") == 1
     assert value(s, "voxroute_hedges_total", tenant="acme", **{"class": "billing_dispute"}) == 1
+    assert value(s, "voxroute_early_requests_total", tenant="acme", result="used") == 1
+    assert value(s, "voxroute_early_requests_total", tenant="acme", result="unused") == 2
     assert total(s, "voxroute_cost_usd_total") == pytest.approx(0.00075)
     assert value(s, "voxroute_calls_total", tenant="acme", ended="completed") == 1
     assert value(s, "voxroute_active_calls") == 1  # CA2 is still on
