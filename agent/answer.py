@@ -171,18 +171,23 @@ class Answerer:
         """(path, request) of the first model attempt turn ``index`` would make if the caller's
         words were ``text`` (an early request: agent/preemptive.py). The route is decided on a copy
         of the conversation's routing state; the turn decides again when it commits. None when the
-        turn would not begin with a model request of its own (a handoff), its path cools down, or
-        it is not a fast-tier path and ``ladder.early_request`` is "fast"."""
+        turn would not begin with a model request of its own (a handoff) or its path cools down.
+        With ``ladder.early_request`` "fast" only a fast-tier path is asked early: the answer's, or
+        when the answer is the reasoning tier's and the route bridges first, the fast path's
+        acknowledgement (which keeps the budget)."""
         now = self.s.clock.now()
         routing = copy.copy(self.s.routing)
         route = routing.decide(text, language, budget_left_ms=speech_end + self.s.voice_budget_ms - now)
         if route.handoff or not route.paths:
             return None
+        turn = TurnRecord(index=index, kind="speech", language=language)
+        said = [*self.s.history, {"role": "user", "content": text}]
         first = self.s.services.router.models(self.s.tenant)[route.paths[0]]
         if self.s.config.ladder.early_request == "fast" and first.tier != "fast":
+            if route.bridge_first and self._fast_path_healthy(route):
+                return self._ack_ladder(turn, None, said).first_request(list(route.fast_paths))
             return None
-        history = with_guidance([*self.s.history, {"role": "user", "content": text}], route.guidance)
-        turn = TurnRecord(index=index, kind="speech", language=language)
+        history = with_guidance(said, route.guidance)
         return self._ladder(turn, history=history, tools=self._offered()).first_request(list(route.paths))
 
     def _offered(self) -> list[dict]:
@@ -194,8 +199,8 @@ class Answerer:
 
         When the route says "bridge then escalate", the fast path speaks a short acknowledgement
         first (instead of the cached bridge) while the reasoning path works on the answer.
-        ``early``: a request started before the commit, which the answer's first attempt adopts
-        if it asks the same."""
+        ``early``: a request started before the commit, which the answer's (or the
+        acknowledgement's) first attempt adopts if it asks the same."""
         b = self.s.config.budget
         speech_end = turn.timeline["speech_end"]
         now = self.s.clock.now()
@@ -252,7 +257,7 @@ class Answerer:
                 if route.bridge_first and self._fast_path_healthy(route):
                     ack: asyncio.Queue[str | None] = asyncio.Queue()
                     queues.insert(0, ack)
-                    tg.create_task(self._acknowledge(turn, route, ack, first_token_by))
+                    tg.create_task(self._acknowledge(turn, route, ack, first_token_by, early))
                     first_token_by = None  # the acknowledgement keeps the budget; the answer may take longer
                 speaker = tg.create_task(self.s.speaker.chunks(turn, queues))
                 try:
@@ -285,7 +290,12 @@ class Answerer:
         )
 
     async def _acknowledge(
-        self, turn: TurnRecord, route, out: asyncio.Queue[str | None], by: float | None
+        self,
+        turn: TurnRecord,
+        route,
+        out: asyncio.Queue[str | None],
+        by: float | None,
+        early: EarlyRequest | None = None,
     ) -> None:
         """The fast path's first sentence, queued before the answer: a contextual bridge."""
         chunker = SpeakableChunker()
@@ -298,15 +308,7 @@ class Answerer:
                 if first:
                     got.set()
 
-        ladder = self._ladder(
-            turn,
-            ":ack",
-            first_token_by=by,
-            max_tokens=self.s.config.ladder.ack_max_tokens,
-            extra_messages=[{"role": "system", "content": self.s.config.agent.ack_prompt}],
-            hedging=False,
-            role="ack",
-        )
+        ladder = self._ack_ladder(turn, by, early=early)
         left = None if by is None else max(0.0, by - self.s.clock.now()) / 1000
         try:
             async with asyncio.timeout(left):
@@ -329,6 +331,22 @@ class Answerer:
             if first:
                 out.put_nowait(first[0])
             out.put_nowait(None)
+
+    def _ack_ladder(
+        self, turn: TurnRecord, by: float | None, history=None, early: EarlyRequest | None = None
+    ) -> LLMLadder:
+        """The ladder of the fast path's acknowledgement: short, no hedge, its own instruction."""
+        return self._ladder(
+            turn,
+            ":ack",
+            history,
+            first_token_by=by,
+            max_tokens=self.s.config.ladder.ack_max_tokens,
+            extra_messages=[{"role": "system", "content": self.s.config.agent.ack_prompt}],
+            hedging=False,
+            role="ack",
+            early=early,
+        )
 
     def _ladder(self, turn: TurnRecord, tag_suffix: str = "", history=None, **kwargs) -> LLMLadder:
         """A ladder for this turn over the tenant's model paths and the shared provider health."""

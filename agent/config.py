@@ -102,9 +102,9 @@ class LadderConfig(_Model):
     ack_max_tokens: int = Field(default=24, gt=0)  # the fast path's acknowledgement before escalation
     # Start the answer's first model request when the caller pauses, on the STT's last partial;
     # kept if the final says the same words, else cancelled and its cost added to the turn
-    # (agent/preemptive.py). "fast": only when the route's first path is a fast-tier one (a
-    # reasoning answer misses the budget anyway, and its unused prompt costs ten times as much);
-    # "all": any route. At most early_requests_per_turn per caller turn; after
+    # (agent/preemptive.py). "fast": only a fast-tier path (a reasoning answer misses the budget
+    # anyway, and its unused prompt costs ten times as much): the answer's, or for a reasoning
+    # answer that bridges first, the fast path's acknowledgement; "all": the answer's, any tier. At most early_requests_per_turn per caller turn; after
     # early_request_max_misses unused in a row a call starts no more (an STT whose partials never
     # come back as its finals).
     early_request: Literal["off", "fast", "all"] = "off"  # start the answer on the last partial at a pause

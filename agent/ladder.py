@@ -232,7 +232,7 @@ class LLMLadder:
         mp = self.models[name]
         req = self._request(mp, continuation)
         early, self._early = self._early, None  # only the first attempt may adopt it
-        if early is not None and not (early.path == name and early.matches(req)):
+        if early is not None and (early.adopted or early.path != name or not early.matches(req)):
             early = None
         att = _Attempt(
             self.launched + 1,

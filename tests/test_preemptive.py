@@ -221,13 +221,20 @@ async def test_a_call_on_sarvam_partials_answers_from_its_early_requests(replay_
             assert any(p.get("estimated") for p in t["usage"]["by_path"].values()), t["usage"]
 
 
-async def test_fast_mode_starts_none_for_a_reasoning_route_and_all_mode_does(replay_call):
-    by_mode = {}
+async def test_a_reasoning_turn_asks_early_its_acknowledgement_in_fast_mode_and_its_answer_in_all(
+    replay_call,
+):
+    """The billing dispute's first turn: the reasoning tier answers after the fast path's
+    acknowledgement. "fast" asks only a fast-tier path early, so the acknowledgement; "all" asks the
+    reasoning answer itself."""
     for mode in ("fast", "all"):
-        config = early_config(mode)
-        result = await replay_call("billing_dispute", profile="reference", seed=3, config=config, items=1)
+        result = await replay_call(
+            "billing_dispute", profile="reference", seed=3, config=early_config(mode), items=1
+        )
         (turn,) = result.turns
-        assert turn["route"]["tier"] == "reasoning"
-        by_mode[mode] = turn["usage"]
-    assert not by_mode["fast"].get("early_used") and not by_mode["fast"].get("early_unused")
-    assert by_mode["all"].get("early_used") or by_mode["all"].get("early_unused"), by_mode["all"]
+        tl, usage = turn["timeline"], turn["usage"]
+        assert turn["route"]["tier"] == "reasoning" and turn["route"]["bridge_first"], turn["route"]
+        assert usage.get("early_used"), (mode, usage)
+        answer_early = tl["llm_request"] < tl["endpoint"]  # the answer's request (the ack's is not timed)
+        assert answer_early == (mode == "all"), (mode, tl)
+        assert turn["first_audio_ms"] <= turn["budget_ms"] + 20
