@@ -73,6 +73,8 @@ def turn_figures(turn: dict) -> dict | None:
         return None
     if tl["first_audio_out"] < tl["tts_first_audio"]:
         return None  # something else (a phrase) played first
+    if (turn.get("usage") or {}).get("early_used"):
+        return None  # asked before the commit (ladder.early_request): no request step to time
     start = max(tl["endpoint"], tl.get("stt_final", tl["endpoint"]))
     parts = {
         "to_llm_request": tl["llm_request"] - start,
