@@ -153,6 +153,18 @@ _CUES: dict[str, str] = {
     r"\b(?:kya|kaise|kitna|kitne|kitni|kaunsa|kab|kahan)\b|क्या|कैसे|कितन|कौन",
     "buy": r"\b(?:buy|purchase|kharid\w*|want to order|book (?:a|me)|suggest|recommend|choose|pick|"
     r"upgrade|add money|price|cost|offer|discount|coupon|plans?)\b|खरीद|कीमत",
+    # booking something new (a ticket, a table, an appointment, a visit): a sale in any business,
+    # as against changing or cancelling a booking the caller has (see _CHANGE_RE in cue_features)
+    "book_new": r"\b(?:book|reserve)\s+(?:me\s+|us\s+|for\s+me\s+)?(?:an?|one|two|three|four|\d+|another|some|"
+    r"(?:\w+ )?(?:tickets?|seats?|tables?|slots?|rooms?|appointments?|flights?|trains?|bus|visits?|sessions?|"
+    r"classes|demo|test drive|consultation|service))\b"
+    r"|\b(?:make|do|get|place)\s+(?:me\s+)?an?\s+(?:new\s+)?(?:booking|reservation|appointment|order)\b"
+    r"|\b(?:schedule|fix|arrange)\s+(?:me\s+)?an?\s+(?:new\s+)?(?:appointment|visit|demo|test drive|slot|"
+    r"consultation|session|installation|service|technician)\b"
+    r"|\b(?:book|booking|reserve|appointment|order)\s+(?:karna|karni|karne|karo|kar do|kar dijiye|kariye|"
+    r"karwa\w*|krna|krni|kr do|lena|leni|chahiye)\b"
+    r"|बुक (?:करना|करनी|करने|कर दीजिए|कर दें|कर दो|करें|कीजिए|करवा|करा)|बुकिंग करनी|"
+    r"(?:अपॉइंटमेंट|ऑर्डर) (?:लेना|लेनी|चाहिए|करना)",
     # asking for a person: the only thing that makes a turn a human request ("help me" does not)
     "person": r"\b(?:agent|human|person|representative|executive|supervisor|manager|someone|somebody|"
     r"operator|advisor|adviser|counsell?or|customer (?:care|service|support|assistance)|support (?:team|staff)|"
@@ -187,6 +199,14 @@ _CUES: dict[str, str] = {
     r"gaana|gaane|mausam|chutkul\w*)\b|अलार्म|गाना|गाने|मौसम|चुटकुल",
 }
 _CUE_RES = [(name, re.compile(pattern, re.IGNORECASE)) for name, pattern in _CUES.items()]
+# A booking changed, moved or cancelled (a change to what the caller has, so stakes), however it is
+# said: a turn with one of these is no new booking ("I booked a table for Saturday but need Sunday",
+# "cancel my hotel booking and book another date", "ticket ki date badal do").
+_CHANGE_RE = re.compile(
+    r"\b(?:chang\w*|modif\w*|shift\w*|postpon\w*|prepon\w*|mov(?:e|ed|ing)|extend\w*|amend\w*|rebook\w*|"
+    r"push\w*|instead|different|earlier|later|booked|badal\w*|badha\w*|aage)\b|बदल|बढ़ा|आगे|किसी और|दूसरे दिन",
+    re.IGNORECASE,
+)
 # The human_request offset of a trained model applies only to a turn with one of these: a turn that
 # names no person and asks to be put through to no one ("say that again", "let's start over",
 # "subscribe to the newsletter") is no request for a person, however unsure the model is of it.
@@ -232,6 +252,10 @@ def cue_features(text: str) -> list[str]:
     text = unicodedata.normalize("NFKC", clip(text))
     cues = {name for name, pattern in _CUE_RES if pattern.search(text)}
     numbers = {name for name, pattern in _NUMBER_TYPES if pattern.search(text)}
+    # A policy or a plan named with a cancellation is the thing cancelled, not rules asked about
+    # ("policy cancel karni hai" in insurance; "what is the cancellation policy" is no cancel cue).
+    if "cancel" in cues:
+        cues -= {"policy", "info"}
     # Pairs that mean more than their parts: money that has not arrived is owed; goods or money
     # that have not come after days are overdue; an account the caller cannot get into.
     if {"money_moved", "not_received"} <= cues:
@@ -256,9 +280,13 @@ def cue_features(text: str) -> list[str]:
         cues.add("account_task")
     if "assistant" in cues and not ((trouble | {"money_moved"}) & cues):
         cues.add("off_topic")
+    if "book_new" in cues and ((trouble | {"cancel"}) & cues or _CHANGE_RE.search(text)):
+        cues.discard("book_new")
     if {"help_with", "buy"} <= cues:
         cues.add("help_buy")
-    if ({"help_with", "info"} & cues) and not ({"person", "talk_to"} & cues) and not (trouble & cues):
+    # (a cancellation is a stake, not a task: "help me cancel my plan" is no how-to)
+    stake = trouble | {"cancel"}
+    if ({"help_with", "info"} & cues) and not ({"person", "talk_to"} & cues) and not (stake & cues):
         cues.add("task_not_person")
     if {"person", "talk_to"} <= cues:
         cues.add("ask_person")

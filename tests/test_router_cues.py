@@ -130,3 +130,39 @@ def test_the_human_offset_applies_only_when_a_person_is_named():
     assert model.scores("kisi insaan se baat karwao").best()[0] == "human_request"
     for text in ("retry please", "subscribe to the company newsletter", ""):
         assert model.scores(text).prob("human_request") == pytest.approx(1 / k), text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I want to book a table for four tonight.",
+        "Can I get an appointment with the dentist?",
+        "kal ke liye train ticket book karna hai",
+        "doctor ka appointment lena hai",
+        "मुझे कल की ट्रेन का टिकट बुक करना है।",
+    ],
+)
+def test_booking_something_new_is_a_new_booking(text):
+    assert "k book_new" in feats(text) and "k cancel" not in feats(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I booked a table for Saturday but need Sunday instead.",
+        "I'd like to cancel my hotel booking and book another date.",
+        "ticket book karna tha par paise kat gaye",
+        "appointment kal ke liye shift kar do",
+        "मेरी बुकिंग रद्द कर दीजिए।",
+        "मुझे अपनी अपॉइंटमेंट की तारीख बदलनी है, दूसरे दिन बुक कर दीजिए।",
+    ],
+)
+def test_a_booking_changed_or_gone_wrong_is_no_new_booking(text):
+    assert "k book_new" not in feats(text)
+
+
+def test_a_policy_cancelled_is_a_cancellation_not_a_policy_question():
+    for text in ("policy cancel karni hai", "I want to cancel my insurance policy."):
+        f = feats(text)
+        assert "k cancel" in f and not {"k policy_question", "k task_not_person", "k info"} & f, text
+    assert "k policy_question" in feats("What is your cancellation policy?")
