@@ -1,7 +1,8 @@
 """Sarvam speech clients: streaming STT (realtime or legacy socket) and Bulbul TTS (websocket + REST).
 
-Thin asyncio layers over :mod:`voxroute.agent.providers.sarvam_protocol` using the ``websockets`` asyncio
-client and ``httpx``. The STT interface takes PCM16 8 kHz (and the carrier's mu-law, when it has it).
+Thin asyncio layers over :mod:`voxroute.agent.providers.sarvam_protocol` using our lean websocket
+client (:mod:`voxroute.agent.providers.wsclient`: the ``websockets`` sans-I/O protocol on an
+``asyncio.Protocol``) and ``httpx``. The STT interface takes PCM16 8 kHz (and the carrier's mu-law, when it has it).
 
 - :class:`SarvamSTT` -> :class:`SarvamSTTStream`: the realtime socket gets the caller's audio as
   mu-law 8 kHz (what Twilio sends) in ``audio_input`` messages of at least ``batch_ms`` (default
@@ -33,7 +34,6 @@ from types import TracebackType
 from typing import Any
 
 import httpx
-from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.protocol import State
 
@@ -83,6 +83,7 @@ from voxroute.agent.providers.sarvam_protocol import (
     tts_text,
     tts_ws_url,
 )
+from voxroute.agent.providers.wsclient import WebSocketClient, connect
 from voxroute.audio import PCM16_8K, WireFormat, pcm16_to_ulaw
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ def _headers(api_key: str, tag: str | None) -> dict[str, str]:
     return headers
 
 
-async def _ws_connect(provider: str, url: str, headers: dict[str, str], timeout_s: float) -> ClientConnection:
+async def _ws_connect(provider: str, url: str, headers: dict[str, str], timeout_s: float) -> WebSocketClient:
     try:
         return await connect(
             url,
@@ -115,7 +116,6 @@ async def _ws_connect(provider: str, url: str, headers: dict[str, str], timeout_
             ping_timeout=20,
             close_timeout=CLOSE_TIMEOUT_S,
             max_size=4 << 20,
-            compression=None,  # base64 audio does not compress; deflate only costs CPU per frame
         )
     except InvalidStatus as exc:
         status = exc.response.status_code
@@ -134,7 +134,7 @@ async def _ws_connect(provider: str, url: str, headers: dict[str, str], timeout_
         raise ProviderError(provider, "disconnected", f"websocket connect failed: {exc!r}") from None
 
 
-async def _close_ws(ws: ClientConnection) -> None:
+async def _close_ws(ws: WebSocketClient) -> None:
     """Close promptly: a close handshake when the peer answers, an abort when it does not."""
     try:
         async with asyncio.timeout(CLOSE_TIMEOUT_S):
@@ -156,7 +156,7 @@ def _closed_message(exc: ConnectionClosed) -> str:
 class SarvamSTTStream:
     """One streaming recognition session. ``events()`` may be iterated once."""
 
-    def __init__(self, ws: ClientConnection, *, variant: str, language: str | None, batch_bytes: int) -> None:
+    def __init__(self, ws: WebSocketClient, *, variant: str, language: str | None, batch_bytes: int) -> None:
         self._ws = ws
         self._realtime = variant == "realtime"
         self._language = language  # normalised; None with auto-detection
@@ -309,7 +309,7 @@ class SarvamSTT:
 
 @dataclass
 class _Spare:
-    ws: ClientConnection
+    ws: WebSocketClient
     since: float
 
 
@@ -335,7 +335,7 @@ class SarvamTTSStream:
     """One utterance on a configured socket: text in, audio in the key's format out (Bulbul's bytes
     as they came), ``cancel()`` closes."""
 
-    def __init__(self, provider: SarvamTTS, ws: ClientConnection, key: TtsKey, *, warm: bool) -> None:
+    def __init__(self, provider: SarvamTTS, ws: WebSocketClient, key: TtsKey, *, warm: bool) -> None:
         self._provider = provider
         self._ws = ws
         self._key = key
@@ -503,7 +503,7 @@ class SarvamTTS:
             raise ProviderError(TTS_PROVIDER, "http_error", f"Bulbul has no voice for language {language!r}")
         return lang, voice or self.speakers.get(lang, "shubh"), fmt
 
-    async def _connect_configured(self, key: TtsKey, tag: str | None) -> ClientConnection:
+    async def _connect_configured(self, key: TtsKey, tag: str | None) -> WebSocketClient:
         url = tts_ws_url(self.ws_base_url, model=self.model, send_completion_event=True)
         self.handshakes += 1
         ws = await _ws_connect(TTS_PROVIDER, url, _headers(self.api_key, tag), self.connect_timeout_s)
@@ -523,7 +523,7 @@ class SarvamTTS:
             raise ProviderError(TTS_PROVIDER, "disconnected", _closed_message(exc)) from None
         return ws
 
-    def _take_spare(self, key: TtsKey) -> ClientConnection | None:
+    def _take_spare(self, key: TtsKey) -> WebSocketClient | None:
         spare = self._spares.pop(key, None)
         if spare is None:
             return None
@@ -544,7 +544,7 @@ class SarvamTTS:
             self._schedule_warm(key, None)
             await self._spare_ready.setdefault(key, asyncio.Event()).wait()
 
-    def _add_spare(self, key: TtsKey, ws: ClientConnection) -> None:
+    def _add_spare(self, key: TtsKey, ws: WebSocketClient) -> None:
         self._spares[key] = _Spare(ws, time.monotonic())
         event = self._spare_ready.pop(key, None)
         if event is not None:
@@ -574,7 +574,7 @@ class SarvamTTS:
         else:
             self._add_spare(key, ws)
 
-    async def _release(self, key: TtsKey, ws: ClientConnection) -> None:
+    async def _release(self, key: TtsKey, ws: WebSocketClient) -> None:
         """An utterance completed: keep its configured socket as the spare if there is none."""
         if not self._closed and self._tg is not None and self.warm_enabled and key not in self._spares:
             if ws.state is State.OPEN:
