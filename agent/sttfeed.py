@@ -23,6 +23,7 @@ import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
 
+from voxroute.agent import gcquiet
 from voxroute.agent.providers.base import ProviderError, STTProvider, STTStream, Transcript
 from voxroute.agent.timeline import Clock
 
@@ -104,6 +105,13 @@ class STTFeed:
                 pass
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        except asyncio.CancelledError as exc:  # the call ended
+            gcquiet.free_frames(exc)  # no cycle left for a full collection (agent/gcquiet.py)
+            raise
+
+    async def _run(self) -> None:
         failures = 0
         while True:
             try:
@@ -125,6 +133,7 @@ class STTFeed:
             except* ProviderError as group:
                 exc = group.exceptions[0]
                 assert isinstance(exc, ProviderError)
+                gcquiet.free_frames(group)
                 self._stream = None
                 self._on_fault(exc, "reconnect")
                 await _close(stream)
