@@ -68,6 +68,40 @@ async def test_messages_both_ways_headers_fragments_and_a_clean_close():
         await client.recv()
 
 
+async def test_every_length_encoding_and_a_fresh_mask_per_frame():
+    masks: list[bytes] = []
+
+    async def echo_lengths(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            b0, b1 = await reader.readexactly(2)
+            length = b1 & 0x7F
+            if length == 126:
+                (length,) = struct.unpack("!H", await reader.readexactly(2))
+            elif length == 127:
+                (length,) = struct.unpack("!Q", await reader.readexactly(8))
+            mask = await reader.readexactly(4)
+            masks.append(mask)
+            data = await reader.readexactly(length)
+            if b0 & 0x0F == 0x8:
+                writer.close()
+                return
+            plain = bytes(c ^ mask[i % 4] for i, c in enumerate(data))
+            reply = str(length).encode() if plain == b"z" * length and b0 == 0x81 else b"garbled"
+            writer.write(bytes((0x81, len(reply))) + reply)
+
+    sizes = [0, 1, 125, 126, 65535, 65536, 70000]
+    server = await _raw_server(echo_lengths)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        client = await _connect(f"ws://127.0.0.1:{port}/")
+        async with asyncio.timeout(STEP):
+            for size in sizes:
+                await client.send("z" * size)
+                assert await client.recv() == str(size)
+            await client.close()
+    assert len(set(masks)) == len(masks) == len(sizes) + 1  # the close frame's too
+
+
 async def test_a_refused_handshake_raises_invalid_status_with_the_body():
     def refuse(conn: ServerConnection, request) -> Response:
         return Response(429, "Too Many Requests", Headers({"Retry-After": "7"}), b'{"error":"slow down"}')
@@ -234,6 +268,7 @@ def test_the_cases_hold_on_uvloop():
 
     async def cases() -> None:
         await test_messages_both_ways_headers_fragments_and_a_clean_close()
+        await test_every_length_encoding_and_a_fresh_mask_per_frame()
         await test_a_refused_handshake_raises_invalid_status_with_the_body()
         await test_the_server_closing_ends_recv_with_its_code_after_the_messages_before_it()
         await test_a_server_that_never_answers_pings_is_failed_with_1011()
