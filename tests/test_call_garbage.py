@@ -7,7 +7,10 @@ from __future__ import annotations
 import gc
 import types
 
+import pytest
+
 from tests.conftest import FAST_VOICE
+from voxroute.agent.config import load_config
 from voxroute.agent.fixture import all_fixture_names, load
 from voxroute.replay import local_stack, replay_fixture
 
@@ -28,9 +31,19 @@ def _server_objects(garbage: list) -> list[str]:
     return found
 
 
-async def test_a_replayed_call_leaves_no_server_objects_in_cyclic_garbage():
+def early_requests():
+    """Early requests on every route (agent/preemptive.py), with a Sarvam silence window that leaves
+    the pause before the final for them to start in."""
+    config = load_config()
+    config.ladder.early_request = "all"
+    config.sarvam.stt_silence_ms = 600
+    return config
+
+
+@pytest.mark.parametrize("config", [None, early_requests()], ids=["default", "early_requests"])
+async def test_a_replayed_call_leaves_no_server_objects_in_cyclic_garbage(config):
     fixture = load(all_fixture_names()[0])
-    async with local_stack("zero", 1, [fixture], voice_speed=FAST_VOICE) as stack:
+    async with local_stack("zero", 1, [fixture], config, voice_speed=FAST_VOICE) as stack:
         await replay_fixture(fixture, stack.server_url)  # warm-up: pools, caches, lazy imports
         gc.collect()
         gc.set_debug(gc.DEBUG_SAVEALL)
@@ -42,4 +55,6 @@ async def test_a_replayed_call_leaves_no_server_objects_in_cyclic_garbage():
             gc.set_debug(0)
             gc.garbage.clear()
     assert call["turns"], call  # a real call ran: turns, a session, its strands
+    if config is not None:
+        assert any(t["usage"].get("early_used") or t["usage"].get("early_unused") for t in call["turns"])
     assert _server_objects(garbage) == []
