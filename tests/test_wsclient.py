@@ -73,19 +73,12 @@ async def test_every_length_encoding_and_a_fresh_mask_per_frame():
 
     async def echo_lengths(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
-            b0, b1 = await reader.readexactly(2)
-            length = b1 & 0x7F
-            if length == 126:
-                (length,) = struct.unpack("!H", await reader.readexactly(2))
-            elif length == 127:
-                (length,) = struct.unpack("!Q", await reader.readexactly(8))
-            mask = await reader.readexactly(4)
+            b0, mask, plain = await _read_masked(reader)
             masks.append(mask)
-            data = await reader.readexactly(length)
             if b0 & 0x0F == 0x8:
                 writer.close()
                 return
-            plain = bytes(c ^ mask[i % 4] for i, c in enumerate(data))
+            length = len(plain)
             reply = str(length).encode() if plain == b"z" * length and b0 == 0x81 else b"garbled"
             writer.write(bytes((0x81, len(reply))) + reply)
 
@@ -167,8 +160,8 @@ async def _raw_server(on_open):
     return await asyncio.start_server(accept, "127.0.0.1", 0)
 
 
-async def _read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    """One masked client frame: (opcode, unmasked payload)."""
+async def _read_masked(reader: asyncio.StreamReader) -> tuple[int, bytes, bytes]:
+    """One client frame, which must be masked: (its first byte, its mask, the unmasked payload)."""
     b0, b1 = await reader.readexactly(2)
     assert b1 & 0x80, "a client frame must be masked"
     length = b1 & 0x7F
@@ -178,7 +171,13 @@ async def _read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
         (length,) = struct.unpack("!Q", await reader.readexactly(8))
     mask = await reader.readexactly(4)
     data = await reader.readexactly(length)
-    return b0 & 0x0F, bytes(c ^ mask[i % 4] for i, c in enumerate(data))
+    return b0, mask, bytes(c ^ mask[i % 4] for i, c in enumerate(data))
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One masked client frame: (opcode, unmasked payload)."""
+    b0, _, payload = await _read_masked(reader)
+    return b0 & 0x0F, payload
 
 
 async def test_a_server_that_never_answers_pings_is_failed_with_1011():
