@@ -11,8 +11,9 @@ the ``reference`` profile, in real time, once per setting:
   commits at its 300 ms pause and asks for the final).
 
 Per setting: first audio p50/p95 (from the end of speech), the answer's model request after the
-end of speech p50, turns with a bridge, early requests used and unused, and cost per call (unused
-early requests included, as the turn records bill them).
+end of speech p50, turns with a bridge (of them the fast path's acknowledgement), early requests
+used and unused, and cost per call (unused early requests included, as the turn records bill
+them).
 
     python -m bench.early_request [--seed 0] [--json PATH] [--windows 200,600]
 """
@@ -43,7 +44,7 @@ async def run_setting(base: Config, mode: str, window_ms: int, seed: int) -> dic
             jobs = [tg.create_task(replay_fixture(f, stack.server_url, config=config)) for f in fixtures]
     calls = [j.result() for j in jobs]
     first_audio, requests, cost = [], [], 0.0
-    turns = bridged = used = unused = 0
+    turns = bridged = acks = used = unused = 0
     for call in calls:
         for t in call["turns"]:
             usage = t.get("usage", {})
@@ -55,6 +56,7 @@ async def run_setting(base: Config, mode: str, window_ms: int, seed: int) -> dic
             turns += 1
             first_audio.append(t["first_audio_ms"])
             bridged += bool(t.get("bridge_kind"))
+            acks += t.get("bridge_kind") == "ack"  # the fast path's acknowledgement, not the phrase
             tl = t["timeline"]
             if "llm_request" in tl and "speech_end" in tl:
                 requests.append(tl["llm_request"] - tl["speech_end"])
@@ -67,6 +69,7 @@ async def run_setting(base: Config, mode: str, window_ms: int, seed: int) -> dic
         "first_audio_ms_p95": round(_percentile(sorted(first_audio), 95), 1) if first_audio else None,
         "llm_request_after_speech_end_ms_p50": round(statistics.median(requests), 1) if requests else None,
         "bridged_turns": bridged,
+        "bridged_by_acknowledgement": acks,
         "early_used": used,
         "early_unused": unused,
         "cost_per_call": round(cost / max(1, len(calls)), 6),
@@ -86,7 +89,8 @@ async def main_async(args) -> list[dict[str, Any]]:
             print(
                 f"window {window:4d} ms  early {mode:4s}  first audio p50 {r['first_audio_ms_p50']} ms "
                 f"p95 {r['first_audio_ms_p95']} ms  model asked p50 {r['llm_request_after_speech_end_ms_p50']} "
-                f"ms after the end of speech  bridged {r['bridged_turns']}/{r['turns']}  early used "
+                f"ms after the end of speech  bridged {r['bridged_turns']}/{r['turns']} "
+                f"({r['bridged_by_acknowledgement']} acknowledgements)  early used "
                 f"{r['early_used']} unused {r['early_unused']}  cost/call ${r['cost_per_call']:.6f} "
                 f"({r['cost_vs_off']:.2f}x off)",
                 flush=True,
