@@ -299,7 +299,7 @@ class TurnTaker:
         nothing heard yet)."""
         if (
             self.active is not None
-            or not self._pending
+            or not (self._pending or self._finals)  # (after a merge the words are back, not pending)
             or self.digits
             or self._began_over_agent
             or self.last_voice is None

@@ -21,7 +21,7 @@ from voxroute.agent.ladder import LLMLadder
 from voxroute.agent.preemptive import EarlyQuota, EarlyRequest, same_words
 from voxroute.agent.providers.base import LLMRequest, LLMUsage
 from voxroute.agent.timeline import Clock, TurnRecord
-from voxroute.agent.turns import Commit, TurnPolicy, TurnTaker
+from voxroute.agent.turns import Commit, Merge, TurnPolicy, TurnTaker
 from voxroute.routing.health import Health
 
 HISTORY = [
@@ -126,6 +126,25 @@ def test_the_turn_core_offers_the_words_heard_once_the_caller_pauses_with_no_tur
     assert [type(a) for a in line.actions] == [Commit]
     assert line.core.early_text(line.t + 500) is None  # a turn is running
     assert line.core.next_index == 2
+
+
+def test_words_merged_back_after_a_short_pause_get_an_early_request():
+    """ "Okay, great." (committed on its final at 60 ms of quiet) "... thank you so much": the caller
+    goes on before any answer, within the same stretch of speech, so the words come back to the
+    pending utterance without new speech starting."""
+    line = Caller()
+    line.frames(700, True)
+    line.frames(40, False)
+    line.actions += line.core.stt_final("Okay, great.", "en-IN", None, line.t, False)
+    line.until(line.t + 40)
+    assert [type(a) for a in line.actions] == [Commit]
+    line.frames(60, True)  # the caller goes on before the answer
+    assert type(line.actions[-1]) is Merge
+    line.frames(600, True)
+    line.core.stt_partial("thank you so much", line.t, False)
+    assert line.core.early_text(line.t) is None  # talking
+    line.frames(60, False)
+    assert line.core.early_text(line.t) == "Okay, great. thank you so much"
 
 
 def test_keys_and_sound_over_the_agent_get_no_early_request():
