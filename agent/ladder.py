@@ -72,7 +72,7 @@ class _Attempt:
     hedge: bool = False  # started as a hedge
     hedge_checked: bool = False  # its hedge timer fired (hedged, or refused by the cap)
     tokens: int = 0  # content tokens received
-    prompt_chars: int = 0
+    prompt_tokens: int = 0  # estimated from the prompt's length (estimated_prompt_tokens)
     usage_seen: bool = False
     cancelled: bool = False  # cancelled while running (a lost hedge, a timeout): the prompt was billed
     failed: bool = False
@@ -162,10 +162,8 @@ class LLMLadder:
         for att in self._attempts.values():
             if att.usage_seen or not (att.tokens or att.cancelled):
                 continue
-            mp = self.models[att.path]
-            prompt = max(1, att.prompt_chars // 4)
-            cost = (prompt * mp.price_in_per_mtok + att.tokens * mp.price_out_per_mtok) / 1e6
-            add_usage(self.turn.usage, att.path, prompt, att.tokens, cost, estimated=True)
+            cost = usd(self.models[att.path], att.prompt_tokens, att.tokens)
+            add_usage(self.turn.usage, att.path, att.prompt_tokens, att.tokens, cost, estimated=True)
 
     # ---- launching
 
@@ -244,7 +242,7 @@ class LLMLadder:
             self.clock.now() if early is None else early.started,
             hedge=hedge,
         )
-        att.prompt_chars = sum(len(str(m.get("content") or "")) for m in req.messages)
+        att.prompt_tokens = estimated_prompt_tokens(req.messages)
         self._attempts[att.ident] = att
         self.health.started(att.key)
         if early is None:
@@ -434,12 +432,9 @@ class LLMLadder:
                 self._fail(other, "timeout", f"no first token after {waited:.0f} ms", "hedge lost")
 
     def _add_usage(self, att: _Attempt, ev: LLMUsage) -> None:
-        mp = self.models[att.path]
         cost = ev.cost_usd
         if cost is None:
-            cost = (
-                ev.prompt_tokens * mp.price_in_per_mtok + ev.completion_tokens * mp.price_out_per_mtok
-            ) / 1e6
+            cost = usd(self.models[att.path], ev.prompt_tokens, ev.completion_tokens)
         add_usage(self.turn.usage, att.path, ev.prompt_tokens, ev.completion_tokens, cost)
 
     async def _pump(self, att: _Attempt, req: LLMRequest) -> None:
@@ -476,6 +471,16 @@ async def pump(
         put(exc)
     except TimeoutError:
         put(ProviderError(name, "stall", "no tokens for too long", after_first=True))
+
+
+def usd(mp: ModelPath, prompt_tokens: int, completion_tokens: int) -> float:
+    """What tokens cost at a model path's configured prices (per million tokens)."""
+    return (prompt_tokens * mp.price_in_per_mtok + completion_tokens * mp.price_out_per_mtok) / 1e6
+
+
+def estimated_prompt_tokens(messages: list[dict[str, Any]]) -> int:
+    """A prompt's tokens where the provider reports none: about 4 characters a token."""
+    return max(1, sum(len(str(m.get("content") or "")) for m in messages) // 4)
 
 
 def add_usage(

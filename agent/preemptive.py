@@ -22,8 +22,9 @@ import logging
 import re
 from typing import Any
 
-from voxroute.agent.ladder import pump
+from voxroute.agent.ladder import estimated_prompt_tokens, pump, usd
 from voxroute.agent.providers.base import LLMProvider, LLMRequest, LLMToken, LLMUsage
+from voxroute.routing.table import ModelPath
 
 log = logging.getLogger("voxroute.ladder")
 
@@ -104,20 +105,13 @@ class EarlyRequest:
         if self.task is not None and not self.task.done():
             self.task.cancel()
 
-    def cost(self, price_in_per_mtok: float, price_out_per_mtok: float) -> tuple[int, int, float, bool]:
-        """(prompt tokens, completion tokens, USD, estimated) of a request not used: the provider's
-        usage when it came, else about 4 characters a prompt token and a streamed piece a token."""
+    def cost(self, mp: ModelPath) -> tuple[int, int, float, bool]:
+        """(prompt tokens, completion tokens, USD, estimated) of a request not used, at ``mp``'s
+        prices: the provider's usage when it came, else estimated as the ladder estimates an attempt
+        cut short (``estimated_prompt_tokens``, a streamed piece a token)."""
         if self.usage is not None:
             u = self.usage
-            cost = u.cost_usd
-            if cost is None:
-                cost = (u.prompt_tokens * price_in_per_mtok + u.completion_tokens * price_out_per_mtok) / 1e6
+            cost = u.cost_usd if u.cost_usd is not None else usd(mp, u.prompt_tokens, u.completion_tokens)
             return u.prompt_tokens, u.completion_tokens, cost, False
-        chars = sum(len(str(m.get("content") or "")) for m in self.request.messages)
-        prompt = max(1, chars // 4)
-        return (
-            prompt,
-            self.tokens,
-            (prompt * price_in_per_mtok + self.tokens * price_out_per_mtok) / 1e6,
-            True,
-        )
+        prompt = estimated_prompt_tokens(self.request.messages)
+        return prompt, self.tokens, usd(mp, prompt, self.tokens), True

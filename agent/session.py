@@ -420,8 +420,7 @@ class CallSession:
     def _bill_unused(self, turn: TurnRecord, unused: list[EarlyRequest]) -> None:
         models = self.services.router.models(self.tenant)
         for early in unused:
-            mp = models[early.path]
-            prompt, completion, cost, estimated = early.cost(mp.price_in_per_mtok, mp.price_out_per_mtok)
+            prompt, completion, cost, estimated = early.cost(models[early.path])
             add_usage(turn.usage, early.path, prompt, completion, cost, estimated)
             turn.usage["early_unused"] = turn.usage.get("early_unused", 0) + 1
 

@@ -23,6 +23,7 @@ from voxroute.agent.providers.base import LLMRequest, LLMUsage
 from voxroute.agent.timeline import Clock, TurnRecord
 from voxroute.agent.turns import Commit, Merge, TurnPolicy, TurnTaker
 from voxroute.routing.health import Health
+from voxroute.routing.table import ModelPath
 
 HISTORY = [
     {"role": "system", "content": "You are a phone agent."},
@@ -60,16 +61,19 @@ def test_an_early_request_matches_only_a_request_that_asks_the_same():
     assert not early.matches(request(messages=[]))
 
 
+PRICED = ModelPath(provider="p", model="m", tier="fast", price_in_per_mtok=1.0, price_out_per_mtok=10.0)
+
+
 def test_an_unused_early_request_costs_what_the_provider_said_else_an_estimate():
     early = EarlyRequest("where is my order", "fast", request(), 0.0)
     chars = sum(len(m["content"]) for m in HISTORY)
-    prompt, completion, cost, estimated = early.cost(1.0, 10.0)
+    prompt, completion, cost, estimated = early.cost(PRICED)
     assert (prompt, completion, estimated) == (chars // 4, 0, True)
     assert cost == pytest.approx(prompt * 1.0 / 1e6)
     early._put(LLMUsage(prompt_tokens=50, completion_tokens=3))
-    assert early.cost(1.0, 10.0) == (50, 3, pytest.approx((50 + 30) / 1e6), False)
+    assert early.cost(PRICED) == (50, 3, pytest.approx((50 + 30) / 1e6), False)
     early._put(LLMUsage(prompt_tokens=50, completion_tokens=3, cost_usd=0.5))
-    assert early.cost(1.0, 10.0)[2:] == (0.5, False)
+    assert early.cost(PRICED)[2:] == (0.5, False)
 
 
 def test_the_quota_allows_a_few_per_turn_and_stops_after_misses_in_a_row():
