@@ -10,7 +10,12 @@ import httpx
 import pytest
 
 from voxroute.agent.providers.base import LLMRequest, LLMToken, LLMUsage, ProviderError
-from voxroute.agent.providers.openai_compat import LLMToolCalls, OpenAICompatLLM
+from voxroute.agent.providers.openai_compat import (
+    SHARD_CONNECTIONS,
+    ClientShards,
+    LLMToolCalls,
+    OpenAICompatLLM,
+)
 from voxroute.emulators.llm import create_llm_app, respond
 from voxroute.emulators.profiles import ZERO, Dice
 from voxroute.server import serve_app
@@ -252,3 +257,33 @@ async def test_models_fallback_through_client() -> None:
         events = await collect(llm, LLMRequest("fast", MESSAGES))
         s = await stats(url)
     assert text_of(events) == respond("backup", MESSAGES) and s["fallbacks"] == 1
+
+
+def test_client_shards_split_the_connections_and_lease_the_least_busy() -> None:
+    shards = ClientShards(100, httpx.Timeout(1.0))
+    sizes = [c._transport._pool._max_connections for c in shards.clients]  # type: ignore[attr-defined]
+    assert sizes == [SHARD_CONNECTIONS] * 6 + [4] and sum(sizes) == 100
+    held = contextlib.ExitStack()
+    leased = [held.enter_context(shards.lease()) for _ in range(14)]
+    # one request per shard first, then by free room: the small shard's second after the big ones' fourth
+    assert leased[:7] == shards.clients
+    assert shards.in_flight == [3, 2, 2, 2, 2, 2, 1]
+    with pytest.raises(RuntimeError), shards.lease():
+        raise RuntimeError("request failed")
+    assert sum(shards.in_flight) == 14  # a failed request gives its lease back
+    held.close()
+    assert shards.in_flight == [0] * 7
+    with pytest.raises(ValueError):
+        ClientShards(0, httpx.Timeout(1.0))
+
+
+async def test_concurrent_streams_across_shards() -> None:
+    """40 requests at once through 3 shards (max_connections 40): every answer complete, every lease
+    given back."""
+    async with setup(max_connections=40) as (llm, _dice, url):
+        answers = await asyncio.gather(
+            *(collect(llm, LLMRequest("fast", MESSAGES, max_tokens=8)) for _ in range(40))
+        )
+        assert all(text_of(a) for a in answers)
+        assert llm._clients.in_flight == [0, 0, 0]
+        assert (await stats(url))["requests"] >= 40

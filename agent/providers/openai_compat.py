@@ -29,8 +29,9 @@ OpenRouter learns to stop generating.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -64,6 +65,50 @@ log = logging.getLogger(__name__)
 
 MAX_ERROR_BODY = 64 * 1024
 DRAIN_AFTER_DONE_S = 1.0  # read the rest of the body after [DONE] so the connection goes back to the pool
+
+
+SHARD_CONNECTIONS = 16
+
+
+class ClientShards:
+    """httpx clients of at most ``SHARD_CONNECTIONS`` connections each (``max_connections`` in all);
+    a request goes to the one with the fewest requests in flight per connection.
+
+    Why not one client: httpcore 1.0's pool, on every request's start and end, counts its idle
+    connections once per connection (quadratic in the pool's size). With 100 connections that was
+    8% of the server's CPU while 200 calls started within a second (``bench.concurrency``, py-spy),
+    enough to stall the event loop past the 20 ms inbound-lag limit.
+    """
+
+    def __init__(self, max_connections: int, timeout: httpx.Timeout) -> None:
+        if max_connections < 1:
+            raise ValueError("max_connections must be >= 1")
+        sizes = [SHARD_CONNECTIONS] * (max_connections // SHARD_CONNECTIONS)
+        if max_connections % SHARD_CONNECTIONS:
+            sizes.append(max_connections % SHARD_CONNECTIONS)
+        self.clients = [
+            httpx.AsyncClient(
+                timeout=timeout,
+                limits=httpx.Limits(max_connections=n, max_keepalive_connections=n, keepalive_expiry=60.0),
+            )
+            for n in sizes
+        ]
+        self.in_flight = [0] * len(sizes)
+        self._room = [float(n) for n in sizes]
+
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[httpx.AsyncClient]:
+        """The client with the fewest requests in flight per connection, for one request."""
+        i = min(range(len(self.clients)), key=lambda k: self.in_flight[k] / self._room[k])
+        self.in_flight[i] += 1
+        try:
+            yield self.clients[i]
+        finally:
+            self.in_flight[i] -= 1
+
+    async def aclose(self) -> None:
+        for client in self.clients:
+            await client.aclose()
 
 
 class OpenAICompatLLM:
@@ -115,20 +160,14 @@ class OpenAICompatLLM:
             self._headers["Authorization"] = f"Bearer {api_key}"
             if flavor == "sarvam":
                 self._headers["api-subscription-key"] = api_key
-        self._client = httpx.AsyncClient(
+        self._clients = ClientShards(
+            max_connections,
             # Reads are timed by stream() itself (stall/first token); httpx only bounds connect and write.
-            timeout=httpx.Timeout(
-                connect=connect_timeout, read=None, write=connect_timeout, pool=connect_timeout
-            ),
-            limits=httpx.Limits(
-                max_connections=max_connections,
-                max_keepalive_connections=max_connections,
-                keepalive_expiry=60.0,
-            ),
+            httpx.Timeout(connect=connect_timeout, read=None, write=connect_timeout, pool=connect_timeout),
         )
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._clients.aclose()
 
     def _cost(self, usage: Usage) -> float | None:
         if usage.cost_usd is not None:
@@ -187,82 +226,85 @@ class OpenAICompatLLM:
                 )
             return self._fail("timeout", f"no response for {self.stall_timeout_s:.3g} s")
 
-        req = self._client.build_request("POST", self.url, json=body, headers=headers)
-        try:
-            async with asyncio.timeout_at(deadline()):
-                response = await self._client.send(req, stream=True)
-        except TimeoutError:
-            raise timed_out() from None
-        except httpx.TimeoutException as e:
-            raise self._fail("timeout", f"connect: {e!r}") from e
-        except httpx.HTTPError as e:
-            raise self._fail("disconnected", f"request failed: {e!r}") from e
-        heard = True
-        try:
-            if response.status_code != 200:
-                raise await self._status_error(response, deadline())
-            ctype = response.headers.get("content-type", "")
-            if "text/event-stream" not in ctype:
-                raise self._fail("malformed", f"expected text/event-stream, got {ctype!r}")
-            decoder = ChatStreamDecoder(
-                strict_tool_arguments=False
-            )  # bad arguments: the model's error result
-            chunks = response.aiter_bytes()
-            while not decoder.done:
-                try:
-                    async with asyncio.timeout_at(deadline()):
-                        data = await anext(chunks)
-                except TimeoutError:
-                    raise timed_out() from None
-                except StopAsyncIteration:
-                    if decoder.finished:  # complete answer, only [DONE] missing: tolerate
-                        log.info("%s: stream ended after finish_reason without [DONE]", self.name)
-                        return
-                    raise self._fail(
-                        "disconnected", "stream ended before [DONE] and finish_reason", after_first=tokens > 0
-                    ) from None
-                except httpx.HTTPError as e:
-                    if decoder.finished:
-                        log.info("%s: connection dropped after finish_reason: %r", self.name, e)
-                        return
-                    raise self._fail(
-                        "disconnected", f"connection dropped: {e!r}", after_first=tokens > 0
-                    ) from e
-                try:
-                    events = decoder.feed(data)
-                except OpenAIProtocolError as e:
-                    raise self._fail("malformed", str(e), after_first=tokens > 0) from e
-                for ev in events:
-                    if isinstance(ev, KeepAlive):
-                        continue
-                    if isinstance(ev, Done):
-                        break
-                    last_data = loop.time()
-                    if isinstance(ev, ContentDelta):
-                        tokens += 1
-                        first_deadline = None
-                        yield LLMToken(ev.text)
-                    elif isinstance(ev, Finish):
-                        first_deadline = None
-                        if ev.tool_calls:
-                            yield LLMToolCalls(ev.tool_calls, decoder.chunks.model)
-                    elif isinstance(ev, Usage):
-                        yield LLMUsage(ev.prompt_tokens, ev.completion_tokens, self._cost(ev))
-                    elif isinstance(ev, StreamError):
-                        raise self._fail(
-                            "stream_error",
-                            f"error chunk code={ev.code!r}: {ev.message}",
-                            after_first=tokens > 0,
-                        )
-            # Drain the end of the body so the connection returns to the keep-alive pool.
+        with self._clients.lease() as client:
+            req = client.build_request("POST", self.url, json=body, headers=headers)
             try:
-                async with asyncio.timeout(DRAIN_AFTER_DONE_S):
-                    async for _ in chunks:
-                        pass
-            except (TimeoutError, httpx.HTTPError):
-                pass
-        finally:
-            await response.aclose()
+                async with asyncio.timeout_at(deadline()):
+                    response = await client.send(req, stream=True)
+            except TimeoutError:
+                raise timed_out() from None
+            except httpx.TimeoutException as e:
+                raise self._fail("timeout", f"connect: {e!r}") from e
+            except httpx.HTTPError as e:
+                raise self._fail("disconnected", f"request failed: {e!r}") from e
+            heard = True
+            try:
+                if response.status_code != 200:
+                    raise await self._status_error(response, deadline())
+                ctype = response.headers.get("content-type", "")
+                if "text/event-stream" not in ctype:
+                    raise self._fail("malformed", f"expected text/event-stream, got {ctype!r}")
+                decoder = ChatStreamDecoder(
+                    strict_tool_arguments=False
+                )  # bad arguments: the model's error result
+                chunks = response.aiter_bytes()
+                while not decoder.done:
+                    try:
+                        async with asyncio.timeout_at(deadline()):
+                            data = await anext(chunks)
+                    except TimeoutError:
+                        raise timed_out() from None
+                    except StopAsyncIteration:
+                        if decoder.finished:  # complete answer, only [DONE] missing: tolerate
+                            log.info("%s: stream ended after finish_reason without [DONE]", self.name)
+                            return
+                        raise self._fail(
+                            "disconnected",
+                            "stream ended before [DONE] and finish_reason",
+                            after_first=tokens > 0,
+                        ) from None
+                    except httpx.HTTPError as e:
+                        if decoder.finished:
+                            log.info("%s: connection dropped after finish_reason: %r", self.name, e)
+                            return
+                        raise self._fail(
+                            "disconnected", f"connection dropped: {e!r}", after_first=tokens > 0
+                        ) from e
+                    try:
+                        events = decoder.feed(data)
+                    except OpenAIProtocolError as e:
+                        raise self._fail("malformed", str(e), after_first=tokens > 0) from e
+                    for ev in events:
+                        if isinstance(ev, KeepAlive):
+                            continue
+                        if isinstance(ev, Done):
+                            break
+                        last_data = loop.time()
+                        if isinstance(ev, ContentDelta):
+                            tokens += 1
+                            first_deadline = None
+                            yield LLMToken(ev.text)
+                        elif isinstance(ev, Finish):
+                            first_deadline = None
+                            if ev.tool_calls:
+                                yield LLMToolCalls(ev.tool_calls, decoder.chunks.model)
+                        elif isinstance(ev, Usage):
+                            yield LLMUsage(ev.prompt_tokens, ev.completion_tokens, self._cost(ev))
+                        elif isinstance(ev, StreamError):
+                            raise self._fail(
+                                "stream_error",
+                                f"error chunk code={ev.code!r}: {ev.message}",
+                                after_first=tokens > 0,
+                            )
+                # Drain the end of the body so the connection returns to the keep-alive pool.
+                try:
+                    async with asyncio.timeout(DRAIN_AFTER_DONE_S):
+                        async for _ in chunks:
+                            pass
+                except (TimeoutError, httpx.HTTPError):
+                    pass
+            finally:
+                await response.aclose()
 
     async def _status_error(self, response: httpx.Response, deadline: float) -> ProviderError:
         status = response.status_code
