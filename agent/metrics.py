@@ -108,27 +108,22 @@ class InboundClock:
         INBOUND.lag_ms.append(offset - self._best)
 
 
-def _pct(values: list[float], pct: float) -> float | None:
-    if not values:
-        return None
-    values = sorted(values)
-    k = (len(values) - 1) * pct / 100
-    lo = int(k)
-    hi = min(lo + 1, len(values) - 1)
-    return round(values[lo] + (values[hi] - values[lo]) * (k - lo), 3)
+def _pcts(ring: SampleRing) -> tuple[float | None, float | None]:
+    got = ring.percentiles([50, 99])
+    return (None, None) if got is None else (round(got[0], 3), round(got[1], 3))
 
 
 def snapshot() -> dict:
-    lag = list(INBOUND.lag_ms)
-    late = list(PACING.late_ms)
+    lag50, lag99 = _pcts(INBOUND.lag_ms)
+    late50, late99 = _pcts(PACING.late_ms)
     return {
         "cpu_s": time.process_time(),
-        "inbound_frames": len(lag),
-        "inbound_lag_ms_p50": _pct(lag, 50),
-        "inbound_lag_ms_p99": _pct(lag, 99),
-        "outbound_sends": len(late),
-        "outbound_late_ms_p50": _pct(late, 50),
-        "outbound_late_ms_p99": _pct(late, 99),
+        "inbound_frames": len(INBOUND.lag_ms),
+        "inbound_lag_ms_p50": lag50,
+        "inbound_lag_ms_p99": lag99,
+        "outbound_sends": len(PACING.late_ms),
+        "outbound_late_ms_p50": late50,
+        "outbound_late_ms_p99": late99,
         "gc_thresholds": list(gc.get_threshold()),
         **COLLECTOR.snapshot(),
     }

@@ -12,6 +12,8 @@ from __future__ import annotations
 from array import array
 from collections.abc import Iterator
 
+import numpy as np
+
 
 class SampleRing:
     """The last ``keep`` samples appended; ``list(ring)`` gives them oldest first."""
@@ -44,3 +46,15 @@ class SampleRing:
         if start >= 0:
             return iter(self._buf[start : self._next])
         return iter(self._buf[start:] + self._buf[: self._next])
+
+    def percentiles(self, pcts: list[float]) -> list[float] | None:
+        """The percentiles of the samples held (linear interpolation), None when empty. numpy's
+        selection, not a sort: at the 500,000 samples of a busy server, two Python sorts per figure
+        held the event loop 80 ms for a ``GET /debug/stats`` (every call's audio waited)."""
+        if not self._count:
+            return None
+        held = np.frombuffer(self._buf, dtype=np.float64)
+        start = self._next - self._count
+        if self._count < self._keep:  # not yet wrapped: the samples are one run
+            held = held[start : self._next]
+        return [float(v) for v in np.percentile(held, pcts)]
