@@ -31,7 +31,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def pin(server_pid: int, others: list[int]) -> str:
+def load_loop() -> str:
+    """The event loop for a benchmark's load side (its generator and the emulators): uvloop when
+    installed, so that the side sharing one core with the emulators can drive more calls."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
+def pin(server_pid: int, others: list[int], load_first: bool = False) -> str:
     """Give the server core 0 to itself and put everything else on the remaining cores, so the
     server's figures are its own and not the scheduler's (all three processes share 2 cores here)."""
     cores = sorted(os.sched_getaffinity(0))
@@ -40,7 +50,14 @@ def pin(server_pid: int, others: list[int]) -> str:
     os.sched_setaffinity(server_pid, {cores[0]})
     for pid in [*others, os.getpid()]:
         os.sched_setaffinity(pid, set(cores[1:]))
-    return f"server on core {cores[0]}, emulators and load generator on {cores[1:]}"
+    if not load_first:
+        return f"server on core {cores[0]}, emulators and load generator on {cores[1:]}"
+    # ``load_first``: the load generator before the emulators on their shared core. The server's inbound
+    # lag counts from the frames' media clock: a generator that waits for the emulators makes the server
+    # look late.
+    for pid in others:
+        os.setpriority(os.PRIO_PROCESS, pid, 5)
+    return f"server on core {cores[0]}, emulators (nice 5) and load generator on {cores[1:]}"
 
 
 @contextlib.contextmanager
@@ -50,16 +67,29 @@ def processes(
     serve_args: tuple[str, ...] = (),
     start_timeout_s: float = 30,
     voice_speed: float = 1.0,
+    emulator_loop: str = "asyncio",
+    load_first: bool = False,
 ):
-    """The emulators (latency ``profile``, the TTS voice at ``voice_speed``) and one
-    ``voxroute serve [serve_args]`` on 127.0.0.1; yields the server's base URL and pid."""
+    """The emulators (latency ``profile``, the TTS voice at ``voice_speed``, on ``emulator_loop``)
+    and one ``voxroute serve [serve_args]`` on 127.0.0.1; yields the server's base URL and pid.
+    ``pinned``: see :func:`pin` (``load_first`` too)."""
     env = dict(os.environ)
     # --dev below: emulators for the keys, unsigned calls, and the operator routes (/debug/stats) open
     for key in ("SARVAM_API_KEY", "OPENROUTER_API_KEY", "TWILIO_AUTH_TOKEN", "VOXROUTE_API_KEY"):
         env.pop(key, None)
     cli = [sys.executable, "-m", "voxroute.cli"]
     emu = subprocess.Popen(
-        [*cli, "emulators", "--profile", profile, "--voice-speed", str(voice_speed), "--quiet"],
+        [
+            *cli,
+            "emulators",
+            "--profile",
+            profile,
+            "--voice-speed",
+            str(voice_speed),
+            "--event-loop",
+            emulator_loop,
+            "--quiet",
+        ],
         stdout=subprocess.PIPE,
         env=env,
         text=True,
@@ -97,7 +127,7 @@ def processes(
                 raise RuntimeError("server did not start")
             time.sleep(0.2)
         if pinned:
-            print(pin(server.pid, [emu.pid]), flush=True)
+            print(pin(server.pid, [emu.pid], load_first), flush=True)
         yield base, server.pid
     finally:
         for p in (server, emu):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import time
 from pathlib import Path
@@ -29,7 +30,7 @@ from pathlib import Path
 import httpx
 
 from bench.common import LOAD_FIXTURES as FIXTURES
-from bench.common import processes, step_result, stream_server_args, webhook_params
+from bench.common import load_loop, processes, step_result, stream_server_args, webhook_params
 from voxroute.agent.fixture import load
 from voxroute.emulators.carrier import dial
 from voxroute.server import ws_url
@@ -58,6 +59,20 @@ async def run_step(
     base: str, n: int, stream_base: str | None = None, workers: list[str] | None = None
 ) -> dict:
     fixtures = [load(FIXTURES[i % len(FIXTURES)]) for i in range(n)]
+    # The load generator's own collector stays off during the step (it runs between steps): with
+    # hundreds of calls its pauses made the generator's frames late, and the server's inbound lag
+    # counts from the frames' media clock, so the generator's pause was counted as the server's.
+    gc.collect()
+    gc.disable()
+    try:
+        return await _step(base, n, fixtures, stream_base, workers)
+    finally:
+        gc.enable()
+
+
+async def _step(
+    base: str, n: int, fixtures: list, stream_base: str | None, workers: list[str] | None
+) -> dict:
     async with httpx.AsyncClient(base_url=base, timeout=30) as http:
         before = await server_stats(http, workers, reset=True)
         t0 = time.monotonic()
@@ -102,7 +117,12 @@ async def run(
     own = _worker_ports(workers) if workers > 1 else None  # each worker's own port, for its stats
     with (
         stream_server_args(stream_server, event_loop, max_calls=max(steps)) as (serve_args, stream_base),
-        processes(pinned, serve_args=(*serve_args, *_workers_args(workers, own))) as (base, _pid),
+        processes(
+            pinned,
+            serve_args=(*serve_args, *_workers_args(workers, own)),
+            emulator_loop=load_loop(),
+            load_first=True,
+        ) as (base, _pid),
     ):
         worker_bases = [f"http://127.0.0.1:{own + i}" for i in range(workers)] if own else None
         if worker_bases:
@@ -205,16 +225,24 @@ def main() -> None:
     args = ap.parse_args()
     steps = [int(x) for x in args.steps.split(",")]
     pinned = not args.no_pin and args.workers == 1  # several workers: the scheduler places them
-    result = asyncio.run(
-        run(
-            steps,
-            pinned=pinned,
-            keep_going=args.keep_going,
-            stream_server=args.stream_server,
-            workers=args.workers,
-            event_loop=args.event_loop,
+    loop = load_loop()  # the load generator's loop, as the emulators'
+    factory = None
+    if loop == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        result = runner.run(
+            run(
+                steps,
+                pinned=pinned,
+                keep_going=args.keep_going,
+                stream_server=args.stream_server,
+                workers=args.workers,
+                event_loop=args.event_loop,
+            )
         )
-    )
+    result["load_loop"] = loop
     result["stream_server"] = args.stream_server
     result["event_loop"] = args.event_loop
     result["pinned"] = pinned
