@@ -56,8 +56,8 @@ def pin(server_pid: int, others: list[int], load_first: bool = False) -> str:
     # lag counts from the frames' media clock: a generator that waits for the emulators makes the server
     # look late.
     for pid in others:
-        os.setpriority(os.PRIO_PROCESS, pid, 5)
-    return f"server on core {cores[0]}, emulators (nice 5) and load generator on {cores[1:]}"
+        os.setpriority(os.PRIO_PROCESS, pid, 19)
+    return f"server on core {cores[0]}, emulators (nice 19) and load generator on {cores[1:]}"
 
 
 @contextlib.contextmanager
