@@ -11,8 +11,10 @@ cost (estimated like any attempt cut short) is added to the turn's usage: the bi
 speed costs. Off unless ``ladder.early_request`` is set (every miss is a prompt paid for nothing).
 
 ``EarlyRequest`` holds one such request: its stream runs in the call's task group and keeps its
-events in a queue until a ladder takes them. ``EarlyQuota`` bounds what misses cost a call. A
-request still running when the caller hangs up is cancelled with the call and billed to no turn.
+events in a queue until a ladder takes them. ``EarlyQuota`` bounds what misses cost a call.
+``EarlyRequests`` is a call's book of them: the pending one, the quota, the unused ones waiting to
+be billed, the words the answer declined. A request still running when the caller hangs up is
+cancelled with the call and billed to no turn.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ import logging
 import re
 from typing import Any
 
-from voxroute.agent.ladder import estimated_prompt_tokens, pump, usd
+from voxroute.agent.ladder import add_usage, estimated_prompt_tokens, pump, usd
 from voxroute.agent.providers.base import LLMProvider, LLMRequest, LLMToken, LLMUsage
+from voxroute.agent.timeline import TurnRecord
 from voxroute.routing.table import ModelPath
 
 log = logging.getLogger("voxroute.ladder")
@@ -115,3 +118,71 @@ class EarlyRequest:
             return u.prompt_tokens, u.completion_tokens, cost, False
         prompt = estimated_prompt_tokens(self.request.messages)
         return prompt, self.tokens, usd(mp, prompt, self.tokens), True
+
+
+class EarlyRequests:
+    """One call's early requests. ``models``: the call's model paths (the prices of the unused)."""
+
+    def __init__(self, per_turn: int, max_misses: int, models: dict[str, ModelPath], call_sid: str) -> None:
+        self.pending: EarlyRequest | None = None  # the caller's pending utterance's, if any
+        self.quota = EarlyQuota(per_turn, max_misses)
+        self.unused: list[EarlyRequest] = []  # cancelled unused, billed to the next turn
+        self.declined = ""  # the words the answer would start no early request on
+        self._models = models
+        self._call_sid = call_sid
+
+    def heard(self, text: str) -> None:
+        """What the caller's pending utterance is now: new words cancel the pending request."""
+        early = self.pending
+        if early is not None and not same_words(early.text, text):
+            self.pending = None
+            self.drop(early, None)
+
+    def may_start(self, text: str) -> bool:
+        return self.pending is None and self.quota.may_start() and text != self.declined
+
+    def started(self, early: EarlyRequest) -> None:
+        self.pending = early
+        self.quota.start()
+
+    def take(self, turn: TurnRecord, speech: bool) -> EarlyRequest | None:
+        """A turn was committed: the pending request is its (a speech turn's), else cancelled and
+        billed to it. The unused ones waiting are billed to it too."""
+        early, self.pending = self.pending, None
+        self.quota.turn_committed()
+        self.bill(turn, self.unused)
+        self.unused.clear()
+        if early is not None and not speech:
+            self.drop(early, turn)
+            return None
+        return early
+
+    def finished(self, early: EarlyRequest | None, turn: TurnRecord, merged: bool) -> None:
+        """``turn`` (given ``early``) ended: used, or cancelled and billed (a merged turn's to the next)."""
+        if early is None:
+            return
+        if early.adopted:
+            turn.usage["early_used"] = True
+            self.quota.used()
+        else:  # the caller's words were not those it asked
+            self.drop(early, None if merged else turn)
+
+    def drop(self, early: EarlyRequest, turn: TurnRecord | None) -> None:
+        """Cancel an early request no turn used; its cost goes to ``turn`` (else to the next one)."""
+        early.cancel()
+        if self.quota.missed():
+            log.info(
+                "call %s: early requests unused %d times in a row: no more", self._call_sid, self.quota.misses
+            )
+        if turn is None:
+            self.unused.append(early)
+        else:
+            self.bill(turn, [early])
+
+    def bill(self, turn: TurnRecord, unused: list[EarlyRequest]) -> None:
+        if not unused:
+            return
+        for early in unused:
+            prompt, completion, cost, estimated = early.cost(self._models[early.path])
+            add_usage(turn.usage, early.path, prompt, completion, cost, estimated)
+            turn.usage["early_unused"] = turn.usage.get("early_unused", 0) + 1

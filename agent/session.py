@@ -32,12 +32,11 @@ from voxroute.agent.bargein import BargeInPolicy
 from voxroute.agent.callsummary import CallSummary
 from voxroute.agent.endpointing import VoiceGate
 from voxroute.agent.handoff.flow import Handover
-from voxroute.agent.ladder import add_usage
 from voxroute.agent.link import CallEnded, CarrierLink, InboundAudio, InboundDtmf, MarkEcho
 from voxroute.agent.logs import TURN, call_context
 from voxroute.agent.metrics import InboundClock
 from voxroute.agent.player import Player
-from voxroute.agent.preemptive import EarlyQuota, EarlyRequest, same_words
+from voxroute.agent.preemptive import EarlyRequest, EarlyRequests
 from voxroute.agent.providers.base import ProviderError, Transcript
 from voxroute.agent.recording import CallRecorder
 from voxroute.agent.services import Services
@@ -134,13 +133,13 @@ class CallSession:
         self.answerer = Answerer(self)
         self.watchdog = Watchdog(self)
         self._pending_faults: list[dict[str, Any]] = []  # STT faults, reported on the next turn
-        # the early request of the caller's pending utterance (agent/preemptive.py)
-        self._early: EarlyRequest | None = None
-        self._early_quota = EarlyQuota(
-            self.config.ladder.early_requests_per_turn, self.config.ladder.early_request_max_misses
+        # early requests (agent/preemptive.py)
+        self.early = EarlyRequests(
+            self.config.ladder.early_requests_per_turn,
+            self.config.ladder.early_request_max_misses,
+            self.services.router.models(self.tenant),
+            self.call_sid,
         )
-        self._early_unused: list[EarlyRequest] = []  # cancelled unused, billed to the next turn
-        self._early_declined = ""  # the words the answer would start no early request on
         self.asides = Asides(self)  # the greeting and phrases outside any turn: caller speech cuts them
         # handoff to a person
         self.tg: asyncio.TaskGroup | None = None
@@ -377,20 +376,15 @@ class CallSession:
         cfg = self.config.ladder
         if cfg.early_request == "off" or self.tg is None:
             return
-        early = self._early
-        if early is not None and not same_words(early.text, self.taker.pending_text()):
-            self._early = None
-            self._drop_early(early, None)
+        self.early.heard(self.taker.pending_text())
         now = self.clock.now()
         text = self.taker.early_text(now)
-        if self._early is not None or text is None or self.taker.last_voice is None:
-            return
-        if not self._early_quota.may_start() or text == self._early_declined:
+        if text is None or self.taker.last_voice is None or not self.early.may_start(text):
             return
         index = self.taker.next_index
         got = self.answerer.early_request(index, text, self.language, self.taker.last_voice)
         if got is None:
-            self._early_declined = text  # (a reasoning route, a handoff): not asked again
+            self.early.declined = text  # (a reasoning route, a handoff): not asked again
             return
         path, request = got
         mp = self.services.router.models(self.tenant)[path]
@@ -399,30 +393,8 @@ class CallSession:
             early.start(self.tg, self.services.llms[mp.provider], mp.provider, cfg.stall_timeout_ms)
         except RuntimeError:  # the call's task group is ending (the caller hung up): nothing to answer
             return
-        self._early = early
-        self._early_quota.start()
+        self.early.started(early)
         log.info("call %s turn %d: early request on %s: %r", self.call_sid, index, path, text[:80])
-
-    def _drop_early(self, early: EarlyRequest, turn: TurnRecord | None) -> None:
-        """Cancel an early request no turn used; its cost goes to ``turn`` (else to the next one)."""
-        early.cancel()
-        if self._early_quota.missed():
-            log.info(
-                "call %s: early requests unused %d times in a row: no more",
-                self.call_sid,
-                self._early_quota.misses,
-            )
-        if turn is None:
-            self._early_unused.append(early)
-        else:
-            self._bill_unused(turn, [early])
-
-    def _bill_unused(self, turn: TurnRecord, unused: list[EarlyRequest]) -> None:
-        models = self.services.router.models(self.tenant)
-        for early in unused:
-            prompt, completion, cost, estimated = early.cost(models[early.path])
-            add_usage(turn.usage, early.path, prompt, completion, cost, estimated)
-            turn.usage["early_unused"] = turn.usage.get("early_unused", 0) + 1
 
     def _stt_fault(self, exc: ProviderError, action: str) -> None:
         log.warning("call %s: STT %s: %s (%s)", self.call_sid, exc.kind, exc.message, action)
@@ -471,11 +443,7 @@ class CallSession:
         assert self.tg is not None  # commits come from the strands the call's task group runs
         turn = self._open(commit)
         self._active = turn
-        early, self._early = self._early, None  # this turn's, if any
-        self._early_quota.turn_committed()
-        if early is not None and commit.kind != "speech":
-            self._drop_early(early, turn)
-            early = None
+        early = self.early.take(turn, commit.kind == "speech")  # this turn's, if any
         self._turn_task = self.tg.create_task(
             self._run_turn(turn, early), name=f"{self.call_sid}:turn{turn.index}"
         )
@@ -496,8 +464,6 @@ class CallSession:
             turn.mark("stt_final", commit.stt_final)
         turn.fallbacks.extend(self._pending_faults)
         self._pending_faults.clear()
-        self._bill_unused(turn, self._early_unused)
-        self._early_unused.clear()
         self.turns.append(turn)
         return turn
 
@@ -567,11 +533,7 @@ class CallSession:
                 return
             raise
         finally:
-            if early is not None and not early.adopted:  # the caller's words were not those it asked
-                self._drop_early(early, None if turn.outcome == "merged" else turn)
-            elif early is not None:
-                turn.usage["early_used"] = True
-                self._early_quota.used()
+            self.early.finished(early, turn, turn.outcome == "merged")
             if turn.outcome != "merged":
                 self.routing.outcome(turn.outcome)
                 if turn.heard or turn.reply:

@@ -18,7 +18,7 @@ from tests.test_ladder import ladder_env
 from voxroute.agent.bargein import BargeInPolicy
 from voxroute.agent.config import load_config
 from voxroute.agent.ladder import LLMLadder
-from voxroute.agent.preemptive import EarlyQuota, EarlyRequest, same_words
+from voxroute.agent.preemptive import EarlyQuota, EarlyRequest, EarlyRequests, same_words
 from voxroute.agent.providers.base import LLMRequest, LLMUsage
 from voxroute.agent.timeline import Clock, TurnRecord
 from voxroute.agent.turns import Commit, Merge, TurnPolicy, TurnTaker
@@ -89,6 +89,41 @@ def test_the_quota_allows_a_few_per_turn_and_stops_after_misses_in_a_row():
     assert quota.missed()  # the third in a row: no more in this call
     quota.turn_committed()
     assert not quota.may_start()
+
+
+def test_the_call_book_bills_every_unused_request_to_a_turn_and_keeps_a_used_one():
+    book = EarlyRequests(per_turn=2, max_misses=3, models={"fast": PRICED}, call_sid="CA1")
+    first = EarlyRequest("where is", "fast", request(), 0.0)
+    assert book.may_start("where is")
+    book.started(first)
+    assert not book.may_start("where is my")  # one pending at a time
+    book.heard("where is")  # the same words: kept
+    assert book.pending is first
+    book.heard("where is my order")  # new words: cancelled, waiting for the next turn's bill
+    assert book.pending is None and book.unused == [first]
+    second = EarlyRequest("where is my order", "fast", request(), 10.0)
+    book.started(second)
+    book.declined = "hello"
+    assert not book.may_start("hello")
+    turn = TurnRecord(index=1, kind="speech", language="en-IN")
+    assert book.take(turn, speech=True) is second
+    assert turn.usage["early_unused"] == 1 and book.unused == []
+    assert turn.usage["by_path"]["fast"]["cost_usd"] == pytest.approx(first.cost(PRICED)[2], abs=1e-8)
+    second.adopted = True
+    book.finished(second, turn, merged=False)
+    assert turn.usage["early_used"] is True and book.quota.misses == 0
+    # a keypad turn takes no early request: the pending one is billed to it at once
+    third = EarlyRequest("one two", "fast", request(), 20.0)
+    book.started(third)
+    keys = TurnRecord(index=2, kind="dtmf", language="en-IN")
+    assert book.take(keys, speech=False) is None
+    assert keys.usage["early_unused"] == 1 and book.quota.misses == 1
+    # a merged turn's unused request goes to the next turn
+    fourth = EarlyRequest("and", "fast", request(), 30.0)
+    book.started(fourth)
+    merged = TurnRecord(index=3, kind="speech", language="en-IN")
+    book.finished(book.take(merged, speech=True), merged, merged=True)
+    assert "early_unused" not in merged.usage and book.unused == [fourth]
 
 
 class Caller:
