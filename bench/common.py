@@ -31,6 +31,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def percentile(values: list[float], q: float) -> float | None:
+    """The ``q``-th percentile of ``values`` (linear interpolation, rounded to 3 places); None when empty."""
+    if not values:
+        return None
+    values = sorted(values)
+    k = (len(values) - 1) * q / 100
+    lo = int(k)
+    hi = min(lo + 1, len(values) - 1)
+    return round(values[lo] + (values[hi] - values[lo]) * (k - lo), 3)
+
+
 def load_loop() -> str:
     """The event loop for a benchmark's load side (its generator and the emulators): uvloop when
     installed, so that the side sharing one core with the emulators can drive more calls."""

@@ -24,9 +24,8 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import processes
+from bench.common import percentile, processes
 from bench.concurrency import LIMIT_MS, run_step
-from voxroute.agent.metrics import _pct
 
 STALL_S = 0.05  # a loop timer this late is a stall (agent/loopwatch.py's default)
 
@@ -60,8 +59,8 @@ def turn_figures(calls: list[dict]) -> dict:
     return {
         "turns": len(turns),
         "within_budget": sum(1 for t in turns if t.get("within_budget")),
-        "first_audio_p50_ms": _pct(first, 50),
-        "first_audio_p99_ms": _pct(first, 99),
+        "first_audio_p50_ms": percentile(first, 50),
+        "first_audio_p99_ms": percentile(first, 99),
         "first_audio_max_ms": max(first) if first else None,
         "english_turns": len(english),
         "english_with_bridge": sum(1 for t in english if t.get("bridge")),
@@ -71,11 +70,11 @@ def turn_figures(calls: list[dict]) -> dict:
             kind: sum(1 for t in english if t.get("bridge") and t.get("bridge_kind") == kind)
             for kind in ("cached", "ack", "tool")
         },
-        "english_first_audio_p50_ms": _pct(
+        "english_first_audio_p50_ms": percentile(
             [t["first_audio_ms"] for t in english if t.get("first_audio_ms")], 50
         ),
-        "stt_final_after_speech_end_p50_ms": _pct(stt_lag, 50),
-        "stt_final_after_speech_end_p99_ms": _pct(stt_lag, 99),
+        "stt_final_after_speech_end_p50_ms": percentile(stt_lag, 50),
+        "stt_final_after_speech_end_p99_ms": percentile(stt_lag, 99),
         "not_heard": sum(1 for t in english if t.get("outcome") == "not_heard"),
     }
 

@@ -39,9 +39,8 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import processes, webhook_params
+from bench.common import percentile, processes, webhook_params
 from voxroute.agent.fixture import all_fixture_names, load
-from voxroute.agent.metrics import _pct
 from voxroute.emulators.carrier import dial
 from voxroute.replay import operator_headers
 from voxroute.server import ws_url
@@ -114,8 +113,8 @@ async def run(rounds: int) -> dict:
     out: dict = {"turns": len(rows)}
     for key in ("added", "end_to_end", *PARTS):
         vals = [r[key] for r in rows]
-        out[f"{key}_ms_p50"] = _pct(vals, 50)
-        out[f"{key}_ms_p99"] = _pct(vals, 99)
+        out[f"{key}_ms_p50"] = percentile(vals, 50)
+        out[f"{key}_ms_p99"] = percentile(vals, 99)
     out["slowest"] = sorted(rows, key=lambda r: -r["added"])[:5]  # where a p99 comes from
     out["per_turn"] = rows
     return out

@@ -59,10 +59,9 @@ from pathlib import Path
 import httpx
 
 from bench.common import LOAD_FIXTURES as FIXTURES
-from bench.common import processes, webhook_params
+from bench.common import percentile, processes, webhook_params
 from voxroute.agent.calllog.store import SPOOL_DIR
 from voxroute.agent.fixture import load
-from voxroute.agent.metrics import _pct
 from voxroute.emulators.carrier import dial
 from voxroute.replay import operator_headers
 from voxroute.server import ws_url
@@ -317,7 +316,7 @@ def lost_records(seen: Seen, calls: set[str], turns: dict[str, set[int]]) -> dic
 
 
 def _pcts(values: list[float]) -> tuple[float | None, float | None]:
-    return _pct(values, 50), _pct(values, 99)
+    return percentile(values, 50), percentile(values, 99)
 
 
 async def load_phase(base: str, pid: int, calls: int, duration_s: float, warmup_s: float, seen: Seen) -> dict:
@@ -475,17 +474,17 @@ def run(
         "lag_source": lag_source,
         "lag_p50_ms": lag_p50,
         "lag_p99_ms": lag_p99,
-        "healthz_ms_p50": _pct(health, 50),
-        "healthz_ms_p99": _pct(health, 99),
+        "healthz_ms_p50": percentile(health, 50),
+        "healthz_ms_p99": percentile(health, 99),
         "healthz_ms_max": round(max(health), 1) if health else None,
         "healthz_errors": seen.healthz_errors,
-        "generator_lag_ms_p99": _pct(gen_lag, 99),
+        "generator_lag_ms_p99": percentile(gen_lag, 99),
         "server_loop_cpu_share": cpu_share,
         "server_loop_runqueue_wait_share": wait_share,
         "server_inbound_lag_ms_p99": stats.get("inbound_lag_ms_p99"),
         "server_outbound_late_ms_p99": stats.get("outbound_late_ms_p99"),
-        "first_audio_ms_p50": _pct(first_audio, 50),
-        "first_audio_ms_p99": _pct(first_audio, 99),
+        "first_audio_ms_p50": percentile(first_audio, 50),
+        "first_audio_ms_p99": percentile(first_audio, 99),
         "within_budget_share": round(sum(budgeted) / len(budgeted), 4) if budgeted else None,
         "rss_samples_mb": [
             (round(t), round(kb / 1024, 1)) for t, kb in seen.rss_kb[:: max(1, len(seen.rss_kb) // 120)]
