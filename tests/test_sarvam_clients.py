@@ -348,3 +348,31 @@ async def test_tts_spare_is_kept_alive_by_pings(call: Fixture) -> None:
             pcm, stream = await speak(tts, "Still here.")
             assert pcm and stream.warm
         assert state.handshakes["tts_ws"] <= 2  # the spare, plus at most its replacement
+
+
+async def test_tts_sockets_of_concurrent_utterances_go_back_to_the_pool(call: Fixture) -> None:
+    """Three utterances at once (many calls in one process): each socket returns to the pool, so the
+    next three need no handshake; past the most recent, spares idle for ``spare_idle_s`` are closed."""
+    async with running(call) as (ws_base, http, state):
+        async with SarvamTTS("k", ws_base, http, ping_interval_s=0.02, spare_idle_s=0.1) as tts:
+            async with asyncio.timeout(5):
+                await tts.wait_warm("hi-IN")
+            await asyncio.gather(*(speak(tts, f"Jawab {i}.") for i in range(3)))
+            assert tts.spares("hi-IN") >= 3  # the three (and the warm-up that replaced the first)
+            handshakes = state.handshakes["tts_ws"]
+            results = await asyncio.gather(*(speak(tts, f"Doosra {i}.") for i in range(3)))
+            assert all(stream.warm for _, stream in results)  # type: ignore[attr-defined]
+            assert state.handshakes["tts_ws"] == handshakes
+            async with asyncio.timeout(5):  # the keep-alive loop trims the idle ones
+                while tts.spares("hi-IN") > 1:
+                    await asyncio.sleep(0.02)
+            assert tts.warm_ready("hi-IN")
+
+
+async def test_tts_pool_keeps_at_most_max_spares(call: Fixture) -> None:
+    async with running(call) as (ws_base, http, _state):
+        async with SarvamTTS("k", ws_base, http, max_spares=2) as tts:
+            async with asyncio.timeout(5):
+                await tts.wait_warm("hi-IN")
+            await asyncio.gather(*(speak(tts, f"Jawab {i}.") for i in range(4)))
+            assert tts.spares("hi-IN") == 2

@@ -13,9 +13,11 @@ client (:mod:`voxroute.agent.providers.wsclient`: the ``websockets`` sans-I/O pr
   format: Bulbul is asked for that codec and rate (``mulaw``/``alaw`` at 8000, ``linear16`` at the
   carrier's rate) and its audio passes through untouched, no decode and re-encode on the way out.
   Bulbul has no cancel message, so barge-in closes the socket; to keep the next reply off the
-  handshake path the provider keeps one spare socket per (language, speaker, format) connected and
-  configured, warmed by tasks of the provider's own TaskGroup (``async with SarvamTTS(...) as
-  tts``) and pinged every 20 s. A socket whose utterance completed normally goes back to the pool.
+  handshake path the provider keeps spare sockets per (language, speaker, format) connected and
+  configured: one warmed by tasks of the provider's own TaskGroup (``async with SarvamTTS(...) as
+  tts``), and each socket whose utterance completed normally goes back to the pool, up to
+  ``max_spares`` per key (many calls in one process each need one at once). Spares are pinged every
+  20 s; past the first, one idle for ``spare_idle_s`` is closed, so the pool shrinks with the load.
 
 Every failure surfaces as :class:`~agent.providers.base.ProviderError` with a FaultKind:
 handshake 401/403 -> ``http_error``, 429 -> ``http_429``, 5xx -> ``http_500``, socket dropped ->
@@ -310,7 +312,8 @@ class SarvamSTT:
 @dataclass
 class _Spare:
     ws: WebSocketClient
-    since: float
+    since: float  # last sent to (connected, returned, or pinged)
+    returned: float  # when it went back to the pool (idle since)
 
 
 class _Linear16:
@@ -425,6 +428,8 @@ class SarvamTTS:
         min_buffer_size: int | None = None,
         warm: bool = True,
         ping_interval_s: float = 20.0,
+        max_spares: int = 64,
+        spare_idle_s: float = 60.0,
         connect_timeout_s: float = 5.0,
         rest_timeout_s: float = 10.0,
         http_client: httpx.AsyncClient | None = None,
@@ -438,11 +443,13 @@ class SarvamTTS:
         self.min_buffer_size = min_buffer_size
         self.warm_enabled = warm
         self.ping_interval_s = ping_interval_s
+        self.max_spares = max_spares
+        self.spare_idle_s = spare_idle_s
         self.connect_timeout_s = connect_timeout_s
         self.rest_timeout_s = rest_timeout_s
         self._http = http_client
         self._own_http = http_client is None
-        self._spares: dict[TtsKey, _Spare] = {}
+        self._spares: dict[TtsKey, list[_Spare]] = {}  # per key, the last returned at the end
         self._warming: set[TtsKey] = set()
         self._spare_ready: dict[TtsKey, asyncio.Event] = {}
         self._tg: asyncio.TaskGroup | None = None
@@ -491,7 +498,7 @@ class SarvamTTS:
         task.add_done_callback(self._tasks.discard)
 
     async def _close_spares(self) -> None:
-        spares, self._spares = list(self._spares.values()), {}
+        spares, self._spares = [s for pool in self._spares.values() for s in pool], {}
         for spare in spares:
             await _close_ws(spare.ws)
 
@@ -524,18 +531,22 @@ class SarvamTTS:
         return ws
 
     def _take_spare(self, key: TtsKey) -> WebSocketClient | None:
-        spare = self._spares.pop(key, None)
-        if spare is None:
-            return None
-        if spare.ws.state is not State.OPEN:
+        """The most recently returned open spare of ``key`` (closed ones on the way are dropped)."""
+        pool = self._spares.get(key)
+        while pool:
+            spare = pool.pop()
+            if spare.ws.state is State.OPEN:
+                return spare.ws
             spare.ws.transport.abort()
-            return None
-        return spare.ws
+        return None
+
+    def spares(self, language: str, voice: str | None = None, fmt: WireFormat = PCM16_8K) -> int:
+        """Open spare sockets of that key."""
+        pool = self._spares.get(self._key(language, voice, fmt), [])
+        return sum(1 for spare in pool if spare.ws.state is State.OPEN)
 
     def warm_ready(self, language: str, voice: str | None = None, fmt: WireFormat = PCM16_8K) -> bool:
-        key = self._key(language, voice, fmt)
-        spare = self._spares.get(key)
-        return spare is not None and spare.ws.state is State.OPEN
+        return self.spares(language, voice, fmt) > 0
 
     async def wait_warm(self, language: str, voice: str | None = None, fmt: WireFormat = PCM16_8K) -> None:
         """Pre-warm and wait until the spare is connected (bound it with ``asyncio.timeout``)."""
@@ -545,7 +556,8 @@ class SarvamTTS:
             await self._spare_ready.setdefault(key, asyncio.Event()).wait()
 
     def _add_spare(self, key: TtsKey, ws: WebSocketClient) -> None:
-        self._spares[key] = _Spare(ws, time.monotonic())
+        now = time.monotonic()
+        self._spares.setdefault(key, []).append(_Spare(ws, now, now))
         event = self._spare_ready.pop(key, None)
         if event is not None:
             event.set()
@@ -553,7 +565,7 @@ class SarvamTTS:
     def _schedule_warm(self, key: TtsKey, tag: str | None) -> None:
         if self._tg is None or self._closed or not self.warm_enabled:
             return
-        if key in self._spares or key in self._warming:
+        if self._spares.get(key) or key in self._warming:
             return
         self._warming.add(key)
         self._spawn(self._warm_up(key, tag))
@@ -569,36 +581,42 @@ class SarvamTTS:
             return
         finally:
             self._warming.discard(key)
-        if self._closed or key in self._spares:
+        if self._closed or self._spares.get(key):
             await _close_ws(ws)
         else:
             self._add_spare(key, ws)
 
     async def _release(self, key: TtsKey, ws: WebSocketClient) -> None:
-        """An utterance completed: keep its configured socket as the spare if there is none."""
-        if not self._closed and self._tg is not None and self.warm_enabled and key not in self._spares:
-            if ws.state is State.OPEN:
+        """An utterance completed: its configured socket goes back to the pool, if there is room."""
+        if not self._closed and self._tg is not None and self.warm_enabled and ws.state is State.OPEN:
+            if len(self._spares.get(key, ())) < self.max_spares:
                 self._add_spare(key, ws)
                 return
         await _close_ws(ws)
 
     async def _keep_spares_alive(self) -> None:
-        """Bulbul closes a socket idle for ~60 s; ping spares every ``ping_interval_s``."""
+        """Bulbul closes a socket idle for ~60 s; ping spares every ``ping_interval_s``. Past the
+        most recently returned one, a spare idle for ``spare_idle_s`` is closed."""
         while True:
             await asyncio.sleep(self.ping_interval_s)
             now = time.monotonic()
-            for key, spare in list(self._spares.items()):
-                try:
-                    if spare.ws.state is not State.OPEN:
-                        raise ConnectionError("spare socket closed")
-                    if now - spare.since >= self.ping_interval_s * 0.9:
-                        await spare.ws.send(tts_ping())
-                        spare.since = now
-                except (ConnectionClosed, ConnectionError, OSError) as exc:
-                    log.info("%s: dropping spare socket for %s: %r", TTS_PROVIDER, key, exc)
-                    if self._spares.get(key) is spare:
-                        self._spares.pop(key, None)
-                    spare.ws.transport.abort()
+            for key, pool in list(self._spares.items()):
+                for spare in list(pool):
+                    try:
+                        if spare.ws.state is not State.OPEN:
+                            raise ConnectionError("spare socket closed")
+                        if spare is not pool[-1] and now - spare.returned >= self.spare_idle_s:
+                            pool.remove(spare)
+                            await _close_ws(spare.ws)
+                            continue
+                        if now - spare.since >= self.ping_interval_s * 0.9:
+                            await spare.ws.send(tts_ping())
+                            spare.since = now
+                    except (ConnectionClosed, ConnectionError, OSError) as exc:
+                        log.info("%s: dropping spare socket for %s: %r", TTS_PROVIDER, key, exc)
+                        if spare in pool:
+                            pool.remove(spare)
+                        spare.ws.transport.abort()
 
     # -- the TTSProvider interface
 
