@@ -86,8 +86,10 @@ class ClientShards:
         sizes = [SHARD_CONNECTIONS] * (max_connections // SHARD_CONNECTIONS)
         if max_connections % SHARD_CONNECTIONS:
             sizes.append(max_connections % SHARD_CONNECTIONS)
+        tls = httpx.create_ssl_context()  # one for all: building one loads the CA store (~20 ms)
         self.clients = [
             httpx.AsyncClient(
+                verify=tls,
                 timeout=timeout,
                 limits=httpx.Limits(max_connections=n, max_keepalive_connections=n, keepalive_expiry=60.0),
             )
