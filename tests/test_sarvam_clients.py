@@ -354,7 +354,7 @@ async def test_tts_sockets_of_concurrent_utterances_go_back_to_the_pool(call: Fi
     """Three utterances at once (many calls in one process): each socket returns to the pool, so the
     next three need no handshake; past the most recent, spares idle for ``spare_idle_s`` are closed."""
     async with running(call) as (ws_base, http, state):
-        async with SarvamTTS("k", ws_base, http, ping_interval_s=0.02, spare_idle_s=0.1) as tts:
+        async with SarvamTTS("k", ws_base, http) as tts:
             async with asyncio.timeout(5):
                 await tts.wait_warm("hi-IN")
             await asyncio.gather(*(speak(tts, f"Jawab {i}.") for i in range(3)))
@@ -363,10 +363,13 @@ async def test_tts_sockets_of_concurrent_utterances_go_back_to_the_pool(call: Fi
             results = await asyncio.gather(*(speak(tts, f"Doosra {i}.") for i in range(3)))
             assert all(stream.warm for _, stream in results)  # type: ignore[attr-defined]
             assert state.handshakes["tts_ws"] == handshakes
-            async with asyncio.timeout(5):  # the keep-alive loop trims the idle ones
-                while tts.spares("hi-IN") > 1:
-                    await asyncio.sleep(0.02)
-            assert tts.warm_ready("hi-IN")
+            now = time.monotonic()
+            pooled = tts.spares("hi-IN")
+            assert pooled >= 3 and tts.idle_spares(now) == []  # none idle for a minute yet
+            idle = tts.idle_spares(now + 61)  # a minute on: all but the most recently returned
+            assert len(idle) == pooled - 1 and tts.spares("hi-IN") == 1
+            for spare in idle:
+                spare.ws.transport.abort()
 
 
 async def test_tts_pool_keeps_at_most_max_spares(call: Fixture) -> None:

@@ -594,21 +594,29 @@ class SarvamTTS:
                 return
         await _close_ws(ws)
 
+    def idle_spares(self, now: float) -> list[_Spare]:
+        """Take out of the pool the spares idle for ``spare_idle_s`` at ``now`` (monotonic s), past
+        the most recently returned one of each key: the pool shrinks when the load does."""
+        idle = []
+        for pool in self._spares.values():
+            keep = [s for s in pool[:-1] if now - s.returned < self.spare_idle_s] + pool[-1:]
+            idle += [s for s in pool if s not in keep]
+            pool[:] = keep
+        return idle
+
     async def _keep_spares_alive(self) -> None:
         """Bulbul closes a socket idle for ~60 s; ping spares every ``ping_interval_s``. Past the
         most recently returned one, a spare idle for ``spare_idle_s`` is closed."""
         while True:
             await asyncio.sleep(self.ping_interval_s)
             now = time.monotonic()
+            for spare in self.idle_spares(now):
+                await _close_ws(spare.ws)
             for key, pool in list(self._spares.items()):
                 for spare in list(pool):
                     try:
                         if spare.ws.state is not State.OPEN:
                             raise ConnectionError("spare socket closed")
-                        if spare is not pool[-1] and now - spare.returned >= self.spare_idle_s:
-                            pool.remove(spare)
-                            await _close_ws(spare.ws)
-                            continue
                         if now - spare.since >= self.ping_interval_s * 0.9:
                             await spare.ws.send(tts_ping())
                             spare.since = now
