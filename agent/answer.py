@@ -167,8 +167,8 @@ class Answerer:
 
     def early_request(
         self, index: int, text: str, language: str, speech_end: float
-    ) -> tuple[str, LLMRequest] | None:
-        """(path, request) of the first model attempt turn ``index`` would make if the caller's
+    ) -> tuple[str, LLMRequest, str | None] | None:
+        """(path, request, routing class) of the first model attempt turn ``index`` would make if the caller's
         words were ``text`` (an early request: agent/preemptive.py). The route is decided on a copy
         of the conversation's routing state; the turn decides again when it commits. None when the
         turn would not begin with a model request of its own (a handoff) or its path cools down.
@@ -185,10 +185,13 @@ class Answerer:
         first = self.s.services.router.models(self.s.tenant)[route.paths[0]]
         if self.s.config.ladder.early_request == "fast" and first.tier != "fast":
             if route.bridge_first and self._fast_path_healthy(route):
-                return self._ack_ladder(turn, None, said).first_request(list(route.fast_paths))
-            return None
-        history = with_guidance(said, route.guidance)
-        return self._ladder(turn, history=history, tools=self._offered()).first_request(list(route.paths))
+                got = self._ack_ladder(turn, None, said).first_request(list(route.fast_paths))
+            else:
+                return None
+        else:
+            history = with_guidance(said, route.guidance)
+            got = self._ladder(turn, history=history, tools=self._offered()).first_request(list(route.paths))
+        return None if got is None else (*got, route.routing_class)
 
     def _offered(self) -> list[dict]:
         """The tools offered to the model: the built-in ones and the tenant's."""

@@ -74,11 +74,21 @@ class EarlyQuota:
 
 
 class EarlyRequest:
-    def __init__(self, text: str, path: str, request: LLMRequest, started: float) -> None:
+    def __init__(
+        self,
+        text: str,
+        path: str,
+        request: LLMRequest,
+        started: float,
+        index: int = 0,
+        routing_class: str | None = None,
+    ) -> None:
         self.text = text  # what the STT had heard (the caller's words in the request)
         self.path = path  # the model path it asks
         self.request = request
         self.started = started  # clock ms
+        self.index = index  # the caller turn it is for
+        self.routing_class = routing_class  # the route decided on the words heard
         self.events: asyncio.Queue[Any] = asyncio.Queue()
         self.task: asyncio.Task | None = None
         self.adopted = False  # a ladder took it as its first attempt

@@ -386,9 +386,9 @@ class CallSession:
         if got is None:
             self.early.declined = text  # (a reasoning route, a handoff): not asked again
             return
-        path, request = got
+        path, request, routing_class = got
         mp = self.services.router.models(self.tenant)[path]
-        early = EarlyRequest(text, path, request, now)
+        early = EarlyRequest(text, path, request, now, index, routing_class)
         try:
             early.start(self.tg, self.services.llms[mp.provider], mp.provider, cfg.stall_timeout_ms)
         except RuntimeError:  # the call's task group is ending (the caller hung up): nothing to answer

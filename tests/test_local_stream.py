@@ -483,3 +483,34 @@ def test_the_scripted_acknowledgement_is_not_the_answers_first_sentence_said_twi
     ack_text, answer_text = scripted.reply(ack), scripted.reply(answer)
     assert answer_text is not None and answer_text.startswith("I am sorry you were charged")
     assert ack_text in scripted.EN["ack"] and ack_text.split(".")[0] not in answer_text
+
+
+def test_an_early_request_gets_the_scripted_reply_of_its_route_and_stays_as_asked():
+    """An early request (agent/preemptive.py) is made before its turn is committed: the class lookup
+    finds the route on the call's pending early request (before, it found none, and the demo's early
+    turns got the emulator's generic lines: "Thanks for calling. What can I help you with today?"
+    to the caller's thanks). The wrapper marks a copy: the request the ladder compares with the
+    turn's own stays as asked."""
+    from types import SimpleNamespace
+
+    from voxroute.agent.preemptive import EarlyRequest
+    from voxroute.agent.providers.base import LLMRequest
+    from voxroute.agent.providers.local import ClassTaggedLLM
+    from voxroute.agent.providers.local.stack import class_lookup
+    from voxroute.emulators import scripted
+
+    class Inner:
+        name = "emulated"
+
+        def stream(self, request, **kwargs):
+            return request.messages
+
+    user = [{"role": "user", "content": "Okay, great. Thank you so much."}]
+    request = LLMRequest("m", list(user), tag="CA1:2")
+    pending = EarlyRequest(user[0]["content"], "fast", request, 0.0, index=2, routing_class="faq")
+    session = SimpleNamespace(turns=[], early=SimpleNamespace(pending=pending))
+    class_of = class_lookup({"CA1": session})  # type: ignore[dict-item]
+    assert class_of("CA1:2") == "faq" and class_of("CA1:3") is None
+    sent = ClassTaggedLLM(Inner(), class_of).stream(request)
+    assert scripted.routing_class(sent) == "faq"
+    assert request.messages == user  # the early request itself is as asked

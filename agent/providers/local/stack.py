@@ -3,6 +3,7 @@ the rest, and the scripted LLM's routing-class line."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
@@ -94,9 +95,12 @@ class ClassTaggedLLM:
     def stream(self, request, **kwargs):
         cls = self.class_of(request.tag) if request.tag else None
         if cls:
-            request.messages = [*request.messages, {"role": "system", "content": f"{CLASS_MARKER} {cls}"}]
+            # a copy: the caller's request stays as asked (an early request is compared with the
+            # turn's own request word for word, agent/preemptive.py)
+            marked = [*request.messages, {"role": "system", "content": f"{CLASS_MARKER} {cls}"}]
             if request.tag.split(":")[2:3] == ["ack"]:
-                request.messages.append({"role": "system", "content": ACK_MARKER})
+                marked.append({"role": "system", "content": ACK_MARKER})
+            request = dataclasses.replace(request, messages=marked)
         return self.inner.stream(request, **kwargs)
 
     async def aclose(self) -> None:
@@ -118,6 +122,9 @@ def class_lookup(calls: Mapping[str, CallSession]) -> Callable[[str], str | None
         for turn in reversed(session.turns):
             if turn.index == index:
                 return turn.route.routing_class if turn.route is not None else None
+        early = session.early.pending  # an early request: the turn is not committed yet
+        if early is not None and early.index == index:
+            return early.routing_class
         return None
 
     return class_of
