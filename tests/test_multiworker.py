@@ -219,18 +219,20 @@ async def cluster(tmp_path: Path, twilio_token: str | None = None, **shutdown) -
     emulators of this process), one PostgreSQL database. ``twilio_token``: the workers check Twilio's
     signatures with it."""
     nginx = _nginx()
-    proxy_port, ports, media = _free_port(), [_free_port(), _free_port()], [_free_port(), _free_port()]
-    data = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
-    data.setdefault("telephony", {})["public_base_url"] = f"http://127.0.0.1:{proxy_port}"
-    data.setdefault("shutdown", {}).update(shutdown)
-    config = tmp_path / "voxroute.yaml"
-    config.write_text(yaml.safe_dump(data, allow_unicode=True))
-    nginx_dir = tmp_path / "nginx"
-    nginx_dir.mkdir()
-    # The media upstream lists the workers the other way round: a call's first webhook and its stream
-    # land on different workers (each upstream takes turns on its own), as they may in production.
-    conf = render_nginx(nginx_dir, proxy_port, ports, media[::-1])
     async with _postgres_database("voxroute_workers") as database, run_emulators("zero") as emu:
+        # The ports are picked once the emulators listen: picked before, one of them was free when
+        # picked and an emulator's by the time its worker started (address already in use).
+        proxy_port, ports, media = _free_port(), [_free_port(), _free_port()], [_free_port(), _free_port()]
+        data = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
+        data.setdefault("telephony", {})["public_base_url"] = f"http://127.0.0.1:{proxy_port}"
+        data.setdefault("shutdown", {}).update(shutdown)
+        config = tmp_path / "voxroute.yaml"
+        config.write_text(yaml.safe_dump(data, allow_unicode=True))
+        nginx_dir = tmp_path / "nginx"
+        nginx_dir.mkdir()
+        # The media upstream lists the workers the other way round: a call's first webhook and its stream
+        # land on different workers (each upstream takes turns on its own), as they may in production.
+        conf = render_nginx(nginx_dir, proxy_port, ports, media[::-1])
         urls = {"sarvam": emu.sarvam_url, "openrouter": emu.openrouter_url, "twilio": emu.urls.twilio_api}
         env = {**_bare_env(), "VOXROUTE_DATABASE_URL": database, "VOXROUTE_CALLER_SALT": "salt-of-this-test"}
         if twilio_token:
