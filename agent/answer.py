@@ -184,10 +184,9 @@ class Answerer:
         said = [*self.s.history, {"role": "user", "content": text}]
         first = self.s.services.router.models(self.s.tenant)[route.paths[0]]
         if self.s.config.ladder.early_request == "fast" and first.tier != "fast":
-            if route.bridge_first and self._fast_path_healthy(route):
-                got = self._ack_ladder(turn, None, said).first_request(list(route.fast_paths))
-            else:
+            if not (route.bridge_first and self._fast_path_healthy(route)):
                 return None
+            got = self._ack_ladder(turn, None, said).first_request(list(route.fast_paths))
         else:
             history = with_guidance(said, route.guidance)
             got = self._ladder(turn, history=history, tools=self._offered()).first_request(list(route.paths))

@@ -190,8 +190,6 @@ class EarlyRequests:
             self.bill(turn, [early])
 
     def bill(self, turn: TurnRecord, unused: list[EarlyRequest]) -> None:
-        if not unused:
-            return
         for early in unused:
             prompt, completion, cost, estimated = early.cost(self._models[early.path])
             add_usage(turn.usage, early.path, prompt, completion, cost, estimated)

@@ -95,13 +95,13 @@ class ClientShards:
             )
             for n in sizes
         ]
+        self.sizes = sizes
         self.in_flight = [0] * len(sizes)
-        self._room = [float(n) for n in sizes]
 
     @contextlib.contextmanager
     def lease(self) -> Iterator[httpx.AsyncClient]:
         """The client with the fewest requests in flight per connection, for one request."""
-        i = min(range(len(self.clients)), key=lambda k: self.in_flight[k] / self._room[k])
+        i = min(range(len(self.clients)), key=lambda k: self.in_flight[k] / self.sizes[k])
         self.in_flight[i] += 1
         try:
             yield self.clients[i]

@@ -597,10 +597,11 @@ class SarvamTTS:
     def idle_spares(self, now: float) -> list[_Spare]:
         """Take out of the pool the spares idle for ``spare_idle_s`` at ``now`` (monotonic s), past
         the most recently returned one of each key: the pool shrinks when the load does."""
-        idle = []
+        idle: list[_Spare] = []
         for pool in self._spares.values():
-            keep = [s for s in pool[:-1] if now - s.returned < self.spare_idle_s] + pool[-1:]
-            idle += [s for s in pool if s not in keep]
+            keep = pool[-1:]
+            for spare in pool[:-1]:
+                (idle if now - spare.returned >= self.spare_idle_s else keep).append(spare)
             pool[:] = keep
         return idle
 
