@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -9,8 +10,10 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 
 import httpx
+import numpy as np
 
 # The fixture calls a load benchmark cycles through (one of each kind of call, both languages).
 LOAD_FIXTURES = [
@@ -31,25 +34,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    """The ``q``-th percentile of ``values`` (linear interpolation, rounded to 3 places); None when empty."""
+def percentile(values: list[float], q: float, places: int = 3) -> float | None:
+    """The ``q``-th percentile of ``values`` (linear interpolation, as the server's own figures:
+    agent/samples.py), rounded to ``places``; None when empty."""
     if not values:
         return None
-    values = sorted(values)
-    k = (len(values) - 1) * q / 100
-    lo = int(k)
-    hi = min(lo + 1, len(values) - 1)
-    return round(values[lo] + (values[hi] - values[lo]) * (k - lo), 3)
+    return round(float(np.percentile(values, q)), places)
 
 
-def load_loop() -> str:
-    """The event loop for a benchmark's load side (its generator and the emulators): uvloop when
-    installed, so that the side sharing one core with the emulators can drive more calls."""
+def load_loop() -> tuple[str, Callable[[], asyncio.AbstractEventLoop] | None]:
+    """The event loop for a benchmark's load side (its generator and the emulators), its name and
+    factory: uvloop when installed, so that the side sharing one core with the emulators can drive
+    more calls."""
     try:
-        import uvloop  # noqa: F401
+        import uvloop
     except ImportError:
-        return "asyncio"
-    return "uvloop"
+        return "asyncio", None
+    return "uvloop", uvloop.new_event_loop
 
 
 def pin(server_pid: int, others: list[int], load_first: bool = False) -> str:

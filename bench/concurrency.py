@@ -120,7 +120,7 @@ async def run(
         processes(
             pinned,
             serve_args=(*serve_args, *_workers_args(workers, own)),
-            emulator_loop=load_loop(),
+            emulator_loop=load_loop()[0],
             load_first=True,
         ) as (base, _pid),
     ):
@@ -225,12 +225,7 @@ def main() -> None:
     args = ap.parse_args()
     steps = [int(x) for x in args.steps.split(",")]
     pinned = not args.no_pin and args.workers == 1  # several workers: the scheduler places them
-    loop = load_loop()  # the load generator's loop, as the emulators'
-    factory = None
-    if loop == "uvloop":
-        import uvloop
-
-        factory = uvloop.new_event_loop
+    loop, factory = load_loop()  # the load generator's loop, as the emulators'
     with asyncio.Runner(loop_factory=factory) as runner:
         result = runner.run(
             run(
