@@ -62,7 +62,7 @@ from typing import Any
 
 import httpx
 
-from bench.common import LOAD_FIXTURES, pin, step_result, webhook_params
+from bench.common import LOAD_FIXTURES, percentile, pin, step_result, webhook_params
 from bench.concurrency import LIMIT_MS, passes
 from voxroute.agent.config import Config, load_config
 from voxroute.agent.fixture import load
@@ -78,15 +78,6 @@ AGENT_WAIT_S = 20.0
 # bench.common's load fixtures, the Hindi call second so that a short run has one: both Pipecat bots
 # set their Sarvam STT and TTS to the language the call's stream parameters name, as voxroute does
 FIXTURES = sorted(LOAD_FIXTURES, key=lambda f: f != "order_status" and not f.startswith("hindi"))
-
-
-def _percentile(values: list[float], pct: float) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    k = (len(s) - 1) * pct / 100
-    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
-    return round(s[lo] + (s[hi] - s[lo]) * (k - lo), 1)
 
 
 def budget_ms(config: Config, language: str | None = None) -> int:
@@ -123,7 +114,7 @@ def summary(calls: list[dict[str, Any]], cpu_s: float) -> dict[str, Any]:
         "turns": len(turns),
         "within_budget": sum(t["within_budget"] for t in turns),
         "first_audio_ms_p50": round(statistics.median(fa), 1) if fa else None,
-        "first_audio_ms_p95": _percentile(fa, 95),
+        "first_audio_ms_p95": percentile(fa, 95, places=1),
         "dead_air_turns": sum(t["dead_air"] for t in turns),
         "calls_ended_early": sum(not c["completed"] for c in calls),
         "cost_per_call": round(sum(c["cost_usd"] for c in calls) / len(calls), 6) if calls else None,

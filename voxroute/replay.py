@@ -28,6 +28,7 @@ from urllib.parse import quote
 
 import httpx
 
+from voxroute.agent.calllog.report import percentile
 from voxroute.agent.config import Config, load_config
 from voxroute.agent.fixture import Fixture, load
 from voxroute.runtime import EmulatorURLs, build_services, create_runtime_app, emulator_options
@@ -309,16 +310,8 @@ def summarise(calls: list[dict[str, Any]]) -> dict[str, Any]:
         "bridges": sum(bool(t["bridge"]) for t in turns),
         "fallbacks": sum(len(t["fallbacks"]) for t in turns),
         "first_audio_ms_p50": round(statistics.median(fa), 1) if fa else None,
-        "first_audio_ms_p95": round(_percentile(fa, 95), 1) if fa else None,
+        "first_audio_ms_p95": round(percentile(fa, 95), 1) if fa else None,
     }
-
-
-def _percentile(sorted_values: list[float], pct: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    k = (len(sorted_values) - 1) * pct / 100
-    lo, hi = int(k), min(int(k) + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo)
 
 
 async def replay(
