@@ -108,7 +108,7 @@ def _utc(value: datetime | None) -> datetime | None:
 
 
 def percentile(sorted_values: list[float], pct: float) -> float:
-    """Linear interpolation between closest ranks (the same as agent.replay's)."""
+    """Linear interpolation between closest ranks (voxroute.replay's summary uses it too)."""
     k = (len(sorted_values) - 1) * pct / 100
     lo, hi = int(k), min(int(k) + 1, len(sorted_values) - 1)
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo)
