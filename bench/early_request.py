@@ -27,9 +27,10 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from bench.common import percentile
 from bench.routing_cost import realistic_fixtures
 from voxroute.agent.config import Config, load_config
-from voxroute.replay import _percentile, local_stack, replay_fixture
+from voxroute.replay import local_stack, replay_fixture
 
 MODES = ("off", "fast", "all")
 
@@ -66,7 +67,7 @@ async def run_setting(base: Config, mode: str, window_ms: int, seed: int) -> dic
         "calls": len(calls),
         "turns": turns,
         "first_audio_ms_p50": round(statistics.median(first_audio), 1) if first_audio else None,
-        "first_audio_ms_p95": round(_percentile(sorted(first_audio), 95), 1) if first_audio else None,
+        "first_audio_ms_p95": percentile(first_audio, 95, places=1),
         "llm_request_after_speech_end_ms_p50": round(statistics.median(requests), 1) if requests else None,
         "bridged_turns": bridged,
         "bridged_by_acknowledgement": acks,

@@ -41,9 +41,10 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from bench.common import percentile
 from voxroute.agent.config import Config, load_config
 from voxroute.agent.fixture import Fixture, all_fixture_names, load
-from voxroute.replay import _percentile, local_stack, replay_fixture
+from voxroute.replay import local_stack, replay_fixture
 
 POLICIES = ("always_fast", "always_reasoning", "router")
 MIX_DIR = Path(__file__).resolve().parent.parent / "fixtures" / "audio" / "mix"
@@ -155,7 +156,7 @@ async def run_policy(
         "high_stakes_turns": high,
         "high_stakes_on_reasoning": high_on_reasoning,
         "first_audio_ms_p50": round(statistics.median(fa), 1) if fa else None,
-        "first_audio_ms_p95": round(_percentile(fa, 95), 1) if fa else None,
+        "first_audio_ms_p95": percentile(fa, 95, places=1),
         "within_budget": sum(bool(t.get("within_budget")) for t in turns),
         "bridges": sum(bool(t.get("bridge")) for t in turns),
         "bridges_ack": sum(t.get("bridge_kind") == "ack" for t in turns),
