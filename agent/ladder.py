@@ -6,9 +6,11 @@ The route gives the rungs (model path names, best first). For each attempt:
 - An error before the first token: nothing reached the caller. A retriable error (5xx, 429, a
   dropped or broken stream) is retried once on the same path while the budget allows; otherwise
   the next rung starts at once.
-- No first token by the path's live p90 (bounded by what is left of the turn's budget): the next
-  rung starts in parallel (a hedge, within the process-wide hedge cap); the first attempt with a
-  token wins and the others are cancelled and logged as "hedge lost".
+- No first token by the path's live p90 (bounded by what is left of the turn's budget, and never
+  sooner than ``hedge_min_ms``): the next rung starts in parallel (a hedge, within the
+  process-wide hedge cap); the first attempt with a token wins and the others are cancelled and
+  logged as "hedge lost". A loser counts against its path's health only if it had waited past
+  its own p90.
 - No first token by ``first_token_timeout_ms``: the attempt failed ("timeout"), next rung.
 - An error after tokens flowed: keep what was said and continue on the next rung from there.
 
@@ -258,14 +260,20 @@ class LLMLadder:
 
     # ---- timers
 
+    def _own_p90(self, att: _Attempt) -> float:
+        """The path's live first-token time at the hedge quantile (its p90 by default), at least
+        ``hedge_min_ms``."""
+        p90 = self.health.ttft_ms(att.key, self.cfg.hedge_quantile, self.models[att.path].expected_ttft_ms)
+        return max(p90, self.cfg.hedge_min_ms)
+
     def _hedge_delay(self, att: _Attempt) -> float:
         mp = self.models[att.path]
-        p90 = self.health.ttft_ms(att.key, self.cfg.hedge_quantile, mp.expected_ttft_ms)
+        p90 = self._own_p90(att)
         if self.first_token_by is None:
             return p90
         p50 = self.health.ttft_ms(att.key, 0.5, mp.expected_ttft_ms)
         left = self.first_token_by - att.started
-        return min(p90, max(left, p50))
+        return max(self.cfg.hedge_min_ms, min(p90, max(left, p50)))
 
     def _next_timer(self, winner: int | None) -> tuple[float | None, str, _Attempt | None]:
         """(seconds until the next timer, "hedge" or "timeout", the attempt it concerns)."""
@@ -429,7 +437,17 @@ class LLMLadder:
             if other.ident != att.ident:
                 self._cancel(other)
                 waited = now - other.started
-                self._fail(other, "timeout", f"no first token after {waited:.0f} ms", "hedge lost")
+                # A loser counts against its path's health only if it was late by its own path's
+                # standard (its live hedge quantile): a hedge that joined a moment ago and lost the
+                # race did nothing wrong, and cooling it down would take a healthy backup away.
+                late = waited >= self._own_p90(other)
+                self._fail(
+                    other,
+                    "timeout",
+                    f"no first token after {waited:.0f} ms",
+                    "hedge lost",
+                    cooled=None if late else False,
+                )
 
     def _add_usage(self, att: _Attempt, ev: LLMUsage) -> None:
         cost = ev.cost_usd

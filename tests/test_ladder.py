@@ -114,6 +114,35 @@ async def test_slow_first_token_is_hedged_and_the_loser_cancelled():
     assert health.hedges == 1
 
 
+async def test_a_hedge_that_loses_at_once_is_not_counted_against_its_path():
+    """The backup joins the race at the primary's p90 and loses it a moment later: it was not late by
+    its own path's standard, so it is not a health failure. Before, two such turns in a row put a
+    healthy backup in cooldown. The primary that waited past its own p90 still counts."""
+    clock = FakeClock()
+    health = Health(cooldown_s=10, failures_to_cooldown=2, clock=clock, hedge_max_share=1.0)
+    async with ladder_env() as (config, emu, llms):
+        emu.llm["openrouter"].behave(FAST, ttft_median_s=1.0)  # p90 guess 770 ms: hedged, then wins
+        emu.llm["sarvam"].behave(BACKUP, ttft_median_s=3.0)  # the hedge: started at ~770 ms, loses
+        for _ in range(3):
+            turn, text = await run_ladder(config, llms, health, ["fast", "fast_backup"])
+            assert text and turn.usage["path"] == "fast" and turn.usage["hedges"] == 1
+            lost = [f for f in turn.fallbacks if f["path"] == "fast_backup"]
+            assert [f["action"] for f in lost] == ["hedge lost"], turn.fallbacks
+    assert not health.in_cooldown(f"sarvam/{BACKUP}")
+    assert health.paths[f"sarvam/{BACKUP}"].failures == 0
+
+
+async def test_a_primary_that_loses_its_hedge_late_is_counted():
+    clock = FakeClock()
+    health = Health(cooldown_s=10, failures_to_cooldown=2, clock=clock, hedge_max_share=1.0)
+    async with ladder_env() as (config, emu, llms):
+        emu.llm["openrouter"].behave(FAST, ttft_median_s=3.0)  # waits past its p90, loses
+        for _ in range(2):
+            turn, text = await run_ladder(config, llms, health, ["fast", "fast_backup"])
+            assert text and turn.usage["path"] == "fast_backup"
+    assert health.in_cooldown(f"openrouter/{FAST}")
+
+
 async def test_hedge_cap_refuses_and_the_first_token_timeout_moves_on():
     health = Health(hedge_max_share=0.0)
     health.hedges = 1  # the one allowed hedge is spent
