@@ -9,7 +9,12 @@ figures (``GET /debug/stats``):
 - outbound jitter p99: how late the server's player sent agent audio against its schedule;
 - CPU per call: server CPU ms per second of call audio.
 
-The answer is the largest N at which both p99s stay under 20 ms (and every call completes).
+The answer is the largest N at which both p99s stay under 20 ms, every call completes, and no
+turn took a provider fallback (``voxroute_fallbacks_total`` in ``GET /metrics``; a hedge that
+lost its race is not one: the turn had its answer in time). The emulators answer at once (profile
+zero), so a fallback there means they were starved of CPU on their core: the calls were degraded (a
+dropped TTS chunk sends less audio and costs the server less), and the step measured a lighter
+load than N healthy calls.
 
 ``--workers 2``: the box figure. The server is ``voxroute serve --workers 2`` on this machine with
 the emulators and the load generator beside it, unpinned; the figures are read from each worker's
@@ -55,6 +60,25 @@ async def server_stats(http: httpx.AsyncClient, workers: list[str] | None, reset
     return merged
 
 
+async def provider_faults(http: httpx.AsyncClient, workers: list[str] | None) -> dict[str, int]:
+    """``voxroute_fallbacks_total`` from ``/metrics``, summed over the workers, by
+    ``provider_kind/reason/action``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counts: dict[str, int] = {}
+    for base in workers or [str(http.base_url)]:
+        text = (await http.get(base.rstrip("/") + "/metrics")).text
+        for family in text_string_to_metric_families(text):
+            if family.name != "voxroute_fallbacks":
+                continue
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    labels = sample.labels
+                    key = f"{labels['provider_kind']}/{labels['reason']}/{labels['action']}"
+                    counts[key] = counts.get(key, 0) + int(sample.value)
+    return counts
+
+
 async def run_step(
     base: str, n: int, stream_base: str | None = None, workers: list[str] | None = None
 ) -> dict:
@@ -74,6 +98,7 @@ async def _step(
     base: str, n: int, fixtures: list, stream_base: str | None, workers: list[str] | None
 ) -> dict:
     async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        faults_before = await provider_faults(http, workers)
         before = await server_stats(http, workers, reset=True)
         t0 = time.monotonic()
 
@@ -92,12 +117,23 @@ async def _step(
         results = await asyncio.gather(*(one(i) for i in range(n)), return_exceptions=True)
         wall = time.monotonic() - t0
         after = await server_stats(http, workers)
-    return step_result(n, results, before, after, wall)
+        faults_after = await provider_faults(http, workers)
+    step = step_result(n, results, before, after, wall)
+    step["provider_fallbacks"] = {
+        key: count - faults_before.get(key, 0)
+        for key, count in sorted(faults_after.items())
+        if count > faults_before.get(key, 0)
+    }
+    step["degraded_turn_fallbacks"] = sum(
+        count for key, count in step["provider_fallbacks"].items() if not key.endswith("/hedge lost")
+    )
+    return step
 
 
 def passes(step: dict) -> bool:
     return (
         step["failed"] == 0
+        and step["degraded_turn_fallbacks"] == 0
         and step["lag_p99_ms"] is not None
         and step["lag_p99_ms"] < LIMIT_MS
         and (step["jitter_p99_ms"] or 0) < LIMIT_MS
@@ -137,6 +173,7 @@ async def run(
                 f"cpu {step['cpu_ms_per_call_second']} ms/call-s  generator lag max {step['generator_max_lag_ms']} ms  "
                 f"gc: {step['gc_cpu_ms_per_call_second']} ms/call-s, young {step['gc_young_cpu_ms_mean']} ms CPU each, "
                 f"{step['gc_full']} full ({step['gc_full_cpu_ms_mean']} ms CPU each), longest pause {step['gc_max_ms']} ms  "
+                f"fallbacks {step['degraded_turn_fallbacks']} (hedges lost aside) {step['provider_fallbacks'] or ''}  "
                 f"{'PASS' if step['pass'] else 'FAIL'}",
                 flush=True,
             )
