@@ -45,8 +45,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from twilio.request_validator import RequestValidator
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.protocol import State
 
 from voxroute.agent.fixture import Fixture, Utterance, write_ulaw_wav
 
@@ -748,6 +749,23 @@ async def dial(
     )
 
 
+def _send_now(ws: ClientConnection, texts: list[str]) -> bool:
+    """Send ``texts`` at once if they are one frame that fits under the transport's high-water mark
+    on an open connection: it cannot wait on back-pressure, so it needs neither ``send()``'s
+    context nor a timeout. False: nothing was sent, use ``send()``. At hundreds of calls, the
+    timer and the context per 20 ms frame were the load generator's largest cost."""
+    if ws.paused or len(texts) != 1 or ws.protocol.state is not State.OPEN:
+        return False
+    transport = ws.transport
+    _low, high = transport.get_write_buffer_limits()
+    if transport.get_write_buffer_size() + len(texts[0]) + 64 >= high:  # 64: the frame's header
+        return False
+    ws.protocol.send_text(texts[0].encode())
+    for data in ws.protocol.data_to_send():
+        transport.write(data)
+    return True
+
+
 async def run_fake_call(
     call: FakeCarrierCall,
     ws_url: str,
@@ -806,10 +824,13 @@ async def run_fake_call(
                         async with send_lock:
                             if call.stopped:
                                 return
+                            texts = call.tick()
                             try:
-                                # a runtime that stops reading blocks send() on back-pressure: never hang
-                                async with asyncio.timeout(agent_wait_s):
-                                    await send_all(call.tick())
+                                if not _send_now(ws, texts):
+                                    # a runtime that stops reading blocks send() on back-pressure:
+                                    # never hang
+                                    async with asyncio.timeout(agent_wait_s):
+                                        await send_all(texts)
                             except TimeoutError:
                                 call.abort(
                                     "carrier", None, f"the runtime stopped reading for {agent_wait_s:g}s"

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +68,7 @@ NGRAM = 8  # bytes per n-gram: exactly one uint64
 INDEX_STRIDE = 4  # index every 4th offset; queries look up every offset, so a hit is certain
 MAX_KEY_REPEATS = 4  # n-grams seen more often than this carry no information (e.g. flat audio)
 MIN_VOTES = 4
+PARTIAL_TAIL_BYTES = 4800  # 0.6 s: a partial past this matches its last 0.6 s (TranscriptSession.partial)
 QUERY_EVERY = 40  # bytes (5 ms) between sampled query places: a 1 s segment still casts ~200 votes
 
 # decode -> encode: identity except the "negative zero" 0x7F, which becomes 0xFF
@@ -88,8 +89,17 @@ def frame_rms(ulaw: np.ndarray) -> np.ndarray:
     return np.sqrt((pcm * pcm).mean(axis=1))
 
 
+_SQUARE = ULAW_DEC.astype(np.int64) ** 2  # PCM16 energy of each mu-law byte
+
+
 def voiced_mask(ulaw: np.ndarray, threshold: float = VOICE_RMS) -> np.ndarray:
-    return frame_rms(ulaw) > threshold
+    """``frame_rms(ulaw) > threshold``, without the square root or the floats: a frame's energy
+    against ``threshold`` squared (the STT emulator runs this on every chunk of every call)."""
+    n = len(ulaw) // VAD_FRAME_BYTES
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    energy = _SQUARE[ulaw[: n * VAD_FRAME_BYTES]].reshape(n, VAD_FRAME_BYTES).sum(axis=1)
+    return energy > threshold * threshold * VAD_FRAME_BYTES
 
 
 def _round_index(fraction: float, n: int) -> int:
@@ -324,6 +334,8 @@ class TranscriptSession:
     default_language: str | None = None
     progress: dict[tuple[int, int], int] = field(default_factory=dict)
     last: tuple[int, int] | None = None
+    # the segment in progress as first matched whole (its bytes then), and that match
+    _partial_head: tuple[bytes, Match] | None = None
 
     def _span(self, m: Match, final: bool) -> str:
         words = m.text.split()
@@ -341,14 +353,31 @@ class TranscriptSession:
 
     def final(self, ulaw: bytes | np.ndarray) -> tuple[str, str | None]:
         """(text, language) of a finished speech segment."""
+        self._partial_head = None  # the next segment's partials start over
         m = self.library.match(ulaw, self.last)
         if m is None:
             return UNRECOGNISED, self.default_language
         return self._span(m, True), m.language
 
     def partial(self, ulaw: bytes | np.ndarray) -> tuple[str, str | None] | None:
-        """(text so far, language) of a segment still in progress; None when nothing is recognised yet."""
-        m = self.library.match(ulaw, self.last)
+        """(text so far, language) of a segment still in progress; None when nothing is recognised yet.
+
+        The segment grows by a partial's worth each time. Once its start has been matched, only its
+        last ``PARTIAL_TAIL_BYTES`` are: where the segment ends is all a partial needs, and its
+        start stays where the first match put it. Matching the whole segment again every 200 ms
+        made the cost of a long utterance grow with its square. A tail that is not recognised, or
+        is recognised as another utterance, falls back to the whole segment.
+        """
+        data = ulaw if isinstance(ulaw, bytes) else bytes(ulaw)
+        head = self._partial_head
+        m = None
+        if head is not None and len(data) > PARTIAL_TAIL_BYTES and data.startswith(head[0]):
+            tail = self.library.match(data[-PARTIAL_TAIL_BYTES:], self.last)
+            if tail is not None and (tail.fixture, tail.utterance) == (head[1].fixture, head[1].utterance):
+                m = replace(tail, start=head[1].start, end=max(head[1].start, tail.end))
+        if m is None:
+            m = self.library.match(data, self.last)
+            self._partial_head = (data, m) if m is not None else None
         if m is None:
             return None
         text = self._span(m, False)

@@ -25,7 +25,13 @@ from voxroute.agent.fixture import Fixture, load
 from voxroute.audio import ulaw_to_pcm16
 from voxroute.emulators.profiles import ZERO, Dice, Latency, Profile
 from voxroute.emulators.sarvam import EmulatorState, create_app, create_stt_app, create_tts_app
-from voxroute.emulators.transcripts import TranscriptLibrary, split_words, write_synthetic_fixture
+from voxroute.emulators.transcripts import (
+    PARTIAL_TAIL_BYTES,
+    TranscriptLibrary,
+    TranscriptSession,
+    split_words,
+    write_synthetic_fixture,
+)
 from voxroute.server import serve_app, ws_url
 
 # The synthetic call both Sarvam test files use: a pause mid-utterance splits the last one in two.
@@ -92,6 +98,37 @@ def test_library_matches_any_offset_and_unknown_audio(call: Fixture) -> None:
         assert m is not None and m.utterance == 1 and m.language == "hi-IN"
     rng = np.random.default_rng(5)
     assert lib.match(rng.integers(0, 256, 8000, dtype=np.uint8).tobytes()) is None
+
+
+@pytest.mark.parametrize("name", ["billing_dispute", "hindi_order_status", "angry_complaint"])
+def test_partials_match_the_tail_and_say_what_the_whole_segment_says(name: str) -> None:
+    """Past its first 0.6 s, a growing segment's partial matches only its tail (the emulator's cost
+    grew with the square of an utterance). Every partial, every 200 ms of each utterance of a
+    committed fixture, says what matching the whole segment says, and the tail was used."""
+    fixture = load(name)
+    lib = TranscriptLibrary([fixture])
+    calls: list[int] = []
+    match = lib.match
+
+    def counting(ulaw, prefer=None):
+        calls.append(len(ulaw))
+        return match(ulaw, prefer)
+
+    lib.match = counting  # type: ignore[method-assign]
+    session, whole = TranscriptSession(lib), TranscriptSession(lib)
+    compared = 0
+    for utt in fixture.script.utterances:
+        audio = fixture.utterance_audio(utt)
+        for end in range(1600, len(audio) + 1600, 1600):
+            segment = audio[:end]
+            got = session.partial(segment)
+            whole._partial_head = None  # always the whole segment
+            assert got == whole.partial(segment), (utt.text, end)
+            compared += 1
+        session.final(audio)
+        whole.final(audio)
+    assert compared > 20
+    assert PARTIAL_TAIL_BYTES in calls  # the tail was matched, not only whole segments
 
 
 # ---------------------------------------------------------------- realtime STT with the SDK
