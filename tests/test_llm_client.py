@@ -287,3 +287,22 @@ async def test_concurrent_streams_across_shards() -> None:
         assert all(text_of(a) for a in answers)
         assert llm._clients.in_flight == [0, 0, 0]
         assert (await stats(url))["requests"] >= 40
+
+
+async def test_each_provider_has_two_connections_per_call_the_process_may_carry(tmp_path, monkeypatch):
+    """A request waiting for a pool connection is silence the ladder cannot tell from a slow model:
+    the runtime's LLM clients hold two connections per call of ``telephony.max_concurrent_calls``."""
+    from voxroute.agent.config import load_config
+    from voxroute.emulators.stack import run_emulators
+    from voxroute.runtime import build_services
+
+    monkeypatch.setenv("VOXROUTE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("VOXROUTE_DATABASE_URL", raising=False)
+    config = load_config()
+    telephony = config.telephony.model_copy(update={"max_concurrent_calls": 300})
+    config = config.model_copy(update={"telephony": telephony})
+    async with run_emulators("zero", 0, []) as emu, build_services(config, emu.urls) as services:
+        assert services.llms
+        for llm in services.llms.values():
+            assert isinstance(llm, OpenAICompatLLM)
+            assert sum(llm._clients.sizes) == 600

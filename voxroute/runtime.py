@@ -78,6 +78,14 @@ class EmulatorURLs:
     carrier_api: str | None = None  # the Plivo and Telnyx call-control stand-in, http://host:port
 
 
+def llm_connections(config: Config) -> int:
+    """Connections per LLM provider in one process: two per call the process may carry (a call can
+    have its answer and a hedge, its acknowledgement or an early request in flight at once), and
+    at least 100. A request waiting in the pool for a connection is silence the ladder cannot
+    tell from a slow model: with a fixed 100, 200 calls whose turns fell together queued there."""
+    return max(100, 2 * config.telephony.max_concurrent_calls)
+
+
 def _key(env_name: str) -> str | None:
     value = os.environ.get(env_name, "").strip()
     return value or None
@@ -124,6 +132,7 @@ async def build_services(
             stall_timeout_s=stall_s,
             # The ladder times first tokens itself (hedges, first_token_timeout_ms); this is a backstop.
             first_token_timeout_s=config.ladder.first_token_timeout_ms / 1000 + 1.0,
+            max_connections=llm_connections(config),
         )
 
     s = config.sarvam
