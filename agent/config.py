@@ -98,9 +98,9 @@ class LadderConfig(_Model):
 
     max_attempts: int = Field(default=4, ge=1, le=10)
     hedge_quantile: float = Field(default=0.9, gt=0.5, lt=1)  # hedge a first token later than this
-    # ...but never sooner than this: a path whose live p90 is a few ms (a local model, the emulators)
-    # would otherwise be hedged on scheduling noise, and its backup cooled down for losing races
-    hedge_min_ms: int = Field(default=100, ge=0)
+    # A path whose live p90 is a few ms (a local model, the emulators) would otherwise be hedged on
+    # scheduling noise, and its backups cooled down for losing races they joined a moment before.
+    hedge_min_ms: int = Field(default=100, ge=0)  # never hedge sooner than this
     first_token_timeout_ms: int = Field(default=4000, gt=0)  # an attempt with no token by then failed
     ack_max_tokens: int = Field(default=24, gt=0)  # the fast path's acknowledgement before escalation
     # Start the answer's first model request when the caller pauses, on the STT's last partial;
