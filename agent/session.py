@@ -247,8 +247,13 @@ class CallSession:
             if isinstance(event, InboundAudio):
                 inbound_clock.frame(event.timestamp_ms)
                 voiced = self.vad.is_voiced(event.pcm)
-                await self._act(self.taker.frame(voiced, self.clock.now(), self.player.speaking))
-                await self.asides.caller_voiced(self.taker.voiced_run_ms)
+                actions = self.taker.frame(voiced, self.clock.now(), self.player.speaking)
+                if actions:
+                    await self._act(actions)
+                else:  # most frames: no coroutine to make, 50 times a second per call
+                    self._rearm_if_sooner()
+                if self.taker.voiced_run_ms >= self.asides.cut_ms:
+                    await self.asides.caller_voiced(self.taker.voiced_run_ms)
                 self.stt.push(event.pcm, event.ulaw, voiced)
                 if self.recorder is not None:
                     self.recorder.caller(event.pcm)
@@ -305,6 +310,10 @@ class CallSession:
                 await self._barge_in(action.index, action.why)
             elif isinstance(action, IgnoreOverlap):
                 self._ignore_overlap(action)
+        self._rearm_if_sooner()
+
+    def _rearm_if_sooner(self) -> None:
+        """Wake the ticker if the turn core's next timer is now sooner than the one it waits for."""
         due = self.taker.next_wake(self.clock.now())
         if due is not None and (self._tick_at is None or due < self._tick_at):
             self._rearm.set()
