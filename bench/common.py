@@ -15,6 +15,8 @@ from collections.abc import Callable
 import httpx
 import numpy as np
 
+from voxroute.testing.ports import free_port
+
 # The fixture calls a load benchmark cycles through (one of each kind of call, both languages).
 LOAD_FIXTURES = [
     "order_status",
@@ -24,14 +26,6 @@ LOAD_FIXTURES = [
     "dtmf_entry",
     "hindi_order_status",
 ]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def percentile(values: list[float], q: float, places: int = 3) -> float | None:
@@ -110,7 +104,7 @@ def processes(
     try:
         line = emu.stdout.readline()  # type: ignore[union-attr]
         urls = json.loads(line)
-        port = _free_port()
+        port = free_port()
         server = subprocess.Popen(
             [
                 *cli,
@@ -228,7 +222,7 @@ def stream_server_args(kind: str, event_loop: str = "uvloop", max_calls: int | N
         telephony["max_concurrent_calls"] = max(max_calls, cap)
     port = None
     if kind == "media":
-        port = telephony["media_port"] = _free_port()
+        port = telephony["media_port"] = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.yaml"
         path.write_text(yaml.safe_dump(data))

@@ -35,7 +35,9 @@ doubling from ``--ramp-start`` while a step passes, then bisected between the la
 smallest failure. A step passes when every call completes and the server's
 inbound lag p99 (caller frames against their media clock) and outbound jitter p99 (paced audio
 sends against their schedule: voxroute's player; Pipecat's websocket output transport) are both
-under 20 ms, read from the server's ``/debug/stats`` as bench.concurrency does.
+under 20 ms, read from the server's ``/debug/stats`` as bench.concurrency does. Unlike
+bench.concurrency, turns that took a provider fallback do not fail a step here: a Pipecat server
+has no fallback count, and every system is judged by the same rule.
 
 - ``calls_per_core``: the largest passing N; ``cpu_ms_per_call_second``: the server's CPU per
   second of call at that N. Without the ramp, ``calls_per_core`` is null and
@@ -52,7 +54,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -66,6 +67,7 @@ from bench.common import LOAD_FIXTURES, percentile, pin, step_result, webhook_pa
 from bench.concurrency import LIMIT_MS, passes
 from voxroute.agent.config import Config, load_config
 from voxroute.agent.fixture import load
+from voxroute.testing.ports import free_port
 
 SYSTEMS = ("pipecat", "pipecat_voxroute", "voxroute")
 DEAD_AIR_S = 2.0
@@ -197,12 +199,6 @@ RAMP_FIXTURES = [f for f in FIXTURES if f != "dtmf_entry"]
 NOT_MEASURED = "not measured (run without --no-ramp)"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _stop(p: subprocess.Popen | None) -> None:
     if p is None or p.poll() is not None:
         return
@@ -235,7 +231,7 @@ def server_process(system: str, start_timeout_s: float = 90):
             text=True,
         )
         urls = emu.stdout.readline()  # type: ignore[union-attr]
-        port = _free_port()
+        port = free_port()
         if system == "voxroute":
             cmd = [*cli, "serve", "--dev", "--host", "127.0.0.1", "--port", str(port), "--quiet"]
             cmd += ["--emulators", urls.strip()]

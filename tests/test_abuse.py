@@ -39,6 +39,7 @@ from voxroute.agent.fixture import load
 from voxroute.emulators.carriers import FakeCarrierSecrets
 from voxroute.replay import replay_fixture
 from voxroute.telephony.twilio import TwilioPeer
+from voxroute.testing.ports import free_port
 
 VOXROUTE = [sys.executable, "-m", "voxroute.cli"]
 TWILIO_TOKEN = "abuse-twilio-token-0123456789abcdef"
@@ -54,12 +55,6 @@ STEP = 10.0  # bound on each wait: a hang fails the test instead of blocking it
 def _telnyx_public() -> str:
     key = Ed25519PrivateKey.from_private_bytes(TELNYX_SEED).public_key()
     return base64.b64encode(key.public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _bare_env() -> dict[str, str]:
@@ -164,7 +159,7 @@ def server(tmp_path_factory):
         text=True,
     ) as emu:
         urls = json.loads(emu.stdout.readline())  # type: ignore[union-attr]
-        port = _free_port()
+        port = free_port()
         config = production_config(tmp / "voxroute.yaml", port, urls, media_silence_timeout_s=20)
         env = {**env, **secrets_env(), "VOXROUTE_DATA_DIR": str(tmp / "data")}
         log = tmp / "serve.log"
@@ -358,7 +353,7 @@ def test_serve_without_secrets_exits_2_naming_every_missing_variable(tmp_path):
     data["telephony"]["twilio_auth_token_env"] = "MY_TWILIO_TOKEN"  # names are configurable
     config.write_text(yaml.safe_dump(data, allow_unicode=True))
     proc = subprocess.run(
-        [*VOXROUTE, "serve", "--config", str(config), "--port", str(_free_port())],
+        [*VOXROUTE, "serve", "--config", str(config), "--port", str(free_port())],
         capture_output=True, text=True, env=_bare_env(), timeout=60,
     )  # fmt: skip
     assert proc.returncode == 2, proc.stdout + proc.stderr
@@ -375,7 +370,7 @@ def test_serve_without_secrets_exits_2_naming_every_missing_variable(tmp_path):
     # one secret set: it is no longer named, the others still are
     env = {**_bare_env(), "VOXROUTE_API_KEY": "k"}
     proc = subprocess.run(
-        [*VOXROUTE, "serve", "--config", str(config), "--port", str(_free_port())],
+        [*VOXROUTE, "serve", "--config", str(config), "--port", str(free_port())],
         capture_output=True, text=True, env=env, timeout=60,
     )  # fmt: skip
     assert (
@@ -396,7 +391,7 @@ def test_serve_with_a_database_url_needs_the_caller_salt(tmp_path, monkeypatch):
         "VOXROUTE_DATABASE_URL": "postgresql://voxroute@db.invalid/voxroute",
     }
     proc = subprocess.run(
-        [*VOXROUTE, "serve", "--config", str(config), "--port", str(_free_port())],
+        [*VOXROUTE, "serve", "--config", str(config), "--port", str(free_port())],
         capture_output=True, text=True, env=env, timeout=60,
     )  # fmt: skip
     assert proc.returncode == 2, proc.stdout + proc.stderr
@@ -413,7 +408,7 @@ def test_serve_with_a_database_url_needs_the_caller_salt(tmp_path, monkeypatch):
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.1"])
 def test_serve_dev_refuses_any_host_but_loopback(host):
     proc = subprocess.run(
-        [*VOXROUTE, "serve", "--dev", "--host", host, "--port", str(_free_port())],
+        [*VOXROUTE, "serve", "--dev", "--host", host, "--port", str(free_port())],
         capture_output=True, text=True, env=_bare_env(), timeout=60,
     )  # fmt: skip
     assert proc.returncode == 2
@@ -706,7 +701,7 @@ async def test_the_container_entrypoint_runs_unprivileged_serves_health_and_drai
         [*VOXROUTE, "emulators", "--profile", "zero", "--quiet"], env, stdout=subprocess.PIPE, text=True
     ) as emu:
         urls = json.loads(emu.stdout.readline())  # type: ignore[union-attr]
-        port, media_port = _free_port(), _free_port()
+        port, media_port = free_port(), free_port()
         config = production_config(tmp_path / "voxroute.yaml", port, urls)
         cfg = yaml.safe_load(config.read_text())
         cfg["shutdown"] = {"drain_s": 1.0, "closing_timeout_s": 8.0}

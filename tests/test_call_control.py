@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import xml.etree.ElementTree as ET
 from contextlib import asynccontextmanager
 
@@ -26,6 +25,7 @@ from voxroute.telephony.call_control import (
     transfer_twiml,
     whisper_twiml,
 )
+from voxroute.testing.ports import free_port
 
 ACCOUNT = "AC00000000000000000000000000000002"
 TOKEN = "12345678901234567890123456789012"
@@ -338,9 +338,7 @@ async def test_bad_call_sid_never_reaches_the_wire():
 
 
 async def test_connection_refused_raises():
-    with socket.socket() as sock:  # a port that nothing listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # a port that nothing listens on
     async with TwilioCallControl(
         ACCOUNT, TOKEN, api_base_url=f"http://127.0.0.1:{port}", attempts=2, backoff_s=0.01
     ) as control:

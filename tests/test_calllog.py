@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import sqlite3
 import subprocess
 import tempfile
@@ -44,6 +43,7 @@ from voxroute.agent.calllog.store import (
 from voxroute.agent.config import CallLogConfig
 from voxroute.agent.fixture import load
 from voxroute.replay import local_stack, replay_fixture
+from voxroute.testing.ports import free_port
 
 PG_URL_ENV = "VOXROUTE_TEST_POSTGRES_URL"
 
@@ -362,9 +362,7 @@ class Postgres:
         found = shutil.which("pg_ctl")
         self.bin = bins[-1].parent if bins else Path(found).parent if found else None
         self.dir = Path(tempfile.mkdtemp(prefix="voxroute-pg-"))
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.url = f"postgresql+asyncpg://voxroute@127.0.0.1:{self.port}/postgres"
 
     def _run(self, *args: str) -> None:

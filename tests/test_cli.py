@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import pytest
 
 from voxroute.agent.fixture import FIXTURES_DIR, read_wav
 from voxroute.audio import ulaw_to_pcm16
+from voxroute.testing.ports import free_port
 
 VOXROUTE = [sys.executable, "-m", "voxroute.cli"]
 
@@ -63,12 +63,6 @@ def test_replay_reports_a_bad_fixture_clearly(tmp_path):
     assert "no fixture named 'no_such_call'" in proc.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait_healthy(proc: subprocess.Popen, base: str) -> dict:
     deadline = time.monotonic() + 60
     while True:
@@ -82,7 +76,7 @@ def _wait_healthy(proc: subprocess.Popen, base: str) -> dict:
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_serve_dev_answers_the_twilio_webhook_and_stops_cleanly_on_a_signal(signum):
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [*VOXROUTE, "serve", "--dev", "--port", str(port)],
         env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

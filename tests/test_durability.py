@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -44,6 +43,7 @@ from voxroute.agent.calllog.store import (
 from voxroute.agent.config import CallLogConfig
 from voxroute.agent.services import Services
 from voxroute.agent.session import CallSummary
+from voxroute.testing.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -394,12 +394,6 @@ def test_the_stream_alongside_takes_the_calls_place_when_the_first_ends():
 # ---------------------------------------------------------------- real processes
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def outage(request, tmp_path):
     """(URL with the database away, URL with it back): the same database, the same data directory."""
@@ -417,7 +411,7 @@ async def outage(request, tmp_path):
         return
     async with _postgres_database("voxroute_durability") as real:
         yield SimpleNamespace(
-            away=f"postgresql+asyncpg://voxroute@127.0.0.1:{_free_port()}/voxroute", back=lambda: real
+            away=f"postgresql+asyncpg://voxroute@127.0.0.1:{free_port()}/voxroute", back=lambda: real
         )
 
 

@@ -47,6 +47,7 @@ from voxroute.agent.fixture import Fixture, load
 from voxroute.emulators.carrier import dial
 from voxroute.emulators.stack import EmulatorStack, run_emulators
 from voxroute.server import ws_url
+from voxroute.testing.ports import free_port
 
 VOXROUTE = [sys.executable, "-m", "voxroute.cli"]
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "nginx"
@@ -66,18 +67,6 @@ def _nginx() -> str:
     if found is None:
         _required("nginx not installed (Debian: apt-get install nginx)")
     return found  # type: ignore[return-value]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _bare_env() -> dict[str, str]:
@@ -222,7 +211,7 @@ async def cluster(tmp_path: Path, twilio_token: str | None = None, **shutdown) -
     async with _postgres_database("voxroute_workers") as database, run_emulators("zero") as emu:
         # The ports are picked once the emulators listen: picked before, one of them was free when
         # picked and an emulator's by the time its worker started (address already in use).
-        proxy_port, ports, media = _free_port(), [_free_port(), _free_port()], [_free_port(), _free_port()]
+        proxy_port, ports, media = free_port(), [free_port(), free_port()], [free_port(), free_port()]
         data = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
         data.setdefault("telephony", {})["public_base_url"] = f"http://127.0.0.1:{proxy_port}"
         data.setdefault("shutdown", {}).update(shutdown)
@@ -452,7 +441,7 @@ async def test_sigterm_drains_a_worker_the_call_finishes_and_new_calls_go_to_the
 
 
 def test_serve_workers_two_processes_on_one_port(tmp_path):
-    port, own, sip, audiosocket = _free_port(), _free_port(), _free_udp_port(), _free_port()
+    port, own, sip, audiosocket = free_port(), free_port(), free_port(udp=True), free_port()
     env = {**_bare_env(), "VOXROUTE_DATA_DIR": str(tmp_path)}
     log = tmp_path / "supervisor.log"
     with log.open("w") as out:

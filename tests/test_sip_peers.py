@@ -31,6 +31,7 @@ from voxroute.replay import local_stack
 from voxroute.telephony.sip import rtp
 from voxroute.telephony.sip.transport import SipLink, SipServer, SipTransferRefused, SipTransfers, serving
 from voxroute.telephony.sip.ua import Registration
+from voxroute.testing.ports import free_port
 
 SIPP_PCAPS = Path("/usr/share/sip-tester")
 
@@ -219,9 +220,7 @@ def sipp_dir(tmp_path: Path, seconds: float = 3.0) -> Path:
 
 
 def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port(udp=True)
 
 
 def sipp_cmd(server: SipServer, xml: Path, timeout_s: int = 20) -> list[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -22,6 +21,7 @@ from voxroute.agent.webhook import (
     verify_signature,
 )
 from voxroute.server import serve_app
+from voxroute.testing.ports import free_port
 
 SECRET = "whsec-test-0123456789"
 STEP = 5.0  # bound on every wait: a hang fails the test instead of blocking it
@@ -152,9 +152,7 @@ async def test_gives_up_after_attempts_and_does_not_retry_4xx(caplog):
 
 
 async def test_connection_refused_is_retried_then_logged(caplog):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nothing listens there
     sender = WebhookSender(SECRET, attempts=2, base_delay_s=0.01)
     with caplog.at_level(logging.ERROR, logger="voxroute.agent.webhook"):
         async with running(sender):
