@@ -14,7 +14,8 @@ import pytest
 from tests.test_sarvam_emulator import FINALS, SCRIPT
 from voxroute.agent.fixture import Fixture, load
 from voxroute.agent.providers.base import FRAME_BYTES, ProviderError, SpeechEnded, SpeechStarted, Transcript
-from voxroute.agent.providers.sarvam import SarvamSTT, SarvamTTS
+from voxroute.agent.providers.sarvam import SarvamSTT
+from voxroute.agent.providers.sarvam_tts import SarvamTTS
 from voxroute.audio import ulaw_to_pcm16
 from voxroute.emulators.profiles import ZERO, Dice
 from voxroute.emulators.sarvam import EmulatorState, create_app

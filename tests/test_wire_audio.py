@@ -23,8 +23,8 @@ import yaml
 from voxroute.agent.config import DEFAULT_CONFIG_PATH, load_config, parse_config
 from voxroute.agent.fixture import load
 from voxroute.agent.player import Player
-from voxroute.agent.providers.sarvam import SarvamTTS
 from voxroute.agent.providers.sarvam_protocol import strip_riff
+from voxroute.agent.providers.sarvam_tts import SarvamTTS
 from voxroute.audio import (
     ALAW_8K,
     MULAW_8K,
@@ -275,7 +275,7 @@ async def test_sarvam_tts_asks_for_the_format_and_passes_its_bytes_through(fmt, 
 
 
 def test_linear16_chunks_come_out_as_whole_samples() -> None:
-    from voxroute.agent.providers.sarvam import _Linear16
+    from voxroute.agent.providers.sarvam_tts import _Linear16
 
     pcm = _Linear16()
     riff = b"RIFF" + (40).to_bytes(4, "little") + b"WAVE" + b"data" + (5).to_bytes(4, "little")

@@ -34,7 +34,8 @@ from voxroute.agent.config import CarrierSecrets, Config
 from voxroute.agent.link import CarrierLink
 from voxroute.agent.providers.base import LLMProvider
 from voxroute.agent.providers.openai_compat import OpenAICompatLLM
-from voxroute.agent.providers.sarvam import SarvamSTT, SarvamTTS
+from voxroute.agent.providers.sarvam import SarvamSTT
+from voxroute.agent.providers.sarvam_tts import SarvamTTS
 from voxroute.agent.services import Services
 from voxroute.agent.session import CallSession
 from voxroute.agent.webhook import WebhookSender

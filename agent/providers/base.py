@@ -1,7 +1,7 @@
 """The three provider interfaces of the core loop: STT, LLM, TTS.
 
 Each is small and async-streaming. Implementations speak real wire protocols
-(``sarvam.py``, ``openai_compat.py``); the session only ever sees these types.
+(``sarvam.py``, ``sarvam_tts.py``, ``openai_compat.py``); the session only ever sees these types.
 
 Audio into the STT is 8 kHz signed 16-bit little-endian mono PCM ("PCM16"), the format of the
 session's 20 ms frames (320 bytes). Audio out of the TTS is in the format the call's carrier wants
