@@ -252,8 +252,7 @@ class CallSession:
                     await self._act(actions)
                 else:  # most frames: no coroutine to make, 50 times a second per call
                     self._rearm_if_sooner()
-                if self.taker.voiced_run_ms >= self.asides.cut_ms:
-                    await self.asides.caller_voiced(self.taker.voiced_run_ms)
+                await self.asides.caller_voiced(self.taker.voiced_run_ms)
                 self.stt.push(event.pcm, event.ulaw, voiced)
                 if self.recorder is not None:
                     self.recorder.caller(event.pcm)

@@ -219,10 +219,6 @@ def sipp_dir(tmp_path: Path, seconds: float = 3.0) -> Path:
     return tmp_path
 
 
-def free_udp_port() -> int:
-    return free_port(udp=True)
-
-
 def sipp_cmd(server: SipServer, xml: Path, timeout_s: int = 20) -> list[str]:
     assert server.address is not None
     host, port = server.address
@@ -238,9 +234,9 @@ def sipp_cmd(server: SipServer, xml: Path, timeout_s: int = 20) -> list[str]:
         "-mi",
         "127.0.0.1",
         "-p",
-        str(free_udp_port()),
+        str(free_port(udp=True)),
         "-mp",
-        str(free_udp_port()),
+        str(free_port(udp=True)),
         "-m",
         "1",
         "-l",
@@ -435,7 +431,7 @@ async def test_register_with_digest_to_sipp_and_refresh_before_expiry(tmp_path: 
     sipp = need("sipp")
     xml = tmp_path / "registrar.xml"
     xml.write_text(scenario("registrar", registrar_cycle("a") + registrar_cycle("b")))
-    port = free_udp_port()
+    port = free_port(udp=True)
     registration = Registration(("127.0.0.1", port), "trunk.example", "alice", "s3cret", expires=60)
 
     async def on_call(link) -> None:
