@@ -21,6 +21,7 @@ import pytest
 from tests.conftest import FAST_VOICE
 from voxroute.agent import gcquiet
 from voxroute.agent.config import load_config
+from voxroute.routing.classifier import StakesModel
 from voxroute.routing.table import ClassDef
 
 CONFIG = load_config()
@@ -77,6 +78,11 @@ async def test_order_status_never_escalates(replay_call, monkeypatch):
     holds = []
     real_hold = gcquiet.hold
     monkeypatch.setattr(gcquiet, "hold", lambda: (holds.append(1), real_hold())[1])
+    scored: list[str] = []
+    real_scores = StakesModel.scores
+    monkeypatch.setattr(
+        StakesModel, "scores", lambda self, text: (scored.append(text), real_scores(self, text))[1]
+    )
     result = await replay_call("order_status", profile="reference", seed=3, voice_speed=FAST_VOICE)
     assert_in_budget(result)
     classes = [t["route"]["class"] for t in result.turns]
@@ -87,6 +93,10 @@ async def test_order_status_never_escalates(replay_call, monkeypatch):
     # the decision on the last final only confirmed what was worked out while the caller spoke.
     first = result.turns[0]["route"]["reason"]
     assert "(speculative, confirmed)" in first, first
+    # Partials are scored once the caller pauses, not each one while the caller speaks (every
+    # 200 ms): 6 texts for the 3 turns here, where scoring every partial scored 19.
+    print(f"texts scored: {len(scored)} for {len(result.turns)} turns")
+    assert len(scored) <= 3 * len(result.turns), scored
     # Each turn held the collector off from its commit to its model request (agent/gcquiet.py), and
     # released it: the server ran in this process.
     assert len(holds) >= len(result.turns) and gc.isenabled() and gcquiet.held() == 0
