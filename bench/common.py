@@ -75,35 +75,29 @@ def processes(
     voice_speed: float = 1.0,
     emulator_loop: str = "asyncio",
     load_first: bool = False,
+    split_stt: bool = False,
 ):
     """The emulators (latency ``profile``, the TTS voice at ``voice_speed``, on ``emulator_loop``)
     and one ``voxroute serve [serve_args]`` on 127.0.0.1; yields the server's base URL and pid.
-    ``pinned``: see :func:`pin` (``load_first`` too)."""
+    ``pinned``: see :func:`pin` (``load_first`` too). ``split_stt``: the server streams its STT to a
+    second emulators process (``"sarvam_stt"`` in ``--emulators``), as the real STT and TTS are
+    services of their own: one event loop then no longer makes the TTS's first audio and the
+    models' first tokens wait behind every call's STT matching when many calls' turns end together."""
     env = dict(os.environ)
     # --dev below: emulators for the keys, unsigned calls, and the operator routes (/debug/stats) open
     for key in ("SARVAM_API_KEY", "OPENROUTER_API_KEY", "TWILIO_AUTH_TOKEN", "VOXROUTE_API_KEY"):
         env.pop(key, None)
     cli = [sys.executable, "-m", "voxroute.cli"]
-    emu = subprocess.Popen(
-        [
-            *cli,
-            "emulators",
-            "--profile",
-            profile,
-            "--voice-speed",
-            str(voice_speed),
-            "--event-loop",
-            emulator_loop,
-            "--quiet",
-        ],
-        stdout=subprocess.PIPE,
-        env=env,
-        text=True,
-    )
+    emu_args = [*cli, "emulators", "--profile", profile, "--voice-speed", str(voice_speed)]
+    emu_args += ["--event-loop", emulator_loop, "--quiet"]
+    emu = subprocess.Popen(emu_args, stdout=subprocess.PIPE, env=env, text=True)
+    stt = subprocess.Popen(emu_args, stdout=subprocess.PIPE, env=env, text=True) if split_stt else None
     server = None
     try:
         line = emu.stdout.readline()  # type: ignore[union-attr]
         urls = json.loads(line)
+        if stt is not None:
+            urls["sarvam_stt"] = json.loads(stt.stdout.readline())["sarvam"]  # type: ignore[union-attr]
         port = free_port()
         server = subprocess.Popen(
             [
@@ -133,10 +127,10 @@ def processes(
                 raise RuntimeError("server did not start")
             time.sleep(0.2)
         if pinned:
-            print(pin(server.pid, [emu.pid], load_first), flush=True)
+            print(pin(server.pid, [p.pid for p in (emu, stt) if p is not None], load_first), flush=True)
         yield base, server.pid
     finally:
-        for p in (server, emu):
+        for p in (server, emu, stt):
             if p is not None:
                 p.terminate()
                 with contextlib.suppress(subprocess.TimeoutExpired):

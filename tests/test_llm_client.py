@@ -306,3 +306,25 @@ async def test_each_provider_has_two_connections_per_call_the_process_may_carry(
         for llm in services.llms.values():
             assert isinstance(llm, OpenAICompatLLM)
             assert sum(llm._clients.sizes) == 600
+
+
+async def test_emulated_stt_from_another_emulator_process(tmp_path, monkeypatch) -> None:
+    """``EmulatorURLs.sarvam_stt_ws`` (bench.concurrency runs the STT emulator in a process of its
+    own): the STT client streams there, the TTS stays on ``sarvam_ws``; unset, both use ``sarvam_ws``."""
+    import dataclasses
+
+    from voxroute.agent.config import load_config
+    from voxroute.emulators.stack import run_emulators
+    from voxroute.runtime import build_services
+
+    monkeypatch.setenv("VOXROUTE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("VOXROUTE_DATABASE_URL", raising=False)
+    monkeypatch.delenv("SARVAM_API_KEY", raising=False)
+    config = load_config()
+    async with run_emulators("zero", 0, []) as emu:
+        elsewhere = dataclasses.replace(emu.urls, sarvam_stt_ws="ws://127.0.0.1:9")
+        async with build_services(config, elsewhere) as services:
+            assert services.stt.ws_base_url == "ws://127.0.0.1:9"  # type: ignore[attr-defined]
+            assert services.tts.ws_base_url == emu.urls.sarvam_ws  # type: ignore[attr-defined]
+        async with build_services(config, emu.urls) as services:
+            assert services.stt.ws_base_url == emu.urls.sarvam_ws  # type: ignore[attr-defined]

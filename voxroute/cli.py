@@ -300,7 +300,8 @@ def serve(
         typer.Option(
             "--emulators",
             help='--dev: use emulators already running: {"sarvam": URL, "openrouter": URL} (and "twilio", '
-            '"carrier": the call-control stand-ins), as `voxroute emulators [--call-control]` prints them',
+            '"carrier": the call-control stand-ins), as `voxroute emulators [--call-control]` prints them; '
+            '"sarvam_stt": URL streams the STT to another `voxroute emulators`',
         ),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="warnings only")] = False,
@@ -593,6 +594,9 @@ async def _serve(
                     # the carriers' REST stand-ins, when given (`voxroute emulators` prints them)
                     twilio_api=external.get("twilio"),
                     carrier_api=external.get("carrier"),
+                    sarvam_stt_ws=ws_url(external["sarvam_stt"].rstrip("/"))
+                    if external.get("sarvam_stt")
+                    else None,
                 )
             )
         elif dev and keys_missing(cfg):

@@ -77,6 +77,9 @@ class EmulatorURLs:
     sarvam_rest: str  # http://host:port
     twilio_api: str | None = None  # the Twilio REST stand-in, http://host:port
     carrier_api: str | None = None  # the Plivo and Telnyx call-control stand-in, http://host:port
+    # Sarvam's streaming STT from another emulator process, ws://host:port (bench.concurrency: the
+    # STT's steady work apart from the TTS and LLM answers a turn waits for); None: ``sarvam_ws``
+    sarvam_stt_ws: str | None = None
 
 
 def llm_connections(config: Config) -> int:
@@ -149,7 +152,8 @@ async def build_services(
     stt_kwargs = {"variant": s.stt_variant, "silence_duration_ms": s.stt_silence_ms}
     if s.stt_model:
         stt_kwargs["model"] = s.stt_model
-    stt: SarvamSTT | ByLanguageSTT = SarvamSTT(sarvam_key, ws_base_url=ws_base, **stt_kwargs)
+    stt_ws_base = emulators.sarvam_stt_ws if emulators is not None and sarvam_key == EMULATED_KEY else None
+    stt: SarvamSTT | ByLanguageSTT = SarvamSTT(sarvam_key, ws_base_url=stt_ws_base or ws_base, **stt_kwargs)
     # Built here, at start: its SSL context costs ~100 ms of loop time, which the first call's audio
     # would otherwise pay for (the phrases are synthesised over REST).
     tts_http = httpx.AsyncClient()
