@@ -237,8 +237,28 @@ def strip_riff(audio: bytes) -> bytes:
 
 def synth_pcm(text: str, rate: int, *, ms_per_char: float = MS_PER_CHAR, min_ms: int = 300) -> bytes:
     """A soft, clearly non-silent two-tone "voice" whose length follows the text."""
+    return _tone(*_tone_of(text, rate, ms_per_char, min_ms))
+
+
+def synth_chunks(
+    text: str, rate: int, codec: str, chunk_s: float, *, ms_per_char: float = MS_PER_CHAR
+) -> tuple[str, ...]:
+    """``synth_pcm(text)`` cut into ``chunk_s`` pieces, each encoded in ``codec`` and base64: the
+    streaming socket's audio messages. Made once per length, rate, pitch, codec and chunk size (at
+    hundreds of calls, encoding every chunk of every reply was a fifth of the emulator's CPU)."""
+    return _chunks(*_tone_of(text, rate, ms_per_char, 300), codec, int(chunk_s * rate) * 2)
+
+
+def _tone_of(text: str, rate: int, ms_per_char: float, min_ms: int) -> tuple[int, int, int]:
     dur_s = max(min_ms, ms_per_char * len(text)) / 1000
-    return _tone(int(dur_s * rate), rate, len(text) % 5)
+    return int(dur_s * rate), rate, len(text) % 5
+
+
+@functools.lru_cache(maxsize=256)
+def _chunks(n: int, rate: int, pitch: int, codec: str, step: int) -> tuple[str, ...]:
+    pcm = _tone(n, rate, pitch)
+    pieces = (encode_audio(pcm[i : i + step], codec, rate) for i in range(0, len(pcm), step))
+    return tuple(base64.b64encode(piece).decode("ascii") for piece in pieces)
 
 
 @functools.lru_cache(maxsize=256)
@@ -1056,21 +1076,22 @@ class _TtsConnection:
             return
         if fault == "drop":
             await self._close(1011, "internal error")
-        pcm = synth_pcm(text, cfg.rate, ms_per_char=self.ms_per_char)
-        step = int(self.CHUNK_S * cfg.rate) * 2
-        chunks = [pcm[i : i + step] for i in range(0, len(pcm), step)]
+        chunks = synth_chunks(text, cfg.rate, cfg.codec, self.CHUNK_S, ms_per_char=self.ms_per_char)
         if fault == "error_midstream":
             chunks = chunks[: max(1, len(chunks) // 2)]
-        rid = request_id()
+        # {"type": "audio", "data": {"content_type": ..., "audio": <base64>, "request_id": ...}}, built
+        # around each chunk's base64 (which needs no escaping) rather than by json.dumps per chunk
+        head = (
+            '{"type": "audio", "data": {"content_type": ' + json.dumps(f"audio/{cfg.codec}") + ', "audio": "'
+        )
+        tail = '", "request_id": ' + json.dumps(request_id()) + "}}"
         t0 = time.monotonic()
-        for i, chunk in enumerate(chunks):
+        for i, audio in enumerate(chunks):
             if self.pace > 0:
                 delay = t0 + i * self.CHUNK_S / self.pace - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-            audio = base64.b64encode(encode_audio(chunk, cfg.codec, cfg.rate)).decode("ascii")
-            await self.send({"type": "audio", "data": {"content_type": f"audio/{cfg.codec}", "audio": audio,
-                                                       "request_id": rid}})  # fmt: skip
+            await self.ws.send_text(head + audio + tail)
             self.audio_sent = True
             if self.drop_socket:
                 self.state.record("tts", "drop", self.tag)

@@ -487,3 +487,19 @@ async def test_tts_socket_survives_bad_client_messages(call: Fixture) -> None:
                 audio += base64.b64decode(msg["data"]["audio"])
             assert msg["data"]["event_type"] == "final"
             assert len(audio) == 2 * int(0.3 * 8000)  # linear16; the 300 ms minimum
+
+
+def test_tts_chunks_are_the_voice_encoded_chunk_by_chunk():
+    """``synth_chunks`` (cached) gives what encoding each ``chunk_s`` slice of ``synth_pcm`` gives."""
+    import base64
+
+    from voxroute.emulators.sarvam import encode_audio, synth_chunks, synth_pcm
+
+    for text in ("Hi.", "Your order A1745 is shipped and arrives on Friday.", "धन्यवाद। " * 9):
+        for rate, codec in ((8000, "mulaw"), (8000, "alaw"), (16000, "linear16"), (22050, "wav")):
+            pcm = synth_pcm(text, rate)
+            step = int(0.1 * rate) * 2
+            expected = [encode_audio(pcm[i : i + step], codec, rate) for i in range(0, len(pcm), step)]
+            got = synth_chunks(text, rate, codec, 0.1)
+            assert [base64.b64decode(c) for c in got] == expected, (text, codec)
+            assert synth_chunks(text, rate, codec, 0.1) is got  # made once
