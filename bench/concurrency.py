@@ -1,7 +1,8 @@
 """How many simultaneous calls one voxroute server process carries in real time (issue 2).
 
-On 127.0.0.1: the emulators (``voxroute emulators --profile zero``, twice: Sarvam's streaming STT
-from one process, the TTS and the LLMs from the other, as the real ones are services of their own),
+On 127.0.0.1: the emulators (``voxroute emulators --profile zero``; pinned, twice: Sarvam's
+streaming STT from one process, the TTS and the LLMs from the other, as the real ones are services
+of their own),
 one server (``voxroute serve --emulators ...``), and this load generator, which dials N fixture
 calls at once through the fake carrier over real websockets. For each N it reads the server's own
 figures (``GET /debug/stats``):
@@ -163,7 +164,9 @@ async def run(
             serve_args=(*serve_args, *_workers_args(workers, own)),
             emulator_loop=load_loop()[0],
             load_first=True,
-            split_stt=True,
+            # pinned at nice 19 beside the generator, a second emulators process takes none of the
+            # generator's time; unpinned (--workers), at nice 0, it took enough to make it late
+            split_stt=pinned,
         ) as (base, _pid),
     ):
         worker_bases = [f"http://127.0.0.1:{own + i}" for i in range(workers)] if own else None
