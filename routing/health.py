@@ -41,10 +41,13 @@ class Health:
         failures_to_cooldown: int = 2,
         hedge_max_share: float = 0.10,
         clock: Callable[[], float] = time.monotonic,
+        hedge_burst: float = 10.0,
     ) -> None:
         self.cooldown_s = cooldown_s
         self.failures_to_cooldown = failures_to_cooldown
         self.hedge_max_share = hedge_max_share
+        self.hedge_burst = max(1.0, hedge_burst)
+        self._hedge_credit = 1.0  # the hedge cap's bucket: one so that the first turn may hedge
         self.clock = clock
         self.paths: dict[str, PathState] = {}
         self.requests = 0  # ladder runs (turn requests), the hedge cap's denominator
@@ -124,13 +127,18 @@ class Health:
 
     def request(self) -> None:
         self.requests += 1
+        self._hedge_credit = min(self.hedge_burst, self._hedge_credit + self.hedge_max_share)
 
     def may_hedge(self) -> bool:
-        """Within the hedge cap (a bucket of share x requests, plus one so the first turn may hedge)?
+        """Within the hedge cap? A token bucket: each request adds ``hedge_max_share`` of a hedge, a
+        hedge takes one, and at most ``hedge_burst`` are saved. Without that ceiling, credit saved
+        over a quiet hour let a burst of late first tokens (200 calls' turns ending together) hedge
+        nearly every one of them, which doubled the load just when the providers were slow.
         Counts the hedge when allowed."""
-        if self.hedges + 1 > self.hedge_max_share * self.requests + 1:
+        if self._hedge_credit < 1.0:
             self.hedges_refused += 1
             return False
+        self._hedge_credit -= 1.0
         self.hedges += 1
         return True
 

@@ -184,7 +184,9 @@ class Router:
         self.table = table
         self.model = model
         r = table.routing
-        self.health = health or Health(r.cooldown_s, r.failures_to_cooldown, r.hedge_max_share)
+        self.health = health or Health(
+            r.cooldown_s, r.failures_to_cooldown, r.hedge_max_share, hedge_burst=r.hedge_burst
+        )
         self.signals = r.signals
         self.tts_first_audio_ms = tts_first_audio_ms
         self.threshold = r.high_threshold or (model.high_threshold if model else 0.5)

@@ -200,6 +200,9 @@ class RoutingConfig(_Model):
     classifier: str | None = None  # path of the classifier artifact; None: the shipped model
     high_threshold: float | None = Field(default=None, gt=0, lt=1)  # None: the model's tuned threshold
     hedge_max_share: float = Field(default=0.10, ge=0, le=1)  # at most this share of requests hedged
+    # When many calls' first tokens are late together, at most this many hedges start at once
+    # beyond the share, so a burst cannot double the load on slow providers.
+    hedge_burst: float = Field(default=10.0, ge=1)  # at most this many unused hedges are saved up
     cooldown_s: float = Field(default=10.0, gt=0)
     failures_to_cooldown: int = Field(default=2, ge=1)  # consecutive failures that cool a path down
 

@@ -145,7 +145,7 @@ async def test_a_primary_that_loses_its_hedge_late_is_counted():
 
 async def test_hedge_cap_refuses_and_the_first_token_timeout_moves_on():
     health = Health(hedge_max_share=0.0)
-    health.hedges = 1  # the one allowed hedge is spent
+    assert health.may_hedge()  # the one allowed hedge is spent
     async with ladder_env() as (config, emu, llms):
         emu.llm["openrouter"].behave(FAST, fault="hang")
         config.ladder.first_token_timeout_ms = 1500

@@ -211,6 +211,18 @@ def test_hedge_cap():
     assert h.hedges == allowed and h.hedges_refused == 100 - allowed
 
 
+def test_hedge_credit_saved_while_quiet_is_capped():
+    """1,000 requests with no hedge, then a burst of 100 late first tokens: ``hedge_burst`` hedges
+    start, not 100 (credit saved while nothing was hedged no longer lets a burst hedge everything)."""
+    h = Health(hedge_max_share=0.10, clock=FakeClock(), hedge_burst=10)
+    for _ in range(1000):
+        h.request()
+    assert sum(h.may_hedge() for _ in range(100)) == 10
+    for _ in range(20):  # the share still comes back with the requests
+        h.request()
+    assert sum(h.may_hedge() for _ in range(100)) == 2
+
+
 def test_class_examples_validate():
     cfg = parse_config(_minimal(classes={"trial": {"stakes": "low", "examples": ["is there a free trial"]}}))
     assert cfg.routing_table().classes["default"]["trial"].examples == ["is there a free trial"]
