@@ -3,8 +3,8 @@
 On 127.0.0.1: the emulators (``voxroute emulators --profile zero``; pinned, twice: Sarvam's
 streaming STT from one process, the TTS and the LLMs from the other, as the real ones are services
 of their own), one server (``voxroute serve --emulators ...``), and this load generator, which
-dials N fixture calls at once through the fake carrier over real websockets. For each N it reads the server's own
-figures (``GET /debug/stats``):
+dials N fixture calls at once through the fake carrier over real websockets. For each N it reads
+the server's own figures (``GET /debug/stats``):
 
 - inbound lag p99: how late the server processed caller frames against their media clock;
 - outbound jitter p99: how late the server's player sent agent audio against its schedule;

@@ -94,6 +94,7 @@ REALTIME_MODELS = {"saaras:v3-realtime", "saaras:v4"}
 LEGACY_MODELS = {"saaras:v4", "saaras:v3", "saarika:v2.5", "saarika:v2", "saaras:v2.5"}
 STT_MODES = {"transcribe", "translate", "verbatim", "translit", "codemix"}
 MS_PER_CHAR = 65  # synthetic speech per character of text
+MIN_VOICE_MS = 300  # the shortest reply the emulated voice speaks
 MAX_TIMED_CALLS = 10_000  # registered calls kept at once (the oldest go first)
 
 
@@ -235,7 +236,7 @@ def strip_riff(audio: bytes) -> bytes:
     return audio
 
 
-def synth_pcm(text: str, rate: int, *, ms_per_char: float = MS_PER_CHAR, min_ms: int = 300) -> bytes:
+def synth_pcm(text: str, rate: int, *, ms_per_char: float = MS_PER_CHAR, min_ms: int = MIN_VOICE_MS) -> bytes:
     """A soft, clearly non-silent two-tone "voice" whose length follows the text."""
     return _tone(*_tone_of(text, rate, ms_per_char, min_ms))
 
@@ -246,7 +247,7 @@ def synth_chunks(
     """``synth_pcm(text)`` cut into ``chunk_s`` pieces, each encoded in ``codec`` and base64: the
     streaming socket's audio messages. Made once per length, rate, pitch, codec and chunk size (at
     hundreds of calls, encoding every chunk of every reply was a fifth of the emulator's CPU)."""
-    return _chunks(*_tone_of(text, rate, ms_per_char, 300), codec, int(chunk_s * rate) * 2)
+    return _chunks(*_tone_of(text, rate, ms_per_char, MIN_VOICE_MS), codec, int(chunk_s * rate) * 2)
 
 
 def _tone_of(text: str, rate: int, ms_per_char: float, min_ms: int) -> tuple[int, int, int]:

@@ -50,7 +50,7 @@ class Health:
         self._hedge_credit = 1.0  # the hedge cap's bucket: one so that the first turn may hedge
         self.clock = clock
         self.paths: dict[str, PathState] = {}
-        self.requests = 0  # ladder runs (turn requests), the hedge cap's denominator
+        self.requests = 0  # ladder runs (turn requests); each adds hedge_max_share to the hedge bucket
         self.hedges = 0
         self.hedges_refused = 0
 
