@@ -106,7 +106,7 @@ def bigram_features(words: list[str]) -> list[str]:
 _CUES: dict[str, str] = {
     "money_moved": r"\b(?:charged|charges?|debited|deducted|double charged|paid|payments?|refund\w*|cashback|"
     r"winnings?|credit(?:ed)?|withdraw\w*|balance|wallet|money|amount|premium|emi|recharged?|bill(?:ed)?)\b"
-    r"|\b(?:paise|paisa|rupaye|kat gaye|kat gaya|kata)\b|पैस|रिफ़ंड|रिफंड|कट ग|राशि|भुगतान",
+    r"|\b(?:paise|paisa|rupaye|kat gaye|kat gaya|kata)\b|पैस|रुपय|रुपए|रिफ़ंड|रिफंड|कट ग|कटे|राशि|भुगतान",
     "not_received": r"\bnot (?:yet )?(?:received|credited|reflect\w*|refunded|come|came|arrived|delivered|"
     r"showing|updated?|updating|working|got|get|reached|returned)\b|\bnever (?:comes?|came|arrived?|received|got|"
     r"credited|reached|replied)\b|\b(?:still|yet) (?:not|no|pending|waiting)\b|\bpending\b|\bstuck\b|"
@@ -122,7 +122,12 @@ _CUES: dict[str, str] = {
     "account_security": r"\b(?:hack\w*|blocked|suspended|locked|frozen|compromised|unauthori[sz]ed|"
     r"without my (?:permission|consent|knowledge)|someone (?:else )?(?:used|logged|changed|withdrew)|"
     r"sim swap|otp|(?:can ?not|can'?t|cannot|unable to|not able to) (?:log ?in|login|sign in|access))\b"
-    r"|ब्लॉक|हैक",
+    # a lost or forgotten password or PIN: account access, whoever asks (a reset by phone is how accounts
+    # are taken over)
+    r"|\b(?:forg[eo]t\w*|lost|recover\w*|retriev\w*|restor\w*|reset\w*|can'?t remember) (?:\w+ ){0,3}?"
+    r"(?:pin|password|passcode|passkey|access key)s?\b|\b(?:pin|password|passcode|access key) (?:code )?"
+    r"(?:recovery|retrieval|reset)\b|\b(?:password|pin|passcode) (?:bh?ool|yaad nahi?)"
+    r"|ब्लॉक|हैक|पासवर्ड भूल",
     "harm_legal": r"\b(?:allerg\w*|rash\w*|vomit\w*|swallow\w*|side effects?|sick|hospital\w*|"
     r"admitted|accident|injur\w*|police|court|legal|lawyer|fir|consumer forum|rejected|denied|"
     r"harass\w*|passport)\b|उल्टी|एलर्जी|अस्पताल|रिजेक्ट|पुलिस",
@@ -131,24 +136,33 @@ _CUES: dict[str, str] = {
     "cancel": r"\b(?:cancel\w*(?! (?:fees?|charges?|polic\w*|penalt\w*|terms|rules)\b)"
     r"(?! (?:my |the |an? |all |this |that )?(?:alarms?|reminders?|timers?)\b)|close my|disconnect|"
     r"stop the|stop my|discontinue|reschedul\w*|"
-    r"(?:chang|modif|updat|correct|edit)\w* (?:my|the|an?|our) (?:\w+ )?(?:order|booking|plan|date|nominee|flight|"
-    r"address)|(?:add|remov|delet|drop)\w* (?:an? |some |several |one |\w+ )?(?:items?|products?|something|things?) "
-    r"(?:to|from|in) (?:my|an|the|our) order|"
+    r"(?:chang|modif|updat|correct|edit|fix)\w* (?:(?:my|the|an?|our|this) )?(?:\w+ )?(?:order|booking|plan|date|"
+    r"nominee|flight)|"
+    # the address goods are going to (not the caller's own address on file: "change my address" is admin)
+    r"(?:chang|modif|updat|correct|edit|fix)\w* (?:(?:my|the|an?|our|this) )?(?:(?:shipping|delivery|postal) address|"
+    r"address (?:on|of|for|in) (?:my|the|an?|this|our) (?:order|parcel|package|shipment|delivery))|"
+    r"(?:shipping|delivery) address (?:chang|modif|updat|correct)\w*|redirect\w* (?:my|the|a|this) "
+    r"(?:shipment|parcel|package|order|delivery)|"
+    r"(?:add|remov|delet|drop|includ|exclud|swap|replac|chang|modif|edit)\w* (?:an? |some |several |one |two |the |\w+ )?"
+    r"(?:items?|products?|something|things?|quantit(?:y|ies)) (?:to|from|in|of|on) (?:my|an|the|our|this) order|"
+    r"forg[eo]t\w* to (?:add|include|order)|"
     r"band (?:kar|karna|karo))\b|रद्द|बंद कर",
     "failure_repeat": r"\b(?:again and again|(?:second|third|fourth|fifth|\d+(?:th|rd|nd)?) times?|"
     r"every time|keeps? \w+ing|nobody|no one|no response|scam|cheat\w*|worst|pathetic|ridiculous|"
-    r"unacceptable|fed up|complain\w*|terrible|horrible|awful|disgusting|(?:is|are) a joke)\b|baar baar|बार बार|तीसरी बार"
+    r"unacceptable|fed up|complain\w*|terrible|horrible|awful|disgusting|(?:is|are) a joke|disappointed|"
+    r"dissatisfied|not (?:at all )?(?:happy|satisfied))\b|baar baar|बार बार|तीसरी बार"
     r"|\b(?:do|teen|char|chaar|paanch|panch|kai|kitni|\d+) baar\b|\b(?:bekaar|bekar|bakwas|tamasha)\b|बेकार|बकवास"
     r"|\bkoi (?:madad|help|jawab|sun\w*) (?:nahi|nahin)\b|\bbahut pareshan\b|कोई (?:मदद|जवाब) नहीं|कोई नहीं सुन|परेशान हूँ",
     # money taken from the caller: a charge to dispute, not a fee asked about ("why was I charged a fee")
     "money_taken": r"\b(?:charged|debited|deducted|took|taken|on my (?:statement|bill)|noticed?|"
-    r"kat (?:gaye|gaya|gayi|liya|liye)|kata|kaat)\b|कट ग|काट लि|काटे"
+    r"kat (?:gaye|gaya|gayi|liya|liye)|kata|kaat)\b|कट ग|कटे|काट लि|काटे"
     # a fee the caller has seen: "this fee", "an extra charge", "why was there a fee"
     r"|\b(?:this|that|these|an? (?:extra|additional|added|strange|unknown|weird|hidden))\s+(?:\S+\s+)?(?:fees?|charges?)\b"
     r"|\bwhy (?:was|were|am|is|are|did|do|does|have|has)\b.{0,40}\b(?:fees?|charg\w*)",
     # money the caller wants back: owed, not asked about ("when will I get my money back?")
     "money_back": r"\b(?:(?:my|the) money back|refund (?:me|my money)|return my money|give (?:me )?back my|"
-    r"(?:paisa|paise|paisay) wapas)\b|पैसे वापस|पैसा वापस",
+    r"get (?:a |my |the )?refunds?|get reimbursed|(?:paisa|paise|paisay) wapas|refund (?:kaise )?(?:milega|chahiye))\b"
+    r"|पैसे वापस|पैसा वापस|रिफंड (?:कैसे )?(?:मिलेगा|चाहिए)",
     "question": r"^\s*(?:what|how|which|where|when|is|are|does|do|can|could|will|should|any)\b|\?\s*$|"
     r"\b(?:kya|kaise|kitna|kitne|kitni|kaunsa|kab|kahan)\b|क्या|कैसे|कितन|कौन",
     "buy": r"\b(?:buy|purchase|kharid\w*|want to order|book (?:a|me)|suggest|recommend|choose|pick|"
@@ -185,18 +199,19 @@ _CUES: dict[str, str] = {
     r"(?:do ?n[o']?t|dont) know (?:how|what|where)|tell me (?:about|more)|is it possible|allowed)\b"
     r"|नियम|जानकारी|कैसे कर",
     # the rules of a business in general: a fee, a policy, terms, when a refund is possible
-    "policy": r"\b(?:fees?|penalt(?:y|ies)|polic(?:y|ies)|terms|charges? (?:for|of|on)|in what cases|"
-    r"(?:how long|how many days) (?:do|does|will|would) (?:\w+ ){1,3}take)\b"
+    "policy": r"\b(?:fees?|penalt(?:y|ies)|polic(?:y|ies)|terms|charges? (?:for|of|on)|"
+    r"(?:how long|how many days) (?:(?:do|does|will|would) )?(?:\w+ ){1,3}(?:usually |normally )?take|"
+    r"in (?:what|which) cases|under what (?:circumstances|conditions))\b"
     r"|\b(?:niyam|shulk)\b|नियम|शुल्क|पॉलिसी",
     # opening, editing or switching an account or profile: admin, not access or security
     "account_admin": r"\b(?:open\w*|creat\w*|register\w*|sign\w* up|set\w* up|switch\w*|edit\w*|updat\w*|"
     r"chang\w*) (?:a |an |my |the |new |another |other |our |different |user |\w+ ){0,3}(?:accounts?|profiles?)\b"
-    r"|\bregistration\b|\bsign(?:ing)? ?up\b|\bnewsletter\b",
+    r"|\bregistration\b|\bsign(?:ing)?[ -]?up\b|\bnewsletter\b|\bmailing list\b",
     # what a home assistant is asked, no business's matter: alarms, lights, music, weather, jokes
     "assistant": r"\b(?:alarms?|reminders?|timers?|lights?|lamps?|bulbs?|volume|music|songs?|playlists?|radio|"
     r"podcasts?|audio ?books?|weather|(?:tell|hear|know|say) (?:me |us )?(?:a |an |any |some |another )?(?:\w+ )?jokes?|"
-    r"recipes?|calendar|meetings?|tweets?|twitter|facebook|"
-    r"gaana|gaane|mausam|chutkul\w*)\b|अलार्म|गाना|गाने|मौसम|चुटकुल",
+    r"recipes?|cook (?:me|something|dinner|lunch)|what (?:should|can) i cook|calendar|meetings?|tweets?|twitter|facebook|"
+    r"gaana|gaane|mausam|chutkul\w*|khana (?:banau\w*|banaun|banaye\w*|banana))\b|अलार्म|गाना|गाने|मौसम|चुटकुल|खाना बनाऊ",
 }
 _CUE_RES = [(name, re.compile(pattern, re.IGNORECASE)) for name, pattern in _CUES.items()]
 # A booking changed, moved or cancelled (a change to what the caller has, so stakes), however it is
@@ -207,6 +222,17 @@ _CHANGE_RE = re.compile(
     r"push\w*|instead|different|earlier|later|booked|badal\w*|badha\w*|aage)\b|बदल|बढ़ा|आगे|किसी और|दूसरे दिन",
     re.IGNORECASE,
 )
+_NEWSLETTER_RE = re.compile(
+    r"\b(?:newsletters?|mailing list|promotional (?:e-?mails?|messages|sms)|marketing (?:e-?mails?|messages))\b"
+    r"|न्यूज़लेटर|न्यूजलेटर",
+    re.IGNORECASE,
+)
+_SIGNUP_RE = re.compile(
+    r"\bregistration\b|\bregister(?:ing)?\b(?! (?:an? |my |the )?complaint)|\bsign(?:ing)?[ -]?up\b"
+    r"|रजिस्ट्रेशन|साइन ?अप",
+    re.IGNORECASE,
+)
+_SIGNUP_TROUBLE = frozenset({"problem", "not_received"})
 # The human_request offset of a trained model applies only to a turn with one of these: a turn that
 # names no person and asks to be put through to no one ("say that again", "let's start over",
 # "subscribe to the newsletter") is no request for a person, however unsure the model is of it.
@@ -276,7 +302,13 @@ def cue_features(text: str) -> list[str]:
     # in any business. A home assistant's request is no business's (out of scope).
     if "policy" in cues and not (trouble & cues):
         cues.add("policy_question")
+    # A newsletter or a mailing list is no service whose cancellation is a stake.
+    if "cancel" in cues and _NEWSLETTER_RE.search(text):
+        cues.discard("cancel")
     if "account_admin" in cues and not ((trouble | {"cancel"}) & cues):
+        cues.add("account_task")
+    # Trouble signing up is no account at risk and no money owed: nothing of the caller's is lost yet.
+    elif _SIGNUP_RE.search(text) and not ((trouble - _SIGNUP_TROUBLE) | {"cancel", "money_moved"}) & cues:
         cues.add("account_task")
     if "assistant" in cues and not ((trouble | {"money_moved"}) & cues):
         cues.add("off_topic")

@@ -71,15 +71,14 @@ def test_targets_per_held_out_domain(held_out_figures, domain):
     assert m["out_of_scope_escalated"] <= 0.15, m
 
 
-def test_the_public_held_out_sets_keep_their_measured_figures(router):
+def test_the_public_held_out_sets_meet_the_targets(router):
     """Bitext's customer-service requests and HWU64's home-assistant requests, held out of the shipped
     model's training: phrasing and label conventions no one at voxroute chose (data/router/README.md).
-    Their errors guided the cue and dialogue-act work, so they are a development check now, as the
-    hand-written test domains are. HWU64 and Bitext's person requests meet the targets (routine and
-    out of scope <= 0.15, person requests >= 0.95); Bitext's high-stakes (>= 0.90) and routine turns
-    (<= 0.15) MISS them: asserted are the figures the shipped model reaches (2026-12-04, second
-    model: Bitext 0.670 / 0.985 / 0.203, HWU64 0.112 / 0.145), so that a change that loses ground
-    fails here."""
+    Their errors guided the cue work and the hand-written how-to rows (2026-12-05), so they are a
+    development check, as the hand-written test domains are; the check no one tunes on is HINT3.
+    Targets as for the held-out businesses: high-stakes escalated >= 0.90, person requests >= 0.95,
+    routine and out of scope escalated <= 0.15 (measured 2026-12-05: Bitext 0.907 / 0.983 / 0.096,
+    HWU64 routine 0.125, out of scope 0.128)."""
     figures = {}
     for name in ("bitext_customer_service.csv", "hwu64_sample.csv"):
         with (DATA / name).open(newline="", encoding="utf-8") as f:
@@ -89,7 +88,7 @@ def test_the_public_held_out_sets_keep_their_measured_figures(router):
                                                     "routine_escalated", "out_of_scope_escalated")})  # fmt: skip
     bitext, hwu = figures["bitext_customer_service.csv"], figures["hwu64_sample.csv"]
     assert bitext["human_recall"] >= 0.95, bitext
-    assert bitext["high_stakes_recall"] >= 0.665 and bitext["routine_escalated"] <= 0.21, bitext
+    assert bitext["high_stakes_recall"] >= 0.90 and bitext["routine_escalated"] <= 0.15, bitext
     assert hwu["routine_escalated"] <= 0.15 and hwu["out_of_scope_escalated"] <= 0.15, hwu
 
 
