@@ -106,7 +106,7 @@ def bigram_features(words: list[str]) -> list[str]:
 _CUES: dict[str, str] = {
     "money_moved": r"\b(?:charged|charges?|debited|deducted|double charged|paid|payments?|refund\w*|cashback|"
     r"winnings?|credit(?:ed)?|withdraw\w*|balance|wallet|money|amount|premium|emi|recharged?|bill(?:ed)?)\b"
-    r"|\b(?:paise|paisa|rupaye|kat gaye|kat gaya|kata)\b|पैस|रुपय|रुपए|रिफ़ंड|रिफंड|कट ग|कटे|राशि|भुगतान",
+    r"|\b(?:paise|paisa|rupaye|kat gaye|kat gaya|kata)\b|पैस|रुपय|रुपए|रिफ़ंड|रिफंड|कट ग|कटे|राशि(?!फल)|भुगतान",
     "not_received": r"\bnot (?:yet )?(?:received|credited|reflect\w*|refunded|come|came|arrived|delivered|"
     r"showing|updated?|updating|working|got|get|reached|returned)\b|\bnever (?:comes?|came|arrived?|received|got|"
     r"credited|reached|replied)\b|\b(?:still|yet) (?:not|no|pending|waiting)\b|\bpending\b|\bstuck\b|"
@@ -146,8 +146,10 @@ _CUES: dict[str, str] = {
     r"(?:add|remov|delet|drop|includ|exclud|swap|replac|chang|modif|edit)\w* (?:an? |some |several |one |two |the |\w+ )?"
     r"(?:items?|products?|something|things?|quantit(?:y|ies)) (?:to|from|in|of|on) (?:my|an|the|our|this) order|"
     r"forg[eo]t\w* to (?:add|include|order)|"
+    # closing an account is a cancellation (opening or editing one is admin: see "account_admin")
+    r"(?:delet|terminat|clos)\w* (?:(?:my|the|an?|this|our|that|\w+) ){0,3}accounts?|account (?:deletion|termination|closure)|"
     r"band (?:kar|karna|karo))\b|रद्द|बंद कर",
-    "failure_repeat": r"\b(?:again and again|(?:second|third|fourth|fifth|\d+(?:th|rd|nd)?) times?|"
+    "failure_repeat": r"\b(?:again and again|(?:second|third|fourth|fifth|\d+(?:th|rd|nd)?) times?(?! ?\d+ ?(?:[?=]|$|is\b|equals?\b))|"
     r"every time|keeps? \w+ing|nobody|no one|no response|scam|cheat\w*|worst|pathetic|ridiculous|"
     r"unacceptable|fed up|complain\w*|terrible|horrible|awful|disgusting|(?:is|are) a joke|disappointed|"
     r"dissatisfied|not (?:at all )?(?:happy|satisfied))\b|baar baar|बार बार|तीसरी बार"
@@ -161,7 +163,7 @@ _CUES: dict[str, str] = {
     r"|\bwhy (?:was|were|am|is|are|did|do|does|have|has)\b.{0,40}\b(?:fees?|charg\w*)",
     # money the caller wants back: owed, not asked about ("when will I get my money back?")
     "money_back": r"\b(?:(?:my|the) money back|refund (?:me|my money)|return my money|give (?:me )?back my|"
-    r"get (?:a |my |the )?refunds?|get reimbursed|(?:paisa|paise|paisay) wapas|refund (?:kaise )?(?:milega|chahiye))\b"
+    r"get (?:a |my |the )?refunds?|get reimbursed|(?:track\w*|status of) (?:the |my |a )?refunds?|refunds? status|(?:paisa|paise|paisay) wapas|refund (?:kaise )?(?:milega|chahiye))\b"
     r"|पैसे वापस|पैसा वापस|रिफंड (?:कैसे )?(?:मिलेगा|चाहिए)",
     "question": r"^\s*(?:what|how|which|where|when|is|are|does|do|can|could|will|should|any)\b|\?\s*$|"
     r"\b(?:kya|kaise|kitna|kitne|kitni|kaunsa|kab|kahan)\b|क्या|कैसे|कितन|कौन",
@@ -206,7 +208,10 @@ _CUES: dict[str, str] = {
     # opening, editing or switching an account or profile: admin, not access or security
     "account_admin": r"\b(?:open\w*|creat\w*|register\w*|sign\w* up|set\w* up|switch\w*|edit\w*|updat\w*|"
     r"chang\w*) (?:a |an |my |the |new |another |other |our |different |user |\w+ ){0,3}(?:accounts?|profiles?)\b"
-    r"|\bregistration\b|\bsign(?:ing)?[ -]?up\b|\bnewsletter\b|\bmailing list\b",
+    r"|\bregistration\b|\bsign(?:ing)?[ -]?up\b|\bnewsletter\b|\bmailing list\b"
+    # an address kept on file for later orders (changing where an order in flight goes is "cancel")
+    r"|\b(?:set\w*(?: up)?|add\w*|sav\w*|submit\w*|enter\w*|creat\w*) (?:(?:a|an|my|another|new|different|second|"
+    r"other|extra) ){0,2}(?:shipping|delivery|billing) address(?:es)?\b",
     # what a home assistant is asked, no business's matter: alarms, lights, music, weather, jokes
     "assistant": r"\b(?:alarms?|reminders?|timers?|lights?|lamps?|bulbs?|volume|music|songs?|playlists?|radio|"
     r"podcasts?|audio ?books?|weather|(?:tell|hear|know|say) (?:me |us )?(?:a |an |any |some |another )?(?:\w+ )?jokes?|"
