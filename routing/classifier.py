@@ -147,9 +147,11 @@ _CUES: dict[str, str] = {
     r"(?:items?|products?|something|things?|quantit(?:y|ies)) (?:to|from|in|of|on) (?:my|an|the|our|this) order|"
     r"forg[eo]t\w* to (?:add|include|order)|"
     # closing an account is a cancellation (opening or editing one is admin: see "account_admin")
-    r"(?:delet|terminat|clos)\w* (?:(?:my|the|an?|this|our|that|\w+) ){0,3}accounts?|account (?:deletion|termination|closure)|"
+    r"(?:delet|terminat|clos)\w* (?:\w+ ){0,3}accounts?|account (?:deletion|termination|closure)|"
     r"band (?:kar|karna|karo))\b|रद्द|बंद कर",
-    "failure_repeat": r"\b(?:again and again|(?:second|third|fourth|fifth|\d+(?:th|rd|nd)?) times?(?! ?\d+ ?(?:[?=]|$|is\b|equals?\b))|"
+    # ("25 times 4?" is arithmetic, not a caller who has called 25 times)
+    "failure_repeat": r"\b(?:again and again|(?:second|third|fourth|fifth|\d+(?:th|rd|nd)?) times?"
+    r"(?! ?\d+ ?(?:[?=]|$|is\b|equals?\b))|"
     r"every time|keeps? \w+ing|nobody|no one|no response|scam|cheat\w*|worst|pathetic|ridiculous|"
     r"unacceptable|fed up|complain\w*|terrible|horrible|awful|disgusting|(?:is|are) a joke|disappointed|"
     r"dissatisfied|not (?:at all )?(?:happy|satisfied))\b|baar baar|बार बार|तीसरी बार"
@@ -163,7 +165,8 @@ _CUES: dict[str, str] = {
     r"|\bwhy (?:was|were|am|is|are|did|do|does|have|has)\b.{0,40}\b(?:fees?|charg\w*)",
     # money the caller wants back: owed, not asked about ("when will I get my money back?")
     "money_back": r"\b(?:(?:my|the) money back|refund (?:me|my money)|return my money|give (?:me )?back my|"
-    r"get (?:a |my |the )?refunds?|get reimbursed|(?:track\w*|status of) (?:the |my |a )?refunds?|refunds? status|(?:paisa|paise|paisay) wapas|refund (?:kaise )?(?:milega|chahiye))\b"
+    r"get (?:a |my |the )?refunds?|get reimbursed|(?:track\w*|status of) (?:the |my |a )?refunds?|refunds? status|"
+    r"(?:paisa|paise|paisay) wapas|refund (?:kaise )?(?:milega|chahiye))\b"
     r"|पैसे वापस|पैसा वापस|रिफंड (?:कैसे )?(?:मिलेगा|चाहिए)",
     "question": r"^\s*(?:what|how|which|where|when|is|are|does|do|can|could|will|should|any)\b|\?\s*$|"
     r"\b(?:kya|kaise|kitna|kitne|kitni|kaunsa|kab|kahan)\b|क्या|कैसे|कितन|कौन",
